@@ -1,0 +1,3 @@
+//! Device models. They see bus offsets and never the VMM or its vCPUs.
+
+pub mod bus;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the system packages shmvm's build, tests and lab need.
+# QEMU 10 (for memory-backend-shm and the KVM lab) comes from bookworm-backports.
+set -euo pipefail
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu)
+for p in busybox-static cpio lz4 time hyperfine; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
+done
+[ ${#need[@]} -eq 0 ] && { echo "deps: all present"; exit 0; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing ${need[*]}; run 'make deps' as root" >&2
+    exit 1
+fi
+
+src=/etc/apt/sources.list.d/shmvm-backports.sources
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    cat >"$src" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q -t bookworm-backports qemu-system-x86
+apt-get install -y -q busybox-static cpio lz4 time hyperfine
