@@ -1,1 +1,2 @@
 //! shmvm library.
+pub mod ivshmem;
