@@ -1,2 +1,3 @@
 //! shmvm library.
 pub mod ivshmem;
+pub mod pci;
