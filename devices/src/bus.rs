@@ -64,10 +64,10 @@ impl Bus {
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
         // The only candidates for overlap are the last range starting below
         // `base + len` and, through it, everything in between.
-        if let Some((&other, e)) = ranges.range(..base + len).next_back() {
-            if other + e.len > base {
-                return Err(Error::Overlap { base, len, other });
-            }
+        if let Some((&other, e)) = ranges.range(..base + len).next_back()
+            && other + e.len > base
+        {
+            return Err(Error::Overlap { base, len, other });
         }
         ranges.insert(base, Entry { len, device });
         Ok(())

@@ -3,4 +3,6 @@
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
+pub mod ivshmem;
+pub mod pci;
 pub mod serial;
