@@ -119,6 +119,8 @@ pub struct Config {
     pub cmdline: String,
     /// The backend that provides guest RAM.
     pub ram: BackendConfig,
+    /// Whether `ram` came from `--object` (else from `-m` or the default).
+    pub ram_from_object: bool,
     /// Every other `-object` backend (for devices such as ivshmem).
     pub objects: Vec<BackendConfig>,
     pub vcpus: u8,
@@ -132,6 +134,8 @@ pub struct Config {
 /// Largest vCPU count: APIC IDs 0..N-1 plus the IOAPIC's ID fit in the MP
 /// table's 8-bit IDs with room to spare, and test suites stay small.
 pub const MAX_VCPUS: u8 = 64;
+/// Id of the RAM backend `-m` creates (QEMU's name for it).
+pub const DEFAULT_RAM_ID: &str = "pc.ram";
 /// QEMU's default RAM size.
 pub const DEFAULT_RAM: u64 = 128 << 20;
 
@@ -328,7 +332,7 @@ fn check_ram_size(option: &'static str, size: u64) -> Result<(), Error> {
             format!("guest RAM of {size} bytes is below the 16 MiB minimum"),
         ));
     }
-    if size % 4096 != 0 {
+    if !size.is_multiple_of(4096) {
         return Err(invalid(
             option,
             format!("guest RAM of {size} bytes is not a multiple of 4 KiB"),
@@ -399,21 +403,18 @@ impl Config {
                     )
                 })?;
                 let cfg = objects.remove(pos);
-                if let Some(m) = mem_size {
-                    if m != cfg.size() {
-                        return Err(invalid(
-                            "-m",
-                            format!(
-                                "{m} bytes does not match memory-backend '{id}' size {}",
-                                cfg.size()
-                            ),
-                        ));
-                    }
+                if let Some(m) = mem_size
+                    && m != cfg.size()
+                {
+                    return Err(invalid(
+                        "-m",
+                        format!("{m} bytes does not match memory-backend '{id}' size {}", cfg.size()),
+                    ));
                 }
                 check_ram_size("--object", cfg.size())?;
                 cfg
             }
-            None => BackendConfig::ram("pc.ram", mem_size.unwrap_or(DEFAULT_RAM)),
+            None => BackendConfig::ram(DEFAULT_RAM_ID, mem_size.unwrap_or(DEFAULT_RAM)),
         };
         if ram.kind() == BackendKind::Ram && ram.share() {
             log::debug!(
@@ -448,6 +449,7 @@ impl Config {
             kernel: args.kernel,
             initrd: args.initrd,
             cmdline,
+            ram_from_object: ram.id() != DEFAULT_RAM_ID,
             ram,
             objects,
             vcpus,

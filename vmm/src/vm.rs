@@ -23,11 +23,11 @@ use crate::vcpu::{self, VmState};
 /// Errors building or running the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{option} '{id}': {err}")]
+    #[error("{option}: {err}")]
     Backend {
         option: &'static str,
         id: String,
-        err: memory::Error,
+        err: Box<memory::Error>,
     },
     #[error(transparent)]
     Ram(#[from] guest_ram::Error),
@@ -143,16 +143,16 @@ fn create_backend(cfg: &memory::BackendConfig, option: &'static str) -> Result<B
     Backend::create(cfg).map_err(|err| Error::Backend {
         option,
         id: cfg.id().to_string(),
-        err,
+        err: Box::new(err),
     })
 }
 
-fn build(
-    cfg: &Config,
-    t: &mut Timeline,
-) -> Result<(Machine, Vec<hv::Vcpu>, Arc<Mutex<Serial>>), Error> {
+/// A built machine, its vCPUs (not yet running) and the console UART.
+type Built = (Machine, Vec<hv::Vcpu>, Arc<Mutex<Serial>>);
+
+fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
     let mut files = BootFiles::open(&cfg.kernel, cfg.initrd.as_deref())?;
-    let ram = GuestRam::new(create_backend(&cfg.ram, "memory-backend")?)?;
+    let ram = GuestRam::new(create_backend(&cfg.ram, if cfg.ram_from_object { "--object" } else { "-m" })?)?;
     let objects = cfg
         .objects
         .iter()
