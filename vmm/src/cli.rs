@@ -408,7 +408,10 @@ impl Config {
                 {
                     return Err(invalid(
                         "-m",
-                        format!("{m} bytes does not match memory-backend '{id}' size {}", cfg.size()),
+                        format!(
+                            "{m} bytes does not match memory-backend '{id}' size {}",
+                            cfg.size()
+                        ),
                     ));
                 }
                 check_ram_size("--object", cfg.size())?;

@@ -152,7 +152,14 @@ type Built = (Machine, Vec<hv::Vcpu>, Arc<Mutex<Serial>>);
 
 fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
     let mut files = BootFiles::open(&cfg.kernel, cfg.initrd.as_deref())?;
-    let ram = GuestRam::new(create_backend(&cfg.ram, if cfg.ram_from_object { "--object" } else { "-m" })?)?;
+    let ram = GuestRam::new(create_backend(
+        &cfg.ram,
+        if cfg.ram_from_object {
+            "--object"
+        } else {
+            "-m"
+        },
+    )?)?;
     let objects = cfg
         .objects
         .iter()
