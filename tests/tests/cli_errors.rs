@@ -3,6 +3,8 @@
 //! in /dev/shm or the temp directory. Cases that get as far as creating a
 //! backend before failing need /dev/kvm (their names say so).
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::time::Duration;
 
 use shmvm_tests::vm::{TempDir, dev_shm_names, require_kvm, run, tiny_kernel};

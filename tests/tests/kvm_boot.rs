@@ -3,6 +3,8 @@
 //! and initrd delivered intact. Every test here needs /dev/kvm and the test
 //! kernel (`make testkernel`), and fails when either is missing.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::time::Duration;
 
 use shmvm_tests::vm::{TempDir, dev_shm_names, fnv1a64, require_kvm, run, testkernel};

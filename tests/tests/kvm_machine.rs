@@ -2,6 +2,8 @@
 //! hand-assembled kernels (32-bit PVH entry): device exits, guest faults,
 //! signals, statistics. Every test needs /dev/kvm and fails without it.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
