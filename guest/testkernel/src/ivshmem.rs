@@ -58,6 +58,7 @@ pub fn slot_word(seed: u64, n: u64, i: u64) -> u64 {
 #[derive(Clone, Copy)]
 pub struct Dev {
     pub bdf: Bdf,
+    pub bar0: u64,
     pub bar2: u64,
     pub size: u64,
 }
@@ -163,6 +164,7 @@ pub fn probe() -> Result<Dev, &'static str> {
     )?;
     let d = Dev {
         bdf: f,
+        bar0,
         bar2,
         size: size2,
     };
@@ -322,7 +324,10 @@ pub fn move_bar2() -> Result<(), &'static str> {
     let d = probe()?;
     // SAFETY: single CPU, CPL0 only.
     let (want, seed) = unsafe { ((*PARAMS.ptr()).bar2, (*PARAMS.ptr()).seed) };
-    let new = want.unwrap_or(d.bar2 + d.size);
+    let new = match want {
+        Some(a) => a,
+        None => move_target(&d).ok_or("ivshmem_move_no_target")?,
+    };
     fail_if(
         new == d.bar2 || new & (d.size - 1) != 0,
         "ivshmem_move_bad_target",
@@ -379,6 +384,24 @@ pub fn move_bar2() -> Result<(), &'static str> {
         say!("shmvm: ivshmem move note: old address does not read all-ones");
     }
     Ok(())
+}
+
+/// Default new BAR2 address: the first of old+size, old-size, old+2*size
+/// that overlaps neither BAR0 nor any memory-map entry.
+fn move_target(d: &Dev) -> Option<u64> {
+    // SAFETY: single CPU, CPL0 only.
+    let info = unsafe { &*crate::bootinfo::INFO.ptr() };
+    let clear = |a: u64| {
+        let end = a + d.size;
+        a >= 0x10_0000
+            && !(d.bar0 < end && a < d.bar0 + BAR0_SIZE)
+            && info.e820[..info.e820_len].iter().all(|e| e.end <= a || e.start >= end)
+    };
+    let (old, size) = (d.bar2, d.size);
+    [old.checked_add(size), old.checked_sub(size), old.checked_add(2 * size)]
+        .into_iter()
+        .flatten()
+        .find(|&a| clear(a))
 }
 
 /// Ring-3 job: writes our slot, waits for all parties, verifies them.
