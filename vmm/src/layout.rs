@@ -48,6 +48,11 @@ pub const MPTABLE: u64 = 0xf_0000;
 /// End of the reserved legacy area below 1 MiB.
 pub const HIMEM: u64 = 0x10_0000;
 
+/// Guest RAM below this address (boot structures, the MP table, small
+/// kernels at 1 MiB) is kept on small host pages: a transparent huge page
+/// there would cost 2 MiB of host memory for a few KiB the guest touches.
+pub const SMALL_PAGES_END: u64 = 2 << 20;
+
 /// The 32-bit MMIO hole: guest RAM never sits in `[MMIO_HOLE, 4 GiB)`.
 pub const MMIO_HOLE: u64 = 0xc000_0000;
 pub const FOUR_GIB: u64 = 0x1_0000_0000;
