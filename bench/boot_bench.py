@@ -8,8 +8,13 @@ port; runs are interleaved (shmvm, qemu, shmvm, ...). For each run:
   peak RSS:   "Maximum resident set size" from /usr/bin/time -v
 Prints medians and ratios (shmvm / qemu) as a Markdown table.
 
-usage: bench/boot_bench.py [--runs N] [--shmvm PATH] [--kernel PATH]
+Then where shmvm's time goes: medians of its own `-v` start-up timeline
+(each step after main() starts), of `shmvm --version` (spawn to exit: the
+process start and exit cost alone), and of the guest's run after KVM_RUN.
+
+usage: bench/boot_bench.py [--runs N] [--shmvm PATH] [--shmvm-dynamic PATH] [--kernel PATH]
 """
+import re
 import argparse
 import os
 import statistics
@@ -57,13 +62,59 @@ def run_once(cmd):
         return t_first, t_exit, rss, code
 
 
+def spawn_to_exit(cmd):
+    t0 = time.perf_counter()
+    subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+STEP = re.compile(r"startup:\s+([0-9.]+) ms \(\+([0-9.]+)\) (.*)$")
+FIRST = re.compile(r"startup: first KVM_RUN at ([0-9.]+) ms")
+ENDED = re.compile(r"VM ended after ([0-9.]+) ms")
+
+
+def breakdown(shmvm, kernel, runs):
+    """Medians of the -v timeline steps (ms)."""
+    steps, first, ended, version = {}, [], [], []
+    for _ in range(runs):
+        version.append(spawn_to_exit([shmvm, "--version"]))
+        p = subprocess.run(shmvm_cmd(shmvm, kernel) + ["-v"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in p.stderr.splitlines():
+            m = STEP.search(line)
+            if m:
+                steps.setdefault(m.group(3), []).append(float(m.group(2)))
+            m = FIRST.search(line)
+            if m:
+                first.append(float(m.group(1)))
+            m = ENDED.search(line)
+            if m:
+                ended.append(float(m.group(1)))
+    med = statistics.median
+    print()
+    print(f"Where shmvm's time goes ({runs} runs, medians; steps measured from main()):")
+    print()
+    print("| step | ms |")
+    print("| --- | --- |")
+    print(f"| process start + exit (`shmvm --version`, spawn to exit) | {med(version)*1e3:.2f} |")
+    for name, v in steps.items():
+        print(f"| {name} | {med(v):.3f} |")
+    print(f"| **first KVM_RUN** (from main()) | {med(first):.3f} |")
+    print(f"| guest run to its debug-exit write, VM ended (from main()) | {med(ended):.3f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--shmvm", default=os.path.join(ROOT, "target/release/shmvm"))
+    ap.add_argument("--shmvm", default=os.path.join(ROOT, "build/shmvm"))
+    ap.add_argument("--shmvm-dynamic", default=None,
+                    help="also measure this (dynamically linked) build")
     ap.add_argument("--kernel", default=os.path.join(ROOT, "build/guest/testkernel"))
     a = ap.parse_args()
     cmds = {"shmvm": shmvm_cmd(a.shmvm, a.kernel), "qemu": qemu_cmd(a.kernel)}
+    if a.shmvm_dynamic:
+        cmds["shmvm-dynamic"] = shmvm_cmd(a.shmvm_dynamic, a.kernel)
     res = {k: [] for k in cmds}
     # One warm-up each (page cache, KVM module state), not counted.
     for k, c in cmds.items():
@@ -83,6 +134,13 @@ def main():
     print(f"| first serial line | {s[0]*1e3:.2f} ms | {q[0]*1e3:.2f} ms | {s[0]/q[0]:.3f}x | <= 0.07x |")
     print(f"| exit | {s[1]*1e3:.2f} ms | {q[1]*1e3:.2f} ms | {s[1]/q[1]:.3f}x | <= 0.1x |")
     print(f"| peak RSS | {s[2]/1024:.2f} MiB | {q[2]/1024:.2f} MiB | {s[2]/q[2]:.3f}x | <= 3 MiB |")
+    if "shmvm-dynamic" in med:
+        d = med["shmvm-dynamic"]
+        print()
+        print("Default dynamic build (target/release/shmvm), same runs:")
+        print(f"first line {d[0]*1e3:.2f} ms ({d[0]/q[0]:.3f}x), exit {d[1]*1e3:.2f} ms "
+              f"({d[1]/q[1]:.3f}x), peak RSS {d[2]/1024:.2f} MiB")
+    breakdown(a.shmvm, a.kernel, a.runs)
 
 
 if __name__ == "__main__":

@@ -315,7 +315,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         .then(crate::terminal::RawMode::enter)
         .flatten();
     if cfg.serial == SerialMode::Stdio && crate::terminal::stdin_has_input() {
-        spawn_stdin_reader(serial);
+        spawn_stdin_reader(serial.clone());
     }
     let first_run = || {
         if log::log_enabled!(log::Level::Info) {
@@ -331,7 +331,12 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
             );
         }
     };
-    vcpu::run_all(vcpus, &m.io, &m.state, m.ram.mem(), &first_run).map_err(Error::Threads)?;
+    let ran = vcpu::run_all(vcpus, &m.io, &m.state, m.ram.mem(), &first_run);
+    serial
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .flush_output();
+    ran.map_err(Error::Threads)?;
     let end = m
         .state
         .take_end()
