@@ -182,12 +182,12 @@ mod tests {
         }
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
         // A partial line waits for a register read (or a flush, or drop).
-        s.write(0, &[b'>']);
+        s.write(0, b">");
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
         let mut lsr = [0u8];
         s.read(5, &mut lsr);
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n>");
-        s.write(0, &[b'$']);
+        s.write(0, b"$");
         s.flush_output();
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n>$");
         // Enable the received-data interrupt (IER bit 0), then queue input.
