@@ -218,8 +218,10 @@ fn build_rest(
     files: &mut BootFiles,
     t: &mut Timeline,
 ) -> Result<Rest, Error> {
-    vm.add_irqchip_and_pit(layout::KVM_TSS)?;
-    t.mark("in-kernel irqchip + PIT");
+    vm.add_irqchip(layout::KVM_TSS)?;
+    t.mark("in-kernel irqchip (PIC, IOAPIC, LAPICs)");
+    vm.add_pit()?;
+    t.mark("in-kernel PIT");
     let spec = BootSpec {
         kernel: &cfg.kernel,
         initrd: cfg.initrd.as_deref(),

@@ -48,15 +48,20 @@ impl Vm {
         Ok(Vm { kvm, fd })
     }
 
-    /// Adds the in-kernel PIC + IOAPIC + LAPICs and the PIT; `tss_addr` is
-    /// 3 pages of guest-physical space KVM may use (Intel).
-    pub fn add_irqchip_and_pit(&self, tss_addr: u64) -> Result<(), Error> {
+    /// Adds the in-kernel PIC + IOAPIC + LAPICs; `tss_addr` is 3 pages of
+    /// guest-physical space KVM may use (Intel). Must precede vCPU creation.
+    pub fn add_irqchip(&self, tss_addr: u64) -> Result<(), Error> {
         self.fd
             .set_tss_address(tss_addr as usize)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
         self.fd
             .create_irq_chip()
-            .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+            .map_err(ioctl("KVM_CREATE_IRQCHIP"))
+    }
+
+    /// Adds the in-kernel i8254 PIT (needs the irqchip; any time before the
+    /// first KVM_RUN).
+    pub fn add_pit(&self) -> Result<(), Error> {
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
