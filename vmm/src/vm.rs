@@ -41,6 +41,8 @@ pub enum Error {
     Threads(std::io::Error),
     #[error(transparent)]
     Signals(#[from] crate::signals::Error),
+    #[error(transparent)]
+    Pci(#[from] crate::pci::Error),
 }
 
 impl Error {
@@ -49,6 +51,8 @@ impl Error {
         match self {
             Error::Backend { .. } | Error::SerialFile { .. } | Error::DevicePlacement { .. } => 2,
             Error::Ram(guest_ram::Error::ReadOnly { .. }) => 2,
+            Error::Pci(crate::pci::Error::Ivshmem { .. } | crate::pci::Error::Slot { .. }) => 2,
+            Error::Pci(crate::pci::Error::Assign(_)) => 2,
             Error::Boot(boot::Error::Write { .. }) => 1,
             Error::Boot(_) => 2,
             _ => 1,
@@ -72,10 +76,11 @@ impl Timeline {
 /// A running machine. Field order is drop order: vCPUs and the VM go before
 /// the RAM they map, which goes before the other backends.
 struct Machine {
-    vm: Vm,
+    vm: Arc<Vm>,
     ram: GuestRam,
     /// Backends from `-object` not used as RAM (for devices such as ivshmem).
-    _objects: Vec<Backend>,
+    _objects: Vec<Arc<Backend>>,
+    pci: crate::pci::Pci,
     io: Arc<IoBuses>,
     state: Arc<VmState>,
 }
@@ -129,10 +134,14 @@ fn create_backend(cfg: &memory::BackendConfig, option: &'static str) -> Result<B
 fn build(cfg: &Config, t: &mut Timeline) -> Result<(Machine, Vec<hv::Vcpu>, Arc<Mutex<Serial>>), Error> {
     let serial_out = serial_output(&cfg.serial)?;
     let ram = GuestRam::new(create_backend(&cfg.ram, "memory-backend")?)?;
-    let objects = cfg.objects.iter().map(|o| create_backend(o, "--object")).collect::<Result<Vec<_>, _>>()?;
+    let objects = cfg
+        .objects
+        .iter()
+        .map(|o| create_backend(o, "--object").map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
     t.mark("memory backends");
 
-    let vm = Vm::new(layout::KVM_TSS)?;
+    let vm = Arc::new(Vm::new(layout::KVM_TSS)?);
     t.mark("KVM VM + irqchip + PIT");
     ram.register(&vm)?;
     t.mark("memory slots");
@@ -179,8 +188,11 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<(Machine, Vec<hv::Vcpu>, Arc<
                 )
                 .map_err(place("isa-debug-exit"))?;
             }
+            // Wired below, together on the PCI root.
+            DeviceConfig::IvshmemPlain(_) => {}
         }
     }
+    let pci = build_pci(cfg, &vm, &io, &objects)?;
     t.mark("devices");
 
     let supported = vm.supported_cpuid()?;
@@ -191,7 +203,36 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<(Machine, Vec<hv::Vcpu>, Arc<
         vcpus.push(v);
     }
     t.mark("vCPUs configured");
-    Ok((Machine { vm, ram, _objects: objects, io, state }, vcpus, serial))
+    Ok((Machine { vm, ram, _objects: objects, pci, io, state }, vcpus, serial))
+}
+
+/// The PCI root with every `-device ivshmem-plain` (its memdev's backend
+/// as BAR2), BARs placed in the layout's windows.
+fn build_pci(
+    cfg: &Config,
+    vm: &Arc<Vm>,
+    io: &Arc<IoBuses>,
+    objects: &[Arc<Backend>],
+) -> Result<crate::pci::Pci, Error> {
+    let mut ivshmem = Vec::new();
+    for d in &cfg.devices {
+        if let DeviceConfig::IvshmemPlain(c) = d {
+            // The CLI checked that the memdev exists (and is not guest RAM).
+            if let Some(b) = objects.iter().find(|b| b.id() == c.memdev) {
+                ivshmem.push((c, b.clone()));
+            }
+        }
+    }
+    let windows = devices::pci::BarWindows {
+        io: Some(layout::PCI_IO_START..layout::PCI_IO_END),
+        mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
+        mmio64: {
+            let start = layout::pci_mmio64_start(cfg.ram.size());
+            Some(start..start + layout::PCI_MMIO64_SIZE)
+        },
+    };
+    let slots: Arc<dyn crate::pci::MemorySlots> = vm.clone();
+    Ok(crate::pci::Pci::build(slots, io, &ivshmem, &windows, layout::PCI_BAR_FIRST_SLOT)?)
 }
 
 /// Builds the VM described by `cfg`, runs it, and says how it ended.
@@ -213,7 +254,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     vcpu::run_all(vcpus, &m.io, &m.state, m.ram.mem(), &first_run).map_err(Error::Threads)?;
     let end = m.state.take_end().unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
     if cfg.stats {
-        eprint!("shmvm: device statistics\n{}", m.io.report());
+        eprint!("shmvm: device statistics\n{}{}", m.io.report(), m.pci.report());
     }
     log::info!("VM ended after {:.3} ms: {end:?}", start.elapsed().as_secs_f64() * 1e3);
     drop(m.vm);
