@@ -1,2 +1,3 @@
 //! Helpers for end-to-end tests.
+pub mod harness;
 pub mod shm;

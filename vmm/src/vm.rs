@@ -232,7 +232,7 @@ fn build_pci(
         },
     };
     let slots: Arc<dyn crate::pci::MemorySlots> = vm.clone();
-    Ok(crate::pci::Pci::build(slots, io, &ivshmem, &windows, layout::PCI_BAR_FIRST_SLOT)?)
+    Ok(crate::pci::Pci::build(&slots, io, &ivshmem, &windows, layout::PCI_BAR_FIRST_SLOT)?)
 }
 
 /// Builds the VM described by `cfg`, runs it, and says how it ended.
