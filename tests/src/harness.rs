@@ -1,61 +1,14 @@
-//! Running the real `shmvm` binary with the test kernel from tests.
+//! Running the real `shmvm` binary with the test kernel, for the ivshmem
+//! tests (several VMs and host peers at once, `--stats` lines on stderr).
 //!
 //! Prerequisites fail loudly (a panic naming what is missing): /dev/kvm,
-//! the release binary (`make build`), the test kernel (`make testkernel`).
+//! the binary, the test kernel (see [`crate::vm`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The repository root (this crate lives in `<root>/tests`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-fn must_exist(p: PathBuf, what: &str, hint: &str) -> PathBuf {
-    assert!(p.is_file(), "{what} not found at {} ({hint})", p.display());
-    p
-}
-
-/// `SHMVM_BIN`, else `shmvm` next to the running test's profile directory
-/// (target/release/deps/.. -> target/release/shmvm), else target/release.
-pub fn shmvm_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SHMVM_BIN") {
-        return must_exist(PathBuf::from(p), "SHMVM_BIN", "set it to the shmvm binary");
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent()?.parent().map(|d| d.join("shmvm")))
-        .filter(|p| p.is_file());
-    let p = beside.unwrap_or_else(|| repo_root().join("target/release/shmvm"));
-    must_exist(
-        p,
-        "the shmvm binary",
-        "run `make build` or cargo build --release -p vmm",
-    )
-}
-
-/// `SHMVM_TESTKERNEL`, else build/guest/testkernel.
-pub fn testkernel() -> PathBuf {
-    let p = std::env::var_os("SHMVM_TESTKERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("build/guest/testkernel"));
-    must_exist(p, "the test kernel", "run `make testkernel`")
-}
-
-/// Panics unless /dev/kvm can be opened read-write.
-pub fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("this test needs /dev/kvm: {e}");
-    }
-}
+pub use crate::vm::{repo_root, require_kvm, shmvm_bin, testkernel};
 
 /// A unique name for this test process: `shmvm-test-<pid>-<tag>`.
 pub fn unique(tag: &str) -> String {
