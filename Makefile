@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BUILD := build
 
-.PHONY: all deps build demo test check unit bench clean testkernel
+.PHONY: all deps build demo test check unit bench clean testkernel bench-ivshmem demo-ivshmem
 
 all: build
 
@@ -55,6 +55,18 @@ test: deps check unit
 
 bench: build
 	@echo "bench: see bench/"
+
+# ivshmem: BAR2 vs guest RAM vs host bandwidth (needs /dev/kvm); see README.
+bench-ivshmem: build
+	bash bench/ivshmem.sh
+
+bench: bench-ivshmem
+
+# A guest and a host process sharing a named shm object (needs /dev/kvm).
+demo-ivshmem: build
+	bash scripts/demo-ivshmem.sh
+
+demo: demo-ivshmem
 
 clean:
 	$(CARGO) clean
