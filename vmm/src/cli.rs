@@ -71,7 +71,7 @@ pub struct Args {
     /// Serial console (COM1): stdio, file:PATH or none
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: String,
-    /// A device: isa-debug-exit[,iobase=0xf4][,iosize=4] [QEMU: -device]
+    /// A device: isa-debug-exit[,iobase=0xf4][,iosize=4] or ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off] [QEMU: -device]
     #[arg(long, value_name = "PROPS")]
     pub device: Vec<String>,
     /// Character devices [QEMU: -chardev] (none supported yet)
