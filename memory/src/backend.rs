@@ -91,6 +91,9 @@ impl Backend {
             KindOptions::Memfd(m) => ctx.memfd_source(m)?,
             KindOptions::Shm(s) => ctx.shm_source(s, &mut leftovers)?,
         };
+        if !cfg.reserve() {
+            ctx.check_noreserve(&src)?;
+        }
         let len = usize::try_from(src.len).map_err(|_| {
             ctx.invalid(
                 "size",
@@ -230,6 +233,19 @@ impl Drop for Backend {
         );
         // `map` then `fd` drop here: munmap, then close.
     }
+}
+
+/// Whether the kernel would ignore MAP_NORESERVE: it only matters for private (or
+/// shared anonymous) writable mappings of base pages, and for those it is ignored when
+/// `overcommit_memory` is 2.
+fn noreserve_ignored(
+    overcommit_memory: Option<&str>,
+    hugetlb: bool,
+    writable: bool,
+    shared_fd: bool,
+) -> bool {
+    let accountable = !hugetlb && writable && !shared_fd;
+    accountable && overcommit_memory.map(str::trim) == Some("2")
 }
 
 /// Error helpers and the per-type steps of `create`.
@@ -578,6 +594,24 @@ impl Ctx<'_> {
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (map, page);
+    }
+
+    /// reserve=off (MAP_NORESERVE) only changes anything for private, writable mappings
+    /// of base pages, and the kernel ignores it for those when overcommit_memory is 2:
+    /// refuse it there instead of silently reserving everything (as QEMU does).
+    fn check_noreserve(&self, src: &Source) -> Result<(), Error> {
+        let overcommit = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").ok();
+        let hugetlb = src.page_size != sys::host_page_size();
+        let shared_fd = self.cfg.share() && src.fd.is_some();
+        if noreserve_ignored(overcommit.as_deref(), hugetlb, src.writable, shared_fd) {
+            return Err(self.invalid(
+                "reserve",
+                "reserve=off has no effect while /proc/sys/vm/overcommit_memory is 2 \
+                 (the kernel reserves all memory regardless)"
+                    .to_string(),
+            ));
+        }
+        Ok(())
     }
 
     #[cfg(target_os = "linux")]

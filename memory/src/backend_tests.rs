@@ -633,3 +633,25 @@ fn drop_unmaps_and_closes() {
     );
     let _ = addr;
 }
+
+#[test]
+fn backend_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Backend>();
+}
+
+#[test]
+fn reserve_off_is_refused_only_where_the_kernel_would_ignore_it() {
+    // Private writable base pages with overcommit_memory=2: refused.
+    assert!(noreserve_ignored(Some("2\n"), false, true, false));
+    // Other overcommit modes, hugetlb, read-only and shared fd mappings: honoured.
+    assert!(!noreserve_ignored(Some("0\n"), false, true, false));
+    assert!(!noreserve_ignored(Some("1\n"), false, true, false));
+    assert!(!noreserve_ignored(Some("2\n"), true, true, false));
+    assert!(!noreserve_ignored(Some("2\n"), false, false, false));
+    assert!(!noreserve_ignored(Some("2\n"), false, true, true));
+    // On this host (overcommit_memory is not 2 here) reserve=off works.
+    if fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|s| s.trim() != "2") {
+        create("memory-backend-ram,id=r,size=4M,reserve=off");
+    }
+}

@@ -62,6 +62,7 @@ impl BackendKind {
                 "discard-data",
                 "readonly",
                 "rom",
+                "pmem",
             ],
             BackendKind::Memfd => &["hugetlb", "hugetlbsize", "seal"],
             BackendKind::Shm => &["name", "keep"],
@@ -448,6 +449,14 @@ impl BackendConfig {
                         "auto" => OnOffAuto::Auto,
                         _ => return Err(format!("rom='{value}': expected on, off or auto")),
                     };
+                    return Ok(());
+                }
+                "pmem" => {
+                    if parse_bool(key, value)? {
+                        return Err("pmem=on is not supported (shmvm has no persistent \
+                                    memory support; QEMU needs libpmem for it too)"
+                            .to_string());
+                    }
                     return Ok(());
                 }
                 _ => {}
@@ -1008,6 +1017,12 @@ mod tests {
             "align",
             "must be a power of two",
         );
+        rejects(
+            "memory-backend-file,id=f,size=1M,mem-path=/x,pmem=on",
+            "pmem",
+            "pmem=on is not supported",
+        );
+        parse("memory-backend-file,id=f,size=1M,mem-path=/x,pmem=off");
         rejects(
             "memory-backend-file,id=f,size=1M,mem-path=/x,offset=15E",
             "offset",
