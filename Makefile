@@ -7,6 +7,7 @@ CARGO ?= cargo
 BUILD := build
 
 .PHONY: all deps build demo test check unit bench clean
+.PHONY: bench-memory
 
 all: build
 
@@ -36,6 +37,11 @@ test: deps check unit
 
 bench: build
 	@echo "bench: see bench/"
+
+# Memory backends: prealloc 4 GiB per backend vs the kernel limit and QEMU (README).
+bench: bench-memory
+bench-memory: build
+	$(CARGO) bench -p memory --bench prealloc
 
 clean:
 	$(CARGO) clean
