@@ -7,6 +7,7 @@ CARGO ?= cargo
 BUILD := build
 
 .PHONY: all deps build demo test check unit bench clean testkernel bench-ivshmem demo-ivshmem
+.PHONY: bench-memory
 
 all: build
 
@@ -101,6 +102,11 @@ demo-ivshmem: build
 	SHMVM_BIN=$(SHMVM) bash scripts/demo-ivshmem.sh
 
 demo: demo-ivshmem
+
+# Memory backends: prealloc 4 GiB per backend vs the kernel limit and QEMU (README).
+bench: bench-memory
+bench-memory: build
+	$(CARGO) bench -p memory --bench prealloc
 
 clean:
 	$(CARGO) clean
