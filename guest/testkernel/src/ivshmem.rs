@@ -76,6 +76,7 @@ pub fn probe() -> Result<Dev, &'static str> {
         return Ok(d);
     }
     let Some(f) = pci::find(VENDOR, DEVICE) else {
+        say!("shmvm: ivshmem not found on PCI bus 0");
         return Err("ivshmem_not_found");
     };
     let class = f.read32(0x08);

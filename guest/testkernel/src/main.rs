@@ -103,12 +103,14 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
     cpu::user(params::parse_job, 0, 0, 0);
     cpu::user(jobs::free_ranges_job, 0, 0, 0);
     cpu::user(tables::count_job, 0, 0, 0);
-    report();
     // SAFETY: single CPU, CPL0 only; PARAMS is no longer written.
     let p = unsafe { &*PARAMS.ptr() };
-    if let Some((why, at)) = p.error {
-        say!("shmvm: bad parameter at cmdline offset ", Dec(at as u64));
+    if let Some((why, _)) = p.error {
         note_failure(why);
+    }
+    report();
+    if let Some((why, at)) = p.error {
+        say!("shmvm: bad parameter offset=", Dec(at as u64), " reason=", why);
     }
     for t in &p.tests[..p.ntests] {
         let r = match t {
