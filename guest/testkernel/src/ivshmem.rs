@@ -396,13 +396,19 @@ fn move_target(d: &Dev) -> Option<u64> {
         let end = a + d.size;
         a >= 0x10_0000
             && !(d.bar0 < end && a < d.bar0 + BAR0_SIZE)
-            && info.e820[..info.e820_len].iter().all(|e| e.end <= a || e.start >= end)
+            && info.e820[..info.e820_len]
+                .iter()
+                .all(|e| e.end <= a || e.start >= end)
     };
     let (old, size) = (d.bar2, d.size);
-    [old.checked_add(size), old.checked_sub(size), old.checked_add(2 * size)]
-        .into_iter()
-        .flatten()
-        .find(|&a| clear(a))
+    [
+        old.checked_add(size),
+        old.checked_sub(size),
+        old.checked_add(2 * size),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|&a| clear(a))
 }
 
 /// Ring-3 job: writes our slot, waits for all parties, verifies them.

@@ -110,7 +110,12 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
     }
     report();
     if let Some((why, at)) = p.error {
-        say!("shmvm: bad parameter offset=", Dec(at as u64), " reason=", why);
+        say!(
+            "shmvm: bad parameter offset=",
+            Dec(at as u64),
+            " reason=",
+            why
+        );
     }
     for t in &p.tests[..p.ntests] {
         let r = match t {
