@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BUILD := build
 
-.PHONY: all deps build demo test check unit bench clean testkernel
+.PHONY: all deps build demo test check unit bench clean testkernel testkernel-unit testkernel-check
 
 all: build
 
@@ -40,6 +40,19 @@ $(TESTKERNEL): $(TESTKERNEL_SRC)
 		echo "testkernel: SSE/AVX register use found (objdump -d)" >&2; exit 1; fi
 	@mkdir -p $(dir $@)
 	cp guest/testkernel/target/release/testkernel $@
+
+# The kernel's pure modules (parsing, range arithmetic, patterns) as host
+# unit tests, and the kernel booted in QEMU (needs /dev/kvm).
+unit: testkernel-unit
+test: testkernel-check
+
+testkernel-unit:
+	@mkdir -p $(BUILD)/guest
+	cd guest/testkernel && rustc --edition 2024 --test -A dead_code -o ../../$(BUILD)/guest/testkernel-unit host_tests.rs
+	$(BUILD)/guest/testkernel-unit
+
+testkernel-check: testkernel
+	bash guest/testkernel/qemu_check.sh
 
 demo: build
 	@echo "demo: not wired yet"

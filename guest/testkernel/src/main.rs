@@ -18,14 +18,17 @@ mod jobs;
 mod paging;
 mod params;
 mod pci;
+mod protocol;
+mod ranges;
 mod tables;
 mod timer;
 
 use core::cell::UnsafeCell;
 
-use bootinfo::{E820_RAM, INFO};
+use bootinfo::INFO;
 use console::{Dec, Hex, Hex16};
 use params::{PARAMS, Test};
+use ranges::E820_RAM;
 
 /// A static shared between CPL0 code and ring-3 jobs. There is one CPU and
 /// no interrupts; CPL0 is suspended while a job runs, so accesses never
@@ -100,7 +103,7 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
     if let Err(why) = bootinfo::load(entry, info) {
         fail_now(why);
     }
-    cpu::user(params::parse_job, 0, 0, 0);
+    cpu::user(jobs::parse_job, 0, 0, 0);
     cpu::user(jobs::free_ranges_job, 0, 0, 0);
     cpu::user(tables::count_job, 0, 0, 0);
     // SAFETY: single CPU, CPL0 only; PARAMS is no longer written.
@@ -117,7 +120,7 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
             why
         );
     }
-    for t in &p.tests[..p.ntests] {
+    for t in p.tests() {
         let r = match t {
             Test::Boot => Ok(()),
             Test::Memtest => memtest(),
