@@ -121,10 +121,8 @@ pub fn probe() -> Result<Dev, &'static str> {
     let ivpos = u64::from(unsafe { read_volatile((bar0 + IVPOSITION) as *const u32) });
     say!("shmvm: ivshmem ivposition=", Hex(ivpos));
     // SAFETY: single CPU, CPL0 only.
-    fail_if(
-        ivpos != unsafe { (*PARAMS.ptr()).ivposition },
-        "ivshmem_ivposition",
-    )?;
+    let want_ivpos = unsafe { (*PARAMS.ptr()).ivposition };
+    fail_if(ivpos != want_ivpos, "ivshmem_ivposition")?;
     let d = Dev {
         bdf: f,
         bar0,
