@@ -45,8 +45,8 @@ run acpi 33 -M microvm "${QBOOT[@]}" -initrd "$tmp/initrd" -- \
 has acpi "shmvm: entry=pvh"
 has acpi "shmvm: cmdline=shmvm.test=boot,memtest,initrd shmvm.expect_cpus=2 shmvm.expect_ram=128M"
 has acpi "shmvm: cpus=2"
-has acpi "shmvm: initrd size=200000 fnv1a64=$want_hash addr=$(grep -o 'addr=0x[0-9a-f]*' "$tmp/acpi.out" | head -1 | cut -d= -f2)"
-grep -qE '^shmvm: memtest bytes=[0-9]{9} ranges=[0-9]+ ok$' "$tmp/acpi.out" || fail "acpi: no memtest ok line"
+has acpi "shmvm: initrd size=200000 fnv1a64=$want_hash"
+grep -qE '^shmvm: memtest bytes=[0-9]{9} ok$' "$tmp/acpi.out" || fail "acpi: no memtest ok line"
 grep -qE '^shmvm: cpu tables .* madt_cpus=2$' "$tmp/acpi.out" || fail "acpi: MADT not counted"
 has acpi "shmvm: verdict=pass"
 
@@ -67,7 +67,8 @@ python3 guest/testkernel/ivshmem_peer.py handshake "$shm" --timeout 60 >"$tmp/pe
 wait $qemu
 has ivshmem "shmvm: ivshmem handshake start seed=0x1234 data_len=1044480"
 grep -qE '^shmvm: ivshmem handshake ok ms=[0-9]+$' "$tmp/ivshmem.out" || fail "ivshmem: handshake not ok"
-grep -qE '^shmvm: bench bar2 write_mbps=[0-9]+ read_mbps=[0-9]+ bytes=1048576$' "$tmp/ivshmem.out" || fail "ivshmem: no bench line"
+grep -qE '^shmvm: bench bar2 write_mbps=[0-9]+ read_mbps=[0-9]+$' "$tmp/ivshmem.out" || fail "ivshmem: no bench line"
+grep -qE '^shmvm: bench ram addr=0x[0-9a-f]+ bytes=1048576$' "$tmp/ivshmem.out" || fail "ivshmem: no bench ram line"
 has ivshmem "shmvm: verdict=pass"
 
 [ ! -s "$tmp/failures" ] || { echo "qemu_check: $(wc -l <"$tmp/failures") failure(s)" >&2; exit 1; }

@@ -531,12 +531,18 @@ fn bench_one(what: &str, base: u64, bytes: u64) {
     say!(
         "shmvm: bench ",
         what,
+        " addr=",
+        Hex(base),
+        " bytes=",
+        Dec(bytes)
+    );
+    say!(
+        "shmvm: bench ",
+        what,
         " write_mbps=",
         Dec(mbps(b.write)),
         " read_mbps=",
-        Dec(mbps(b.read)),
-        " bytes=",
-        Dec(bytes)
+        Dec(mbps(b.read))
     );
 }
 

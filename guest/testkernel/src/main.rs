@@ -226,14 +226,9 @@ fn memtest() -> Result<(), &'static str> {
     paging::ensure_mapped(0, top)?;
     // SAFETY: as above.
     let seed = unsafe { (*PARAMS.ptr()).seed };
+    say!("shmvm: memtest ranges=", Dec(n as u64), " seed=", Hex(seed));
     if cpu::user(jobs::memtest_job, seed, 0, 0) == 0 {
-        say!(
-            "shmvm: memtest bytes=",
-            Dec(bytes),
-            " ranges=",
-            Dec(n as u64),
-            " ok"
-        );
+        say!("shmvm: memtest bytes=", Dec(bytes), " ok");
         return Ok(());
     }
     // SAFETY: the job has returned.
@@ -242,12 +237,9 @@ fn memtest() -> Result<(), &'static str> {
         "shmvm: memtest bytes=",
         Dec(bytes),
         " failed at ",
-        Hex(r.failed_at),
-        " got=",
-        Hex(r.got),
-        " want=",
-        Hex(r.want)
+        Hex(r.failed_at)
     );
+    say!("shmvm: memtest got=", Hex(r.got), " want=", Hex(r.want));
     Err("memtest")
 }
 
@@ -260,14 +252,8 @@ fn initrd() -> Result<(), &'static str> {
     }
     paging::ensure_mapped(start, start + size)?;
     let h = cpu::user(jobs::fnv1a_job, start, size, 0);
-    say!(
-        "shmvm: initrd size=",
-        Dec(size),
-        " fnv1a64=",
-        Hex16(h),
-        " addr=",
-        Hex(start)
-    );
+    say!("shmvm: initrd addr=", Hex(start));
+    say!("shmvm: initrd size=", Dec(size), " fnv1a64=", Hex16(h));
     Ok(())
 }
 
