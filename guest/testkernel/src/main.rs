@@ -226,7 +226,6 @@ fn memtest() -> Result<(), &'static str> {
     paging::ensure_mapped(0, top)?;
     // SAFETY: as above.
     let seed = unsafe { (*PARAMS.ptr()).seed };
-    say!("shmvm: memtest ranges=", Dec(n as u64), " seed=", Hex(seed));
     if cpu::user(jobs::memtest_job, seed, 0, 0) == 0 {
         say!("shmvm: memtest bytes=", Dec(bytes), " ok");
         return Ok(());
@@ -252,8 +251,14 @@ fn initrd() -> Result<(), &'static str> {
     }
     paging::ensure_mapped(start, start + size)?;
     let h = cpu::user(jobs::fnv1a_job, start, size, 0);
-    say!("shmvm: initrd addr=", Hex(start));
-    say!("shmvm: initrd size=", Dec(size), " fnv1a64=", Hex16(h));
+    say!(
+        "shmvm: initrd size=",
+        Dec(size),
+        " fnv1a64=",
+        Hex16(h),
+        " addr=",
+        Hex(start)
+    );
     Ok(())
 }
 
