@@ -59,6 +59,7 @@ pub fn require_kvm() {
 /// What a finished run produced.
 #[derive(Debug)]
 pub struct Run {
+    pub pid: u32,
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
@@ -68,6 +69,15 @@ impl Run {
     /// Values of `shmvm: KEY=...` lines, in order (the rest of the line).
     pub fn values(&self, key: &str) -> Vec<String> {
         let prefix = format!("shmvm: {key}=");
+        self.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    /// Rests of `shmvm: WORD ...` lines (for `e820 start=..`, `initrd size=..`).
+    pub fn lines_of(&self, word: &str) -> Vec<String> {
+        let prefix = format!("shmvm: {word} ");
         self.stdout
             .lines()
             .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
@@ -104,6 +114,7 @@ pub fn run(args: &[&str], timeout: Duration) -> Run {
 
 /// Waits for `child` up to `timeout`, killing it after that.
 pub fn wait(mut child: Child, timeout: Duration) -> Run {
+    let pid = child.id();
     let t0 = Instant::now();
     loop {
         match child.try_wait().expect("wait") {
@@ -126,6 +137,7 @@ pub fn wait(mut child: Child, timeout: Duration) -> Run {
         stderr,
     } = child.wait_with_output().expect("output");
     Run {
+        pid,
         code: status.code(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
@@ -146,12 +158,16 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
     })
 }
 
-/// Names in /dev/shm, to check that nothing was left behind.
-pub fn dev_shm_names() -> std::collections::BTreeSet<String> {
+/// Names in /dev/shm that a shmvm process with this pid created (the memory
+/// crate names its shm objects `shmvm-<pid>-<random>`), to check that
+/// nothing was left behind. Pid-specific so parallel tests do not interfere.
+pub fn leftover_shm(pid: u32) -> Vec<String> {
+    let prefix = format!("shmvm-{pid}-");
     std::fs::read_dir("/dev/shm")
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
                 .collect()
         })
         .unwrap_or_default()
@@ -163,9 +179,10 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = std::process::id();
-        let t = Instant::now().elapsed().as_nanos();
-        let p = std::env::temp_dir().join(format!("shmvm-test-{tag}-{n}-{t}"));
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("shmvm-test-{tag}-{n}-{k}"));
         std::fs::create_dir_all(&p).expect("temp dir");
         TempDir(p)
     }

@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use shmvm_tests::vm::{TempDir, dev_shm_names, require_kvm, run, tiny_kernel};
+use shmvm_tests::vm::{TempDir, leftover_shm, require_kvm, run, tiny_kernel};
 
 const T: Duration = Duration::from_secs(20);
 
 fn check(args: &[&str], option: &str, dir: &TempDir) {
-    let shm_before = dev_shm_names();
     let tmp_before = dir.entries();
     let r = run(args, T);
     assert_eq!(r.code, Some(2), "{args:?}: {r:?}");
@@ -30,7 +29,11 @@ fn check(args: &[&str], option: &str, dir: &TempDir) {
         lines[0]
     );
     assert!(r.stdout.is_empty(), "{args:?}: stdout {:?}", r.stdout);
-    assert_eq!(dev_shm_names(), shm_before, "{args:?}: /dev/shm changed");
+    assert_eq!(
+        leftover_shm(r.pid),
+        Vec::<String>::new(),
+        "{args:?}: /dev/shm changed"
+    );
     assert_eq!(dir.entries(), tmp_before, "{args:?}: temp dir changed");
 }
 

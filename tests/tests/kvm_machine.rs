@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shmvm_tests::vm::{
-    TempDir, dev_shm_names, read_all, require_kvm, run, shmvm_bin, tiny_kernel, wait,
+    TempDir, leftover_shm, read_all, require_kvm, run, shmvm_bin, tiny_kernel, wait,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -118,7 +118,6 @@ fn kvm_unclaimed_port_reads_all_ones_and_is_counted() {
 
 fn sigterm_case(smp: &str, object: String, dir: &TempDir) {
     let k = kernel(dir, HANG);
-    let shm_before = dev_shm_names();
     let child = Command::new(shmvm_bin())
         .args([
             "-kernel",
@@ -146,7 +145,11 @@ fn sigterm_case(smp: &str, object: String, dir: &TempDir) {
         t0.elapsed()
     );
     assert_eq!(r.code, Some(128 + libc::SIGTERM), "{r:?}");
-    assert_eq!(dev_shm_names(), shm_before, "shm object left behind");
+    assert_eq!(
+        leftover_shm(r.pid),
+        Vec::<String>::new(),
+        "shm object left behind"
+    );
 }
 
 #[test]

@@ -19,10 +19,10 @@
 //!   ...        64-bit PCI BAR window, 1 GiB aligned above the end of RAM
 //! ```
 
-/// Start of the boot GDT (4 entries) used for 64-bit and PVH entry.
+/// Start of the boot GDT (5 entries) used for 64-bit and PVH entry.
 pub const BOOT_GDT: u64 = 0x500;
 /// Start of the (empty) boot IDT.
-pub const BOOT_IDT: u64 = 0x520;
+pub const BOOT_IDT: u64 = 0x540;
 /// PVH `hvm_start_info`.
 pub const PVH_START_INFO: u64 = 0x6000;
 /// PVH module list (the initrd is module 0).

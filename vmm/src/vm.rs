@@ -269,7 +269,10 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     };
     crate::signals::install()?;
     let (m, vcpus, serial) = build(cfg, &mut t)?;
-    if cfg.serial == SerialMode::Stdio {
+    let _raw = (cfg.serial == SerialMode::Stdio)
+        .then(crate::terminal::RawMode::enter)
+        .flatten();
+    if cfg.serial == SerialMode::Stdio && crate::terminal::stdin_has_input() {
         spawn_stdin_reader(serial);
     }
     let first_run = || {
