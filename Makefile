@@ -8,6 +8,7 @@ BUILD := build
 
 .PHONY: all deps build demo test check unit bench clean testkernel bench-ivshmem demo-ivshmem
 .PHONY: bench-memory
+.PHONY: testkernel-unit testkernel-check
 
 all: build
 
@@ -41,6 +42,19 @@ $(TESTKERNEL): $(TESTKERNEL_SRC)
 		echo "testkernel: SSE/AVX register use found (objdump -d)" >&2; exit 1; fi
 	@mkdir -p $(dir $@)
 	cp guest/testkernel/target/release/testkernel $@
+
+# The kernel's pure modules (parsing, range arithmetic, patterns) as host
+# unit tests, and the kernel booted in QEMU (needs /dev/kvm).
+unit: testkernel-unit
+test: testkernel-check
+
+testkernel-unit:
+	@mkdir -p $(BUILD)/guest
+	cd guest/testkernel && rustc --edition 2024 --test -A dead_code -o ../../$(BUILD)/guest/testkernel-unit host_tests.rs
+	$(BUILD)/guest/testkernel-unit
+
+testkernel-check: testkernel
+	bash guest/testkernel/qemu_check.sh
 
 # The shipped shmvm: static (no dynamic loader, no shared libc pages), non-PIE
 # (no start-up relocations), size-optimized with fat LTO. Half the peak RSS
