@@ -6,7 +6,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BUILD := build
 
-.PHONY: all deps build demo test check unit bench clean testkernel
+.PHONY: all deps build demo test check unit bench clean testkernel bench-ivshmem demo-ivshmem
+.PHONY: bench-memory
+.PHONY: testkernel-unit testkernel-check
 
 all: build
 
@@ -40,6 +42,19 @@ $(TESTKERNEL): $(TESTKERNEL_SRC)
 		echo "testkernel: SSE/AVX register use found (objdump -d)" >&2; exit 1; fi
 	@mkdir -p $(dir $@)
 	cp guest/testkernel/target/release/testkernel $@
+
+# The kernel's pure modules (parsing, range arithmetic, patterns) as host
+# unit tests, and the kernel booted in QEMU (needs /dev/kvm).
+unit: testkernel-unit
+test: testkernel-check
+
+testkernel-unit:
+	@mkdir -p $(BUILD)/guest
+	cd guest/testkernel && rustc --edition 2024 --test -A dead_code -o ../../$(BUILD)/guest/testkernel-unit host_tests.rs
+	$(BUILD)/guest/testkernel-unit
+
+testkernel-check: testkernel
+	bash guest/testkernel/qemu_check.sh
 
 # The shipped shmvm: static (no dynamic loader, no shared libc pages), non-PIE
 # (no start-up relocations), size-optimized with fat LTO. Half the peak RSS
@@ -89,6 +104,23 @@ bench: bench-boot
 bench-boot: build
 	python3 bench/boot_bench.py --runs $(BENCH_RUNS) --shmvm $(SHMVM) \
 		--shmvm-dynamic target/release/shmvm
+
+# ivshmem: BAR2 vs guest RAM vs host bandwidth (needs /dev/kvm); see README.
+bench-ivshmem: build
+	bash bench/ivshmem.sh
+
+bench: bench-ivshmem
+
+# A guest and a host process sharing a named shm object (needs /dev/kvm).
+demo-ivshmem: build
+	SHMVM_BIN=$(SHMVM) bash scripts/demo-ivshmem.sh
+
+demo: demo-ivshmem
+
+# Memory backends: prealloc 4 GiB per backend vs the kernel limit and QEMU (README).
+bench: bench-memory
+bench-memory: build
+	$(CARGO) bench -p memory --bench prealloc
 
 clean:
 	$(CARGO) clean

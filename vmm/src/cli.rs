@@ -71,7 +71,7 @@ pub struct Args {
     /// Serial console (COM1): stdio, file:PATH or none
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: String,
-    /// A device: isa-debug-exit[,iobase=0xf4][,iosize=4] [QEMU: -device]
+    /// A device: isa-debug-exit[,iobase=0xf4][,iosize=4] or ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off] [QEMU: -device]
     #[arg(long, value_name = "PROPS")]
     pub device: Vec<String>,
     /// Character devices [QEMU: -chardev] (none supported yet)
@@ -108,7 +108,12 @@ pub enum SerialMode {
 /// Devices from `--device`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceConfig {
-    DebugExit { iobase: u16, iosize: u16 },
+    DebugExit {
+        iobase: u16,
+        iosize: u16,
+    },
+    /// `ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off]`
+    IvshmemPlain(crate::ivshmem::IvshmemConfig),
 }
 
 /// The validated configuration of one VM.
@@ -275,10 +280,16 @@ fn parse_device(s: &str) -> Result<DeviceConfig, Error> {
                 iosize: iosize as u16,
             })
         }
+        "ivshmem-plain" => {
+            let props = s.split_once(',').map_or("", |(_, p)| p);
+            crate::ivshmem::parse(props, 0)
+                .map(DeviceConfig::IvshmemPlain)
+                .map_err(|e| invalid("--device", e.to_string()))
+        }
         "" => Err(invalid("--device", "empty device name")),
         other => Err(invalid(
             "--device",
-            format!("unknown device '{other}' (known: isa-debug-exit)"),
+            format!("unknown device '{other}' (known: isa-debug-exit, ivshmem-plain)"),
         )),
     }
 }
@@ -339,6 +350,32 @@ fn check_ram_size(option: &'static str, size: u64) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// Numbers the ivshmem devices and checks their memdevs against the
+/// backends (see [`crate::ivshmem::check`]).
+fn check_ivshmem(
+    devices: &mut [DeviceConfig],
+    ram: &BackendConfig,
+    objects: &[BackendConfig],
+) -> Result<(), Error> {
+    let mut ivshmem = Vec::new();
+    for d in devices.iter_mut() {
+        if let DeviceConfig::IvshmemPlain(c) = d {
+            c.index = ivshmem.len();
+            ivshmem.push(c.clone());
+        }
+    }
+    let memdevs: Vec<_> = objects
+        .iter()
+        .map(|o| crate::ivshmem::Memdev {
+            id: o.id(),
+            size: o.size(),
+            share: o.share(),
+        })
+        .collect();
+    crate::ivshmem::check(&ivshmem, ram.id(), &memdevs)
+        .map_err(|e| invalid("--device", e.to_string()))
 }
 
 impl Config {
@@ -427,11 +464,12 @@ impl Config {
         }
         let vcpus = args.smp.as_deref().map(parse_smp).transpose()?.unwrap_or(1);
         let serial = parse_serial(&args.serial)?;
-        let devices = args
+        let mut devices = args
             .device
             .iter()
             .map(|d| parse_device(d))
             .collect::<Result<Vec<_>, _>>()?;
+        check_ivshmem(&mut devices, &ram, &objects)?;
         if let Some(c) = args.chardev.first() {
             return Err(invalid(
                 "--chardev",

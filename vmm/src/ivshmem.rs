@@ -121,7 +121,11 @@ pub fn parse(props: &str, index: usize) -> Result<IvshmemConfig, Error> {
             _ => return Err(Error::UnknownProperty(k.to_string())),
         }
     }
-    let device = cfg.to_string();
+    // The position is not known yet while parsing; name the device by id.
+    let device = match &cfg.id {
+        Some(_) => cfg.to_string(),
+        None => "ivshmem-plain".to_string(),
+    };
     if let Some(v) = master {
         cfg.master = match v.as_str() {
             "on" => Master::On,
@@ -240,12 +244,16 @@ mod tests {
         assert!(e("memdev=m,chardev").contains("'chardev' is not key=value"));
         assert_eq!(
             e("memdev=m,master=yes"),
-            "ivshmem-plain #1: master='yes' is not on, off or auto"
+            "ivshmem-plain: master='yes' is not on, off or auto"
+        );
+        assert_eq!(
+            e("id=d,memdev=m,master=1"),
+            "ivshmem-plain 'd': master='1' is not on, off or auto"
         );
         for bad in ["0", "20", "0.0", "3.1", "x", ""] {
             let msg = e(&format!("memdev=m,addr={bad}"));
             assert!(
-                msg.starts_with("ivshmem-plain #1: addr=") && msg.contains("not a PCI slot"),
+                msg.starts_with("ivshmem-plain: addr=") && msg.contains("not a PCI slot"),
                 "{msg}"
             );
         }

@@ -66,6 +66,12 @@ pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 pub const KVM_TSS: u64 = 0xfffb_d000;
 /// Size of the 64-bit PCI BAR window that starts above RAM.
 pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+/// I/O port window for PCI I/O BARs.
+pub const PCI_IO_START: u64 = 0xc000;
+pub const PCI_IO_END: u64 = 0x1_0000;
+/// Memory slots from this number on belong to memory-backed PCI BARs (one
+/// per ivshmem device); guest RAM uses the slots below.
+pub const PCI_BAR_FIRST_SLOT: u32 = 8;
 
 /// Ports.
 pub const COM1_PORT: u16 = 0x3f8;

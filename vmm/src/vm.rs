@@ -48,6 +48,8 @@ pub enum Error {
     Threads(std::io::Error),
     #[error(transparent)]
     Signals(#[from] crate::signals::Error),
+    #[error(transparent)]
+    Pci(#[from] crate::pci::Error),
 }
 
 impl Error {
@@ -56,6 +58,8 @@ impl Error {
         match self {
             Error::Backend { .. } | Error::SerialFile { .. } | Error::DevicePlacement { .. } => 2,
             Error::Ram(guest_ram::Error::ReadOnly { .. }) => 2,
+            Error::Pci(crate::pci::Error::Ivshmem { .. } | crate::pci::Error::Slot { .. }) => 2,
+            Error::Pci(crate::pci::Error::Assign(_)) => 2,
             Error::Boot(boot::Error::Write { .. }) => 1,
             Error::Boot(_) => 2,
             _ => 1,
@@ -79,10 +83,11 @@ impl Timeline {
 /// A running machine. Field order is drop order: vCPUs and the VM go before
 /// the RAM they map, which goes before the other backends.
 struct Machine {
-    vm: Vm,
+    vm: Arc<Vm>,
     ram: GuestRam,
     /// Backends from `-object` not used as RAM (for devices such as ivshmem).
-    _objects: Vec<Backend>,
+    _objects: Vec<Arc<Backend>>,
+    pci: crate::pci::Pci,
     io: Arc<IoBuses>,
     state: Arc<VmState>,
 }
@@ -163,11 +168,11 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
     let objects = cfg
         .objects
         .iter()
-        .map(|o| create_backend(o, "--object"))
+        .map(|o| create_backend(o, "--object").map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     t.mark("memory backend(s) created and mapped");
 
-    let vm = Vm::new()?;
+    let vm = Arc::new(Vm::new()?);
     t.mark("open /dev/kvm + KVM_CREATE_VM");
     // Adding a memory slot and creating the in-kernel irqchip each wait for
     // a KVM SRCU grace period (milliseconds on a busy host). The slot is
@@ -187,17 +192,55 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
         rest
     })?;
     log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
+    let pci = build_pci(cfg, &vm, &io, &objects)?;
+    t.mark("PCI root and ivshmem devices");
     Ok((
         Machine {
             vm,
             ram,
             _objects: objects,
+            pci,
             io,
             state,
         },
         vcpus,
         serial,
     ))
+}
+
+/// The PCI root with every `-device ivshmem-plain` (its memdev's backend
+/// as BAR2), BARs placed in the layout's windows.
+fn build_pci(
+    cfg: &Config,
+    vm: &Arc<Vm>,
+    io: &Arc<IoBuses>,
+    objects: &[Arc<Backend>],
+) -> Result<crate::pci::Pci, Error> {
+    let mut ivshmem = Vec::new();
+    for d in &cfg.devices {
+        if let DeviceConfig::IvshmemPlain(c) = d {
+            // The CLI checked that the memdev exists (and is not guest RAM).
+            if let Some(b) = objects.iter().find(|b| b.id() == c.memdev) {
+                ivshmem.push((c, b.clone()));
+            }
+        }
+    }
+    let windows = devices::pci::BarWindows {
+        io: Some(layout::PCI_IO_START..layout::PCI_IO_END),
+        mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
+        mmio64: {
+            let start = layout::pci_mmio64_start(cfg.ram.size());
+            Some(start..start + layout::PCI_MMIO64_SIZE)
+        },
+    };
+    let slots: Arc<dyn crate::pci::MemorySlots> = vm.clone();
+    Ok(crate::pci::Pci::build(
+        &slots,
+        io,
+        &ivshmem,
+        &windows,
+        layout::PCI_BAR_FIRST_SLOT,
+    )?)
 }
 
 /// What [`build_rest`] produces.
@@ -300,6 +343,8 @@ fn wire_devices(
                 io.add(BusKind::Pio, &name, dev, (*iobase).into(), (*iosize).into())
                     .map_err(place("isa-debug-exit"))?;
             }
+            // Wired by build_pci, together on the PCI root.
+            DeviceConfig::IvshmemPlain(_) => {}
         }
     }
     Ok(serial)
@@ -344,7 +389,11 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         .take_end()
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
     if cfg.stats {
-        eprint!("shmvm: device statistics\n{}", m.io.report());
+        eprint!(
+            "shmvm: device statistics\n{}{}",
+            m.io.report(),
+            m.pci.report()
+        );
     }
     log::info!(
         "VM ended after {:.3} ms: {end:?}",

@@ -101,6 +101,48 @@ impl Vm {
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 
+    /// Sets memory slot `slot` to `[host, host + size)` at `gpa`, read-only
+    /// for the guest when `readonly` (guest writes then exit as MMIO).
+    /// Used for PCI BARs backed by memory, which move at run time.
+    ///
+    /// # Safety
+    /// As [`Vm::add_memory`]: the host range stays mapped while the slot is set.
+    pub unsafe fn set_memory_slot(
+        &self,
+        slot: u32,
+        gpa: u64,
+        host: *mut u8,
+        size: u64,
+        readonly: bool,
+    ) -> Result<(), Error> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: if readonly {
+                kvm_bindings::KVM_MEM_READONLY
+            } else {
+                0
+            },
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the caller guarantees the host range is a live mapping for
+        // as long as the slot is set.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    /// Deletes memory slot `slot` (a zero-sized region).
+    pub fn remove_memory_slot(&self, slot: u32) -> Result<(), Error> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            ..Default::default()
+        };
+        // SAFETY: a zero-sized region maps no host memory; it deletes the slot.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
+    }
+
     /// Connects `evt` to the interrupt line `gsi` (irqfd).
     pub fn add_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
         self.fd.register_irqfd(evt, gsi).map_err(ioctl("KVM_IRQFD"))
