@@ -12,7 +12,7 @@ BUILD := build
 
 all: build
 
-APT_PACKAGES := qemu-system-x86 busybox-static cpio lz4 time hyperfine
+APT_PACKAGES := qemu-system-x86 busybox-static cpio lz4 time hyperfine acpica-tools
 DEPS_STAMP := $(BUILD)/.deps
 
 deps: $(DEPS_STAMP)

@@ -5,7 +5,7 @@ set -euo pipefail
 
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu)
-for p in busybox-static cpio lz4 time hyperfine; do
+for p in busybox-static cpio lz4 time hyperfine acpica-tools; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
 [ ${#need[@]} -eq 0 ] && { echo "deps: all present"; exit 0; }
@@ -29,3 +29,5 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q -t bookworm-backports qemu-system-x86
 apt-get install -y -q busybox-static cpio lz4 time hyperfine
+# iasl checks the VMM's ACPI tables (vmm unit tests).
+apt-get install -y -q acpica-tools

@@ -73,8 +73,13 @@ pub const PCI_IO_END: u64 = 0x1_0000;
 /// per ivshmem device); guest RAM uses the slots below.
 pub const PCI_BAR_FIRST_SLOT: u32 = 8;
 
+/// ACPI tables (RSDP first), in the BIOS area guests scan for the RSDP.
+pub const ACPI_TABLES: u64 = 0xe_0000;
+
 /// Ports.
 pub const COM1_PORT: u16 = 0x3f8;
+/// ACPI sleep control/status register (hardware-reduced ACPI).
+pub const ACPI_SLEEP_PORT: u16 = 0x3c0;
 pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
 /// PCI configuration mechanism #1 (CONFIG_ADDRESS 0xcf8, CONFIG_DATA 0xcfc).

@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use devices::acpi_pm::AcpiSleep;
 use devices::debug_exit::{DebugExit, ExitHook};
 use devices::i8042::I8042;
 use devices::serial::{IrqEvent, Serial};
@@ -326,6 +327,15 @@ fn wire_devices(
         com1.1,
     )
     .map_err(place("serial"))?;
+    let sleep = (layout::ACPI_SLEEP_PORT.into(), AcpiSleep::PORTS);
+    io.add(
+        BusKind::Pio,
+        "acpi-sleep (0x3c0)",
+        AcpiSleep::new(hook.clone()),
+        sleep.0,
+        sleep.1,
+    )
+    .map_err(place("acpi-sleep"))?;
     let kbd = (layout::I8042_PORT.into(), I8042::PORTS);
     io.add(
         BusKind::Pio,

@@ -2,6 +2,7 @@
 //! boot structures (PVH start info or Linux zero page, MP table, GDT, page
 //! tables) for the chosen entry protocol.
 
+pub mod acpi;
 pub mod cpu;
 mod linux;
 pub mod mptable;
@@ -17,7 +18,7 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::cli::BootProtocol;
-use crate::layout::{self, BOOT_GDT, BOOT_IDT, CMDLINE, HIMEM, MPTABLE, PML4};
+use crate::layout::{self, ACPI_TABLES, BOOT_GDT, BOOT_IDT, CMDLINE, HIMEM, MPTABLE, PML4};
 pub use cpu::Entry;
 
 /// Errors loading the kernel or initrd, each naming the file and option.
@@ -203,8 +204,16 @@ pub fn load(
         _ => None,
     };
 
-    // Shared pieces: MP table, GDT, empty IDT.
+    // Shared pieces: MP table and ACPI tables (CPUs, PCI root, power-off),
+    // GDT, empty IDT.
     write(mem, MPTABLE, &mptable::build(MPTABLE, spec.vcpus))?;
+    let mmio64 = layout::pci_mmio64_start(ram_size);
+    let tables = acpi::build(
+        ACPI_TABLES,
+        spec.vcpus,
+        (mmio64, mmio64 + layout::PCI_MMIO64_SIZE),
+    );
+    write(mem, ACPI_TABLES, &tables)?;
     let gdt: Vec<u8> = cpu::gdt(entry)
         .iter()
         .flat_map(|e| e.to_le_bytes())
