@@ -42,9 +42,15 @@ impl VmState {
 }
 
 /// Configures `vcpu` (one of `count`); vCPU 0 also gets the entry state.
-pub fn configure(vcpu: &Vcpu, supported: &CpuId, count: u8, entry: Entry) -> Result<(), hv::Error> {
+pub fn configure(
+    vcpu: &Vcpu,
+    supported: &CpuId,
+    tsc_deadline: bool,
+    count: u8,
+    entry: Entry,
+) -> Result<(), hv::Error> {
     let mut cpuid = supported.clone();
-    crate::cpuid::for_vcpu(cpuid.as_mut_slice(), vcpu.id(), count);
+    crate::cpuid::for_vcpu(cpuid.as_mut_slice(), vcpu.id(), count, tsc_deadline);
     vcpu.set_cpuid(&cpuid)?;
     let msrs =
         Msrs::from_entries(&cpu::boot_msrs()).map_err(|_| hv::Error::Msrs { set: 0, want: 0 })?;

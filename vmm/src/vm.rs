@@ -282,11 +282,12 @@ fn build_rest(
     t.mark("devices");
 
     let supported = vm.supported_cpuid()?;
+    let tsc_deadline = vm.has_tsc_deadline_timer();
     t.mark("KVM_GET_SUPPORTED_CPUID");
     let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
     for id in 0..cfg.vcpus {
         let v = vm.create_vcpu(id)?;
-        vcpu::configure(&v, &supported, cfg.vcpus, loaded.entry)?;
+        vcpu::configure(&v, &supported, tsc_deadline, cfg.vcpus, loaded.entry)?;
         vcpus.push(v);
     }
     t.mark("vCPUs created and configured");

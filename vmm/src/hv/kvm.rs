@@ -69,6 +69,11 @@ impl Vm {
         self.fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))
     }
 
+    /// Whether KVM emulates the LAPIC TSC-deadline timer.
+    pub fn has_tsc_deadline_timer(&self) -> bool {
+        self.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer)
+    }
+
     /// The CPUID leaves KVM can expose on this host.
     pub fn supported_cpuid(&self) -> Result<CpuId, Error> {
         self.kvm
