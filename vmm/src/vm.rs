@@ -399,7 +399,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         .state
         .take_end()
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
-    if cfg.stats {
+    if cfg.stats || log::log_enabled!(log::Level::Info) {
         eprint!(
             "shmvm: device statistics\n{}{}",
             m.io.report(),
