@@ -431,6 +431,7 @@ impl Config {
             }
         }
         let mem_size = args.memory.as_deref().map(parse_memory).transpose()?;
+        let ram_from_object = ram_id.is_some();
         let ram = match ram_id {
             Some(id) => {
                 let pos = objects.iter().position(|c| c.id() == id).ok_or_else(|| {
@@ -490,7 +491,7 @@ impl Config {
             kernel: args.kernel,
             initrd: args.initrd,
             cmdline,
-            ram_from_object: ram.id() != DEFAULT_RAM_ID,
+            ram_from_object,
             ram,
             objects,
             vcpus,
