@@ -307,3 +307,75 @@ fn kvm_ivshmem_readonly_memdev_is_a_readonly_slot() {
         "nothing reached the file"
     );
 }
+
+#[test]
+fn kvm_ivshmem_named_shm_kept_after_the_vm_holds_the_data() {
+    require_kvm();
+    let name = format!("/{}", unique("kept"));
+    let dev_shm = Path::new("/dev/shm").join(&name[1..]);
+    let _cleanup = RemoveOnDrop(dev_shm.clone());
+    let object = format!("memory-backend-shm,id=kept,size=1M,name={name},keep=on");
+    let vm = shmvm(&[
+        "-m",
+        "64M",
+        "-object",
+        &object,
+        "-device",
+        "ivshmem-plain,memdev=kept",
+        "-append",
+        "shmvm.test=ivshmem shmvm.seed=0x77 shmvm.timeout_ms=30000",
+    ])
+    .spawn()
+    .expect("starting shmvm");
+    let host = peer(&["handshake", &format!("shm:{name}"), "30000"]);
+    let run = harness::wait(vm, Duration::from_secs(60));
+    peer_ok(host);
+    run.assert_pass();
+    // keep=on: the object outlives the VM with the host's pattern (P2) in it
+    // and the guest's verdict in the header.
+    let r = Region::open_shm(&name).expect("keep=on leaves the object");
+    assert_eq!(
+        r.rd32(shmvm_tests::shm::HDR_STATE),
+        shmvm_tests::shm::STATE_GUEST_OK
+    );
+    for o in [0x1000u64, 0x8000, (1 << 20) - 8] {
+        assert_eq!(
+            r.rd64(o as usize),
+            shmvm_tests::shm::p2(o, 0x77),
+            "offset {o:#x}"
+        );
+    }
+}
+
+#[test]
+fn kvm_ivshmem_bar2_moved_onto_guest_ram_is_refused_not_fatal() {
+    require_kvm();
+    // The guest programs BAR2 at 16 MiB, inside its RAM: KVM refuses the
+    // overlapping slot, the VMM says so, and the VM keeps running (the
+    // guest then finds RAM, not the region, there and fails its check).
+    let run = harness::run(shmvm(&[
+        "-m",
+        "64M",
+        "-object",
+        "memory-backend-memfd,id=m,size=1M",
+        "-device",
+        "ivshmem-plain,memdev=m",
+        "-append",
+        "shmvm.test=ivshmem-move shmvm.bar2=0x1000000",
+        "--stats",
+    ]));
+    assert_eq!(run.code, Some(35), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("reason=ivshmem_move_data_not_at_new_address"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("pci 00:01.0: mapping BAR2 mem 0x1000000+0x100000 failed, left unmapped"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(field(&stats_line(&run), "bar2 at "), "unmapped");
+}
