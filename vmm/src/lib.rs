@@ -13,4 +13,5 @@ pub mod layout;
 pub mod pci;
 pub mod signals;
 pub mod vcpu;
+pub mod vhost_user_blk;
 pub mod vm;

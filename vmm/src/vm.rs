@@ -50,6 +50,8 @@ pub enum Error {
     Signals(#[from] crate::signals::Error),
     #[error(transparent)]
     Pci(#[from] crate::pci::Error),
+    #[error(transparent)]
+    VhostUserBlk(#[from] crate::vhost_user_blk::device::Error),
 }
 
 impl Error {
@@ -60,6 +62,7 @@ impl Error {
             Error::Ram(guest_ram::Error::ReadOnly { .. }) => 2,
             Error::Pci(crate::pci::Error::Ivshmem { .. } | crate::pci::Error::Slot { .. }) => 2,
             Error::Pci(crate::pci::Error::Assign(_)) => 2,
+            Error::VhostUserBlk(e) if e.is_config() => 2,
             Error::Boot(boot::Error::Write { .. }) => 1,
             Error::Boot(_) => 2,
             _ => 1,
@@ -88,6 +91,7 @@ struct Machine {
     /// Backends from `-object` not used as RAM (for devices such as ivshmem).
     _objects: Vec<Arc<Backend>>,
     pci: crate::pci::Pci,
+    vhost_user_blk: Vec<crate::vhost_user_blk::Wired>,
     io: Arc<IoBuses>,
     state: Arc<VmState>,
 }
@@ -242,10 +246,12 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
                 .map_err(place("isa-debug-exit"))?;
             }
             // Wired below, together on the PCI root.
-            DeviceConfig::IvshmemPlain(_) => {}
+            DeviceConfig::IvshmemPlain(_) | DeviceConfig::VhostUserBlk(_) => {}
         }
     }
-    let pci = build_pci(cfg, &vm, &io, &objects)?;
+    let vhost_user_blk =
+        crate::vhost_user_blk::device::create_all(&cfg.devices, ram.backend(), &vm)?;
+    let pci = build_pci(cfg, &vm, &io, &objects, &vhost_user_blk)?;
     t.mark("devices");
 
     let supported = vm.supported_cpuid()?;
@@ -262,6 +268,7 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
             ram,
             _objects: objects,
             pci,
+            vhost_user_blk,
             io,
             state,
         },
@@ -277,6 +284,7 @@ fn build_pci(
     vm: &Arc<Vm>,
     io: &Arc<IoBuses>,
     objects: &[Arc<Backend>],
+    vhost_user_blk: &[crate::vhost_user_blk::Wired],
 ) -> Result<crate::pci::Pci, Error> {
     let mut ivshmem = Vec::new();
     for d in &cfg.devices {
@@ -300,6 +308,10 @@ fn build_pci(
         &slots,
         io,
         &ivshmem,
+        &vhost_user_blk
+            .iter()
+            .map(crate::vhost_user_blk::Wired::pci_function)
+            .collect::<Vec<_>>(),
         &windows,
         layout::PCI_BAR_FIRST_SLOT,
     )?)
@@ -333,8 +345,9 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         .take_end()
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
     if cfg.stats {
+        let vhost: String = m.vhost_user_blk.iter().map(|d| d.report()).collect();
         eprint!(
-            "shmvm: device statistics\n{}{}",
+            "shmvm: device statistics\n{}{}{vhost}",
             m.io.report(),
             m.pci.report()
         );
