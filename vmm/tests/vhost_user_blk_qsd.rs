@@ -42,7 +42,8 @@ impl Qsd {
         let f = std::fs::File::create(&img).unwrap();
         f.set_len(image_size).unwrap();
         // A known sector for read requests: sector 16 holds 0xa5 bytes.
-        f.write_all_at(&[0xa5; SECTOR as usize], 16 * SECTOR).unwrap();
+        f.write_all_at(&[0xa5; SECTOR as usize], 16 * SECTOR)
+            .unwrap();
         drop(f);
         let child = Command::new("qemu-storage-daemon")
             .arg("--blockdev")
@@ -164,7 +165,8 @@ impl<'a> Queue<'a> {
         self.desc(2, status, 1, F_WRITE, 0);
         let avail = self.base + 0x1000;
         let slot = u64::from(self.avail_idx % QSIZE);
-        m.write_obj(0u16, GuestAddress(avail + 4 + 2 * slot)).unwrap();
+        m.write_obj(0u16, GuestAddress(avail + 4 + 2 * slot))
+            .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         m.write_obj(self.avail_idx, GuestAddress(avail + 2))
@@ -296,10 +298,7 @@ fn backend_death_is_reported_not_hung() {
     qsd.kill();
     let t = Instant::now();
     while !fe.is_dead() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "hang-up not noticed"
-        );
+        assert!(t.elapsed() < Duration::from_secs(5), "hang-up not noticed");
         std::thread::sleep(Duration::from_millis(5));
     }
     // Later requests fail at once instead of blocking.
