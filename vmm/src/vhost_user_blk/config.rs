@@ -28,6 +28,10 @@ pub enum Error {
         option: &'static str,
         reason: String,
     },
+    #[error(
+        "--chardev: '{0}' is not used by any device (only vhost-user-blk-pci,chardev=ID takes one)"
+    )]
+    UnusedChardev(String),
     #[error("--device vhost-user-blk-pci: chardev '{0}' is not defined by any --chardev")]
     UnknownChardev(String),
     #[error(
@@ -203,6 +207,14 @@ pub fn resolve(
             });
         }
     }
+    // QEMU opens every chardev (a socket one connects at start); one that
+    // nothing uses is most likely a typo in a device's chardev=.
+    if let Some(c) = chardevs
+        .iter()
+        .find(|c| !devices.iter().any(|d| d.chardev.as_ref() == Some(&c.id)))
+    {
+        return Err(Error::UnusedChardev(c.id.clone()));
+    }
     Ok(())
 }
 
@@ -281,6 +293,10 @@ mod tests {
         );
         let dup = [chardevs[0].clone(), chardevs[0].clone()];
         assert!(resolve(&mut [], &dup, &shared).is_err());
+        assert_eq!(
+            resolve(&mut [], &chardevs, &shared),
+            Err(Error::UnusedChardev("c0".into()))
+        );
 
         for (spec, kind) in [
             ("memory-backend-ram,id=r,size=64M", "memory-backend-ram"),
