@@ -5,6 +5,8 @@ set -euo pipefail
 
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu)
+# qemu-storage-daemon: the vhost-user-blk back-end of the tests and the lab.
+command -v qemu-storage-daemon >/dev/null || need+=(qemu-utils)
 for p in busybox-static cpio lz4 time hyperfine acpica-tools; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
@@ -27,7 +29,7 @@ SRC
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
-apt-get install -y -q -t bookworm-backports qemu-system-x86
+apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils
 apt-get install -y -q busybox-static cpio lz4 time hyperfine
 # iasl checks the VMM's ACPI tables (vmm unit tests).
 apt-get install -y -q acpica-tools

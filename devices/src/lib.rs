@@ -7,3 +7,4 @@ pub mod i8042;
 pub mod ivshmem;
 pub mod pci;
 pub mod serial;
+pub mod virtio;

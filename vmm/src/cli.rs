@@ -21,6 +21,9 @@ pub enum Error {
         option: &'static str,
         reason: String,
     },
+    /// Already names its option or device.
+    #[error("{0}")]
+    VhostUserBlk(String),
 }
 
 fn invalid(option: &'static str, reason: impl Into<String>) -> Error {
@@ -74,9 +77,12 @@ pub struct Args {
     /// A device: isa-debug-exit[,iobase=0xf4][,iosize=4] or ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off] [QEMU: -device]
     #[arg(long, value_name = "PROPS")]
     pub device: Vec<String>,
-    /// Character devices [QEMU: -chardev] (none supported yet)
-    #[arg(long, value_name = "PROPS", hide = true)]
+    /// A character device: socket,id=ID,path=PATH (a vhost-user back-end) [QEMU: -chardev]
+    #[arg(long, value_name = "PROPS")]
     pub chardev: Vec<String>,
+    /// A vhost-user-blk-pci device: socket=PATH[,addr=SLOT][,num-queues=N]
+    #[arg(long, value_name = "PROPS")]
+    pub vhost_user_blk: Vec<String>,
     /// Boot protocol for an ELF kernel with a PVH note (default pvh)
     #[arg(long, value_enum)]
     pub boot: Option<BootProtocol>,
@@ -114,6 +120,8 @@ pub enum DeviceConfig {
     },
     /// `ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off]`
     IvshmemPlain(crate::ivshmem::IvshmemConfig),
+    /// `vhost-user-blk-pci,chardev=ID` or `--vhost-user-blk socket=PATH`
+    VhostUserBlk(crate::vhost_user_blk::VhostUserBlkConfig),
 }
 
 /// The validated configuration of one VM.
@@ -156,6 +164,7 @@ const QEMU_LONG: &[(&str, &str)] = &[
     ("-serial", "--serial"),
     ("-device", "--device"),
     ("-chardev", "--chardev"),
+    ("-vhost-user-blk", "--vhost-user-blk"),
     ("-memory", "--memory"),
 ];
 
@@ -172,6 +181,7 @@ const TAKES_VALUE: &[&str] = &[
     "--serial",
     "--device",
     "--chardev",
+    "--vhost-user-blk",
     "--boot",
 ];
 
@@ -286,10 +296,18 @@ fn parse_device(s: &str) -> Result<DeviceConfig, Error> {
                 .map(DeviceConfig::IvshmemPlain)
                 .map_err(|e| invalid("--device", e.to_string()))
         }
+        "vhost-user-blk-pci" => {
+            let props = s.split_once(',').map_or("", |(_, p)| p);
+            crate::vhost_user_blk::config::parse_device(props)
+                .map(DeviceConfig::VhostUserBlk)
+                .map_err(|e| Error::VhostUserBlk(e.to_string()))
+        }
         "" => Err(invalid("--device", "empty device name")),
         other => Err(invalid(
             "--device",
-            format!("unknown device '{other}' (known: isa-debug-exit, ivshmem-plain)"),
+            format!(
+                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, vhost-user-blk-pci)"
+            ),
         )),
     }
 }
@@ -376,6 +394,36 @@ fn check_ivshmem(
         .collect();
     crate::ivshmem::check(&ivshmem, ram.id(), &memdevs)
         .map_err(|e| invalid("--device", e.to_string()))
+}
+
+/// Adds the `--vhost-user-blk` devices, resolves `chardev=` references
+/// against `--chardev` and checks guest RAM can be shared with back-ends.
+fn check_vhost_user_blk(
+    devices: &mut Vec<DeviceConfig>,
+    short: &[String],
+    chardevs: &[String],
+    ram: &BackendConfig,
+) -> Result<(), Error> {
+    use crate::vhost_user_blk::config as vub;
+    let err = |e: vub::Error| Error::VhostUserBlk(e.to_string());
+    for s in short {
+        devices.push(DeviceConfig::VhostUserBlk(
+            vub::parse_short(s).map_err(err)?,
+        ));
+    }
+    let chardevs = chardevs
+        .iter()
+        .map(|c| vub::parse_chardev(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    let mut blk: Vec<&mut vub::VhostUserBlkConfig> = devices
+        .iter_mut()
+        .filter_map(|d| match d {
+            DeviceConfig::VhostUserBlk(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    vub::resolve(&mut blk, &chardevs, ram).map_err(err)
 }
 
 impl Config {
@@ -471,12 +519,7 @@ impl Config {
             .map(|d| parse_device(d))
             .collect::<Result<Vec<_>, _>>()?;
         check_ivshmem(&mut devices, &ram, &objects)?;
-        if let Some(c) = args.chardev.first() {
-            return Err(invalid(
-                "--chardev",
-                format!("'{c}': character devices are not supported"),
-            ));
-        }
+        check_vhost_user_blk(&mut devices, &args.vhost_user_blk, &args.chardev, &ram)?;
         let cmdline = args.cmdline.unwrap_or_default();
         if cmdline.contains('\0') {
             return Err(invalid("--cmdline", "contains a NUL byte"));

@@ -145,7 +145,7 @@ pub fn parse(props: &str, index: usize) -> Result<IvshmemConfig, Error> {
 
 /// QEMU's PCI `addr`: `SLOT[.FN]` in hex. Function must be 0 (we have no
 /// multi-function devices); slot 0 is the host bridge.
-fn parse_slot(s: &str) -> Option<u8> {
+pub(crate) fn parse_slot(s: &str) -> Option<u8> {
     let (slot, func) = match s.split_once('.') {
         Some((s, f)) => (s, Some(f)),
         None => (s, None),

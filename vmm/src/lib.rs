@@ -14,4 +14,5 @@ pub mod pci;
 pub mod signals;
 pub mod terminal;
 pub mod vcpu;
+pub mod vhost_user_blk;
 pub mod vm;

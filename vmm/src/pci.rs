@@ -284,6 +284,21 @@ struct Ivshmem {
     bar2_maps: Arc<AtomicU64>,
 }
 
+/// Another PCI function to put on bus 0: its register BARs go on the buses
+/// through [`BarRegisters`] (e.g. a virtio-pci device).
+pub struct PciFunction {
+    pub name: String,
+    pub slot: Option<u8>,
+    pub device: devices::pci::SharedPciDevice,
+    pub register_bars: Vec<usize>,
+}
+
+impl std::fmt::Debug for PciFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PciFunction({})", self.name)
+    }
+}
+
 /// The PCI root and its devices, as wired into one VM.
 pub struct Pci {
     root: SharedPciRoot,
@@ -307,10 +322,12 @@ impl Pci {
     /// `ivshmem` (its config and its memdev's backend), assigns BARs from
     /// `windows` and puts configuration mechanism #1 on the PIO bus.
     /// `first_slot` is the first memory slot number free for BARs.
+    /// `functions` are further devices, placed after the ivshmem ones.
     pub fn build(
         slots: &Arc<dyn MemorySlots>,
         io: &Arc<IoBuses>,
         ivshmem: &[(&IvshmemConfig, Arc<Backend>)],
+        functions: &[PciFunction],
         windows: &BarWindows,
         first_slot: u32,
     ) -> Result<Pci, Error> {
@@ -356,6 +373,20 @@ impl Pci {
                 device,
                 bar2_maps,
             });
+        }
+        for f in functions {
+            let address = lock(&root)
+                .add_device(f.slot, f.device.clone())
+                .map_err(|err| Error::Slot {
+                    device: f.name.clone(),
+                    err,
+                })?;
+            for &bar in &f.register_bars {
+                let regs: SharedDevice =
+                    Arc::new(Mutex::new(BarRegisters::new(f.device.clone(), bar)));
+                mapper.add_registers(address, bar, regs)?;
+            }
+            log::info!("{}: PCI {address}", f.name);
         }
         lock(&root).assign_bars(windows).map_err(Error::Assign)?;
         io.add(
@@ -545,7 +576,7 @@ mod tests {
             mmio64: Some(0x1_0000_0000..0x11_0000_0000),
         };
         let dyn_slots: Arc<dyn MemorySlots> = slots.clone();
-        let pci = Pci::build(&dyn_slots, &io, &[(&dev, backend)], &windows, 8).unwrap();
+        let pci = Pci::build(&dyn_slots, &io, &[(&dev, backend)], &[], &windows, 8).unwrap();
         assert_eq!(
             *slots.0.lock().unwrap(),
             ["set 8 0x100000000+0x100000 ro=false"]

@@ -51,6 +51,8 @@ pub enum Error {
     Signals(#[from] crate::signals::Error),
     #[error(transparent)]
     Pci(#[from] crate::pci::Error),
+    #[error(transparent)]
+    VhostUserBlk(#[from] crate::vhost_user_blk::device::Error),
 }
 
 impl Error {
@@ -61,6 +63,7 @@ impl Error {
             Error::Ram(guest_ram::Error::ReadOnly { .. }) => 2,
             Error::Pci(crate::pci::Error::Ivshmem { .. } | crate::pci::Error::Slot { .. }) => 2,
             Error::Pci(crate::pci::Error::Assign(_)) => 2,
+            Error::VhostUserBlk(e) if e.is_config() => 2,
             Error::Boot(boot::Error::Write { .. }) => 1,
             Error::Boot(_) => 2,
             _ => 1,
@@ -89,6 +92,7 @@ struct Machine {
     /// Backends from `-object` not used as RAM (for devices such as ivshmem).
     _objects: Vec<Arc<Backend>>,
     pci: crate::pci::Pci,
+    vhost_user_blk: Vec<crate::vhost_user_blk::Wired>,
     io: Arc<IoBuses>,
     state: Arc<VmState>,
 }
@@ -182,14 +186,17 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
     t.mark("guest RAM registered (memory slots)");
     let (loaded, vcpus, serial, io, state) = build_rest(cfg, &vm, &ram, &mut files, t)?;
     log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
-    let pci = build_pci(cfg, &vm, &io, &objects)?;
-    t.mark("PCI root and ivshmem devices");
+    let vhost_user_blk =
+        crate::vhost_user_blk::device::create_all(&cfg.devices, ram.backend(), &vm)?;
+    let pci = build_pci(cfg, &vm, &io, &objects, &vhost_user_blk)?;
+    t.mark("PCI root, ivshmem and vhost-user-blk devices");
     Ok((
         Machine {
             vm,
             ram,
             _objects: objects,
             pci,
+            vhost_user_blk,
             io,
             state,
         },
@@ -205,6 +212,7 @@ fn build_pci(
     vm: &Arc<Vm>,
     io: &Arc<IoBuses>,
     objects: &[Arc<Backend>],
+    vhost_user_blk: &[crate::vhost_user_blk::Wired],
 ) -> Result<crate::pci::Pci, Error> {
     let mut ivshmem = Vec::new();
     for d in &cfg.devices {
@@ -228,6 +236,10 @@ fn build_pci(
         &slots,
         io,
         &ivshmem,
+        &vhost_user_blk
+            .iter()
+            .map(crate::vhost_user_blk::Wired::pci_function)
+            .collect::<Vec<_>>(),
         &windows,
         layout::PCI_BAR_FIRST_SLOT,
     )?)
@@ -344,7 +356,7 @@ fn wire_devices(
                     .map_err(place("isa-debug-exit"))?;
             }
             // Wired by build_pci, together on the PCI root.
-            DeviceConfig::IvshmemPlain(_) => {}
+            DeviceConfig::IvshmemPlain(_) | DeviceConfig::VhostUserBlk(_) => {}
         }
     }
     Ok(serial)
@@ -389,8 +401,9 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         .take_end()
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
     if cfg.stats || log::log_enabled!(log::Level::Info) {
+        let vhost: String = m.vhost_user_blk.iter().map(|d| d.report()).collect();
         eprint!(
-            "shmvm: device statistics\n{}{}",
+            "shmvm: device statistics\n{}{}{vhost}",
             m.io.report(),
             m.pci.report()
         );

@@ -33,6 +33,7 @@ pub const REG_BAR0: usize = 0x10;
 pub const REG_SUBSYS_VENDOR: usize = 0x2c;
 pub const REG_SUBSYS_ID: usize = 0x2e;
 pub const REG_ROM: usize = 0x30;
+pub const REG_CAP_PTR: usize = 0x34;
 pub const REG_INTR_LINE: usize = 0x3c;
 pub const REG_INTR_PIN: usize = 0x3d;
 
@@ -47,6 +48,10 @@ const CMD_WRITABLE: u16 =
     CMD_IO | CMD_MEMORY | CMD_MASTER | CMD_PARITY | CMD_SERR | CMD_INTX_DISABLE;
 /// Status bits that are cleared by writing one (error reports).
 const STATUS_W1C: u16 = 0xf900;
+/// Status bit: the capability pointer at 0x34 is valid.
+pub const STATUS_CAP_LIST: u16 = 1 << 4;
+/// Capabilities live after the type-0 header, dword aligned.
+const CAP_START: usize = 0x40;
 
 const BAR_IO: u32 = 0x1;
 const BAR_MEM_64: u32 = 0x4;
@@ -163,6 +168,11 @@ pub enum Error {
     BadIndex(usize),
     #[error("BAR{0} is already in use")]
     InUse(usize),
+    #[error(
+        "capability {id:#04x} of {len} bytes does not fit in the configuration space \
+         (or is shorter than its 2-byte header, or its mask differs in length)"
+    )]
+    CapabilitySpace { id: u8, len: usize },
     #[error("BAR{index}: size {size:#x} must be a power of two in {min:#x}..={max:#x}")]
     BadSize {
         index: usize,
@@ -199,6 +209,9 @@ pub struct ConfigSpace {
     /// What each BAR decoded after the last applied write.
     decoded: [Option<BarRegion>; NUM_BARS],
     stats: ConfigStats,
+    /// Offset of the last capability in the list, and the next free offset.
+    last_cap: Option<usize>,
+    next_cap: usize,
 }
 
 impl ConfigSpace {
@@ -212,6 +225,8 @@ impl ConfigSpace {
             pending_high: None,
             decoded: [None; NUM_BARS],
             stats: ConfigStats::default(),
+            last_cap: None,
+            next_cap: CAP_START,
         };
         cs.set_u16(REG_VENDOR_ID, ids.vendor);
         cs.set_u16(REG_DEVICE_ID, ids.device);
@@ -273,6 +288,48 @@ impl ConfigSpace {
                         ..
                     })
                 ))
+    }
+
+    /// Appends a capability to the list: `body` starts with its ID byte and
+    /// a next-pointer byte (overwritten), `wmask` says which bits the guest
+    /// may write (same length). Returns the capability's offset.
+    pub fn add_capability(&mut self, body: &[u8], wmask: &[u8]) -> Result<usize, Error> {
+        let id = body.first().copied().unwrap_or(0);
+        let off = self.next_cap;
+        let err = Error::CapabilitySpace {
+            id,
+            len: body.len(),
+        };
+        if body.len() < 2 || wmask.len() != body.len() || off + body.len() > CONFIG_SIZE {
+            return Err(err);
+        }
+        self.regs[off..off + body.len()].copy_from_slice(body);
+        self.regs[off + 1] = 0;
+        self.wmask[off..off + body.len()].copy_from_slice(wmask);
+        // The list links are read-only, whatever the mask said.
+        self.wmask[off] = 0;
+        self.wmask[off + 1] = 0;
+        match self.last_cap {
+            Some(prev) => self.regs[prev + 1] = off as u8,
+            None => {
+                self.regs[REG_CAP_PTR] = off as u8;
+                let status = u16::from_le_bytes([self.regs[REG_STATUS], self.regs[REG_STATUS + 1]]);
+                self.set_u16(REG_STATUS, status | STATUS_CAP_LIST);
+            }
+        }
+        self.last_cap = Some(off);
+        self.next_cap = (off + body.len()).next_multiple_of(4);
+        Ok(off)
+    }
+
+    /// The current register bytes at `offset` (no access is counted).
+    /// Out-of-range bytes are left untouched.
+    pub fn peek(&self, offset: usize, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            if let Some(r) = self.regs.get(offset + i) {
+                *b = *r;
+            }
+        }
     }
 
     /// Sets the interrupt pin register (0: none, 1..=4: INTA..INTD).
@@ -690,5 +747,34 @@ mod tests {
         );
         wr32(&mut cs, 0x14, 0xffe0);
         assert_eq!(cs.decoded(1).map(|r| r.addr), Some(0xffe0));
+    }
+
+    #[test]
+    fn capability_list_links_and_masks() {
+        let mut cs = space();
+        assert_eq!(rd32(&mut cs, 0x04) >> 16 & u32::from(STATUS_CAP_LIST), 0);
+        let a = cs
+            .add_capability(&[0x09, 0xee, 5, 6, 7], &[0xff; 5])
+            .unwrap();
+        let b = cs
+            .add_capability(&[0x11, 0, 0, 0], &[0, 0, 0xff, 0xc0])
+            .unwrap();
+        assert_eq!((a, b), (0x40, 0x48));
+        assert_ne!(rd32(&mut cs, 0x04) >> 16 & u32::from(STATUS_CAP_LIST), 0);
+        assert_eq!(rd32(&mut cs, REG_CAP_PTR) & 0xff, 0x40);
+        // ID and next pointer are read-only even under an all-ones mask.
+        wr32(&mut cs, 0x40, 0xffff_ffff);
+        assert_eq!(rd32(&mut cs, 0x40) & 0xffff, 0x4809);
+        assert_eq!(rd32(&mut cs, 0x40) >> 16, 0xffff);
+        wr32(&mut cs, 0x48, 0xffff_ffff);
+        assert_eq!(rd32(&mut cs, 0x48), 0xc0ff_0011, "last link is 0");
+        let mut p = [0u8; 2];
+        cs.peek(0x4a, &mut p);
+        assert_eq!(p, [0xff, 0xc0]);
+        assert!(matches!(
+            cs.add_capability(&[0x05; 200], &[0; 200]),
+            Err(Error::CapabilitySpace { id: 5, len: 200 })
+        ));
+        assert!(cs.add_capability(&[0x05], &[0]).is_err());
     }
 }

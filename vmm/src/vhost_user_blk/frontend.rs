@@ -1,0 +1,541 @@
+//! The vhost-user front-end of a block device (vhost-user spec, as in
+//! QEMU's docs/interop/vhost-user.rst), on rust-vmm's `vhost` crate.
+//!
+//! At connect: SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES,
+//! GET_QUEUE_NUM (MQ), SET_FEATURES, SET_MEM_TABLE (one region per guest
+//! RAM region, each an fd and an offset into it) and GET_CONFIG (capacity).
+//! When the guest driver starts the device: SET_FEATURES with what it
+//! acknowledged, then per queue SET_VRING_NUM/ADDR/BASE/KICK/CALL and
+//! SET_VRING_ENABLE. A device reset stops the rings (GET_VRING_BASE).
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use devices::virtio::QueueConfig;
+use memory::Backend;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::{BLK_CONFIG_LEN, BLK_CONFIG_NUM_QUEUES, blk_features};
+use crate::layout::ram_regions;
+
+/// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit in the feature word,
+/// never offered to the guest.
+const PROTOCOL_FEATURES: u64 = 1 << 30;
+const VERSION_1: u64 = devices::virtio::features::VERSION_1;
+
+/// Errors talking to a back-end; each names its socket.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("vhost-user back-end {path}: cannot connect: {err}")]
+    Connect { path: PathBuf, err: std::io::Error },
+    #[error("vhost-user back-end {path}: {what} failed: {err}")]
+    Request {
+        path: PathBuf,
+        what: &'static str,
+        err: vhost::Error,
+    },
+    #[error("vhost-user back-end {path}: {reason}")]
+    Unsuitable { path: PathBuf, reason: String },
+    #[error(
+        "guest RAM backend '{id}' ({kind}) is not shared fd-backed memory: a vhost-user \
+         back-end cannot map it"
+    )]
+    PrivateRam { id: String, kind: &'static str },
+    #[error("vhost-user back-end {path}: queue {queue}: {what} at {gpa:#x} is not in guest RAM")]
+    QueueAddress {
+        path: PathBuf,
+        queue: u16,
+        what: &'static str,
+        gpa: u64,
+    },
+    #[error("vhost-user back-end {path}: {what}: {err}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        err: std::io::Error,
+    },
+}
+
+/// One guest RAM region as the back-end maps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemRegion {
+    pub gpa: u64,
+    pub size: u64,
+    /// Where this process maps it (the vhost-user "user address").
+    pub host: u64,
+    pub fd: RawFd,
+    /// Offset of the region in `fd`.
+    pub fd_offset: u64,
+}
+
+impl MemRegion {
+    /// The guest RAM regions of `backend` (split around the MMIO hole as
+    /// [`ram_regions`] lays them out), all over its one fd.
+    ///
+    /// The fd and the mapping must outlive the front-end using them.
+    pub fn from_ram(backend: &Backend) -> Result<Vec<MemRegion>, Error> {
+        let fd = match backend.fd() {
+            Some(fd) if backend.shared() => fd.as_raw_fd(),
+            _ => {
+                return Err(Error::PrivateRam {
+                    id: backend.id().to_string(),
+                    kind: backend.kind().qom_type(),
+                });
+            }
+        };
+        Ok(ram_regions(backend.size())
+            .iter()
+            .map(|r| MemRegion {
+                gpa: r.gpa,
+                size: r.size,
+                host: backend.as_ptr() as u64 + r.backend_offset,
+                fd,
+                fd_offset: backend.fd_offset() + r.backend_offset,
+            })
+            .collect())
+    }
+
+    fn translate(regions: &[MemRegion], gpa: u64, len: u64) -> Option<u64> {
+        regions.iter().find_map(|r| {
+            let off = gpa.checked_sub(r.gpa)?;
+            (off.checked_add(len)? <= r.size).then_some(r.host + off)
+        })
+    }
+}
+
+/// Bytes each ring takes for `size` descriptors (split virtqueue).
+fn ring_lengths(size: u16) -> (u64, u64, u64) {
+    let n = u64::from(size);
+    (16 * n, 6 + 2 * n, 6 + 8 * n)
+}
+
+/// A connected, configured back-end of one block device.
+pub struct BlkFrontend {
+    fe: Frontend,
+    path: PathBuf,
+    /// The back-end's virtio feature word (PROTOCOL_FEATURES included).
+    backend_features: u64,
+    protocol: VhostUserProtocolFeatures,
+    queues: u16,
+    config: Vec<u8>,
+    regions: Vec<MemRegion>,
+    /// Queues given to the back-end since the last stop.
+    started: Vec<u16>,
+    hangup: Option<Watcher>,
+    dead: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for BlkFrontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlkFrontend")
+            .field("path", &self.path)
+            .field("features", &format_args!("{:#x}", self.backend_features))
+            .field("queues", &self.queues)
+            .finish()
+    }
+}
+
+/// Protocol features we use when the back-end has them.
+fn wanted_protocol() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::RESET_DEVICE
+}
+
+impl BlkFrontend {
+    /// Connects to the back-end at `path` and runs the set-up up to the
+    /// device configuration. `regions` is guest RAM; `max_queues` caps the
+    /// queues used (default: the back-end's num_queues).
+    pub fn connect(
+        path: &Path,
+        regions: Vec<MemRegion>,
+        max_queues: Option<u16>,
+    ) -> Result<BlkFrontend, Error> {
+        let sock = UnixStream::connect(path).map_err(|err| Error::Connect {
+            path: path.to_path_buf(),
+            err,
+        })?;
+        let watch = sock.try_clone().map_err(|err| Error::Io {
+            path: path.to_path_buf(),
+            what: "duplicating the socket",
+            err,
+        })?;
+        let fe = Frontend::from_stream(sock, u64::from(devices::virtio::MAX_QUEUES));
+        let mut me = BlkFrontend {
+            fe,
+            path: path.to_path_buf(),
+            backend_features: 0,
+            protocol: VhostUserProtocolFeatures::empty(),
+            queues: 1,
+            config: vec![0; BLK_CONFIG_LEN as usize],
+            regions,
+            started: Vec::new(),
+            hangup: None,
+            dead: Arc::new(AtomicBool::new(false)),
+        };
+        me.handshake(max_queues)?;
+        me.hangup = Some(Watcher::spawn(watch, me.path.clone(), me.dead.clone())?);
+        Ok(me)
+    }
+
+    fn req<T>(&self, what: &'static str, r: vhost::Result<T>) -> Result<T, Error> {
+        r.map_err(|err| Error::Request {
+            path: self.path.clone(),
+            what,
+            err,
+        })
+    }
+
+    fn unsuitable(&self, reason: impl Into<String>) -> Error {
+        Error::Unsuitable {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn handshake(&mut self, max_queues: Option<u16>) -> Result<(), Error> {
+        let r = self.fe.set_owner();
+        self.req("SET_OWNER", r)?;
+        let r = self.fe.get_features();
+        self.backend_features = self.req("GET_FEATURES", r)?;
+        if self.backend_features & VERSION_1 == 0 {
+            return Err(self.unsuitable("it does not offer VIRTIO_F_VERSION_1"));
+        }
+        if self.backend_features & PROTOCOL_FEATURES == 0 {
+            return Err(self.unsuitable(
+                "it does not offer VHOST_USER_F_PROTOCOL_FEATURES (needed to read the disk size)",
+            ));
+        }
+        let r = self.fe.get_protocol_features();
+        let offered = self.req("GET_PROTOCOL_FEATURES", r)?;
+        if !offered.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(self.unsuitable(
+                "it lacks the CONFIG protocol feature (needed to read the disk size)",
+            ));
+        }
+        self.protocol = offered & wanted_protocol();
+        let r = self.fe.set_protocol_features(self.protocol);
+        self.req("SET_PROTOCOL_FEATURES", r)?;
+        if self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // Every request is acknowledged: a refused one fails here, not later.
+            self.fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        let backend_queues = if self.protocol.contains(VhostUserProtocolFeatures::MQ) {
+            let r = self.fe.get_queue_num();
+            self.req("GET_QUEUE_NUM", r)?
+        } else {
+            1
+        };
+        let r = self.fe.set_features(VERSION_1 | PROTOCOL_FEATURES);
+        self.req("SET_FEATURES", r)?;
+        self.set_mem_table()?;
+        let r = self.fe.get_config(
+            0,
+            BLK_CONFIG_LEN,
+            VhostUserConfigFlags::WRITABLE,
+            &self.config,
+        );
+        let (_, config) = self.req("GET_CONFIG", r)?;
+        self.config = config;
+        // With VIRTIO_BLK_F_MQ the configuration says how many queues the
+        // disk has; take at most that, what the back-end serves, and the
+        // user's num-queues.
+        let mut queues = u64::from(u16::from_le_bytes([
+            self.config[BLK_CONFIG_NUM_QUEUES],
+            self.config[BLK_CONFIG_NUM_QUEUES + 1],
+        ]));
+        if self.backend_features & blk_features::MQ == 0 || queues == 0 {
+            queues = 1;
+        }
+        queues = queues
+            .min(backend_queues.max(1))
+            .min(u64::from(devices::virtio::MAX_QUEUES));
+        if let Some(m) = max_queues {
+            queues = queues.min(u64::from(m));
+        }
+        self.queues = queues as u16;
+        self.config[BLK_CONFIG_NUM_QUEUES..BLK_CONFIG_NUM_QUEUES + 2]
+            .copy_from_slice(&self.queues.to_le_bytes());
+        log::info!(
+            "vhost-user back-end {}: features {:#x}, protocol {:#x}, {} queue(s), {} sectors",
+            self.path.display(),
+            self.backend_features,
+            self.protocol.bits(),
+            self.queues,
+            self.capacity()
+        );
+        Ok(())
+    }
+
+    fn set_mem_table(&mut self) -> Result<(), Error> {
+        let table: Vec<VhostUserMemoryRegionInfo> = self
+            .regions
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo {
+                guest_phys_addr: r.gpa,
+                memory_size: r.size,
+                userspace_addr: r.host,
+                mmap_offset: r.fd_offset,
+                mmap_handle: r.fd,
+            })
+            .collect();
+        let r = self.fe.set_mem_table(&table);
+        self.req("SET_MEM_TABLE", r).map(drop)
+    }
+
+    /// The disk size in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.config[..8]);
+        u64::from_le_bytes(b)
+    }
+
+    /// The block device configuration as the guest reads it.
+    pub fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    /// Queues the device has.
+    pub fn queues(&self) -> u16 {
+        self.queues
+    }
+
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
+    }
+
+    pub fn backend_features(&self) -> u64 {
+        self.backend_features
+    }
+
+    /// Features to offer the guest: the back-end's, less the vhost-user
+    /// bit and what we do not support.
+    pub fn guest_features(&self) -> u64 {
+        let mut f = self.backend_features & !PROTOCOL_FEATURES & !blk_features::CONFIG_WCE;
+        if self.queues == 1 {
+            f &= !blk_features::MQ;
+        }
+        f
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the back-end hung up.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+
+    /// Hands the driver's queues to the back-end: `kicks[q]` is written
+    /// when the guest notifies queue q, the back-end writes `calls[q]` to
+    /// interrupt it.
+    pub fn start(
+        &mut self,
+        acked: u64,
+        queues: &[QueueConfig],
+        kicks: &[EventFd],
+        calls: &[EventFd],
+    ) -> Result<(), Error> {
+        if self.is_dead() {
+            return Err(self.unsuitable("it hung up earlier"));
+        }
+        let r = self.fe.set_features(acked | PROTOCOL_FEATURES);
+        self.req("SET_FEATURES", r)?;
+        for q in queues {
+            let i = usize::from(q.index);
+            let (Some(kick), Some(call)) = (kicks.get(i), calls.get(i)) else {
+                return Err(self.unsuitable(format!("queue {} has no eventfds", q.index)));
+            };
+            let (dl, al, ul) = ring_lengths(q.size);
+            let host = |what: &'static str, gpa: u64, len: u64| {
+                MemRegion::translate(&self.regions, gpa, len).ok_or_else(|| Error::QueueAddress {
+                    path: self.path.clone(),
+                    queue: q.index,
+                    what,
+                    gpa,
+                })
+            };
+            let ring = VringConfigData {
+                queue_max_size: q.size,
+                queue_size: q.size,
+                flags: 0,
+                desc_table_addr: host("descriptor table", q.desc, dl)?,
+                avail_ring_addr: host("driver ring", q.driver, al)?,
+                used_ring_addr: host("device ring", q.device, ul)?,
+                log_addr: None,
+            };
+            let r = self.fe.set_vring_num(i, q.size);
+            self.req("SET_VRING_NUM", r)?;
+            let r = self.fe.set_vring_base(i, 0);
+            self.req("SET_VRING_BASE", r)?;
+            let r = self.fe.set_vring_addr(i, &ring);
+            self.req("SET_VRING_ADDR", r)?;
+            let r = self.fe.set_vring_kick(i, kick);
+            self.req("SET_VRING_KICK", r)?;
+            let r = self.fe.set_vring_call(i, call);
+            self.req("SET_VRING_CALL", r)?;
+            self.started.push(q.index);
+        }
+        for q in queues {
+            let r = self.fe.set_vring_enable(usize::from(q.index), true);
+            self.req("SET_VRING_ENABLE", r)?;
+        }
+        Ok(())
+    }
+
+    /// Stops every started ring (the driver reset the device).
+    pub fn stop(&mut self) -> Result<(), Error> {
+        let started = std::mem::take(&mut self.started);
+        if self.is_dead() || started.is_empty() {
+            return Ok(());
+        }
+        for &q in &started {
+            let r = self.fe.set_vring_enable(usize::from(q), false);
+            self.req("SET_VRING_ENABLE", r)?;
+            let r = self.fe.get_vring_base(usize::from(q));
+            self.req("GET_VRING_BASE", r)?;
+        }
+        Ok(())
+    }
+}
+
+/// A thread that waits for the back-end to hang up and reports it once.
+struct Watcher {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn spawn(sock: UnixStream, path: PathBuf, dead: Arc<AtomicBool>) -> Result<Watcher, Error> {
+        let io = |what, err| Error::Io {
+            path: path.clone(),
+            what,
+            err,
+        };
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| io("creating an eventfd", e))?;
+        let stop2 = stop
+            .try_clone()
+            .map_err(|e| io("duplicating an eventfd", e))?;
+        let name = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("vhost-user-watch".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                if wait_hangup(sock.as_raw_fd(), stop2.as_raw_fd()) {
+                    dead.store(true, Ordering::Relaxed);
+                    log::error!(
+                        "vhost-user back-end {} hung up; its disk stops answering, the guest keeps running",
+                        name.display()
+                    );
+                }
+            })
+            .map_err(|e| io("starting the watcher thread", e))?;
+        Ok(Watcher {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Blocks until `sock` reports a hang-up (true) or `stop` is signalled
+/// (false). Replies on the socket do not wake it: only POLLRDHUP is asked
+/// for (POLLHUP and POLLERR are always reported).
+fn wait_hangup(sock: RawFd, stop: RawFd) -> bool {
+    // SAFETY: both fds stay open for the whole call: the socket clone and
+    // the eventfd clone are owned by the calling thread.
+    let (sock, stop) = unsafe { (BorrowedFd::borrow_raw(sock), BorrowedFd::borrow_raw(stop)) };
+    let mut fds = [
+        libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfd for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        if fds[1].revents != 0 {
+            return false;
+        }
+        if fds[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            return true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_split_around_the_hole_over_one_fd() {
+        let cfg =
+            memory::BackendConfig::parse_object("memory-backend-memfd,id=m,size=3328M,reserve=off")
+                .unwrap();
+        let b = Backend::create(&cfg).unwrap();
+        let r = MemRegion::from_ram(&b).unwrap();
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0].gpa, 0);
+        assert_eq!(r[1].gpa, crate::layout::FOUR_GIB);
+        assert_eq!(r[0].size + r[1].size, b.size());
+        assert_eq!(r[0].fd, r[1].fd);
+        assert_eq!(r[1].fd_offset, r[0].size);
+        assert_eq!(r[1].host, r[0].host + r[0].size);
+        // Translation stays inside one region.
+        let hole = crate::layout::MMIO_HOLE;
+        assert_eq!(
+            MemRegion::translate(&r, 0x1000, 16),
+            Some(r[0].host + 0x1000)
+        );
+        assert_eq!(MemRegion::translate(&r, hole - 8, 16), None);
+        assert_eq!(
+            MemRegion::translate(&r, crate::layout::FOUR_GIB, 16),
+            Some(r[1].host)
+        );
+    }
+
+    #[test]
+    fn private_ram_is_refused() {
+        let cfg = memory::BackendConfig::parse_object("memory-backend-ram,id=r,size=16M").unwrap();
+        let b = Backend::create(&cfg).unwrap();
+        let msg = MemRegion::from_ram(&b).unwrap_err().to_string();
+        assert!(
+            msg.contains("'r' (memory-backend-ram)") && msg.contains("not shared"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(ring_lengths(256), (4096, 518, 2054));
+    }
+}

@@ -1,0 +1,43 @@
+//! vhost-user-blk: a virtio block device whose queues an external process
+//! (the vhost-user back-end, e.g. `qemu-storage-daemon`) serves straight
+//! from guest RAM, which it maps through the RAM backend's file descriptor.
+//!
+//! - [`config`]: `--device vhost-user-blk-pci,chardev=ID` with
+//!   `--chardev socket,id=ID,path=PATH` (QEMU's spelling), or
+//!   `--vhost-user-blk socket=PATH`; the shared-RAM requirement.
+//! - [`frontend`]: the vhost-user protocol (rust-vmm `vhost` crate):
+//!   feature negotiation, memory table, configuration, vring set-up, and a
+//!   watcher that reports the back-end hanging up. No KVM here.
+//! - [`device`]: the virtio-pci transport's owner: on the driver's events
+//!   it starts/stops the back-end's vrings, routes MSI-X vectors to KVM
+//!   GSIs with irqfds (the back-end's call eventfds) and registers
+//!   ioeventfds on the notify addresses (its kick eventfds), so neither
+//!   kicks nor interrupts pass through the VMM.
+//! - [`msi`]: the VM's GSI routing table (KVM_SET_GSI_ROUTING).
+
+pub mod config;
+pub mod device;
+pub mod frontend;
+pub mod msi;
+
+pub use config::{ChardevConfig, VhostUserBlkConfig};
+pub use device::{VhostUserBlk, VhostUserBlkStats, Wired};
+pub use frontend::{BlkFrontend, MemRegion};
+
+/// virtio-blk feature bits (virtio spec 5.2.3) we look at.
+pub mod blk_features {
+    pub const SIZE_MAX: u64 = 1 << 1;
+    pub const SEG_MAX: u64 = 1 << 2;
+    pub const BLK_SIZE: u64 = 1 << 6;
+    pub const FLUSH: u64 = 1 << 9;
+    /// Writeback toggle through a configuration write: not offered (we do
+    /// not forward configuration writes to the back-end).
+    pub const CONFIG_WCE: u64 = 1 << 11;
+    pub const MQ: u64 = 1 << 12;
+}
+
+/// Bytes of `struct virtio_blk_config` up to and including
+/// write_zeroes_may_unmap and its padding (what Linux reads).
+pub const BLK_CONFIG_LEN: u32 = 60;
+/// Offset of `num_queues` in the block configuration (with VIRTIO_BLK_F_MQ).
+pub const BLK_CONFIG_NUM_QUEUES: usize = 34;
