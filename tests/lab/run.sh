@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The shmvm KVM lab runner (`make lab`): builds everything, boots one L1 Linux
+# under QEMU TCG with nested SVM (a real /dev/kvm inside), runs every scenario
+# in tests/lab/scenarios with QEMU microvm (reference) and shmvm as the L2 VMM,
+# and turns the results into pass/fail.
+#
+# Environment:
+#   LAB_VMMS=qemu,shmvm   L2 VMMs to run (default both; qemu alone is a reference-only run)
+#   LAB_ONLY=a,b          only these scenarios
+#   LAB_DUMP=all          print every L2 console, not only failed ones
+#   LAB_TIMEOUT=1200      seconds for the whole L1 run
+#   SHMVM=path            use this shmvm binary instead of building it
+# Output: build/lab/l1-console.log (everything), build/lab/consoles/<name>.<vmm>.log
+# (each dumped L2 console), a result table, "N passed, N failed", the total time.
+# Exit status: 0 only if every run passed; 1 on any failure or missing prerequisite.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+lab=$root/build/lab
+start=$(date +%s.%N)
+die() { echo "lab: FAIL: $*" >&2; exit 1; }
+
+vmms=${LAB_VMMS:-qemu,shmvm}
+for need in qemu-system-x86_64 cpio lz4 gzip cargo apt-get dpkg-deb; do
+    command -v "$need" >/dev/null || die "missing prerequisite '$need' (run 'make deps')"
+done
+[ -x /bin/busybox ] || die "missing /bin/busybox (busybox-static; run 'make deps')"
+qemu-system-x86_64 -accel help 2>/dev/null | grep -qx tcg || die "qemu-system-x86_64 lacks TCG"
+qemu-system-x86_64 -cpu help 2>/dev/null | grep -q EPYC || die "qemu-system-x86_64 lacks the EPYC CPU model"
+
+mkdir -p "$lab"
+tests/lab/fetch.sh
+
+echo "lab: building ivshmem-tool (static)"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p ivshmem-tool \
+    --target x86_64-unknown-linux-gnu || die "building ivshmem-tool failed"
+tool=$root/target/x86_64-unknown-linux-gnu/release/ivshmem-tool
+
+shmvm_bin=
+if [[ ",$vmms," == *",shmvm,"* ]]; then
+    if [ -n "${SHMVM:-}" ]; then
+        shmvm_bin=$SHMVM
+    else
+        echo "lab: building shmvm (release)"
+        cargo build -q --release -p vmm --bin shmvm || die "building shmvm failed"
+        shmvm_bin=$root/target/release/shmvm
+    fi
+    [ -x "$shmvm_bin" ] || die "shmvm binary $shmvm_bin missing"
+    "$shmvm_bin" --help >/dev/null 2>&1 || die "$shmvm_bin --help fails: not a working shmvm"
+fi
+
+guest/initramfs/build.sh "$lab/l2-initrd.gz" "$tool"
+tests/lab/build-l1.sh "$lab/l1-initrd.lz4" "$lab/kernel" "$lab/l2-initrd.gz" "$tool" $shmvm_bin
+
+append="console=ttyS0 reboot=t panic=-1 quiet lab.vmms=$vmms"
+[ -n "${LAB_ONLY:-}" ] && append="$append lab.only=$LAB_ONLY"
+[ -n "${LAB_DUMP:-}" ] && append="$append lab.dump=$LAB_DUMP"
+log=$lab/l1-console.log
+echo "lab: booting L1 (QEMU TCG, nested SVM); L1 console in $log"
+l1_start=$(date +%s.%N)
+set +e
+timeout -k 10 "${LAB_TIMEOUT:-1200}" qemu-system-x86_64 -M q35 -accel tcg,thread=multi -smp 2 \
+    -cpu EPYC,+svm,+npt -m 4096 -nodefaults -no-user-config -nographic -serial stdio \
+    -kernel "$lab/kernel/vmlinuz" -initrd "$lab/l1-initrd.lz4" -append "$append" -no-reboot \
+    </dev/null 2>&1 | tr -d '\r' | tee "$log" | grep --line-buffered -E "^(LAB-INFO|LAB-SCENARIO|LAB-FATAL|LAB-SUMMARY)"
+l1_status=${PIPESTATUS[0]}
+set -e
+l1_s=$(awk -v a="$l1_start" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
+
+# Keep each dumped L2 console as its own file.
+rm -rf "$lab/consoles" && mkdir -p "$lab/consoles"
+awk -v dir="$lab/consoles" '
+    /^LAB-CONSOLE-BEGIN / { f = dir "/" $2 ".log"; next }
+    /^LAB-CONSOLE-END /   { close(f); f = ""; next }
+    f != "" { print > f }' "$log"
+
+passed=$(grep -c "^LAB-SCENARIO .*result=PASS" "$log" || true)
+failed=$(grep -c "^LAB-SCENARIO .*result=FAIL" "$log" || true)
+problems=()
+[ "$l1_status" -eq 0 ] || problems+=("L1 QEMU exited with status $l1_status (124 = lab timeout)")
+grep -q "^LAB-FATAL" "$log" && problems+=("$(grep -m1 '^LAB-FATAL' "$log")")
+grep -q "^LAB-END" "$log" || problems+=("L1 never printed LAB-END (crashed or timed out)")
+[ $((passed + failed)) -gt 0 ] || problems+=("no scenario ran")
+
+echo
+echo "== KVM lab results (L2 boot: VMM start to L2 init, as seen from L1) =="
+printf '%-18s %-6s %-5s %8s %8s  %s\n' scenario vmm result init_s exit_s detail
+grep "^LAB-SCENARIO" "$log" | while read -r _ rest; do
+    get() { echo "$rest" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n1; }
+    detail=$(echo "$rest" | sed -n 's/.* reason=//p')
+    if [ -z "$detail" ]; then
+        detail="kernel_init_s=$(get kernel_init_s)"
+        bar2=$(get bar2_addr)
+        if [ -n "$bar2" ]; then detail="$detail bar2=$bar2 guest_MBps(w/r)=$(get guest_write_MBps)/$(get guest_read_MBps)"; fi
+    fi
+    printf '%-18s %-6s %-5s %8s %8s  %s\n' "$(get name)" "$(get vmm)" "$(get result)" "$(get init_s)" "$(get exit_s)" "$detail"
+done
+if [ "$failed" -gt 0 ]; then
+    echo "L2 consoles of failed runs: $(ls "$lab/consoles" | sed "s|^|$lab/consoles/|" | tr '\n' ' ')"
+fi
+for p in "${problems[@]}"; do echo "lab: FAIL: $p"; done
+total=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
+printf 'lab: L1 run %.1f s, total %.1f s\n' "$l1_s" "$total"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ ${#problems[@]} -eq 0 ]
