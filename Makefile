@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BUILD := build
 
-.PHONY: all deps build demo test check unit bench clean
+.PHONY: all deps build demo test check unit bench clean testkernel
 
 all: build
 
@@ -21,6 +21,25 @@ $(DEPS_STAMP): scripts/deps.sh
 
 build: deps
 	$(CARGO) build --release --workspace
+
+# The freestanding test kernel (guest/testkernel, outside the workspace;
+# its flags are in guest/testkernel/.cargo/config.toml). The objdump check
+# keeps SSE/AVX out of it: CPL0 code is emulated on PVM hosts.
+TESTKERNEL := $(BUILD)/guest/testkernel
+TESTKERNEL_SRC := $(wildcard guest/testkernel/src/*.rs) guest/testkernel/Cargo.toml \
+	guest/testkernel/link.ld guest/testkernel/.cargo/config.toml
+
+build: testkernel
+
+testkernel: $(TESTKERNEL)
+
+$(TESTKERNEL): $(TESTKERNEL_SRC)
+	@# rustc warns that sse2 belongs to the target ABI: harmless here (no floats).
+	cd guest/testkernel && $(CARGO) build --release --quiet
+	@if objdump -d guest/testkernel/target/release/testkernel | grep -qE '%[xyz]mm[0-9]'; then \
+		echo "testkernel: SSE/AVX register use found (objdump -d)" >&2; exit 1; fi
+	@mkdir -p $(dir $@)
+	cp guest/testkernel/target/release/testkernel $@
 
 demo: build
 	@echo "demo: not wired yet"

@@ -64,10 +64,10 @@ impl Bus {
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
         // The only candidates for overlap are the last range starting below
         // `base + len` and, through it, everything in between.
-        if let Some((&other, e)) = ranges.range(..base + len).next_back() {
-            if other + e.len > base {
-                return Err(Error::Overlap { base, len, other });
-            }
+        if let Some((&other, e)) = ranges.range(..base + len).next_back()
+            && other + e.len > base
+        {
+            return Err(Error::Overlap { base, len, other });
         }
         ranges.insert(base, Entry { len, device });
         Ok(())
@@ -76,7 +76,10 @@ impl Bus {
     /// Removes the device whose range starts at `base`, returning it.
     pub fn remove(&self, base: u64) -> Result<SharedDevice, Error> {
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
-        ranges.remove(&base).map(|e| e.device).ok_or(Error::NotFound(base))
+        ranges
+            .remove(&base)
+            .map(|e| e.device)
+            .ok_or(Error::NotFound(base))
     }
 
     /// Moves the range starting at `old_base` to `new_base`. On overlap the
@@ -87,10 +90,11 @@ impl Bus {
             ranges.remove(&old_base).ok_or(Error::NotFound(old_base))?
         };
         let len = entry.len;
-        self.insert(entry.device.clone(), new_base, len).inspect_err(|_| {
-            let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
-            ranges.insert(old_base, entry);
-        })
+        self.insert(entry.device.clone(), new_base, len)
+            .inspect_err(|_| {
+                let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+                ranges.insert(old_base, entry);
+            })
     }
 
     fn resolve(&self, addr: u64) -> Option<(SharedDevice, u64)> {
@@ -103,7 +107,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr) {
             Some((dev, offset)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => false,
@@ -114,7 +120,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr) {
             Some((dev, offset)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -161,11 +169,19 @@ mod tests {
         bus.insert(a.clone(), 0x1000, 0x100).unwrap();
         assert_eq!(
             bus.insert(a.clone(), 0x10ff, 1),
-            Err(Error::Overlap { base: 0x10ff, len: 1, other: 0x1000 })
+            Err(Error::Overlap {
+                base: 0x10ff,
+                len: 1,
+                other: 0x1000
+            })
         );
         assert_eq!(
             bus.insert(a.clone(), 0xf00, 0x101),
-            Err(Error::Overlap { base: 0xf00, len: 0x101, other: 0x1000 })
+            Err(Error::Overlap {
+                base: 0xf00,
+                len: 0x101,
+                other: 0x1000
+            })
         );
         bus.insert(a.clone(), 0x1100, 0x100).unwrap();
         assert!(bus.relocate(0x1000, 0x1180).is_err());
@@ -174,6 +190,9 @@ mod tests {
         assert!(!bus.read(0x1000, &mut b));
         assert!(bus.read(0x8010, &mut b));
         assert_eq!(b[0], 0x10);
-        assert_eq!(bus.insert(a, 0, 0), Err(Error::InvalidRange { base: 0, len: 0 }));
+        assert_eq!(
+            bus.insert(a, 0, 0),
+            Err(Error::InvalidRange { base: 0, len: 0 })
+        );
     }
 }

@@ -1,3 +1,8 @@
 //! Device models. They see bus offsets and never the VMM or its vCPUs.
 
 pub mod bus;
+pub mod debug_exit;
+pub mod i8042;
+pub mod ivshmem;
+pub mod pci;
+pub mod serial;

@@ -1,1 +1,23 @@
-//! Host memory backends.
+//! Host memory backends: QEMU's `memory-backend-ram`, `-file`, `-memfd` and `-shm`
+//! behind one [`Backend`] type and one mmap path.
+//!
+//! This crate maps host memory and nothing more: it knows nothing of KVM. A VMM builds
+//! its guest memory regions from [`Backend::as_ptr`] and [`Backend::size`], and hands
+//! [`Backend::fd`] + [`Backend::fd_offset`] to any process that should map the same
+//! memory.
+
+mod backend;
+mod config;
+mod error;
+mod prealloc;
+mod size;
+mod sys;
+
+pub use backend::Backend;
+pub use config::{
+    BackendConfig, BackendKind, FileOptions, HostMemPolicy, KindOptions, MAX_HOST_NODES,
+    MemfdOptions, OnOffAuto, ShmOptions,
+};
+pub use error::Error;
+pub use prealloc::PopulateMethod;
+pub use size::{SizeError, parse_size};

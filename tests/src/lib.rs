@@ -1,1 +1,2 @@
 //! Helpers for end-to-end tests.
+pub mod shm;

@@ -1,1 +1,16 @@
-//! shmvm library.
+//! shmvm: a small KVM virtual machine monitor whose guest RAM is a host
+//! memory backend (ram, file, memfd, shm).
+
+pub mod boot;
+pub mod cli;
+pub mod cpuid;
+pub mod exit;
+pub mod guest_ram;
+pub mod hv;
+pub mod io;
+pub mod ivshmem;
+pub mod layout;
+pub mod pci;
+pub mod signals;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,134 @@
+//! 16550A UART (COM1-style) on the port I/O bus, built on vm-superio.
+//!
+//! Output goes to any `Write` sink; guest-visible interrupts are raised
+//! through an `EventFd` that the VMM registers as an irqfd for the UART's IRQ.
+
+use std::io::Write;
+
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial as Uart, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+
+/// Errors from the serial device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("serial: cannot create interrupt eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("serial: cannot queue input: {0}")]
+    Input(String),
+}
+
+/// An interrupt line backed by an eventfd (KVM irqfd).
+#[derive(Debug)]
+pub struct IrqEvent(EventFd);
+
+impl IrqEvent {
+    pub fn new() -> Result<Self, Error> {
+        EventFd::new(libc::EFD_NONBLOCK).map(IrqEvent).map_err(Error::EventFd)
+    }
+
+    /// The eventfd to register with the hypervisor.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.0
+    }
+}
+
+impl Trigger for IrqEvent {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// A 16550A UART occupying 8 ports.
+pub struct Serial {
+    uart: Uart<IrqEvent, NoEvents, Box<dyn Write + Send>>,
+}
+
+impl std::fmt::Debug for Serial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serial").finish_non_exhaustive()
+    }
+}
+
+impl Serial {
+    /// Number of ports a 16550 decodes.
+    pub const PORTS: u64 = 8;
+
+    pub fn new(irq: IrqEvent, out: Box<dyn Write + Send>) -> Self {
+        Serial { uart: Uart::new(irq, out) }
+    }
+
+    /// The interrupt this UART raises.
+    pub fn irq(&self) -> &IrqEvent {
+        self.uart.interrupt_evt()
+    }
+
+    /// Queues host input for the guest to read; returns how many bytes fit.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> Result<usize, Error> {
+        self.uart.enqueue_raw_bytes(bytes).map_err(|e| Error::Input(format!("{e:?}")))
+    }
+
+    /// Free space in the receive FIFO.
+    pub fn input_capacity(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        // The UART has byte-wide registers; wider reads see one byte.
+        data.fill(0);
+        if let (Some(b), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
+            *b = self.uart.read(off);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Some(&v), Ok(off)) = (data.first(), u8::try_from(offset)) {
+            if let Err(e) = self.uart.write(off, v) {
+                log::debug!("serial: write at offset {off}: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn transmits_bytes_and_receives_input_with_interrupt() {
+        let sink = Sink::default();
+        let mut s = Serial::new(IrqEvent::new().unwrap(), Box::new(sink.clone()));
+        for b in b"hi\n" {
+            s.write(0, &[*b]);
+        }
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+        // Enable the received-data interrupt (IER bit 0), then queue input.
+        s.write(1, &[1]);
+        assert_eq!(s.enqueue_input(b"x").unwrap(), 1);
+        assert_eq!(s.irq().eventfd().read().unwrap(), 1);
+        let mut lsr = [0u8];
+        s.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1, "data ready");
+        let mut rbr = [0u8];
+        s.read(0, &mut rbr);
+        assert_eq!(rbr[0], b'x');
+    }
+}

@@ -1,0 +1,156 @@
+//! What the loader told us: PVH `hvm_start_info` or a Linux `boot_params`
+//! zero page. Copied into statics right away, so memtest may overwrite the
+//! originals later.
+
+use crate::boot::{__kernel_end, __kernel_start, ENTRY_PVH};
+use crate::cpu;
+use crate::{Global, jobs};
+
+pub const E820_MAX: usize = 128;
+pub const E820_RAM: u32 = 1;
+pub const CMDLINE_MAX: usize = 4096;
+const PVH_MAGIC: u32 = 0x336e_c578;
+
+#[derive(Clone, Copy)]
+pub struct E820 {
+    pub start: u64,
+    pub end: u64,
+    pub kind: u32,
+}
+
+pub struct BootInfo {
+    pub entry: u32,
+    pub cmdline: [u8; CMDLINE_MAX],
+    pub cmdline_len: usize,
+    pub e820: [E820; E820_MAX],
+    pub e820_len: usize,
+    /// Initrd physical range (`initrd_size == 0`: none).
+    pub initrd_start: u64,
+    pub initrd_size: u64,
+    /// ACPI RSDP from the loader (0: unknown, scan for it).
+    pub rsdp: u64,
+}
+
+pub static INFO: Global<BootInfo> = Global::new(BootInfo {
+    entry: 0,
+    cmdline: [0; CMDLINE_MAX],
+    cmdline_len: 0,
+    e820: [E820 {
+        start: 0,
+        end: 0,
+        kind: 0,
+    }; E820_MAX],
+    e820_len: 0,
+    initrd_start: 0,
+    initrd_size: 0,
+    rsdp: 0,
+});
+
+/// Physical memory the kernel image (code, data, stacks, page tables) uses.
+pub fn kernel_range() -> (u64, u64) {
+    // Linker-script symbols: only their addresses are taken.
+    (
+        &raw const __kernel_start as u64,
+        &raw const __kernel_end as u64,
+    )
+}
+
+fn rd32(addr: u64) -> u32 {
+    // SAFETY: addr points into loader-provided boot structures below 4 GiB,
+    // which the boot page tables map.
+    unsafe { core::ptr::read_unaligned(addr as *const u32) }
+}
+
+fn rd64(addr: u64) -> u64 {
+    // SAFETY: as rd32.
+    unsafe { core::ptr::read_unaligned(addr as *const u64) }
+}
+
+fn rd8(addr: u64) -> u8 {
+    // SAFETY: as rd32.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+/// Reads the boot structures at `ptr`. Err: a short reason for the verdict.
+pub fn load(entry: u32, ptr: u64) -> Result<(), &'static str> {
+    let info = INFO.ptr();
+    let (cmdline, cmdline_max);
+    // SAFETY: single CPU; no ring-3 job runs while `info` is used here
+    // except `copy_cstr`, which writes only `cmdline`.
+    unsafe {
+        (*info).entry = entry;
+        if entry == ENTRY_PVH {
+            if rd32(ptr) != PVH_MAGIC {
+                return Err("bad_start_info_magic");
+            }
+            let version = rd32(ptr + 4);
+            let nr_modules = rd32(ptr + 12);
+            let modlist = rd64(ptr + 16);
+            cmdline = rd64(ptr + 24);
+            cmdline_max = CMDLINE_MAX as u64;
+            (*info).rsdp = rd64(ptr + 32);
+            if version < 1 {
+                return Err("start_info_without_memmap");
+            }
+            let map = rd64(ptr + 40);
+            let n = (rd32(ptr + 48) as usize).min(E820_MAX);
+            let mut i = 0;
+            while i < n {
+                let e = map + 24 * i as u64;
+                let start = rd64(e);
+                (*info).e820[i] = E820 {
+                    start,
+                    end: start.wrapping_add(rd64(e + 8)),
+                    kind: rd32(e + 16),
+                };
+                i += 1;
+            }
+            (*info).e820_len = n;
+            if nr_modules > 0 && modlist != 0 {
+                (*info).initrd_start = rd64(modlist);
+                (*info).initrd_size = rd64(modlist + 8);
+            }
+        } else {
+            let n = (rd8(ptr + 0x1E8) as usize).min(E820_MAX);
+            let mut i = 0;
+            while i < n {
+                let e = ptr + 0x2D0 + 20 * i as u64;
+                let start = rd64(e);
+                (*info).e820[i] = E820 {
+                    start,
+                    end: start.wrapping_add(rd64(e + 8)),
+                    kind: rd32(e + 16),
+                };
+                i += 1;
+            }
+            (*info).e820_len = n;
+            cmdline = u64::from(rd32(ptr + 0x228)) | (u64::from(rd32(ptr + 0xC8)) << 32);
+            let size = u64::from(rd32(ptr + 0x238));
+            cmdline_max = if size == 0 {
+                CMDLINE_MAX as u64
+            } else {
+                (size + 1).min(CMDLINE_MAX as u64)
+            };
+            let rd = u64::from(rd32(ptr + 0x218)) | (u64::from(rd32(ptr + 0xC0)) << 32);
+            let rs = u64::from(rd32(ptr + 0x21C)) | (u64::from(rd32(ptr + 0xC4)) << 32);
+            if rd != 0 && rs != 0 {
+                (*info).initrd_start = rd;
+                (*info).initrd_size = rs;
+            }
+            (*info).rsdp = rd64(ptr + 0x70);
+            if n == 0 {
+                return Err("boot_params_without_e820");
+            }
+        }
+        if cmdline != 0 {
+            let dst = &raw mut (*info).cmdline as u64;
+            (*info).cmdline_len = cpu::user(
+                jobs::copy_cstr,
+                dst,
+                cmdline,
+                cmdline_max.min(CMDLINE_MAX as u64 - 1),
+            ) as usize;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Port I/O, MSRs, CPUID, TSC, and the CPL0 setup (TSS, IDT, syscall MSRs).
+
+use core::arch::asm;
+
+use crate::boot;
+
+#[inline(always)]
+pub fn outb(port: u16, v: u8) {
+    // SAFETY: port I/O has no memory effects visible to Rust.
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    }
+}
+
+#[inline(always)]
+pub fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: as outb.
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    }
+    v
+}
+
+#[inline(always)]
+pub fn outl(port: u16, v: u32) {
+    // SAFETY: as outb.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags))
+    }
+}
+
+#[inline(always)]
+pub fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: as outb.
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+    }
+    v
+}
+
+#[inline(always)]
+pub fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: cpuid only writes the named registers (rbx is saved by hand).
+    unsafe {
+        asm!("mov {t:r}, rbx", "cpuid", "xchg {t:r}, rbx", t = out(reg) b,
+             inout("eax") leaf => a, inout("ecx") sub => c, out("edx") d,
+             options(nomem, nostack, preserves_flags))
+    }
+    [a, b, c, d]
+}
+
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc reads a counter (CR4.TSD is clear, so ring 3 may too).
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+#[inline(always)]
+pub fn read_cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Flushes the whole TLB (reloads CR3).
+#[inline(always)]
+pub fn flush_tlb() {
+    // SAFETY: CR3 is rewritten with its own value.
+    unsafe { asm!("mov rax, cr3", "mov cr3, rax", out("rax") _, options(nostack, preserves_flags)) }
+}
+
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: interrupts are off; hlt just stops this vCPU.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
+    }
+}
+
+fn gate(idt: *mut [u64; 2 * boot::IDT_ENTRIES], v: usize, handler: u64, dpl: u64) {
+    // SAFETY: v < IDT_ENTRIES; the IDT is only written during init.
+    unsafe {
+        (*idt)[2 * v] = (handler & 0xFFFF)
+            | (u64::from(boot::KERNEL_CS) << 16)
+            | ((0x8E | (dpl << 5)) << 40)
+            | (((handler >> 16) & 0xFFFF) << 48);
+        (*idt)[2 * v + 1] = handler >> 32;
+    }
+}
+
+/// Loads the TSS and IDT (exceptions; #UD doubles as the ring-3 return).
+pub fn init() {
+    // SAFETY: single CPU, interrupts off; the descriptors written here are
+    // the static GDT/IDT from boot.rs, which nothing else touches.
+    unsafe {
+        let tss = &raw const boot::boot_tss as u64;
+        let gdt = &raw mut boot::boot_gdt;
+        (*gdt)[5] = 103 | ((tss & 0xFF_FFFF) << 16) | (0x89 << 40) | (((tss >> 24) & 0xFF) << 56);
+        (*gdt)[6] = tss >> 32;
+        asm!("ltr ax", in("ax") boot::TSS_SEL, options(nostack, preserves_flags));
+
+        let stubs = &raw const boot::isr_stubs as u64;
+        let idt = &raw mut boot::boot_idt;
+        let mut v = 0;
+        while v < boot::IDT_ENTRIES {
+            gate(idt, v, stubs + 16 * v as u64, 0);
+            v += 1;
+        }
+        gate(
+            idt,
+            boot::UD_VECTOR,
+            boot::user_return as *const () as u64,
+            0,
+        );
+        asm!("lidt [{}]", in(reg) &raw const boot::boot_idt_ptr, options(nostack, preserves_flags));
+    }
+}
+
+/// Runs `f(a, b, c)` in ring 3 (native speed on PVM) and returns its result.
+pub fn user(f: extern "C" fn(u64, u64, u64) -> u64, a: u64, b: u64, c: u64) -> u64 {
+    // SAFETY: `init` set up the TSS and syscall MSRs; every page is mapped
+    // user-accessible, and `f` is a plain function of this image.
+    unsafe { boot::user_call(f as usize, a, b, c) }
+}

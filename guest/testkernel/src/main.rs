@@ -1,0 +1,357 @@
+//! shmvm test kernel: boots by PVH or the 64-bit ("linux64") entry, reports
+//! what the VMM gave it and runs the tests named on the command line.
+//! See README.md for parameters, output lines and region protocols.
+//!
+//! CPL0 code is emulated instruction by instruction on PVM, so it only
+//! orchestrates and prints; loops over memory run as ring-3 jobs
+//! (`cpu::user`), which execute natively.
+
+#![no_std]
+#![no_main]
+
+mod boot;
+mod bootinfo;
+mod console;
+mod cpu;
+mod ivshmem;
+mod jobs;
+mod paging;
+mod params;
+mod pci;
+mod tables;
+mod timer;
+
+use core::cell::UnsafeCell;
+
+use bootinfo::{E820_RAM, INFO};
+use console::{Dec, Hex, Hex16};
+use params::{PARAMS, Test};
+
+/// A static shared between CPL0 code and ring-3 jobs. There is one CPU and
+/// no interrupts; CPL0 is suspended while a job runs, so accesses never
+/// overlap. Users take short-lived references through `ptr()`.
+pub struct Global<T>(UnsafeCell<T>);
+
+// SAFETY: single CPU, no preemption (see above).
+unsafe impl<T> Sync for Global<T> {}
+
+impl<T> Global<T> {
+    pub const fn new(v: T) -> Self {
+        Self(UnsafeCell::new(v))
+    }
+    pub fn ptr(&self) -> *mut T {
+        self.0.get()
+    }
+}
+
+const EXIT_PORT: u16 = 0xf4;
+const EXIT_PASS: u8 = 0x10;
+const EXIT_FAIL: u8 = 0x11;
+
+/// First failure reason (None: all passed so far).
+static FAILURE: Global<Option<&'static str>> = Global::new(None);
+
+fn note_failure(why: &'static str) {
+    // SAFETY: single CPU, CPL0 only.
+    unsafe {
+        let f = FAILURE.ptr();
+        if (*f).is_none() {
+            *f = Some(why);
+        }
+    }
+}
+
+/// Prints the verdict and exits through the debug-exit port; falls back to
+/// an i8042 reset, then halts.
+fn finish() -> ! {
+    // SAFETY: single CPU, CPL0 only.
+    let failure = unsafe { *FAILURE.ptr() };
+    match failure {
+        None => {
+            say!("shmvm: verdict=pass");
+            cpu::outb(EXIT_PORT, EXIT_PASS);
+        }
+        Some(why) => {
+            say!("shmvm: verdict=fail reason=", why);
+            cpu::outb(EXIT_PORT, EXIT_FAIL);
+        }
+    }
+    cpu::outb(0x64, 0xfe);
+    cpu::halt_forever()
+}
+
+fn fail_now(why: &'static str) -> ! {
+    note_failure(why);
+    finish()
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn kmain(entry: u32, info: u64) -> ! {
+    console::init();
+    say!(
+        "shmvm: entry=",
+        if entry == boot::ENTRY_PVH {
+            "pvh"
+        } else {
+            "linux64"
+        }
+    );
+    cpu::init();
+    if let Err(why) = bootinfo::load(entry, info) {
+        fail_now(why);
+    }
+    cpu::user(params::parse_job, 0, 0, 0);
+    cpu::user(jobs::free_ranges_job, 0, 0, 0);
+    cpu::user(tables::count_job, 0, 0, 0);
+    report();
+    // SAFETY: single CPU, CPL0 only; PARAMS is no longer written.
+    let p = unsafe { &*PARAMS.ptr() };
+    if let Some((why, at)) = p.error {
+        say!("shmvm: bad parameter at cmdline offset ", Dec(at as u64));
+        note_failure(why);
+    }
+    for t in &p.tests[..p.ntests] {
+        let r = match t {
+            Test::Boot => Ok(()),
+            Test::Memtest => memtest(),
+            Test::Initrd => initrd(),
+            Test::Ivshmem => ivshmem::handshake(),
+            Test::IvshmemMove => ivshmem::move_bar2(),
+            Test::IvshmemSlots => ivshmem::slots(),
+            Test::IvshmemBench => ivshmem::bench(),
+        };
+        if let Err(why) = r {
+            note_failure(why);
+        }
+    }
+    finish()
+}
+
+/// The boot report: cmdline, memory map, RAM size, CPU count.
+fn report() {
+    // SAFETY: single CPU, CPL0 only; no job runs while these are borrowed.
+    let (info, cpus, free, p) = unsafe {
+        (
+            &*INFO.ptr(),
+            &*tables::CPUS.ptr(),
+            &*jobs::FREE.ptr(),
+            &*PARAMS.ptr(),
+        )
+    };
+    say!("shmvm: cmdline=", &info.cmdline[..info.cmdline_len]);
+    let mut ram = 0;
+    for e in info.e820[..info.e820_len]
+        .iter()
+        .filter(|e| e.end > e.start)
+    {
+        say!(
+            "shmvm: e820 start=",
+            Hex(e.start),
+            " end=",
+            Hex(e.end),
+            " type=",
+            Dec(u64::from(e.kind))
+        );
+        if e.kind == E820_RAM {
+            ram += e.end.saturating_sub(e.start);
+        }
+    }
+    say!("shmvm: ram_bytes=", Dec(ram));
+    let (k0, k1) = bootinfo::kernel_range();
+    say!(
+        "shmvm: kernel start=",
+        Hex(k0),
+        " end=",
+        Hex(k1),
+        " free_bytes=",
+        Dec(free.bytes)
+    );
+    say!(
+        "shmvm: cpu tables mp=",
+        Hex(cpus.mp_addr),
+        " mp_cfg=",
+        Hex(cpus.mp_cfg),
+        " mp_entries=",
+        Dec(cpus.mp_entries),
+        " mp_cpus=",
+        Dec(cpus.mp_cpus),
+        " rsdp=",
+        Hex(cpus.rsdp_addr),
+        " madt=",
+        Hex(cpus.madt_addr),
+        " madt_cpus=",
+        Dec(cpus.madt_cpus)
+    );
+    let n = if cpus.mp_addr != 0 {
+        cpus.mp_cpus
+    } else {
+        cpus.madt_cpus
+    };
+    say!("shmvm: cpus=", Dec(n));
+    if n == 0 {
+        note_failure("no_cpu_tables");
+    }
+    if cpus.mp_addr != 0 && cpus.madt_addr != 0 && cpus.mp_cpus != cpus.madt_cpus {
+        note_failure("mp_madt_cpus_differ");
+    }
+    if let Some(want) = p.expect_cpus
+        && want != n
+    {
+        note_failure("cpus_mismatch");
+    }
+    // The legacy hole below 1 MiB may be missing from usable RAM.
+    if let Some(want) = p.expect_ram
+        && (ram > want || ram + 0x10_0000 < want)
+    {
+        note_failure("ram_mismatch");
+    }
+}
+
+fn memtest() -> Result<(), &'static str> {
+    // SAFETY: single CPU, CPL0 only.
+    let (top, bytes, n) = unsafe {
+        let f = &*jobs::FREE.ptr();
+        (f.top, f.bytes, f.n)
+    };
+    paging::ensure_mapped(0, top)?;
+    // SAFETY: as above.
+    let seed = unsafe { (*PARAMS.ptr()).seed };
+    if cpu::user(jobs::memtest_job, seed, 0, 0) == 0 {
+        say!(
+            "shmvm: memtest bytes=",
+            Dec(bytes),
+            " ranges=",
+            Dec(n as u64),
+            " ok"
+        );
+        return Ok(());
+    }
+    // SAFETY: the job has returned.
+    let r = unsafe { &*jobs::MEMTEST.ptr() };
+    say!(
+        "shmvm: memtest bytes=",
+        Dec(bytes),
+        " failed at ",
+        Hex(r.failed_at),
+        " got=",
+        Hex(r.got),
+        " want=",
+        Hex(r.want)
+    );
+    Err("memtest")
+}
+
+fn initrd() -> Result<(), &'static str> {
+    // SAFETY: single CPU, CPL0 only.
+    let (start, size) = unsafe { ((*INFO.ptr()).initrd_start, (*INFO.ptr()).initrd_size) };
+    if size == 0 {
+        say!("shmvm: initrd absent");
+        return Err("no_initrd");
+    }
+    paging::ensure_mapped(start, start + size)?;
+    let h = cpu::user(jobs::fnv1a_job, start, size, 0);
+    say!(
+        "shmvm: initrd size=",
+        Dec(size),
+        " fnv1a64=",
+        Hex16(h),
+        " addr=",
+        Hex(start)
+    );
+    Ok(())
+}
+
+/// Called by the exception stubs with [vector, error, rip, cs, rflags, rsp, ss].
+#[unsafe(no_mangle)]
+extern "C" fn exception_handler(frame: *const u64) -> ! {
+    // SAFETY: the stub passes its own stack frame (7 words).
+    let f = unsafe { core::slice::from_raw_parts(frame, 7) };
+    say!(
+        "shmvm: exception vector=",
+        Dec(f[0]),
+        " error=",
+        Hex(f[1]),
+        " rip=",
+        Hex(f[2]),
+        " cs=",
+        Hex(f[3]),
+        " rflags=",
+        Hex(f[4]),
+        " rsp=",
+        Hex(f[5]),
+        " ss=",
+        Hex(f[6]),
+        " cr2=",
+        Hex(cpu::read_cr2())
+    );
+    fail_now("exception")
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    if let Some(l) = info.location() {
+        say!("shmvm: panic at ", l.file(), ":", Dec(u64::from(l.line())));
+    }
+    fail_now("panic")
+}
+
+// The compiler emits calls to these; there is no libc.
+
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees both ranges are valid and disjoint.
+    unsafe {
+        core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
+            options(nostack, preserves_flags));
+    }
+    dst
+}
+
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize) + n {
+        // SAFETY: forward copy is safe when dst is below src or disjoint.
+        return unsafe { memcpy(dst, src, n) };
+    }
+    // SAFETY: overlapping with dst above src: copy backwards.
+    unsafe {
+        core::arch::asm!("std", "rep movsb", "cld", inout("rcx") n => _, inout("rdi") dst.add(n - 1) => _,
+            inout("rsi") src.add(n - 1) => _, options(nostack));
+    }
+    dst
+}
+
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees the range is valid.
+    unsafe {
+        core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
+            options(nostack, preserves_flags));
+    }
+    dst
+}
+
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: the caller guarantees both ranges are valid for n bytes.
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+        i += 1;
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}

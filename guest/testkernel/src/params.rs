@@ -1,0 +1,182 @@
+//! `shmvm.*` command-line parameters (parsed in ring 3; see README.md).
+
+use crate::Global;
+use crate::bootinfo::INFO;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Test {
+    Boot,
+    Memtest,
+    Initrd,
+    Ivshmem,
+    IvshmemMove,
+    IvshmemSlots,
+    IvshmemBench,
+}
+
+pub const MAX_TESTS: usize = 16;
+
+pub struct Params {
+    pub tests: [Test; MAX_TESTS],
+    pub ntests: usize,
+    pub expect_ram: Option<u64>,
+    pub expect_cpus: Option<u64>,
+    pub seed: u64,
+    pub timeout_ms: u64,
+    pub bar2: Option<u64>,
+    pub slot: u64,
+    pub parties: u64,
+    pub bench_mib: u64,
+    pub ivshmem_size: Option<u64>,
+    pub ivposition: u64,
+    /// First problem found: (reason, offset of the offending word in the
+    /// command line).
+    pub error: Option<(&'static str, usize)>,
+}
+
+pub static PARAMS: Global<Params> = Global::new(Params {
+    tests: [Test::Boot; MAX_TESTS],
+    ntests: 0,
+    expect_ram: None,
+    expect_cpus: None,
+    seed: 0x5eed,
+    timeout_ms: 10_000,
+    bar2: None,
+    slot: 0,
+    parties: 1,
+    bench_mib: 64,
+    ivshmem_size: None,
+    ivposition: 0,
+    error: None,
+});
+
+/// Decimal, or hex with 0x; optional K/M/G suffix (powers of 1024).
+pub fn parse_num(s: &[u8]) -> Option<u64> {
+    let (mut digits, radix) = if s.len() > 2 && s[0] == b'0' && (s[1] == b'x' || s[1] == b'X') {
+        (&s[2..], 16u64)
+    } else {
+        (s, 10u64)
+    };
+    let mut mult = 1u64;
+    if let Some((&last, rest)) = digits.split_last() {
+        let m = match last {
+            b'k' | b'K' => 1 << 10,
+            b'm' | b'M' => 1 << 20,
+            b'g' | b'G' => 1 << 30,
+            _ => 1,
+        };
+        if m != 1 && radix == 10 {
+            mult = m;
+            digits = rest;
+        }
+    }
+    if digits.is_empty() {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in digits {
+        let d = match c {
+            b'0'..=b'9' => u64::from(c - b'0'),
+            b'a'..=b'f' if radix == 16 => u64::from(c - b'a' + 10),
+            b'A'..=b'F' if radix == 16 => u64::from(c - b'A' + 10),
+            _ => return None,
+        };
+        v = v.checked_mul(radix)?.checked_add(d)?;
+    }
+    v.checked_mul(mult)
+}
+
+fn test_by_name(s: &[u8]) -> Option<Test> {
+    Some(match s {
+        b"boot" => Test::Boot,
+        b"memtest" => Test::Memtest,
+        b"initrd" => Test::Initrd,
+        b"ivshmem" => Test::Ivshmem,
+        b"ivshmem-move" => Test::IvshmemMove,
+        b"ivshmem-slots" => Test::IvshmemSlots,
+        b"ivshmem-bench" => Test::IvshmemBench,
+        _ => return None,
+    })
+}
+
+fn parse(line: &[u8], p: &mut Params) {
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && line[i] == b' ' {
+            i += 1;
+        }
+        let start = i;
+        while i < line.len() && line[i] != b' ' {
+            i += 1;
+        }
+        let word = &line[start..i];
+        let Some(rest) = word.strip_prefix(b"shmvm.") else {
+            continue;
+        };
+        let Some(eq) = rest.iter().position(|&c| c == b'=') else {
+            continue;
+        };
+        let (key, val) = (&rest[..eq], &rest[eq + 1..]);
+        let mut bad = |why: &'static str| {
+            if p.error.is_none() {
+                p.error = Some((why, start));
+            }
+        };
+        if key == b"test" {
+            for name in val.split(|&c| c == b',') {
+                match test_by_name(name) {
+                    Some(t) if p.ntests < MAX_TESTS => {
+                        p.tests[p.ntests] = t;
+                        p.ntests += 1;
+                    }
+                    Some(_) => bad("too_many_tests"),
+                    None => bad("unknown_test"),
+                }
+            }
+            continue;
+        }
+        let slot: Option<&mut Option<u64>> = match key {
+            b"expect_ram" => Some(&mut p.expect_ram),
+            b"expect_cpus" => Some(&mut p.expect_cpus),
+            b"bar2" => Some(&mut p.bar2),
+            b"ivshmem_size" => Some(&mut p.ivshmem_size),
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            match parse_num(val) {
+                Some(v) => *slot = Some(v),
+                None => bad("bad_number"),
+            }
+            continue;
+        }
+        let field: &mut u64 = match key {
+            b"seed" => &mut p.seed,
+            b"timeout_ms" => &mut p.timeout_ms,
+            b"slot" => &mut p.slot,
+            b"parties" => &mut p.parties,
+            b"bench_mib" => &mut p.bench_mib,
+            b"ivposition" => &mut p.ivposition,
+            _ => continue,
+        };
+        match parse_num(val) {
+            Some(v) => *field = v,
+            None => bad("bad_number"),
+        }
+    }
+    if p.ntests == 0 && p.error.is_none() {
+        p.tests[0] = Test::Boot;
+        p.ntests = 1;
+    }
+}
+
+/// Ring-3 job: parses the saved command line into `PARAMS`.
+pub extern "C" fn parse_job(_: u64, _: u64, _: u64) -> u64 {
+    // SAFETY: CPL0 is suspended while this job runs; nothing else holds
+    // references to these statics.
+    unsafe {
+        let info = &*INFO.ptr();
+        let p = &mut *PARAMS.ptr();
+        parse(&info.cmdline[..info.cmdline_len], p);
+    }
+    0
+}

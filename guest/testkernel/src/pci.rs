@@ -1,0 +1,82 @@
+//! PCI configuration space through mechanism #1 (ports 0xCF8/0xCFC), bus 0.
+
+use crate::cpu::{inl, outl};
+use core::arch::asm;
+
+const ADDR: u16 = 0xCF8;
+const DATA: u16 = 0xCFC;
+
+pub const COMMAND: u8 = 0x04;
+pub const CMD_IO: u16 = 1 << 0;
+pub const CMD_MEMORY: u16 = 1 << 1;
+
+#[derive(Clone, Copy)]
+pub struct Bdf {
+    pub bus: u8,
+    pub dev: u8,
+    pub func: u8,
+}
+
+impl Bdf {
+    fn addr(self, off: u8) -> u32 {
+        0x8000_0000
+            | (u32::from(self.bus) << 16)
+            | (u32::from(self.dev) << 11)
+            | (u32::from(self.func) << 8)
+            | u32::from(off & 0xFC)
+    }
+
+    pub fn read32(self, off: u8) -> u32 {
+        outl(ADDR, self.addr(off));
+        inl(DATA)
+    }
+
+    pub fn write32(self, off: u8, v: u32) {
+        outl(ADDR, self.addr(off));
+        outl(DATA, v);
+    }
+
+    pub fn read16(self, off: u8) -> u16 {
+        (self.read32(off) >> (8 * (off & 2))) as u16
+    }
+
+    /// 16-bit write (so the status register next to COMMAND, whose bits are
+    /// write-1-to-clear, is not written).
+    pub fn write16(self, off: u8, v: u16) {
+        outl(ADDR, self.addr(off));
+        let port = DATA + u16::from(off & 2);
+        // SAFETY: port I/O to the PCI configuration data window.
+        unsafe {
+            asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack, preserves_flags))
+        }
+    }
+}
+
+/// First function on bus 0 with this vendor/device ID.
+pub fn find(vendor: u16, device: u16) -> Option<Bdf> {
+    let want = u32::from(vendor) | (u32::from(device) << 16);
+    for dev in 0..32u8 {
+        let f0 = Bdf {
+            bus: 0,
+            dev,
+            func: 0,
+        };
+        let id = f0.read32(0);
+        if id & 0xFFFF == 0xFFFF {
+            continue;
+        }
+        if id == want {
+            return Some(f0);
+        }
+        // Header type bit 7: multi-function device.
+        if (f0.read32(0x0C) >> 16) & 0x80 != 0 {
+            for func in 1..8u8 {
+                let f = Bdf { bus: 0, dev, func };
+                if f.read32(0) == want {
+                    return Some(f);
+                }
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,192 @@
+//! What to do about one vCPU exit: a plain function over [`VmExit`], so it
+//! can be tested without a guest.
+
+use std::sync::atomic::Ordering;
+
+use devices::debug_exit::GuestExit;
+use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+
+use crate::hv::VmExit;
+use crate::io::IoBuses;
+
+/// Why the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEnd {
+    /// A guest device asked (reset, debug-exit).
+    Guest(GuestExit),
+    /// The guest powered off or reset through a hypervisor system event.
+    Poweroff,
+    TripleFault,
+    SystemEvent(u32),
+    InternalError { suberror: u32, detail: String },
+    FailEntry(u64),
+    Unhandled(String),
+    /// The VMM was told to stop by this signal.
+    Signal(i32),
+    /// A vCPU thread failed outside the guest (an ioctl, a panic).
+    VcpuFailed(String),
+}
+
+impl VmEnd {
+    /// The process exit code for this ending.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmEnd::Guest(g) => g.exit_code(),
+            VmEnd::Poweroff => 0,
+            VmEnd::Signal(s) => 128 + s,
+            _ => 1,
+        }
+    }
+
+    /// One line for stderr when the ending is a failure (None: say nothing).
+    pub fn describe(&self) -> Option<String> {
+        Some(match self {
+            VmEnd::Guest(_) | VmEnd::Poweroff => return None,
+            VmEnd::TripleFault => "guest triple fault (KVM_EXIT_SHUTDOWN)".into(),
+            VmEnd::SystemEvent(k) => format!("guest system event {k}"),
+            VmEnd::InternalError { suberror, detail } => {
+                format!("KVM internal error (suberror {suberror}): {detail}")
+            }
+            VmEnd::FailEntry(r) => format!("VM entry failed (hardware reason {r:#x})"),
+            VmEnd::Unhandled(what) => format!("unhandled vCPU exit: {what}"),
+            VmEnd::Signal(s) => format!("stopped by signal {s}"),
+            VmEnd::VcpuFailed(what) => format!("vCPU failed: {what}"),
+        })
+    }
+}
+
+/// The handler's verdict for one exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Re-enter the guest.
+    Continue,
+    /// This vCPU was interrupted: check whether the VM is stopping.
+    Interrupted,
+    /// The VM ends; internal errors still need their details filled in by
+    /// the caller, which owns the vCPU.
+    End(VmEnd),
+}
+
+/// Handles one exit: routes I/O to the buses (unclaimed reads see all-ones,
+/// unclaimed writes are dropped; both are counted and logged at debug) and
+/// turns the terminal exits into a [`VmEnd`].
+pub fn handle_exit(exit: VmExit<'_>, io: &IoBuses) -> Action {
+    match exit {
+        VmExit::IoIn { port, data } => {
+            if !io.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+                io.unclaimed_pio.fetch_add(1, Ordering::Relaxed);
+                log::debug!("unclaimed port read {port:#x} ({} bytes)", data.len());
+            }
+            Action::Continue
+        }
+        VmExit::IoOut { port, data } => {
+            if !io.pio.write(u64::from(port), data) {
+                io.unclaimed_pio.fetch_add(1, Ordering::Relaxed);
+                log::debug!("unclaimed port write {port:#x} <- {data:02x?}");
+            }
+            Action::Continue
+        }
+        VmExit::MmioRead { addr, data } => {
+            if !io.mmio.read(addr, data) {
+                data.fill(0xff);
+                io.unclaimed_mmio.fetch_add(1, Ordering::Relaxed);
+                log::debug!("unclaimed MMIO read {addr:#x} ({} bytes)", data.len());
+            }
+            Action::Continue
+        }
+        VmExit::MmioWrite { addr, data } => {
+            if !io.mmio.write(addr, data) {
+                io.unclaimed_mmio.fetch_add(1, Ordering::Relaxed);
+                log::debug!("unclaimed MMIO write {addr:#x} <- {data:02x?}");
+            }
+            Action::Continue
+        }
+        // Only seen without an in-kernel irqchip: the guest waits for an
+        // interrupt, so let it run again.
+        VmExit::Hlt => Action::Continue,
+        VmExit::Interrupted => Action::Interrupted,
+        VmExit::Shutdown => Action::End(VmEnd::TripleFault),
+        VmExit::SystemEvent { kind } if kind == KVM_SYSTEM_EVENT_SHUTDOWN || kind == KVM_SYSTEM_EVENT_RESET => {
+            Action::End(VmEnd::Poweroff)
+        }
+        VmExit::SystemEvent { kind } => Action::End(VmEnd::SystemEvent(kind)),
+        VmExit::InternalError => {
+            Action::End(VmEnd::InternalError { suberror: 0, detail: String::new() })
+        }
+        VmExit::FailEntry { reason } => Action::End(VmEnd::FailEntry(reason)),
+        VmExit::Other(what) => Action::End(VmEnd::Unhandled(what)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::BusKind;
+    use devices::bus::BusDevice;
+
+    struct Reg(u8);
+    impl BusDevice for Reg {
+        fn read(&mut self, _o: u64, d: &mut [u8]) {
+            d.fill(self.0);
+        }
+        fn write(&mut self, _o: u64, d: &[u8]) {
+            self.0 = d[0];
+        }
+    }
+
+    #[test]
+    fn port_io_routes_to_devices_and_unclaimed_reads_all_ones() {
+        let io = IoBuses::new();
+        io.add(BusKind::Pio, "reg", Reg(7), 0x80, 1).unwrap();
+        let mut d = [0u8; 1];
+        assert_eq!(handle_exit(VmExit::IoIn { port: 0x80, data: &mut d }, &io), Action::Continue);
+        assert_eq!(d, [7]);
+        assert_eq!(handle_exit(VmExit::IoOut { port: 0x80, data: &[9] }, &io), Action::Continue);
+        handle_exit(VmExit::IoIn { port: 0x80, data: &mut d }, &io);
+        assert_eq!(d, [9]);
+        let mut w = [0u8; 4];
+        assert_eq!(handle_exit(VmExit::IoIn { port: 0x81, data: &mut w }, &io), Action::Continue);
+        assert_eq!(w, [0xff; 4]);
+        handle_exit(VmExit::IoOut { port: 0x81, data: &[1] }, &io);
+        assert_eq!(io.unclaimed_pio.load(Ordering::Relaxed), 2);
+        let r = io.report();
+        assert!(r.contains("reg: 2 reads, 1 writes"), "{r}");
+    }
+
+    #[test]
+    fn mmio_unclaimed_is_counted_not_fatal() {
+        let io = IoBuses::new();
+        let mut d = [0u8; 8];
+        let a = handle_exit(VmExit::MmioRead { addr: 0xd000_0000, data: &mut d }, &io);
+        assert_eq!((a, d), (Action::Continue, [0xff; 8]));
+        let a = handle_exit(VmExit::MmioWrite { addr: 0xd000_0000, data: &[1, 2] }, &io);
+        assert_eq!(a, Action::Continue);
+        assert_eq!(io.unclaimed_mmio.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn terminal_exits_and_exit_codes() {
+        let io = IoBuses::new();
+        assert_eq!(handle_exit(VmExit::Shutdown, &io), Action::End(VmEnd::TripleFault));
+        assert_eq!(
+            handle_exit(VmExit::SystemEvent { kind: KVM_SYSTEM_EVENT_SHUTDOWN }, &io),
+            Action::End(VmEnd::Poweroff)
+        );
+        assert_eq!(handle_exit(VmExit::Interrupted, &io), Action::Interrupted);
+        assert_eq!(handle_exit(VmExit::Hlt, &io), Action::Continue);
+        assert!(matches!(handle_exit(VmExit::InternalError, &io), Action::End(VmEnd::InternalError { .. })));
+        assert_eq!(handle_exit(VmExit::FailEntry { reason: 7 }, &io), Action::End(VmEnd::FailEntry(7)));
+        assert_eq!(
+            handle_exit(VmExit::Other("Debug".into()), &io),
+            Action::End(VmEnd::Unhandled("Debug".into()))
+        );
+        assert_eq!(VmEnd::Guest(GuestExit::DebugExit { value: 0x10 }).exit_code(), 33);
+        assert_eq!(VmEnd::Guest(GuestExit::Reset).exit_code(), 0);
+        assert_eq!(VmEnd::Poweroff.exit_code(), 0);
+        assert_eq!(VmEnd::TripleFault.exit_code(), 1);
+        assert_eq!(VmEnd::Signal(15).exit_code(), 143);
+        assert!(VmEnd::Poweroff.describe().is_none());
+        assert!(!VmEnd::TripleFault.describe().unwrap().contains('\n'));
+    }
+}

@@ -1,0 +1,99 @@
+//! Guest RAM: one memory backend's mapping viewed as vm-memory regions laid
+//! out around the MMIO hole. Registering the regions with the hypervisor is
+//! a separate step ([`GuestRam::register`]).
+
+use memory::Backend;
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+use crate::hv::Vm;
+use crate::layout::{RamRegion, ram_regions};
+
+/// Errors building or registering guest RAM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("memory-backend '{id}': readonly=on cannot be guest RAM")]
+    ReadOnly { id: String },
+    #[error("memory-backend '{id}': cannot describe guest RAM region at {gpa:#x}: {reason}")]
+    Region { id: String, gpa: u64, reason: String },
+    #[error("memory-backend '{id}': {err}")]
+    Register { id: String, err: crate::hv::Error },
+}
+
+/// Guest RAM. Field order matters: `mem` holds raw views of `backend`'s
+/// mapping and is dropped first.
+pub struct GuestRam {
+    mem: GuestMemoryMmap,
+    regions: Vec<RamRegion>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestRam")
+            .field("backend", &self.backend.id())
+            .field("regions", &self.regions)
+            .finish()
+    }
+}
+
+impl GuestRam {
+    /// Views `backend`'s whole mapping as guest RAM split around the hole.
+    pub fn new(backend: Backend) -> Result<GuestRam, Error> {
+        let id = backend.id().to_string();
+        if backend.readonly() {
+            return Err(Error::ReadOnly { id });
+        }
+        let regions = ram_regions(backend.size());
+        let mut mmap_regions = Vec::with_capacity(regions.len());
+        for r in &regions {
+            let region_err = |reason: String| Error::Region { id: id.clone(), gpa: r.gpa, reason };
+            let size = usize::try_from(r.size).map_err(|e| region_err(e.to_string()))?;
+            // SAFETY: `backend_offset + size` lies within the backend's
+            // mapping (ram_regions splits exactly `backend.size()` bytes),
+            // and the mapping outlives `mem`: both live in this struct and
+            // `mem` is declared (so dropped) before `backend`. The region is
+            // built as non-owning, so it never unmaps the backend's memory.
+            let mapping = unsafe {
+                MmapRegion::build_raw(
+                    backend.as_ptr().add(r.backend_offset as usize),
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    if backend.shared() { libc::MAP_SHARED } else { libc::MAP_PRIVATE },
+                )
+            }
+            .map_err(|e| region_err(e.to_string()))?;
+            let region = GuestRegionMmap::new(mapping, GuestAddress(r.gpa))
+                .ok_or_else(|| region_err("address overflow".into()))?;
+            mmap_regions.push(region);
+        }
+        let mem = GuestMemoryMmap::from_regions(mmap_regions)
+            .map_err(|e| Error::Region { id: id.clone(), gpa: 0, reason: e.to_string() })?;
+        Ok(GuestRam { mem, regions, backend })
+    }
+
+    /// Tells the hypervisor about every region (slots 0, 1).
+    pub fn register(&self, vm: &Vm) -> Result<(), Error> {
+        for (slot, r) in self.regions.iter().enumerate() {
+            // SAFETY: `backend_offset + size` is within the backend mapping,
+            // which lives in `self`; the VMM keeps GuestRam alive until the
+            // VM (and its vCPUs) are gone (see `vm::Machine`'s field order).
+            let host = unsafe { self.backend.as_ptr().add(r.backend_offset as usize) };
+            // SAFETY: as above, the mapping outlives the VM.
+            unsafe { vm.add_memory(slot as u32, r.gpa, host, r.size) }
+                .map_err(|err| Error::Register { id: self.backend.id().to_string(), err })?;
+        }
+        Ok(())
+    }
+
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    pub fn size(&self) -> u64 {
+        self.backend.size()
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+}

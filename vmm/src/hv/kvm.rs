@@ -1,0 +1,223 @@
+//! KVM implementation of the hypervisor boundary.
+
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_fpu, kvm_lapic_state,
+    kvm_pit_config, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::VmExit;
+
+/// Errors from KVM calls, naming the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open /dev/kvm: {0}")]
+    Open(kvm_ioctls::Error),
+    #[error("KVM API version {0} is not 12")]
+    ApiVersion(i32),
+    #[error("KVM: {op} failed: {err}")]
+    Ioctl { op: &'static str, err: kvm_ioctls::Error },
+    #[error("KVM: set {set} of {want} boot MSRs")]
+    Msrs { set: usize, want: usize },
+}
+
+fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |err| Error::Ioctl { op, err }
+}
+
+/// A KVM VM: the system fd (for capabilities and CPUID) plus the VM fd.
+#[derive(Debug)]
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Opens /dev/kvm and creates a VM with an in-kernel irqchip and PIT.
+    pub fn new(tss_addr: u64) -> Result<Vm, Error> {
+        let kvm = Kvm::new().map_err(Error::Open)?;
+        let v = kvm.get_api_version();
+        if v != 12 {
+            return Err(Error::ApiVersion(v));
+        }
+        let fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        fd.set_tss_address(tss_addr as usize).map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+        Ok(Vm { kvm, fd })
+    }
+
+    /// The CPUID leaves KVM can expose on this host.
+    pub fn supported_cpuid(&self) -> Result<CpuId, Error> {
+        self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
+    }
+
+    /// Registers `[host, host + size)` as guest memory at `gpa` in `slot`.
+    ///
+    /// # Safety
+    /// `host` must point to a mapping of at least `size` bytes that stays
+    /// mapped for as long as this VM exists (the guest reads and writes it).
+    pub unsafe fn add_memory(&self, slot: u32, gpa: u64, host: *mut u8, size: u64) -> Result<(), Error> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the caller guarantees the host range is a live mapping that
+        // outlives the VM.
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    /// Sets memory slot `slot` to `[host, host + size)` at `gpa`, read-only
+    /// for the guest when `readonly` (guest writes then exit as MMIO).
+    /// Used for PCI BARs backed by memory, which move at run time.
+    ///
+    /// # Safety
+    /// As [`Vm::add_memory`]: the host range stays mapped while the slot is set.
+    pub unsafe fn set_memory_slot(
+        &self,
+        slot: u32,
+        gpa: u64,
+        host: *mut u8,
+        size: u64,
+        readonly: bool,
+    ) -> Result<(), Error> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: if readonly { kvm_bindings::KVM_MEM_READONLY } else { 0 },
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the caller guarantees the host range is a live mapping for
+        // as long as the slot is set.
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    /// Deletes memory slot `slot` (a zero-sized region).
+    pub fn remove_memory_slot(&self, slot: u32) -> Result<(), Error> {
+        let region = kvm_userspace_memory_region { slot, ..Default::default() };
+        // SAFETY: a zero-sized region maps no host memory; it deletes the slot.
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    /// Connects `evt` to the interrupt line `gsi` (irqfd).
+    pub fn add_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
+        self.fd.register_irqfd(evt, gsi).map_err(ioctl("KVM_IRQFD"))
+    }
+
+    pub fn create_vcpu(&self, id: u8) -> Result<Vcpu, Error> {
+        let fd = self.fd.create_vcpu(u64::from(id)).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        Ok(Vcpu { fd, id })
+    }
+
+    /// The raw VM fd, for device wiring that needs KVM directly (ioeventfd).
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}
+
+/// One virtual CPU.
+#[derive(Debug)]
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u8,
+}
+
+impl Vcpu {
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    pub fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), Error> {
+        self.fd.set_cpuid2(cpuid).map_err(ioctl("KVM_SET_CPUID2"))
+    }
+
+    pub fn set_msrs(&self, msrs: &Msrs) -> Result<(), Error> {
+        let set = self.fd.set_msrs(msrs).map_err(ioctl("KVM_SET_MSRS"))?;
+        let want = msrs.as_slice().len();
+        if set != want {
+            return Err(Error::Msrs { set, want });
+        }
+        Ok(())
+    }
+
+    pub fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), Error> {
+        self.fd.set_fpu(fpu).map_err(ioctl("KVM_SET_FPU"))
+    }
+
+    pub fn lapic(&self) -> Result<kvm_lapic_state, Error> {
+        self.fd.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))
+    }
+
+    pub fn set_lapic(&self, l: &kvm_lapic_state) -> Result<(), Error> {
+        self.fd.set_lapic(l).map_err(ioctl("KVM_SET_LAPIC"))
+    }
+
+    pub fn regs(&self) -> Result<kvm_regs, Error> {
+        self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))
+    }
+
+    pub fn set_regs(&self, r: &kvm_regs) -> Result<(), Error> {
+        self.fd.set_regs(r).map_err(ioctl("KVM_SET_REGS"))
+    }
+
+    pub fn sregs(&self) -> Result<kvm_sregs, Error> {
+        self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))
+    }
+
+    pub fn set_sregs(&self, s: &kvm_sregs) -> Result<(), Error> {
+        self.fd.set_sregs(s).map_err(ioctl("KVM_SET_SREGS"))
+    }
+
+    /// Guest-physical address of a guest-virtual one, if mapped.
+    pub fn translate(&self, gva: u64) -> Option<u64> {
+        self.fd.translate_gva(gva).ok().filter(|t| t.valid != 0).map(|t| t.physical_address)
+    }
+
+    /// Address of this vCPU's shared `kvm_run` area's `immediate_exit`
+    /// byte, which a signal handler on this vCPU's thread sets to make a
+    /// racing KVM_RUN return at once.
+    pub fn immediate_exit_ptr(&mut self) -> *mut u8 {
+        &mut self.fd.get_kvm_run().immediate_exit as *mut u8
+    }
+
+    pub fn clear_immediate_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
+    /// Suberror and data words of the last KVM_EXIT_INTERNAL_ERROR.
+    pub fn internal_error(&mut self) -> (u32, Vec<u64>) {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: only called after KVM_RUN reported KVM_EXIT_INTERNAL_ERROR,
+        // which makes `internal` the active member of the exit union.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        (internal.suberror, internal.data[..n].to_vec())
+    }
+
+    /// Enters the guest until the next exit.
+    pub fn run(&mut self) -> Result<VmExit<'_>, Error> {
+        match self.fd.run() {
+            Ok(exit) => Ok(match exit {
+                VcpuExit::IoIn(port, data) => VmExit::IoIn { port, data },
+                VcpuExit::IoOut(port, data) => VmExit::IoOut { port, data },
+                VcpuExit::MmioRead(addr, data) => VmExit::MmioRead { addr, data },
+                VcpuExit::MmioWrite(addr, data) => VmExit::MmioWrite { addr, data },
+                VcpuExit::Hlt => VmExit::Hlt,
+                VcpuExit::Shutdown => VmExit::Shutdown,
+                VcpuExit::SystemEvent(kind, _) => VmExit::SystemEvent { kind },
+                VcpuExit::InternalError => VmExit::InternalError,
+                VcpuExit::FailEntry(reason, _) => VmExit::FailEntry { reason },
+                VcpuExit::Intr => VmExit::Interrupted,
+                other => VmExit::Other(format!("{other:?}")),
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(VmExit::Interrupted),
+            Err(e) => Err(Error::Ioctl { op: "KVM_RUN", err: e }),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Stopping vCPUs: SIGINT/SIGTERM record the request and kick every vCPU
+//! thread with a real-time signal; the kick handler sets the thread's
+//! `kvm_run.immediate_exit` so a KVM_RUN that races with the kick returns at
+//! once instead of sleeping in the guest.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+
+use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
+
+use crate::cli::MAX_VCPUS;
+
+/// The stop signal received (0: none).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// pthread ids of the threads running vCPUs.
+static VCPU_THREADS: [AtomicU64; MAX_VCPUS as usize] = [const { AtomicU64::new(0) }; MAX_VCPUS as usize];
+static VCPU_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's vCPU `immediate_exit` byte (null: not a vCPU thread).
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Errors installing handlers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot install handler for signal {sig}: {err}")]
+    Install { sig: i32, err: vmm_sys_util::errno::Error },
+}
+
+/// The signal that asked the VMM to stop, if any.
+pub fn stop_signal() -> Option<i32> {
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+extern "C" fn on_stop(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    STOP_SIGNAL.store(sig, Ordering::SeqCst);
+    kick_all();
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only a const-initialized Cell is read: no allocation, async-signal-safe.
+    let p = IMMEDIATE_EXIT.with(|c| c.get());
+    if !p.is_null() {
+        // SAFETY: `p` points into this thread's vCPU kvm_run mapping, which
+        // stays mapped while the thread is registered (cleared before the
+        // vCPU is dropped, see `VcpuThreadGuard`).
+        unsafe { std::ptr::write_volatile(p, 1) };
+    }
+}
+
+/// Installs the SIGINT/SIGTERM and vCPU-kick handlers.
+pub fn install() -> Result<(), Error> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        register_signal_handler(sig, on_stop).map_err(|err| Error::Install { sig, err })?;
+    }
+    let sig = SIGRTMIN();
+    register_signal_handler(sig, on_kick).map_err(|err| Error::Install { sig, err })
+}
+
+/// Sends the kick signal to every registered vCPU thread.
+pub fn kick_all() {
+    let n = VCPU_THREAD_COUNT.load(Ordering::SeqCst).min(VCPU_THREADS.len());
+    for t in &VCPU_THREADS[..n] {
+        let id = t.load(Ordering::SeqCst);
+        if id != 0 {
+            // SAFETY: `id` is a pthread_t of a vCPU thread that is registered
+            // until it has left its run loop; pthread_kill is async-signal-safe.
+            unsafe { libc::pthread_kill(id as libc::pthread_t, SIGRTMIN()) };
+        }
+    }
+}
+
+/// Registration of the current thread as a vCPU thread; undone on drop.
+#[derive(Debug)]
+pub struct VcpuThreadGuard {
+    slot: usize,
+}
+
+impl VcpuThreadGuard {
+    /// Registers the calling thread for kicks, with its vCPU's
+    /// `immediate_exit` byte.
+    pub fn register(immediate_exit: *mut u8) -> VcpuThreadGuard {
+        IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
+        let slot = VCPU_THREAD_COUNT.fetch_add(1, Ordering::SeqCst).min(VCPU_THREADS.len() - 1);
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        VCPU_THREADS[slot].store(me as u64, Ordering::SeqCst);
+        VcpuThreadGuard { slot }
+    }
+}
+
+impl Drop for VcpuThreadGuard {
+    fn drop(&mut self) {
+        VCPU_THREADS[self.slot].store(0, Ordering::SeqCst);
+        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+    }
+}

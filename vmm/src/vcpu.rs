@@ -1,0 +1,154 @@
+//! vCPU set-up (CPUID, MSRs, FPU, LAPIC, entry registers) and run loop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{CpuId, Msrs};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::boot::{Entry, cpu};
+use crate::exit::{Action, VmEnd, handle_exit};
+use crate::hv::{self, Vcpu};
+use crate::io::IoBuses;
+use crate::signals::{self, VcpuThreadGuard};
+
+/// State every vCPU shares: whether the VM is stopping, and why.
+#[derive(Debug, Default)]
+pub struct VmState {
+    stopping: AtomicBool,
+    end: Mutex<Option<VmEnd>>,
+}
+
+impl VmState {
+    /// Records why the VM ends (the first reason wins) and kicks all vCPUs.
+    pub fn request_end(&self, end: VmEnd) {
+        {
+            let mut e = self.end.lock().unwrap_or_else(|p| p.into_inner());
+            if e.is_none() {
+                *e = Some(end);
+            }
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        signals::kick_all();
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub fn take_end(&self) -> Option<VmEnd> {
+        self.end.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Configures `vcpu` (one of `count`); vCPU 0 also gets the entry state.
+pub fn configure(vcpu: &Vcpu, supported: &CpuId, count: u8, entry: Entry) -> Result<(), hv::Error> {
+    let mut cpuid = supported.clone();
+    crate::cpuid::for_vcpu(cpuid.as_mut_slice(), vcpu.id(), count);
+    vcpu.set_cpuid(&cpuid)?;
+    let msrs = Msrs::from_entries(&cpu::boot_msrs()).map_err(|_| hv::Error::Msrs { set: 0, want: 0 })?;
+    vcpu.set_msrs(&msrs)?;
+    vcpu.set_fpu(&cpu::fpu())?;
+    let mut lapic = vcpu.lapic()?;
+    cpu::lapic_lints(&mut lapic.regs);
+    vcpu.set_lapic(&lapic)?;
+    if vcpu.id() == 0 {
+        let s = cpu::sregs(vcpu.sregs()?, entry);
+        vcpu.set_sregs(&s)?;
+        vcpu.set_regs(&cpu::regs(entry))?;
+    }
+    Ok(())
+}
+
+/// Runs `vcpu` until the VM stops, handling exits.
+pub fn run(mut vcpu: Vcpu, io: &IoBuses, state: &VmState, mem: &GuestMemoryMmap, first_run: Option<&dyn Fn()>) {
+    let _guard = VcpuThreadGuard::register(vcpu.immediate_exit_ptr());
+    let mut first_run = first_run;
+    loop {
+        if state.stopping() {
+            break;
+        }
+        if let Some(sig) = signals::stop_signal() {
+            state.request_end(VmEnd::Signal(sig));
+            break;
+        }
+        if let Some(f) = first_run.take() {
+            f();
+        }
+        let action = match vcpu.run() {
+            Ok(exit) => handle_exit(exit, io),
+            Err(e) => Action::End(VmEnd::VcpuFailed(e.to_string())),
+        };
+        match action {
+            Action::Continue => {}
+            Action::Interrupted => vcpu.clear_immediate_exit(),
+            Action::End(VmEnd::InternalError { .. }) => {
+                let (suberror, data) = vcpu.internal_error();
+                let detail = describe_internal_error(&vcpu, mem, &data);
+                state.request_end(VmEnd::InternalError { suberror, detail });
+            }
+            Action::End(end) => {
+                if log::log_enabled!(log::Level::Info) {
+                    log_registers(&vcpu);
+                }
+                state.request_end(end);
+            }
+        }
+    }
+}
+
+/// "at RIP 0x... bytes 0f c7 ..." for the one-line report; registers at -v.
+fn describe_internal_error(vcpu: &Vcpu, mem: &GuestMemoryMmap, data: &[u64]) -> String {
+    let Ok(regs) = vcpu.regs() else { return format!("data {data:x?}") };
+    let gpa = vcpu.translate(regs.rip).unwrap_or(regs.rip);
+    let mut bytes = [0u8; 15];
+    let code = match mem.read_slice(&mut bytes, GuestAddress(gpa)) {
+        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+        Err(_) => "unreadable".into(),
+    };
+    log_registers(vcpu);
+    format!("vCPU {} at RIP {:#x} (GPA {gpa:#x}), instruction bytes {code}", vcpu.id(), regs.rip)
+}
+
+fn log_registers(vcpu: &Vcpu) {
+    if let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs()) {
+        log::info!(
+            "vCPU {}: rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
+            vcpu.id(), r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi,
+            s.cr0, s.cr3, s.cr4, s.efer, s.cs.selector
+        );
+    }
+}
+
+/// Runs vCPUs 1.. on their own threads and vCPU 0 on the calling thread;
+/// returns when all have stopped.
+pub fn run_all(
+    mut vcpus: Vec<Vcpu>,
+    io: &Arc<IoBuses>,
+    state: &Arc<VmState>,
+    mem: &GuestMemoryMmap,
+    first_run: &dyn Fn(),
+) -> Result<(), std::io::Error> {
+    if vcpus.is_empty() {
+        return Ok(());
+    }
+    let bsp = vcpus.remove(0);
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for v in vcpus {
+            let (io, state) = (io.clone(), state.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("vcpu{}", v.id()))
+                .stack_size(256 << 10)
+                .spawn_scoped(s, move || run(v, &io, &state, mem, None))?;
+            handles.push(h);
+        }
+        run(bsp, io, state, mem, Some(first_run));
+        for h in handles {
+            if h.join().is_err() {
+                state.request_end(VmEnd::VcpuFailed("vCPU thread panicked".into()));
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,262 @@
+//! Building the machine from a [`Config`] and running it to its end.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use devices::debug_exit::{DebugExit, ExitHook};
+use devices::i8042::I8042;
+use devices::serial::{IrqEvent, Serial};
+use memory::Backend;
+
+use crate::boot::{self, BootSpec};
+use crate::cli::{Config, DeviceConfig, SerialMode};
+use crate::exit::VmEnd;
+use crate::guest_ram::{self, GuestRam};
+use crate::hv::{self, Vm};
+use crate::io::{BusKind, IoBuses};
+use crate::layout;
+use crate::vcpu::{self, VmState};
+
+/// Errors building or running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{option} '{id}': {err}")]
+    Backend { option: &'static str, id: String, err: memory::Error },
+    #[error(transparent)]
+    Ram(#[from] guest_ram::Error),
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    #[error(transparent)]
+    Hypervisor(#[from] hv::Error),
+    #[error("--serial file:{path}: {err}")]
+    SerialFile { path: String, err: std::io::Error },
+    #[error("serial: {0}")]
+    Serial(#[from] devices::serial::Error),
+    #[error("--device {name}: {err}")]
+    DevicePlacement { name: String, err: devices::bus::Error },
+    #[error("starting vCPU threads: {0}")]
+    Threads(std::io::Error),
+    #[error(transparent)]
+    Signals(#[from] crate::signals::Error),
+    #[error(transparent)]
+    Pci(#[from] crate::pci::Error),
+}
+
+impl Error {
+    /// 2 for anything the user can fix on the command line, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Backend { .. } | Error::SerialFile { .. } | Error::DevicePlacement { .. } => 2,
+            Error::Ram(guest_ram::Error::ReadOnly { .. }) => 2,
+            Error::Pci(crate::pci::Error::Ivshmem { .. } | crate::pci::Error::Slot { .. }) => 2,
+            Error::Pci(crate::pci::Error::Assign(_)) => 2,
+            Error::Boot(boot::Error::Write { .. }) => 1,
+            Error::Boot(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Milestones for `-v` timing output.
+#[derive(Debug)]
+struct Timeline {
+    start: Instant,
+    marks: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Timeline {
+    fn mark(&mut self, what: &'static str) {
+        self.marks.push((what, self.start.elapsed()));
+    }
+}
+
+/// A running machine. Field order is drop order: vCPUs and the VM go before
+/// the RAM they map, which goes before the other backends.
+struct Machine {
+    vm: Arc<Vm>,
+    ram: GuestRam,
+    /// Backends from `-object` not used as RAM (for devices such as ivshmem).
+    _objects: Vec<Arc<Backend>>,
+    pci: crate::pci::Pci,
+    io: Arc<IoBuses>,
+    state: Arc<VmState>,
+}
+
+fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
+    Ok(match mode {
+        // Unbuffered: every byte the guest sends is visible at once.
+        SerialMode::Stdio => Box::new(File::from(
+            std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| Error::SerialFile {
+                path: "stdout".into(),
+                err: e,
+            })?,
+        )),
+        SerialMode::File(p) => Box::new(File::create(p).map_err(|err| Error::SerialFile {
+            path: p.display().to_string(),
+            err,
+        })?),
+        SerialMode::None => Box::new(std::io::sink()),
+    })
+}
+
+/// Copies host stdin into the UART's receive FIFO.
+fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
+    let r = std::thread::Builder::new().name("stdin".into()).stack_size(64 << 10).spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let took = serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(rest).unwrap_or(0);
+                rest = &rest[took..];
+                if !rest.is_empty() {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        }
+    });
+    if let Err(e) = r {
+        log::warn!("serial: no stdin input: {e}");
+    }
+}
+
+fn create_backend(cfg: &memory::BackendConfig, option: &'static str) -> Result<Backend, Error> {
+    Backend::create(cfg).map_err(|err| Error::Backend { option, id: cfg.id().to_string(), err })
+}
+
+fn build(cfg: &Config, t: &mut Timeline) -> Result<(Machine, Vec<hv::Vcpu>, Arc<Mutex<Serial>>), Error> {
+    let serial_out = serial_output(&cfg.serial)?;
+    let ram = GuestRam::new(create_backend(&cfg.ram, "memory-backend")?)?;
+    let objects = cfg
+        .objects
+        .iter()
+        .map(|o| create_backend(o, "--object").map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    t.mark("memory backends");
+
+    let vm = Arc::new(Vm::new(layout::KVM_TSS)?);
+    t.mark("KVM VM + irqchip + PIT");
+    ram.register(&vm)?;
+    t.mark("memory slots");
+
+    let loaded = boot::load(
+        ram.mem(),
+        ram.size(),
+        &BootSpec {
+            kernel: &cfg.kernel,
+            initrd: cfg.initrd.as_deref(),
+            cmdline: &cfg.cmdline,
+            protocol: cfg.boot,
+            vcpus: cfg.vcpus,
+        },
+    )?;
+    log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
+    t.mark("kernel + boot data loaded");
+
+    let state = Arc::new(VmState::default());
+    let io = Arc::new(IoBuses::new());
+    let hook: ExitHook = {
+        let state = state.clone();
+        Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
+    };
+    let serial = Arc::new(Mutex::new(Serial::new(IrqEvent::new()?, serial_out)));
+    vm.add_irqfd(serial.lock().unwrap_or_else(|e| e.into_inner()).irq().eventfd(), layout::COM1_IRQ)?;
+    let place = |name: &str| {
+        let name = name.to_string();
+        move |err| Error::DevicePlacement { name, err }
+    };
+    io.add_shared(BusKind::Pio, "serial0 (0x3f8)", serial.clone(), layout::COM1_PORT.into(), Serial::PORTS)
+        .map_err(place("serial"))?;
+    io.add(BusKind::Pio, "i8042 (0x60)", I8042::new(hook.clone()), layout::I8042_PORT.into(), I8042::PORTS)
+        .map_err(place("i8042"))?;
+    for d in &cfg.devices {
+        match d {
+            DeviceConfig::DebugExit { iobase, iosize } => {
+                io.add(
+                    BusKind::Pio,
+                    &format!("isa-debug-exit ({iobase:#x})"),
+                    DebugExit::new(hook.clone()),
+                    (*iobase).into(),
+                    (*iosize).into(),
+                )
+                .map_err(place("isa-debug-exit"))?;
+            }
+            // Wired below, together on the PCI root.
+            DeviceConfig::IvshmemPlain(_) => {}
+        }
+    }
+    let pci = build_pci(cfg, &vm, &io, &objects)?;
+    t.mark("devices");
+
+    let supported = vm.supported_cpuid()?;
+    let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
+    for id in 0..cfg.vcpus {
+        let v = vm.create_vcpu(id)?;
+        vcpu::configure(&v, &supported, cfg.vcpus, loaded.entry)?;
+        vcpus.push(v);
+    }
+    t.mark("vCPUs configured");
+    Ok((Machine { vm, ram, _objects: objects, pci, io, state }, vcpus, serial))
+}
+
+/// The PCI root with every `-device ivshmem-plain` (its memdev's backend
+/// as BAR2), BARs placed in the layout's windows.
+fn build_pci(
+    cfg: &Config,
+    vm: &Arc<Vm>,
+    io: &Arc<IoBuses>,
+    objects: &[Arc<Backend>],
+) -> Result<crate::pci::Pci, Error> {
+    let mut ivshmem = Vec::new();
+    for d in &cfg.devices {
+        if let DeviceConfig::IvshmemPlain(c) = d {
+            // The CLI checked that the memdev exists (and is not guest RAM).
+            if let Some(b) = objects.iter().find(|b| b.id() == c.memdev) {
+                ivshmem.push((c, b.clone()));
+            }
+        }
+    }
+    let windows = devices::pci::BarWindows {
+        io: Some(layout::PCI_IO_START..layout::PCI_IO_END),
+        mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
+        mmio64: {
+            let start = layout::pci_mmio64_start(cfg.ram.size());
+            Some(start..start + layout::PCI_MMIO64_SIZE)
+        },
+    };
+    let slots: Arc<dyn crate::pci::MemorySlots> = vm.clone();
+    Ok(crate::pci::Pci::build(slots, io, &ivshmem, &windows, layout::PCI_BAR_FIRST_SLOT)?)
+}
+
+/// Builds the VM described by `cfg`, runs it, and says how it ended.
+pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
+    let mut t = Timeline { start, marks: Vec::new() };
+    crate::signals::install()?;
+    let (m, vcpus, serial) = build(cfg, &mut t)?;
+    if cfg.serial == SerialMode::Stdio {
+        spawn_stdin_reader(serial);
+    }
+    let first_run = || {
+        if log::log_enabled!(log::Level::Info) {
+            for (what, at) in &t.marks {
+                log::info!("startup: {what} done at {:.3} ms", at.as_secs_f64() * 1e3);
+            }
+            log::info!("startup: first KVM_RUN at {:.3} ms", start.elapsed().as_secs_f64() * 1e3);
+        }
+    };
+    vcpu::run_all(vcpus, &m.io, &m.state, m.ram.mem(), &first_run).map_err(Error::Threads)?;
+    let end = m.state.take_end().unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
+    if cfg.stats {
+        eprint!("shmvm: device statistics\n{}{}", m.io.report(), m.pci.report());
+    }
+    log::info!("VM ended after {:.3} ms: {end:?}", start.elapsed().as_secs_f64() * 1e3);
+    drop(m.vm);
+    Ok(end)
+}
