@@ -91,6 +91,9 @@ impl Backend {
             KindOptions::Memfd(m) => ctx.memfd_source(m)?,
             KindOptions::Shm(s) => ctx.shm_source(s, &mut leftovers)?,
         };
+        if !cfg.reserve() {
+            ctx.check_noreserve(&src)?;
+        }
         let len = usize::try_from(src.len).map_err(|_| {
             ctx.invalid(
                 "size",
@@ -230,6 +233,19 @@ impl Drop for Backend {
         );
         // `map` then `fd` drop here: munmap, then close.
     }
+}
+
+/// Whether the kernel would ignore MAP_NORESERVE: it only matters for private (or
+/// shared anonymous) writable mappings of base pages, and for those it is ignored when
+/// `overcommit_memory` is 2.
+fn noreserve_ignored(
+    overcommit_memory: Option<&str>,
+    hugetlb: bool,
+    writable: bool,
+    shared_fd: bool,
+) -> bool {
+    let accountable = !hugetlb && writable && !shared_fd;
+    accountable && overcommit_memory.map(str::trim) == Some("2")
 }
 
 /// Error helpers and the per-type steps of `create`.
@@ -580,6 +596,24 @@ impl Ctx<'_> {
         let _ = (map, page);
     }
 
+    /// reserve=off (MAP_NORESERVE) only changes anything for private, writable mappings
+    /// of base pages, and the kernel ignores it for those when overcommit_memory is 2:
+    /// refuse it there instead of silently reserving everything (as QEMU does).
+    fn check_noreserve(&self, src: &Source) -> Result<(), Error> {
+        let overcommit = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").ok();
+        let hugetlb = src.page_size != sys::host_page_size();
+        let shared_fd = self.cfg.share() && src.fd.is_some();
+        if noreserve_ignored(overcommit.as_deref(), hugetlb, src.writable, shared_fd) {
+            return Err(self.invalid(
+                "reserve",
+                "reserve=off has no effect while /proc/sys/vm/overcommit_memory is 2 \
+                 (the kernel reserves all memory regardless)"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
     #[cfg(target_os = "linux")]
     fn bind(&self, map: &Mapping) -> Result<(), Error> {
         const MPOL_PREFERRED_MANY: libc::c_int = 5;
@@ -612,71 +646,5 @@ impl Ctx<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn create(spec: &str) -> Backend {
-        let cfg = BackendConfig::parse_object(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
-        Backend::create(&cfg).unwrap_or_else(|e| panic!("{spec}: {e}"))
-    }
-
-    fn write_read(b: &Backend) {
-        let len = b.size() as usize;
-        // SAFETY: the mapping is len bytes, writable, and owned by `b` for this scope.
-        let mem = unsafe { std::slice::from_raw_parts_mut(b.as_ptr(), len) };
-        mem[0] = 0xa5;
-        mem[len - 1] = 0x5a;
-        assert_eq!((mem[0], mem[len - 1]), (0xa5, 0x5a));
-    }
-
-    #[test]
-    fn four_backends_map_with_basic_options() {
-        let dir = std::env::temp_dir().join(format!("shmvm-mem-smoke-{}", std::process::id()));
-        let _ = std::fs::remove_file(&dir);
-        let cases = [
-            (
-                "memory-backend-ram,id=r,size=4M".to_string(),
-                BackendKind::Ram,
-                false,
-                false,
-            ),
-            (
-                "memory-backend-ram,id=r,size=4M,share=on".to_string(),
-                BackendKind::Ram,
-                true,
-                true,
-            ),
-            (
-                format!(
-                    "memory-backend-file,id=f,size=4M,mem-path={}",
-                    dir.display()
-                ),
-                BackendKind::File,
-                false,
-                true,
-            ),
-            (
-                "memory-backend-memfd,id=m,size=4M".to_string(),
-                BackendKind::Memfd,
-                true,
-                true,
-            ),
-            (
-                "memory-backend-shm,id=s,size=4M".to_string(),
-                BackendKind::Shm,
-                true,
-                true,
-            ),
-        ];
-        for (spec, kind, shared, has_fd) in cases {
-            let b = create(&spec);
-            assert_eq!(b.kind(), kind, "{spec}");
-            assert_eq!(b.shared(), shared, "{spec}");
-            assert_eq!(b.fd().is_some(), has_fd, "{spec}");
-            assert_eq!(b.size(), 4 << 20);
-            assert_eq!(b.as_ptr() as usize % (2 << 20), 0, "{spec}: 2 MiB aligned");
-            write_read(&b);
-        }
-        std::fs::remove_file(&dir).expect("the file backend created its file");
-    }
-}
+#[path = "backend_tests.rs"]
+mod tests;

@@ -62,6 +62,7 @@ impl BackendKind {
                 "discard-data",
                 "readonly",
                 "rom",
+                "pmem",
             ],
             BackendKind::Memfd => &["hugetlb", "hugetlbsize", "seal"],
             BackendKind::Shm => &["name", "keep"],
@@ -450,6 +451,14 @@ impl BackendConfig {
                     };
                     return Ok(());
                 }
+                "pmem" => {
+                    if parse_bool(key, value)? {
+                        return Err("pmem=on is not supported (shmvm has no persistent \
+                                    memory support; QEMU needs libpmem for it too)"
+                            .to_string());
+                    }
+                    return Ok(());
+                }
                 _ => {}
             },
             KindOptions::Memfd(m) => match key {
@@ -592,10 +601,16 @@ impl BackendConfig {
                 format!("align={:#x} must be a power of two", f.align),
             ));
         }
-        if f.offset.checked_add(self.size()).is_none() {
+        if f.offset
+            .checked_add(self.size())
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
             return Err(self.invalid(
                 "offset",
-                format!("offset={:#x} plus size overflows", f.offset),
+                format!(
+                    "offset={:#x} plus size is beyond the largest file offset",
+                    f.offset
+                ),
             ));
         }
         Ok(())
@@ -705,5 +720,360 @@ impl BackendConfig {
             KindOptions::File(f) => f.mem_path.as_deref(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> BackendConfig {
+        BackendConfig::parse_object(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    /// Asserts that `s` is rejected with a message naming the backend, the option and
+    /// the given reason.
+    fn rejects(s: &str, option: &str, reason: &str) {
+        let e = BackendConfig::parse_object(s).expect_err(s);
+        let msg = e.to_string();
+        assert_eq!(e.option(), Some(option), "{s}: {msg}");
+        assert!(msg.contains(option), "{s}: '{msg}' does not name {option}");
+        assert!(msg.contains(reason), "{s}: '{msg}' does not say '{reason}'");
+        let kind = s
+            .split(',')
+            .next()
+            .and_then(|t| t.strip_prefix("memory-backend-"));
+        let id = s.split(',').find_map(|kv| kv.strip_prefix("id="));
+        if let (Some(kind), Some(id)) = (kind, id) {
+            assert!(
+                msg.starts_with(&format!("{kind} backend '{id}': ")),
+                "{s}: {msg}"
+            );
+        }
+    }
+
+    fn syntax_error(s: &str, reason: &str) {
+        let e = BackendConfig::parse_object(s).expect_err(s);
+        assert!(matches!(e, Error::Syntax { .. }), "{s}: {e:?}");
+        assert!(
+            e.to_string().contains(reason),
+            "{s}: '{e}' does not say '{reason}'"
+        );
+    }
+
+    #[test]
+    fn qemu_defaults() {
+        let ram = parse("memory-backend-ram,id=r,size=1G");
+        assert_eq!(
+            (ram.kind(), ram.id(), ram.size()),
+            (BackendKind::Ram, "r", 1 << 30)
+        );
+        assert!(!ram.share() && !ram.prealloc() && ram.reserve() && ram.merge() && ram.dump());
+        assert_eq!(
+            (ram.prealloc_threads(), ram.policy()),
+            (1, HostMemPolicy::Default)
+        );
+        assert!(ram.host_nodes().is_empty());
+        assert!(parse("memory-backend-memfd,id=m,size=1M").share());
+        assert!(parse("memory-backend-shm,id=s,size=1M").share());
+        assert!(!parse("memory-backend-file,id=f,size=1M,mem-path=/x").share());
+        let KindOptions::Memfd(m) = parse("memory-backend-memfd,id=m,size=1M").opts else {
+            panic!("not memfd");
+        };
+        assert_eq!(
+            m,
+            MemfdOptions {
+                hugetlb: false,
+                hugetlbsize: 0,
+                seal: true
+            }
+        );
+        let KindOptions::File(f) = parse("memory-backend-file,id=f,size=1M,mem-path=/x").opts
+        else {
+            panic!("not file");
+        };
+        assert_eq!(
+            (f.align, f.offset, f.readonly, f.discard_data, f.rom),
+            (0, 0, false, false, OnOffAuto::Auto)
+        );
+        assert_eq!(BackendConfig::ram("ram0", 4096), {
+            let mut c = parse("memory-backend-ram,id=ram0,size=4K");
+            c.size = Some(4096);
+            c
+        });
+    }
+
+    #[test]
+    fn all_options_parse() {
+        let c = parse(
+            "memory-backend-file,id=f,size=1.5G,share=yes,prealloc=on,prealloc-threads=4,\
+             reserve=on,merge=off,dump=off,host-nodes=0-1,host-nodes=3,policy=interleave,\
+             mem-path=/a,,b,align=2M,offset=4K,discard-data=on,readonly=off,rom=off",
+        );
+        assert_eq!(c.size(), 3 << 29);
+        assert!(c.share() && c.prealloc() && !c.merge() && !c.dump());
+        assert_eq!(c.prealloc_threads(), 4);
+        assert_eq!(c.host_nodes(), &[0, 1, 3]);
+        assert_eq!(c.policy(), HostMemPolicy::Interleave);
+        assert_eq!(c.mem_path(), Some(Path::new("/a,b")));
+        let KindOptions::File(f) = c.kind_options() else {
+            panic!("not file")
+        };
+        assert_eq!(
+            (f.align, f.offset, f.discard_data, f.rom),
+            (2 << 20, 4096, true, OnOffAuto::Off)
+        );
+        let m =
+            parse("memory-backend-memfd,id=m,size=2M,hugetlb=on,hugetlbsize=2M,seal=off,share=off");
+        assert_eq!(
+            m.kind_options(),
+            &KindOptions::Memfd(MemfdOptions {
+                hugetlb: true,
+                hugetlbsize: 2 << 20,
+                seal: false
+            })
+        );
+        assert!(!m.share());
+        let s = parse("qom-type=memory-backend-shm,id=s,size=1M,name=/shmvm-x,keep=on");
+        assert_eq!(
+            s.kind_options(),
+            &KindOptions::Shm(ShmOptions {
+                name: Some("/shmvm-x".to_string()),
+                keep: true
+            })
+        );
+        // The last of a repeated option wins, as in QEMU's keyval.
+        assert_eq!(
+            parse("memory-backend-ram,id=r,size=1M,size=2M").size(),
+            2 << 20
+        );
+    }
+
+    #[test]
+    fn syntax_errors() {
+        syntax_error("", "missing the object type");
+        syntax_error(
+            "memory-backend-foo,id=x,size=1M",
+            "unknown object type 'memory-backend-foo'",
+        );
+        syntax_error("memory-backend-ram,size=1M", "needs an id");
+        syntax_error(
+            "memory-backend-ram,id=0bad,size=1M",
+            "id '0bad' is not well formed",
+        );
+        syntax_error(
+            "memory-backend-ram,id=r,size=1M,prealloc",
+            "expected '=' after 'prealloc'",
+        );
+    }
+
+    #[test]
+    fn size_errors() {
+        rejects("memory-backend-ram,id=r", "size", "size is required");
+        rejects(
+            "memory-backend-ram,id=r,size=0",
+            "size",
+            "can't create ram backend with size 0",
+        );
+        rejects(
+            "memory-backend-shm,id=s,size=0",
+            "size",
+            "can't create shm backend with size 0",
+        );
+        rejects(
+            "memory-backend-ram,id=r,size=12X",
+            "size",
+            "'12X' is not a size",
+        );
+        rejects("memory-backend-ram,id=r,size=16E", "size", "too large");
+    }
+
+    #[test]
+    fn shm_share_off_is_refused() {
+        rejects(
+            "memory-backend-shm,id=mem0,size=1M,share=off",
+            "share",
+            "can't create shm backend with share=off",
+        );
+    }
+
+    #[test]
+    fn prealloc_with_reserve_off_is_refused() {
+        for s in [
+            "memory-backend-ram,id=r,size=1M,prealloc=on,reserve=off",
+            "memory-backend-memfd,id=r,size=1M,reserve=off,prealloc=on",
+        ] {
+            rejects(
+                s,
+                "prealloc",
+                "prealloc=on and reserve=off are incompatible",
+            );
+        }
+        parse("memory-backend-ram,id=r,size=1M,reserve=off");
+    }
+
+    #[test]
+    fn numa_errors() {
+        rejects(
+            "memory-backend-ram,id=r,size=1M,host-nodes=0",
+            "host-nodes",
+            "host-nodes must be empty with policy=default",
+        );
+        rejects(
+            "memory-backend-ram,id=r,size=1M,policy=bind",
+            "policy",
+            "policy=bind needs host-nodes",
+        );
+        rejects(
+            "memory-backend-ram,id=r,size=1M,host-nodes=128,policy=bind",
+            "host-nodes",
+            "node 128 is out of range",
+        );
+        rejects(
+            "memory-backend-ram,id=r,size=1M,host-nodes=3-1,policy=bind",
+            "host-nodes",
+            "the range is empty",
+        );
+        rejects(
+            "memory-backend-ram,id=r,size=1M,host-nodes=x,policy=bind",
+            "host-nodes",
+            "expected a node number",
+        );
+        rejects(
+            "memory-backend-ram,id=r,size=1M,policy=local",
+            "policy",
+            "expected default, preferred, bind or interleave",
+        );
+    }
+
+    #[test]
+    fn value_errors() {
+        rejects(
+            "memory-backend-ram,id=r,size=1M,share=maybe",
+            "share",
+            "share='maybe': expected on or off",
+        );
+        rejects(
+            "memory-backend-ram,id=r,size=1M,prealloc-threads=0",
+            "prealloc-threads",
+            "expected a number of threads > 0",
+        );
+        rejects(
+            "memory-backend-ram,id=r,size=1M,prealloc-threads=-1",
+            "prealloc-threads",
+            "expected a number of threads > 0",
+        );
+        rejects(
+            "memory-backend-ram,id=r,size=1M,bogus=1",
+            "bogus",
+            "unknown option 'bogus'",
+        );
+        rejects(
+            "memory-backend-ram,id=r,size=1M,mem-path=/x",
+            "mem-path",
+            "belongs to memory-backend-file",
+        );
+        rejects(
+            "memory-backend-shm,id=s,size=1M,hugetlb=on",
+            "hugetlb",
+            "belongs to memory-backend-memfd",
+        );
+        rejects(
+            "memory-backend-memfd,id=m,size=1M,name=/x",
+            "name",
+            "belongs to memory-backend-shm",
+        );
+    }
+
+    #[test]
+    fn file_errors() {
+        rejects(
+            "memory-backend-file,id=f,size=1M",
+            "mem-path",
+            "mem-path is required",
+        );
+        rejects(
+            "memory-backend-file,id=f,size=1M,mem-path=",
+            "mem-path",
+            "mem-path is empty",
+        );
+        rejects(
+            "memory-backend-file,id=f,size=1M,mem-path=/x,rom=on",
+            "rom",
+            "rom=on needs readonly=on",
+        );
+        rejects(
+            "memory-backend-file,id=f,size=1M,mem-path=/x,rom=off,readonly=on,share=on",
+            "rom",
+            "rom=off with readonly=on and share=on",
+        );
+        rejects(
+            "memory-backend-file,id=f,size=1M,mem-path=/x,rom=maybe",
+            "rom",
+            "expected on, off or auto",
+        );
+        rejects(
+            "memory-backend-file,id=f,size=1M,mem-path=/x,align=3M",
+            "align",
+            "must be a power of two",
+        );
+        rejects(
+            "memory-backend-file,id=f,size=1M,mem-path=/x,pmem=on",
+            "pmem",
+            "pmem=on is not supported",
+        );
+        parse("memory-backend-file,id=f,size=1M,mem-path=/x,pmem=off");
+        rejects(
+            "memory-backend-file,id=f,size=1M,mem-path=/x,offset=15E",
+            "offset",
+            "plus size is beyond the largest file offset",
+        );
+        parse("memory-backend-file,id=f,size=1M,mem-path=/x,rom=off,readonly=on");
+        parse("memory-backend-file,id=f,size=1M,mem-path=/x,rom=on,readonly=on,share=on");
+    }
+
+    #[test]
+    fn memfd_errors() {
+        rejects(
+            "memory-backend-memfd,id=m,size=4M,hugetlb=on,hugetlbsize=3M",
+            "hugetlbsize",
+            "must be a power of two",
+        );
+        rejects(
+            "memory-backend-memfd,id=m,size=4M,hugetlbsize=2M",
+            "hugetlbsize",
+            "hugetlbsize needs hugetlb=on",
+        );
+    }
+
+    #[test]
+    fn shm_errors() {
+        rejects(
+            "memory-backend-shm,id=s,size=1M,keep=on",
+            "keep",
+            "keep=on needs name=/NAME",
+        );
+        for bad in ["x", "/", "/a/b", "/..", &format!("/{}", "n".repeat(255))] {
+            rejects(
+                &format!("memory-backend-shm,id=s,size=1M,name={bad}"),
+                "name",
+                "is not a POSIX shm name",
+            );
+        }
+        parse("memory-backend-shm,id=s,size=1M,name=/ok.name-1");
+    }
+
+    #[test]
+    fn set_is_checked_like_parse() {
+        let mut c = BackendConfig::ram("ram0", 1 << 20);
+        c.set("prealloc", "on").expect("prealloc");
+        c.set("reserve", "off").expect("reserve");
+        let e = c.validate().expect_err("prealloc+reserve=off");
+        assert!(
+            e.to_string()
+                .starts_with("ram backend 'ram0': prealloc=on and reserve=off"),
+            "{e}"
+        );
+        assert!(c.set("share", "x").is_err());
     }
 }

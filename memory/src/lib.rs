@@ -12,6 +12,8 @@ mod error;
 mod prealloc;
 mod size;
 mod sys;
+#[cfg(test)]
+mod testutil;
 
 pub use backend::Backend;
 pub use config::{

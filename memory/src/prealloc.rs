@@ -64,8 +64,15 @@ pub(crate) fn prealloc(
     };
     #[cfg(not(target_os = "linux"))]
     let method = PopulateMethod::Touch;
-    prealloc_with(m, page, threads, write, backing, method)?;
-    Ok(method)
+    match prealloc_with(m, page, threads, write, backing, method) {
+        // Some special mappings refuse MADV_POPULATE_*; touching works for them.
+        Err(e) if method == PopulateMethod::Madvise && e.raw_os_error() == Some(libc::EINVAL) => {
+            log::debug!("prealloc: MADV_POPULATE refused ({e}); touching pages instead");
+            prealloc_with(m, page, threads, write, backing, PopulateMethod::Touch)?;
+            Ok(PopulateMethod::Touch)
+        }
+        r => r.map(|()| method),
+    }
 }
 
 /// [`prealloc`] with the method chosen by the caller (tests use it to cover both).
@@ -131,4 +138,100 @@ pub(crate) fn prealloc_with(
         }
         result
     })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::os::fd::{AsFd, OwnedFd};
+
+    use super::*;
+    use crate::sys::MapRequest;
+
+    const PAGE: usize = 4096;
+
+    /// A memfd of `file_len` bytes mapped shared over `map_len` bytes.
+    fn memfd_mapping(file_len: u64, map_len: usize, seal: bool) -> (OwnedFd, Mapping) {
+        let fd = sys::memfd_create("prealloc-test", libc::MFD_ALLOW_SEALING).expect("memfd");
+        sys::ftruncate(fd.as_fd(), file_len).expect("ftruncate");
+        if seal {
+            sys::add_seals(fd.as_fd(), libc::F_SEAL_GROW).expect("seal");
+        }
+        let m = sys::map(&MapRequest {
+            len: map_len,
+            align: 0,
+            writable: true,
+            shared: true,
+            noreserve: false,
+            fd: Some((fd.as_fd(), 0)),
+        })
+        .expect("map");
+        (fd, m)
+    }
+
+    #[test]
+    fn thread_count_follows_qemu() {
+        let cpus = sys::online_cpus();
+        assert_eq!(thread_count(1, PAGE, 4 << 30), 1);
+        assert_eq!(thread_count(2, PAGE, 4 << 30), 2.min(cpus));
+        assert_eq!(thread_count(64, PAGE, 4 << 30), 16.min(cpus));
+        // Less than 128 MiB: one thread per 64 MiB.
+        assert_eq!(thread_count(8, PAGE, 100 << 20), 1);
+        // Never more threads than pages.
+        assert_eq!(thread_count(8, 1 << 30, 1 << 30), 1);
+    }
+
+    #[test]
+    fn both_methods_populate_everything() {
+        let len = 130 << 20;
+        for method in [PopulateMethod::Madvise, PopulateMethod::Touch] {
+            let (fd, m) = memfd_mapping(len as u64, len, false);
+            assert_eq!(sys::resident_pages(&m, 0, len).expect("mincore"), 0);
+            let backing = Backing {
+                fd: fd.as_fd(),
+                offset: 0,
+                shared: true,
+            };
+            prealloc_with(&m, PAGE, 2, true, Some(backing), method).expect("prealloc");
+            assert_eq!(
+                sys::resident_pages(&m, 0, len).expect("mincore"),
+                len / PAGE,
+                "{method:?}"
+            );
+        }
+        let anon = sys::map(&MapRequest {
+            len,
+            align: 0,
+            writable: true,
+            shared: false,
+            noreserve: false,
+            fd: None,
+        })
+        .expect("anon");
+        prealloc_with(&anon, PAGE, 2, true, None, PopulateMethod::Touch).expect("touch");
+        assert_eq!(
+            sys::resident_pages(&anon, 0, len).expect("mincore"),
+            len / PAGE
+        );
+    }
+
+    /// A mapping that reaches past the end of a sealed memfd: touching its last pages
+    /// would raise SIGBUS. Both methods must return an error instead (and this test
+    /// process must still be alive to check it).
+    #[test]
+    fn unbackable_pages_are_an_error_not_sigbus() {
+        for method in [PopulateMethod::Madvise, PopulateMethod::Touch] {
+            let (fd, m) = memfd_mapping(PAGE as u64, 4 * PAGE, true);
+            let backing = Backing {
+                fd: fd.as_fd(),
+                offset: 0,
+                shared: true,
+            };
+            let e = prealloc_with(&m, PAGE, 1, true, Some(backing), method)
+                .expect_err("populating past the end of the file");
+            assert!(
+                matches!(e.raw_os_error(), Some(libc::EFAULT | libc::EPERM)),
+                "{method:?}: {e}"
+            );
+        }
+    }
 }
