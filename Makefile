@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BUILD := build
 
-.PHONY: all deps build demo test check unit bench clean testkernel
+.PHONY: all deps build demo test check unit bench clean testkernel lab lab-deps guest-tool
 
 all: build
 
@@ -40,6 +40,24 @@ $(TESTKERNEL): $(TESTKERNEL_SRC)
 		echo "testkernel: SSE/AVX register use found (objdump -d)" >&2; exit 1; fi
 	@mkdir -p $(dir $@)
 	cp guest/testkernel/target/release/testkernel $@
+
+# The guest-side ivshmem tool as a static Linux binary (runs in any Linux
+# guest; the lab also uses it on the host side with --path).
+GUEST_TOOL := target/x86_64-unknown-linux-gnu/release/ivshmem-tool
+
+guest-tool:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p ivshmem-tool \
+		--target x86_64-unknown-linux-gnu
+	@echo "guest-tool: $(GUEST_TOOL) (static)"
+
+# The KVM lab (tests/lab/, README "The KVM lab"): stock Linux guests under a
+# real /dev/kvm inside an L1 Linux under QEMU TCG with nested SVM, shmvm and
+# QEMU microvm (reference) as L2 VMMs. Variables: see tests/lab/run.sh.
+lab-deps: deps
+	bash tests/lab/fetch.sh
+
+lab: lab-deps
+	bash tests/lab/run.sh
 
 demo: build
 	@echo "demo: not wired yet"

@@ -8,6 +8,8 @@
 #   LAB_VMMS=qemu,shmvm   L2 VMMs to run (default both; qemu alone is a reference-only run)
 #   LAB_ONLY=a,b          only these scenarios
 #   LAB_DUMP=all          print every L2 console, not only failed ones
+#   LAB_L2EXTRA=a,b       extra L2 kernel parameters (comma separated), e.g. i8042.nokbd
+#   LAB_L2DEBUG=1         L2 kernels log at debug level (slower: every console byte is a PIO exit)
 #   LAB_TIMEOUT=1200      seconds for the whole L1 run
 #   SHMVM=path            use this shmvm binary instead of building it
 # Output: build/lab/l1-console.log (everything), build/lab/consoles/<name>.<vmm>.log
@@ -55,6 +57,8 @@ tests/lab/build-l1.sh "$lab/l1-initrd.lz4" "$lab/kernel" "$lab/l2-initrd.gz" "$t
 append="console=ttyS0 reboot=t panic=-1 quiet lab.vmms=$vmms"
 [ -n "${LAB_ONLY:-}" ] && append="$append lab.only=$LAB_ONLY"
 [ -n "${LAB_DUMP:-}" ] && append="$append lab.dump=$LAB_DUMP"
+[ -n "${LAB_L2EXTRA:-}" ] && append="$append lab.l2extra=$LAB_L2EXTRA"
+[ -n "${LAB_L2DEBUG:-}" ] && append="$append lab.l2debug=$LAB_L2DEBUG"
 log=$lab/l1-console.log
 echo "lab: booting L1 (QEMU TCG, nested SVM); L1 console in $log"
 l1_start=$(date +%s.%N)
