@@ -63,7 +63,9 @@ impl BusDevice for DebugExit {
         let mut v = [0u8; 4];
         let n = data.len().min(4);
         v[..n].copy_from_slice(&data[..n]);
-        (self.hook)(GuestExit::DebugExit { value: u32::from_le_bytes(v) });
+        (self.hook)(GuestExit::DebugExit {
+            value: u32::from_le_bytes(v),
+        });
     }
 }
 
@@ -80,7 +82,13 @@ mod tests {
         d.write(0, &[0x10]);
         d.write(0, &[0x11, 0, 0, 0]);
         let got = seen.lock().unwrap().clone();
-        assert_eq!(got, vec![GuestExit::DebugExit { value: 0x10 }, GuestExit::DebugExit { value: 0x11 }]);
+        assert_eq!(
+            got,
+            vec![
+                GuestExit::DebugExit { value: 0x10 },
+                GuestExit::DebugExit { value: 0x11 }
+            ]
+        );
         assert_eq!(got[0].exit_code(), 33);
         assert_eq!(got[1].exit_code(), 35);
         assert_eq!(GuestExit::Reset.exit_code(), 0);

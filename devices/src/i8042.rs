@@ -16,7 +16,9 @@ pub struct I8042 {
 
 impl std::fmt::Debug for I8042 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("I8042").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("I8042")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -36,7 +38,11 @@ impl I8042 {
     pub const PORTS: u64 = 5;
 
     pub fn new(hook: ExitHook) -> Self {
-        I8042 { hook, pending: None, config: 0 }
+        I8042 {
+            hook,
+            pending: None,
+            config: 0,
+        }
     }
 }
 
@@ -44,7 +50,11 @@ impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let v = match offset {
             COMMAND => {
-                let obf = if self.pending == Some(CMD_READ_CONFIG) { STATUS_OBF } else { 0 };
+                let obf = if self.pending == Some(CMD_READ_CONFIG) {
+                    STATUS_OBF
+                } else {
+                    0
+                };
                 STATUS_SYS | obf
             }
             DATA if self.pending == Some(CMD_READ_CONFIG) => {

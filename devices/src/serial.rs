@@ -26,7 +26,9 @@ pub struct IrqEvent(EventFd);
 
 impl IrqEvent {
     pub fn new() -> Result<Self, Error> {
-        EventFd::new(libc::EFD_NONBLOCK).map(IrqEvent).map_err(Error::EventFd)
+        EventFd::new(libc::EFD_NONBLOCK)
+            .map(IrqEvent)
+            .map_err(Error::EventFd)
     }
 
     /// The eventfd to register with the hypervisor.
@@ -58,7 +60,9 @@ impl Serial {
     pub const PORTS: u64 = 8;
 
     pub fn new(irq: IrqEvent, out: Box<dyn Write + Send>) -> Self {
-        Serial { uart: Uart::new(irq, out) }
+        Serial {
+            uart: Uart::new(irq, out),
+        }
     }
 
     /// The interrupt this UART raises.
@@ -68,7 +72,9 @@ impl Serial {
 
     /// Queues host input for the guest to read; returns how many bytes fit.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> Result<usize, Error> {
-        self.uart.enqueue_raw_bytes(bytes).map_err(|e| Error::Input(format!("{e:?}")))
+        self.uart
+            .enqueue_raw_bytes(bytes)
+            .map_err(|e| Error::Input(format!("{e:?}")))
     }
 
     /// Free space in the receive FIFO.
@@ -87,10 +93,10 @@ impl BusDevice for Serial {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Some(&v), Ok(off)) = (data.first(), u8::try_from(offset)) {
-            if let Err(e) = self.uart.write(off, v) {
-                log::debug!("serial: write at offset {off}: {e:?}");
-            }
+        if let (Some(&v), Ok(off)) = (data.first(), u8::try_from(offset))
+            && let Err(e) = self.uart.write(off, v)
+        {
+            log::debug!("serial: write at offset {off}: {e:?}");
         }
     }
 }

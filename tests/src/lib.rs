@@ -1,2 +1,4 @@
 //! Helpers for end-to-end tests.
+pub mod harness;
 pub mod shm;
+pub mod vm;

@@ -17,11 +17,17 @@ pub enum Error {
     #[error("{0}")]
     Clap(String),
     #[error("{option}: {reason}")]
-    Invalid { option: &'static str, reason: String },
+    Invalid {
+        option: &'static str,
+        reason: String,
+    },
 }
 
 fn invalid(option: &'static str, reason: impl Into<String>) -> Error {
-    Error::Invalid { option, reason: reason.into() }
+    Error::Invalid {
+        option,
+        reason: reason.into(),
+    }
 }
 
 const EXAMPLES: &str = "\
@@ -102,7 +108,10 @@ pub enum SerialMode {
 /// Devices from `--device`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceConfig {
-    DebugExit { iobase: u16, iosize: u16 },
+    DebugExit {
+        iobase: u16,
+        iosize: u16,
+    },
     /// `ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off]`
     IvshmemPlain(crate::ivshmem::IvshmemConfig),
 }
@@ -115,6 +124,8 @@ pub struct Config {
     pub cmdline: String,
     /// The backend that provides guest RAM.
     pub ram: BackendConfig,
+    /// Whether `ram` came from `--object` (else from `-m` or the default).
+    pub ram_from_object: bool,
     /// Every other `-object` backend (for devices such as ivshmem).
     pub objects: Vec<BackendConfig>,
     pub vcpus: u8,
@@ -128,6 +139,8 @@ pub struct Config {
 /// Largest vCPU count: APIC IDs 0..N-1 plus the IOAPIC's ID fit in the MP
 /// table's 8-bit IDs with room to spare, and test suites stay small.
 pub const MAX_VCPUS: u8 = 64;
+/// Id of the RAM backend `-m` creates (QEMU's name for it).
+pub const DEFAULT_RAM_ID: &str = "pc.ram";
 /// QEMU's default RAM size.
 pub const DEFAULT_RAM: u64 = 128 << 20;
 
@@ -146,30 +159,57 @@ const QEMU_LONG: &[(&str, &str)] = &[
     ("-memory", "--memory"),
 ];
 
+/// Options (in clap spelling) whose value is the next argument.
+const TAKES_VALUE: &[&str] = &[
+    "--kernel",
+    "--initrd",
+    "--cmdline",
+    "--memory",
+    "-m",
+    "--object",
+    "--machine",
+    "--smp",
+    "--serial",
+    "--device",
+    "--chardev",
+    "--boot",
+];
+
 /// Rewrites QEMU-style single-dash long options (also `-opt=value`) to the
-/// `--` form. Values (the argument after an option) are never rewritten.
+/// `--` form. An option's value (the next argument) is never rewritten, so
+/// `-append -kernel` passes "-kernel" as the command line.
 pub fn qemu_to_clap<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut after_dashdash = false;
+    let mut out: Vec<OsString> = Vec::new();
+    let mut rest_verbatim = false;
+    let mut value_next = false;
     for a in args {
-        let rewritten = match a.to_str() {
-            Some("--") => {
-                after_dashdash = true;
-                None
+        let s = match a.to_str() {
+            Some(s) if !rest_verbatim && !value_next => s,
+            _ => {
+                value_next = false;
+                out.push(a);
+                continue;
             }
-            Some(s) if !after_dashdash => {
-                let (name, value) = match s.split_once('=') {
-                    Some((n, v)) => (n, Some(v)),
-                    None => (s, None),
-                };
-                QEMU_LONG.iter().find(|(q, _)| *q == name).map(|(_, long)| match value {
-                    Some(v) => OsString::from(format!("{long}={v}")),
-                    None => OsString::from(*long),
-                })
-            }
-            _ => None,
         };
-        out.push(rewritten.unwrap_or(a));
+        if s == "--" {
+            rest_verbatim = true;
+            out.push(a);
+            continue;
+        }
+        let (name, value) = match s.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (s, None),
+        };
+        let long = QEMU_LONG
+            .iter()
+            .find(|(q, _)| *q == name)
+            .map_or(name, |(_, l)| *l);
+        value_next = value.is_none() && TAKES_VALUE.contains(&long);
+        out.push(match value {
+            Some(v) if long != name => OsString::from(format!("{long}={v}")),
+            None if long != name => OsString::from(long),
+            _ => a,
+        });
     }
     out
 }
@@ -188,7 +228,10 @@ fn parse_serial(s: &str) -> Result<SerialMode, Error> {
         "none" | "null" => Ok(SerialMode::None),
         _ => match s.strip_prefix("file:") {
             Some(p) if !p.is_empty() => Ok(SerialMode::File(PathBuf::from(p))),
-            _ => Err(invalid("--serial", format!("'{s}' is not stdio, file:PATH or none"))),
+            _ => Err(invalid(
+                "--serial",
+                format!("'{s}' is not stdio, file:PATH or none"),
+            )),
         },
     }
 }
@@ -202,10 +245,16 @@ fn parse_device(s: &str) -> Result<DeviceConfig, Error> {
             let mut iosize = u64::from(devices::debug_exit::DebugExit::DEFAULT_IOSIZE);
             for kv in parts {
                 let (k, v) = kv.split_once('=').ok_or_else(|| {
-                    invalid("--device", format!("isa-debug-exit: '{kv}' is not key=value"))
+                    invalid(
+                        "--device",
+                        format!("isa-debug-exit: '{kv}' is not key=value"),
+                    )
                 })?;
                 let n = parse_num(v).ok_or_else(|| {
-                    invalid("--device", format!("isa-debug-exit: {k}='{v}' is not a number"))
+                    invalid(
+                        "--device",
+                        format!("isa-debug-exit: {k}='{v}' is not a number"),
+                    )
                 })?;
                 match k {
                     "iobase" => iobase = n,
@@ -221,10 +270,15 @@ fn parse_device(s: &str) -> Result<DeviceConfig, Error> {
             if iosize == 0 || iosize > 4 || iobase + iosize > 0x1_0000 {
                 return Err(invalid(
                     "--device",
-                    format!("isa-debug-exit: iobase={iobase:#x},iosize={iosize} is not 1..4 ports below 0x10000"),
+                    format!(
+                        "isa-debug-exit: iobase={iobase:#x},iosize={iosize} is not 1..4 ports below 0x10000"
+                    ),
                 ));
             }
-            Ok(DeviceConfig::DebugExit { iobase: iobase as u16, iosize: iosize as u16 })
+            Ok(DeviceConfig::DebugExit {
+                iobase: iobase as u16,
+                iosize: iosize as u16,
+            })
         }
         "ivshmem-plain" => {
             let props = s.split_once(',').map_or("", |(_, p)| p);
@@ -233,7 +287,10 @@ fn parse_device(s: &str) -> Result<DeviceConfig, Error> {
                 .map_err(|e| invalid("--device", e.to_string()))
         }
         "" => Err(invalid("--device", "empty device name")),
-        other => Err(invalid("--device", format!("unknown device '{other}' (known: isa-debug-exit, ivshmem-plain)"))),
+        other => Err(invalid(
+            "--device",
+            format!("unknown device '{other}' (known: isa-debug-exit, ivshmem-plain)"),
+        )),
     }
 }
 
@@ -242,7 +299,12 @@ fn parse_smp(s: &str) -> Result<u8, Error> {
     for (i, part) in s.split(',').enumerate() {
         let v = match part.split_once('=') {
             Some(("cpus", v)) => v,
-            Some((k, _)) => return Err(invalid("--smp", format!("unsupported property '{k}' (only cpus=N)"))),
+            Some((k, _)) => {
+                return Err(invalid(
+                    "--smp",
+                    format!("unsupported property '{k}' (only cpus=N)"),
+                ));
+            }
             None if i == 0 => part,
             None => return Err(invalid("--smp", format!("'{part}' is not key=value"))),
         };
@@ -251,7 +313,10 @@ fn parse_smp(s: &str) -> Result<u8, Error> {
     let v = n.unwrap_or_default();
     match v.parse::<u8>() {
         Ok(c) if (1..=MAX_VCPUS).contains(&c) => Ok(c),
-        _ => Err(invalid("--smp", format!("'{v}' is not a vCPU count between 1 and {MAX_VCPUS}"))),
+        _ => Err(invalid(
+            "--smp",
+            format!("'{v}' is not a vCPU count between 1 and {MAX_VCPUS}"),
+        )),
     }
 }
 
@@ -259,7 +324,10 @@ fn parse_smp(s: &str) -> Result<u8, Error> {
 fn parse_memory(s: &str) -> Result<u64, Error> {
     let v = s.strip_prefix("size=").unwrap_or(s);
     if v.contains(',') {
-        return Err(invalid("-m", format!("'{s}': only a size is supported (no slots/maxmem)")));
+        return Err(invalid(
+            "-m",
+            format!("'{s}': only a size is supported (no slots/maxmem)"),
+        ));
     }
     let size = memory::parse_size(v, 1 << 20).map_err(|e| invalid("-m", format!("'{v}': {e}")))?;
     check_ram_size("-m", size)?;
@@ -270,17 +338,27 @@ fn check_ram_size(option: &'static str, size: u64) -> Result<(), Error> {
     // The boot structures live in the first MiB and the kernel above it.
     const MIN: u64 = 16 << 20;
     if size < MIN {
-        return Err(invalid(option, format!("guest RAM of {size} bytes is below the 16 MiB minimum")));
+        return Err(invalid(
+            option,
+            format!("guest RAM of {size} bytes is below the 16 MiB minimum"),
+        ));
     }
-    if size % 4096 != 0 {
-        return Err(invalid(option, format!("guest RAM of {size} bytes is not a multiple of 4 KiB")));
+    if !size.is_multiple_of(4096) {
+        return Err(invalid(
+            option,
+            format!("guest RAM of {size} bytes is not a multiple of 4 KiB"),
+        ));
     }
     Ok(())
 }
 
 /// Numbers the ivshmem devices and checks their memdevs against the
 /// backends (see [`crate::ivshmem::check`]).
-fn check_ivshmem(devices: &mut [DeviceConfig], ram: &BackendConfig, objects: &[BackendConfig]) -> Result<(), Error> {
+fn check_ivshmem(
+    devices: &mut [DeviceConfig],
+    ram: &BackendConfig,
+    objects: &[BackendConfig],
+) -> Result<(), Error> {
     let mut ivshmem = Vec::new();
     for d in devices.iter_mut() {
         if let DeviceConfig::IvshmemPlain(c) = d {
@@ -290,9 +368,14 @@ fn check_ivshmem(devices: &mut [DeviceConfig], ram: &BackendConfig, objects: &[B
     }
     let memdevs: Vec<_> = objects
         .iter()
-        .map(|o| crate::ivshmem::Memdev { id: o.id(), size: o.size(), share: o.share() })
+        .map(|o| crate::ivshmem::Memdev {
+            id: o.id(),
+            size: o.size(),
+            share: o.share(),
+        })
         .collect();
-    crate::ivshmem::check(&ivshmem, ram.id(), &memdevs).map_err(|e| invalid("--device", e.to_string()))
+    crate::ivshmem::check(&ivshmem, ram.id(), &memdevs)
+        .map_err(|e| invalid("--device", e.to_string()))
 }
 
 impl Config {
@@ -303,11 +386,17 @@ impl Config {
                 ParseOutcome::Info(e.to_string())
             }
             _ => {
-                // clap renders several lines (tips, usage); keep the first.
+                // clap renders a paragraph, then tips and usage: keep the
+                // first paragraph, on one line.
                 let text = e.to_string();
-                let first = text.lines().next().unwrap_or("invalid arguments");
-                let first = first.strip_prefix("error: ").unwrap_or(first);
-                ParseOutcome::Error(Error::Clap(first.to_string()))
+                let para: Vec<&str> = text
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                let line = para.join(" ");
+                let line = line.strip_prefix("error: ").unwrap_or(&line);
+                ParseOutcome::Error(Error::Clap(line.to_string()))
             }
         })?;
         Config::from_parsed(args).map_err(ParseOutcome::Error)
@@ -317,7 +406,8 @@ impl Config {
     pub fn from_parsed(args: Args) -> Result<Config, Error> {
         let mut objects = Vec::new();
         for o in &args.object {
-            let cfg = BackendConfig::parse_object(o).map_err(|e| invalid("--object", e.to_string()))?;
+            let cfg =
+                BackendConfig::parse_object(o).map_err(|e| invalid("--object", e.to_string()))?;
             if objects.iter().any(|c: &BackendConfig| c.id() == cfg.id()) {
                 return Err(invalid("--object", format!("duplicate id '{}'", cfg.id())));
             }
@@ -329,7 +419,10 @@ impl Config {
                 match kv.split_once('=') {
                     Some(("memory-backend", id)) if !id.is_empty() => ram_id = Some(id.to_string()),
                     Some((k, _)) => {
-                        return Err(invalid("--machine", format!("unsupported property '{k}' (only memory-backend=ID)")));
+                        return Err(invalid(
+                            "--machine",
+                            format!("unsupported property '{k}' (only memory-backend=ID)"),
+                        ));
                     }
                     // A bare machine type (QEMU: -M microvm): we have one machine.
                     None if matches!(kv, "microvm" | "pc" | "q35" | "shmvm") => {}
@@ -341,43 +434,63 @@ impl Config {
         let ram = match ram_id {
             Some(id) => {
                 let pos = objects.iter().position(|c| c.id() == id).ok_or_else(|| {
-                    invalid("--machine", format!("memory-backend '{id}' is not defined by any --object"))
+                    invalid(
+                        "--machine",
+                        format!("memory-backend '{id}' is not defined by any --object"),
+                    )
                 })?;
                 let cfg = objects.remove(pos);
-                if let Some(m) = mem_size {
-                    if m != cfg.size() {
-                        return Err(invalid(
-                            "-m",
-                            format!("{m} bytes does not match memory-backend '{id}' size {}", cfg.size()),
-                        ));
-                    }
+                if let Some(m) = mem_size
+                    && m != cfg.size()
+                {
+                    return Err(invalid(
+                        "-m",
+                        format!(
+                            "{m} bytes does not match memory-backend '{id}' size {}",
+                            cfg.size()
+                        ),
+                    ));
                 }
                 check_ram_size("--object", cfg.size())?;
                 cfg
             }
-            None => BackendConfig::ram("pc.ram", mem_size.unwrap_or(DEFAULT_RAM)),
+            None => BackendConfig::ram(DEFAULT_RAM_ID, mem_size.unwrap_or(DEFAULT_RAM)),
         };
         if ram.kind() == BackendKind::Ram && ram.share() {
-            log::debug!("guest RAM backend '{}' is shared anonymous memory", ram.id());
+            log::debug!(
+                "guest RAM backend '{}' is shared anonymous memory",
+                ram.id()
+            );
         }
         let vcpus = args.smp.as_deref().map(parse_smp).transpose()?.unwrap_or(1);
         let serial = parse_serial(&args.serial)?;
-        let mut devices = args.device.iter().map(|d| parse_device(d)).collect::<Result<Vec<_>, _>>()?;
+        let mut devices = args
+            .device
+            .iter()
+            .map(|d| parse_device(d))
+            .collect::<Result<Vec<_>, _>>()?;
         check_ivshmem(&mut devices, &ram, &objects)?;
         if let Some(c) = args.chardev.first() {
-            return Err(invalid("--chardev", format!("'{c}': character devices are not supported")));
+            return Err(invalid(
+                "--chardev",
+                format!("'{c}': character devices are not supported"),
+            ));
         }
         let cmdline = args.cmdline.unwrap_or_default();
         if cmdline.contains('\0') {
             return Err(invalid("--cmdline", "contains a NUL byte"));
         }
         if cmdline.len() as u64 >= crate::layout::CMDLINE_MAX {
-            return Err(invalid("--cmdline", format!("{} bytes is too long", cmdline.len())));
+            return Err(invalid(
+                "--cmdline",
+                format!("{} bytes is too long", cmdline.len()),
+            ));
         }
         Ok(Config {
             kernel: args.kernel,
             initrd: args.initrd,
             cmdline,
+            ram_from_object: ram.id() != DEFAULT_RAM_ID,
             ram,
             objects,
             vcpus,
@@ -403,7 +516,11 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, ParseOutcome> {
-        Config::from_args(std::iter::once("shmvm").chain(args.iter().copied()).map(OsString::from))
+        Config::from_args(
+            std::iter::once("shmvm")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
     }
 
     fn err(args: &[&str]) -> String {
@@ -416,22 +533,52 @@ mod tests {
     #[test]
     fn rewrites_qemu_spellings_but_not_values() {
         let v = qemu_to_clap(
-            ["shmvm", "-kernel", "k", "-append", "-kernel", "-smp=2", "-m", "64", "--", "-initrd"]
-                .map(OsString::from),
+            [
+                "shmvm", "-kernel", "k", "-append", "-kernel", "-smp=2", "-m", "64", "-serial",
+                "none", "--", "-initrd",
+            ]
+            .map(OsString::from),
         );
         let v: Vec<_> = v.iter().map(|s| s.to_str().unwrap()).collect();
-        // The value after -append is an argument, but it is still rewritten
-        // here; clap's `--cmdline=` form is what users need for values that
-        // start with '-', exactly like QEMU needs quoting.
-        assert_eq!(v, ["shmvm", "--kernel", "k", "--cmdline", "--kernel", "--smp=2", "-m", "64", "--", "-initrd"]);
+        assert_eq!(
+            v,
+            [
+                "shmvm",
+                "--kernel",
+                "k",
+                "--cmdline",
+                "-kernel",
+                "--smp=2",
+                "-m",
+                "64",
+                "--serial",
+                "none",
+                "--",
+                "-initrd"
+            ]
+        );
     }
 
     #[test]
     fn qemu_style_command_line_parses() {
         let c = parse(&[
-            "-kernel", "/k", "-initrd", "/i", "-append", "a=1 b", "-object",
-            "memory-backend-shm,id=ram0,size=64M", "-machine", "memory-backend=ram0", "-smp", "2",
-            "-serial", "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-vv",
+            "-kernel",
+            "/k",
+            "-initrd",
+            "/i",
+            "-append",
+            "a=1 b",
+            "-object",
+            "memory-backend-shm,id=ram0,size=64M",
+            "-machine",
+            "memory-backend=ram0",
+            "-smp",
+            "2",
+            "-serial",
+            "none",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-vv",
         ])
         .unwrap();
         assert_eq!(c.kernel, PathBuf::from("/k"));
@@ -443,7 +590,13 @@ mod tests {
         assert!(c.objects.is_empty());
         assert_eq!(c.vcpus, 2);
         assert_eq!(c.serial, SerialMode::None);
-        assert_eq!(c.devices, vec![DeviceConfig::DebugExit { iobase: 0xf4, iosize: 4 }]);
+        assert_eq!(
+            c.devices,
+            vec![DeviceConfig::DebugExit {
+                iobase: 0xf4,
+                iosize: 4
+            }]
+        );
         assert_eq!(c.verbose, 2);
     }
 
@@ -452,14 +605,35 @@ mod tests {
         let c = parse(&["--kernel", "k"]).unwrap();
         assert_eq!(c.ram.size(), DEFAULT_RAM);
         assert_eq!(c.ram.kind(), BackendKind::Ram);
-        assert_eq!((c.vcpus, c.serial.clone(), c.boot), (1, SerialMode::Stdio, None));
-        let c = parse(&["--kernel", "k", "-m", "256", "--smp", "cpus=3", "--serial", "file:/tmp/x", "--boot", "linux64"]).unwrap();
+        assert_eq!(
+            (c.vcpus, c.serial.clone(), c.boot),
+            (1, SerialMode::Stdio, None)
+        );
+        let c = parse(&[
+            "--kernel",
+            "k",
+            "-m",
+            "256",
+            "--smp",
+            "cpus=3",
+            "--serial",
+            "file:/tmp/x",
+            "--boot",
+            "linux64",
+        ])
+        .unwrap();
         assert_eq!(c.ram.size(), 256 << 20);
         assert_eq!(c.vcpus, 3);
         assert_eq!(c.serial, SerialMode::File(PathBuf::from("/tmp/x")));
         assert_eq!(c.boot, Some(BootProtocol::Linux64));
         let c = parse(&["--kernel", "k", "--device", "isa-debug-exit"]).unwrap();
-        assert_eq!(c.devices, vec![DeviceConfig::DebugExit { iobase: 0xf4, iosize: 4 }]);
+        assert_eq!(
+            c.devices,
+            vec![DeviceConfig::DebugExit {
+                iobase: 0xf4,
+                iosize: 4
+            }]
+        );
     }
 
     #[test]
@@ -473,28 +647,62 @@ mod tests {
             (&["--kernel", "k", "--smp", "sockets=2"], "--smp"),
             (&["--kernel", "k", "--serial", "tcp:1"], "--serial"),
             (&["--kernel", "k", "--device", "virtio-net"], "--device"),
-            (&["--kernel", "k", "--device", "isa-debug-exit,iosize=9"], "--device"),
-            (&["--kernel", "k", "--device", "isa-debug-exit,port=1"], "--device"),
-            (&["--kernel", "k", "--machine", "memory-backend=nope"], "--machine"),
+            (
+                &["--kernel", "k", "--device", "isa-debug-exit,iosize=9"],
+                "--device",
+            ),
+            (
+                &["--kernel", "k", "--device", "isa-debug-exit,port=1"],
+                "--device",
+            ),
+            (
+                &["--kernel", "k", "--machine", "memory-backend=nope"],
+                "--machine",
+            ),
             (&["--kernel", "k", "--machine", "accel=kvm"], "--machine"),
-            (&["--kernel", "k", "--object", "memory-backend-bogus,id=a,size=1M"], "--object"),
+            (
+                &[
+                    "--kernel",
+                    "k",
+                    "--object",
+                    "memory-backend-bogus,id=a,size=1M",
+                ],
+                "--object",
+            ),
             (&["--kernel", "k", "--boot", "uefi"], "--boot"),
             (&["--kernel", "k", "--chardev", "socket,id=c"], "--chardev"),
             (
-                &["--kernel", "k", "--object", "memory-backend-ram,id=a,size=64M",
-                  "--object", "memory-backend-ram,id=a,size=64M"],
+                &[
+                    "--kernel",
+                    "k",
+                    "--object",
+                    "memory-backend-ram,id=a,size=64M",
+                    "--object",
+                    "memory-backend-ram,id=a,size=64M",
+                ],
                 "--object",
             ),
             (
-                &["--kernel", "k", "-m", "128", "--object", "memory-backend-ram,id=a,size=64M",
-                  "--machine", "memory-backend=a"],
+                &[
+                    "--kernel",
+                    "k",
+                    "-m",
+                    "128",
+                    "--object",
+                    "memory-backend-ram,id=a,size=64M",
+                    "--machine",
+                    "memory-backend=a",
+                ],
                 "-m",
             ),
         ];
         for (args, option) in cases {
             let e = err(args);
             assert!(!e.contains('\n'), "{args:?}: multi-line error {e:?}");
-            assert!(e.contains(option), "{args:?}: error {e:?} does not name {option}");
+            assert!(
+                e.contains(option),
+                "{args:?}: error {e:?} does not name {option}"
+            );
         }
     }
 

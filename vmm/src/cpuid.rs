@@ -89,12 +89,27 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, eax: 0xffff_ffff, ebx: 0x0000_0800, ecx: 0, edx: 0, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: 0xffff_ffff,
+            ebx: 0x0000_0800,
+            ecx: 0,
+            edx: 0,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn apic_ids_and_counts_per_vcpu() {
-        let mut e = vec![entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0xb, 2), entry(4, 0), entry(0xa, 0)];
+        let mut e = vec![
+            entry(1, 0),
+            entry(0xb, 0),
+            entry(0xb, 1),
+            entry(0xb, 2),
+            entry(4, 0),
+            entry(0xa, 0),
+        ];
         e[4].eax = 3 << 5 | 0x3; // an L3 descriptor
         for_vcpu(&mut e, 2, 3);
         assert_eq!(e[0].ebx >> 24, 2);
@@ -103,7 +118,10 @@ mod tests {
         assert_ne!(e[0].edx & EDX_HTT, 0);
         assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
         assert_eq!((e[1].ebx, e[1].ecx >> 8, e[1].edx), (1, LEVEL_SMT, 2));
-        assert_eq!((e[2].eax, e[2].ebx, e[2].ecx >> 8, e[2].edx), (2, 3, LEVEL_CORE, 2));
+        assert_eq!(
+            (e[2].eax, e[2].ebx, e[2].ecx >> 8, e[2].edx),
+            (2, 3, LEVEL_CORE, 2)
+        );
         assert_eq!((e[3].ebx, e[3].ecx), (0, 2), "level 2 is invalid");
         assert_eq!(e[4].eax >> 26, 2);
         assert_eq!((e[4].eax >> 14) & 0xfff, 2);

@@ -18,7 +18,10 @@ pub enum VmEnd {
     Poweroff,
     TripleFault,
     SystemEvent(u32),
-    InternalError { suberror: u32, detail: String },
+    InternalError {
+        suberror: u32,
+        detail: String,
+    },
     FailEntry(u64),
     Unhandled(String),
     /// The VMM was told to stop by this signal.
@@ -107,13 +110,16 @@ pub fn handle_exit(exit: VmExit<'_>, io: &IoBuses) -> Action {
         VmExit::Hlt => Action::Continue,
         VmExit::Interrupted => Action::Interrupted,
         VmExit::Shutdown => Action::End(VmEnd::TripleFault),
-        VmExit::SystemEvent { kind } if kind == KVM_SYSTEM_EVENT_SHUTDOWN || kind == KVM_SYSTEM_EVENT_RESET => {
+        VmExit::SystemEvent { kind }
+            if kind == KVM_SYSTEM_EVENT_SHUTDOWN || kind == KVM_SYSTEM_EVENT_RESET =>
+        {
             Action::End(VmEnd::Poweroff)
         }
         VmExit::SystemEvent { kind } => Action::End(VmEnd::SystemEvent(kind)),
-        VmExit::InternalError => {
-            Action::End(VmEnd::InternalError { suberror: 0, detail: String::new() })
-        }
+        VmExit::InternalError => Action::End(VmEnd::InternalError {
+            suberror: 0,
+            detail: String::new(),
+        }),
         VmExit::FailEntry { reason } => Action::End(VmEnd::FailEntry(reason)),
         VmExit::Other(what) => Action::End(VmEnd::Unhandled(what)),
     }
@@ -140,15 +146,54 @@ mod tests {
         let io = IoBuses::new();
         io.add(BusKind::Pio, "reg", Reg(7), 0x80, 1).unwrap();
         let mut d = [0u8; 1];
-        assert_eq!(handle_exit(VmExit::IoIn { port: 0x80, data: &mut d }, &io), Action::Continue);
+        assert_eq!(
+            handle_exit(
+                VmExit::IoIn {
+                    port: 0x80,
+                    data: &mut d
+                },
+                &io
+            ),
+            Action::Continue
+        );
         assert_eq!(d, [7]);
-        assert_eq!(handle_exit(VmExit::IoOut { port: 0x80, data: &[9] }, &io), Action::Continue);
-        handle_exit(VmExit::IoIn { port: 0x80, data: &mut d }, &io);
+        assert_eq!(
+            handle_exit(
+                VmExit::IoOut {
+                    port: 0x80,
+                    data: &[9]
+                },
+                &io
+            ),
+            Action::Continue
+        );
+        handle_exit(
+            VmExit::IoIn {
+                port: 0x80,
+                data: &mut d,
+            },
+            &io,
+        );
         assert_eq!(d, [9]);
         let mut w = [0u8; 4];
-        assert_eq!(handle_exit(VmExit::IoIn { port: 0x81, data: &mut w }, &io), Action::Continue);
+        assert_eq!(
+            handle_exit(
+                VmExit::IoIn {
+                    port: 0x81,
+                    data: &mut w
+                },
+                &io
+            ),
+            Action::Continue
+        );
         assert_eq!(w, [0xff; 4]);
-        handle_exit(VmExit::IoOut { port: 0x81, data: &[1] }, &io);
+        handle_exit(
+            VmExit::IoOut {
+                port: 0x81,
+                data: &[1],
+            },
+            &io,
+        );
         assert_eq!(io.unclaimed_pio.load(Ordering::Relaxed), 2);
         let r = io.report();
         assert!(r.contains("reg: 2 reads, 1 writes"), "{r}");
@@ -158,9 +203,21 @@ mod tests {
     fn mmio_unclaimed_is_counted_not_fatal() {
         let io = IoBuses::new();
         let mut d = [0u8; 8];
-        let a = handle_exit(VmExit::MmioRead { addr: 0xd000_0000, data: &mut d }, &io);
+        let a = handle_exit(
+            VmExit::MmioRead {
+                addr: 0xd000_0000,
+                data: &mut d,
+            },
+            &io,
+        );
         assert_eq!((a, d), (Action::Continue, [0xff; 8]));
-        let a = handle_exit(VmExit::MmioWrite { addr: 0xd000_0000, data: &[1, 2] }, &io);
+        let a = handle_exit(
+            VmExit::MmioWrite {
+                addr: 0xd000_0000,
+                data: &[1, 2],
+            },
+            &io,
+        );
         assert_eq!(a, Action::Continue);
         assert_eq!(io.unclaimed_mmio.load(Ordering::Relaxed), 2);
     }
@@ -168,20 +225,37 @@ mod tests {
     #[test]
     fn terminal_exits_and_exit_codes() {
         let io = IoBuses::new();
-        assert_eq!(handle_exit(VmExit::Shutdown, &io), Action::End(VmEnd::TripleFault));
         assert_eq!(
-            handle_exit(VmExit::SystemEvent { kind: KVM_SYSTEM_EVENT_SHUTDOWN }, &io),
+            handle_exit(VmExit::Shutdown, &io),
+            Action::End(VmEnd::TripleFault)
+        );
+        assert_eq!(
+            handle_exit(
+                VmExit::SystemEvent {
+                    kind: KVM_SYSTEM_EVENT_SHUTDOWN
+                },
+                &io
+            ),
             Action::End(VmEnd::Poweroff)
         );
         assert_eq!(handle_exit(VmExit::Interrupted, &io), Action::Interrupted);
         assert_eq!(handle_exit(VmExit::Hlt, &io), Action::Continue);
-        assert!(matches!(handle_exit(VmExit::InternalError, &io), Action::End(VmEnd::InternalError { .. })));
-        assert_eq!(handle_exit(VmExit::FailEntry { reason: 7 }, &io), Action::End(VmEnd::FailEntry(7)));
+        assert!(matches!(
+            handle_exit(VmExit::InternalError, &io),
+            Action::End(VmEnd::InternalError { .. })
+        ));
+        assert_eq!(
+            handle_exit(VmExit::FailEntry { reason: 7 }, &io),
+            Action::End(VmEnd::FailEntry(7))
+        );
         assert_eq!(
             handle_exit(VmExit::Other("Debug".into()), &io),
             Action::End(VmEnd::Unhandled("Debug".into()))
         );
-        assert_eq!(VmEnd::Guest(GuestExit::DebugExit { value: 0x10 }).exit_code(), 33);
+        assert_eq!(
+            VmEnd::Guest(GuestExit::DebugExit { value: 0x10 }).exit_code(),
+            33
+        );
         assert_eq!(VmEnd::Guest(GuestExit::Reset).exit_code(), 0);
         assert_eq!(VmEnd::Poweroff.exit_code(), 0);
         assert_eq!(VmEnd::TripleFault.exit_code(), 1);

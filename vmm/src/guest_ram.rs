@@ -14,7 +14,11 @@ pub enum Error {
     #[error("memory-backend '{id}': readonly=on cannot be guest RAM")]
     ReadOnly { id: String },
     #[error("memory-backend '{id}': cannot describe guest RAM region at {gpa:#x}: {reason}")]
-    Region { id: String, gpa: u64, reason: String },
+    Region {
+        id: String,
+        gpa: u64,
+        reason: String,
+    },
     #[error("memory-backend '{id}': {err}")]
     Register { id: String, err: crate::hv::Error },
 }
@@ -46,7 +50,11 @@ impl GuestRam {
         let regions = ram_regions(backend.size());
         let mut mmap_regions = Vec::with_capacity(regions.len());
         for r in &regions {
-            let region_err = |reason: String| Error::Region { id: id.clone(), gpa: r.gpa, reason };
+            let region_err = |reason: String| Error::Region {
+                id: id.clone(),
+                gpa: r.gpa,
+                reason,
+            };
             let size = usize::try_from(r.size).map_err(|e| region_err(e.to_string()))?;
             // SAFETY: `backend_offset + size` lies within the backend's
             // mapping (ram_regions splits exactly `backend.size()` bytes),
@@ -58,7 +66,11 @@ impl GuestRam {
                     backend.as_ptr().add(r.backend_offset as usize),
                     size,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    if backend.shared() { libc::MAP_SHARED } else { libc::MAP_PRIVATE },
+                    if backend.shared() {
+                        libc::MAP_SHARED
+                    } else {
+                        libc::MAP_PRIVATE
+                    },
                 )
             }
             .map_err(|e| region_err(e.to_string()))?;
@@ -66,9 +78,16 @@ impl GuestRam {
                 .ok_or_else(|| region_err("address overflow".into()))?;
             mmap_regions.push(region);
         }
-        let mem = GuestMemoryMmap::from_regions(mmap_regions)
-            .map_err(|e| Error::Region { id: id.clone(), gpa: 0, reason: e.to_string() })?;
-        Ok(GuestRam { mem, regions, backend })
+        let mem = GuestMemoryMmap::from_regions(mmap_regions).map_err(|e| Error::Region {
+            id: id.clone(),
+            gpa: 0,
+            reason: e.to_string(),
+        })?;
+        Ok(GuestRam {
+            mem,
+            regions,
+            backend,
+        })
     }
 
     /// Tells the hypervisor about every region (slots 0, 1).
@@ -79,8 +98,12 @@ impl GuestRam {
             // VM (and its vCPUs) are gone (see `vm::Machine`'s field order).
             let host = unsafe { self.backend.as_ptr().add(r.backend_offset as usize) };
             // SAFETY: as above, the mapping outlives the VM.
-            unsafe { vm.add_memory(slot as u32, r.gpa, host, r.size) }
-                .map_err(|err| Error::Register { id: self.backend.id().to_string(), err })?;
+            unsafe { vm.add_memory(slot as u32, r.gpa, host, r.size) }.map_err(|err| {
+                Error::Register {
+                    id: self.backend.id().to_string(),
+                    err,
+                }
+            })?;
         }
         Ok(())
     }

@@ -35,10 +35,16 @@ struct Forward<D: ?Sized>(Arc<Mutex<D>>);
 
 impl<D: BusDevice + ?Sized> BusDevice for Forward<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read(offset, data);
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(offset, data);
     }
 }
 
@@ -74,12 +80,18 @@ impl IoBuses {
         len: u64,
     ) -> Result<SharedDevice, devices::bus::Error> {
         let counters = Arc::new(Counters::default());
-        let shared: SharedDevice = Arc::new(Mutex::new(Counted { dev, counters: counters.clone() }));
+        let shared: SharedDevice = Arc::new(Mutex::new(Counted {
+            dev,
+            counters: counters.clone(),
+        }));
         match kind {
             BusKind::Pio => self.pio.insert(shared.clone(), base, len)?,
             BusKind::Mmio => self.mmio.insert(shared.clone(), base, len)?,
         }
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), counters));
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_string(), counters));
         Ok(shared)
     }
 

@@ -246,7 +246,10 @@ mod tests {
             e("memdev=m,master=yes"),
             "ivshmem-plain: master='yes' is not on, off or auto"
         );
-        assert_eq!(e("id=d,memdev=m,master=1"), "ivshmem-plain 'd': master='1' is not on, off or auto");
+        assert_eq!(
+            e("id=d,memdev=m,master=1"),
+            "ivshmem-plain 'd': master='1' is not on, off or auto"
+        );
         for bad in ["0", "20", "0.0", "3.1", "x", ""] {
             let msg = e(&format!("memdev=m,addr={bad}"));
             assert!(

@@ -93,9 +93,17 @@ pub struct RamRegion {
 /// the rest at 4 GiB. Both regions are views of one backend mapping.
 pub fn ram_regions(ram_size: u64) -> Vec<RamRegion> {
     let low = ram_size.min(MMIO_HOLE);
-    let mut v = vec![RamRegion { gpa: 0, backend_offset: 0, size: low }];
+    let mut v = vec![RamRegion {
+        gpa: 0,
+        backend_offset: 0,
+        size: low,
+    }];
     if ram_size > MMIO_HOLE {
-        v.push(RamRegion { gpa: FOUR_GIB, backend_offset: low, size: ram_size - low });
+        v.push(RamRegion {
+            gpa: FOUR_GIB,
+            backend_offset: low,
+            size: ram_size - low,
+        });
     }
     v
 }
@@ -129,14 +137,30 @@ pub struct MemMapEntry {
 pub fn memory_map(ram_size: u64) -> Vec<MemMapEntry> {
     let low = low_ram_end(ram_size);
     let mut v = vec![
-        MemMapEntry { addr: 0, size: EBDA, kind: E820_RAM },
-        MemMapEntry { addr: EBDA, size: HIMEM - EBDA, kind: E820_RESERVED },
+        MemMapEntry {
+            addr: 0,
+            size: EBDA,
+            kind: E820_RAM,
+        },
+        MemMapEntry {
+            addr: EBDA,
+            size: HIMEM - EBDA,
+            kind: E820_RESERVED,
+        },
     ];
     if low > HIMEM {
-        v.push(MemMapEntry { addr: HIMEM, size: low - HIMEM, kind: E820_RAM });
+        v.push(MemMapEntry {
+            addr: HIMEM,
+            size: low - HIMEM,
+            kind: E820_RAM,
+        });
     }
     if ram_size > MMIO_HOLE {
-        v.push(MemMapEntry { addr: FOUR_GIB, size: ram_size - MMIO_HOLE, kind: E820_RAM });
+        v.push(MemMapEntry {
+            addr: FOUR_GIB,
+            size: ram_size - MMIO_HOLE,
+            kind: E820_RAM,
+        });
     }
     v
 }
@@ -148,11 +172,29 @@ mod tests {
     #[test]
     fn small_ram_is_one_region_and_map_skips_legacy_hole() {
         let r = ram_regions(64 << 20);
-        assert_eq!(r, vec![RamRegion { gpa: 0, backend_offset: 0, size: 64 << 20 }]);
+        assert_eq!(
+            r,
+            vec![RamRegion {
+                gpa: 0,
+                backend_offset: 0,
+                size: 64 << 20
+            }]
+        );
         let m = memory_map(64 << 20);
         assert_eq!(m.len(), 3);
-        assert_eq!(m[2], MemMapEntry { addr: HIMEM, size: (64 << 20) - HIMEM, kind: E820_RAM });
-        let usable: u64 = m.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        assert_eq!(
+            m[2],
+            MemMapEntry {
+                addr: HIMEM,
+                size: (64 << 20) - HIMEM,
+                kind: E820_RAM
+            }
+        );
+        let usable: u64 = m
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(usable, (64 << 20) - (HIMEM - EBDA));
     }
 
@@ -161,10 +203,31 @@ mod tests {
         let size = 3584 << 20; // 3.5 GiB
         let r = ram_regions(size);
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0], RamRegion { gpa: 0, backend_offset: 0, size: MMIO_HOLE });
-        assert_eq!(r[1], RamRegion { gpa: FOUR_GIB, backend_offset: MMIO_HOLE, size: 512 << 20 });
+        assert_eq!(
+            r[0],
+            RamRegion {
+                gpa: 0,
+                backend_offset: 0,
+                size: MMIO_HOLE
+            }
+        );
+        assert_eq!(
+            r[1],
+            RamRegion {
+                gpa: FOUR_GIB,
+                backend_offset: MMIO_HOLE,
+                size: 512 << 20
+            }
+        );
         let m = memory_map(size);
-        assert_eq!(m.last(), Some(&MemMapEntry { addr: FOUR_GIB, size: 512 << 20, kind: E820_RAM }));
+        assert_eq!(
+            m.last(),
+            Some(&MemMapEntry {
+                addr: FOUR_GIB,
+                size: 512 << 20,
+                kind: E820_RAM
+            })
+        );
         assert_eq!(pci_mmio64_start(size), 5 << 30);
         assert_eq!(pci_mmio64_start(64 << 20), FOUR_GIB);
         const { assert!(PCI_MMIO32_END > PCI_MMIO32_START && KVM_TSS > LAPIC_ADDR) };

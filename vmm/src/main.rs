@@ -17,7 +17,10 @@ fn init_logging(verbose: u8) {
         2 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    env_logger::Builder::new().filter_level(level).format_timestamp_micros().init();
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp_micros()
+        .init();
 }
 
 /// A minimal stderr logger for warnings and errors when not verbose.

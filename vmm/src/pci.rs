@@ -11,13 +11,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use devices::bus::{Bus, SharedDevice};
 use devices::ivshmem::{IvshmemPlain, MEMORY_BAR, REGISTER_BAR};
 use devices::pci::{
-    BarRegion, BarRegisters, BarSpace, BarWindows, MapError, PCI_CONFIG_IO_BASE,
-    PCI_CONFIG_IO_LEN, PciAddress, PciConfigIo, PciRoot, SharedPciRoot,
+    BarRegion, BarRegisters, BarSpace, BarWindows, MapError, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN,
+    PciAddress, PciConfigIo, PciRoot, SharedPciRoot,
 };
 use memory::Backend;
 
@@ -73,7 +73,11 @@ pub struct HostRegion {
 
 impl std::fmt::Debug for HostRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HostRegion({:p}+{:#x}, readonly={})", self.host, self.size, self.readonly)
+        write!(
+            f,
+            "HostRegion({:p}+{:#x}, readonly={})",
+            self.host, self.size, self.readonly
+        )
     }
 }
 
@@ -88,7 +92,12 @@ enum Backing {
     /// Registers: a bus device (PIO or MMIO bus by the BAR's space).
     Registers(SharedDevice),
     /// Memory in a dedicated slot, plus a bus device that counts exits.
-    Memory { region: HostRegion, slot: u32, exits: SharedDevice, maps: Arc<AtomicU64> },
+    Memory {
+        region: HostRegion,
+        slot: u32,
+        exits: SharedDevice,
+        maps: Arc<AtomicU64>,
+    },
 }
 
 /// Errors from wiring PCI devices; each names the device.
@@ -97,9 +106,15 @@ pub enum Error {
     #[error("PCI {device} BAR{index}: already has a backing")]
     Duplicate { device: PciAddress, index: usize },
     #[error("{device}: {err}")]
-    Ivshmem { device: String, err: devices::ivshmem::Error },
+    Ivshmem {
+        device: String,
+        err: devices::ivshmem::Error,
+    },
     #[error("{device}: {err}")]
-    Slot { device: String, err: devices::pci::Error },
+    Slot {
+        device: String,
+        err: devices::pci::Error,
+    },
     #[error("PCI BAR assignment: {0}")]
     Assign(devices::pci::Error),
     #[error("PCI configuration ports: {0}")]
@@ -108,21 +123,30 @@ pub enum Error {
 
 /// Places BARs for the PCI root. Register backings before the root
 /// assigns addresses.
+///
+/// It holds the VM and the buses weakly: the buses hold the root, which
+/// holds the mapper, and the VM must close before the memory it maps goes.
 pub struct VmBarMapper {
-    slots: Arc<dyn MemorySlots>,
-    io: Arc<IoBuses>,
+    slots: Weak<dyn MemorySlots>,
+    io: Weak<IoBuses>,
     backings: Mutex<HashMap<(PciAddress, usize), Backing>>,
 }
 
 impl std::fmt::Debug for VmBarMapper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmBarMapper").field("backings", &self.lock().len()).finish()
+        f.debug_struct("VmBarMapper")
+            .field("backings", &self.lock().len())
+            .finish()
     }
 }
 
 impl VmBarMapper {
-    pub fn new(slots: Arc<dyn MemorySlots>, io: Arc<IoBuses>) -> Self {
-        VmBarMapper { slots, io, backings: Mutex::new(HashMap::new()) }
+    pub fn new(slots: &Arc<dyn MemorySlots>, io: &Arc<IoBuses>) -> Self {
+        VmBarMapper {
+            slots: Arc::downgrade(slots),
+            io: Arc::downgrade(io),
+            backings: Mutex::new(HashMap::new()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<(PciAddress, usize), Backing>> {
@@ -151,7 +175,16 @@ impl VmBarMapper {
         exits: SharedDevice,
     ) -> Result<Arc<AtomicU64>, Error> {
         let maps = Arc::new(AtomicU64::new(0));
-        self.insert(device, index, Backing::Memory { region, slot, exits, maps: maps.clone() })?;
+        self.insert(
+            device,
+            index,
+            Backing::Memory {
+                region,
+                slot,
+                exits,
+                maps: maps.clone(),
+            },
+        )?;
         Ok(maps)
     }
 
@@ -164,11 +197,18 @@ impl VmBarMapper {
         Ok(())
     }
 
-    fn bus(&self, r: &BarRegion) -> &Bus {
-        match r.kind.space() {
-            BarSpace::Io => &self.io.pio,
-            BarSpace::Memory => &self.io.mmio,
+    fn parts(&self) -> Result<(Arc<dyn MemorySlots>, Arc<IoBuses>), MapError> {
+        match (self.slots.upgrade(), self.io.upgrade()) {
+            (Some(s), Some(i)) => Ok((s, i)),
+            _ => Err(MapError("the VM is shutting down".into())),
         }
+    }
+}
+
+fn bus<'a>(io: &'a IoBuses, r: &BarRegion) -> &'a Bus {
+    match r.kind.space() {
+        BarSpace::Io => &io.pio,
+        BarSpace::Memory => &io.mmio,
     }
 }
 
@@ -178,30 +218,38 @@ fn refused(e: impl std::fmt::Display) -> MapError {
 
 impl devices::pci::BarMapper for VmBarMapper {
     fn map_bar(&self, device: PciAddress, r: &BarRegion) -> Result<(), MapError> {
+        let (slots, io) = self.parts()?;
         let map = self.lock();
         let Some(backing) = map.get(&(device, r.index)) else {
             // A BAR without a backing decodes nothing: accesses read all-ones.
             return Ok(());
         };
         match backing {
-            Backing::Registers(dev) => {
-                self.bus(r).insert(dev.clone(), r.addr, r.size).map_err(refused)
-            }
-            Backing::Memory { region, slot, exits, maps } => {
+            Backing::Registers(dev) => bus(&io, r)
+                .insert(dev.clone(), r.addr, r.size)
+                .map_err(refused),
+            Backing::Memory {
+                region,
+                slot,
+                exits,
+                maps,
+            } => {
                 if region.size != r.size {
                     return Err(MapError(format!(
                         "BAR size {:#x} differs from its memory {:#x}",
                         r.size, region.size
                     )));
                 }
-                self.io.mmio.insert(exits.clone(), r.addr, r.size).map_err(refused)?;
+                io.mmio
+                    .insert(exits.clone(), r.addr, r.size)
+                    .map_err(refused)?;
                 // SAFETY: `region.owner` keeps `host..host+size` mapped and is
                 // held in this mapper, which lives as long as the VM.
                 let set = unsafe {
-                    self.slots.set_slot(*slot, r.addr, region.host, region.size, region.readonly)
+                    slots.set_slot(*slot, r.addr, region.host, region.size, region.readonly)
                 };
                 if let Err(e) = set {
-                    let _ = self.io.mmio.remove(r.addr);
+                    let _ = io.mmio.remove(r.addr);
                     return Err(MapError(e));
                 }
                 maps.fetch_add(1, Ordering::Relaxed);
@@ -211,13 +259,16 @@ impl devices::pci::BarMapper for VmBarMapper {
     }
 
     fn unmap_bar(&self, device: PciAddress, r: &BarRegion) -> Result<(), MapError> {
+        let (slots, io) = self.parts()?;
         let map = self.lock();
-        let Some(backing) = map.get(&(device, r.index)) else { return Ok(()) };
+        let Some(backing) = map.get(&(device, r.index)) else {
+            return Ok(());
+        };
         match backing {
-            Backing::Registers(_) => self.bus(r).remove(r.addr).map(drop).map_err(refused),
+            Backing::Registers(_) => bus(&io, r).remove(r.addr).map(drop).map_err(refused),
             Backing::Memory { slot, .. } => {
-                let cleared = self.slots.clear_slot(*slot).map_err(MapError);
-                self.io.mmio.remove(r.addr).map_err(refused)?;
+                let cleared = slots.clear_slot(*slot).map_err(MapError);
+                io.mmio.remove(r.addr).map_err(refused)?;
                 cleared
             }
         }
@@ -241,7 +292,9 @@ pub struct Pci {
 
 impl std::fmt::Debug for Pci {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pci").field("ivshmem", &self.ivshmem.len()).finish()
+        f.debug_struct("Pci")
+            .field("ivshmem", &self.ivshmem.len())
+            .finish()
     }
 }
 
@@ -255,23 +308,29 @@ impl Pci {
     /// `windows` and puts configuration mechanism #1 on the PIO bus.
     /// `first_slot` is the first memory slot number free for BARs.
     pub fn build(
-        slots: Arc<dyn MemorySlots>,
+        slots: &Arc<dyn MemorySlots>,
         io: &Arc<IoBuses>,
         ivshmem: &[(&IvshmemConfig, Arc<Backend>)],
         windows: &BarWindows,
         first_slot: u32,
     ) -> Result<Pci, Error> {
-        let mapper = Arc::new(VmBarMapper::new(slots, io.clone()));
+        let mapper = Arc::new(VmBarMapper::new(slots, io));
         let root: SharedPciRoot = Arc::new(Mutex::new(PciRoot::new(mapper.clone())));
         let mut wired = Vec::new();
         for (i, (cfg, backend)) in ivshmem.iter().enumerate() {
             let name = cfg.to_string();
             let device = IvshmemPlain::new(backend.size())
                 .map(|d| Arc::new(Mutex::new(d)))
-                .map_err(|err| Error::Ivshmem { device: name.clone(), err })?;
+                .map_err(|err| Error::Ivshmem {
+                    device: name.clone(),
+                    err,
+                })?;
             let address = lock(&root)
                 .add_device(cfg.slot, device.clone())
-                .map_err(|err| Error::Slot { device: name.clone(), err })?;
+                .map_err(|err| Error::Slot {
+                    device: name.clone(),
+                    err,
+                })?;
             let regs: SharedDevice =
                 Arc::new(Mutex::new(BarRegisters::new(device.clone(), REGISTER_BAR)));
             mapper.add_registers(address, REGISTER_BAR, regs)?;
@@ -285,8 +344,18 @@ impl Pci {
                 Arc::new(Mutex::new(BarRegisters::new(device.clone(), MEMORY_BAR)));
             let bar2_maps =
                 mapper.add_memory(address, MEMORY_BAR, region, first_slot + i as u32, exits)?;
-            log::info!("{name}: PCI {address}, memdev '{}' ({} bytes)", cfg.memdev, backend.size());
-            wired.push(Ivshmem { name, memdev: cfg.memdev.clone(), address, device, bar2_maps });
+            log::info!(
+                "{name}: PCI {address}, memdev '{}' ({} bytes)",
+                cfg.memdev,
+                backend.size()
+            );
+            wired.push(Ivshmem {
+                name,
+                memdev: cfg.memdev.clone(),
+                address,
+                device,
+                bar2_maps,
+            });
         }
         lock(&root).assign_bars(windows).map_err(Error::Assign)?;
         io.add(
@@ -297,7 +366,10 @@ impl Pci {
             PCI_CONFIG_IO_LEN,
         )
         .map_err(Error::ConfigPorts)?;
-        Ok(Pci { root, ivshmem: wired })
+        Ok(Pci {
+            root,
+            ivshmem: wired,
+        })
     }
 
     /// One line per ivshmem device: where BAR2 is, how often it was mapped,
@@ -348,7 +420,10 @@ mod tests {
             if gpa == 0xbad000 {
                 return Err("EEXIST".into());
             }
-            self.0.lock().unwrap().push(format!("set {slot} {gpa:#x}+{size:#x} ro={ro}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("set {slot} {gpa:#x}+{size:#x} ro={ro}"));
             Ok(())
         }
         fn clear_slot(&self, slot: u32) -> Result<(), String> {
@@ -366,14 +441,20 @@ mod tests {
     }
 
     fn region(index: usize, kind: BarKind, addr: u64, size: u64) -> BarRegion {
-        BarRegion { index, kind, addr, size }
+        BarRegion {
+            index,
+            kind,
+            addr,
+            size,
+        }
     }
 
     #[test]
     fn registers_follow_the_bar_and_memory_becomes_a_slot() {
         let slots = Arc::new(FakeSlots::default());
         let io = Arc::new(IoBuses::new());
-        let m = VmBarMapper::new(slots.clone(), io.clone());
+        let dyn_slots: Arc<dyn MemorySlots> = slots.clone();
+        let m = VmBarMapper::new(&dyn_slots, &io);
         let (mmio, pio) = (&io.mmio, &io.pio);
         let dev = PciAddress::new(2, 0);
         let ones: SharedDevice = Arc::new(Mutex::new(Ones));
@@ -391,35 +472,62 @@ mod tests {
         };
         let maps = m.add_memory(dev, 2, hr, 7, ones.clone()).unwrap();
 
-        let r0 = region(0, BarKind::Memory32 { prefetchable: false }, 0xc000_0000, 0x100);
+        let r0 = region(
+            0,
+            BarKind::Memory32 {
+                prefetchable: false,
+            },
+            0xc000_0000,
+            0x100,
+        );
         m.map_bar(dev, &r0).unwrap();
         let mut b = [0u8; 4];
         assert!(mmio.read(0xc000_0010, &mut b));
         m.unmap_bar(dev, &r0).unwrap();
         assert!(!mmio.read(0xc000_0010, &mut b));
 
-        let r2 = region(2, BarKind::Memory64 { prefetchable: true }, 0x10_0000_0000, 0x1000);
+        let r2 = region(
+            2,
+            BarKind::Memory64 { prefetchable: true },
+            0x10_0000_0000,
+            0x1000,
+        );
         m.map_bar(dev, &r2).unwrap();
         m.unmap_bar(dev, &r2).unwrap();
-        let moved = BarRegion { addr: 0x20_0000_0000, ..r2 };
+        let moved = BarRegion {
+            addr: 0x20_0000_0000,
+            ..r2
+        };
         m.map_bar(dev, &moved).unwrap();
         assert_eq!(
             *slots.0.lock().unwrap(),
-            ["set 7 0x1000000000+0x1000 ro=false", "clear 7", "set 7 0x2000000000+0x1000 ro=false"]
+            [
+                "set 7 0x1000000000+0x1000 ro=false",
+                "clear 7",
+                "set 7 0x2000000000+0x1000 ro=false"
+            ]
         );
-        assert!(mmio.read(0x20_0000_0000, &mut b), "exit counter claims the BAR range");
+        assert!(
+            mmio.read(0x20_0000_0000, &mut b),
+            "exit counter claims the BAR range"
+        );
         assert_eq!(maps.load(Ordering::Relaxed), 2);
 
         // A refused slot leaves nothing on the bus.
-        let bad = BarRegion { addr: 0xbad000, ..r2 };
+        let bad = BarRegion {
+            addr: 0xbad000,
+            ..r2
+        };
         m.unmap_bar(dev, &moved).unwrap();
         assert_eq!(m.map_bar(dev, &bad), Err(MapError("EEXIST".into())));
         assert!(!mmio.read(0xbad000, &mut b));
         // An I/O BAR goes on the PIO bus; an unknown BAR maps to nothing.
         m.add_registers(dev, 4, ones).unwrap();
-        m.map_bar(dev, &region(4, BarKind::Io, 0xc000, 0x10)).unwrap();
+        m.map_bar(dev, &region(4, BarKind::Io, 0xc000, 0x10))
+            .unwrap();
         assert!(pio.read(0xc004, &mut b));
-        m.map_bar(dev, &region(5, BarKind::Io, 0xd000, 0x10)).unwrap();
+        m.map_bar(dev, &region(5, BarKind::Io, 0xd000, 0x10))
+            .unwrap();
         assert!(!pio.read(0xd000, &mut b));
     }
 
@@ -427,7 +535,8 @@ mod tests {
     fn build_wires_ivshmem_and_reports_counters() {
         let slots = Arc::new(FakeSlots::default());
         let io = Arc::new(IoBuses::new());
-        let cfg = memory::BackendConfig::parse_object("memory-backend-memfd,id=sh,size=1M").unwrap();
+        let cfg =
+            memory::BackendConfig::parse_object("memory-backend-memfd,id=sh,size=1M").unwrap();
         let backend = Arc::new(Backend::create(&cfg).unwrap());
         let dev = crate::ivshmem::parse("memdev=sh,addr=3", 0).unwrap();
         let windows = BarWindows {
@@ -435,8 +544,12 @@ mod tests {
             mmio32: 0xc000_0000..0xfec0_0000,
             mmio64: Some(0x1_0000_0000..0x11_0000_0000),
         };
-        let pci = Pci::build(slots.clone(), &io, &[(&dev, backend)], &windows, 8).unwrap();
-        assert_eq!(*slots.0.lock().unwrap(), ["set 8 0x100000000+0x100000 ro=false"]);
+        let dyn_slots: Arc<dyn MemorySlots> = slots.clone();
+        let pci = Pci::build(&dyn_slots, &io, &[(&dev, backend)], &windows, 8).unwrap();
+        assert_eq!(
+            *slots.0.lock().unwrap(),
+            ["set 8 0x100000000+0x100000 ro=false"]
+        );
         // The guest reads the vendor/device ID through 0xCF8/0xCFC.
         io.pio.write(0xcf8, &0x8000_1800u32.to_le_bytes());
         let mut id = [0u8; 4];
@@ -448,8 +561,9 @@ mod tests {
         assert_eq!(v, [0; 4], "IVPosition");
         let r = pci.report();
         assert!(
-            r.contains("ivshmem-plain #0 (00:03.0, memdev 'sh'): bar2 at 0x100000000, mapped 1 times")
-                && r.contains("bar0 1 reads, 0 writes, 0 bad; bar2 exits 0"),
+            r.contains(
+                "ivshmem-plain #0 (00:03.0, memdev 'sh'): bar2 at 0x100000000, mapped 1 times"
+            ) && r.contains("bar0 1 reads, 0 writes, 0 bad; bar2 exits 0"),
             "{r}"
         );
     }

@@ -13,7 +13,8 @@ use crate::cli::MAX_VCPUS;
 /// The stop signal received (0: none).
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// pthread ids of the threads running vCPUs.
-static VCPU_THREADS: [AtomicU64; MAX_VCPUS as usize] = [const { AtomicU64::new(0) }; MAX_VCPUS as usize];
+static VCPU_THREADS: [AtomicU64; MAX_VCPUS as usize] =
+    [const { AtomicU64::new(0) }; MAX_VCPUS as usize];
 static VCPU_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
@@ -25,7 +26,10 @@ thread_local! {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot install handler for signal {sig}: {err}")]
-    Install { sig: i32, err: vmm_sys_util::errno::Error },
+    Install {
+        sig: i32,
+        err: vmm_sys_util::errno::Error,
+    },
 }
 
 /// The signal that asked the VMM to stop, if any.
@@ -63,7 +67,9 @@ pub fn install() -> Result<(), Error> {
 
 /// Sends the kick signal to every registered vCPU thread.
 pub fn kick_all() {
-    let n = VCPU_THREAD_COUNT.load(Ordering::SeqCst).min(VCPU_THREADS.len());
+    let n = VCPU_THREAD_COUNT
+        .load(Ordering::SeqCst)
+        .min(VCPU_THREADS.len());
     for t in &VCPU_THREADS[..n] {
         let id = t.load(Ordering::SeqCst);
         if id != 0 {
@@ -85,7 +91,9 @@ impl VcpuThreadGuard {
     /// `immediate_exit` byte.
     pub fn register(immediate_exit: *mut u8) -> VcpuThreadGuard {
         IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
-        let slot = VCPU_THREAD_COUNT.fetch_add(1, Ordering::SeqCst).min(VCPU_THREADS.len() - 1);
+        let slot = VCPU_THREAD_COUNT
+            .fetch_add(1, Ordering::SeqCst)
+            .min(VCPU_THREADS.len() - 1);
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         VCPU_THREADS[slot].store(me as u64, Ordering::SeqCst);

@@ -46,7 +46,8 @@ pub fn configure(vcpu: &Vcpu, supported: &CpuId, count: u8, entry: Entry) -> Res
     let mut cpuid = supported.clone();
     crate::cpuid::for_vcpu(cpuid.as_mut_slice(), vcpu.id(), count);
     vcpu.set_cpuid(&cpuid)?;
-    let msrs = Msrs::from_entries(&cpu::boot_msrs()).map_err(|_| hv::Error::Msrs { set: 0, want: 0 })?;
+    let msrs =
+        Msrs::from_entries(&cpu::boot_msrs()).map_err(|_| hv::Error::Msrs { set: 0, want: 0 })?;
     vcpu.set_msrs(&msrs)?;
     vcpu.set_fpu(&cpu::fpu())?;
     let mut lapic = vcpu.lapic()?;
@@ -61,7 +62,13 @@ pub fn configure(vcpu: &Vcpu, supported: &CpuId, count: u8, entry: Entry) -> Res
 }
 
 /// Runs `vcpu` until the VM stops, handling exits.
-pub fn run(mut vcpu: Vcpu, io: &IoBuses, state: &VmState, mem: &GuestMemoryMmap, first_run: Option<&dyn Fn()>) {
+pub fn run(
+    mut vcpu: Vcpu,
+    io: &IoBuses,
+    state: &VmState,
+    mem: &GuestMemoryMmap,
+    first_run: Option<&dyn Fn()>,
+) {
     let _guard = VcpuThreadGuard::register(vcpu.immediate_exit_ptr());
     let mut first_run = first_run;
     loop {
@@ -99,23 +106,46 @@ pub fn run(mut vcpu: Vcpu, io: &IoBuses, state: &VmState, mem: &GuestMemoryMmap,
 
 /// "at RIP 0x... bytes 0f c7 ..." for the one-line report; registers at -v.
 fn describe_internal_error(vcpu: &Vcpu, mem: &GuestMemoryMmap, data: &[u64]) -> String {
-    let Ok(regs) = vcpu.regs() else { return format!("data {data:x?}") };
+    let Ok(regs) = vcpu.regs() else {
+        return format!("data {data:x?}");
+    };
     let gpa = vcpu.translate(regs.rip).unwrap_or(regs.rip);
     let mut bytes = [0u8; 15];
     let code = match mem.read_slice(&mut bytes, GuestAddress(gpa)) {
-        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+        Ok(()) => bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" "),
         Err(_) => "unreadable".into(),
     };
     log_registers(vcpu);
-    format!("vCPU {} at RIP {:#x} (GPA {gpa:#x}), instruction bytes {code}", vcpu.id(), regs.rip)
+    format!(
+        "vCPU {} at RIP {:#x} (GPA {gpa:#x}), instruction bytes {code}",
+        vcpu.id(),
+        regs.rip
+    )
 }
 
 fn log_registers(vcpu: &Vcpu) {
     if let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs()) {
         log::info!(
             "vCPU {}: rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
-            vcpu.id(), r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi,
-            s.cr0, s.cr3, s.cr4, s.efer, s.cs.selector
+            vcpu.id(),
+            r.rip,
+            r.rsp,
+            r.rflags,
+            r.rax,
+            r.rbx,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
+            s.cr0,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector
         );
     }
 }

@@ -11,7 +11,7 @@ use devices::i8042::I8042;
 use devices::serial::{IrqEvent, Serial};
 use memory::Backend;
 
-use crate::boot::{self, BootSpec};
+use crate::boot::{self, BootFiles, BootSpec};
 use crate::cli::{Config, DeviceConfig, SerialMode};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
@@ -23,8 +23,12 @@ use crate::vcpu::{self, VmState};
 /// Errors building or running the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{option} '{id}': {err}")]
-    Backend { option: &'static str, id: String, err: memory::Error },
+    #[error("{option}: {err}")]
+    Backend {
+        option: &'static str,
+        id: String,
+        err: Box<memory::Error>,
+    },
     #[error(transparent)]
     Ram(#[from] guest_ram::Error),
     #[error(transparent)]
@@ -36,7 +40,10 @@ pub enum Error {
     #[error("serial: {0}")]
     Serial(#[from] devices::serial::Error),
     #[error("--device {name}: {err}")]
-    DevicePlacement { name: String, err: devices::bus::Error },
+    DevicePlacement {
+        name: String,
+        err: devices::bus::Error,
+    },
     #[error("starting vCPU threads: {0}")]
     Threads(std::io::Error),
     #[error(transparent)]
@@ -89,10 +96,13 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match mode {
         // Unbuffered: every byte the guest sends is visible at once.
         SerialMode::Stdio => Box::new(File::from(
-            std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| Error::SerialFile {
-                path: "stdout".into(),
-                err: e,
-            })?,
+            std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::SerialFile {
+                    path: "stdout".into(),
+                    err: e,
+                })?,
         )),
         SerialMode::File(p) => Box::new(File::create(p).map_err(|err| Error::SerialFile {
             path: p.display().to_string(),
@@ -104,36 +114,57 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
 
 /// Copies host stdin into the UART's receive FIFO.
 fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
-    let r = std::thread::Builder::new().name("stdin".into()).stack_size(64 << 10).spawn(move || {
-        let mut buf = [0u8; 64];
-        let mut stdin = std::io::stdin().lock();
-        loop {
-            let n = match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let took = serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(rest).unwrap_or(0);
-                rest = &rest[took..];
-                if !rest.is_empty() {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+    let r = std::thread::Builder::new()
+        .name("stdin".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let took = serial
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .enqueue_input(rest)
+                        .unwrap_or(0);
+                    rest = &rest[took..];
+                    if !rest.is_empty() {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
                 }
             }
-        }
-    });
+        });
     if let Err(e) = r {
         log::warn!("serial: no stdin input: {e}");
     }
 }
 
 fn create_backend(cfg: &memory::BackendConfig, option: &'static str) -> Result<Backend, Error> {
-    Backend::create(cfg).map_err(|err| Error::Backend { option, id: cfg.id().to_string(), err })
+    Backend::create(cfg).map_err(|err| Error::Backend {
+        option,
+        id: cfg.id().to_string(),
+        err: Box::new(err),
+    })
 }
 
-fn build(cfg: &Config, t: &mut Timeline) -> Result<(Machine, Vec<hv::Vcpu>, Arc<Mutex<Serial>>), Error> {
-    let serial_out = serial_output(&cfg.serial)?;
-    let ram = GuestRam::new(create_backend(&cfg.ram, "memory-backend")?)?;
+/// A built machine, its vCPUs (not yet running) and the console UART.
+type Built = (Machine, Vec<hv::Vcpu>, Arc<Mutex<Serial>>);
+
+fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
+    let mut files = BootFiles::open(&cfg.kernel, cfg.initrd.as_deref())?;
+    let ram = GuestRam::new(create_backend(
+        &cfg.ram,
+        if cfg.ram_from_object {
+            "--object"
+        } else {
+            "-m"
+        },
+    )?)?;
     let objects = cfg
         .objects
         .iter()
@@ -156,7 +187,9 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<(Machine, Vec<hv::Vcpu>, Arc<
             protocol: cfg.boot,
             vcpus: cfg.vcpus,
         },
+        &mut files,
     )?;
+    drop(files);
     log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
     t.mark("kernel + boot data loaded");
 
@@ -166,16 +199,36 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<(Machine, Vec<hv::Vcpu>, Arc<
         let state = state.clone();
         Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
     };
+    let serial_out = serial_output(&cfg.serial)?;
     let serial = Arc::new(Mutex::new(Serial::new(IrqEvent::new()?, serial_out)));
-    vm.add_irqfd(serial.lock().unwrap_or_else(|e| e.into_inner()).irq().eventfd(), layout::COM1_IRQ)?;
+    vm.add_irqfd(
+        serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .irq()
+            .eventfd(),
+        layout::COM1_IRQ,
+    )?;
     let place = |name: &str| {
         let name = name.to_string();
         move |err| Error::DevicePlacement { name, err }
     };
-    io.add_shared(BusKind::Pio, "serial0 (0x3f8)", serial.clone(), layout::COM1_PORT.into(), Serial::PORTS)
-        .map_err(place("serial"))?;
-    io.add(BusKind::Pio, "i8042 (0x60)", I8042::new(hook.clone()), layout::I8042_PORT.into(), I8042::PORTS)
-        .map_err(place("i8042"))?;
+    io.add_shared(
+        BusKind::Pio,
+        "serial0 (0x3f8)",
+        serial.clone(),
+        layout::COM1_PORT.into(),
+        Serial::PORTS,
+    )
+    .map_err(place("serial"))?;
+    io.add(
+        BusKind::Pio,
+        "i8042 (0x60)",
+        I8042::new(hook.clone()),
+        layout::I8042_PORT.into(),
+        I8042::PORTS,
+    )
+    .map_err(place("i8042"))?;
     for d in &cfg.devices {
         match d {
             DeviceConfig::DebugExit { iobase, iosize } => {
@@ -203,7 +256,18 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<(Machine, Vec<hv::Vcpu>, Arc<
         vcpus.push(v);
     }
     t.mark("vCPUs configured");
-    Ok((Machine { vm, ram, _objects: objects, pci, io, state }, vcpus, serial))
+    Ok((
+        Machine {
+            vm,
+            ram,
+            _objects: objects,
+            pci,
+            io,
+            state,
+        },
+        vcpus,
+        serial,
+    ))
 }
 
 /// The PCI root with every `-device ivshmem-plain` (its memdev's backend
@@ -232,12 +296,21 @@ fn build_pci(
         },
     };
     let slots: Arc<dyn crate::pci::MemorySlots> = vm.clone();
-    Ok(crate::pci::Pci::build(slots, io, &ivshmem, &windows, layout::PCI_BAR_FIRST_SLOT)?)
+    Ok(crate::pci::Pci::build(
+        &slots,
+        io,
+        &ivshmem,
+        &windows,
+        layout::PCI_BAR_FIRST_SLOT,
+    )?)
 }
 
 /// Builds the VM described by `cfg`, runs it, and says how it ended.
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
-    let mut t = Timeline { start, marks: Vec::new() };
+    let mut t = Timeline {
+        start,
+        marks: Vec::new(),
+    };
     crate::signals::install()?;
     let (m, vcpus, serial) = build(cfg, &mut t)?;
     if cfg.serial == SerialMode::Stdio {
@@ -248,15 +321,28 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
             for (what, at) in &t.marks {
                 log::info!("startup: {what} done at {:.3} ms", at.as_secs_f64() * 1e3);
             }
-            log::info!("startup: first KVM_RUN at {:.3} ms", start.elapsed().as_secs_f64() * 1e3);
+            log::info!(
+                "startup: first KVM_RUN at {:.3} ms",
+                start.elapsed().as_secs_f64() * 1e3
+            );
         }
     };
     vcpu::run_all(vcpus, &m.io, &m.state, m.ram.mem(), &first_run).map_err(Error::Threads)?;
-    let end = m.state.take_end().unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
+    let end = m
+        .state
+        .take_end()
+        .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
     if cfg.stats {
-        eprint!("shmvm: device statistics\n{}{}", m.io.report(), m.pci.report());
+        eprint!(
+            "shmvm: device statistics\n{}{}",
+            m.io.report(),
+            m.pci.report()
+        );
     }
-    log::info!("VM ended after {:.3} ms: {end:?}", start.elapsed().as_secs_f64() * 1e3);
+    log::info!(
+        "VM ended after {:.3} ms: {end:?}",
+        start.elapsed().as_secs_f64() * 1e3
+    );
     drop(m.vm);
     Ok(end)
 }

@@ -67,7 +67,12 @@ fn code_flags(e: Entry) -> (u16, u16) {
 /// The boot GDT (null, code, data, TSS) as it is written to [`BOOT_GDT`].
 pub fn gdt(e: Entry) -> [u64; 4] {
     let (code, tss) = code_flags(e);
-    [0, gdt_entry(code, 0, 0xfffff), gdt_entry(DATA, 0, 0xfffff), gdt_entry(tss, 0, 0xfffff)]
+    [
+        0,
+        gdt_entry(code, 0, 0xfffff),
+        gdt_entry(DATA, 0, 0xfffff),
+        gdt_entry(tss, 0, 0xfffff),
+    ]
 }
 
 /// Identity page tables for the first 1 GiB (2 MiB pages): PML4, PDPT, PD,
@@ -119,7 +124,10 @@ pub fn sregs(mut s: kvm_sregs, e: Entry) -> kvm_sregs {
 
 /// General registers for vCPU 0's entry.
 pub fn regs(e: Entry) -> kvm_regs {
-    let mut r = kvm_regs { rflags: 0x2, ..Default::default() };
+    let mut r = kvm_regs {
+        rflags: 0x2,
+        ..Default::default()
+    };
     match e {
         Entry::Pvh { rip } => {
             r.rip = rip;
@@ -137,7 +145,11 @@ pub fn regs(e: Entry) -> kvm_regs {
 
 /// x87/SSE state at reset as Linux expects it.
 pub fn fpu() -> kvm_fpu {
-    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
 }
 
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
@@ -171,7 +183,11 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
     ]
     .into_iter()
-    .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+    .map(|(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    })
     .collect()
 }
 
@@ -207,18 +223,25 @@ mod tests {
         assert_eq!(gdt(Entry::Linux64 { rip: 0 })[2], 0x00cf_9300_0000_ffff);
         assert_eq!(gdt(Entry::Pvh { rip: 0 })[1], 0x00cf_9b00_0000_ffff);
         let cs = segment(1, CODE64, 0, 0xfffff);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.g, cs.type_, cs.limit), (8, 1, 0, 1, 0xb, 0xffff_ffff));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.g, cs.type_, cs.limit),
+            (8, 1, 0, 1, 0xb, 0xffff_ffff)
+        );
     }
 
     #[test]
     fn long_mode_state_and_identity_map() {
         let e = Entry::Linux64 { rip: 0x100_0000 };
         let s = sregs(kvm_sregs::default(), e);
-        assert_eq!((s.cr3, s.efer & EFER_LMA, s.cr0 & CR0_PG), (PML4, EFER_LMA, CR0_PG));
+        assert_eq!(
+            (s.cr3, s.efer & EFER_LMA, s.cr0 & CR0_PG),
+            (PML4, EFER_LMA, CR0_PG)
+        );
         let r = regs(e);
         assert_eq!((r.rip, r.rsi, r.rflags), (0x100_0000, ZERO_PAGE, 2));
         let pt = page_tables();
-        let pd = |i: usize| u64::from_le_bytes(pt[8192 + 8 * i..8192 + 8 * i + 8].try_into().unwrap());
+        let pd =
+            |i: usize| u64::from_le_bytes(pt[8192 + 8 * i..8192 + 8 * i + 8].try_into().unwrap());
         assert_eq!(pd(0), 0x83);
         assert_eq!(pd(511), (511 << 21) | 0x83);
         let p = Entry::Pvh { rip: 0x10_0000 };

@@ -32,12 +32,20 @@ pub(super) fn check_bzimage(h: &setup_header) -> Result<(), String> {
 
 /// Longest command line (without the NUL) the kernel accepts.
 pub(super) fn cmdline_max(h: &setup_header) -> u64 {
-    if h.version >= 0x0206 { u64::from(h.cmdline_size) } else { 255 }
+    if h.version >= 0x0206 {
+        u64::from(h.cmdline_size)
+    } else {
+        255
+    }
 }
 
 /// Highest address the initrd may occupy.
 pub(super) fn initrd_addr_max(h: &setup_header) -> u64 {
-    if h.version >= 0x0203 { u64::from(h.initrd_addr_max) } else { 0x37ff_ffff }
+    if h.version >= 0x0203 {
+        u64::from(h.initrd_addr_max)
+    } else {
+        0x37ff_ffff
+    }
 }
 
 pub(super) fn write_zero_page(
@@ -68,9 +76,16 @@ pub(super) fn write_zero_page(
     }
     let n = map.len().min(p.e820_table.len());
     for (slot, e) in p.e820_table.iter_mut().zip(map) {
-        *slot = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind };
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind,
+        };
     }
     p.e820_entries = n as u8;
     mem.write_obj(p, GuestAddress(ZERO_PAGE))
-        .map_err(|e| Error::Write { addr: ZERO_PAGE, reason: e.to_string() })
+        .map_err(|e| Error::Write {
+            addr: ZERO_PAGE,
+            reason: e.to_string(),
+        })
 }

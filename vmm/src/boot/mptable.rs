@@ -106,7 +106,10 @@ mod tests {
         let t = build(base, 2);
         assert_eq!(&t[..4], b"_MP_");
         assert_eq!(sum(&t[..16]), 0);
-        assert_eq!(u32::from_le_bytes(t[4..8].try_into().unwrap()), base as u32 + 16);
+        assert_eq!(
+            u32::from_le_bytes(t[4..8].try_into().unwrap()),
+            base as u32 + 16
+        );
         let cfg = &t[16..];
         assert_eq!(&cfg[..4], b"PCMP");
         let len = u16::from_le_bytes([cfg[4], cfg[5]]) as usize;
@@ -115,8 +118,14 @@ mod tests {
         let count = u16::from_le_bytes([cfg[34], cfg[35]]);
         assert_eq!(count, 2 + 1 + 1 + 24 + 2);
         // processor entries: APIC IDs 0, 1; only the first is the BSP.
-        assert_eq!((cfg[44], cfg[45], cfg[47]), (ENTRY_PROCESSOR, 0, CPU_ENABLED | CPU_BSP));
-        assert_eq!((cfg[64], cfg[65], cfg[67]), (ENTRY_PROCESSOR, 1, CPU_ENABLED));
+        assert_eq!(
+            (cfg[44], cfg[45], cfg[47]),
+            (ENTRY_PROCESSOR, 0, CPU_ENABLED | CPU_BSP)
+        );
+        assert_eq!(
+            (cfg[64], cfg[65], cfg[67]),
+            (ENTRY_PROCESSOR, 1, CPU_ENABLED)
+        );
         assert_eq!(len, 44 + 2 * 20 + 8 + 8 + 24 * 8 + 2 * 8);
         let max = build(crate::layout::MPTABLE, crate::cli::MAX_VCPUS);
         assert!(crate::layout::MPTABLE + max.len() as u64 <= crate::layout::HIMEM);

@@ -17,7 +17,10 @@ pub enum Error {
     #[error("KVM API version {0} is not 12")]
     ApiVersion(i32),
     #[error("KVM: {op} failed: {err}")]
-    Ioctl { op: &'static str, err: kvm_ioctls::Error },
+    Ioctl {
+        op: &'static str,
+        err: kvm_ioctls::Error,
+    },
     #[error("KVM: set {set} of {want} boot MSRs")]
     Msrs { set: usize, want: usize },
 }
@@ -42,16 +45,22 @@ impl Vm {
             return Err(Error::ApiVersion(v));
         }
         let fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-        fd.set_tss_address(tss_addr as usize).map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        fd.set_tss_address(tss_addr as usize)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
         fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
         fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
         Ok(Vm { kvm, fd })
     }
 
     /// The CPUID leaves KVM can expose on this host.
     pub fn supported_cpuid(&self) -> Result<CpuId, Error> {
-        self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
+        self.kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
     }
 
     /// Registers `[host, host + size)` as guest memory at `gpa` in `slot`.
@@ -59,7 +68,13 @@ impl Vm {
     /// # Safety
     /// `host` must point to a mapping of at least `size` bytes that stays
     /// mapped for as long as this VM exists (the guest reads and writes it).
-    pub unsafe fn add_memory(&self, slot: u32, gpa: u64, host: *mut u8, size: u64) -> Result<(), Error> {
+    pub unsafe fn add_memory(
+        &self,
+        slot: u32,
+        gpa: u64,
+        host: *mut u8,
+        size: u64,
+    ) -> Result<(), Error> {
         let region = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -69,7 +84,8 @@ impl Vm {
         };
         // SAFETY: the caller guarantees the host range is a live mapping that
         // outlives the VM.
-        unsafe { self.fd.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 
     /// Sets memory slot `slot` to `[host, host + size)` at `gpa`, read-only
@@ -88,21 +104,30 @@ impl Vm {
     ) -> Result<(), Error> {
         let region = kvm_userspace_memory_region {
             slot,
-            flags: if readonly { kvm_bindings::KVM_MEM_READONLY } else { 0 },
+            flags: if readonly {
+                kvm_bindings::KVM_MEM_READONLY
+            } else {
+                0
+            },
             guest_phys_addr: gpa,
             memory_size: size,
             userspace_addr: host as u64,
         };
         // SAFETY: the caller guarantees the host range is a live mapping for
         // as long as the slot is set.
-        unsafe { self.fd.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 
     /// Deletes memory slot `slot` (a zero-sized region).
     pub fn remove_memory_slot(&self, slot: u32) -> Result<(), Error> {
-        let region = kvm_userspace_memory_region { slot, ..Default::default() };
+        let region = kvm_userspace_memory_region {
+            slot,
+            ..Default::default()
+        };
         // SAFETY: a zero-sized region maps no host memory; it deletes the slot.
-        unsafe { self.fd.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 
     /// Connects `evt` to the interrupt line `gsi` (irqfd).
@@ -111,7 +136,10 @@ impl Vm {
     }
 
     pub fn create_vcpu(&self, id: u8) -> Result<Vcpu, Error> {
-        let fd = self.fd.create_vcpu(u64::from(id)).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(ioctl("KVM_CREATE_VCPU"))?;
         Ok(Vcpu { fd, id })
     }
 
@@ -176,7 +204,11 @@ impl Vcpu {
 
     /// Guest-physical address of a guest-virtual one, if mapped.
     pub fn translate(&self, gva: u64) -> Option<u64> {
-        self.fd.translate_gva(gva).ok().filter(|t| t.valid != 0).map(|t| t.physical_address)
+        self.fd
+            .translate_gva(gva)
+            .ok()
+            .filter(|t| t.valid != 0)
+            .map(|t| t.physical_address)
     }
 
     /// Address of this vCPU's shared `kvm_run` area's `immediate_exit`
@@ -216,8 +248,13 @@ impl Vcpu {
                 VcpuExit::Intr => VmExit::Interrupted,
                 other => VmExit::Other(format!("{other:?}")),
             }),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(VmExit::Interrupted),
-            Err(e) => Err(Error::Ioctl { op: "KVM_RUN", err: e }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                Ok(VmExit::Interrupted)
+            }
+            Err(e) => Err(Error::Ioctl {
+                op: "KVM_RUN",
+                err: e,
+            }),
         }
     }
 }

@@ -12,23 +12,39 @@ pub use kvm::{Error, Vcpu, Vm};
 #[derive(Debug)]
 pub enum VmExit<'a> {
     /// `in` from a port: fill `data`.
-    IoIn { port: u16, data: &'a mut [u8] },
+    IoIn {
+        port: u16,
+        data: &'a mut [u8],
+    },
     /// `out` to a port.
-    IoOut { port: u16, data: &'a [u8] },
+    IoOut {
+        port: u16,
+        data: &'a [u8],
+    },
     /// A read from unbacked guest-physical memory: fill `data`.
-    MmioRead { addr: u64, data: &'a mut [u8] },
-    MmioWrite { addr: u64, data: &'a [u8] },
+    MmioRead {
+        addr: u64,
+        data: &'a mut [u8],
+    },
+    MmioWrite {
+        addr: u64,
+        data: &'a [u8],
+    },
     /// The guest executed HLT (only reported without an in-kernel irqchip).
     Hlt,
     /// Triple fault (or another shutdown condition).
     Shutdown,
     /// A PSCI/ACPI-style system event (KVM_SYSTEM_EVENT_*).
-    SystemEvent { kind: u32 },
+    SystemEvent {
+        kind: u32,
+    },
     /// The hypervisor could not emulate or run guest code. Details come from
     /// [`Vcpu::internal_error`].
     InternalError,
     /// VM entry failed with a hardware reason code.
-    FailEntry { reason: u64 },
+    FailEntry {
+        reason: u64,
+    },
     /// KVM_RUN was interrupted by a signal (EINTR) or `immediate_exit`.
     Interrupted,
     /// Anything else, named for the one-line report.

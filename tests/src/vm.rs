@@ -1,0 +1,264 @@
+//! Running the real `shmvm` binary and reading what the test kernel says.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The `shmvm` binary: env SHMVM_BIN, else the one cargo built next to this
+/// test executable (target/<profile>/shmvm). Panics with a fix if missing.
+pub fn shmvm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHMVM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/shmvm
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile_dir.join("shmvm");
+    assert!(
+        bin.exists(),
+        "shmvm binary not found at {}: build it first (cargo build [--release] -p vmm) or set SHMVM_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The test kernel: env SHMVM_TESTKERNEL, else build/guest/testkernel.
+/// Panics (the test FAILS) when it is missing.
+pub fn testkernel() -> PathBuf {
+    let p = std::env::var_os("SHMVM_TESTKERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("build/guest/testkernel"));
+    assert!(
+        p.exists(),
+        "test kernel {} is missing: run `make testkernel` or set SHMVM_TESTKERNEL",
+        p.display()
+    );
+    p
+}
+
+/// Fails loudly when the host has no usable /dev/kvm.
+pub fn require_kvm() {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    if let Err(e) = f {
+        panic!("this test needs /dev/kvm (read-write): {e}");
+    }
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct Run {
+    pub pid: u32,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Values of `shmvm: KEY=...` lines, in order (the rest of the line).
+    pub fn values(&self, key: &str) -> Vec<String> {
+        let prefix = format!("shmvm: {key}=");
+        self.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    /// Rests of `shmvm: WORD ...` lines (for `e820 start=..`, `initrd size=..`).
+    pub fn lines_of(&self, word: &str) -> Vec<String> {
+        let prefix = format!("shmvm: {word} ");
+        self.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    pub fn value(&self, key: &str) -> Option<String> {
+        self.values(key).into_iter().next()
+    }
+
+    /// Asserts the test kernel passed (exit 33, verdict=pass).
+    pub fn assert_pass(&self) {
+        assert_eq!(
+            (self.code, self.value("verdict").as_deref()),
+            (Some(33), Some("pass")),
+            "guest did not pass\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// Runs shmvm with `args` to completion (killed after `timeout`).
+pub fn run(args: &[&str], timeout: Duration) -> Run {
+    let child = Command::new(shmvm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm");
+    wait(child, timeout)
+}
+
+/// Waits for `child` up to `timeout`, killing it after that.
+pub fn wait(mut child: Child, timeout: Duration) -> Run {
+    let pid = child.id();
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait().expect("wait") {
+            Some(_) => break,
+            None if t0.elapsed() > timeout => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "shmvm timed out after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("output");
+    Run {
+        pid,
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Reads everything a pipe has so far (used after a signal).
+pub fn read_all(r: &mut impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}
+
+/// FNV-1a 64 as the test kernel computes it over the initrd.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Names in /dev/shm that a shmvm process with this pid created (the memory
+/// crate names its shm objects `shmvm-<pid>-<random>`), to check that
+/// nothing was left behind. Pid-specific so parallel tests do not interfere.
+pub fn leftover_shm(pid: u32) -> Vec<String> {
+    let prefix = format!("shmvm-{pid}-");
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A fresh empty directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = std::process::id();
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("shmvm-test-{tag}-{n}-{k}"));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Guest-physical address where [`tiny_kernel`] code starts.
+pub const TINY_KERNEL_BASE: u64 = 0x10_0000;
+
+/// A minimal ELF kernel: one PT_LOAD at 1 MiB holding `code`, entered at its
+/// first byte, with a PVH note pointing at the same address. For tests of
+/// VMM behaviour that the real test kernel never exercises (hangs, faults).
+pub fn tiny_kernel(code: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let note_off = EHDR + 2 * PHDR;
+    let note_len = 12 + 4 + 4;
+    let code_off = note_off + note_len;
+    let total = code_off + code.len();
+    let entry = TINY_KERNEL_BASE + code_off as u64;
+    let mut f = Vec::with_capacity(total);
+    // ELF header
+    f.extend_from_slice(b"\x7fELF");
+    f.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little endian, version 1, SysV
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&entry.to_le_bytes());
+    f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    f.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    f.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    f.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
+    let phdr = |f: &mut Vec<u8>, ty: u32, off: u64, addr: u64, size: u64| {
+        f.extend_from_slice(&ty.to_le_bytes());
+        f.extend_from_slice(&5u32.to_le_bytes()); // R+X
+        f.extend_from_slice(&off.to_le_bytes());
+        f.extend_from_slice(&addr.to_le_bytes());
+        f.extend_from_slice(&addr.to_le_bytes());
+        f.extend_from_slice(&size.to_le_bytes());
+        f.extend_from_slice(&size.to_le_bytes());
+        f.extend_from_slice(&4u64.to_le_bytes());
+    };
+    phdr(&mut f, 1, 0, TINY_KERNEL_BASE, total as u64);
+    phdr(
+        &mut f,
+        4,
+        note_off as u64,
+        TINY_KERNEL_BASE + note_off as u64,
+        note_len as u64,
+    );
+    // Note: namesz 4 ("Xen\0"), descsz 4, type 18 (XEN_ELFNOTE_PHYS32_ENTRY).
+    f.extend_from_slice(&4u32.to_le_bytes());
+    f.extend_from_slice(&4u32.to_le_bytes());
+    f.extend_from_slice(&18u32.to_le_bytes());
+    f.extend_from_slice(b"Xen\0");
+    f.extend_from_slice(&(entry as u32).to_le_bytes());
+    f.extend_from_slice(code);
+    debug_assert_eq!(f.len(), total);
+    f
+}
