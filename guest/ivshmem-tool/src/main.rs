@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use thiserror::Error;
@@ -93,6 +93,16 @@ enum Command {
         #[arg(value_parser = parse::data)]
         data: std::vec::Vec<u8>,
     },
+    /// Wait until the bytes at OFF equal DATA (a simple handshake with the other side).
+    Wait {
+        #[arg(value_parser = parse::number)]
+        offset: u64,
+        #[arg(value_parser = parse::data)]
+        data: std::vec::Vec<u8>,
+        /// Give up (exit 1) after this many milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
     /// Fill a range with the pattern for SEED (a function of seed and offset).
     Fill {
         #[arg(long, default_value_t = DEFAULT_SEED, value_parser = parse::number)]
@@ -139,6 +149,13 @@ enum ToolError {
         first: u64,
         expected: u8,
         found: u8,
+    },
+    #[error("wait: timed out after {ms} ms: bytes at {offset:#x} are {found}, want {want}")]
+    WaitTimeout {
+        ms: u64,
+        offset: u64,
+        found: String,
+        want: String,
     },
     #[error("writing to stdout: {0}")]
     Stdout(std::io::Error),
@@ -220,6 +237,35 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
             say(format!(
                 "write ok: offset={offset:#x} len={:#x}",
                 data.len()
+            ))?;
+        }
+        Command::Wait {
+            offset,
+            data,
+            timeout_ms,
+        } => {
+            let t = open_target(cli)?;
+            let start = Instant::now();
+            let mut found = vec![0u8; data.len()];
+            loop {
+                t.region.read(*offset, &mut found)?;
+                if found == *data {
+                    break;
+                }
+                if start.elapsed() >= Duration::from_millis(*timeout_ms) {
+                    return Err(ToolError::WaitTimeout {
+                        ms: *timeout_ms,
+                        offset: *offset,
+                        found: parse::hex(&found),
+                        want: parse::hex(data),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            say(format!(
+                "wait ok: offset={offset:#x} len={:#x} after {} ms",
+                data.len(),
+                start.elapsed().as_millis()
             ))?;
         }
         Command::Fill { seed, range: r } => {

@@ -71,6 +71,12 @@ pub fn data(s: &str) -> Result<Vec<u8>, ParseError> {
     Ok(bytes)
 }
 
+/// Renders bytes as `hex:..` (the form `data` parses back).
+pub fn hex(bytes: &[u8]) -> String {
+    let digits: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("hex:{digits}")
+}
+
 /// Renders bytes as a classic hex dump (16 bytes a line, offsets absolute).
 pub fn hexdump(base: u64, bytes: &[u8]) -> String {
     let mut out = String::new();
@@ -146,6 +152,12 @@ mod tests {
         ));
         assert_eq!(data(""), Err(ParseError::EmptyData));
         assert_eq!(data("hex:"), Err(ParseError::EmptyData));
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(hex(&[0, 0xab, 0x10]), "hex:00ab10");
+        assert_eq!(data(&hex(b"HOSTRDY!")), Ok(b"HOSTRDY!".to_vec()));
     }
 
     #[test]
