@@ -6,7 +6,7 @@ set -euo pipefail
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu)
 # libc6-dev: static glibc for the guest tool (make guest-tool, the KVM lab).
-for p in busybox-static cpio lz4 time hyperfine libc6-dev; do
+for p in busybox-static cpio lz4 time hyperfine acpica-tools libc6-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
 [ ${#need[@]} -eq 0 ] && { echo "deps: all present"; exit 0; }
@@ -29,4 +29,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q -t bookworm-backports qemu-system-x86
-apt-get install -y -q busybox-static cpio lz4 time hyperfine libc6-dev
+apt-get install -y -q busybox-static cpio lz4 time hyperfine
+# iasl checks the VMM's ACPI tables (vmm unit tests).
+apt-get install -y -q acpica-tools
+# Static glibc for the guest tool and the KVM lab.
+apt-get install -y -q libc6-dev

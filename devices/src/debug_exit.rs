@@ -13,6 +13,8 @@ use crate::bus::BusDevice;
 pub enum GuestExit {
     /// Keyboard-controller CPU reset (i8042 command 0xfe).
     Reset,
+    /// ACPI S5 (soft off) through the sleep control register.
+    Poweroff,
     /// A write of `value` to the debug-exit port.
     DebugExit { value: u32 },
 }
@@ -21,7 +23,7 @@ impl GuestExit {
     /// The VMM process exit code for this ending.
     pub fn exit_code(self) -> i32 {
         match self {
-            GuestExit::Reset => 0,
+            GuestExit::Reset | GuestExit::Poweroff => 0,
             // QEMU truncates the same way: the status byte is what survives.
             GuestExit::DebugExit { value } => ((value << 1) | 1) as i32 & 0xff,
         }

@@ -1,5 +1,6 @@
 //! Device models. They see bus offsets and never the VMM or its vCPUs.
 
+pub mod acpi_pm;
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;

@@ -44,9 +44,54 @@ impl Trigger for IrqEvent {
     }
 }
 
+/// Transmit buffering: vm-superio writes and flushes every byte, which
+/// costs a system call per character. Bytes are collected until a newline,
+/// [`OutputBuffer::LIMIT`] bytes, or until the guest reads any UART
+/// register (a console polling LSR, or an interrupt handler reading IIR,
+/// looks at the UART between bursts), so prompts without a newline still
+/// show up at once.
+struct OutputBuffer {
+    out: Box<dyn Write + Send>,
+    buf: Vec<u8>,
+}
+
+impl OutputBuffer {
+    const LIMIT: usize = 256;
+
+    fn push_out(&mut self) {
+        if !self.buf.is_empty() {
+            if let Err(e) = self.out.write_all(&self.buf).and_then(|_| self.out.flush()) {
+                log::debug!("serial: output lost: {e}");
+            }
+            self.buf.clear();
+        }
+    }
+}
+
+impl Write for OutputBuffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::LIMIT || data.contains(&b'\n') {
+            self.push_out();
+        }
+        Ok(data.len())
+    }
+
+    /// Called by vm-superio after every byte: deliberately not a flush.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for OutputBuffer {
+    fn drop(&mut self) {
+        self.push_out();
+    }
+}
+
 /// A 16550A UART occupying 8 ports.
 pub struct Serial {
-    uart: Uart<IrqEvent, NoEvents, Box<dyn Write + Send>>,
+    uart: Uart<IrqEvent, NoEvents, OutputBuffer>,
 }
 
 impl std::fmt::Debug for Serial {
@@ -60,9 +105,18 @@ impl Serial {
     pub const PORTS: u64 = 8;
 
     pub fn new(irq: IrqEvent, out: Box<dyn Write + Send>) -> Self {
+        let out = OutputBuffer {
+            out,
+            buf: Vec::with_capacity(OutputBuffer::LIMIT),
+        };
         Serial {
             uart: Uart::new(irq, out),
         }
+    }
+
+    /// Writes out any buffered guest output (also done on drop).
+    pub fn flush_output(&mut self) {
+        self.uart.writer_mut().push_out();
     }
 
     /// The interrupt this UART raises.
@@ -85,6 +139,7 @@ impl Serial {
 
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.uart.writer_mut().push_out();
         // The UART has byte-wide registers; wider reads see one byte.
         data.fill(0);
         if let (Some(b), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
@@ -126,6 +181,15 @@ mod tests {
             s.write(0, &[*b]);
         }
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+        // A partial line waits for a register read (or a flush, or drop).
+        s.write(0, b">");
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+        let mut lsr = [0u8];
+        s.read(5, &mut lsr);
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n>");
+        s.write(0, b"$");
+        s.flush_output();
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n>$");
         // Enable the received-data interrupt (IER bit 0), then queue input.
         s.write(1, &[1]);
         assert_eq!(s.enqueue_input(b"x").unwrap(), 1);

@@ -18,7 +18,15 @@ use memory::{Backend, BackendConfig, parse_size};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Case {
+    /// One MADV_POPULATE_WRITE over a fresh anonymous mapping (base pages): the limit
+    /// the issue names.
     Kernel,
+    /// The same with MADV_HUGEPAGE: like for like with the ram backend, which QEMU and
+    /// shmvm both advise to use transparent huge pages.
+    KernelThp,
+    /// One MADV_POPULATE_WRITE over a fresh memfd: like for like with the shmem-backed
+    /// backends (file on /dev/shm, memfd, shm).
+    KernelShmem,
     Ours(&'static str, u32),
     Qemu(&'static str, u32),
     QemuBaseline,
@@ -38,21 +46,43 @@ fn object(kind: &str, size: u64, prealloc: bool, threads: u32) -> String {
     )
 }
 
-/// One MADV_POPULATE_WRITE over a fresh anonymous private mapping.
-fn kernel_limit(size: u64) -> Duration {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    Anonymous,
+    AnonymousThp,
+    Memfd,
+}
+
+/// One MADV_POPULATE_WRITE over a fresh mapping.
+fn kernel_limit(size: u64, what: Fresh) -> Duration {
     let len = size as usize;
-    // SAFETY: a fresh anonymous mapping at a kernel-chosen address.
+    let (flags, fd) = match what {
+        Fresh::Anonymous | Fresh::AnonymousThp => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
+        Fresh::Memfd => {
+            // SAFETY: a plain memfd_create with a static name.
+            let fd = unsafe { libc::memfd_create(c"bench".as_ptr(), libc::MFD_CLOEXEC) };
+            assert!(fd >= 0, "memfd_create");
+            // SAFETY: fd is ours.
+            assert_eq!(unsafe { libc::ftruncate(fd, size as libc::off_t) }, 0);
+            (libc::MAP_SHARED, fd)
+        }
+    };
+    // SAFETY: a fresh mapping at a kernel-chosen address.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
+            flags,
+            fd,
             0,
         )
     };
     assert_ne!(p, libc::MAP_FAILED, "mmap {len}");
+    if what == Fresh::AnonymousThp {
+        // SAFETY: advice on the mapping made above.
+        unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+    }
     let t = Instant::now();
     // SAFETY: p..p+len is the mapping made above.
     let r = unsafe { libc::madvise(p, len, libc::MADV_POPULATE_WRITE) };
@@ -65,7 +95,21 @@ fn kernel_limit(size: u64) -> Duration {
     );
     // SAFETY: unmapping the mapping made above, which nothing else uses.
     unsafe { libc::munmap(p, len) };
+    if fd >= 0 {
+        // SAFETY: closing the memfd made above.
+        unsafe { libc::close(fd) };
+    }
     d
+}
+
+/// Touches and frees `size` bytes of anonymous memory (huge pages where possible).
+///
+/// This machine is itself a guest whose free memory the outer host reclaims (free page
+/// reporting): the first touch of memory that sat free for a few seconds costs up to
+/// 10x more. Warming before every timed case gives each case the same start, whichever
+/// case ran before it.
+fn warm(size: u64) {
+    kernel_limit(size, Fresh::AnonymousThp);
 }
 
 fn ours(kind: &str, size: u64, threads: u32) -> Duration {
@@ -138,11 +182,29 @@ fn main() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--size" => size = parse_size(&args.next().expect("--size SIZE"), 1).expect("size"),
             "--no-qemu" => with_qemu = false,
+            // Time one -object spec with shmvm and QEMU (for investigating one case).
+            "--spec" => {
+                let spec = args.next().expect("--spec OBJECT");
+                let cfg = BackendConfig::parse_object(&spec).unwrap_or_else(|e| panic!("{e}"));
+                for _ in 0..runs {
+                    let t = Instant::now();
+                    let b = Backend::create(&cfg).unwrap_or_else(|e| panic!("{e}"));
+                    let o = t.elapsed();
+                    drop(b);
+                    let q = if with_qemu {
+                        ms(qemu(&spec))
+                    } else {
+                        "-".to_string()
+                    };
+                    println!("shmvm {} qemu {q}", ms(o));
+                }
+                return;
+            }
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other}"),
         }
     }
-    let mut cases = vec![Case::Kernel];
+    let mut cases = vec![Case::Kernel, Case::KernelThp, Case::KernelShmem];
     for kind in BACKENDS {
         for threads in [1, 2] {
             cases.push(Case::Ours(kind, threads));
@@ -160,8 +222,11 @@ fn main() {
         let n = cases.len();
         for i in 0..n {
             let case = cases[(i + run * 3) % n];
+            warm(size + (512 << 20));
             let d = match case {
-                Case::Kernel => kernel_limit(size),
+                Case::Kernel => kernel_limit(size, Fresh::Anonymous),
+                Case::KernelThp => kernel_limit(size, Fresh::AnonymousThp),
+                Case::KernelShmem => kernel_limit(size, Fresh::Memfd),
                 Case::Ours(k, t) => ours(k, size, t),
                 Case::Qemu(k, t) => qemu(&object(k, size, true, t)),
                 Case::QemuBaseline => qemu(&object("memfd", size, false, 1)),
@@ -177,30 +242,49 @@ fn main() {
     let kernel = med[&Case::Kernel];
     let base = med.get(&Case::QemuBaseline).copied();
     println!(
-        "prealloc of {} GiB, {runs} runs interleaved, medians; kernel limit (one MADV_POPULATE_WRITE, \
-         fresh anonymous mapping): {}; QEMU start-up without prealloc: {}",
+        "prealloc of {} GiB, {runs} runs interleaved, medians. One MADV_POPULATE_WRITE over a \
+         fresh mapping: anonymous {}, anonymous with MADV_HUGEPAGE {}, memfd {}. \
+         QEMU start-up without prealloc: {}.",
         size >> 30,
         ms(kernel),
+        ms(med[&Case::KernelThp]),
+        ms(med[&Case::KernelShmem]),
         base.map_or("-".to_string(), ms)
     );
     println!();
-    println!("| backend | threads | shmvm | shmvm / kernel | QEMU 10 (net) | shmvm / QEMU |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| backend | threads | shmvm | shmvm / kernel (anonymous) | shmvm / kernel (same memory) \
+         | QEMU 10 (net) | shmvm / QEMU |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let ratio = |a: Duration, b: Duration| format!("{:.2}", a.as_secs_f64() / b.as_secs_f64());
     for kind in BACKENDS {
+        let same = if kind == "ram" {
+            med[&Case::KernelThp]
+        } else {
+            med[&Case::KernelShmem]
+        };
         for threads in [1, 2] {
             let o = med[&Case::Ours(kind, threads)];
             let q = med.get(&Case::Qemu(kind, threads)).copied();
             let qnet = q.zip(base).map(|(q, b)| q.saturating_sub(b));
             println!(
-                "| {kind} | {threads} | {} | {:.2} | {} | {} |",
+                "| {kind} | {threads} | {} | {} | {} | {} | {} |",
                 ms(o),
-                o.as_secs_f64() / kernel.as_secs_f64(),
+                ratio(o, kernel),
+                ratio(o, same),
                 qnet.map_or("-".to_string(), ms),
-                qnet.map_or("-".to_string(), |q| format!(
-                    "{:.2}",
-                    o.as_secs_f64() / q.as_secs_f64()
-                )),
+                qnet.map_or("-".to_string(), |q| ratio(o, q)),
             );
         }
+    }
+    println!();
+    println!("all runs (ms):");
+    for (case, v) in &times {
+        let v: Vec<String> = v
+            .iter()
+            .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
+            .collect();
+        println!("  {case:?}: {}", v.join(" "));
     }
 }

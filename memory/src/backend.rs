@@ -109,7 +109,24 @@ impl Backend {
             noreserve: !cfg.reserve(),
             fd: src.fd.as_ref().map(|fd| (fd.as_fd(), src.fd_offset)),
         })
-        .map_err(|e| ctx.os("size", format!("can't map {} bytes", src.len), e))?;
+        .map_err(|e| {
+            if src.page_size == sys::host_page_size() {
+                ctx.os("size", format!("can't map {} bytes", src.len), e)
+            } else {
+                let option = if cfg.kind() == BackendKind::Memfd {
+                    "hugetlb"
+                } else {
+                    "mem-path"
+                };
+                let op = format!(
+                    "can't map {} bytes of {} KiB huge pages (enough reserved? see \
+                     HugePages_Free in /proc/meminfo)",
+                    src.len,
+                    src.page_size >> 10
+                );
+                ctx.os(option, op, e)
+            }
+        })?;
         ctx.advise(&map, src.page_size);
         #[cfg(target_os = "linux")]
         if !cfg.host_nodes().is_empty() {
@@ -273,6 +290,13 @@ impl Ctx<'_> {
         }
     }
 
+    /// A memfd name (shown in /proc/PID/maps) from the id, within the kernel's limit.
+    fn memfd_name(&self, prefix: &str) -> String {
+        let mut name = format!("{prefix}{}", self.cfg.id());
+        name.truncate(200);
+        name
+    }
+
     fn default_align(&self, len: u64, page: u64) -> u64 {
         if len >= DEFAULT_ALIGN {
             DEFAULT_ALIGN.max(page)
@@ -296,7 +320,7 @@ impl Ctx<'_> {
     /// An fd-backed anonymous object for `ram,share=on`.
     fn shared_anonymous_fd(&self, len: u64) -> Result<OwnedFd, Error> {
         #[cfg(target_os = "linux")]
-        let fd = sys::memfd_create(&format!("shmvm-ram-{}", self.cfg.id()), 0)
+        let fd = sys::memfd_create(&self.memfd_name("shmvm-ram-"), 0)
             .map_err(|e| self.os("share", "memfd_create".to_string(), e))?;
         #[cfg(not(target_os = "linux"))]
         let fd = self.anonymous_shm()?;
@@ -476,7 +500,7 @@ impl Ctx<'_> {
             }
         }
         let option = if m.hugetlb { "hugetlb" } else { "seal" };
-        let fd = sys::memfd_create(&format!("shmvm-{}", self.cfg.id()), flags)
+        let fd = sys::memfd_create(&self.memfd_name("shmvm-"), flags)
             .map_err(|e| self.os(option, "memfd_create".to_string(), e))?;
         let page =
             sys::fd_page_size(fd.as_fd()).map_err(|e| self.os(option, "fstatfs".to_string(), e))?;

@@ -208,7 +208,8 @@ fn anonymous_shm_never_leaves_a_name_even_when_a_later_step_fails() {
     // 1 EiB: the object is created and sized, then mmap fails.
     let e = create_err("memory-backend-shm,id=big,size=1E");
     assert!(
-        e.to_string().starts_with("shm backend 'big': can't map"),
+        e.to_string()
+            .starts_with("shm backend 'big': size: can't map"),
         "{e}"
     );
     assert_eq!(
@@ -507,7 +508,12 @@ fn hugetlb_memfd_without_reserved_pages_is_a_clean_error() {
     } else {
         // Reaching this line at all shows there was no SIGBUS.
         let e = create_err(spec);
-        assert!(e.to_string().starts_with("memfd backend 'h': "), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                "memfd backend 'h': hugetlb: can't map 4194304 bytes of 2048 KiB huge pages"
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("Cannot allocate memory"), "{e}");
     }
     let e = create_err("memory-backend-memfd,id=h,size=4M,hugetlb=on,hugetlbsize=4M");
@@ -556,7 +562,7 @@ fn host_nodes_bind_the_memory() {
     assert_eq!(e.option(), Some("host-nodes"));
     assert!(
         e.to_string()
-            .starts_with("ram backend 'r': can't bind memory to host NUMA nodes [127]"),
+            .starts_with("ram backend 'r': host-nodes: can't bind memory to host NUMA nodes [127]"),
         "{e}"
     );
 }
@@ -654,4 +660,26 @@ fn reserve_off_is_refused_only_where_the_kernel_would_ignore_it() {
     if fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|s| s.trim() != "2") {
         create("memory-backend-ram,id=r,size=4M,reserve=off");
     }
+}
+
+#[test]
+fn host_side_errors_name_the_option() {
+    let e = create_err("memory-backend-ram,id=r,size=0xffffffffffffffff");
+    assert_eq!(
+        e.to_string(),
+        "ram backend 'r': size=0xffffffffffffffff is too large"
+    );
+    let e = create_err("memory-backend-file,id=f,size=4K,mem-path=/nonexistent-shmvm-dir/file");
+    assert!(
+        e.to_string().starts_with(
+            "file backend 'f': mem-path: can't create '/nonexistent-shmvm-dir/file': "
+        ),
+        "{e}"
+    );
+    let e = create_err("memory-backend-ram,id=r,size=1E");
+    assert!(
+        e.to_string()
+            .starts_with("ram backend 'r': size: can't map 1152921504606846976 bytes: "),
+        "{e}"
+    );
 }

@@ -32,7 +32,7 @@ pub enum Error {
         reason: String,
     },
     /// The host refused a step of creating the backend.
-    #[error("{kind} backend '{id}': {op}: {source}")]
+    #[error("{kind} backend '{id}': {option}: {op}: {source}")]
     Os {
         /// Backend type.
         kind: BackendKind,

@@ -11,7 +11,8 @@
 #   LAB_L2EXTRA=a,b       extra L2 kernel parameters (comma separated), e.g. i8042.nokbd
 #   LAB_L2DEBUG=1         L2 kernels log at debug level (slower: every console byte is a PIO exit)
 #   LAB_TIMEOUT=1200      seconds for the whole L1 run
-#   SHMVM=path            use this shmvm binary instead of building it
+#   SHMVM=path            use this shmvm binary instead of building it (make lab: build/shmvm)
+#   IVSHMEM_TOOL=path     use this static ivshmem-tool instead of building it
 # Output: build/lab/l1-console.log (everything), build/lab/consoles/<name>.<vmm>.log
 # (each dumped L2 console), a result table, "N passed, N failed", the total time.
 # Exit status: 0 only if every run passed; 1 on any failure or missing prerequisite.
@@ -33,10 +34,15 @@ qemu-system-x86_64 -cpu help 2>/dev/null | grep -q EPYC || die "qemu-system-x86_
 mkdir -p "$lab"
 tests/lab/fetch.sh
 
-echo "lab: building ivshmem-tool (static)"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p ivshmem-tool \
-    --target x86_64-unknown-linux-gnu || die "building ivshmem-tool failed"
-tool=$root/target/x86_64-unknown-linux-gnu/release/ivshmem-tool
+if [ -n "${IVSHMEM_TOOL:-}" ]; then
+    tool=$IVSHMEM_TOOL
+else
+    echo "lab: building ivshmem-tool (static)"
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release -p ivshmem-tool \
+        --target x86_64-unknown-linux-gnu || die "building ivshmem-tool failed"
+    tool=$root/target/x86_64-unknown-linux-gnu/release/ivshmem-tool
+fi
+{ ldd "$tool" 2>&1 || true; } | grep -q "not a dynamic" || die "$tool is not a static binary"
 
 shmvm_bin=
 if [[ ",$vmms," == *",shmvm,"* ]]; then

@@ -262,3 +262,48 @@ fn kvm_ivshmem_several_devices_each_with_its_memdev() {
     assert_eq!(field(&b, "bar2 at "), "0x100000000", "{b}");
     assert_eq!(field(&a, "bar2 at "), "0x100400000", "{a}");
 }
+
+#[test]
+fn kvm_ivshmem_readonly_memdev_is_a_readonly_slot() {
+    require_kvm();
+    let path = Path::new("/dev/shm").join(unique("readonly"));
+    let _cleanup = RemoveOnDrop(path.clone());
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(MIB))
+        .expect("creating the region");
+    let object = format!(
+        "memory-backend-file,id=ro,size=1M,mem-path={},share=on,readonly=on",
+        path.display()
+    );
+    // The move test writes two markers, then expects them at the new
+    // address: with a read-only slot both writes exit and are dropped.
+    let run = harness::run(shmvm(&[
+        "-m",
+        "64M",
+        "-object",
+        &object,
+        "-device",
+        "ivshmem-plain,memdev=ro",
+        "-append",
+        "shmvm.test=ivshmem-move",
+        "--stats",
+    ]));
+    assert_eq!(run.code, Some(35), "the guest must fail: {run:?}");
+    assert!(
+        run.stdout
+            .contains("reason=ivshmem_move_data_not_at_new_address"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        field(&stats_line(&run), "bar2 exits "),
+        "2",
+        "the two marker writes"
+    );
+    let r = Region::open_file(&path).expect("the file");
+    assert_eq!(
+        (r.rd64(0), r.rd64(r.len() - 8)),
+        (0, 0),
+        "nothing reached the file"
+    );
+}

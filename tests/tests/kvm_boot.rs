@@ -197,6 +197,11 @@ fn kvm_smp_1_and_2_vcpus_counted_by_guest() {
                 "{boot} smp {n}\n{}",
                 r.stdout
             );
+            // Both CPU tables the VMM writes (MP table, ACPI MADT) list
+            // every vCPU.
+            let tables = r.lines_of("cpu tables").join("");
+            assert!(tables.contains(&format!("mp_cpus={n} ")), "{tables}");
+            assert!(tables.contains(&format!("madt_cpus={n}")), "{tables}");
         }
     }
 }

@@ -38,6 +38,21 @@ fn kvm_i8042_reset_ends_vm_with_0() {
 }
 
 #[test]
+fn kvm_acpi_s5_poweroff_ends_vm_with_0() {
+    require_kvm();
+    let d = TempDir::new("s5");
+    // mov dx, 0x3c0; mov al, SLP_TYP 5 << 2 | SLP_EN; out dx, al; jmp .
+    let k = kernel(&d, &[0x66, 0xba, 0xc0, 0x03, 0xb0, 0x34, 0xee, 0xeb, 0xfe]);
+    let r = run(&["-kernel", &k, "-m", "16", "--stats"], T);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stderr.contains("acpi-sleep (0x3c0): 0 reads, 1 writes"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn kvm_debug_exit_at_custom_port_gives_qemu_exit_code() {
     require_kvm();
     let d = TempDir::new("dbg");

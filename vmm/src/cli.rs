@@ -71,7 +71,7 @@ pub struct Args {
     /// Serial console (COM1): stdio, file:PATH or none
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: String,
-    /// A device: isa-debug-exit[,iobase=0xf4][,iosize=4] [QEMU: -device]
+    /// A device: isa-debug-exit[,iobase=0xf4][,iosize=4] or ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off] [QEMU: -device]
     #[arg(long, value_name = "PROPS")]
     pub device: Vec<String>,
     /// Character devices [QEMU: -chardev] (none supported yet)
@@ -431,6 +431,7 @@ impl Config {
             }
         }
         let mem_size = args.memory.as_deref().map(parse_memory).transpose()?;
+        let ram_from_object = ram_id.is_some();
         let ram = match ram_id {
             Some(id) => {
                 let pos = objects.iter().position(|c| c.id() == id).ok_or_else(|| {
@@ -490,7 +491,7 @@ impl Config {
             kernel: args.kernel,
             initrd: args.initrd,
             cmdline,
-            ram_from_object: ram.id() != DEFAULT_RAM_ID,
+            ram_from_object,
             ram,
             objects,
             vcpus,

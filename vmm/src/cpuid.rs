@@ -13,6 +13,11 @@ const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 
 /// CPUID.1:ECX bit 31: running under a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX bit 24: TSC-deadline LAPIC timer. KVM emulates it with an
+/// in-kernel LAPIC but leaves it out of KVM_GET_SUPPORTED_CPUID; Linux
+/// needs it to skip LAPIC timer calibration, which has no PIT to calibrate
+/// against under hardware-reduced ACPI.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID.1:EDX bit 28: the package has more than one logical CPU.
 const EDX_HTT: u32 = 1 << 28;
 
@@ -25,8 +30,9 @@ fn core_bits(n: u8) -> u32 {
     u32::from(n).next_power_of_two().trailing_zeros()
 }
 
-/// Rewrites `entries` (KVM's supported CPUID) for vCPU `apic_id` of `count`.
-pub fn for_vcpu(entries: &mut [kvm_cpuid_entry2], apic_id: u8, count: u8) {
+/// Rewrites `entries` (KVM's supported CPUID) for vCPU `apic_id` of `count`;
+/// `tsc_deadline`: KVM has KVM_CAP_TSC_DEADLINE_TIMER.
+pub fn for_vcpu(entries: &mut [kvm_cpuid_entry2], apic_id: u8, count: u8, tsc_deadline: bool) {
     let id = u32::from(apic_id);
     let n = u32::from(count);
     for e in entries.iter_mut() {
@@ -35,6 +41,9 @@ pub fn for_vcpu(entries: &mut [kvm_cpuid_entry2], apic_id: u8, count: u8) {
                 // EBX[31:24] initial APIC ID, EBX[23:16] logical CPUs per package.
                 e.ebx = (e.ebx & 0xffff) | (id << 24) | ((n.min(255)) << 16);
                 e.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -111,7 +120,8 @@ mod tests {
             entry(0xa, 0),
         ];
         e[4].eax = 3 << 5 | 0x3; // an L3 descriptor
-        for_vcpu(&mut e, 2, 3);
+        for_vcpu(&mut e, 2, 3, true);
+        assert_ne!(e[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(e[0].ebx >> 24, 2);
         assert_eq!((e[0].ebx >> 16) & 0xff, 3);
         assert_eq!(e[0].ebx & 0xffff, 0x0800, "CLFLUSH size kept");
@@ -128,7 +138,8 @@ mod tests {
         assert_eq!(e[5].eax, 0);
         let mut one = vec![entry(1, 0)];
         one[0].edx = EDX_HTT;
-        for_vcpu(&mut one, 0, 1);
+        for_vcpu(&mut one, 0, 1, false);
+        assert_eq!(one[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(one[0].edx & EDX_HTT, 0);
         assert_eq!((one[0].ebx >> 16) & 0xff, 1);
     }

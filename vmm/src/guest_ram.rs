@@ -78,6 +78,17 @@ impl GuestRam {
                 .ok_or_else(|| region_err("address overflow".into()))?;
             mmap_regions.push(region);
         }
+        let low = crate::layout::SMALL_PAGES_END.min(backend.size()) as usize;
+        // SAFETY: [as_ptr, as_ptr + low) is inside the backend's mapping;
+        // MADV_NOHUGEPAGE only changes how the kernel backs it, never its
+        // contents or validity.
+        let r = unsafe { libc::madvise(backend.as_ptr().cast(), low, libc::MADV_NOHUGEPAGE) };
+        if r != 0 {
+            log::debug!(
+                "memory-backend '{id}': MADV_NOHUGEPAGE on low RAM: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         let mem = GuestMemoryMmap::from_regions(mmap_regions).map_err(|e| Error::Region {
             id: id.clone(),
             gpa: 0,

@@ -19,10 +19,10 @@
 //!   ...        64-bit PCI BAR window, 1 GiB aligned above the end of RAM
 //! ```
 
-/// Start of the boot GDT (4 entries) used for 64-bit and PVH entry.
+/// Start of the boot GDT (5 entries) used for 64-bit and PVH entry.
 pub const BOOT_GDT: u64 = 0x500;
 /// Start of the (empty) boot IDT.
-pub const BOOT_IDT: u64 = 0x520;
+pub const BOOT_IDT: u64 = 0x540;
 /// PVH `hvm_start_info`.
 pub const PVH_START_INFO: u64 = 0x6000;
 /// PVH module list (the initrd is module 0).
@@ -48,6 +48,11 @@ pub const MPTABLE: u64 = 0xf_0000;
 /// End of the reserved legacy area below 1 MiB.
 pub const HIMEM: u64 = 0x10_0000;
 
+/// Guest RAM below this address (boot structures, the MP table, small
+/// kernels at 1 MiB) is kept on small host pages: a transparent huge page
+/// there would cost 2 MiB of host memory for a few KiB the guest touches.
+pub const SMALL_PAGES_END: u64 = 2 << 20;
+
 /// The 32-bit MMIO hole: guest RAM never sits in `[MMIO_HOLE, 4 GiB)`.
 pub const MMIO_HOLE: u64 = 0xc000_0000;
 pub const FOUR_GIB: u64 = 0x1_0000_0000;
@@ -68,8 +73,13 @@ pub const PCI_IO_END: u64 = 0x1_0000;
 /// per ivshmem device); guest RAM uses the slots below.
 pub const PCI_BAR_FIRST_SLOT: u32 = 8;
 
+/// ACPI tables (RSDP first), in the BIOS area guests scan for the RSDP.
+pub const ACPI_TABLES: u64 = 0xe_0000;
+
 /// Ports.
 pub const COM1_PORT: u16 = 0x3f8;
+/// ACPI sleep control/status register (hardware-reduced ACPI).
+pub const ACPI_SLEEP_PORT: u16 = 0x3c0;
 pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
 /// PCI configuration mechanism #1 (CONFIG_ADDRESS 0xcf8, CONFIG_DATA 0xcfc).

@@ -12,5 +12,6 @@ pub mod ivshmem;
 pub mod layout;
 pub mod pci;
 pub mod signals;
+pub mod terminal;
 pub mod vcpu;
 pub mod vm;

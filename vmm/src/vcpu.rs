@@ -42,9 +42,15 @@ impl VmState {
 }
 
 /// Configures `vcpu` (one of `count`); vCPU 0 also gets the entry state.
-pub fn configure(vcpu: &Vcpu, supported: &CpuId, count: u8, entry: Entry) -> Result<(), hv::Error> {
+pub fn configure(
+    vcpu: &Vcpu,
+    supported: &CpuId,
+    tsc_deadline: bool,
+    count: u8,
+    entry: Entry,
+) -> Result<(), hv::Error> {
     let mut cpuid = supported.clone();
-    crate::cpuid::for_vcpu(cpuid.as_mut_slice(), vcpu.id(), count);
+    crate::cpuid::for_vcpu(cpuid.as_mut_slice(), vcpu.id(), count, tsc_deadline);
     vcpu.set_cpuid(&cpuid)?;
     let msrs =
         Msrs::from_entries(&cpu::boot_msrs()).map_err(|_| hv::Error::Msrs { set: 0, want: 0 })?;
@@ -165,20 +171,31 @@ pub fn run_all(
     let bsp = vcpus.remove(0);
     std::thread::scope(|s| {
         let mut handles = Vec::new();
+        let mut spawn_error = None;
         for v in vcpus {
-            let (io, state) = (io.clone(), state.clone());
-            let h = std::thread::Builder::new()
+            let (vio, vstate) = (io.clone(), state.clone());
+            let r = std::thread::Builder::new()
                 .name(format!("vcpu{}", v.id()))
                 .stack_size(256 << 10)
-                .spawn_scoped(s, move || run(v, &io, &state, mem, None))?;
-            handles.push(h);
+                .spawn_scoped(s, move || run(v, &vio, &vstate, mem, None));
+            match r {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    // Stop the vCPUs already started; do not run the BSP.
+                    state.request_end(VmEnd::VcpuFailed(format!("cannot start vCPU thread: {e}")));
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
         }
-        run(bsp, io, state, mem, Some(first_run));
+        if spawn_error.is_none() {
+            run(bsp, io, state, mem, Some(first_run));
+        }
         for h in handles {
             if h.join().is_err() {
                 state.request_end(VmEnd::VcpuFailed("vCPU thread panicked".into()));
             }
         }
-        Ok(())
+        spawn_error.map_or(Ok(()), Err)
     })
 }

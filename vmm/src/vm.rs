@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use devices::acpi_pm::AcpiSleep;
 use devices::debug_exit::{DebugExit, ExitHook};
 use devices::i8042::I8042;
 use devices::serial::{IrqEvent, Serial};
@@ -170,92 +171,30 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
         .iter()
         .map(|o| create_backend(o, "--object").map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
-    t.mark("memory backends");
+    t.mark("memory backend(s) created and mapped");
 
-    let vm = Arc::new(Vm::new(layout::KVM_TSS)?);
-    t.mark("KVM VM + irqchip + PIT");
-    ram.register(&vm)?;
-    t.mark("memory slots");
-
-    let loaded = boot::load(
-        ram.mem(),
-        ram.size(),
-        &BootSpec {
-            kernel: &cfg.kernel,
-            initrd: cfg.initrd.as_deref(),
-            cmdline: &cfg.cmdline,
-            protocol: cfg.boot,
-            vcpus: cfg.vcpus,
-        },
-        &mut files,
-    )?;
-    drop(files);
-    log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
-    t.mark("kernel + boot data loaded");
-
-    let state = Arc::new(VmState::default());
-    let io = Arc::new(IoBuses::new());
-    let hook: ExitHook = {
-        let state = state.clone();
-        Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
-    };
-    let serial_out = serial_output(&cfg.serial)?;
-    let serial = Arc::new(Mutex::new(Serial::new(IrqEvent::new()?, serial_out)));
-    vm.add_irqfd(
-        serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .irq()
-            .eventfd(),
-        layout::COM1_IRQ,
-    )?;
-    let place = |name: &str| {
-        let name = name.to_string();
-        move |err| Error::DevicePlacement { name, err }
-    };
-    io.add_shared(
-        BusKind::Pio,
-        "serial0 (0x3f8)",
-        serial.clone(),
-        layout::COM1_PORT.into(),
-        Serial::PORTS,
-    )
-    .map_err(place("serial"))?;
-    io.add(
-        BusKind::Pio,
-        "i8042 (0x60)",
-        I8042::new(hook.clone()),
-        layout::I8042_PORT.into(),
-        I8042::PORTS,
-    )
-    .map_err(place("i8042"))?;
-    for d in &cfg.devices {
-        match d {
-            DeviceConfig::DebugExit { iobase, iosize } => {
-                io.add(
-                    BusKind::Pio,
-                    &format!("isa-debug-exit ({iobase:#x})"),
-                    DebugExit::new(hook.clone()),
-                    (*iobase).into(),
-                    (*iosize).into(),
-                )
-                .map_err(place("isa-debug-exit"))?;
-            }
-            // Wired below, together on the PCI root.
-            DeviceConfig::IvshmemPlain(_) => {}
+    let vm = Arc::new(Vm::new()?);
+    t.mark("open /dev/kvm + KVM_CREATE_VM");
+    // Adding a memory slot and creating the in-kernel irqchip each wait for
+    // a KVM SRCU grace period (milliseconds on a busy host). The slot is
+    // added on a helper thread so its wait overlaps everything else here;
+    // nothing before the first KVM_RUN needs it.
+    let (loaded, vcpus, serial, io, state) = std::thread::scope(|s| {
+        let slots = std::thread::Builder::new()
+            .name("memslots".into())
+            .stack_size(64 << 10)
+            .spawn_scoped(s, || ram.register(&vm));
+        let rest = build_rest(cfg, &vm, &ram, &mut files, t);
+        match slots {
+            Ok(h) => h.join().unwrap_or_else(|_| ram.register(&vm))?,
+            Err(_) => ram.register(&vm)?,
         }
-    }
+        t.mark("guest RAM registered (memory slots, concurrent with the above)");
+        rest
+    })?;
+    log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
     let pci = build_pci(cfg, &vm, &io, &objects)?;
-    t.mark("devices");
-
-    let supported = vm.supported_cpuid()?;
-    let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
-    for id in 0..cfg.vcpus {
-        let v = vm.create_vcpu(id)?;
-        vcpu::configure(&v, &supported, cfg.vcpus, loaded.entry)?;
-        vcpus.push(v);
-    }
-    t.mark("vCPUs configured");
+    t.mark("PCI root and ivshmem devices");
     Ok((
         Machine {
             vm,
@@ -305,6 +244,123 @@ fn build_pci(
     )?)
 }
 
+/// What [`build_rest`] produces.
+type Rest = (
+    boot::Loaded,
+    Vec<hv::Vcpu>,
+    Arc<Mutex<Serial>>,
+    Arc<IoBuses>,
+    Arc<VmState>,
+);
+
+/// Everything after KVM_CREATE_VM except the memory slots: irqchip, kernel
+/// loading, devices, vCPUs.
+fn build_rest(
+    cfg: &Config,
+    vm: &Vm,
+    ram: &GuestRam,
+    files: &mut BootFiles,
+    t: &mut Timeline,
+) -> Result<Rest, Error> {
+    vm.add_irqchip(layout::KVM_TSS)?;
+    t.mark("in-kernel irqchip (PIC, IOAPIC, LAPICs)");
+    vm.add_pit()?;
+    t.mark("in-kernel PIT");
+    let spec = BootSpec {
+        kernel: &cfg.kernel,
+        initrd: cfg.initrd.as_deref(),
+        cmdline: &cfg.cmdline,
+        protocol: cfg.boot,
+        vcpus: cfg.vcpus,
+    };
+    let loaded = boot::load(ram.mem(), ram.size(), &spec, files)?;
+    t.mark("kernel + boot data loaded");
+
+    let state = Arc::new(VmState::default());
+    let io = Arc::new(IoBuses::new());
+    let serial = wire_devices(cfg, vm, &io, &state)?;
+    t.mark("devices");
+
+    let supported = vm.supported_cpuid()?;
+    let tsc_deadline = vm.has_tsc_deadline_timer();
+    t.mark("KVM_GET_SUPPORTED_CPUID");
+    let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
+    for id in 0..cfg.vcpus {
+        let v = vm.create_vcpu(id)?;
+        vcpu::configure(&v, &supported, tsc_deadline, cfg.vcpus, loaded.entry)?;
+        vcpus.push(v);
+    }
+    t.mark("vCPUs created and configured");
+    Ok((loaded, vcpus, serial, io, state))
+}
+
+/// COM1, the i8042 and the `--device`s on the port bus.
+fn wire_devices(
+    cfg: &Config,
+    vm: &Vm,
+    io: &IoBuses,
+    state: &Arc<VmState>,
+) -> Result<Arc<Mutex<Serial>>, Error> {
+    let hook: ExitHook = {
+        let state = state.clone();
+        Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
+    };
+    let serial_out = serial_output(&cfg.serial)?;
+    let serial = Arc::new(Mutex::new(Serial::new(IrqEvent::new()?, serial_out)));
+    let irq = serial
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .irq()
+        .eventfd()
+        .try_clone();
+    let irq = irq.map_err(|e| Error::Serial(devices::serial::Error::EventFd(e)))?;
+    vm.add_irqfd(&irq, layout::COM1_IRQ)?;
+    let place = |name: &str| {
+        let name = name.to_string();
+        move |err| Error::DevicePlacement { name, err }
+    };
+    let com1 = (layout::COM1_PORT.into(), Serial::PORTS);
+    io.add_shared(
+        BusKind::Pio,
+        "serial0 (0x3f8)",
+        serial.clone(),
+        com1.0,
+        com1.1,
+    )
+    .map_err(place("serial"))?;
+    let sleep = (layout::ACPI_SLEEP_PORT.into(), AcpiSleep::PORTS);
+    io.add(
+        BusKind::Pio,
+        "acpi-sleep (0x3c0)",
+        AcpiSleep::new(hook.clone()),
+        sleep.0,
+        sleep.1,
+    )
+    .map_err(place("acpi-sleep"))?;
+    let kbd = (layout::I8042_PORT.into(), I8042::PORTS);
+    io.add(
+        BusKind::Pio,
+        "i8042 (0x60)",
+        I8042::new(hook.clone()),
+        kbd.0,
+        kbd.1,
+    )
+    .map_err(place("i8042"))?;
+    for d in &cfg.devices {
+        match d {
+            DeviceConfig::DebugExit { iobase, iosize } => {
+                let name = format!("isa-debug-exit ({iobase:#x})");
+                let dev = DebugExit::new(hook.clone());
+                io.add(BusKind::Pio, &name, dev, (*iobase).into(), (*iosize).into())
+                    .map_err(place("isa-debug-exit"))?;
+            }
+            // Wired by build_pci, together on the PCI root.
+            DeviceConfig::IvshmemPlain(_) => {}
+        }
+    }
+    Ok(serial)
+}
+
 /// Builds the VM described by `cfg`, runs it, and says how it ended.
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let mut t = Timeline {
@@ -313,13 +369,19 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     };
     crate::signals::install()?;
     let (m, vcpus, serial) = build(cfg, &mut t)?;
-    if cfg.serial == SerialMode::Stdio {
-        spawn_stdin_reader(serial);
+    let _raw = (cfg.serial == SerialMode::Stdio)
+        .then(crate::terminal::RawMode::enter)
+        .flatten();
+    if cfg.serial == SerialMode::Stdio && crate::terminal::stdin_has_input() {
+        spawn_stdin_reader(serial.clone());
     }
     let first_run = || {
         if log::log_enabled!(log::Level::Info) {
+            let mut prev = std::time::Duration::ZERO;
             for (what, at) in &t.marks {
-                log::info!("startup: {what} done at {:.3} ms", at.as_secs_f64() * 1e3);
+                let (ms, delta) = (at.as_secs_f64() * 1e3, (*at - prev).as_secs_f64() * 1e3);
+                log::info!("startup: {ms:8.3} ms (+{delta:.3}) {what}");
+                prev = *at;
             }
             log::info!(
                 "startup: first KVM_RUN at {:.3} ms",
@@ -327,7 +389,12 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
             );
         }
     };
-    vcpu::run_all(vcpus, &m.io, &m.state, m.ram.mem(), &first_run).map_err(Error::Threads)?;
+    let ran = vcpu::run_all(vcpus, &m.io, &m.state, m.ram.mem(), &first_run);
+    serial
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .flush_output();
+    ran.map_err(Error::Threads)?;
     let end = m
         .state
         .take_end()

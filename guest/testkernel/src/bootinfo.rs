@@ -4,19 +4,12 @@
 
 use crate::boot::{__kernel_end, __kernel_start, ENTRY_PVH};
 use crate::cpu;
+use crate::ranges::E820;
 use crate::{Global, jobs};
 
 pub const E820_MAX: usize = 128;
-pub const E820_RAM: u32 = 1;
 pub const CMDLINE_MAX: usize = 4096;
 const PVH_MAGIC: u32 = 0x336e_c578;
-
-#[derive(Clone, Copy)]
-pub struct E820 {
-    pub start: u64,
-    pub end: u64,
-    pub kind: u32,
-}
 
 pub struct BootInfo {
     pub entry: u32,

@@ -9,51 +9,13 @@ use crate::console::{Dec, Digits, Hex};
 use crate::cpu::{self, rdtsc};
 use crate::params::PARAMS;
 use crate::pci::{self, Bdf, CMD_MEMORY, COMMAND};
+use crate::protocol::*;
 use crate::{Global, jobs, paging, say, timer};
 
 pub const VENDOR: u16 = 0x1af4;
 pub const DEVICE: u16 = 0x1110;
 pub const BAR0_SIZE: u64 = 256;
 pub const IVPOSITION: u64 = 8;
-
-/// Handshake header (offsets in BAR2).
-pub const HDR_MAGIC: u64 = 0x00; // u32 "SHMV"
-pub const HDR_VERSION: u64 = 0x04; // u32 1
-pub const HDR_STATE: u64 = 0x08; // u32 STATE_*
-pub const HDR_SEED: u64 = 0x10; // u64
-pub const HDR_DATA_OFF: u64 = 0x18; // u64
-pub const HDR_DATA_LEN: u64 = 0x20; // u64
-pub const MAGIC: u32 = 0x564D_4853;
-pub const DATA_OFF: u64 = 0x1000;
-pub const STATE_IDLE: u32 = 0;
-pub const STATE_GUEST_WROTE: u32 = 1;
-pub const STATE_HOST_WROTE: u32 = 2;
-pub const STATE_GUEST_OK: u32 = 3;
-pub const STATE_GUEST_BAD: u32 = 4;
-pub const STATE_HOST_BAD: u32 = 5;
-
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// Pattern P1 (written by the guest) at byte offset `o` of BAR2.
-#[inline(always)]
-pub fn p1(o: u64, seed: u64) -> u64 {
-    o.wrapping_mul(GOLDEN) ^ seed
-}
-
-/// Pattern P2 (written by the host) at byte offset `o` of BAR2.
-#[inline(always)]
-pub fn p2(o: u64, seed: u64) -> u64 {
-    !p1(o, seed)
-}
-
-pub const SLOT_SIZE: u64 = 0x1000;
-pub const SLOT_MAGIC: u64 = 0x544F_4C53_564D_4853; // "SHMVSLOT"
-
-/// Slot pattern word `i` (4..512) of party `n`.
-#[inline(always)]
-pub fn slot_word(seed: u64, n: u64, i: u64) -> u64 {
-    (seed ^ ((n + 1) << 32) ^ i).wrapping_mul(GOLDEN)
-}
 
 #[derive(Clone, Copy)]
 pub struct Dev {
@@ -76,6 +38,7 @@ pub fn probe() -> Result<Dev, &'static str> {
         return Ok(d);
     }
     let Some(f) = pci::find(VENDOR, DEVICE) else {
+        say!("shmvm: ivshmem not found on PCI bus 0");
         return Err("ivshmem_not_found");
     };
     let class = f.read32(0x08);
@@ -158,10 +121,8 @@ pub fn probe() -> Result<Dev, &'static str> {
     let ivpos = u64::from(unsafe { read_volatile((bar0 + IVPOSITION) as *const u32) });
     say!("shmvm: ivshmem ivposition=", Hex(ivpos));
     // SAFETY: single CPU, CPL0 only.
-    fail_if(
-        ivpos != unsafe { (*PARAMS.ptr()).ivposition },
-        "ivshmem_ivposition",
-    )?;
+    let want_ivpos = unsafe { (*PARAMS.ptr()).ivposition };
+    fail_if(ivpos != want_ivpos, "ivshmem_ivposition")?;
     let d = Dev {
         bdf: f,
         bar0,
@@ -395,13 +356,19 @@ fn move_target(d: &Dev) -> Option<u64> {
         let end = a + d.size;
         a >= 0x10_0000
             && !(d.bar0 < end && a < d.bar0 + BAR0_SIZE)
-            && info.e820[..info.e820_len].iter().all(|e| e.end <= a || e.start >= end)
+            && info.e820[..info.e820_len]
+                .iter()
+                .all(|e| e.end <= a || e.start >= end)
     };
     let (old, size) = (d.bar2, d.size);
-    [old.checked_add(size), old.checked_sub(size), old.checked_add(2 * size)]
-        .into_iter()
-        .flatten()
-        .find(|&a| clear(a))
+    [
+        old.checked_add(size),
+        old.checked_sub(size),
+        old.checked_add(2 * size),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|&a| clear(a))
 }
 
 /// Ring-3 job: writes our slot, waits for all parties, verifies them.
@@ -564,12 +531,18 @@ fn bench_one(what: &str, base: u64, bytes: u64) {
     say!(
         "shmvm: bench ",
         what,
+        " addr=",
+        Hex(base),
+        " bytes=",
+        Dec(bytes)
+    );
+    say!(
+        "shmvm: bench ",
+        what,
         " write_mbps=",
         Dec(mbps(b.write)),
         " read_mbps=",
-        Dec(mbps(b.read)),
-        " bytes=",
-        Dec(bytes)
+        Dec(mbps(b.read))
     );
 }
 
@@ -593,7 +566,7 @@ pub fn bench() -> Result<(), &'static str> {
 fn free_ram(bytes: u64) -> Option<u64> {
     // SAFETY: single CPU, CPL0 only; FREE was computed at boot.
     let free = unsafe { &*jobs::FREE.ptr() };
-    free.r[..free.n].iter().find_map(|&(s, t)| {
+    free.as_slice().iter().find_map(|&(s, t)| {
         let s = (s + 0xFFF) & !0xFFF;
         (t > s && t - s >= bytes).then_some(s)
     })

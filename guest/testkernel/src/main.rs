@@ -18,14 +18,17 @@ mod jobs;
 mod paging;
 mod params;
 mod pci;
+mod protocol;
+mod ranges;
 mod tables;
 mod timer;
 
 use core::cell::UnsafeCell;
 
-use bootinfo::{E820_RAM, INFO};
+use bootinfo::INFO;
 use console::{Dec, Hex, Hex16};
 use params::{PARAMS, Test};
+use ranges::E820_RAM;
 
 /// A static shared between CPL0 code and ring-3 jobs. There is one CPU and
 /// no interrupts; CPL0 is suspended while a job runs, so accesses never
@@ -100,17 +103,24 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
     if let Err(why) = bootinfo::load(entry, info) {
         fail_now(why);
     }
-    cpu::user(params::parse_job, 0, 0, 0);
+    cpu::user(jobs::parse_job, 0, 0, 0);
     cpu::user(jobs::free_ranges_job, 0, 0, 0);
     cpu::user(tables::count_job, 0, 0, 0);
-    report();
     // SAFETY: single CPU, CPL0 only; PARAMS is no longer written.
     let p = unsafe { &*PARAMS.ptr() };
-    if let Some((why, at)) = p.error {
-        say!("shmvm: bad parameter at cmdline offset ", Dec(at as u64));
+    if let Some((why, _)) = p.error {
         note_failure(why);
     }
-    for t in &p.tests[..p.ntests] {
+    report();
+    if let Some((why, at)) = p.error {
+        say!(
+            "shmvm: bad parameter offset=",
+            Dec(at as u64),
+            " reason=",
+            why
+        );
+    }
+    for t in p.tests() {
         let r = match t {
             Test::Boot => Ok(()),
             Test::Memtest => memtest(),
@@ -217,13 +227,7 @@ fn memtest() -> Result<(), &'static str> {
     // SAFETY: as above.
     let seed = unsafe { (*PARAMS.ptr()).seed };
     if cpu::user(jobs::memtest_job, seed, 0, 0) == 0 {
-        say!(
-            "shmvm: memtest bytes=",
-            Dec(bytes),
-            " ranges=",
-            Dec(n as u64),
-            " ok"
-        );
+        say!("shmvm: memtest bytes=", Dec(bytes), " ok");
         return Ok(());
     }
     // SAFETY: the job has returned.
@@ -232,12 +236,9 @@ fn memtest() -> Result<(), &'static str> {
         "shmvm: memtest bytes=",
         Dec(bytes),
         " failed at ",
-        Hex(r.failed_at),
-        " got=",
-        Hex(r.got),
-        " want=",
-        Hex(r.want)
+        Hex(r.failed_at)
     );
+    say!("shmvm: memtest got=", Hex(r.got), " want=", Hex(r.want));
     Err("memtest")
 }
 

@@ -1,9 +1,9 @@
 //! `shmvm.*` command-line parameters (parsed in ring 3; see README.md).
 
+#[cfg(not(test))]
 use crate::Global;
-use crate::bootinfo::INFO;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Test {
     Boot,
     Memtest,
@@ -34,21 +34,35 @@ pub struct Params {
     pub error: Option<(&'static str, usize)>,
 }
 
-pub static PARAMS: Global<Params> = Global::new(Params {
-    tests: [Test::Boot; MAX_TESTS],
-    ntests: 0,
-    expect_ram: None,
-    expect_cpus: None,
-    seed: 0x5eed,
-    timeout_ms: 10_000,
-    bar2: None,
-    slot: 0,
-    parties: 1,
-    bench_mib: 64,
-    ivshmem_size: None,
-    ivposition: 0,
-    error: None,
-});
+#[cfg(not(test))]
+pub static PARAMS: Global<Params> = Global::new(Params::DEFAULT);
+
+impl Params {
+    pub const DEFAULT: Params = Params {
+        tests: [Test::Boot; MAX_TESTS],
+        ntests: 0,
+        expect_ram: None,
+        expect_cpus: None,
+        seed: 0x5eed,
+        timeout_ms: 10_000,
+        bar2: None,
+        slot: 0,
+        parties: 1,
+        bench_mib: 64,
+        ivshmem_size: None,
+        ivposition: 0,
+        error: None,
+    };
+
+    /// Parses a command line (see README.md); problems land in `error`.
+    pub fn parse(&mut self, line: &[u8]) {
+        parse(line, self);
+    }
+
+    pub fn tests(&self) -> &[Test] {
+        &self.tests[..self.ntests]
+    }
+}
 
 /// Decimal, or hex with 0x; optional K/M/G suffix (powers of 1024).
 pub fn parse_num(s: &[u8]) -> Option<u64> {
@@ -169,14 +183,61 @@ fn parse(line: &[u8], p: &mut Params) {
     }
 }
 
-/// Ring-3 job: parses the saved command line into `PARAMS`.
-pub extern "C" fn parse_job(_: u64, _: u64, _: u64) -> u64 {
-    // SAFETY: CPL0 is suspended while this job runs; nothing else holds
-    // references to these statics.
-    unsafe {
-        let info = &*INFO.ptr();
-        let p = &mut *PARAMS.ptr();
-        parse(&info.cmdline[..info.cmdline_len], p);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(line: &str) -> Params {
+        let mut p = Params::DEFAULT;
+        p.parse(line.as_bytes());
+        p
     }
-    0
+
+    #[test]
+    fn numbers_decimal_hex_and_suffixes() {
+        assert_eq!(parse_num(b"42"), Some(42));
+        assert_eq!(parse_num(b"0x1F"), Some(31));
+        assert_eq!(parse_num(b"128M"), Some(128 << 20));
+        assert_eq!(parse_num(b"4G"), Some(4 << 30));
+        assert_eq!(parse_num(b"2k"), Some(2048));
+        assert_eq!(parse_num(b"0x"), None);
+        assert_eq!(parse_num(b"M"), None);
+        assert_eq!(parse_num(b"12x"), None);
+        assert_eq!(parse_num(b"99999999999999999999"), None);
+        assert_eq!(parse_num(b"17179869184G"), None);
+    }
+
+    #[test]
+    fn default_test_is_boot_and_other_words_are_ignored() {
+        let p = parsed("console=ttyS0 quiet shmvm.unknown=1 shmvm.seed");
+        assert_eq!(p.tests(), &[Test::Boot]);
+        assert!(p.error.is_none());
+        assert_eq!(p.seed, 0x5eed);
+    }
+
+    #[test]
+    fn tests_in_order_and_parameters() {
+        let p = parsed(
+            "  shmvm.test=memtest,ivshmem-slots,initrd shmvm.expect_ram=128M shmvm.expect_cpus=2 \
+             shmvm.slot=1 shmvm.parties=3 shmvm.seed=0x99 shmvm.bar2=0x100100000 shmvm.timeout_ms=5",
+        );
+        assert_eq!(
+            p.tests(),
+            &[Test::Memtest, Test::IvshmemSlots, Test::Initrd]
+        );
+        assert_eq!(p.expect_ram, Some(128 << 20));
+        assert_eq!(p.expect_cpus, Some(2));
+        assert_eq!((p.slot, p.parties, p.seed, p.timeout_ms), (1, 3, 0x99, 5));
+        assert_eq!(p.bar2, Some(0x1_0010_0000));
+        assert!(p.error.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_first_bad_word() {
+        let p = parsed("a=b shmvm.test=boot,bogus shmvm.seed=zz");
+        assert_eq!(p.error, Some(("unknown_test", 4)));
+        let p = parsed("shmvm.seed=zz");
+        assert_eq!(p.error, Some(("bad_number", 0)));
+        assert!(p.tests().is_empty());
+    }
 }

@@ -8,29 +8,65 @@ use crate::{Dec, Global, say};
 static KHZ: Global<u64> = Global::new(0);
 
 const PIT_HZ: u64 = 1_193_182;
-const PIT_MS: u64 = 10;
+/// PIT ticks between the two samples (~20 ms).
+const PIT_SPAN: u16 = 23_864;
+/// (TSC, PIT count) readings per sample; the tightest one is kept.
+const TRIES: u32 = 5;
 
+/// Latches and reads PIT channel 2's count.
+fn pit_count() -> u16 {
+    outb(0x43, 0x80);
+    let lo = inb(0x42);
+    let hi = inb(0x42);
+    u16::from(lo) | (u16::from(hi) << 8)
+}
+
+/// (TSC at the middle of the read, count) from the read bracketed most
+/// tightly by rdtsc: a vCPU descheduled during a read only widens that
+/// read's bracket, so the tightest one is accurate.
+fn sample() -> (u64, u16) {
+    let mut best = (u64::MAX, 0u64, 0u16);
+    for _ in 0..TRIES {
+        let t0 = rdtsc();
+        let c = pit_count();
+        let t1 = rdtsc();
+        if t1 - t0 < best.0 {
+            best = (t1 - t0, t0 + (t1 - t0) / 2, c);
+        }
+    }
+    (best.1, best.2)
+}
+
+/// TSC kHz from PIT channel 2 (mode 0, counting down from 0xFFFF: 55 ms
+/// before it wraps); 0 if no PIT answers.
 fn pit_khz() -> u64 {
-    let latch = PIT_HZ * PIT_MS / 1000;
     // Gate on, speaker off; channel 2, lobyte/hibyte, mode 0, binary.
     outb(0x61, (inb(0x61) & !0x02) | 0x01);
     outb(0x43, 0xB0);
-    outb(0x42, latch as u8);
-    outb(0x42, (latch >> 8) as u8);
-    let t0 = rdtsc();
+    outb(0x42, 0xFF);
+    outb(0x42, 0xFF);
+    let (ta, ca) = sample();
     let mut polls = 0u32;
-    while inb(0x61) & 0x20 == 0 {
+    loop {
+        let c = pit_count();
+        if c > ca {
+            return 0; // wrapped or not counting: no usable PIT
+        }
+        if ca - c >= PIT_SPAN {
+            break;
+        }
         polls += 1;
-        if polls > 5_000_000 {
+        // A PIT counts at 1.19 MHz, so reads microseconds apart differ; a
+        // count that never moves means nothing answers at port 0x42.
+        if (polls == 1000 && c == ca) || polls > 1_000_000 {
             return 0;
         }
     }
-    let t1 = rdtsc();
-    // OUT2 high on the first poll: no PIT behind port 0x61.
-    if polls < 2 {
+    let (tb, cb) = sample();
+    if cb >= ca || tb <= ta {
         return 0;
     }
-    (t1 - t0) / PIT_MS
+    (tb - ta) * PIT_HZ / u64::from(ca - cb) / 1000
 }
 
 fn measure() -> (u64, &'static str) {

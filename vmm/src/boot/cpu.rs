@@ -64,10 +64,19 @@ fn code_flags(e: Entry) -> (u16, u16) {
     }
 }
 
-/// The boot GDT (null, code, data, TSS) as it is written to [`BOOT_GDT`].
-pub fn gdt(e: Entry) -> [u64; 4] {
+/// GDT slots: the Linux 64-bit boot protocol wants __BOOT_CS = 0x10 and
+/// __BOOT_DS = 0x18 (boot.rst); PVH leaves selectors unspecified.
+const CODE_INDEX: u16 = 2;
+const DATA_INDEX: u16 = 3;
+const TSS_INDEX: u16 = 4;
+/// Number of GDT entries written at [`BOOT_GDT`].
+pub const GDT_ENTRIES: usize = 5;
+
+/// The boot GDT (null, unused, code, data, TSS) as written to [`BOOT_GDT`].
+pub fn gdt(e: Entry) -> [u64; GDT_ENTRIES] {
     let (code, tss) = code_flags(e);
     [
+        0,
         0,
         gdt_entry(code, 0, 0xfffff),
         gdt_entry(DATA, 0, 0xfffff),
@@ -94,16 +103,16 @@ pub fn page_tables() -> Vec<u8> {
 /// Special registers for vCPU 0's entry, starting from KVM's reset values.
 pub fn sregs(mut s: kvm_sregs, e: Entry) -> kvm_sregs {
     let (code, tss) = code_flags(e);
-    s.cs = segment(1, code, 0, 0xfffff);
-    let data = segment(2, DATA, 0, 0xfffff);
+    s.cs = segment(CODE_INDEX, code, 0, 0xfffff);
+    let data = segment(DATA_INDEX, DATA, 0, 0xfffff);
     s.ds = data;
     s.es = data;
     s.fs = data;
     s.gs = data;
     s.ss = data;
-    s.tr = segment(3, tss, 0, 0xfffff);
+    s.tr = segment(TSS_INDEX, tss, 0, 0xfffff);
     s.gdt.base = BOOT_GDT;
-    s.gdt.limit = 4 * 8 - 1;
+    s.gdt.limit = (GDT_ENTRIES * 8 - 1) as u16;
     s.idt.base = BOOT_IDT;
     s.idt.limit = 7;
     match e {
@@ -219,14 +228,18 @@ mod tests {
 
     #[test]
     fn gdt_entries_match_architectural_encodings() {
-        assert_eq!(gdt(Entry::Linux64 { rip: 0 })[1], 0x00af_9b00_0000_ffff);
-        assert_eq!(gdt(Entry::Linux64 { rip: 0 })[2], 0x00cf_9300_0000_ffff);
-        assert_eq!(gdt(Entry::Pvh { rip: 0 })[1], 0x00cf_9b00_0000_ffff);
-        let cs = segment(1, CODE64, 0, 0xfffff);
+        assert_eq!(gdt(Entry::Linux64 { rip: 0 })[2], 0x00af_9b00_0000_ffff);
+        assert_eq!(gdt(Entry::Linux64 { rip: 0 })[3], 0x00cf_9300_0000_ffff);
+        assert_eq!(gdt(Entry::Pvh { rip: 0 })[2], 0x00cf_9b00_0000_ffff);
+        let s = sregs(kvm_sregs::default(), Entry::Linux64 { rip: 0 });
+        let cs = s.cs;
+        let got = (cs.selector, cs.l, cs.db, cs.g, cs.type_, cs.limit);
+        assert_eq!(got, (0x10, 1, 0, 1, 0xb, 0xffff_ffff));
         assert_eq!(
-            (cs.selector, cs.l, cs.db, cs.g, cs.type_, cs.limit),
-            (8, 1, 0, 1, 0xb, 0xffff_ffff)
+            (s.ds.selector, s.ss.selector, s.es.selector),
+            (0x18, 0x18, 0x18)
         );
+        assert!(BOOT_GDT + 8 * GDT_ENTRIES as u64 <= BOOT_IDT);
     }
 
     #[test]

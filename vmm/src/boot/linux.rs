@@ -5,7 +5,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::Error;
-use crate::layout::{CMDLINE, MemMapEntry, ZERO_PAGE};
+use crate::layout::{ACPI_TABLES, CMDLINE, MemMapEntry, ZERO_PAGE};
 
 const HDRS_MAGIC: u32 = 0x5372_6448;
 const BOOT_FLAG: u16 = 0xaa55;
@@ -65,6 +65,8 @@ pub(super) fn write_zero_page(
         }
     }
     p.hdr.type_of_loader = LOADER_UNDEFINED;
+    // Boot protocol 2.14+: where the RSDP is (older kernels scan for it).
+    p.acpi_rsdp_addr = ACPI_TABLES;
     p.hdr.cmd_line_ptr = CMDLINE as u32;
     p.ext_cmd_line_ptr = (CMDLINE >> 32) as u32;
     p.hdr.cmdline_size = cmdline_len as u32 + 1;

@@ -2,6 +2,7 @@
 //! boot structures (PVH start info or Linux zero page, MP table, GDT, page
 //! tables) for the chosen entry protocol.
 
+pub mod acpi;
 pub mod cpu;
 mod linux;
 pub mod mptable;
@@ -17,7 +18,7 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::cli::BootProtocol;
-use crate::layout::{self, BOOT_GDT, BOOT_IDT, CMDLINE, HIMEM, MPTABLE, PML4};
+use crate::layout::{self, ACPI_TABLES, BOOT_GDT, BOOT_IDT, CMDLINE, HIMEM, MPTABLE, PML4};
 pub use cpu::Entry;
 
 /// Errors loading the kernel or initrd, each naming the file and option.
@@ -203,8 +204,16 @@ pub fn load(
         _ => None,
     };
 
-    // Shared pieces: MP table, GDT, empty IDT.
+    // Shared pieces: MP table and ACPI tables (CPUs, PCI root, power-off),
+    // GDT, empty IDT.
     write(mem, MPTABLE, &mptable::build(MPTABLE, spec.vcpus))?;
+    let mmio64 = layout::pci_mmio64_start(ram_size);
+    let tables = acpi::build(
+        ACPI_TABLES,
+        spec.vcpus,
+        (mmio64, mmio64 + layout::PCI_MMIO64_SIZE),
+    );
+    write(mem, ACPI_TABLES, &tables)?;
     let gdt: Vec<u8> = cpu::gdt(entry)
         .iter()
         .flat_map(|e| e.to_le_bytes())
@@ -257,6 +266,126 @@ fn load_initrd(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use linux_loader::loader::bootparam::boot_params;
+    use vm_memory::GuestMemoryMmap;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A synthetic bzImage: 4 setup sectors after the boot sector, a
+    /// protocol 2.15 header with the 64-bit entry flag, then `payload`.
+    fn fake_bzimage(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 5 * 512];
+        let put16 =
+            |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        let put32 =
+            |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        f[0x1f1] = 4; // setup_sects
+        put16(&mut f, 0x1fe, 0xaa55);
+        f[0x202..0x206].copy_from_slice(b"HdrS");
+        put16(&mut f, 0x206, 0x020f);
+        f[0x211] = 0x01; // loadflags: LOADED_HIGH
+        put32(&mut f, 0x214, 0x10_0000); // code32_start
+        put32(&mut f, 0x22c, 0x7fff_ffff); // initrd_addr_max
+        put32(&mut f, 0x230, 0x20_0000); // kernel_alignment
+        put16(&mut f, 0x236, 0x1); // xloadflags: XLF_KERNEL_64
+        put32(&mut f, 0x238, 2047); // cmdline_size
+        put32(&mut f, 0x260, 0x40_0000); // init_size
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn temp_file(name: &str, data: &[u8]) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("shmvm-unit-{}-{name}", std::process::id()));
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    #[test]
+    fn bzimage_gets_64bit_entry_zero_page_and_high_initrd() {
+        let ram = 64 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        let kpath = temp_file("bz", &fake_bzimage(&[0x90; 4096]));
+        let ipath = temp_file("initrd", &[0xab; 10_000]);
+        let spec = BootSpec {
+            kernel: &kpath,
+            initrd: Some(&ipath),
+            cmdline: "console=ttyS0 reboot=k",
+            protocol: None,
+            vcpus: 2,
+        };
+        let mut files = BootFiles::open(&kpath, Some(&ipath)).unwrap();
+        let loaded = load(&mem, ram, &spec, &mut files).unwrap();
+        let _ = std::fs::remove_file(&kpath);
+        let _ = std::fs::remove_file(&ipath);
+        assert_eq!(loaded.entry, Entry::Linux64 { rip: 0x10_0200 });
+        let initrd_addr = (ram - 10_000) & !0xfff;
+        assert_eq!(loaded.initrd, Some((initrd_addr, 10_000)));
+        let p: boot_params = mem
+            .read_obj(GuestAddress(crate::layout::ZERO_PAGE))
+            .unwrap();
+        let h = p.hdr;
+        assert_eq!(
+            (h.type_of_loader, h.cmd_line_ptr, { h.ramdisk_image }),
+            (0xff, CMDLINE as u32, initrd_addr as u32)
+        );
+        assert_eq!({ h.ramdisk_size }, 10_000);
+        assert_eq!({ h.code32_start }, 0x10_0000);
+        assert_eq!(p.e820_entries, 3);
+        let e = p.e820_table[2];
+        assert_eq!(
+            ({ e.addr }, { e.size }, { e.r#type }),
+            (HIMEM, ram - HIMEM, 1)
+        );
+        let mut cl = [0u8; 23];
+        mem.read_slice(&mut cl, GuestAddress(CMDLINE)).unwrap();
+        assert_eq!(&cl, b"console=ttyS0 reboot=k\0");
+        let mut payload = [0u8; 4];
+        mem.read_slice(&mut payload, GuestAddress(0x10_0000))
+            .unwrap();
+        assert_eq!(payload, [0x90; 4]);
+        // The MP table is there for both vCPUs, and PVH is refused.
+        let mut sig = [0u8; 4];
+        mem.read_slice(&mut sig, GuestAddress(MPTABLE)).unwrap();
+        assert_eq!(&sig, b"_MP_");
+        let spec = BootSpec {
+            protocol: Some(BootProtocol::Pvh),
+            ..spec
+        };
+        let kpath2 = temp_file("bz2", &fake_bzimage(&[0x90; 16]));
+        let mut files = BootFiles::open(&kpath2, None).unwrap();
+        let spec = BootSpec {
+            kernel: &kpath2,
+            initrd: None,
+            ..spec
+        };
+        assert!(matches!(
+            load(&mem, ram, &spec, &mut files),
+            Err(Error::NoPvhNote(_))
+        ));
+        let _ = std::fs::remove_file(&kpath2);
+    }
+
+    #[test]
+    fn bzimage_without_64bit_entry_is_refused() {
+        let mut img = fake_bzimage(&[0x90; 16]);
+        img[0x236] = 0;
+        let kpath = temp_file("bz32", &img);
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
+        let spec = BootSpec {
+            kernel: &kpath,
+            initrd: None,
+            cmdline: "",
+            protocol: None,
+            vcpus: 1,
+        };
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let r = load(&mem, 32 << 20, &spec, &mut files);
+        let _ = std::fs::remove_file(&kpath);
+        match r {
+            Err(Error::Kernel { reason, .. }) => assert!(reason.contains("64-bit"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn initrd_goes_high_and_page_aligned() {

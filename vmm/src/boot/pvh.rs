@@ -7,7 +7,7 @@ use linux_loader::loader::elf::start_info::{
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::Error;
-use crate::layout::{CMDLINE, MemMapEntry, PVH_MEMMAP, PVH_MODLIST, PVH_START_INFO};
+use crate::layout::{ACPI_TABLES, CMDLINE, MemMapEntry, PVH_MEMMAP, PVH_MODLIST, PVH_START_INFO};
 
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 
@@ -30,6 +30,7 @@ pub(super) fn write_start_info(
         cmdline_paddr: CMDLINE,
         memmap_paddr: PVH_MEMMAP,
         memmap_entries: map.len() as u32,
+        rsdp_paddr: ACPI_TABLES,
         ..Default::default()
     };
     if let Some((paddr, size)) = initrd {

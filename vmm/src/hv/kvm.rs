@@ -37,23 +37,41 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Opens /dev/kvm and creates a VM with an in-kernel irqchip and PIT.
-    pub fn new(tss_addr: u64) -> Result<Vm, Error> {
+    /// Opens /dev/kvm and creates an empty VM.
+    pub fn new() -> Result<Vm, Error> {
         let kvm = Kvm::new().map_err(Error::Open)?;
         let v = kvm.get_api_version();
         if v != 12 {
             return Err(Error::ApiVersion(v));
         }
         let fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-        fd.set_tss_address(tss_addr as usize)
+        Ok(Vm { kvm, fd })
+    }
+
+    /// Adds the in-kernel PIC + IOAPIC + LAPICs; `tss_addr` is 3 pages of
+    /// guest-physical space KVM may use (Intel). Must precede vCPU creation.
+    pub fn add_irqchip(&self, tss_addr: u64) -> Result<(), Error> {
+        self.fd
+            .set_tss_address(tss_addr as usize)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
-        fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        self.fd
+            .create_irq_chip()
+            .map_err(ioctl("KVM_CREATE_IRQCHIP"))
+    }
+
+    /// Adds the in-kernel i8254 PIT (needs the irqchip; any time before the
+    /// first KVM_RUN).
+    pub fn add_pit(&self) -> Result<(), Error> {
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
-        Ok(Vm { kvm, fd })
+        self.fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))
+    }
+
+    /// Whether KVM emulates the LAPIC TSC-deadline timer.
+    pub fn has_tsc_deadline_timer(&self) -> bool {
+        self.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer)
     }
 
     /// The CPUID leaves KVM can expose on this host.
