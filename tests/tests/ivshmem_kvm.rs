@@ -307,3 +307,42 @@ fn kvm_ivshmem_readonly_memdev_is_a_readonly_slot() {
         "nothing reached the file"
     );
 }
+
+#[test]
+fn kvm_ivshmem_named_shm_kept_after_the_vm_holds_the_data() {
+    require_kvm();
+    let name = format!("/{}", unique("kept"));
+    let dev_shm = Path::new("/dev/shm").join(&name[1..]);
+    let _cleanup = RemoveOnDrop(dev_shm.clone());
+    let object = format!("memory-backend-shm,id=kept,size=1M,name={name},keep=on");
+    let vm = shmvm(&[
+        "-m",
+        "64M",
+        "-object",
+        &object,
+        "-device",
+        "ivshmem-plain,memdev=kept",
+        "-append",
+        "shmvm.test=ivshmem shmvm.seed=0x77 shmvm.timeout_ms=30000",
+    ])
+    .spawn()
+    .expect("starting shmvm");
+    let host = peer(&["handshake", &format!("shm:{name}"), "30000"]);
+    let run = harness::wait(vm, Duration::from_secs(60));
+    peer_ok(host);
+    run.assert_pass();
+    // keep=on: the object outlives the VM with the host's pattern (P2) in it
+    // and the guest's verdict in the header.
+    let r = Region::open_shm(&name).expect("keep=on leaves the object");
+    assert_eq!(
+        r.rd32(shmvm_tests::shm::HDR_STATE),
+        shmvm_tests::shm::STATE_GUEST_OK
+    );
+    for o in [0x1000u64, 0x8000, (1 << 20) - 8] {
+        assert_eq!(
+            r.rd64(o as usize),
+            shmvm_tests::shm::p2(o, 0x77),
+            "offset {o:#x}"
+        );
+    }
+}

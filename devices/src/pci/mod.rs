@@ -15,7 +15,13 @@
 //!    (ACPI MCFG), [`PciConfigMmio`] on the MMIO bus.
 //!
 //! A guest that moves a BAR or toggles the command register's enable bits
-//! reaches the mapper through the same path.
+//! reaches the mapper through the same path: an unmap of the old region,
+//! then a map of the new one. A BAR decodes only while its space is enabled
+//! in the command register and its address is usable (not 0, not where the
+//! sizing value puts it). A 64-bit BAR whose low half is written while it
+//! decodes moves once, when its high half is written (or at the next other
+//! configuration write), never to a half-updated address; drivers that
+//! disable decoding around the change (Linux, firmware) see no difference.
 
 mod alloc;
 pub mod config;
