@@ -57,7 +57,7 @@ if [[ ",$vmms," == *",shmvm,"* ]]; then
     "$shmvm_bin" --help >/dev/null 2>&1 || die "$shmvm_bin --help fails: not a working shmvm"
 fi
 
-guest/initramfs/build.sh "$lab/l2-initrd.gz" "$tool"
+guest/initramfs/build.sh "$lab/l2-initrd.gz" "$tool" "$lab/kernel/modules"
 tests/lab/build-l1.sh "$lab/l1-initrd.lz4" "$lab/kernel" "$lab/l2-initrd.gz" "$tool" $shmvm_bin
 
 append="console=ttyS0 reboot=t panic=-1 quiet lab.vmms=$vmms"
@@ -108,8 +108,18 @@ done
 if [ "$failed" -gt 0 ]; then
     echo "L2 consoles of failed runs: $(ls "$lab/consoles" | sed "s|^|$lab/consoles/|" | tr '\n' ' ')"
 fi
+# L2 boot to init side by side: median per VMM over the runs that got there.
+for v in ${vmms//,/ }; do
+    grep "^LAB-SCENARIO .* vmm=$v " "$log" | sed -n 's/.* init_s=\([0-9.]*\) .*/\1/p' | sort -n |
+        awk -v v="$v" '{a[NR] = $1} END {
+            if (NR) printf "lab: L2 boot to init with %s: median %.1f s (min %.1f, max %.1f, %d runs)\n",
+                v, (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[1], a[NR], NR }'
+done
+l1_ready=$(sed -n 's/.*LAB-INFO l1_ready_s=\([0-9.]*\).*/\1/p' "$log" | head -n1)
+[ -n "$l1_ready" ] && echo "lab: L1 kernel boot to its init: ${l1_ready} s"
 for p in "${problems[@]}"; do echo "lab: FAIL: $p"; done
 total=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
-printf 'lab: L1 run %.1f s, total %.1f s\n' "$l1_s" "$total"
+printf 'lab: L1 run %.1f s, total %.1f s (budget 900 s)\n' "$l1_s" "$total"
+awk -v t="$total" 'BEGIN {exit !(t > 900)}' && echo "lab: WARNING: over the 15-minute budget"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ ${#problems[@]} -eq 0 ]
