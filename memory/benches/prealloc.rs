@@ -217,7 +217,9 @@ fn main() {
         cases.push(Case::QemuBaseline);
     }
     let mut times: BTreeMap<Case, Vec<Duration>> = BTreeMap::new();
+    let mut rounds: Vec<BTreeMap<Case, Duration>> = Vec::new();
     for run in 0..runs {
+        let mut round = BTreeMap::new();
         // Rotate the order each run so no case always follows the same neighbour.
         let n = cases.len();
         for i in 0..n {
@@ -232,7 +234,9 @@ fn main() {
                 Case::QemuBaseline => qemu(&object("memfd", size, false, 1)),
             };
             times.entry(case).or_default().push(d);
+            round.insert(case, d);
         }
+        rounds.push(round);
         eprintln!("run {}/{runs} done", run + 1);
     }
     let mut med: BTreeMap<Case, Duration> = BTreeMap::new();
@@ -251,30 +255,65 @@ fn main() {
         ms(med[&Case::KernelShmem]),
         base.map_or("-".to_string(), ms)
     );
+    println!("Ratios: median of the per-run ratios (in brackets: ratio of the medians).");
     println!();
     println!(
         "| backend | threads | shmvm | shmvm / kernel (anonymous) | shmvm / kernel (same memory) \
          | QEMU 10 (net) | shmvm / QEMU |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    let ratio = |a: Duration, b: Duration| format!("{:.2}", a.as_secs_f64() / b.as_secs_f64());
+    // The cases of one run ran at most minutes apart, so a ratio within a run cancels
+    // most of the load drift of this shared machine.
+    let paired = |num: Case, den: &dyn Fn(&BTreeMap<Case, Duration>) -> Option<Duration>| {
+        let mut r: Vec<f64> = rounds
+            .iter()
+            .filter_map(|round| {
+                let d = den(round).filter(|d| !d.is_zero())?;
+                Some(round[&num].as_secs_f64() / d.as_secs_f64())
+            })
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied()
+    };
+    let show = |p: Option<f64>, a: Duration, b: Option<Duration>| match (p, b) {
+        (Some(p), Some(b)) => format!("{p:.2} ({:.2})", a.as_secs_f64() / b.as_secs_f64()),
+        _ => "-".to_string(),
+    };
     for kind in BACKENDS {
-        let same = if kind == "ram" {
-            med[&Case::KernelThp]
+        let same_case = if kind == "ram" {
+            Case::KernelThp
         } else {
-            med[&Case::KernelShmem]
+            Case::KernelShmem
         };
         for threads in [1, 2] {
-            let o = med[&Case::Ours(kind, threads)];
-            let q = med.get(&Case::Qemu(kind, threads)).copied();
-            let qnet = q.zip(base).map(|(q, b)| q.saturating_sub(b));
+            let ours_case = Case::Ours(kind, threads);
+            let qemu_case = Case::Qemu(kind, threads);
+            let o = med[&ours_case];
+            let qnet = med
+                .get(&qemu_case)
+                .zip(base)
+                .map(|(q, b)| q.saturating_sub(b));
+            let qnet_in = |r: &BTreeMap<Case, Duration>| {
+                Some(
+                    r.get(&qemu_case)?
+                        .saturating_sub(*r.get(&Case::QemuBaseline)?),
+                )
+            };
             println!(
                 "| {kind} | {threads} | {} | {} | {} | {} | {} |",
                 ms(o),
-                ratio(o, kernel),
-                ratio(o, same),
+                show(
+                    paired(ours_case, &|r| Some(r[&Case::Kernel])),
+                    o,
+                    Some(kernel)
+                ),
+                show(
+                    paired(ours_case, &|r| Some(r[&same_case])),
+                    o,
+                    Some(med[&same_case])
+                ),
                 qnet.map_or("-".to_string(), ms),
-                qnet.map_or("-".to_string(), |q| ratio(o, q)),
+                show(paired(ours_case, &qnet_in), o, qnet),
             );
         }
     }

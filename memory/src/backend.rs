@@ -7,8 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{
-    BackendConfig, BackendKind, FileOptions, HostMemPolicy, KindOptions, MemfdOptions, OnOffAuto,
-    ShmOptions,
+    BackendConfig, BackendKind, FileOptions, KindOptions, MemfdOptions, OnOffAuto, ShmOptions,
 };
 use crate::error::Error;
 use crate::prealloc::{self, Backing, PopulateMethod};
@@ -534,8 +533,15 @@ impl Ctx<'_> {
 
     /// shm_open a fresh random name with O_EXCL and mode 0, unlink it at once.
     fn anonymous_shm(&self) -> Result<OwnedFd, Error> {
+        self.anonymous_shm_named(|| {
+            format!("/shmvm-{}-{:016x}", std::process::id(), sys::random_u64())
+        })
+    }
+
+    /// [`Ctx::anonymous_shm`] with the name source given (tests pass clashing names).
+    fn anonymous_shm_named(&self, mut next_name: impl FnMut() -> String) -> Result<OwnedFd, Error> {
         for _ in 0..SHM_NAME_ATTEMPTS {
-            let name = format!("/shmvm-{}-{:016x}", std::process::id(), sys::random_u64());
+            let name = next_name();
             match sys::shm_open(&name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0) {
                 Ok(fd) => {
                     sys::shm_unlink(&name).map_err(|e| {
@@ -640,6 +646,7 @@ impl Ctx<'_> {
 
     #[cfg(target_os = "linux")]
     fn bind(&self, map: &Mapping) -> Result<(), Error> {
+        use crate::config::HostMemPolicy;
         const MPOL_PREFERRED_MANY: libc::c_int = 5;
         const MPOL_MF_STRICT: libc::c_uint = 1;
         let nodes = self.cfg.host_nodes();

@@ -683,3 +683,40 @@ fn host_side_errors_name_the_option() {
         "{e}"
     );
 }
+
+#[test]
+fn anonymous_shm_retries_a_name_that_exists_and_leaves_it_alone() {
+    let taken = format!("/shmvm-{}-taken", std::process::id());
+    let path = format!("/dev/shm{taken}");
+    fs::write(&path, b"not ours").expect("pre-create");
+    let cfg = cfg("memory-backend-shm,id=s,size=64K");
+    let ctx = Ctx { cfg: &cfg };
+    let mut names = vec![
+        format!("/shmvm-{}-fresh", std::process::id()),
+        taken.clone(),
+        taken.clone(),
+    ];
+    let fd = ctx.anonymous_shm_named(|| names.pop().expect("a name"));
+    let after = fs::read(&path);
+    let _ = fs::remove_file(&path);
+    let fd = fd.expect("third name is free");
+    assert!(names.is_empty(), "both clashing names were tried first");
+    assert_eq!(after.expect("still there"), b"not ours");
+    assert!(!Path::new(&format!("/dev/shm/shmvm-{}-fresh", std::process::id())).exists());
+    assert_eq!(
+        sys::fstat(fd.as_fd()).expect("fstat").1 & 0o777,
+        0,
+        "mode 0"
+    );
+    // Only clashes: a clear error after the last attempt, nothing created.
+    fs::write(&path, b"not ours").expect("pre-create");
+    let e = ctx
+        .anonymous_shm_named(|| taken.clone())
+        .expect_err("all names taken");
+    let _ = fs::remove_file(&path);
+    assert!(
+        e.to_string()
+            .contains("no free shm name after 100 attempts"),
+        "{e}"
+    );
+}

@@ -346,3 +346,36 @@ fn kvm_ivshmem_named_shm_kept_after_the_vm_holds_the_data() {
         );
     }
 }
+
+#[test]
+fn kvm_ivshmem_bar2_moved_onto_guest_ram_is_refused_not_fatal() {
+    require_kvm();
+    // The guest programs BAR2 at 16 MiB, inside its RAM: KVM refuses the
+    // overlapping slot, the VMM says so, and the VM keeps running (the
+    // guest then finds RAM, not the region, there and fails its check).
+    let run = harness::run(shmvm(&[
+        "-m",
+        "64M",
+        "-object",
+        "memory-backend-memfd,id=m,size=1M",
+        "-device",
+        "ivshmem-plain,memdev=m",
+        "-append",
+        "shmvm.test=ivshmem-move shmvm.bar2=0x1000000",
+        "--stats",
+    ]));
+    assert_eq!(run.code, Some(35), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("reason=ivshmem_move_data_not_at_new_address"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("pci 00:01.0: mapping BAR2 mem 0x1000000+0x100000 failed, left unmapped"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(field(&stats_line(&run), "bar2 at "), "unmapped");
+}

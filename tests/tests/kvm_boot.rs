@@ -60,6 +60,12 @@ fn object(kind: &str, size: u64, dir: &TempDir) -> String {
 
 /// Boots the test kernel with RAM from `kind` and checks the memory map.
 fn boot_backend(kind: &str, size: u64, tests: &str) {
+    boot_backend_entry(kind, size, tests, "pvh");
+}
+
+/// As [`boot_backend`], entering through `boot` (pvh or linux64), so the
+/// memory map is checked as hvm_start_info and as the zero page's e820.
+fn boot_backend_entry(kind: &str, size: u64, tests: &str, boot: &str) {
     require_kvm();
     let kernel = testkernel();
     let dir = TempDir::new(kind);
@@ -79,10 +85,13 @@ fn boot_backend(kind: &str, size: u64, tests: &str) {
             "stdio",
             "-append",
             &append,
+            "--boot",
+            boot,
         ],
         T,
     );
     r.assert_pass();
+    assert_eq!(r.value("entry").as_deref(), Some(boot));
     let got: Vec<_> = r.lines_of("e820").iter().map(|l| e820_line(l)).collect();
     assert_eq!(
         got,
@@ -142,8 +151,8 @@ fn kvm_backend_file_1g() {
     boot_backend("file", GIB, "boot");
 }
 #[test]
-fn kvm_backend_memfd_1g() {
-    boot_backend("memfd", GIB, "boot");
+fn kvm_backend_memfd_1g_linux64() {
+    boot_backend_entry("memfd", GIB, "boot", "linux64");
 }
 #[test]
 fn kvm_backend_shm_1g() {
@@ -161,8 +170,8 @@ fn kvm_backend_file_3_5g_split_around_hole() {
     boot_backend("file", 3584 * MIB, "boot");
 }
 #[test]
-fn kvm_backend_memfd_3_5g_split_around_hole() {
-    boot_backend("memfd", 3584 * MIB, "boot");
+fn kvm_backend_memfd_3_5g_split_around_hole_linux64() {
+    boot_backend_entry("memfd", 3584 * MIB, "boot", "linux64");
 }
 #[test]
 fn kvm_backend_shm_3_5g_split_around_hole() {

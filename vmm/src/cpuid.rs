@@ -10,6 +10,11 @@ const LEAF_PERFMON: u32 = 0xa;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
+const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
+
+/// CPUID.80000001h:ECX bit 1 (AMD CmpLegacy): more than one core.
+const ECX_CMP_LEGACY: u32 = 1 << 1;
 
 /// CPUID.1:ECX bit 31: running under a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -84,6 +89,21 @@ pub fn for_vcpu(entries: &mut [kvm_cpuid_entry2], apic_id: u8, count: u8, tsc_de
                     }
                 }
             }
+            LEAF_EXT_FEATURES => {
+                if count > 1 {
+                    e.ecx |= ECX_CMP_LEGACY;
+                } else {
+                    e.ecx &= !ECX_CMP_LEGACY;
+                }
+            }
+            LEAF_AMD_TOPOLOGY => {
+                // EAX extended APIC ID; EBX core ID (threads per core - 1 = 0
+                // in bits 15:8); ECX node 0 of 1.
+                e.eax = id;
+                e.ebx = id & 0xff;
+                e.ecx = 0;
+                e.edx = 0;
+            }
             LEAF_AMD_SIZES => {
                 // ECX[7:0] cores - 1, ECX[15:12] APIC ID bits for cores.
                 e.ecx = (e.ecx & !0xf0ff) | (core_bits(count) << 12) | (n - 1);
@@ -136,6 +156,15 @@ mod tests {
         assert_eq!(e[4].eax >> 26, 2);
         assert_eq!((e[4].eax >> 14) & 0xfff, 2);
         assert_eq!(e[5].eax, 0);
+        let mut amd = vec![
+            entry(0x8000_0001, 0),
+            entry(0x8000_001e, 0),
+            entry(0x8000_0008, 0),
+        ];
+        for_vcpu(&mut amd, 3, 4, false);
+        assert_ne!(amd[0].ecx & ECX_CMP_LEGACY, 0);
+        assert_eq!((amd[1].eax, amd[1].ebx, amd[1].ecx), (3, 3, 0));
+        assert_eq!((amd[2].ecx & 0xff, (amd[2].ecx >> 12) & 0xf), (3, 2));
         let mut one = vec![entry(1, 0)];
         one[0].edx = EDX_HTT;
         for_vcpu(&mut one, 0, 1, false);
