@@ -358,6 +358,18 @@ fn readonly_file_maps_read_only() {
     assert!(b.readonly());
     assert_eq!(mem(&b)[8191], 9);
     assert!(!testutil::vm_flags(b.as_ptr()).contains(&"wr".to_string()));
+    // prealloc of a read-only mapping faults pages in for reading.
+    let b = create(&format!(
+        "memory-backend-file,id=f,size=8K,readonly=on,prealloc=on,mem-path={}",
+        file.s()
+    ));
+    // Rss counts mapped pages (mincore would count the file's page cache).
+    assert_eq!(testutil::smaps_field(b.as_ptr(), "Rss:"), "8 kB");
+    let lazy = create(&format!(
+        "memory-backend-file,id=f,size=8K,readonly=on,mem-path={}",
+        file.s()
+    ));
+    assert_eq!(testutil::smaps_field(lazy.as_ptr(), "Rss:"), "0 kB");
     // rom=off: the file is opened read-only but the mapping is private and writable.
     let b = create(&format!(
         "memory-backend-file,id=f,size=8K,readonly=on,rom=off,mem-path={}",
@@ -482,6 +494,8 @@ fn prealloc_makes_every_page_resident_for_every_backend() {
             pages,
             "{spec}: all resident"
         );
+        let rss = testutil::smaps_field(b.as_ptr(), "Rss:");
+        assert_eq!(rss, format!("{} kB", b.size() >> 10), "{spec}: all mapped");
         assert_eq!(b.populate_method(), Some(PopulateMethod::Madvise));
         drop(b);
         let _ = fs::remove_file(&file.0);
@@ -686,13 +700,13 @@ fn host_side_errors_name_the_option() {
 
 #[test]
 fn anonymous_shm_retries_a_name_that_exists_and_leaves_it_alone() {
-    let taken = format!("/shmvm-{}-taken", std::process::id());
+    let taken = format!("/shmvm-memtest-{}-taken", std::process::id());
     let path = format!("/dev/shm{taken}");
     fs::write(&path, b"not ours").expect("pre-create");
     let cfg = cfg("memory-backend-shm,id=s,size=64K");
     let ctx = Ctx { cfg: &cfg };
     let mut names = vec![
-        format!("/shmvm-{}-fresh", std::process::id()),
+        format!("/shmvm-memtest-{}-fresh", std::process::id()),
         taken.clone(),
         taken.clone(),
     ];
@@ -702,7 +716,13 @@ fn anonymous_shm_retries_a_name_that_exists_and_leaves_it_alone() {
     let fd = fd.expect("third name is free");
     assert!(names.is_empty(), "both clashing names were tried first");
     assert_eq!(after.expect("still there"), b"not ours");
-    assert!(!Path::new(&format!("/dev/shm/shmvm-{}-fresh", std::process::id())).exists());
+    assert!(
+        !Path::new(&format!(
+            "/dev/shm/shmvm-memtest-{}-fresh",
+            std::process::id()
+        ))
+        .exists()
+    );
     assert_eq!(
         sys::fstat(fd.as_fd()).expect("fstat").1 & 0o777,
         0,

@@ -454,7 +454,7 @@ impl BackendConfig {
                 "pmem" => {
                     if parse_bool(key, value)? {
                         return Err("pmem=on is not supported (shmvm has no persistent \
-                                    memory support; QEMU needs libpmem for it too)"
+                                    memory support: no MAP_SYNC mapping, no cache flushes)"
                             .to_string());
                     }
                     return Ok(());

@@ -193,8 +193,8 @@ pub(crate) fn child_main(sock_fd: i32) {
     let _ = sock.read(&mut bye);
 }
 
-/// The VmFlags line of /proc/self/smaps for the mapping containing `addr`.
-pub(crate) fn vm_flags(addr: *const u8) -> Vec<String> {
+/// The value of an smaps field (e.g. `Rss:`) for the mapping containing `addr`.
+pub(crate) fn smaps_field(addr: *const u8, field: &str) -> String {
     let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
     let addr = addr as usize;
     let mut inside = false;
@@ -206,11 +206,19 @@ pub(crate) fn vm_flags(addr: *const u8) -> Vec<String> {
             inside = (a..b).contains(&addr);
             continue;
         }
-        if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
-            return flags.split_whitespace().map(str::to_string).collect();
+        if inside && let Some(v) = line.strip_prefix(field) {
+            return v.trim().to_string();
         }
     }
-    panic!("no mapping at {addr:#x} in /proc/self/smaps");
+    panic!("no {field} for a mapping at {addr:#x} in /proc/self/smaps");
+}
+
+/// The VmFlags line of /proc/self/smaps for the mapping containing `addr`.
+pub(crate) fn vm_flags(addr: *const u8) -> Vec<String> {
+    smaps_field(addr, "VmFlags:")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// The /proc/self/numa_maps line of the mapping starting at `addr`.
