@@ -89,7 +89,11 @@ failed=$(grep -c "^LAB-SCENARIO .*result=FAIL" "$log" || true)
 problems=()
 [ "$l1_status" -eq 0 ] || problems+=("L1 QEMU exited with status $l1_status (124 = lab timeout)")
 grep -q "^LAB-FATAL" "$log" && problems+=("$(grep -m1 '^LAB-FATAL' "$log")")
-grep -q "^LAB-END" "$log" || problems+=("L1 never printed LAB-END (crashed or timed out)")
+if ! grep -q "^LAB-END" "$log"; then
+    problems+=("L1 never printed LAB-END (crashed or timed out; its last lines are above)")
+    echo "== last 40 lines of the L1 console ($log) =="
+    tail -n 40 "$log"
+fi
 [ $((passed + failed)) -gt 0 ] || problems+=("no scenario ran")
 
 echo
