@@ -19,7 +19,7 @@ use thiserror::Error;
 use device::{DeviceError, PciDevice};
 use region::{Region, RegionError};
 
-const DEFAULT_SEED: u64 = 0x5eed;
+const DEFAULT_SEED: &str = "0x5eed";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,8 +78,10 @@ enum Command {
     Info,
     /// Print LEN bytes at OFF as a hex dump (or raw with --raw).
     Read {
+        /// Offset in the region.
         #[arg(value_parser = parse::number)]
         offset: u64,
+        /// Number of bytes.
         #[arg(value_parser = parse::number)]
         len: u64,
         /// Write the bytes to stdout unformatted.
@@ -88,15 +90,19 @@ enum Command {
     },
     /// Write DATA at OFF: text, or `hex:00ff..` for bytes.
     Write {
+        /// Offset in the region.
         #[arg(value_parser = parse::number)]
         offset: u64,
+        /// Text, or `hex:00ff..` for raw bytes.
         #[arg(value_parser = parse::data)]
         data: std::vec::Vec<u8>,
     },
     /// Wait until the bytes at OFF equal DATA (a simple handshake with the other side).
     Wait {
+        /// Offset in the region.
         #[arg(value_parser = parse::number)]
         offset: u64,
+        /// The bytes to wait for: text, or `hex:00ff..`.
         #[arg(value_parser = parse::data)]
         data: std::vec::Vec<u8>,
         /// Give up (exit 1) after this many milliseconds.
@@ -105,14 +111,16 @@ enum Command {
     },
     /// Fill a range with the pattern for SEED (a function of seed and offset).
     Fill {
-        #[arg(long, default_value_t = DEFAULT_SEED, value_parser = parse::number)]
+        /// Pattern seed (both sides must use the same one).
+        #[arg(long, default_value = DEFAULT_SEED, value_parser = parse::number)]
         seed: u64,
         #[command(flatten)]
         range: Range,
     },
     /// Check a range against the pattern for SEED; exit 1 on any mismatch.
     Verify {
-        #[arg(long, default_value_t = DEFAULT_SEED, value_parser = parse::number)]
+        /// Pattern seed (both sides must use the same one).
+        #[arg(long, default_value = DEFAULT_SEED, value_parser = parse::number)]
         seed: u64,
         #[command(flatten)]
         range: Range,
