@@ -10,7 +10,11 @@
 #   LAB_DUMP=all          print every L2 console, not only failed ones
 #   LAB_L2EXTRA=a,b       extra L2 kernel parameters (comma separated), e.g. i8042.nokbd
 #   LAB_L2DEBUG=1         L2 kernels log at debug level (slower: every console byte is a PIO exit)
-#   LAB_TIMEOUT=1200      seconds for the whole L1 run
+#   LAB_TIMEOUT=1200      seconds for all L1 boots together
+#   LAB_L1_RETRIES=1      if L1 itself dies (a panic of the L1 kernel), boot a fresh
+#                         L1 for the unfinished scenarios this many times; each death
+#                         is reported as a WARNING with the L1 console's last lines
+#   LAB_SELFTEST_PANIC=name.vmm   make L1 panic as that run starts (tests the above)
 #   SHMVM=path            use this shmvm binary instead of building it (make lab: build/shmvm)
 #   IVSHMEM_TOOL=path     use this static ivshmem-tool instead of building it
 # Output: build/lab/l1-console.log (everything), build/lab/consoles/<name>.<vmm>.log
@@ -60,21 +64,62 @@ fi
 guest/initramfs/build.sh "$lab/l2-initrd.gz" "$tool" "$lab/kernel/modules"
 tests/lab/build-l1.sh "$lab/l1-initrd.lz4" "$lab/kernel" "$lab/l2-initrd.gz" "$tool" $shmvm_bin
 
-append="console=ttyS0 reboot=t panic=-1 quiet lab.vmms=$vmms"
-[ -n "${LAB_ONLY:-}" ] && append="$append lab.only=$LAB_ONLY"
-[ -n "${LAB_DUMP:-}" ] && append="$append lab.dump=$LAB_DUMP"
-[ -n "${LAB_L2EXTRA:-}" ] && append="$append lab.l2extra=$LAB_L2EXTRA"
-[ -n "${LAB_L2DEBUG:-}" ] && append="$append lab.l2debug=$LAB_L2DEBUG"
+base_append="console=ttyS0 reboot=t panic=-1 quiet lab.vmms=$vmms"
+[ -n "${LAB_DUMP:-}" ] && base_append="$base_append lab.dump=$LAB_DUMP"
+[ -n "${LAB_L2EXTRA:-}" ] && base_append="$base_append lab.l2extra=$LAB_L2EXTRA"
+[ -n "${LAB_L2DEBUG:-}" ] && base_append="$base_append lab.l2debug=$LAB_L2DEBUG"
+selftest=${LAB_SELFTEST_PANIC:-}
+
+# The scenario names this run covers, and how many runs (scenario x VMM) it expects.
+all_names=$(awk '!/^#/ && NF {print $1}' tests/lab/scenarios)
+if [ -n "${LAB_ONLY:-}" ]; then
+    for n in ${LAB_ONLY//,/ }; do
+        grep -qx "$n" <<<"$all_names" || die "LAB_ONLY: no scenario '$n' in tests/lab/scenarios"
+    done
+    all_names=$(tr ',' '\n' <<<"$LAB_ONLY")
+fi
+expected=$(($(wc -w <<<"$all_names") * $(wc -w <<<"${vmms//,/ }")))
+
 log=$lab/l1-console.log
-echo "lab: booting L1 (QEMU TCG, nested SVM); L1 console in $log"
+: >"$log"
+only=${LAB_ONLY:-}
+boots=$((${LAB_L1_RETRIES:-1} + 1))
+budget=${LAB_TIMEOUT:-1200}
+crashes=()
 l1_start=$(date +%s.%N)
-set +e
-timeout -k 10 "${LAB_TIMEOUT:-1200}" qemu-system-x86_64 -M q35 -accel tcg,thread=multi -smp 2 \
-    -cpu EPYC,+svm,+npt -m 4096 -nodefaults -no-user-config -nographic -serial stdio \
-    -kernel "$lab/kernel/vmlinuz" -initrd "$lab/l1-initrd.lz4" -append "$append" -no-reboot \
-    </dev/null 2>&1 | tr -d '\r' | tee "$log" | grep --line-buffered -E "^(LAB-INFO|LAB-SCENARIO|LAB-FATAL|LAB-SUMMARY)"
-l1_status=${PIPESTATUS[0]}
-set -e
+for boot in $(seq 1 "$boots"); do
+    left=$(awk -v a="$l1_start" -v b="$(date +%s)" -v t="$budget" 'BEGIN {printf "%d", t - (b - a)}')
+    if [ "$left" -le 30 ]; then crashes+=("no time left for L1 boot $boot"); break; fi
+    append=$base_append
+    [ -n "$only" ] && append="$append lab.only=$only"
+    [ -n "$selftest" ] && append="$append lab.selftest_panic=$selftest" && selftest=
+    blog=$lab/l1-boot$boot.log
+    echo "lab: booting L1 #$boot (QEMU TCG, nested SVM)${only:+ for $only}; console in $blog"
+    set +e
+    timeout -k 10 "$left" qemu-system-x86_64 -M q35 -accel tcg,thread=multi -smp 2 \
+        -cpu EPYC,+svm,+npt -m 4096 -nodefaults -no-user-config -nographic -serial stdio \
+        -kernel "$lab/kernel/vmlinuz" -initrd "$lab/l1-initrd.lz4" -append "$append" -no-reboot \
+        </dev/null 2>&1 | tr -d '\r' | tee "$blog" | grep --line-buffered -E "^(LAB-INFO|LAB-SCENARIO|LAB-FATAL|LAB-SUMMARY)"
+    l1_status=${PIPESTATUS[0]}
+    set -e
+    cat "$blog" >>"$log"
+    grep -q "^LAB-END" "$blog" && break
+    # L1 died (a kernel panic in L1, or the time ran out): say where, show
+    # its last lines, and resume the unfinished scenarios in a fresh L1.
+    running=$(grep "^LAB-START " "$blog" | tail -n1 | sed 's/^LAB-START //')
+    crashes+=("L1 boot $boot ended without LAB-END (QEMU status $l1_status${running:+, during $running})")
+    echo "== L1 boot $boot ended without LAB-END; its last 40 lines =="
+    tail -n 40 "$blog"
+    [ "$l1_status" -eq 124 ] && break
+    remaining=
+    for n in $all_names; do
+        for v in ${vmms//,/ }; do
+            grep -q "^LAB-SCENARIO name=$n vmm=$v " "$log" || { remaining="$remaining,$n"; break; }
+        done
+    done
+    only=${remaining#,}
+    [ -n "$only" ] || break
+done
 l1_s=$(awk -v a="$l1_start" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
 
 # Keep each dumped L2 console as its own file.
@@ -84,22 +129,21 @@ awk -v dir="$lab/consoles" '
     /^LAB-CONSOLE-END /   { close(f); f = ""; next }
     f != "" { print > f }' "$log"
 
-passed=$(grep -c "^LAB-SCENARIO .*result=PASS" "$log" || true)
-failed=$(grep -c "^LAB-SCENARIO .*result=FAIL" "$log" || true)
+# The last result of each run (a resumed L1 repeats a partly done scenario).
+results=$lab/results.txt
+grep "^LAB-SCENARIO" "$log" | awk '{k = $2 " " $3; if (!(k in line)) order[++n] = k; line[k] = $0}
+    END {for (i = 1; i <= n; i++) print line[order[i]]}' >"$results" || true
+passed=$(grep -c "result=PASS" "$results" || true)
+failed=$(grep -c "result=FAIL" "$results" || true)
 problems=()
-[ "$l1_status" -eq 0 ] || problems+=("L1 QEMU exited with status $l1_status (124 = lab timeout)")
 grep -q "^LAB-FATAL" "$log" && problems+=("$(grep -m1 '^LAB-FATAL' "$log")")
-if ! grep -q "^LAB-END" "$log"; then
-    problems+=("L1 never printed LAB-END (crashed or timed out; its last lines are above)")
-    echo "== last 40 lines of the L1 console ($log) =="
-    tail -n 40 "$log"
-fi
-[ $((passed + failed)) -gt 0 ] || problems+=("no scenario ran")
+grep -q "^LAB-END" "$blog" || problems+=("the last L1 boot ended without LAB-END (crashed or timed out)")
+[ $((passed + failed)) -eq "$expected" ] || problems+=("$((passed + failed)) of $expected runs reported")
 
 echo
 echo "== KVM lab results (L2 boot: VMM start to L2 init, as seen from L1) =="
 printf '%-18s %-6s %-5s %8s %8s  %s\n' scenario vmm result init_s exit_s detail
-grep "^LAB-SCENARIO" "$log" | while read -r _ rest; do
+while read -r _ rest; do
     get() { echo "$rest" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n1; }
     detail=$(echo "$rest" | sed -n 's/.* reason=//p')
     if [ -z "$detail" ]; then
@@ -108,19 +152,20 @@ grep "^LAB-SCENARIO" "$log" | while read -r _ rest; do
         if [ -n "$bar2" ]; then detail="$detail bar2=$bar2 guest_MBps(w/r)=$(get guest_write_MBps)/$(get guest_read_MBps)"; fi
     fi
     printf '%-18s %-6s %-5s %8s %8s  %s\n' "$(get name)" "$(get vmm)" "$(get result)" "$(get init_s)" "$(get exit_s)" "$detail"
-done
+done <"$results"
 if [ "$failed" -gt 0 ]; then
     echo "L2 consoles of failed runs: $(ls "$lab/consoles" | sed "s|^|$lab/consoles/|" | tr '\n' ' ')"
 fi
 # L2 boot to init side by side: median per VMM over the runs that got there.
 for v in ${vmms//,/ }; do
-    grep "^LAB-SCENARIO .* vmm=$v " "$log" | sed -n 's/.* init_s=\([0-9.]*\) .*/\1/p' | sort -n |
+    grep " vmm=$v " "$results" | sed -n 's/.* init_s=\([0-9.]*\) .*/\1/p' | sort -n |
         awk -v v="$v" '{a[NR] = $1} END {
             if (NR) printf "lab: L2 boot to init with %s: median %.1f s (min %.1f, max %.1f, %d runs)\n",
                 v, (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[1], a[NR], NR }'
 done
 l1_ready=$(sed -n 's/.*LAB-INFO l1_ready_s=\([0-9.]*\).*/\1/p' "$log" | head -n1)
 [ -n "$l1_ready" ] && echo "lab: L1 kernel boot to its init: ${l1_ready} s"
+for c in "${crashes[@]}"; do echo "lab: WARNING: $c"; done
 for p in "${problems[@]}"; do echo "lab: FAIL: $p"; done
 total=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
 printf 'lab: L1 run %.1f s, total %.1f s (budget 900 s)\n' "$l1_s" "$total"
