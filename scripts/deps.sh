@@ -7,7 +7,8 @@ need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu)
 # qemu-storage-daemon: the vhost-user-blk back-end of the tests and the lab.
 command -v qemu-storage-daemon >/dev/null || need+=(qemu-utils)
-for p in busybox-static cpio lz4 time hyperfine acpica-tools; do
+# libc6-dev: static glibc for the guest tool (make guest-tool, the KVM lab).
+for p in busybox-static cpio lz4 time hyperfine acpica-tools libc6-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
 [ ${#need[@]} -eq 0 ] && { echo "deps: all present"; exit 0; }
@@ -33,3 +34,5 @@ apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils
 apt-get install -y -q busybox-static cpio lz4 time hyperfine
 # iasl checks the VMM's ACPI tables (vmm unit tests).
 apt-get install -y -q acpica-tools
+# Static glibc for the guest tool and the KVM lab.
+apt-get install -y -q libc6-dev

@@ -9,8 +9,8 @@
 //! address directly too.
 
 use crate::layout::{
-    ACPI_SLEEP_PORT, I8042_PORT, IOAPIC_ADDR, LAPIC_ADDR, PCI_CONFIG_PORT, PCI_CONFIG_PORTS,
-    PCI_IO_END, PCI_IO_START, PCI_MMIO32_END, PCI_MMIO32_START,
+    ACPI_SLEEP_PORT, COM1_IRQ, COM1_PORT, I8042_PORT, IOAPIC_ADDR, LAPIC_ADDR, PCI_CONFIG_PORT,
+    PCI_CONFIG_PORTS, PCI_IO_END, PCI_IO_START, PCI_MMIO32_END, PCI_MMIO32_START,
 };
 
 const OEM_ID: &[u8; 6] = b"SHMVM ";
@@ -197,6 +197,40 @@ fn pci_crs(mmio64: (u64, u64)) -> Vec<u8> {
     aml_pkg(&[0x11], &size)
 }
 
+/// `Device(COM1)`: the 16550 at 0x3f8 with ISA IRQ 4. A hardware-reduced
+/// platform has no legacy PIC, so Linux sets up no ISA IRQ mappings and the
+/// legacy 8250 probe cannot get IRQ 4: its tty then never transmits (user
+/// space console output is lost; the polled kernel console still works).
+/// Declared here, Linux's 8250_pnp maps the IRQ through the IOAPIC.
+fn com1() -> Vec<u8> {
+    let port = COM1_PORT.to_le_bytes();
+    let irq_mask = (1u16 << COM1_IRQ).to_le_bytes();
+    let crs = [
+        // IO(Decode16, port, port, 1, 8)
+        0x47,
+        1,
+        port[0],
+        port[1],
+        port[0],
+        port[1],
+        1,
+        8,
+        // IRQNoFlags() {4}: edge, active high, exclusive
+        0x22,
+        irq_mask[0],
+        irq_mask[1],
+        0x79,
+        0, // end tag
+    ];
+    let mut buf = vec![0x0a, crs.len() as u8]; // BufferSize as a ByteConst
+    buf.extend_from_slice(&crs);
+    let mut dev = b"COM1".to_vec();
+    dev.extend(aml_name(b"_HID", &[0x0c, 0x41, 0xd0, 0x05, 0x01])); // EisaId("PNP0501")
+    dev.extend(aml_name(b"_UID", &[0x00]));
+    dev.extend(aml_name(b"_CRS", &aml_pkg(&[0x11], &buf)));
+    aml_pkg(&[0x5b, 0x82], &dev)
+}
+
 fn dsdt(mmio64: (u64, u64)) -> Vec<u8> {
     let mut pci = Vec::new();
     pci.extend_from_slice(b"PCI0");
@@ -208,6 +242,7 @@ fn dsdt(mmio64: (u64, u64)) -> Vec<u8> {
     let device = aml_pkg(&[0x5b, 0x82], &pci);
     let mut sb = b"\\_SB_".to_vec();
     sb.extend(device);
+    sb.extend(com1());
     let mut t = header(b"DSDT", 2);
     t.extend(aml_pkg(&[0x10], &sb));
     // Name(\_S5, Package(4) { 5, 5, 0, 0 })
@@ -310,6 +345,7 @@ mod tests {
         assert_eq!(u64_at(fadt, 248), u64::from(ACPI_SLEEP_PORT));
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+        assert!(dsdt.windows(4).any(|w| w == b"COM1"));
     }
 
     #[test]
@@ -361,6 +397,10 @@ mod tests {
             "QWordMemory",
             "0x0000000100000000",
             "Name (_S5, Package (0x04)",
+            "Device (COM1)",
+            "EisaId (\"PNP0501\")",
+            "IRQNoFlags ()",
+            "{4}",
         ] {
             assert!(dsl.contains(want), "missing {want:?} in\n{dsl}");
         }

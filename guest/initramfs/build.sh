@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds the L2 initramfs of the KVM lab: busybox-static, ivshmem-tool and the
+# scenario init (./init), plus a payload whose checksum proves the initrd
+# arrived intact.  Usage: build.sh OUT.cpio.gz IVSHMEM_TOOL [KERNEL_MODULES_DIR]
+# With KERNEL_MODULES_DIR (lib/modules/<version> of the L2 kernel), the virtio
+# modules go to /lib/modules/virtio/, loaded by the init on lab.modules=virtio.
+set -euo pipefail
+out=${1:?usage: build.sh OUT.cpio.gz IVSHMEM_TOOL}
+tool=${2:?usage: build.sh OUT.cpio.gz IVSHMEM_TOOL}
+moddir=${3:-}
+here=$(cd "$(dirname "$0")" && pwd)
+busybox=/bin/busybox
+die() { echo "l2-initramfs: $*" >&2; exit 1; }
+[ -x "$busybox" ] || die "$busybox missing (apt-get install busybox-static; 'make deps')"
+{ ldd "$busybox" 2>&1 || true; } | grep -q "not a dynamic" || die "$busybox is not static (install busybox-static)"
+[ -x "$tool" ] || die "ivshmem tool $tool missing (make guest-tool)"
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage"/{bin,lab,proc,sys,dev,tmp}
+cp "$busybox" "$stage/bin/busybox"
+cp "$tool" "$stage/bin/ivshmem-tool"
+cp "$here/init" "$stage/init"
+chmod 755 "$stage/init" "$stage/bin/busybox" "$stage/bin/ivshmem-tool"
+if [ -n "$moddir" ]; then
+    mkdir -p "$stage/lib/modules/virtio"
+    # Load order (each module's depends= comes before it).
+    order="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_blk"
+    for m in $order; do
+        f=$(find "$moddir/kernel/drivers" -name "$m.ko" | head -n1)
+        [ -n "$f" ] || die "module $m.ko not found under $moddir"
+        cp "$f" "$stage/lib/modules/virtio/"
+    done
+    echo "$order" >"$stage/lib/modules/virtio/order"
+fi
+head -c 262144 /dev/urandom >"$stage/lab/payload"
+md5sum "$stage/lab/payload" | cut -d' ' -f1 >"$stage/lab/payload.md5"
+mkdir -p "$(dirname "$out")"
+(cd "$stage" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -6 >"$out.tmp"
+mv "$out.tmp" "$out"
+echo "l2-initramfs: $out ($(du -h "$out" | cut -f1))"

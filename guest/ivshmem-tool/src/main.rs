@@ -1,0 +1,331 @@
+//! `ivshmem-tool`: inspect and exercise ivshmem-plain shared memory from inside
+//! a Linux guest (through sysfs `resource2`), or the same memory from the host
+//! through its backing file (`--path /dev/shm/NAME`).
+
+mod device;
+mod parse;
+mod pattern;
+mod region;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use thiserror::Error;
+
+use device::{DeviceError, PciDevice};
+use region::{Region, RegionError};
+
+const DEFAULT_SEED: &str = "0x5eed";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ivshmem-tool",
+    version,
+    about = "Inspect and exercise ivshmem-plain (1af4:1110) shared memory",
+    long_about = "Inspect and exercise ivshmem-plain (1af4:1110) shared memory.\n\n\
+        Inside a Linux guest it finds the device in sysfs, enables it and maps BAR2 \
+        through resource2 (Linux has no ivshmem driver; run as root). On the host, \
+        --path maps the backing file instead (/dev/shm/NAME for memory-backend-shm, \
+        the mem-path of memory-backend-file), so both sides can check each other's \
+        patterns.\n\nNumbers take decimal, 0x hex and K/M/G suffixes. Exit status: 0 ok, \
+        1 failure (e.g. a pattern mismatch), 2 usage error."
+)]
+struct Cli {
+    /// PCI device to use (`0000:00:02.0` or `00:02.0`); default: the only ivshmem device.
+    #[arg(
+        short,
+        long,
+        value_name = "BDF",
+        global = true,
+        conflicts_with = "path"
+    )]
+    device: Option<String>,
+    /// Use this file (e.g. /dev/shm/NAME) instead of a PCI device.
+    #[arg(short, long, value_name = "FILE", global = true)]
+    path: Option<PathBuf>,
+    /// Directory of PCI devices.
+    #[arg(
+        long,
+        value_name = "DIR",
+        global = true,
+        default_value = "/sys/bus/pci/devices"
+    )]
+    sysfs: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Offset/length of a range; the length defaults to the rest of the region.
+#[derive(Debug, clap::Args)]
+struct Range {
+    /// Start of the range.
+    #[arg(long, value_name = "OFF", default_value = "0", value_parser = parse::number)]
+    offset: u64,
+    /// Length of the range [default: to the end of the region].
+    #[arg(long, value_name = "LEN", value_parser = parse::number)]
+    len: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List every ivshmem device: BDF, IDs, class, BARs (one line each).
+    List,
+    /// Describe the selected device (or file) as key=value pairs.
+    Info,
+    /// Print LEN bytes at OFF as a hex dump (or raw with --raw).
+    Read {
+        /// Offset in the region.
+        #[arg(value_parser = parse::number)]
+        offset: u64,
+        /// Number of bytes.
+        #[arg(value_parser = parse::number)]
+        len: u64,
+        /// Write the bytes to stdout unformatted.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Write DATA at OFF: text, or `hex:00ff..` for bytes.
+    Write {
+        /// Offset in the region.
+        #[arg(value_parser = parse::number)]
+        offset: u64,
+        /// Text, or `hex:00ff..` for raw bytes.
+        #[arg(value_parser = parse::data)]
+        data: std::vec::Vec<u8>,
+    },
+    /// Wait until the bytes at OFF equal DATA (a simple handshake with the other side).
+    Wait {
+        /// Offset in the region.
+        #[arg(value_parser = parse::number)]
+        offset: u64,
+        /// The bytes to wait for: text, or `hex:00ff..`.
+        #[arg(value_parser = parse::data)]
+        data: std::vec::Vec<u8>,
+        /// Give up (exit 1) after this many milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
+    /// Fill a range with the pattern for SEED (a function of seed and offset).
+    Fill {
+        /// Pattern seed (both sides must use the same one).
+        #[arg(long, default_value = DEFAULT_SEED, value_parser = parse::number)]
+        seed: u64,
+        #[command(flatten)]
+        range: Range,
+    },
+    /// Check a range against the pattern for SEED; exit 1 on any mismatch.
+    Verify {
+        /// Pattern seed (both sides must use the same one).
+        #[arg(long, default_value = DEFAULT_SEED, value_parser = parse::number)]
+        seed: u64,
+        #[command(flatten)]
+        range: Range,
+    },
+    /// Measure write then read bandwidth over a range (MB/s, 10^6 bytes). Overwrites it.
+    Bench {
+        #[command(flatten)]
+        range: Range,
+        /// Minimum time per direction, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        millis: u64,
+    },
+}
+
+/// What can go wrong running a command.
+#[derive(Debug, Error)]
+enum ToolError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "verify FAILED: {count} of {len:#x} bytes differ from seed {seed:#x}; first at offset {first:#x} (expected {expected:#04x}, found {found:#04x})"
+    )]
+    Mismatch {
+        seed: u64,
+        len: u64,
+        count: u64,
+        first: u64,
+        expected: u8,
+        found: u8,
+    },
+    #[error("wait: timed out after {ms} ms: bytes at {offset:#x} are {found}, want {want}")]
+    WaitTimeout {
+        ms: u64,
+        offset: u64,
+        found: String,
+        want: String,
+    },
+    #[error("writing to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+/// The memory being worked on and how to describe it.
+struct Target {
+    region: Region,
+    describe: String,
+}
+
+fn open_target(cli: &Cli) -> Result<Target, ToolError> {
+    if let Some(path) = &cli.path {
+        let file_err = |source| ToolError::File {
+            path: path.clone(),
+            source,
+        };
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(file_err)?;
+        let size = file.metadata().map_err(file_err)?.len();
+        let region = Region::map(file, size, &path.display().to_string())?;
+        return Ok(Target {
+            describe: format!("source=file path={} size={size:#x}", path.display()),
+            region,
+        });
+    }
+    let dev: PciDevice = device::select(&cli.sysfs, cli.device.as_deref())?;
+    dev.enable()?;
+    let (file, size) = dev.open_bar2()?;
+    let region = Region::map(file, size, &format!("{} BAR2", dev.bdf))?;
+    Ok(Target {
+        describe: format!("source=pci {dev}"),
+        region,
+    })
+}
+
+fn range(region: &Region, r: &Range) -> (u64, u64) {
+    let len = r
+        .len
+        .unwrap_or_else(|| region.size().saturating_sub(r.offset));
+    (r.offset, len)
+}
+
+fn run(cli: &Cli) -> Result<(), ToolError> {
+    let say = |s: String| writeln!(std::io::stdout().lock(), "{s}").map_err(ToolError::Stdout);
+    match &cli.command {
+        Command::List => {
+            let all = device::scan(&cli.sysfs)?;
+            if all.is_empty() {
+                return Err(DeviceError::NoneFound(cli.sysfs.clone()).into());
+            }
+            for d in all {
+                say(d.to_string())?;
+            }
+        }
+        Command::Info => {
+            let t = open_target(cli)?;
+            say(t.describe)?;
+        }
+        Command::Read { offset, len, raw } => {
+            let t = open_target(cli)?;
+            t.region.check_range(*offset, *len)?;
+            let mut buf = vec![0u8; usize::try_from(*len).unwrap_or(usize::MAX)];
+            t.region.read(*offset, &mut buf)?;
+            let mut out = std::io::stdout().lock();
+            if *raw {
+                out.write_all(&buf).map_err(ToolError::Stdout)?;
+            } else {
+                out.write_all(parse::hexdump(*offset, &buf).as_bytes())
+                    .map_err(ToolError::Stdout)?;
+            }
+        }
+        Command::Write { offset, data } => {
+            let t = open_target(cli)?;
+            t.region.write(*offset, data)?;
+            say(format!(
+                "write ok: offset={offset:#x} len={:#x}",
+                data.len()
+            ))?;
+        }
+        Command::Wait {
+            offset,
+            data,
+            timeout_ms,
+        } => {
+            let t = open_target(cli)?;
+            let start = Instant::now();
+            let mut found = vec![0u8; data.len()];
+            loop {
+                t.region.read(*offset, &mut found)?;
+                if found == *data {
+                    break;
+                }
+                if start.elapsed() >= Duration::from_millis(*timeout_ms) {
+                    return Err(ToolError::WaitTimeout {
+                        ms: *timeout_ms,
+                        offset: *offset,
+                        found: parse::hex(&found),
+                        want: parse::hex(data),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            say(format!(
+                "wait ok: offset={offset:#x} len={:#x} after {} ms",
+                data.len(),
+                start.elapsed().as_millis()
+            ))?;
+        }
+        Command::Fill { seed, range: r } => {
+            let t = open_target(cli)?;
+            let (offset, len) = range(&t.region, r);
+            t.region.fill_pattern(*seed, offset, len)?;
+            say(format!(
+                "fill ok: seed={seed:#x} offset={offset:#x} len={len:#x}"
+            ))?;
+        }
+        Command::Verify { seed, range: r } => {
+            let t = open_target(cli)?;
+            let (offset, len) = range(&t.region, r);
+            if let Some(m) = t.region.verify_pattern(*seed, offset, len)? {
+                return Err(ToolError::Mismatch {
+                    seed: *seed,
+                    len,
+                    count: m.count,
+                    first: m.first_offset,
+                    expected: m.expected,
+                    found: m.found,
+                });
+            }
+            say(format!(
+                "verify ok: seed={seed:#x} offset={offset:#x} len={len:#x}"
+            ))?;
+        }
+        Command::Bench { range: r, millis } => {
+            let t = open_target(cli)?;
+            let (offset, len) = range(&t.region, r);
+            let (w, rd) = t
+                .region
+                .bench(offset, len, Duration::from_millis(*millis))?;
+            say(format!(
+                "bench offset={offset:#x} len={len:#x} write_MBps={:.1} read_MBps={:.1} write_passes={} read_passes={}",
+                w.mb_per_s(),
+                rd.mb_per_s(),
+                w.passes,
+                rd.passes
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ivshmem-tool: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds the L1 initramfs of the KVM lab.
+# Usage: build-l1.sh OUT KERNEL_DIR L2_INITRD IVSHMEM_TOOL [SHMVM]
+#   KERNEL_DIR   from fetch.sh (vmlinuz + modules/), used for L1 and L2 alike
+#   SHMVM        the shmvm binary under test (omit only for a QEMU-only run)
+# Contents: busybox-static, kvm modules (+ brd for an ext2 ramdisk), QEMU with
+# its shared libraries and firmware (the reference L2 VMM), shmvm with its
+# libraries, ivshmem-tool (host-side checker), the L2 kernel and initramfs,
+# the scenario list and l1-init as /init.
+set -euo pipefail
+out=${1:?usage: build-l1.sh OUT KERNEL_DIR L2_INITRD IVSHMEM_TOOL [SHMVM]}
+kdir=${2:?} l2_initrd=${3:?} tool=${4:?} shmvm=${5:-}
+here=$(cd "$(dirname "$0")" && pwd)
+die() { echo "l1-initramfs: $*" >&2; exit 1; }
+
+qemu=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not installed ('make deps')"
+[ -f "$kdir/vmlinuz" ] || die "$kdir/vmlinuz missing (tests/lab/fetch.sh)"
+[ -f "$l2_initrd" ] || die "L2 initramfs $l2_initrd missing"
+[ -x "$tool" ] || die "ivshmem tool $tool missing"
+[ -z "$shmvm" ] || [ -x "$shmvm" ] || die "shmvm binary $shmvm missing"
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage"/{bin,usr/bin,lab/modules,lab/l2,usr/share/qemu,proc,sys,dev,tmp}
+
+# A binary and every shared library it loads, at their own paths.
+copy_with_libs() {
+    local bin=$1 dest=$2 lib
+    install -D -m 755 "$bin" "$stage$dest"
+    if ldd "$bin" >/dev/null 2>&1; then
+        for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+            [ -e "$stage$lib" ] || install -D -m 755 "$(readlink -f "$lib")" "$stage$lib"
+        done
+    fi
+}
+
+cp /bin/busybox "$stage/bin/busybox"
+install -m 755 "$here/l1-init" "$stage/init"
+cp "$here/scenarios" "$stage/lab/scenarios"
+m=$kdir/modules/kernel
+for ko in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko drivers/block/brd.ko; do
+    [ -f "$m/$ko" ] || die "module $m/$ko missing"
+    cp "$m/$ko" "$stage/lab/modules/"
+done
+cp "$kdir/vmlinuz" "$stage/lab/l2/vmlinuz"
+cp "$l2_initrd" "$stage/lab/l2/initrd.gz"
+copy_with_libs "$qemu" /usr/bin/qemu-system-x86_64
+for f in qboot.rom linuxboot_dma.bin pvh.bin kvmvapic.bin; do
+    [ -f "/usr/share/qemu/$f" ] && cp "/usr/share/qemu/$f" "$stage/usr/share/qemu/"
+done
+[ -f "$stage/usr/share/qemu/qboot.rom" ] || die "/usr/share/qemu/qboot.rom missing"
+install -m 755 "$tool" "$stage/usr/bin/ivshmem-tool"
+[ -n "$shmvm" ] && copy_with_libs "$shmvm" /usr/bin/shmvm
+
+mkdir -p "$(dirname "$out")"
+# lz4 (legacy frame, which the kernel's unpacker reads): fast to unpack under TCG.
+(cd "$stage" && find . -print0 | sort -z | cpio --null -o -H newc --quiet -R 0:0) | lz4 -l -1 -q >"$out.tmp"
+mv "$out.tmp" "$out"
+echo "l1-initramfs: $out ($(du -h "$out" | cut -f1))${shmvm:+ with shmvm $shmvm}"
