@@ -412,6 +412,33 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         "VM ended after {:.3} ms: {end:?}",
         start.elapsed().as_secs_f64() * 1e3
     );
-    drop(m.vm);
+    finish(m);
     Ok(end)
+}
+
+/// Takes the machine apart once the vCPUs are gone: devices (vhost-user
+/// back-ends see their disconnect), then the backends (named shm unlinked,
+/// file data in place), then the VM itself, whose slow destruction in KVM
+/// happens off our exit path (teardown.rs). KVM is fine with slot memory
+/// unmapped before the VM goes: no vCPU runs, and a normal process exit
+/// also unmaps memory (exit_mm) before closing fds (exit_files).
+fn finish(m: Machine) {
+    let Machine {
+        vm,
+        ram,
+        _objects,
+        pci,
+        vhost_user_blk,
+        io,
+        state,
+    } = m;
+    drop((pci, vhost_user_blk, io, state));
+    drop((ram, _objects));
+    match Arc::try_unwrap(vm) {
+        Ok(vm) => crate::teardown::detach(vm),
+        Err(vm) => {
+            log::debug!("teardown: VM still shared, closing it here");
+            drop(vm);
+        }
+    }
 }
