@@ -77,7 +77,12 @@ fn kvm_teardown_helper_outlives_shmvm_and_is_reaped_as_orphan() {
     let mut status = 0;
     // SAFETY: waitpid on our own child, status written to a local.
     let r = unsafe { libc::waitpid(helpers[0], &mut status, libc::__WALL) };
-    assert_eq!(r, helpers[0], "waitpid: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        helpers[0],
+        "waitpid: {}",
+        std::io::Error::last_os_error()
+    );
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "helper ended with wait status {status:#x}"

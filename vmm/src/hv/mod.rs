@@ -6,7 +6,7 @@
 
 pub mod kvm;
 
-pub use kvm::{Error, Vcpu, Vm};
+pub use kvm::{Error, HostCpu, Vcpu, Vm};
 
 /// Why `Vcpu::run` returned, with the data the exit handler needs.
 #[derive(Debug)]
