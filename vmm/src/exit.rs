@@ -135,7 +135,7 @@ pub fn handle_exit(exit: VmExit<'_>, io: &IoBuses) -> Action {
 /// when it evenly divides `len`, else (never seen from KVM) all of `len`
 /// as one access. Never 0, so `chunks` can use it.
 fn element_size(size: usize, len: usize) -> usize {
-    if size != 0 && len % size == 0 {
+    if size != 0 && len.is_multiple_of(size) {
         size
     } else {
         len.max(1)
