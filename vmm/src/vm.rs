@@ -16,7 +16,7 @@ use crate::boot::{self, BootFiles, BootSpec};
 use crate::cli::{Config, DeviceConfig, SerialMode};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
-use crate::hv::{self, HostCpu, Vm};
+use crate::hv::{self, Vm};
 use crate::io::{BusKind, IoBuses};
 use crate::layout;
 use crate::vcpu::{self, VmState};
@@ -160,35 +160,7 @@ fn create_backend(cfg: &memory::BackendConfig, option: &'static str) -> Result<B
 /// A built machine, its vCPUs (not yet running) and the console UART.
 type Built = (Machine, Vec<hv::Vcpu>, Arc<Mutex<Serial>>);
 
-/// The host CPU query ([`HostCpu::query`]) running on its own thread while
-/// the VM is built: it needs no VM and takes ~0.5 ms of CPU on PVM hosts,
-/// which the second core absorbs. (The VM set-up steps themselves were
-/// measured no faster on two threads: they serialize on KVM's locks.)
-enum HostCpuQuery {
-    Thread(std::thread::JoinHandle<Result<HostCpu, hv::Error>>),
-    /// No thread could be started: ask on the VM's own /dev/kvm fd.
-    Inline,
-}
-
-impl HostCpuQuery {
-    fn start() -> HostCpuQuery {
-        std::thread::Builder::new()
-            .name("host-cpuid".into())
-            .stack_size(64 << 10)
-            .spawn(HostCpu::query)
-            .map_or(HostCpuQuery::Inline, HostCpuQuery::Thread)
-    }
-
-    fn join(self, vm: &Vm) -> Result<HostCpu, hv::Error> {
-        match self {
-            HostCpuQuery::Thread(h) => h.join().unwrap_or_else(|_| vm.host_cpu()),
-            HostCpuQuery::Inline => vm.host_cpu(),
-        }
-    }
-}
-
 fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
-    let host_cpu = HostCpuQuery::start();
     let mut files = BootFiles::open(&cfg.kernel, cfg.initrd.as_deref())?;
     let ram = GuestRam::new(create_backend(
         &cfg.ram,
@@ -212,7 +184,7 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
     // was measured no faster (they serialize on KVM's locks), so: in order.
     ram.register(&vm)?;
     t.mark("guest RAM registered (memory slots)");
-    let (loaded, vcpus, serial, io, state) = build_rest(cfg, host_cpu, &vm, &ram, &mut files, t)?;
+    let (loaded, vcpus, serial, io, state) = build_rest(cfg, &vm, &ram, &mut files, t)?;
     log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
     let vhost_user_blk =
         crate::vhost_user_blk::device::create_all(&cfg.devices, ram.backend(), &vm)?;
@@ -286,7 +258,6 @@ type Rest = (
 /// loading, devices, vCPUs.
 fn build_rest(
     cfg: &Config,
-    host_cpu: HostCpuQuery,
     vm: &Vm,
     ram: &GuestRam,
     files: &mut BootFiles,
@@ -311,8 +282,12 @@ fn build_rest(
     let serial = wire_devices(cfg, vm, &io, &state)?;
     t.mark("devices");
 
-    let host = host_cpu.join(vm)?;
-    t.mark("KVM_GET_SUPPORTED_CPUID (joined)");
+    // ~0.5 ms on PVM. Issued on a helper thread at the start of build() to
+    // overlap the steps above, it was measured slower on this 2-core host
+    // (first KVM_RUN median +0.1 ms over 2x40 interleaved runs): the query
+    // is CPU work and the other core is rarely idle. So: in order.
+    let host = vm.host_cpu()?;
+    t.mark("KVM_GET_SUPPORTED_CPUID");
     let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
     for id in 0..cfg.vcpus {
         let v = vm.create_vcpu(id)?;

@@ -39,13 +39,6 @@ pub struct HostCpu {
 }
 
 impl HostCpu {
-    /// Asks /dev/kvm (opened for this). A pure system-level query that
-    /// needs no VM, so it can run on another thread while the VM is built:
-    /// KVM_GET_SUPPORTED_CPUID alone costs ~0.5 ms of CPU on PVM hosts.
-    pub fn query() -> Result<HostCpu, Error> {
-        HostCpu::from_kvm(&Kvm::new().map_err(Error::Open)?)
-    }
-
     fn from_kvm(kvm: &Kvm) -> Result<HostCpu, Error> {
         Ok(HostCpu {
             cpuid: kvm
@@ -96,7 +89,8 @@ impl Vm {
         self.fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))
     }
 
-    /// What KVM offers vCPUs on this host (see [`HostCpu::query`]).
+    /// What KVM offers vCPUs on this host (KVM_GET_SUPPORTED_CPUID and the
+    /// TSC-deadline capability).
     pub fn host_cpu(&self) -> Result<HostCpu, Error> {
         HostCpu::from_kvm(&self.kvm)
     }
