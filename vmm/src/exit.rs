@@ -75,18 +75,24 @@ pub enum Action {
 /// turns the terminal exits into a [`VmEnd`].
 pub fn handle_exit(exit: VmExit<'_>, io: &IoBuses) -> Action {
     match exit {
-        VmExit::IoIn { port, data } => {
-            if !io.pio.read(u64::from(port), data) {
-                data.fill(0xff);
-                io.unclaimed_pio.fetch_add(1, Ordering::Relaxed);
-                log::debug!("unclaimed port read {port:#x} ({} bytes)", data.len());
+        VmExit::IoIn { port, size, data } => {
+            let size = element_size(size, data.len());
+            for el in data.chunks_mut(size) {
+                if !io.pio.read(u64::from(port), el) {
+                    el.fill(0xff);
+                    io.unclaimed_pio.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("unclaimed port read {port:#x} ({size} bytes)");
+                }
             }
             Action::Continue
         }
-        VmExit::IoOut { port, data } => {
-            if !io.pio.write(u64::from(port), data) {
-                io.unclaimed_pio.fetch_add(1, Ordering::Relaxed);
-                log::debug!("unclaimed port write {port:#x} <- {data:02x?}");
+        VmExit::IoOut { port, size, data } => {
+            let size = element_size(size, data.len());
+            for el in data.chunks(size) {
+                if !io.pio.write(u64::from(port), el) {
+                    io.unclaimed_pio.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("unclaimed port write {port:#x} <- {el:02x?}");
+                }
             }
             Action::Continue
         }
@@ -125,6 +131,17 @@ pub fn handle_exit(exit: VmExit<'_>, io: &IoBuses) -> Action {
     }
 }
 
+/// The size of one port access within `len` bytes of string I/O: `size`
+/// when it evenly divides `len`, else (never seen from KVM) all of `len`
+/// as one access. Never 0, so `chunks` can use it.
+fn element_size(size: usize, len: usize) -> usize {
+    if size != 0 && len.is_multiple_of(size) {
+        size
+    } else {
+        len.max(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +167,7 @@ mod tests {
             handle_exit(
                 VmExit::IoIn {
                     port: 0x80,
+                    size: 1,
                     data: &mut d
                 },
                 &io
@@ -161,6 +179,7 @@ mod tests {
             handle_exit(
                 VmExit::IoOut {
                     port: 0x80,
+                    size: 1,
                     data: &[9]
                 },
                 &io
@@ -170,6 +189,7 @@ mod tests {
         handle_exit(
             VmExit::IoIn {
                 port: 0x80,
+                size: 1,
                 data: &mut d,
             },
             &io,
@@ -180,6 +200,7 @@ mod tests {
             handle_exit(
                 VmExit::IoIn {
                     port: 0x81,
+                    size: 4,
                     data: &mut w
                 },
                 &io
@@ -190,6 +211,7 @@ mod tests {
         handle_exit(
             VmExit::IoOut {
                 port: 0x81,
+                size: 1,
                 data: &[1],
             },
             &io,
@@ -197,6 +219,90 @@ mod tests {
         assert_eq!(io.unclaimed_pio.load(Ordering::Relaxed), 2);
         let r = io.report();
         assert!(r.contains("reg: 2 reads, 1 writes"), "{r}");
+    }
+
+    /// Logs every access (offset, bytes); reads return a running counter.
+    #[derive(Default)]
+    struct Log {
+        writes: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+        next: u8,
+    }
+    impl BusDevice for Log {
+        fn read(&mut self, _o: u64, d: &mut [u8]) {
+            self.next += 1;
+            d.fill(self.next);
+        }
+        fn write(&mut self, _o: u64, d: &[u8]) {
+            self.writes.lock().unwrap().push(d.to_vec());
+        }
+    }
+
+    #[test]
+    fn string_port_io_is_one_access_per_element_in_order() {
+        let io = IoBuses::new();
+        let dev = Log::default();
+        let writes = dev.writes.clone();
+        io.add(BusKind::Pio, "log", dev, 0x3f8, 8).unwrap();
+        // `rep outsb` of 3 bytes: three 1-byte writes, in order.
+        let out = VmExit::IoOut {
+            port: 0x3f8,
+            size: 1,
+            data: b"abc",
+        };
+        assert_eq!(handle_exit(out, &io), Action::Continue);
+        // `outw`: one 2-byte write; `rep outsw` of 2: two of them.
+        handle_exit(
+            VmExit::IoOut {
+                port: 0x3f8,
+                size: 2,
+                data: &[1, 2],
+            },
+            &io,
+        );
+        handle_exit(
+            VmExit::IoOut {
+                port: 0x3f8,
+                size: 2,
+                data: &[3, 4, 5, 6],
+            },
+            &io,
+        );
+        let w = writes.lock().unwrap().clone();
+        let want: Vec<Vec<u8>> = vec![
+            b"a".to_vec(),
+            b"b".to_vec(),
+            b"c".to_vec(),
+            vec![1, 2],
+            vec![3, 4],
+            vec![5, 6],
+        ];
+        assert_eq!(w, want);
+        // `rep insb` of 3 (KVM reads ahead): three reads, each its own value.
+        let mut d = [0u8; 3];
+        handle_exit(
+            VmExit::IoIn {
+                port: 0x3f8,
+                size: 1,
+                data: &mut d,
+            },
+            &io,
+        );
+        assert_eq!(d, [1, 2, 3]);
+        assert!(
+            io.report().contains("log: 3 reads, 6 writes"),
+            "{}",
+            io.report()
+        );
+        // A size that does not divide the data is one access, never a panic.
+        handle_exit(
+            VmExit::IoOut {
+                port: 0x3f8,
+                size: 0,
+                data: &[7, 8, 9],
+            },
+            &io,
+        );
+        assert_eq!(writes.lock().unwrap().last(), Some(&vec![7, 8, 9]));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod ivshmem;
 pub mod layout;
 pub mod pci;
 pub mod signals;
+pub mod teardown;
 pub mod terminal;
 pub mod vcpu;
 pub mod vhost_user_blk;

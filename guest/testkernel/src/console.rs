@@ -3,7 +3,7 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::cpu::{inb, outb};
+use crate::cpu::{inb, outb, outsb};
 
 const COM1: u16 = 0x3f8;
 const LSR: u16 = COM1 + 5;
@@ -42,18 +42,24 @@ pub fn putc(c: u8) {
     ROOM.store(room - 1, Ordering::Relaxed);
 }
 
-/// Same as `putc` per byte, with the FIFO room kept in a register (this
-/// loop is most of the CPL0 instructions before the first line).
+/// Same as `putc` per byte, but each run of bytes the transmit FIFO has
+/// room for goes out with one `rep outsb` (never more than the FIFO holds,
+/// so it stays right on a real 16550 and in QEMU, which take it byte by
+/// byte): one emulated instruction instead of a loop per byte.
 #[inline(never)]
 pub fn put_bytes(b: &[u8]) {
     let mut room = ROOM.load(Ordering::Relaxed);
-    for &c in b {
+    let mut rest = b;
+    while !rest.is_empty() {
         if room == 0 {
             wait_thre();
             room = FIFO_DEPTH;
         }
-        outb(COM1, c);
-        room -= 1;
+        let n = rest.len().min(room as usize);
+        let (now, later) = rest.split_at(n);
+        outsb(COM1, now);
+        rest = later;
+        room -= n as u32;
     }
     ROOM.store(room, Ordering::Relaxed);
 }

@@ -12,6 +12,26 @@ pub fn outb(port: u16, v: u8) {
     }
 }
 
+/// `rep outsb`: writes `bytes` to `port`, one byte access each, in order.
+/// One instruction for the whole run: on PVM hosts, where every CPL0
+/// instruction is emulated (~1 us each), this saves the per-byte loop.
+/// (KVM still exits to the VMM once per byte: its emulator does `outs`
+/// one element at a time.)
+#[inline(always)]
+pub fn outsb(port: u16, bytes: &[u8]) {
+    // SAFETY: reads `bytes.len()` bytes from `bytes` (RSI, RCX count);
+    // direction flag is clear (cld at entry, never set).
+    unsafe {
+        asm!(
+            "rep outsb",
+            in("dx") port,
+            inout("rsi") bytes.as_ptr() => _,
+            inout("rcx") bytes.len() => _,
+            options(nostack, preserves_flags, readonly)
+        )
+    }
+}
+
 #[inline(always)]
 pub fn inb(port: u16) -> u8 {
     let v: u8;

@@ -29,6 +29,26 @@ fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |err| Error::Ioctl { op, err }
 }
 
+/// What KVM can offer every vCPU on this host.
+#[derive(Debug)]
+pub struct HostCpu {
+    /// The CPUID leaves KVM can expose (KVM_GET_SUPPORTED_CPUID).
+    pub cpuid: CpuId,
+    /// Whether KVM emulates the LAPIC TSC-deadline timer.
+    pub tsc_deadline: bool,
+}
+
+impl HostCpu {
+    fn from_kvm(kvm: &Kvm) -> Result<HostCpu, Error> {
+        Ok(HostCpu {
+            cpuid: kvm
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?,
+            tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        })
+    }
+}
+
 /// A KVM VM: the system fd (for capabilities and CPUID) plus the VM fd.
 #[derive(Debug)]
 pub struct Vm {
@@ -69,16 +89,10 @@ impl Vm {
         self.fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))
     }
 
-    /// Whether KVM emulates the LAPIC TSC-deadline timer.
-    pub fn has_tsc_deadline_timer(&self) -> bool {
-        self.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer)
-    }
-
-    /// The CPUID leaves KVM can expose on this host.
-    pub fn supported_cpuid(&self) -> Result<CpuId, Error> {
-        self.kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
+    /// What KVM offers vCPUs on this host (KVM_GET_SUPPORTED_CPUID and the
+    /// TSC-deadline capability).
+    pub fn host_cpu(&self) -> Result<HostCpu, Error> {
+        HostCpu::from_kvm(&self.kvm)
     }
 
     /// Registers `[host, host + size)` as guest memory at `gpa` in `slot`.
@@ -252,27 +266,84 @@ impl Vcpu {
 
     /// Enters the guest until the next exit.
     pub fn run(&mut self) -> Result<VmExit<'_>, Error> {
-        match self.fd.run() {
-            Ok(exit) => Ok(match exit {
-                VcpuExit::IoIn(port, data) => VmExit::IoIn { port, data },
-                VcpuExit::IoOut(port, data) => VmExit::IoOut { port, data },
-                VcpuExit::MmioRead(addr, data) => VmExit::MmioRead { addr, data },
-                VcpuExit::MmioWrite(addr, data) => VmExit::MmioWrite { addr, data },
-                VcpuExit::Hlt => VmExit::Hlt,
-                VcpuExit::Shutdown => VmExit::Shutdown,
-                VcpuExit::SystemEvent(kind, _) => VmExit::SystemEvent { kind },
-                VcpuExit::InternalError => VmExit::InternalError,
-                VcpuExit::FailEntry(reason, _) => VmExit::FailEntry { reason },
-                VcpuExit::Intr => VmExit::Interrupted,
-                other => VmExit::Other(format!("{other:?}")),
-            }),
+        // Two steps: kvm-ioctls' exit borrows the vCPU, and port I/O also
+        // needs the element size from `kvm_run`, which kvm-ioctls does not
+        // report (a `rep insb` of 4 and an `inl` both give 4 bytes). So the
+        // exit is first turned into owned values (data as pointer + length),
+        // ending the borrow, and the data slices are rebuilt after.
+        let raw = match self.fd.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoIn(port, data) => Raw::IoIn(port, data.as_mut_ptr(), data.len()),
+                VcpuExit::IoOut(port, data) => Raw::IoOut(port, data.as_ptr(), data.len()),
+                VcpuExit::MmioRead(addr, data) => {
+                    Raw::MmioRead(addr, data.as_mut_ptr(), data.len())
+                }
+                VcpuExit::MmioWrite(addr, data) => Raw::MmioWrite(addr, data.as_ptr(), data.len()),
+                VcpuExit::Hlt => Raw::Done(VmExit::Hlt),
+                VcpuExit::Shutdown => Raw::Done(VmExit::Shutdown),
+                VcpuExit::SystemEvent(kind, _) => Raw::Done(VmExit::SystemEvent { kind }),
+                VcpuExit::InternalError => Raw::Done(VmExit::InternalError),
+                VcpuExit::FailEntry(reason, _) => Raw::Done(VmExit::FailEntry { reason }),
+                VcpuExit::Intr => Raw::Done(VmExit::Interrupted),
+                other => Raw::Done(VmExit::Other(format!("{other:?}"))),
+            },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                Ok(VmExit::Interrupted)
+                Raw::Done(VmExit::Interrupted)
             }
-            Err(e) => Err(Error::Ioctl {
-                op: "KVM_RUN",
-                err: e,
-            }),
-        }
+            Err(e) => {
+                return Err(Error::Ioctl {
+                    op: "KVM_RUN",
+                    err: e,
+                });
+            }
+        };
+        Ok(match raw {
+            Raw::IoIn(port, ptr, len) => {
+                let size = self.io_size();
+                // SAFETY: pointer and length of kvm-ioctls' slice for this
+                // exit: the PIO data area of this vCPU's kvm_run mapping,
+                // which lives as long as `self.fd`, and the returned borrow
+                // of `self` keeps it (and other users) away. `io_size` read
+                // the kvm_run struct only; the data lies past it (at
+                // `io.data_offset`, one page in).
+                let data = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+                VmExit::IoIn { port, size, data }
+            }
+            Raw::IoOut(port, ptr, len) => {
+                let size = self.io_size();
+                // SAFETY: as for IoIn.
+                let data = unsafe { std::slice::from_raw_parts(ptr, len) };
+                VmExit::IoOut { port, size, data }
+            }
+            Raw::MmioRead(addr, ptr, len) => {
+                // SAFETY: kvm-ioctls' slice for this exit (`mmio.data` in
+                // this vCPU's kvm_run mapping), not touched since; the
+                // returned borrow of `self` keeps it valid and unique.
+                let data = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+                VmExit::MmioRead { addr, data }
+            }
+            Raw::MmioWrite(addr, ptr, len) => {
+                // SAFETY: as for MmioRead.
+                let data = unsafe { std::slice::from_raw_parts(ptr, len) };
+                VmExit::MmioWrite { addr, data }
+            }
+            Raw::Done(exit) => exit,
+        })
     }
+
+    /// Bytes per element of the last port I/O exit (1, 2 or 4).
+    fn io_size(&mut self) -> usize {
+        // SAFETY: only called right after KVM_RUN reported KVM_EXIT_IO,
+        // which makes `io` the active member of the exit union.
+        usize::from(unsafe { self.fd.get_kvm_run().__bindgen_anon_1.io.size })
+    }
+}
+
+/// A vCPU exit with its data as raw parts (see [`Vcpu::run`]).
+enum Raw {
+    IoIn(u16, *mut u8, usize),
+    IoOut(u16, *const u8, usize),
+    MmioRead(u64, *mut u8, usize),
+    MmioWrite(u64, *const u8, usize),
+    Done(VmExit<'static>),
 }

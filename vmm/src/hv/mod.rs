@@ -6,19 +6,24 @@
 
 pub mod kvm;
 
-pub use kvm::{Error, Vcpu, Vm};
+pub use kvm::{Error, HostCpu, Vcpu, Vm};
 
 /// Why `Vcpu::run` returned, with the data the exit handler needs.
 #[derive(Debug)]
 pub enum VmExit<'a> {
-    /// `in` from a port: fill `data`.
+    /// `in` from a port: fill `data`, `size` bytes per access. String I/O
+    /// (`rep insb`) delivers several accesses to the same port at once:
+    /// `data` holds `data.len() / size` elements, in order.
     IoIn {
         port: u16,
+        size: usize,
         data: &'a mut [u8],
     },
-    /// `out` to a port.
+    /// `out` to a port: `data.len() / size` accesses of `size` bytes, in
+    /// order (several only for string I/O).
     IoOut {
         port: u16,
+        size: usize,
         data: &'a [u8],
     },
     /// A read from unbacked guest-physical memory: fill `data`.
