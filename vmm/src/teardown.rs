@@ -3,7 +3,7 @@
 //! Closing the last reference to a KVM VM with an in-kernel irqchip takes
 //! 9-18 ms on the development host: KVM unregisters the PIC and IOAPIC from
 //! its I/O buses and each unregistration waits for an SRCU grace period
-//! (measured with `/work/notes/kvm-teardown-probe.c`: 0.3 ms without the
+//! (measured with `bench/kvm-teardown-probe.c`: 0.3 ms without the
 //! irqchip; the PIT is not the cost). Left to the normal exit, that time is
 //! spent inside the process's `exit_files`, before its parent can see the
 //! exit status, so everything waiting for shmvm waits for KVM.
