@@ -163,7 +163,7 @@ while read -r _ rest; do
         bar2=$(get bar2_addr)
         if [ -n "$bar2" ]; then detail="$detail bar2=$bar2 guest_MBps(w/r)=$(get guest_write_MBps)/$(get guest_read_MBps)"; fi
         vda=$(get vda_sectors)
-        if [ -n "$vda" ]; then detail="$detail vda=${vda}s write_MBps=$(get vda_write_MBps) req_irqs=$(get vda_req_irqs)"; fi
+        if [ -n "$vda" ]; then detail="$detail vda=${vda}s queues=$(get vda_queues) q0_desc=$(get q0_desc) write_MBps=$(get vda_write_MBps) req_irqs=$(get vda_req_irqs)"; fi
         killed=$(get killed_at_s)
         if [ -n "$killed" ]; then detail="$detail back-end killed at ${killed}s"; fi
         err=$(get error)
