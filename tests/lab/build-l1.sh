@@ -4,7 +4,8 @@
 #   KERNEL_DIR   from fetch.sh (vmlinuz + modules/), used for L1 and L2 alike
 #   SHMVM        the shmvm binary under test (omit only for a QEMU-only run)
 # Contents: busybox-static, kvm modules (+ brd for an ext2 ramdisk), QEMU with
-# its shared libraries and firmware (the reference L2 VMM), shmvm with its
+# its shared libraries and firmware (the reference L2 VMM), qemu-storage-daemon
+# (the vhost-user-blk back-end), shmvm with its
 # libraries, ivshmem-tool (host-side checker), the L2 kernel and initramfs,
 # the scenario list and l1-init as /init.
 set -euo pipefail
@@ -45,6 +46,9 @@ done
 cp "$kdir/vmlinuz" "$stage/lab/l2/vmlinuz"
 cp "$l2_initrd" "$stage/lab/l2/initrd.gz"
 copy_with_libs "$qemu" /usr/bin/qemu-system-x86_64
+# The vhost-user-blk back-end of the vub* scenarios (qemu-utils).
+qsd=$(command -v qemu-storage-daemon) || die "qemu-storage-daemon not installed (qemu-utils; 'make deps')"
+copy_with_libs "$qsd" /usr/bin/qemu-storage-daemon
 for f in qboot.rom linuxboot_dma.bin pvh.bin kvmvapic.bin; do
     [ -f "/usr/share/qemu/$f" ] && cp "/usr/share/qemu/$f" "$stage/usr/share/qemu/"
 done

@@ -317,7 +317,21 @@ impl TransportEvents for VhostUserBlk {
         self.stats.starts.fetch_add(1, Ordering::Relaxed);
         self.active = queues.to_vec();
         self.sync_irqfds();
-        log::info!("{}: started {} queue(s)", self.name, queues.len());
+        let rings: Vec<String> = queues
+            .iter()
+            .map(|q| {
+                format!(
+                    "q{} size {} vector {} rings {:#x}/{:#x}/{:#x}",
+                    q.index, q.size, q.vector, q.desc, q.driver, q.device
+                )
+            })
+            .collect();
+        log::info!(
+            "{}: started {} queue(s): {}",
+            self.name,
+            queues.len(),
+            rings.join(", ")
+        );
         Ok(())
     }
 

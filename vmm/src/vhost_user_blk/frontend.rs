@@ -22,7 +22,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{BLK_CONFIG_LEN, BLK_CONFIG_NUM_QUEUES, blk_features};
+use super::{BLK_CONFIG_LEN, BLK_CONFIG_NUM_QUEUES, BLK_CONFIG_SIZE_MAX, blk_features};
 use crate::layout::ram_regions;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit in the feature word,
@@ -319,11 +319,7 @@ impl BlkFrontend {
     /// Features to offer the guest: the back-end's, less the vhost-user
     /// bit and what we do not support.
     pub fn guest_features(&self) -> u64 {
-        let mut f = self.backend_features & !PROTOCOL_FEATURES & !blk_features::CONFIG_WCE;
-        if self.queues == 1 {
-            f &= !blk_features::MQ;
-        }
-        f
+        guest_features(self.backend_features, self.queues, &self.config)
     }
 
     pub fn socket(&self) -> &Path {
@@ -406,6 +402,27 @@ impl BlkFrontend {
         }
         Ok(())
     }
+}
+
+/// Features to offer the guest for a back-end offering `backend` with
+/// `queues` queues and block configuration `config`.
+///
+/// SIZE_MAX with a size_max of 0 is dropped: qemu-storage-daemon offers
+/// the bit with 0 (it has no segment limit), and Linux then clamps every
+/// segment to 4096 bytes ("blk_queue_max_segment_size: set to minimum
+/// 4096"), splitting large requests; without the bit it uses its default.
+fn guest_features(backend: u64, queues: u16, config: &[u8]) -> u64 {
+    let mut f = backend & !PROTOCOL_FEATURES & !blk_features::CONFIG_WCE;
+    if queues == 1 {
+        f &= !blk_features::MQ;
+    }
+    let size_max = config
+        .get(BLK_CONFIG_SIZE_MAX..BLK_CONFIG_SIZE_MAX + 4)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if size_max == 0 {
+        f &= !blk_features::SIZE_MAX;
+    }
+    f
 }
 
 /// A thread that waits for the back-end to hang up and reports it once.
@@ -532,6 +549,26 @@ mod tests {
             msg.contains("'r' (memory-backend-ram)") && msg.contains("not shared"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn guest_features_drop_what_we_or_the_config_cannot_honour() {
+        // qemu-storage-daemon 10.0 with one queue: size_max 0, seg_max 126.
+        let qsd = 0x1_7500_7e46u64;
+        let mut cfg = vec![0u8; BLK_CONFIG_LEN as usize];
+        cfg[12..16].copy_from_slice(&126u32.to_le_bytes());
+        let f = guest_features(qsd, 1, &cfg);
+        assert_eq!(f & PROTOCOL_FEATURES, 0);
+        assert_eq!(f & blk_features::CONFIG_WCE, 0);
+        assert_eq!(f & blk_features::MQ, 0);
+        assert_eq!(f & blk_features::SIZE_MAX, 0, "size_max 0 is no limit");
+        assert_ne!(f & blk_features::SEG_MAX, 0);
+        assert_ne!(f & VERSION_1, 0);
+        // A real segment limit and several queues are passed on.
+        cfg[BLK_CONFIG_SIZE_MAX..BLK_CONFIG_SIZE_MAX + 4].copy_from_slice(&65536u32.to_le_bytes());
+        let f = guest_features(qsd, 2, &cfg);
+        assert_ne!(f & blk_features::SIZE_MAX, 0);
+        assert_ne!(f & blk_features::MQ, 0);
     }
 
     #[test]

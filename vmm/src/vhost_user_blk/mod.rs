@@ -39,5 +39,7 @@ pub mod blk_features {
 /// Bytes of `struct virtio_blk_config` up to and including
 /// write_zeroes_may_unmap and its padding (what Linux reads).
 pub const BLK_CONFIG_LEN: u32 = 60;
+/// Offset of `size_max` (u32) in the block configuration.
+pub const BLK_CONFIG_SIZE_MAX: usize = 8;
 /// Offset of `num_queues` in the block configuration (with VIRTIO_BLK_F_MQ).
 pub const BLK_CONFIG_NUM_QUEUES: usize = 34;
