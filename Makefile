@@ -115,8 +115,8 @@ unit: build
 # /dev/kvm, the test kernel under QEMU, and the KVM lab (stock Linux guests).
 test: deps check unit testkernel-check lab
 
+# Every benchmark: boot latency, ivshmem bandwidth, memory prealloc (README).
 bench: build
-	@echo "bench: see bench/"
 
 # Boot latency and peak RSS of shmvm against QEMU microvm + qboot.
 BENCH_RUNS ?= 20

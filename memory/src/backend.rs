@@ -296,6 +296,19 @@ impl Ctx<'_> {
         name
     }
 
+    /// A writable mapping of a whole object (anonymous memory, a memfd, an
+    /// shm object) from its start, aligned as QEMU aligns RAM.
+    fn whole_mapping(&self, fd: Option<OwnedFd>, len: u64, page: u64) -> Source {
+        Source {
+            fd,
+            fd_offset: 0,
+            len,
+            page_size: page,
+            align: self.default_align(len, page),
+            writable: true,
+        }
+    }
+
     fn default_align(&self, len: u64, page: u64) -> u64 {
         if len >= DEFAULT_ALIGN {
             DEFAULT_ALIGN.max(page)
@@ -336,14 +349,7 @@ impl Ctx<'_> {
         } else {
             None
         };
-        Ok(Source {
-            fd,
-            fd_offset: 0,
-            len,
-            page_size: page,
-            align: self.default_align(len, page),
-            writable: true,
-        })
+        Ok(self.whole_mapping(fd, len, page))
     }
 
     fn file_source(&self, f: &FileOptions, leftovers: &mut Leftovers) -> Result<Source, Error> {
@@ -513,14 +519,7 @@ impl Ctx<'_> {
             )
             .map_err(|e| self.os("seal", "can't seal the memfd".to_string(), e))?;
         }
-        Ok(Source {
-            fd: Some(fd),
-            fd_offset: 0,
-            len,
-            page_size: page,
-            align: self.default_align(len, page),
-            writable: true,
-        })
+        Ok(self.whole_mapping(Some(fd), len, page))
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -588,14 +587,7 @@ impl Ctx<'_> {
                 e,
             )
         })?;
-        Ok(Source {
-            fd: Some(fd),
-            fd_offset: 0,
-            len,
-            page_size: page,
-            align: self.default_align(len, page),
-            writable: true,
-        })
+        Ok(self.whole_mapping(Some(fd), len, page))
     }
 
     /// merge, dump and transparent huge pages; failures here only cost performance

@@ -9,10 +9,10 @@
 //!   I/O through the device needs a Linux guest: that is the lab's job.
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use shmvm_tests::qsd::Qsd;
 use shmvm_tests::vm::{Run, TempDir, require_kvm, run, shmvm_bin, tiny_kernel, wait};
 
 const T: Duration = Duration::from_secs(30);
@@ -91,52 +91,13 @@ const WAIT_FOR_KEY: &[u8] = &[
     0x66, 0xba, 0xfd, 0x03, 0xec, 0xa8, 0x01, 0x74, 0xf7, 0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe,
 ];
 
-struct Qsd {
-    child: Child,
-    sock: PathBuf,
-}
-
-impl Qsd {
-    fn start(dir: &TempDir) -> Qsd {
-        let img = dir.0.join("disk.img");
-        let sock = dir.0.join("vhost.sock");
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(8 << 20))
-            .expect("image");
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--blockdev")
-            .arg(format!(
-                "driver=file,node-name=f,filename={}",
-                img.display()
-            ))
-            .arg("--export")
-            .arg(format!(
-                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
-                sock.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("this test needs qemu-storage-daemon (qemu-utils): {e}"));
-        let t = Instant::now();
-        while !sock.exists() {
-            assert!(t.elapsed() < T, "qemu-storage-daemon made no socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Qsd { child, sock }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Qsd {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A back-end serving a fresh 8 MiB image in `dir`.
+fn start_qsd(dir: &TempDir) -> Qsd {
+    let img = dir.0.join("disk.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("image");
+    Qsd::start(&img, &dir.0.join("vhost.sock"))
 }
 
 /// Boots the waiting guest with the device on a fresh back-end, kills the
@@ -145,7 +106,7 @@ impl Drop for Qsd {
 fn run_with_device(ram: &str, kill_backend: bool) -> Run {
     require_kvm();
     let dir = TempDir::new("vub");
-    let mut qsd = Qsd::start(&dir);
+    let mut qsd = start_qsd(&dir);
     let kernel = dir.0.join("wait.elf");
     std::fs::write(&kernel, tiny_kernel(WAIT_FOR_KEY)).expect("kernel");
     let chardev = format!("socket,id=c0,path={}", qsd.sock.display());

@@ -9,12 +9,12 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use devices::virtio::QueueConfig;
 use devices::virtio::features::VERSION_1;
 use memory::{Backend, BackendConfig};
+use shmvm_tests::qsd::Qsd;
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::guest_ram::GuestRam;
@@ -23,73 +23,33 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 const SECTOR: u64 = 512;
 
-/// A qemu-storage-daemon serving one image over a unix socket; killed and
-/// cleaned up on drop.
-struct Qsd {
-    child: Child,
+/// A back-end serving a fresh image in its own temp dir; the dir goes on drop.
+struct Backing {
+    qsd: Qsd,
     dir: PathBuf,
-    sock: PathBuf,
     img: PathBuf,
 }
 
-impl Qsd {
-    fn start(tag: &str, image_size: u64) -> Qsd {
+impl Backing {
+    fn start(tag: &str, image_size: u64) -> Backing {
         let dir = std::env::temp_dir().join(format!("shmvm-vub-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let img = dir.join("disk.img");
-        let sock = dir.join("vhost.sock");
         let f = std::fs::File::create(&img).unwrap();
         f.set_len(image_size).unwrap();
         // A known sector for read requests: sector 16 holds 0xa5 bytes.
         f.write_all_at(&[0xa5; SECTOR as usize], 16 * SECTOR)
             .unwrap();
         drop(f);
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--blockdev")
-            .arg(format!(
-                "driver=file,node-name=f,filename={}",
-                img.display()
-            ))
-            .arg("--export")
-            .arg(format!(
-                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
-                sock.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("this test needs qemu-storage-daemon (apt-get install qemu-utils): {e}")
-            });
-        let q = Qsd {
-            child,
-            dir,
-            sock,
-            img,
-        };
-        let t = Instant::now();
-        while !q.sock.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "qemu-storage-daemon did not create {}",
-                q.sock.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        q
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let qsd = Qsd::start(&img, &dir.join("vhost.sock"));
+        Backing { qsd, dir, img }
     }
 }
 
-impl Drop for Qsd {
+impl Drop for Backing {
     fn drop(&mut self) {
-        self.kill();
+        self.qsd.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -217,11 +177,11 @@ fn read_image(img: &Path, sector: u64) -> Vec<u8> {
 /// Handshake and I/O with guest RAM `spec`, the queue at `queue_gpa`.
 fn handshake_and_io(tag: &str, spec: &str, queue_gpa: u64, expect_regions: usize) {
     let image_size = 64 << 20;
-    let qsd = Qsd::start(tag, image_size);
+    let qsd = Backing::start(tag, image_size);
     let ram = ram(spec);
     let regions = MemRegion::from_ram(ram.backend()).unwrap();
     assert_eq!(regions.len(), expect_regions, "{regions:?}");
-    let mut fe = BlkFrontend::connect(&qsd.sock, regions, None).unwrap();
+    let mut fe = BlkFrontend::connect(&qsd.qsd.sock, regions, None).unwrap();
     assert_eq!(fe.capacity(), image_size / SECTOR, "GET_CONFIG capacity");
     assert_ne!(fe.backend_features() & VERSION_1, 0);
     assert!(
@@ -288,14 +248,14 @@ fn file_share_on_ram() {
 
 #[test]
 fn backend_death_is_reported_not_hung() {
-    let mut qsd = Qsd::start("death", 1 << 20);
+    let mut qsd = Backing::start("death", 1 << 20);
     let ram = ram("memory-backend-memfd,id=m,size=32M");
     let regions = MemRegion::from_ram(ram.backend()).unwrap();
-    let mut fe = BlkFrontend::connect(&qsd.sock, regions, None).unwrap();
+    let mut fe = BlkFrontend::connect(&qsd.qsd.sock, regions, None).unwrap();
     let q = Queue::new(&ram, 0x10_0000);
     start(&mut fe, &q);
     assert!(!fe.is_dead());
-    qsd.kill();
+    qsd.qsd.kill();
     let t = Instant::now();
     while !fe.is_dead() {
         assert!(t.elapsed() < Duration::from_secs(5), "hang-up not noticed");
