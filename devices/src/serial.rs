@@ -92,6 +92,9 @@ impl Drop for OutputBuffer {
 /// A 16550A UART occupying 8 ports.
 pub struct Serial {
     uart: Uart<IrqEvent, NoEvents, OutputBuffer>,
+    /// The guest has enabled the transmit-empty interrupt or loopback at
+    /// some point (sticky). See [`Serial::transmit_is_output_only`].
+    transmit_side_effects: bool,
 }
 
 impl std::fmt::Debug for Serial {
@@ -111,6 +114,41 @@ impl Serial {
         };
         Serial {
             uart: Uart::new(irq, out),
+            transmit_side_effects: false,
+        }
+    }
+
+    /// Register offsets and bits (16550).
+    const THR: u8 = 0;
+    const IER: u8 = 1;
+    const LCR: u8 = 3;
+    const MCR: u8 = 4;
+    const IER_THR_EMPTY: u8 = 0x02;
+    const LCR_DLAB: u8 = 0x80;
+    const MCR_LOOP: u8 = 0x10;
+
+    /// Whether a write to the transmit register (port offset 0) has, and
+    /// has always had, no effect but output: no transmit-empty interrupt,
+    /// no loopback into the receiver. While true, such writes may be
+    /// delivered late (batched), as long as they arrive in order and before
+    /// any later access to the UART; once the guest enables either feature
+    /// this stays false, so a driver that waits for the interrupt never
+    /// waits on a write not yet seen.
+    pub fn transmit_is_output_only(&self) -> bool {
+        !self.transmit_side_effects
+    }
+
+    fn note_transmit_side_effects(&mut self) {
+        // Reading LCR, IER (with DLAB clear) and MCR has no side effects.
+        let lcr = self.uart.read(Self::LCR);
+        let ier = if lcr & Self::LCR_DLAB == 0 {
+            self.uart.read(Self::IER)
+        } else {
+            0
+        };
+        let mcr = self.uart.read(Self::MCR);
+        if ier & Self::IER_THR_EMPTY != 0 || mcr & Self::MCR_LOOP != 0 {
+            self.transmit_side_effects = true;
         }
     }
 
@@ -148,10 +186,14 @@ impl BusDevice for Serial {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Some(&v), Ok(off)) = (data.first(), u8::try_from(offset))
-            && let Err(e) = self.uart.write(off, v)
-        {
+        let (Some(&v), Ok(off)) = (data.first(), u8::try_from(offset)) else {
+            return;
+        };
+        if let Err(e) = self.uart.write(off, v) {
             log::debug!("serial: write at offset {off}: {e:?}");
+        }
+        if off != Self::THR && !self.transmit_side_effects {
+            self.note_transmit_side_effects();
         }
     }
 }
@@ -200,5 +242,33 @@ mod tests {
         let mut rbr = [0u8];
         s.read(0, &mut rbr);
         assert_eq!(rbr[0], b'x');
+    }
+
+    fn serial() -> Serial {
+        Serial::new(IrqEvent::new().unwrap(), Box::new(Sink::default()))
+    }
+
+    #[test]
+    fn transmit_is_output_only_until_thr_interrupt_or_loopback() {
+        let mut s = serial();
+        assert!(s.transmit_is_output_only());
+        // Receive interrupt, line control, FIFO, scratch: still output only.
+        for (off, v) in [(1, 0x01), (3, 0x03), (2, 0x07), (7, 0x55), (4, 0x0b)] {
+            s.write(off, &[v]);
+            assert!(s.transmit_is_output_only(), "offset {off} value {v:#x}");
+        }
+        // With DLAB set, offset 1 is the divisor latch, not IER.
+        s.write(3, &[0x83]);
+        s.write(1, &[0x02]);
+        s.write(3, &[0x03]);
+        assert!(s.transmit_is_output_only(), "divisor latch is not IER");
+        s.write(1, &[0x03]);
+        assert!(!s.transmit_is_output_only(), "THR-empty interrupt enabled");
+        s.write(1, &[0x00]);
+        assert!(!s.transmit_is_output_only(), "sticky");
+
+        let mut s = serial();
+        s.write(4, &[0x10]);
+        assert!(!s.transmit_is_output_only(), "loopback");
     }
 }

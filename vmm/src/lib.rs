@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod coalesce;
 pub mod cpuid;
 pub mod exit;
 pub mod guest_ram;

@@ -1,7 +1,10 @@
 //! Stopping vCPUs: SIGINT/SIGTERM record the request and kick every vCPU
 //! thread with a real-time signal; the kick handler sets the thread's
 //! `kvm_run.immediate_exit` so a KVM_RUN that races with the kick returns at
-//! once instead of sleeping in the guest.
+//! once instead of sleeping in the guest. The same signal, from a timer,
+//! makes vCPU 0 replay coalesced console output (coalesce.rs); it restarts
+//! interrupted system calls (SA_RESTART), so it never surfaces as EINTR
+//! anywhere but in KVM_RUN, which KVM ends with EINTR regardless.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
@@ -61,8 +64,29 @@ pub fn install() -> Result<(), Error> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         register_signal_handler(sig, on_stop).map_err(|err| Error::Install { sig, err })?;
     }
-    let sig = SIGRTMIN();
-    register_signal_handler(sig, on_kick).map_err(|err| Error::Install { sig, err })
+    let sig = kick_signal();
+    // SAFETY: sigaction is plain data; all-zero is a valid start.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = on_kick as *const () as usize;
+    act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: `act.sa_mask` is a valid sigset to fill; `act` is valid for
+    // sigaction, and `on_kick` is async-signal-safe.
+    let r = unsafe {
+        libc::sigfillset(&mut act.sa_mask);
+        libc::sigaction(sig, &act, std::ptr::null_mut())
+    };
+    if r != 0 {
+        return Err(Error::Install {
+            sig,
+            err: vmm_sys_util::errno::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+/// The real-time signal that kicks a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
 }
 
 /// Sends the kick signal to every registered vCPU thread.
@@ -75,7 +99,7 @@ pub fn kick_all() {
         if id != 0 {
             // SAFETY: `id` is a pthread_t of a vCPU thread that is registered
             // until it has left its run loop; pthread_kill is async-signal-safe.
-            unsafe { libc::pthread_kill(id as libc::pthread_t, SIGRTMIN()) };
+            unsafe { libc::pthread_kill(id as libc::pthread_t, kick_signal()) };
         }
     }
 }

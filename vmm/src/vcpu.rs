@@ -1,14 +1,15 @@
 //! vCPU set-up (CPUID, MSRs, FPU, LAPIC, entry registers) and run loop.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{CpuId, Msrs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::{Entry, cpu};
+use crate::coalesce::SerialCoalescing;
 use crate::exit::{Action, VmEnd, handle_exit};
-use crate::hv::{self, Vcpu};
+use crate::hv::{self, Vcpu, VmExit};
 use crate::io::IoBuses;
 use crate::signals::{self, VcpuThreadGuard};
 
@@ -67,15 +68,30 @@ pub fn configure(
     Ok(())
 }
 
-/// Runs `vcpu` until the VM stops, handling exits.
-pub fn run(
-    mut vcpu: Vcpu,
-    io: &IoBuses,
-    state: &VmState,
-    mem: &GuestMemoryMmap,
-    first_run: Option<&dyn Fn()>,
-) {
+/// What every vCPU thread shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Shared<'a> {
+    pub io: &'a IoBuses,
+    pub state: &'a VmState,
+    pub mem: &'a GuestMemoryMmap,
+    /// Console output KVM queues instead of exiting (coalesce.rs).
+    pub coalesced: Option<&'a SerialCoalescing>,
+}
+
+/// Runs `vcpu` until the VM stops, handling exits. `first_run` (vCPU 0
+/// only) is called just before the first KVM_RUN.
+pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
+    let Shared {
+        io,
+        state,
+        mem,
+        coalesced,
+    } = shared;
     let _guard = VcpuThreadGuard::register(vcpu.immediate_exit_ptr());
+    let flushes = first_run.is_some();
+    if flushes && let Some(c) = coalesced {
+        c.start_flush_timer();
+    }
     let mut first_run = first_run;
     loop {
         if state.stopping() {
@@ -89,7 +105,21 @@ pub fn run(
             f();
         }
         let action = match vcpu.run() {
-            Ok(exit) => handle_exit(exit, io),
+            Ok(exit) => {
+                // Queued console writes come before this exit.
+                if let Some(c) = coalesced {
+                    c.drain(io);
+                }
+                let written = match &exit {
+                    VmExit::IoOut { port, .. } => Some(*port),
+                    _ => None,
+                };
+                let action = handle_exit(exit, io);
+                if let (Some(c), Some(port)) = (coalesced, written) {
+                    c.after_port_write(port, io);
+                }
+                action
+            }
             Err(e) => Action::End(VmEnd::VcpuFailed(e.to_string())),
         };
         match action {
@@ -107,6 +137,12 @@ pub fn run(
                 state.request_end(end);
             }
         }
+    }
+    if let Some(c) = coalesced {
+        if flushes {
+            c.stop_flush_timer();
+        }
+        c.drain(io);
     }
 }
 
@@ -160,11 +196,10 @@ fn log_registers(vcpu: &Vcpu) {
 /// returns when all have stopped.
 pub fn run_all(
     mut vcpus: Vec<Vcpu>,
-    io: &Arc<IoBuses>,
-    state: &Arc<VmState>,
-    mem: &GuestMemoryMmap,
+    shared: Shared<'_>,
     first_run: &dyn Fn(),
 ) -> Result<(), std::io::Error> {
+    let state = shared.state;
     if vcpus.is_empty() {
         return Ok(());
     }
@@ -173,11 +208,10 @@ pub fn run_all(
         let mut handles = Vec::new();
         let mut spawn_error = None;
         for v in vcpus {
-            let (vio, vstate) = (io.clone(), state.clone());
             let r = std::thread::Builder::new()
                 .name(format!("vcpu{}", v.id()))
                 .stack_size(256 << 10)
-                .spawn_scoped(s, move || run(v, &vio, &vstate, mem, None));
+                .spawn_scoped(s, move || run(v, shared, None));
             match r {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -189,7 +223,7 @@ pub fn run_all(
             }
         }
         if spawn_error.is_none() {
-            run(bsp, io, state, mem, Some(first_run));
+            run(bsp, shared, Some(first_run));
         }
         for h in handles {
             if h.join().is_err() {

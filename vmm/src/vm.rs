@@ -14,6 +14,7 @@ use memory::Backend;
 
 use crate::boot::{self, BootFiles, BootSpec};
 use crate::cli::{Config, DeviceConfig, SerialMode};
+use crate::coalesce::SerialCoalescing;
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, Vm};
@@ -95,6 +96,8 @@ struct Machine {
     vhost_user_blk: Vec<crate::vhost_user_blk::Wired>,
     io: Arc<IoBuses>,
     state: Arc<VmState>,
+    /// Holds a reference to the VM: dropped before it.
+    coalesced: Option<SerialCoalescing>,
 }
 
 fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
@@ -162,6 +165,61 @@ type Built = (Machine, Vec<hv::Vcpu>, Arc<Mutex<Serial>>);
 
 fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
     let mut files = BootFiles::open(&cfg.kernel, cfg.initrd.as_deref())?;
+    let vm = Arc::new(Vm::new()?);
+    t.mark("open /dev/kvm + KVM_CREATE_VM");
+    // KVM_GET_SUPPORTED_CPUID is ~0.5 ms of CPUID instructions in the host
+    // kernel (each traps to the host's own hypervisor), needed only when
+    // vCPUs are configured: it runs on a helper thread while this one
+    // creates the backends and fills in the VM, whose steps mostly wait in
+    // KVM (SRCU grace periods).
+    std::thread::scope(|s| {
+        let host = HostQuery::start(s, &vm);
+        build_machine(cfg, vm.clone(), &mut files, t, host)
+    })
+}
+
+/// KVM_GET_SUPPORTED_CPUID on a helper thread, or inline if no thread
+/// could be started.
+enum HostQuery<'s> {
+    Thread(std::thread::ScopedJoinHandle<'s, Result<hv::HostCpu, hv::Error>>),
+    Inline,
+}
+
+impl<'s> HostQuery<'s> {
+    fn start<'e>(s: &'s std::thread::Scope<'s, 'e>, vm: &'s Vm) -> HostQuery<'s> {
+        let spawned = std::thread::Builder::new()
+            .name("cpuid".into())
+            .stack_size(64 << 10)
+            .spawn_scoped(s, || vm.host_cpu());
+        match spawned {
+            Ok(h) => HostQuery::Thread(h),
+            Err(e) => {
+                log::debug!("cpuid query inline: {e}");
+                HostQuery::Inline
+            }
+        }
+    }
+
+    fn get(self, vm: &Vm) -> Result<hv::HostCpu, Error> {
+        match self {
+            HostQuery::Thread(h) => match h.join() {
+                Ok(r) => Ok(r?),
+                Err(_) => Err(Error::Threads(std::io::Error::other(
+                    "the CPUID query thread panicked",
+                ))),
+            },
+            HostQuery::Inline => Ok(vm.host_cpu()?),
+        }
+    }
+}
+
+fn build_machine(
+    cfg: &Config,
+    vm: Arc<Vm>,
+    files: &mut BootFiles,
+    t: &mut Timeline,
+    host: HostQuery<'_>,
+) -> Result<Built, Error> {
     let ram = GuestRam::new(create_backend(
         &cfg.ram,
         if cfg.ram_from_object {
@@ -176,16 +234,18 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
         .map(|o| create_backend(o, "--object").map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     t.mark("memory backend(s) created and mapped");
-
-    let vm = Arc::new(Vm::new()?);
-    t.mark("open /dev/kvm + KVM_CREATE_VM");
     // Memory slots, irqchip and PIT each wait inside KVM (SRCU grace
     // periods, the PIT's kernel thread). Overlapping them from two threads
     // was measured no faster (they serialize on KVM's locks), so: in order.
     ram.register(&vm)?;
     t.mark("guest RAM registered (memory slots)");
-    let (loaded, vcpus, serial, io, state) = build_rest(cfg, &vm, &ram, &mut files, t)?;
+    let (loaded, vcpus, serial, io, state) = build_rest(cfg, &vm, &ram, files, t, host)?;
     log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
+    let coalesced = match vcpus.first() {
+        Some(v) => SerialCoalescing::start(&vm, v, &serial, layout::COM1_PORT)?,
+        None => None,
+    };
+    t.mark("console output coalescing");
     let vhost_user_blk =
         crate::vhost_user_blk::device::create_all(&cfg.devices, ram.backend(), &vm)?;
     let pci = build_pci(cfg, &vm, &io, &objects, &vhost_user_blk)?;
@@ -199,6 +259,7 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
             vhost_user_blk,
             io,
             state,
+            coalesced,
         },
         vcpus,
         serial,
@@ -262,6 +323,7 @@ fn build_rest(
     ram: &GuestRam,
     files: &mut BootFiles,
     t: &mut Timeline,
+    host: HostQuery<'_>,
 ) -> Result<Rest, Error> {
     vm.add_irqchip(layout::KVM_TSS)?;
     t.mark("in-kernel irqchip (PIC, IOAPIC, LAPICs)");
@@ -282,12 +344,8 @@ fn build_rest(
     let serial = wire_devices(cfg, vm, &io, &state)?;
     t.mark("devices");
 
-    // ~0.5 ms on PVM. Issued on a helper thread at the start of build() to
-    // overlap the steps above, it was measured slower on this 2-core host
-    // (first KVM_RUN median +0.1 ms over 2x40 interleaved runs): the query
-    // is CPU work and the other core is rarely idle. So: in order.
-    let host = vm.host_cpu()?;
-    t.mark("KVM_GET_SUPPORTED_CPUID");
+    let host = host.get(vm)?;
+    t.mark("KVM_GET_SUPPORTED_CPUID (wait for the helper thread)");
     let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
     for id in 0..cfg.vcpus {
         let v = vm.create_vcpu(id)?;
@@ -393,7 +451,13 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
             );
         }
     };
-    let ran = vcpu::run_all(vcpus, &m.io, &m.state, m.ram.mem(), &first_run);
+    let shared = vcpu::Shared {
+        io: &m.io,
+        state: &m.state,
+        mem: m.ram.mem(),
+        coalesced: m.coalesced.as_ref(),
+    };
+    let ran = vcpu::run_all(vcpus, shared, &first_run);
     serial
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -405,8 +469,9 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
     if cfg.stats || log::log_enabled!(log::Level::Info) {
         let vhost: String = m.vhost_user_blk.iter().map(|d| d.report()).collect();
+        let coalesced = m.coalesced.as_ref().map(|c| c.report()).unwrap_or_default();
         eprint!(
-            "shmvm: device statistics\n{}{}{vhost}",
+            "shmvm: device statistics\n{}{coalesced}{}{vhost}",
             m.io.report(),
             m.pci.report()
         );
@@ -434,8 +499,9 @@ fn finish(m: Machine) {
         vhost_user_blk,
         io,
         state,
+        coalesced,
     } = m;
-    drop((pci, vhost_user_blk, io, state));
+    drop((coalesced, pci, vhost_user_blk, io, state));
     drop((ram, _objects));
     match Arc::try_unwrap(vm) {
         Ok(vm) => crate::teardown::detach(vm),

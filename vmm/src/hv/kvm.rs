@@ -1,10 +1,16 @@
 //! KVM implementation of the hypervisor boundary.
 
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_fpu, kvm_lapic_state,
-    kvm_pit_config, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+    CpuId, KVM_COALESCED_MMIO_PAGE_OFFSET, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs,
+    kvm_coalesced_mmio, kvm_coalesced_mmio_ring, kvm_fpu, kvm_lapic_state, kvm_pit_config,
+    kvm_regs, kvm_sregs, kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VmExit;
@@ -23,6 +29,8 @@ pub enum Error {
     },
     #[error("KVM: set {set} of {want} boot MSRs")]
     Msrs { set: usize, want: usize },
+    #[error("KVM: cannot map the coalesced I/O ring: {0}")]
+    RingMap(std::io::Error),
 }
 
 fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -175,6 +183,28 @@ impl Vm {
         Ok(Vcpu { fd, id })
     }
 
+    /// Lets guest writes to ports `[port, port + len)` complete without an
+    /// exit: KVM appends them to the VM's [`CoalescedRing`] instead, and the
+    /// VMM replays them later, in order. Reads still exit. Returns false
+    /// when KVM cannot coalesce port I/O (KVM_CAP_COALESCED_PIO).
+    pub fn coalesce_pio(&self, port: u16, len: u32) -> Result<bool, Error> {
+        if !self.kvm.check_extension(Cap::CoalescedPio) {
+            return Ok(false);
+        }
+        self.fd
+            .register_coalesced_mmio(IoEventAddress::Pio(port.into()), len)
+            .map_err(ioctl("KVM_REGISTER_COALESCED_MMIO"))?;
+        Ok(true)
+    }
+
+    /// Undoes [`Vm::coalesce_pio`]: from its return on, writes to the
+    /// ports exit again (entries already in the ring stay there).
+    pub fn uncoalesce_pio(&self, port: u16, len: u32) -> Result<(), Error> {
+        self.fd
+            .unregister_coalesced_mmio(IoEventAddress::Pio(port.into()), len)
+            .map_err(ioctl("KVM_UNREGISTER_COALESCED_MMIO"))
+    }
+
     /// The raw VM fd, for device wiring that needs KVM directly (ioeventfd).
     pub fn fd(&self) -> &VmFd {
         &self.fd
@@ -252,6 +282,12 @@ impl Vcpu {
 
     pub fn clear_immediate_exit(&mut self) {
         self.fd.set_kvm_immediate_exit(0);
+    }
+
+    /// Maps the VM's coalesced-I/O ring (one per VM; any vCPU's fd
+    /// reaches it) for [`Vm::coalesce_pio`].
+    pub fn coalesced_ring(&self) -> Result<CoalescedRing, Error> {
+        CoalescedRing::map(&self.fd)
     }
 
     /// Suberror and data words of the last KVM_EXIT_INTERNAL_ERROR.
@@ -346,4 +382,132 @@ enum Raw {
     MmioRead(u64, *mut u8, usize),
     MmioWrite(u64, *const u8, usize),
     Done(VmExit<'static>),
+}
+
+/// One port write KVM stored in the coalesced ring instead of exiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoalescedWrite {
+    pub port: u16,
+    /// The bytes written: 1, 2 or 4 of them.
+    pub data: [u8; 4],
+    pub len: usize,
+}
+
+impl CoalescedWrite {
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+}
+
+/// The VM's coalesced-I/O ring page, shared by every vCPU thread.
+///
+/// kvm-ioctls offers a reader too, but it is tied to one `&mut VcpuFd`
+/// (held for the duration of an exit) and reads the kernel's producer index
+/// as plain memory. Here the page has its own mapping, the indices are read
+/// and written atomically (KVM publishes an entry, then `last`; we read
+/// `last`, then the entry, and hand the slot back through `first`), and a
+/// lock makes draining and replaying one step, so writes reach devices in
+/// ring order even when several vCPUs drain.
+#[derive(Debug)]
+pub struct CoalescedRing {
+    page: NonNull<kvm_coalesced_mmio_ring>,
+    page_size: usize,
+    lock: Mutex<()>,
+}
+
+// SAFETY: the page is shared with KVM by design; every access goes through
+// atomics (indices) or volatile reads of slots KVM has published, with the
+// consumer side serialized by `lock`.
+unsafe impl Send for CoalescedRing {}
+// SAFETY: as above.
+unsafe impl Sync for CoalescedRing {}
+
+impl CoalescedRing {
+    fn map(vcpu: &VcpuFd) -> Result<CoalescedRing, Error> {
+        // SAFETY: sysconf has no preconditions.
+        let page_size = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| Error::RingMap(std::io::Error::last_os_error()))?;
+        let offset = libc::off_t::from(KVM_COALESCED_MMIO_PAGE_OFFSET) * page_size as libc::off_t;
+        // SAFETY: maps one page of the vCPU fd at the offset KVM documents
+        // for the coalesced ring; the result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page_size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                vcpu.as_raw_fd(),
+                offset,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::RingMap(std::io::Error::last_os_error()));
+        }
+        let page = NonNull::new(p.cast())
+            .ok_or_else(|| Error::RingMap(std::io::Error::other("mmap returned NULL")))?;
+        Ok(CoalescedRing {
+            page,
+            page_size,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// Slots in the ring (KVM_COALESCED_MMIO_MAX).
+    fn slots(&self) -> u32 {
+        let header = std::mem::size_of::<kvm_coalesced_mmio_ring>();
+        ((self.page_size - header) / std::mem::size_of::<kvm_coalesced_mmio>()) as u32
+    }
+
+    fn index(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: `first` (offset 0) and `last` (offset 4) are aligned u32s
+        // in the mapped page, which lives as long as `self`.
+        unsafe { AtomicU32::from_ptr(self.page.as_ptr().cast::<u8>().add(offset).cast()) }
+    }
+
+    /// Hands every port write in the ring to `replay`, oldest first, and
+    /// frees the slots. Returns how many there were. MMIO entries cannot
+    /// occur (only port zones are registered) and are skipped.
+    pub fn drain(&self, mut replay: impl FnMut(CoalescedWrite)) -> usize {
+        let _serial = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (first, last) = (self.index(0), self.index(4));
+        let slots = self.slots();
+        let mut at = first.load(Ordering::Relaxed);
+        let end = last.load(Ordering::Acquire);
+        if end >= slots || at >= slots {
+            return 0;
+        }
+        let mut n = 0;
+        while at != end {
+            // SAFETY: `at` < slots, so the slot lies inside the page, after
+            // the 8-byte header; KVM filled it before publishing `last`
+            // (Acquire above) and does not touch it until `first` passes it.
+            let e: kvm_coalesced_mmio = unsafe {
+                let base = self.page.as_ptr().cast::<u8>().add(8);
+                std::ptr::read_volatile(base.cast::<kvm_coalesced_mmio>().add(at as usize))
+            };
+            // SAFETY: the union's two members are both u32.
+            let pio = unsafe { e.__bindgen_anon_1.pio } != 0;
+            let len = (e.len as usize).min(4);
+            if pio && len > 0 {
+                let mut data = [0u8; 4];
+                data[..len].copy_from_slice(&e.data[..len]);
+                replay(CoalescedWrite {
+                    port: e.phys_addr as u16,
+                    data,
+                    len,
+                });
+                n += 1;
+            }
+            at = (at + 1) % slots;
+        }
+        first.store(at, Ordering::Release);
+        n
+    }
+}
+
+impl Drop for CoalescedRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the page mapped in `map`; nothing borrows it now.
+        unsafe { libc::munmap(self.page.as_ptr().cast(), self.page_size) };
+    }
 }

@@ -2,11 +2,14 @@
 //! and "a vCPU", and the exits a vCPU reports, in our own types.
 //!
 //! Only `kvm.rs` talks to KVM. Another accelerator (HVF) would add a sibling
-//! module with the same surface: [`Vm`], [`Vcpu`], [`VmExit`].
+//! module with the same surface: [`Vm`], [`Vcpu`], [`VmExit`]. Coalesced
+//! port writes ([`Vm::coalesce_pio`], [`CoalescedRing`]) are an optional
+//! speed-up: an accelerator without them reports `false` and every write
+//! simply exits.
 
 pub mod kvm;
 
-pub use kvm::{Error, HostCpu, Vcpu, Vm};
+pub use kvm::{CoalescedRing, CoalescedWrite, Error, HostCpu, Vcpu, Vm};
 
 /// Why `Vcpu::run` returned, with the data the exit handler needs.
 #[derive(Debug)]
