@@ -1,8 +1,8 @@
-//! Port I/O, MSRs, CPUID, TSC, and the CPL0 setup (TSS, IDT, syscall MSRs).
+//! Port I/O, CPUID, TSC, the CPL0 setup (TSS, IDT) and ring-3 jobs.
 
 use core::arch::asm;
 
-use crate::boot;
+use crate::{boot, console};
 
 #[inline(always)]
 pub fn outb(port: u16, v: u8) {
@@ -102,6 +102,15 @@ pub fn halt_forever() -> ! {
     }
 }
 
+/// Current privilege level (0 at CPL0, 3 inside a ring-3 job).
+#[inline(always)]
+pub fn cpl() -> u16 {
+    let cs: u16;
+    // SAFETY: reading CS has no side effects.
+    unsafe { asm!("mov {:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) }
+    cs & 3
+}
+
 fn gate(idt: *mut [u64; 2 * boot::IDT_ENTRIES], v: usize, handler: u64, dpl: u64) {
     // SAFETY: v < IDT_ENTRIES; the IDT is only written during init.
     unsafe {
@@ -139,11 +148,16 @@ pub fn init() {
         );
         asm!("lidt [{}]", in(reg) &raw const boot::boot_idt_ptr, options(nostack, preserves_flags));
     }
+    console::render_in_ring3();
 }
 
-/// Runs `f(a, b, c)` in ring 3 (native speed on PVM) and returns its result.
+/// Runs `f(a, b, c)` in ring 3 (native speed on PVM) and returns its result,
+/// then writes out the lines the job rendered (`say!` in ring 3). CPL0 only:
+/// not re-entrant.
 pub fn user(f: extern "C" fn(u64, u64, u64) -> u64, a: u64, b: u64, c: u64) -> u64 {
-    // SAFETY: `init` set up the TSS and syscall MSRs; every page is mapped
+    // SAFETY: `init` set up the TSS and the #UD gate; every page is mapped
     // user-accessible, and `f` is a plain function of this image.
-    unsafe { boot::user_call(f as usize, a, b, c) }
+    let r = unsafe { boot::user_call(f as usize, a, b, c) };
+    console::flush();
+    r
 }

@@ -54,8 +54,9 @@ const EXIT_FAIL: u8 = 0x11;
 /// First failure reason (None: all passed so far).
 static FAILURE: Global<Option<&'static str>> = Global::new(None);
 
+/// Records a failure (at CPL0 or in a ring-3 job).
 fn note_failure(why: &'static str) {
-    // SAFETY: single CPU, CPL0 only.
+    // SAFETY: single CPU; CPL0 and ring-3 jobs never run at the same time.
     unsafe {
         let f = FAILURE.ptr();
         if (*f).is_none() {
@@ -267,6 +268,8 @@ fn initrd() -> Result<(), &'static str> {
 extern "C" fn exception_handler(frame: *const u64) -> ! {
     // SAFETY: the stub passes its own stack frame (7 words).
     let f = unsafe { core::slice::from_raw_parts(frame, 7) };
+    // This may have interrupted a job: no job may run from here on.
+    console::render_at_cpl0();
     say!(
         "shmvm: exception vector=",
         Dec(f[0]),
@@ -290,8 +293,21 @@ extern "C" fn exception_handler(frame: *const u64) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    let in_job = cpu::cpl() != 0;
+    if !in_job {
+        // This may be inside `cpu::user` (e.g. rendering): no job from here on.
+        console::render_at_cpl0();
+    }
     if let Some(l) = info.location() {
         say!("shmvm: panic at ", l.file(), ":", Dec(u64::from(l.line())));
+    }
+    if in_job {
+        // Ring 3 cannot print or exit: note the reason and fault into the
+        // exception handler, which writes out the pending line and exits.
+        note_failure("panic");
+        // SAFETY: `ud2` only raises #UD (not at `user_exit`, so it is
+        // reported as an exception).
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) }
     }
     fail_now("panic")
 }
