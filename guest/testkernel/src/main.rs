@@ -3,8 +3,9 @@
 //! See README.md for parameters, output lines and region protocols.
 //!
 //! CPL0 code is emulated instruction by instruction on PVM, so it only
-//! orchestrates and prints; loops over memory run as ring-3 jobs
-//! (`cpu::user`), which execute natively.
+//! orchestrates and writes finished output lines to the UART; loops over
+//! memory, reading the boot information and formatting output run as ring-3
+//! jobs (`cpu::user`), which execute natively.
 
 #![no_std]
 #![no_main]
@@ -101,26 +102,11 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
         }
     );
     cpu::init();
-    if let Err(why) = bootinfo::load(entry, info) {
-        fail_now(why);
+    if cpu::user(boot_job, u64::from(entry), info, 0) != 0 {
+        finish();
     }
-    cpu::user(jobs::parse_job, 0, 0, 0);
-    cpu::user(jobs::free_ranges_job, 0, 0, 0);
-    cpu::user(tables::count_job, 0, 0, 0);
     // SAFETY: single CPU, CPL0 only; PARAMS is no longer written.
     let p = unsafe { &*PARAMS.ptr() };
-    if let Some((why, _)) = p.error {
-        note_failure(why);
-    }
-    report();
-    if let Some((why, at)) = p.error {
-        say!(
-            "shmvm: bad parameter offset=",
-            Dec(at as u64),
-            " reason=",
-            why
-        );
-    }
     for t in p.tests() {
         let r = match t {
             Test::Boot => Ok(()),
@@ -138,9 +124,39 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
     finish()
 }
 
-/// The boot report: cmdline, memory map, RAM size, CPU count.
+/// Ring-3 job: everything up to the tests (no port I/O): reads the boot
+/// structures, parses the command line, computes the free RAM ranges,
+/// counts CPUs and renders the boot report (written out when it returns).
+/// Returns 1 if the boot structures are unusable (reason noted), else 0.
+extern "C" fn boot_job(entry: u64, info: u64, _: u64) -> u64 {
+    if let Err(why) = bootinfo::load(entry as u32, info) {
+        note_failure(why);
+        return 1;
+    }
+    jobs::parse_cmdline();
+    jobs::free_ranges();
+    tables::count();
+    // SAFETY: CPL0 is suspended; PARAMS is no longer written.
+    let p = unsafe { &*PARAMS.ptr() };
+    if let Some((why, _)) = p.error {
+        note_failure(why);
+    }
+    report();
+    if let Some((why, at)) = p.error {
+        say!(
+            "shmvm: bad parameter offset=",
+            Dec(at as u64),
+            " reason=",
+            why
+        );
+    }
+    0
+}
+
+/// The boot report: cmdline, memory map, RAM size, CPU count (in ring 3,
+/// part of `boot_job`).
 fn report() {
-    // SAFETY: single CPU, CPL0 only; no job runs while these are borrowed.
+    // SAFETY: CPL0 is suspended while the job runs; nothing writes these.
     let (info, cpus, free, p) = unsafe {
         (
             &*INFO.ptr(),
