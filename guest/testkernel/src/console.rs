@@ -48,6 +48,8 @@ static PENDING_LEN: Global<usize> = Global::new(0);
 /// as the platform set them: they have no meaning for a virtual UART.
 pub fn init() {
     outb(FCR, 0x07);
+    // The transmit FIFO was just cleared: the first line needs no LSR poll.
+    ROOM.store(FIFO_DEPTH, Ordering::Relaxed);
 }
 
 /// From now on CPL0 renders lines in ring-3 jobs (`cpu::init`, once the

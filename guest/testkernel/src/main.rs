@@ -93,14 +93,11 @@ fn fail_now(why: &'static str) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn kmain(entry: u32, info: u64) -> ! {
     console::init();
-    say!(
-        "shmvm: entry=",
-        if entry == boot::ENTRY_PVH {
-            "pvh"
-        } else {
-            "linux64"
-        }
-    );
+    say!(if entry == boot::ENTRY_PVH {
+        "shmvm: entry=pvh"
+    } else {
+        "shmvm: entry=linux64"
+    });
     cpu::init();
     if cpu::user(boot_job, u64::from(entry), info, 0) != 0 {
         finish();
