@@ -76,7 +76,8 @@ fn wait_thre() {
 /// Each run of bytes the transmit FIFO has room for goes out with one
 /// `rep outsb` (never more than the FIFO holds, so it stays right on a real
 /// 16550 and in QEMU, which take it byte by byte): one emulated instruction
-/// instead of a loop per byte.
+/// instead of a loop per byte. (The first run is empty when the FIFO was
+/// full already.)
 #[inline(never)]
 fn put_bytes(b: &[u8]) {
     let mut room = ROOM.load(Ordering::Relaxed) as usize;
@@ -267,12 +268,7 @@ pub fn say(pieces: &[Piece]) {
     } else if pieces.iter().all(|p| matches!(p, Piece::Str(_))) {
         put_strs(pieces);
     } else if RENDER_IN_RING3.load(Ordering::Relaxed) {
-        cpu::user(
-            render_job,
-            pieces.as_ptr() as u64,
-            pieces.len() as u64,
-            0,
-        );
+        cpu::user(render_job, pieces.as_ptr() as u64, pieces.len() as u64, 0);
     } else {
         render(pieces);
         flush();
