@@ -1,9 +1,8 @@
 //! What the loader told us: PVH `hvm_start_info` or a Linux `boot_params`
-//! zero page. Copied into statics right away, so memtest may overwrite the
-//! originals later.
+//! zero page. Copied into statics right away (in ring 3, by `main::boot_job`),
+//! so memtest may overwrite the originals later.
 
 use crate::boot::{__kernel_end, __kernel_start, ENTRY_PVH};
-use crate::cpu;
 use crate::ranges::E820;
 use crate::{Global, jobs};
 
@@ -64,12 +63,12 @@ fn rd8(addr: u64) -> u8 {
     unsafe { core::ptr::read_volatile(addr as *const u8) }
 }
 
-/// Reads the boot structures at `ptr`. Err: a short reason for the verdict.
+/// Reads the boot structures at `ptr` (ring 3: the loader's structures are
+/// below 4 GiB, mapped user-accessible). Err: a short reason for the verdict.
 pub fn load(entry: u32, ptr: u64) -> Result<(), &'static str> {
     let info = INFO.ptr();
     let (cmdline, cmdline_max);
-    // SAFETY: single CPU; no ring-3 job runs while `info` is used here
-    // except `copy_cstr`, which writes only `cmdline`.
+    // SAFETY: single CPU; CPL0 is suspended and nothing else uses INFO.
     unsafe {
         (*info).entry = entry;
         if entry == ENTRY_PVH {
@@ -137,12 +136,8 @@ pub fn load(entry: u32, ptr: u64) -> Result<(), &'static str> {
         }
         if cmdline != 0 {
             let dst = &raw mut (*info).cmdline as u64;
-            (*info).cmdline_len = cpu::user(
-                jobs::copy_cstr,
-                dst,
-                cmdline,
-                cmdline_max.min(CMDLINE_MAX as u64 - 1),
-            ) as usize;
+            (*info).cmdline_len =
+                jobs::copy_cstr(dst, cmdline, cmdline_max.min(CMDLINE_MAX as u64 - 1)) as usize;
         }
     }
     Ok(())

@@ -1,9 +1,24 @@
-//! Polled 16550 console on COM1 and a tiny formatter (no core::fmt: CPL0
-//! must stay free of SSE and keep its instruction count low).
+//! Polled 16550 console on COM1 and a tiny line formatter (no core::fmt:
+//! CPL0 must stay free of SSE and keep its instruction count low).
+//!
+//! On PVM every CPL0 instruction is emulated (~1 us), so lines are rendered
+//! in ring 3 and CPL0 only writes the finished bytes out. Rendering always
+//! appends to one pending buffer, which CPL0 writes out:
+//! - inside a ring-3 job (which cannot do port I/O), `say!` renders the
+//!   line; `cpu::user` writes it out when the job returns, so output stays
+//!   in order;
+//! - at CPL0, a line made only of strings is written straight out; any
+//!   other line is rendered by one ring-3 job (`render_job`);
+//! - before `cpu::init` has set up the ring-3 return path, and in the
+//!   exception and panic handlers (no job may run there: `cpu::user` is not
+//!   re-entrant, and its return would land on the interrupt stack the handler
+//!   runs on), CPL0 renders the line itself and writes it out, after any
+//!   output a faulting job left pending.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use crate::cpu::{inb, outb, outsb};
+use crate::Global;
+use crate::cpu::{self, inb, outb, outsb};
 
 const COM1: u16 = 0x3f8;
 const LSR: u16 = COM1 + 5;
@@ -15,10 +30,37 @@ const FIFO_DEPTH: u32 = 16;
 /// Bytes that may still be written before polling LSR again.
 static ROOM: AtomicU32 = AtomicU32::new(0);
 
+/// Whether CPL0 may run a ring-3 job to render a line (see the module doc).
+static RENDER_IN_RING3: AtomicBool = AtomicBool::new(false);
+
+/// Room for the longest boot report, rendered by one job: a 4 KiB command
+/// line, 128 e820 lines of at most 76 bytes and ~500 bytes more (14.3 KiB).
+const PENDING_MAX: usize = 16 * 1024;
+
+/// Rendered bytes not yet written out. The buffer lives in the kernel's
+/// not-loaded `.stack` section (it is never read before it is written), so
+/// the image stays small.
+#[unsafe(link_section = ".stack.console")]
+static PENDING: Global<[u8; PENDING_MAX]> = Global::new([0; PENDING_MAX]);
+static PENDING_LEN: Global<usize> = Global::new(0);
+
 /// Enables the FIFOs (and clears them). Baud rate and line control are left
 /// as the platform set them: they have no meaning for a virtual UART.
 pub fn init() {
     outb(FCR, 0x07);
+    // The transmit FIFO was just cleared: the first line needs no LSR poll.
+    ROOM.store(FIFO_DEPTH, Ordering::Relaxed);
+}
+
+/// From now on CPL0 renders lines in ring-3 jobs (`cpu::init`, once the
+/// ring-3 return path works).
+pub fn render_in_ring3() {
+    RENDER_IN_RING3.store(true, Ordering::Relaxed);
+}
+
+/// From now on CPL0 renders lines itself (exception and panic handlers).
+pub fn render_at_cpl0() {
+    RENDER_IN_RING3.store(false, Ordering::Relaxed);
 }
 
 /// Waits until the transmitter is empty (bounded: a missing UART reads
@@ -31,54 +73,51 @@ fn wait_thre() {
     }
 }
 
+/// Each run of bytes the transmit FIFO has room for goes out with one
+/// `rep outsb` (never more than the FIFO holds, so it stays right on a real
+/// 16550 and in QEMU, which take it byte by byte): one emulated instruction
+/// instead of a loop per byte. (The first run is empty when the FIFO was
+/// full already.)
 #[inline(never)]
-pub fn putc(c: u8) {
-    let mut room = ROOM.load(Ordering::Relaxed);
-    if room == 0 {
-        wait_thre();
-        room = FIFO_DEPTH;
-    }
-    outb(COM1, c);
-    ROOM.store(room - 1, Ordering::Relaxed);
-}
-
-/// Same as `putc` per byte, but each run of bytes the transmit FIFO has
-/// room for goes out with one `rep outsb` (never more than the FIFO holds,
-/// so it stays right on a real 16550 and in QEMU, which take it byte by
-/// byte): one emulated instruction instead of a loop per byte.
-#[inline(never)]
-pub fn put_bytes(b: &[u8]) {
-    let mut room = ROOM.load(Ordering::Relaxed);
+fn put_bytes(b: &[u8]) {
+    let mut room = ROOM.load(Ordering::Relaxed) as usize;
     let mut rest = b;
-    while !rest.is_empty() {
-        if room == 0 {
-            wait_thre();
-            room = FIFO_DEPTH;
-        }
-        let n = rest.len().min(room as usize);
-        let (now, later) = rest.split_at(n);
+    loop {
+        let (now, later) = rest.split_at(rest.len().min(room));
         outsb(COM1, now);
+        room -= now.len();
         rest = later;
-        room -= n as u32;
+        if rest.is_empty() {
+            break;
+        }
+        wait_thre();
+        room = FIFO_DEPTH as usize;
     }
-    ROOM.store(room, Ordering::Relaxed);
+    ROOM.store(room as u32, Ordering::Relaxed);
 }
 
-/// Something printable by `say!`.
-pub trait Emit {
-    fn emit(&self);
+/// Called after a write that ends a line: waits for the transmitter to
+/// empty, as Linux's serial console does after each message. The LSR read
+/// also makes a VMM that batches transmitted bytes show the line now rather
+/// than when the next one starts.
+fn end_of_line() {
+    wait_thre();
+    ROOM.store(FIFO_DEPTH, Ordering::Relaxed);
 }
 
-impl Emit for &str {
-    fn emit(&self) {
-        put_bytes(self.as_bytes());
+/// Writes out the pending (rendered) lines. CPL0 only.
+#[inline(never)]
+pub fn flush() {
+    // SAFETY: one CPU; at CPL0 no job runs, so nothing else uses the buffer.
+    unsafe {
+        let len = *PENDING_LEN.ptr();
+        if len == 0 {
+            return;
+        }
+        put_bytes(&(&*PENDING.ptr())[..len]);
+        *PENDING_LEN.ptr() = 0;
     }
-}
-
-impl Emit for &[u8] {
-    fn emit(&self) {
-        put_bytes(self);
-    }
+    end_of_line();
 }
 
 /// `0x` followed by the minimal number of hex digits.
@@ -93,69 +132,154 @@ pub struct Digits(pub u64, pub u32);
 #[derive(Clone, Copy)]
 pub struct Dec(pub u64);
 
-impl Emit for Hex {
-    fn emit(&self) {
-        putc(b'0');
-        putc(b'x');
-        put_hex(self.0, 0);
+/// One argument of `say!`, captured for rendering.
+#[derive(Clone, Copy)]
+pub enum Piece<'a> {
+    Str(&'a [u8]),
+    Hex(Hex),
+    Hex16(Hex16),
+    Digits(Digits),
+    Dec(Dec),
+}
+
+impl<'a> From<&'a str> for Piece<'a> {
+    fn from(s: &'a str) -> Self {
+        Piece::Str(s.as_bytes())
     }
 }
-impl Emit for Hex16 {
-    fn emit(&self) {
-        putc(b'0');
-        putc(b'x');
-        put_hex(self.0, 16);
+impl<'a> From<&'a [u8]> for Piece<'a> {
+    fn from(s: &'a [u8]) -> Self {
+        Piece::Str(s)
     }
 }
-impl Emit for Digits {
-    fn emit(&self) {
-        put_hex(self.0, self.1);
+impl From<Hex> for Piece<'_> {
+    fn from(v: Hex) -> Self {
+        Piece::Hex(v)
     }
 }
-impl Emit for Dec {
-    fn emit(&self) {
-        put_dec(self.0);
+impl From<Hex16> for Piece<'_> {
+    fn from(v: Hex16) -> Self {
+        Piece::Hex16(v)
+    }
+}
+impl From<Digits> for Piece<'_> {
+    fn from(v: Digits) -> Self {
+        Piece::Digits(v)
+    }
+}
+impl From<Dec> for Piece<'_> {
+    fn from(v: Dec) -> Self {
+        Piece::Dec(v)
     }
 }
 
-/// Hex digits of `v`: exactly `width` of them, or as few as needed if 0.
-#[inline(never)]
-fn put_hex(v: u64, width: u32) {
-    let mut shift: i32 = if width == 0 { 60 } else { 4 * width as i32 - 4 };
-    let mut started = width != 0;
-    while shift >= 0 {
-        let d = ((v >> shift) & 0xF) as u8;
-        if d != 0 || started || shift == 0 {
-            started = true;
-            putc(if d < 10 { b'0' + d } else { b'a' + d - 10 });
+/// Appends to a buffer; drops what does not fit.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Writer<'_> {
+    fn push(&mut self, c: u8) {
+        if let Some(b) = self.buf.get_mut(self.len) {
+            *b = c;
+            self.len += 1;
         }
-        shift -= 4;
     }
-}
 
-#[inline(never)]
-fn put_dec(mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut n = 0;
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
+    fn hex(&mut self, v: u64, width: u32) {
+        let mut shift: i32 = if width == 0 { 60 } else { 4 * width as i32 - 4 };
+        let mut started = width != 0;
+        while shift >= 0 {
+            let d = ((v >> shift) & 0xF) as u8;
+            if d != 0 || started || shift == 0 {
+                started = true;
+                self.push(if d < 10 { b'0' + d } else { b'a' + d - 10 });
+            }
+            shift -= 4;
         }
     }
-    while n > 0 {
-        n -= 1;
-        putc(digits[n]);
+
+    fn dec(&mut self, v: u64) {
+        // Largest power of ten not above v (at most 10^19).
+        let mut p = 1u64;
+        while v / p >= 10 {
+            p *= 10;
+        }
+        while p > 0 {
+            self.push(b'0' + (v / p % 10) as u8);
+            p /= 10;
+        }
     }
 }
 
-/// Prints its arguments (anything implementing `Emit`) and a newline.
+/// Renders one line (pieces and a newline) into the pending buffer.
+#[inline(never)]
+fn render(pieces: &[Piece]) {
+    // SAFETY: one CPU, and CPL0 and ring 3 never run at once: this is the
+    // only reference to the buffer and its length while it lives.
+    let (buf, len) = unsafe { (&mut *PENDING.ptr(), &mut *PENDING_LEN.ptr()) };
+    let mut w = Writer { buf, len: *len };
+    for p in pieces {
+        match *p {
+            Piece::Str(s) => s.iter().for_each(|&c| w.push(c)),
+            Piece::Hex(Hex(v)) => {
+                w.push(b'0');
+                w.push(b'x');
+                w.hex(v, 0);
+            }
+            Piece::Hex16(Hex16(v)) => {
+                w.push(b'0');
+                w.push(b'x');
+                w.hex(v, 16);
+            }
+            Piece::Digits(Digits(v, width)) => w.hex(v, width),
+            Piece::Dec(Dec(v)) => w.dec(v),
+        }
+    }
+    w.push(b'\n');
+    *len = w.len;
+}
+
+/// Ring-3 job: renders the `n` pieces at `pieces` (see `say`).
+extern "C" fn render_job(pieces: u64, n: u64, _: u64) -> u64 {
+    // SAFETY: `say` passes its own array, alive until the job returns.
+    render(unsafe { core::slice::from_raw_parts(pieces as *const Piece, n as usize) });
+    0
+}
+
+/// Writes a line of strings straight out (CPL0).
+#[inline(never)]
+fn put_strs(pieces: &[Piece]) {
+    for p in pieces.iter() {
+        if let Piece::Str(s) = *p {
+            put_bytes(s);
+        }
+    }
+    put_bytes(b"\n");
+    end_of_line();
+}
+
+/// Prints one line; see the module doc for where it is rendered.
+#[inline(always)]
+pub fn say(pieces: &[Piece]) {
+    if cpu::cpl() != 0 {
+        render(pieces);
+    } else if pieces.iter().all(|p| matches!(p, Piece::Str(_))) {
+        put_strs(pieces);
+    } else if RENDER_IN_RING3.load(Ordering::Relaxed) {
+        cpu::user(render_job, pieces.as_ptr() as u64, pieces.len() as u64, 0);
+    } else {
+        render(pieces);
+        flush();
+    }
+}
+
+/// Prints its arguments (strings, `Hex`, `Hex16`, `Digits`, `Dec`) and a
+/// newline.
 #[macro_export]
 macro_rules! say {
-    ($($x:expr),* $(,)?) => {{
-        $( $crate::console::Emit::emit(&$x); )*
-        $crate::console::putc(b'\n');
-    }};
+    ($($x:expr),* $(,)?) => {
+        $crate::console::say(&[$($crate::console::Piece::from($x)),*])
+    };
 }

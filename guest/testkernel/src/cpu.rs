@@ -1,8 +1,8 @@
-//! Port I/O, MSRs, CPUID, TSC, and the CPL0 setup (TSS, IDT, syscall MSRs).
+//! Port I/O, CPUID, TSC, the CPL0 setup (TSS, IDT) and ring-3 jobs.
 
 use core::arch::asm;
 
-use crate::boot;
+use crate::{boot, console};
 
 #[inline(always)]
 pub fn outb(port: u16, v: u8) {
@@ -102,48 +102,77 @@ pub fn halt_forever() -> ! {
     }
 }
 
-fn gate(idt: *mut [u64; 2 * boot::IDT_ENTRIES], v: usize, handler: u64, dpl: u64) {
-    // SAFETY: v < IDT_ENTRIES; the IDT is only written during init.
-    unsafe {
-        (*idt)[2 * v] = (handler & 0xFFFF)
+/// Current privilege level (0 at CPL0, 3 inside a ring-3 job).
+#[inline(always)]
+pub fn cpl() -> u16 {
+    let cs: u16;
+    // SAFETY: reading CS has no side effects.
+    unsafe { asm!("mov {:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) }
+    cs & 3
+}
+
+/// An interrupt gate (DPL 0) to `handler` in the kernel code segment.
+fn gate(handler: u64) -> [u64; 2] {
+    [
+        (handler & 0xFFFF)
             | (u64::from(boot::KERNEL_CS) << 16)
-            | ((0x8E | (dpl << 5)) << 40)
-            | (((handler >> 16) & 0xFFFF) << 48);
-        (*idt)[2 * v + 1] = handler >> 32;
+            | (0x8E << 40)
+            | (((handler >> 16) & 0xFFFF) << 48),
+        handler >> 32,
+    ]
+}
+
+fn set_gate(v: usize, handler: u64) {
+    let [lo, hi] = gate(handler);
+    // SAFETY: v < IDT_ENTRIES; one CPU, and the IDT is only written here,
+    // during `init` (at CPL0 or in its ring-3 job).
+    unsafe {
+        let idt = &raw mut boot::boot_idt;
+        (*idt)[2 * v] = lo;
+        (*idt)[2 * v + 1] = hi;
     }
 }
 
 /// Loads the TSS and IDT (exceptions; #UD doubles as the ring-3 return).
+/// CPL0 sets up only what the ring-3 return path needs (TSS, #UD gate);
+/// the other gates are filled by a ring-3 job.
 pub fn init() {
     // SAFETY: single CPU, interrupts off; the descriptors written here are
-    // the static GDT/IDT from boot.rs, which nothing else touches.
+    // the static GDT/TSS/IDT from boot.rs, which nothing else touches.
     unsafe {
         let tss = &raw const boot::boot_tss as u64;
         let gdt = &raw mut boot::boot_gdt;
         (*gdt)[5] = 103 | ((tss & 0xFF_FFFF) << 16) | (0x89 << 40) | (((tss >> 24) & 0xFF) << 56);
         (*gdt)[6] = tss >> 32;
         asm!("ltr ax", in("ax") boot::TSS_SEL, options(nostack, preserves_flags));
-
-        let stubs = &raw const boot::isr_stubs as u64;
-        let idt = &raw mut boot::boot_idt;
-        let mut v = 0;
-        while v < boot::IDT_ENTRIES {
-            gate(idt, v, stubs + 16 * v as u64, 0);
-            v += 1;
-        }
-        gate(
-            idt,
-            boot::UD_VECTOR,
-            boot::user_return as *const () as u64,
-            0,
-        );
+    }
+    set_gate(boot::UD_VECTOR, boot::user_return as *const () as u64);
+    // SAFETY: the IDT is valid: the #UD gate is set, the others are still
+    // empty (no exception is expected before the job below fills them).
+    unsafe {
         asm!("lidt [{}]", in(reg) &raw const boot::boot_idt_ptr, options(nostack, preserves_flags));
     }
+    user(exception_gates_job, 0, 0, 0);
+    console::render_in_ring3();
 }
 
-/// Runs `f(a, b, c)` in ring 3 (native speed on PVM) and returns its result.
+/// Ring-3 job: the exception gates, all but #UD (set by `init`: this job
+/// returns through it). The IDT is user-accessible like all memory.
+extern "C" fn exception_gates_job(_: u64, _: u64, _: u64) -> u64 {
+    let stubs = &raw const boot::isr_stubs as u64;
+    for v in (0..boot::IDT_ENTRIES).filter(|&v| v != boot::UD_VECTOR) {
+        set_gate(v, stubs + 16 * v as u64);
+    }
+    0
+}
+
+/// Runs `f(a, b, c)` in ring 3 (native speed on PVM) and returns its result,
+/// then writes out the lines the job rendered (`say!` in ring 3). CPL0 only:
+/// not re-entrant.
 pub fn user(f: extern "C" fn(u64, u64, u64) -> u64, a: u64, b: u64, c: u64) -> u64 {
-    // SAFETY: `init` set up the TSS and syscall MSRs; every page is mapped
+    // SAFETY: `init` set up the TSS and the #UD gate; every page is mapped
     // user-accessible, and `f` is a plain function of this image.
-    unsafe { boot::user_call(f as usize, a, b, c) }
+    let r = unsafe { boot::user_call(f as usize, a, b, c) };
+    console::flush();
+    r
 }

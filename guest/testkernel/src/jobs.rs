@@ -1,4 +1,5 @@
-//! Small ring-3 jobs used by several modules (copying, hashing, memtest).
+//! Small ring-3 jobs used by several modules (copying, hashing, memtest),
+//! and the parts of `main::boot_job` that read the boot information.
 
 use crate::Global;
 use crate::bootinfo::{INFO, kernel_range};
@@ -7,8 +8,8 @@ use crate::protocol::{fnv1a64, memtest_pattern};
 use crate::ranges::Ranges;
 
 /// Copies the NUL-terminated string at `src` (at most `max` bytes) to `dst`;
-/// returns its length.
-pub extern "C" fn copy_cstr(dst: u64, src: u64, max: u64) -> u64 {
+/// returns its length. Ring 3.
+pub fn copy_cstr(dst: u64, src: u64, max: u64) -> u64 {
     let mut n = 0;
     while n < max {
         // SAFETY: src/dst are mapped (identity map, user-accessible); dst has
@@ -43,8 +44,8 @@ pub extern "C" fn fill_pd(pd: u64, base: u64, _: u64) -> u64 {
 
 pub static FREE: Global<Ranges> = Global::new(Ranges::EMPTY);
 
-/// Ring-3 job: computes `FREE`: usable RAM minus the kernel and the initrd.
-pub extern "C" fn free_ranges_job(_: u64, _: u64, _: u64) -> u64 {
+/// Computes `FREE`: usable RAM minus the kernel and the initrd. Ring 3.
+pub fn free_ranges() {
     // SAFETY: CPL0 is suspended; sole user of these statics.
     let (info, out) = unsafe { (&*INFO.ptr(), &mut *FREE.ptr()) };
     let holes = [
@@ -52,17 +53,15 @@ pub extern "C" fn free_ranges_job(_: u64, _: u64, _: u64) -> u64 {
         (info.initrd_start, info.initrd_start + info.initrd_size),
     ];
     out.compute(&info.e820[..info.e820_len], &holes);
-    0
 }
 
-/// Ring-3 job: parses the saved command line into `PARAMS`.
-pub extern "C" fn parse_job(_: u64, _: u64, _: u64) -> u64 {
+/// Parses the saved command line into `PARAMS`. Ring 3.
+pub fn parse_cmdline() {
     // SAFETY: CPL0 is suspended; nothing else holds references to these.
     unsafe {
         let info = &*INFO.ptr();
         (*PARAMS.ptr()).parse(&info.cmdline[..info.cmdline_len]);
     }
-    0
 }
 
 pub struct MemtestResult {

@@ -3,8 +3,9 @@
 //! See README.md for parameters, output lines and region protocols.
 //!
 //! CPL0 code is emulated instruction by instruction on PVM, so it only
-//! orchestrates and prints; loops over memory run as ring-3 jobs
-//! (`cpu::user`), which execute natively.
+//! orchestrates and writes finished output lines to the UART; loops over
+//! memory, reading the boot information and formatting output run as ring-3
+//! jobs (`cpu::user`), which execute natively.
 
 #![no_std]
 #![no_main]
@@ -54,8 +55,9 @@ const EXIT_FAIL: u8 = 0x11;
 /// First failure reason (None: all passed so far).
 static FAILURE: Global<Option<&'static str>> = Global::new(None);
 
+/// Records a failure (at CPL0 or in a ring-3 job).
 fn note_failure(why: &'static str) {
-    // SAFETY: single CPU, CPL0 only.
+    // SAFETY: single CPU; CPL0 and ring-3 jobs never run at the same time.
     unsafe {
         let f = FAILURE.ptr();
         if (*f).is_none() {
@@ -91,35 +93,17 @@ fn fail_now(why: &'static str) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn kmain(entry: u32, info: u64) -> ! {
     console::init();
-    say!(
-        "shmvm: entry=",
-        if entry == boot::ENTRY_PVH {
-            "pvh"
-        } else {
-            "linux64"
-        }
-    );
+    say!(if entry == boot::ENTRY_PVH {
+        "shmvm: entry=pvh"
+    } else {
+        "shmvm: entry=linux64"
+    });
     cpu::init();
-    if let Err(why) = bootinfo::load(entry, info) {
-        fail_now(why);
+    if cpu::user(boot_job, u64::from(entry), info, 0) != 0 {
+        finish();
     }
-    cpu::user(jobs::parse_job, 0, 0, 0);
-    cpu::user(jobs::free_ranges_job, 0, 0, 0);
-    cpu::user(tables::count_job, 0, 0, 0);
     // SAFETY: single CPU, CPL0 only; PARAMS is no longer written.
     let p = unsafe { &*PARAMS.ptr() };
-    if let Some((why, _)) = p.error {
-        note_failure(why);
-    }
-    report();
-    if let Some((why, at)) = p.error {
-        say!(
-            "shmvm: bad parameter offset=",
-            Dec(at as u64),
-            " reason=",
-            why
-        );
-    }
     for t in p.tests() {
         let r = match t {
             Test::Boot => Ok(()),
@@ -137,9 +121,39 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
     finish()
 }
 
-/// The boot report: cmdline, memory map, RAM size, CPU count.
+/// Ring-3 job: everything up to the tests (no port I/O): reads the boot
+/// structures, parses the command line, computes the free RAM ranges,
+/// counts CPUs and renders the boot report (written out when it returns).
+/// Returns 1 if the boot structures are unusable (reason noted), else 0.
+extern "C" fn boot_job(entry: u64, info: u64, _: u64) -> u64 {
+    if let Err(why) = bootinfo::load(entry as u32, info) {
+        note_failure(why);
+        return 1;
+    }
+    jobs::parse_cmdline();
+    jobs::free_ranges();
+    tables::count();
+    // SAFETY: CPL0 is suspended; PARAMS is no longer written.
+    let p = unsafe { &*PARAMS.ptr() };
+    if let Some((why, _)) = p.error {
+        note_failure(why);
+    }
+    report();
+    if let Some((why, at)) = p.error {
+        say!(
+            "shmvm: bad parameter offset=",
+            Dec(at as u64),
+            " reason=",
+            why
+        );
+    }
+    0
+}
+
+/// The boot report: cmdline, memory map, RAM size, CPU count (in ring 3,
+/// part of `boot_job`).
 fn report() {
-    // SAFETY: single CPU, CPL0 only; no job runs while these are borrowed.
+    // SAFETY: CPL0 is suspended while the job runs; nothing writes these.
     let (info, cpus, free, p) = unsafe {
         (
             &*INFO.ptr(),
@@ -267,6 +281,8 @@ fn initrd() -> Result<(), &'static str> {
 extern "C" fn exception_handler(frame: *const u64) -> ! {
     // SAFETY: the stub passes its own stack frame (7 words).
     let f = unsafe { core::slice::from_raw_parts(frame, 7) };
+    // This may have interrupted a job: no job may run from here on.
+    console::render_at_cpl0();
     say!(
         "shmvm: exception vector=",
         Dec(f[0]),
@@ -290,8 +306,21 @@ extern "C" fn exception_handler(frame: *const u64) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    let in_job = cpu::cpl() != 0;
+    if !in_job {
+        // This may be inside `cpu::user` (e.g. rendering): no job from here on.
+        console::render_at_cpl0();
+    }
     if let Some(l) = info.location() {
         say!("shmvm: panic at ", l.file(), ":", Dec(u64::from(l.line())));
+    }
+    if in_job {
+        // Ring 3 cannot print or exit: note the reason and fault into the
+        // exception handler, which writes out the pending line and exits.
+        note_failure("panic");
+        // SAFETY: `ud2` only raises #UD (not at `user_exit`, so it is
+        // reported as an exception).
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) }
     }
     fail_now("panic")
 }

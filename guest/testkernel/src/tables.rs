@@ -182,13 +182,12 @@ fn madt_count(t: &mut CpuTables, hint: u64) {
     }
 }
 
-/// Ring-3 job: fills `CPUS`.
-pub extern "C" fn count_job(_: u64, _: u64, _: u64) -> u64 {
+/// Fills `CPUS`. Ring 3 (part of `main::boot_job`).
+pub fn count() {
     // SAFETY: CPL0 is suspended; sole user of these statics.
     unsafe {
         let t = &mut *CPUS.ptr();
         mp_count(t);
         madt_count(t, (*INFO.ptr()).rsdp);
     }
-    0
 }
