@@ -165,61 +165,6 @@ type Built = (Machine, Vec<hv::Vcpu>, Arc<Mutex<Serial>>);
 
 fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
     let mut files = BootFiles::open(&cfg.kernel, cfg.initrd.as_deref())?;
-    let vm = Arc::new(Vm::new()?);
-    t.mark("open /dev/kvm + KVM_CREATE_VM");
-    // KVM_GET_SUPPORTED_CPUID is ~0.5 ms of CPUID instructions in the host
-    // kernel (each traps to the host's own hypervisor), needed only when
-    // vCPUs are configured: it runs on a helper thread while this one
-    // creates the backends and fills in the VM, whose steps mostly wait in
-    // KVM (SRCU grace periods).
-    std::thread::scope(|s| {
-        let host = HostQuery::start(s, &vm);
-        build_machine(cfg, vm.clone(), &mut files, t, host)
-    })
-}
-
-/// KVM_GET_SUPPORTED_CPUID on a helper thread, or inline if no thread
-/// could be started.
-enum HostQuery<'s> {
-    Thread(std::thread::ScopedJoinHandle<'s, Result<hv::HostCpu, hv::Error>>),
-    Inline,
-}
-
-impl<'s> HostQuery<'s> {
-    fn start<'e>(s: &'s std::thread::Scope<'s, 'e>, vm: &'s Vm) -> HostQuery<'s> {
-        let spawned = std::thread::Builder::new()
-            .name("cpuid".into())
-            .stack_size(64 << 10)
-            .spawn_scoped(s, || vm.host_cpu());
-        match spawned {
-            Ok(h) => HostQuery::Thread(h),
-            Err(e) => {
-                log::debug!("cpuid query inline: {e}");
-                HostQuery::Inline
-            }
-        }
-    }
-
-    fn get(self, vm: &Vm) -> Result<hv::HostCpu, Error> {
-        match self {
-            HostQuery::Thread(h) => match h.join() {
-                Ok(r) => Ok(r?),
-                Err(_) => Err(Error::Threads(std::io::Error::other(
-                    "the CPUID query thread panicked",
-                ))),
-            },
-            HostQuery::Inline => Ok(vm.host_cpu()?),
-        }
-    }
-}
-
-fn build_machine(
-    cfg: &Config,
-    vm: Arc<Vm>,
-    files: &mut BootFiles,
-    t: &mut Timeline,
-    host: HostQuery<'_>,
-) -> Result<Built, Error> {
     let ram = GuestRam::new(create_backend(
         &cfg.ram,
         if cfg.ram_from_object {
@@ -234,12 +179,15 @@ fn build_machine(
         .map(|o| create_backend(o, "--object").map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     t.mark("memory backend(s) created and mapped");
+
+    let vm = Arc::new(Vm::new()?);
+    t.mark("open /dev/kvm + KVM_CREATE_VM");
     // Memory slots, irqchip and PIT each wait inside KVM (SRCU grace
     // periods, the PIT's kernel thread). Overlapping them from two threads
     // was measured no faster (they serialize on KVM's locks), so: in order.
     ram.register(&vm)?;
     t.mark("guest RAM registered (memory slots)");
-    let (loaded, vcpus, serial, io, state) = build_rest(cfg, &vm, &ram, files, t, host)?;
+    let (loaded, vcpus, serial, io, state) = build_rest(cfg, &vm, &ram, &mut files, t)?;
     log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
     let coalesced = match vcpus.first() {
         Some(v) => SerialCoalescing::start(&vm, v, &serial, layout::COM1_PORT)?,
@@ -323,7 +271,6 @@ fn build_rest(
     ram: &GuestRam,
     files: &mut BootFiles,
     t: &mut Timeline,
-    host: HostQuery<'_>,
 ) -> Result<Rest, Error> {
     vm.add_irqchip(layout::KVM_TSS)?;
     t.mark("in-kernel irqchip (PIC, IOAPIC, LAPICs)");
@@ -344,8 +291,14 @@ fn build_rest(
     let serial = wire_devices(cfg, vm, &io, &state)?;
     t.mark("devices");
 
-    let host = host.get(vm)?;
-    t.mark("KVM_GET_SUPPORTED_CPUID (wait for the helper thread)");
+    // ~0.5 ms on PVM: ~70 CPUID instructions in the host kernel, each
+    // trapping to the host's own hypervisor (~7 us). On a helper thread
+    // started right after KVM_CREATE_VM, overlapping the steps above, it
+    // was measured no faster, on a quiet host too (first KVM_RUN median
+    // 1.21 vs 1.21 ms, 2x40 interleaved runs; the main thread stalls while
+    // the query runs). So: in order.
+    let host = vm.host_cpu()?;
+    t.mark("KVM_GET_SUPPORTED_CPUID");
     let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
     for id in 0..cfg.vcpus {
         let v = vm.create_vcpu(id)?;
