@@ -14,6 +14,10 @@
 #   LAB_L1_RETRIES=1      if L1 itself dies (a panic of the L1 kernel), boot a fresh
 #                         L1 for the unfinished scenarios this many times; each death
 #                         is reported as a WARNING with the L1 console's last lines
+#   LAB_L1_SILENCE=300    an L1 whose console stays silent this many seconds is hung
+#                         (seen: nested-TCG stalls with QEMU L2 runs); it is stopped
+#                         and handled like a dead L1 (a healthy run prints within its
+#                         240 s run timeout)
 #   LAB_SELFTEST_PANIC=name.vmm   make L1 panic as that run starts (tests the above)
 #   SHMVM=path            use this shmvm binary instead of building it (make lab: build/shmvm)
 #   IVSHMEM_TOOL=path     use this static ivshmem-tool instead of building it
@@ -99,6 +103,23 @@ boots=$((${LAB_L1_RETRIES:-1} + 1))
 budget=${LAB_TIMEOUT:-1200}
 crashes=()
 l1_start=$(date +%s.%N)
+# Stops the L1 QEMU (pid in $2) once its console log $1 has not grown for
+# LAB_L1_SILENCE seconds; leaves the silence in $3.
+watch_l1() {
+    local limit=${LAB_L1_SILENCE:-300} pid age
+    while sleep 5; do
+        [ -s "$2" ] || continue
+        pid=$(cat "$2")
+        kill -0 "$pid" 2>/dev/null || return 0
+        age=$(($(date +%s) - $(stat -c %Y "$1")))
+        if [ "$age" -gt "$limit" ]; then
+            echo "$age" >"$3"
+            echo "lab: L1 console silent for ${age}s: stopping L1" >&2
+            kill "$pid"
+            return 0
+        fi
+    done
+}
 for boot in $(seq 1 "$boots"); do
     left=$(awk -v a="$l1_start" -v b="$(date +%s)" -v t="$budget" 'BEGIN {printf "%d", t - (b - a)}')
     if [ "$left" -le 30 ]; then crashes+=("no time left for L1 boot $boot"); break; fi
@@ -107,19 +128,29 @@ for boot in $(seq 1 "$boots"); do
     [ -n "$selftest" ] && append="$append lab.selftest_panic=$selftest" && selftest=
     blog=$lab/l1-boot$boot.log
     echo "lab: booting L1 #$boot (QEMU TCG, nested SVM)${only:+ for $only}; console in $blog"
+    pidfile=$lab/l1.pid silence=$lab/l1-silent
+    rm -f "$pidfile" "$silence"
+    : >"$blog"
+    watch_l1 "$blog" "$pidfile" "$silence" &
+    watcher=$!
     set +e
     timeout -k 10 "$left" qemu-system-x86_64 -M q35 -accel tcg,thread=multi -smp 2 \
         -cpu EPYC,+svm,+npt -m 4096 -nodefaults -no-user-config -nographic -serial stdio \
         -kernel "$lab/kernel/vmlinuz" -initrd "$lab/l1-initrd.lz4" -append "$append" -no-reboot \
-        </dev/null 2>&1 | tr -d '\r' | tee "$blog" | grep --line-buffered -E "^(LAB-INFO|LAB-SCENARIO|LAB-FATAL|LAB-SUMMARY)"
+        -pidfile "$pidfile" </dev/null 2>&1 | stdbuf -oL tr -d '\r' | tee "$blog" |
+        grep --line-buffered -E "^(LAB-INFO|LAB-SCENARIO|LAB-FATAL|LAB-SUMMARY)"
     l1_status=${PIPESTATUS[0]}
     set -e
+    kill "$watcher" 2>/dev/null || true
+    wait "$watcher" 2>/dev/null || true
     cat "$blog" >>"$log"
     grep -q "^LAB-END" "$blog" && break
     # L1 died (a kernel panic in L1, or the time ran out): say where, show
     # its last lines, and resume the unfinished scenarios in a fresh L1.
     running=$(grep "^LAB-START " "$blog" | tail -n1 | sed 's/^LAB-START //')
-    crashes+=("L1 boot $boot ended without LAB-END (QEMU status $l1_status${running:+, during $running})")
+    hung=
+    [ -s "$silence" ] && hung=", stopped after $(cat "$silence") s of silence"
+    crashes+=("L1 boot $boot ended without LAB-END (QEMU status $l1_status${running:+, during $running}$hung)")
     echo "== L1 boot $boot ended without LAB-END; its last 40 lines =="
     tail -n 40 "$blog"
     [ "$l1_status" -eq 124 ] && break
