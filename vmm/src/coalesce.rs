@@ -48,20 +48,37 @@ pub struct SerialCoalescing {
 
 impl SerialCoalescing {
     /// Starts coalescing writes to the transmit register at `port` (the
-    /// UART's base) if the hypervisor can. `vcpu` is any vCPU, for the
-    /// ring mapping. Must run before the guest does.
+    /// UART's base) if the hypervisor can; `None` (every write exits, as
+    /// without it) if not. `vcpu` is any vCPU, for the ring mapping. Must
+    /// run before the guest does.
     pub fn start(
         vm: &Arc<hv::Vm>,
         vcpu: &Vcpu,
         serial: &Arc<Mutex<Serial>>,
         port: u16,
-    ) -> Result<Option<SerialCoalescing>, hv::Error> {
-        let ring = vcpu.coalesced_ring()?;
-        if !vm.coalesce_pio(port, 1)? {
-            log::debug!("serial: the hypervisor cannot coalesce port writes");
-            return Ok(None);
+    ) -> Option<SerialCoalescing> {
+        match vm.coalesce_pio(port, 1) {
+            Ok(true) => {}
+            Ok(false) => {
+                log::debug!("serial: the hypervisor cannot coalesce port writes");
+                return None;
+            }
+            Err(e) => {
+                log::warn!("serial: {e}; console writes exit one by one");
+                return None;
+            }
         }
-        Ok(Some(SerialCoalescing {
+        let ring = match vcpu.coalesced_ring() {
+            Ok(r) => r,
+            Err(e) => {
+                if let Err(e) = vm.uncoalesce_pio(port, 1) {
+                    log::warn!("serial: {e}");
+                }
+                log::warn!("serial: {e}; console writes exit one by one");
+                return None;
+            }
+        };
+        Some(SerialCoalescing {
             vm: vm.clone(),
             ring,
             serial: serial.clone(),
@@ -69,7 +86,7 @@ impl SerialCoalescing {
             active: AtomicBool::new(true),
             replayed: AtomicU64::new(0),
             timer: Mutex::new(None),
-        }))
+        })
     }
 
     /// Replays every queued write on the port bus, in order.
@@ -103,13 +120,15 @@ impl SerialCoalescing {
             .unwrap_or_else(|e| e.into_inner())
             .transmit_is_output_only();
         if !output_only && self.active.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.vm.uncoalesce_pio(self.port, 1) {
+            match self.vm.uncoalesce_pio(self.port, 1) {
+                Ok(()) => {
+                    log::debug!("serial: transmit has side effects now, writes exit again");
+                    self.stop_flush_timer();
+                }
                 // Writes keep being queued; they are still replayed in
                 // order at every exit and on every flush tick.
-                log::warn!("serial: {e}");
+                Err(e) => log::warn!("serial: {e}"),
             }
-            log::debug!("serial: transmit has side effects now, writes exit again");
-            self.stop_flush_timer();
             // Writes queued before the zone went away.
             self.drain(io);
         }

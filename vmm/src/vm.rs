@@ -190,7 +190,7 @@ fn build(cfg: &Config, t: &mut Timeline) -> Result<Built, Error> {
     let (loaded, vcpus, serial, io, state) = build_rest(cfg, &vm, &ram, &mut files, t)?;
     log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
     let coalesced = match vcpus.first() {
-        Some(v) => SerialCoalescing::start(&vm, v, &serial, layout::COM1_PORT)?,
+        Some(v) => SerialCoalescing::start(&vm, v, &serial, layout::COM1_PORT),
         None => None,
     };
     t.mark("console output coalescing");
