@@ -11,7 +11,8 @@ port; runs are interleaved (shmvm, qemu, shmvm, ...). For each run:
               libc start-up: ~0.7 ms here) would add to both timings, and a
               child spawned straight from Python inherits Python's RSS as its
               high-water mark (the kernel keeps the pre-exec maximum).
-Prints medians and ratios (shmvm / qemu) as a Markdown table.
+Prints medians and ratios (shmvm / qemu) as a Markdown table; exits 1 if a
+target is missed.
 
 Then where shmvm's time goes: medians of its own `-v` start-up timeline
 (each step after main() starts), of `shmvm --version` (spawn to exit: the
@@ -152,6 +153,13 @@ def main():
         print(f"first line {d[0]*1e3:.2f} ms ({d[0]/q[0]:.3f}x), exit {d[1]*1e3:.2f} ms "
               f"({d[1]/q[1]:.3f}x), peak RSS {d[2]/1024:.2f} MiB")
     breakdown(a.shmvm, a.kernel, a.runs)
+    missed = [m for m, bad in (("first serial line", s[0] / q[0] > 0.07),
+                               ("exit", s[1] / q[1] > 0.1),
+                               ("peak RSS", s[2] > 3 * 1024)) if bad]
+    if missed:
+        print(f"\nMISSED targets: {', '.join(missed)}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

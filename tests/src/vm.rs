@@ -187,6 +187,13 @@ impl TempDir {
         TempDir(p)
     }
 
+    /// Writes [`tiny_kernel`]`(code)` here as `tiny.elf`; returns its path.
+    pub fn tiny_kernel(&self, code: &[u8]) -> String {
+        let p = self.0.join("tiny.elf");
+        std::fs::write(&p, tiny_kernel(code)).expect("write tiny kernel");
+        p.to_str().expect("UTF-8 temp path").to_string()
+    }
+
     pub fn entries(&self) -> Vec<String> {
         std::fs::read_dir(&self.0)
             .map(|d| {
@@ -204,8 +211,23 @@ impl Drop for TempDir {
     }
 }
 
-/// Guest-physical address where [`tiny_kernel`] code starts.
+/// Guest-physical address where a [`tiny_kernel`] image is loaded.
 pub const TINY_KERNEL_BASE: u64 = 0x10_0000;
+/// File offset of the code in a [`tiny_kernel`]: ELF header, two program
+/// headers, the PVH note.
+const TINY_CODE_OFFSET: usize = 64 + 2 * 56 + 20;
+/// Guest-physical address of the first code byte (the entry point), for
+/// code that addresses its own data.
+pub const TINY_KERNEL_CODE: u64 = TINY_KERNEL_BASE + TINY_CODE_OFFSET as u64;
+
+/// Boots `code` as a [`tiny_kernel`] with 16 MiB of RAM and `args`, to
+/// completion (killed after 20 s).
+pub fn run_tiny(dir: &TempDir, code: &[u8], args: &[&str]) -> Run {
+    let k = dir.tiny_kernel(code);
+    let mut all = vec!["-kernel", k.as_str(), "-m", "16"];
+    all.extend_from_slice(args);
+    run(&all, Duration::from_secs(20))
+}
 
 /// A minimal ELF kernel: one PT_LOAD at 1 MiB holding `code`, entered at its
 /// first byte, with a PVH note pointing at the same address. For tests of
@@ -216,8 +238,9 @@ pub fn tiny_kernel(code: &[u8]) -> Vec<u8> {
     let note_off = EHDR + 2 * PHDR;
     let note_len = 12 + 4 + 4;
     let code_off = note_off + note_len;
+    debug_assert_eq!(code_off, TINY_CODE_OFFSET);
     let total = code_off + code.len();
-    let entry = TINY_KERNEL_BASE + code_off as u64;
+    let entry = TINY_KERNEL_CODE;
     let mut f = Vec::with_capacity(total);
     // ELF header
     f.extend_from_slice(b"\x7fELF");

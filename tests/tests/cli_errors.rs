@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use shmvm_tests::vm::{TempDir, leftover_shm, require_kvm, run, tiny_kernel};
+use shmvm_tests::vm::{TempDir, leftover_shm, require_kvm, run};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -37,16 +37,13 @@ fn check(args: &[&str], option: &str, dir: &TempDir) {
     assert_eq!(dir.entries(), tmp_before, "{args:?}: temp dir changed");
 }
 
-fn tiny(dir: &TempDir) -> String {
-    let p = dir.0.join("k.elf");
-    std::fs::write(&p, tiny_kernel(&[0xeb, 0xfe])).unwrap();
-    p.to_str().unwrap().to_string()
-}
+/// `jmp .`
+const HANG: &[u8] = &[0xeb, 0xfe];
 
 #[test]
 fn usage_errors_exit_2_with_one_line() {
     let d = TempDir::new("cli");
-    let k = tiny(&d);
+    let k = d.tiny_kernel(HANG);
     let k = k.as_str();
     let missing = d.0.join("missing");
     let missing = missing.to_str().unwrap();
@@ -126,7 +123,7 @@ fn usage_errors_exit_2_with_one_line() {
 fn kvm_config_errors_after_backend_creation_leave_nothing() {
     require_kvm();
     let d = TempDir::new("cfg");
-    let k = tiny(&d);
+    let k = d.tiny_kernel(HANG);
     let k = k.as_str();
     let big = d.0.join("big.initrd");
     std::fs::File::create(&big)

@@ -11,9 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shmvm_tests::vm::{TINY_KERNEL_BASE, TempDir, require_kvm, run, shmvm_bin, tiny_kernel, wait};
-
-const T: Duration = Duration::from_secs(20);
+use shmvm_tests::vm::{TINY_KERNEL_CODE, TempDir, require_kvm, run_tiny, shmvm_bin, wait};
 
 /// `mov dx, port`
 fn mov_dx(port: u16) -> Vec<u8> {
@@ -32,12 +30,6 @@ const SPIN: [u8; 2] = [0xeb, 0xfe];
 /// `cli; hlt; jmp -3`
 const HALT: [u8; 4] = [0xfa, 0xf4, 0xeb, 0xfd];
 
-fn kernel(dir: &TempDir, code: &[u8]) -> String {
-    let p = dir.0.join("tiny.elf");
-    std::fs::write(&p, tiny_kernel(code)).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
 /// The `--stats` count of transmit writes delivered without an exit.
 fn queued(stderr: &str) -> u64 {
     let line = stderr
@@ -55,7 +47,7 @@ fn shows_while_running(tail: &[u8]) {
     let mut code = mov_dx(0x3f8);
     code.extend(out_bytes(b"ok\n"));
     code.extend_from_slice(tail);
-    let k = kernel(&d, &code);
+    let k = d.tiny_kernel(&code);
     let mut child = Command::new(shmvm_bin())
         .args(["-kernel", &k, "-m", "16"])
         .stdin(Stdio::null())
@@ -83,7 +75,7 @@ fn shows_while_running(tail: &[u8]) {
     let running = child.try_wait().unwrap().is_none();
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let r = wait(child, T);
+    let r = wait(child, Duration::from_secs(20));
     assert_eq!(line.as_deref(), Ok(&b"ok\n"[..]), "{r:?}");
     assert!(running, "the line came only with the VMM's end: {r:?}");
     assert!(t0.elapsed() < Duration::from_secs(5));
@@ -118,22 +110,10 @@ fn kvm_console_output_is_complete_and_in_order_past_a_full_ring() {
     code.extend_from_slice(&[0xfc, 0xf3, 0x6e]); // cld; rep outsb
     code.extend_from_slice(&PASS);
     code.extend_from_slice(&SPIN);
-    let text_addr = tiny_kernel_code_addr() + code.len() as u32;
+    let text_addr = TINY_KERNEL_CODE as u32 + code.len() as u32;
     code[at_esi..at_esi + 4].copy_from_slice(&text_addr.to_le_bytes());
     code.extend_from_slice(text);
-    let k = kernel(&d, &code);
-    let r = run(
-        &[
-            "-kernel",
-            &k,
-            "-m",
-            "16",
-            "-device",
-            "isa-debug-exit",
-            "--stats",
-        ],
-        T,
-    );
+    let r = run_tiny(&d, &code, &["-device", "isa-debug-exit", "--stats"]);
     assert_eq!(r.code, Some(33), "{r:?}");
     assert_eq!(r.stdout.as_bytes(), text, "{r:?}");
     assert!(
@@ -157,19 +137,7 @@ fn kvm_console_writes_exit_again_once_transmit_interrupt_is_enabled() {
     code.extend(out_bytes(b"b"));
     code.extend_from_slice(&PASS);
     code.extend_from_slice(&SPIN);
-    let k = kernel(&d, &code);
-    let r = run(
-        &[
-            "-kernel",
-            &k,
-            "-m",
-            "16",
-            "-device",
-            "isa-debug-exit",
-            "--stats",
-        ],
-        T,
-    );
+    let r = run_tiny(&d, &code, &["-device", "isa-debug-exit", "--stats"]);
     assert_eq!((r.code, r.stdout.as_str()), (Some(33), "ab"), "{r:?}");
     assert!(
         r.stderr.contains("serial0 (0x3f8): 0 reads, 3 writes"),
@@ -182,11 +150,4 @@ fn kvm_console_writes_exit_again_once_transmit_interrupt_is_enabled() {
         "{}",
         r.stderr
     );
-}
-
-/// Guest-physical address of the first code byte of a [`tiny_kernel`].
-fn tiny_kernel_code_addr() -> u32 {
-    let k = tiny_kernel(&[]);
-    // The code is the file's tail, loaded from file offset 0 at the base.
-    (TINY_KERNEL_BASE + k.len() as u64) as u32
 }

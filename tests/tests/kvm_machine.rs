@@ -7,28 +7,17 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shmvm_tests::vm::{
-    TempDir, leftover_shm, read_all, require_kvm, run, shmvm_bin, tiny_kernel, wait,
-};
-
-const T: Duration = Duration::from_secs(20);
+use shmvm_tests::vm::{TempDir, leftover_shm, read_all, require_kvm, run_tiny, shmvm_bin, wait};
 
 /// `jmp .`
 const HANG: &[u8] = &[0xeb, 0xfe];
-
-fn kernel(dir: &TempDir, code: &[u8]) -> String {
-    let p = dir.0.join("tiny.elf");
-    std::fs::write(&p, tiny_kernel(code)).unwrap();
-    p.to_str().unwrap().to_string()
-}
 
 #[test]
 fn kvm_i8042_reset_ends_vm_with_0() {
     require_kvm();
     let d = TempDir::new("reset");
     // mov al, 0xfe; out 0x64, al; jmp .
-    let k = kernel(&d, &[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]);
-    let r = run(&["-kernel", &k, "-m", "16", "--stats"], T);
+    let r = run_tiny(&d, &[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe], &["--stats"]);
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(
         r.stderr.contains("i8042 (0x60): 0 reads, 1 writes"),
@@ -42,8 +31,11 @@ fn kvm_acpi_s5_poweroff_ends_vm_with_0() {
     require_kvm();
     let d = TempDir::new("s5");
     // mov dx, 0x3c0; mov al, SLP_TYP 5 << 2 | SLP_EN; out dx, al; jmp .
-    let k = kernel(&d, &[0x66, 0xba, 0xc0, 0x03, 0xb0, 0x34, 0xee, 0xeb, 0xfe]);
-    let r = run(&["-kernel", &k, "-m", "16", "--stats"], T);
+    let r = run_tiny(
+        &d,
+        &[0x66, 0xba, 0xc0, 0x03, 0xb0, 0x34, 0xee, 0xeb, 0xfe],
+        &["--stats"],
+    );
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(
         r.stderr.contains("acpi-sleep (0x3c0): 0 reads, 1 writes"),
@@ -57,17 +49,10 @@ fn kvm_debug_exit_at_custom_port_gives_qemu_exit_code() {
     require_kvm();
     let d = TempDir::new("dbg");
     // mov dx, 0x501; mov al, 5; out dx, al; jmp .
-    let k = kernel(&d, &[0x66, 0xba, 0x01, 0x05, 0xb0, 0x05, 0xee, 0xeb, 0xfe]);
-    let r = run(
-        &[
-            "-kernel",
-            &k,
-            "-m",
-            "16",
-            "-device",
-            "isa-debug-exit,iobase=0x501,iosize=2",
-        ],
-        T,
+    let r = run_tiny(
+        &d,
+        &[0x66, 0xba, 0x01, 0x05, 0xb0, 0x05, 0xee, 0xeb, 0xfe],
+        &["-device", "isa-debug-exit,iobase=0x501,iosize=2"],
     );
     assert_eq!(r.code, Some((5 << 1) | 1), "{r:?}");
 }
@@ -82,12 +67,11 @@ fn kvm_serial_output_reaches_stdout_and_file() {
         0x66, 0xba, 0xf8, 0x03, 0xb0, b'o', 0xee, 0xb0, b'k', 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xeb,
         0xfe,
     ];
-    let k = kernel(&d, &code);
-    let r = run(&["-kernel", &k, "-m", "16"], T);
+    let r = run_tiny(&d, &code, &[]);
     assert_eq!((r.code, r.stdout.as_str()), (Some(0), "ok"), "{r:?}");
     let log = d.0.join("console.log");
     let spec = format!("file:{}", log.display());
-    let r = run(&["-kernel", &k, "-m", "16", "-serial", &spec], T);
+    let r = run_tiny(&d, &code, &["-serial", &spec]);
     assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""), "{r:?}");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "ok");
 }
@@ -97,8 +81,7 @@ fn kvm_triple_fault_ends_nonzero_with_one_line() {
     require_kvm();
     let d = TempDir::new("tf");
     // ud2 with a 1-entry IDT whose entry is not present: #UD -> #GP -> #DF -> shutdown.
-    let k = kernel(&d, &[0x0f, 0x0b]);
-    let r = run(&["-kernel", &k, "-m", "16"], T);
+    let r = run_tiny(&d, &[0x0f, 0x0b], &[]);
     assert_eq!(r.code, Some(1), "{r:?}");
     let lines: Vec<_> = r.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{}", r.stderr);
@@ -110,18 +93,10 @@ fn kvm_unclaimed_port_reads_all_ones_and_is_counted() {
     require_kvm();
     let d = TempDir::new("unclaimed");
     // in al, 0x99; out 0xf4, al (debug-exit gets 0xff -> exit code 0xff<<1|1 = 0xff)
-    let k = kernel(&d, &[0xe4, 0x99, 0xe6, 0xf4, 0xeb, 0xfe]);
-    let r = run(
-        &[
-            "-kernel",
-            &k,
-            "-m",
-            "16",
-            "-device",
-            "isa-debug-exit",
-            "--stats",
-        ],
-        T,
+    let r = run_tiny(
+        &d,
+        &[0xe4, 0x99, 0xe6, 0xf4, 0xeb, 0xfe],
+        &["-device", "isa-debug-exit", "--stats"],
     );
     assert_eq!(r.code, Some(0xff), "{r:?}");
     assert!(
@@ -132,7 +107,7 @@ fn kvm_unclaimed_port_reads_all_ones_and_is_counted() {
 }
 
 fn sigterm_case(smp: &str, object: String, dir: &TempDir) {
-    let k = kernel(dir, HANG);
+    let k = dir.tiny_kernel(HANG);
     let child = Command::new(shmvm_bin())
         .args([
             "-kernel",
@@ -191,8 +166,7 @@ fn kvm_pvm_internal_error_reports_rip_and_instruction_bytes() {
     require_kvm();
     let d = TempDir::new("ierr");
     // int3: the PVM host's instruction emulator cannot run it (platform.md).
-    let k = kernel(&d, &[0x90, 0xcc, 0xeb, 0xfe]);
-    let r = run(&["-kernel", &k, "-m", "16"], T);
+    let r = run_tiny(&d, &[0x90, 0xcc, 0xeb, 0xfe], &[]);
     assert_eq!(r.code, Some(1), "{r:?}");
     let line = r.stderr.lines().next().unwrap_or_default();
     if line.contains("triple fault") {

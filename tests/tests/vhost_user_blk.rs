@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shmvm_tests::qsd::Qsd;
-use shmvm_tests::vm::{Run, TempDir, require_kvm, run, shmvm_bin, tiny_kernel, wait};
+use shmvm_tests::vm::{Run, TempDir, require_kvm, run, shmvm_bin, wait};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -107,11 +107,10 @@ fn run_with_device(ram: &str, kill_backend: bool) -> Run {
     require_kvm();
     let dir = TempDir::new("vub");
     let mut qsd = start_qsd(&dir);
-    let kernel = dir.0.join("wait.elf");
-    std::fs::write(&kernel, tiny_kernel(WAIT_FOR_KEY)).expect("kernel");
+    let kernel = dir.tiny_kernel(WAIT_FOR_KEY);
     let chardev = format!("socket,id=c0,path={}", qsd.sock.display());
     let mut child = Command::new(shmvm_bin())
-        .args(["-kernel", kernel.to_str().unwrap_or_default()])
+        .args(["-kernel", &kernel])
         .args(["-object", ram, "-machine", "memory-backend=ram0"])
         .args([
             "-chardev",

@@ -63,6 +63,22 @@ fn rd8(addr: u64) -> u8 {
     unsafe { core::ptr::read_volatile(addr as *const u8) }
 }
 
+/// Copies `n` (at most E820_MAX) memory-map entries of `stride` bytes at
+/// `map`, each starting with address, size (u64) and type (u32).
+fn read_e820(info: &mut BootInfo, map: u64, stride: u64, n: usize) {
+    let n = n.min(E820_MAX);
+    for (i, slot) in info.e820[..n].iter_mut().enumerate() {
+        let e = map + stride * i as u64;
+        let start = rd64(e);
+        *slot = E820 {
+            start,
+            end: start.wrapping_add(rd64(e + 8)),
+            kind: rd32(e + 16),
+        };
+    }
+    info.e820_len = n;
+}
+
 /// Reads the boot structures at `ptr` (ring 3: the loader's structures are
 /// below 4 GiB, mapped user-accessible). Err: a short reason for the verdict.
 pub fn load(entry: u32, ptr: u64) -> Result<(), &'static str> {
@@ -84,38 +100,15 @@ pub fn load(entry: u32, ptr: u64) -> Result<(), &'static str> {
             if version < 1 {
                 return Err("start_info_without_memmap");
             }
-            let map = rd64(ptr + 40);
-            let n = (rd32(ptr + 48) as usize).min(E820_MAX);
-            let mut i = 0;
-            while i < n {
-                let e = map + 24 * i as u64;
-                let start = rd64(e);
-                (*info).e820[i] = E820 {
-                    start,
-                    end: start.wrapping_add(rd64(e + 8)),
-                    kind: rd32(e + 16),
-                };
-                i += 1;
-            }
-            (*info).e820_len = n;
+            // hvm_memmap_table_entry: addr, size, type (u32), reserved.
+            read_e820(&mut *info, rd64(ptr + 40), 24, rd32(ptr + 48) as usize);
             if nr_modules > 0 && modlist != 0 {
                 (*info).initrd_start = rd64(modlist);
                 (*info).initrd_size = rd64(modlist + 8);
             }
         } else {
-            let n = (rd8(ptr + 0x1E8) as usize).min(E820_MAX);
-            let mut i = 0;
-            while i < n {
-                let e = ptr + 0x2D0 + 20 * i as u64;
-                let start = rd64(e);
-                (*info).e820[i] = E820 {
-                    start,
-                    end: start.wrapping_add(rd64(e + 8)),
-                    kind: rd32(e + 16),
-                };
-                i += 1;
-            }
-            (*info).e820_len = n;
+            // boot_e820_entry: addr, size, type (u32), packed.
+            read_e820(&mut *info, ptr + 0x2D0, 20, usize::from(rd8(ptr + 0x1E8)));
             cmdline = u64::from(rd32(ptr + 0x228)) | (u64::from(rd32(ptr + 0xC8)) << 32);
             let size = u64::from(rd32(ptr + 0x238));
             cmdline_max = if size == 0 {
@@ -130,7 +123,7 @@ pub fn load(entry: u32, ptr: u64) -> Result<(), &'static str> {
                 (*info).initrd_size = rs;
             }
             (*info).rsdp = rd64(ptr + 0x70);
-            if n == 0 {
+            if (*info).e820_len == 0 {
                 return Err("boot_params_without_e820");
             }
         }

@@ -1,7 +1,7 @@
 //! KVM implementation of the hypervisor boundary.
 
-use std::os::fd::AsRawFd;
-use std::ptr::NonNull;
+use std::fs::File;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -11,6 +11,8 @@ use kvm_bindings::{
     kvm_regs, kvm_sregs, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::FileOffset;
+use vm_memory::mmap::MmapRegion;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VmExit;
@@ -403,51 +405,37 @@ impl CoalescedWrite {
 ///
 /// kvm-ioctls offers a reader too, but it is tied to one `&mut VcpuFd`
 /// (held for the duration of an exit) and reads the kernel's producer index
-/// as plain memory. Here the page has its own mapping, the indices are read
-/// and written atomically (KVM publishes an entry, then `last`; we read
-/// `last`, then the entry, and hand the slot back through `first`), and a
-/// lock makes draining and replaying one step, so writes reach devices in
-/// ring order even when several vCPUs drain.
+/// as plain memory. Here the page has its own mapping (vm-memory's, from a
+/// duplicate of the vCPU fd), the indices are read and written atomically
+/// (KVM publishes an entry, then `last`; we read `last`, then the entry, and
+/// hand the slot back through `first`), and a lock makes draining and
+/// replaying one step, so writes reach devices in ring order even when
+/// several vCPUs drain.
 #[derive(Debug)]
 pub struct CoalescedRing {
-    page: NonNull<kvm_coalesced_mmio_ring>,
-    page_size: usize,
+    page: MmapRegion,
     lock: Mutex<()>,
 }
-
-// SAFETY: the page is shared with KVM by design; every access goes through
-// atomics (indices) or volatile reads of slots KVM has published, with the
-// consumer side serialized by `lock`.
-unsafe impl Send for CoalescedRing {}
-// SAFETY: as above.
-unsafe impl Sync for CoalescedRing {}
 
 impl CoalescedRing {
     fn map(vcpu: &VcpuFd) -> Result<CoalescedRing, Error> {
         // SAFETY: sysconf has no preconditions.
         let page_size = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
             .map_err(|_| Error::RingMap(std::io::Error::last_os_error()))?;
-        let offset = libc::off_t::from(KVM_COALESCED_MMIO_PAGE_OFFSET) * page_size as libc::off_t;
-        // SAFETY: maps one page of the vCPU fd at the offset KVM documents
-        // for the coalesced ring; the result is checked before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                page_size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                vcpu.as_raw_fd(),
-                offset,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::RingMap(std::io::Error::last_os_error()));
-        }
-        let page = NonNull::new(p.cast())
-            .ok_or_else(|| Error::RingMap(std::io::Error::other("mmap returned NULL")))?;
+        // SAFETY: the vCPU fd is open for the duration of this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(vcpu.as_raw_fd()) }
+            .try_clone_to_owned()
+            .map_err(Error::RingMap)?;
+        let at = u64::from(KVM_COALESCED_MMIO_PAGE_OFFSET) * page_size as u64;
+        let page = MmapRegion::build(
+            Some(FileOffset::new(File::from(fd), at)),
+            page_size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+        .map_err(|e| Error::RingMap(std::io::Error::other(e)))?;
         Ok(CoalescedRing {
             page,
-            page_size,
             lock: Mutex::new(()),
         })
     }
@@ -455,21 +443,25 @@ impl CoalescedRing {
     /// Slots in the ring (KVM_COALESCED_MMIO_MAX).
     fn slots(&self) -> u32 {
         let header = std::mem::size_of::<kvm_coalesced_mmio_ring>();
-        ((self.page_size - header) / std::mem::size_of::<kvm_coalesced_mmio>()) as u32
+        ((self.page.size() - header) / std::mem::size_of::<kvm_coalesced_mmio>()) as u32
     }
 
     fn index(&self, offset: usize) -> &AtomicU32 {
         // SAFETY: `first` (offset 0) and `last` (offset 4) are aligned u32s
         // in the mapped page, which lives as long as `self`.
-        unsafe { AtomicU32::from_ptr(self.page.as_ptr().cast::<u8>().add(offset).cast()) }
+        unsafe { AtomicU32::from_ptr(self.page.as_ptr().add(offset).cast()) }
     }
 
     /// Hands every port write in the ring to `replay`, oldest first, and
     /// frees the slots. Returns how many there were. MMIO entries cannot
     /// occur (only port zones are registered) and are skipped.
     pub fn drain(&self, mut replay: impl FnMut(CoalescedWrite)) -> usize {
-        let _serial = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let (first, last) = (self.index(0), self.index(4));
+        // Every exit drains: most find the ring empty, without the lock.
+        if first.load(Ordering::Relaxed) == last.load(Ordering::Acquire) {
+            return 0;
+        }
+        let _serial = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let slots = self.slots();
         let mut at = first.load(Ordering::Relaxed);
         let end = last.load(Ordering::Acquire);
@@ -482,7 +474,7 @@ impl CoalescedRing {
             // the 8-byte header; KVM filled it before publishing `last`
             // (Acquire above) and does not touch it until `first` passes it.
             let e: kvm_coalesced_mmio = unsafe {
-                let base = self.page.as_ptr().cast::<u8>().add(8);
+                let base = self.page.as_ptr().add(8);
                 std::ptr::read_volatile(base.cast::<kvm_coalesced_mmio>().add(at as usize))
             };
             // SAFETY: the union's two members are both u32.
@@ -502,12 +494,5 @@ impl CoalescedRing {
         }
         first.store(at, Ordering::Release);
         n
-    }
-}
-
-impl Drop for CoalescedRing {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the page mapped in `map`; nothing borrows it now.
-        unsafe { libc::munmap(self.page.as_ptr().cast(), self.page_size) };
     }
 }
