@@ -11,6 +11,12 @@
 //! IOAPIC: what the in-kernel irqchip starts with on x86) are always part
 //! of it; legacy interrupts such as COM1's irqfd on GSI 4 keep working.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 

@@ -2,6 +2,12 @@
 //! second, then silence, and the next line that gets through says how many
 //! were left out. The full counts live in the statistics, not the log.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

@@ -5,6 +5,12 @@
 //! The JSON line starts with `{"shmvm_stats":1,` (the format version), so
 //! a reader finds it among other stderr lines by that prefix.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use serde::Serialize;
 
 /// The current JSON format version.

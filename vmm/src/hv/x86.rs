@@ -3,6 +3,12 @@
 //! architecture (and so KVM's structures), so code reads the same; the
 //! conversions live in the accelerator's module.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 /// One CPUID leaf (`function`, sub-leaf `index`) and its four registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CpuidEntry {

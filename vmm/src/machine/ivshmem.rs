@@ -2,6 +2,12 @@
 //! function whose BAR0 holds its registers and whose BAR2 is its memdev's
 //! mapping, a memory slot.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::sync::{Arc, Mutex};
 
 use devices::ivshmem::{IvshmemPlain, MEMORY_BAR, REGISTER_BAR};

@@ -1,6 +1,12 @@
 //! The legacy (non-PCI) devices: one table of what sits at which port,
 //! built from `layout.rs`, placed by one loop.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::sync::{Arc, Mutex};
 
 use devices::acpi_pm::AcpiSleep;

@@ -6,6 +6,12 @@
 //! - PCI functions: a [`PciPlug`] per `-device`, placed by [`Pci::build`]'s
 //!   one loop with typed BARs (registers or host memory).
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 pub mod ivshmem;
 pub mod legacy;
 
