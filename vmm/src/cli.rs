@@ -24,6 +24,8 @@ pub enum Error {
     /// Already names its option or device.
     #[error("{0}")]
     VhostUserBlk(String),
+    #[error(transparent)]
+    Monitor(#[from] crate::qmp::config::Error),
 }
 
 fn invalid(option: &'static str, reason: impl Into<String>) -> Error {
@@ -89,6 +91,12 @@ pub struct Args {
     /// Print per-device statistics when the VM ends: text, or one JSON line (--stats=json)
     #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text", require_equals = true)]
     pub stats: Option<StatsArg>,
+    /// A QMP monitor socket: unix:PATH,server=on,wait=off [QEMU: -qmp]
+    #[arg(long, value_name = "SPEC")]
+    pub qmp: Vec<String>,
+    /// A monitor on a listening -chardev socket: chardev=ID,mode=control [QEMU: -mon]
+    #[arg(long, value_name = "PROPS")]
+    pub mon: Vec<String>,
     /// More logging (-v info, -vv debug, -vvv trace)
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -149,6 +157,8 @@ pub struct Config {
     pub boot: Option<BootProtocol>,
     pub stats: crate::stats::StatsFormat,
     pub verbose: u8,
+    /// QMP sockets (`-qmp`, `-mon`).
+    pub monitors: Vec<crate::qmp::MonitorConfig>,
 }
 
 /// Largest vCPU count: APIC IDs 0..N-1 plus the IOAPIC's ID fit in the MP
@@ -173,6 +183,8 @@ const QEMU_LONG: &[(&str, &str)] = &[
     ("-chardev", "--chardev"),
     ("-vhost-user-blk", "--vhost-user-blk"),
     ("-memory", "--memory"),
+    ("-qmp", "--qmp"),
+    ("-mon", "--mon"),
 ];
 
 /// Options (in clap spelling) whose value is the next argument.
@@ -190,6 +202,8 @@ const TAKES_VALUE: &[&str] = &[
     "--chardev",
     "--vhost-user-blk",
     "--boot",
+    "--qmp",
+    "--mon",
 ];
 
 /// Rewrites QEMU-style single-dash long options (also `-opt=value`) to the
@@ -526,7 +540,9 @@ impl Config {
             .map(|d| parse_device(d))
             .collect::<Result<Vec<_>, _>>()?;
         check_ivshmem(&mut devices, &ram, &objects)?;
-        check_vhost_user_blk(&mut devices, &args.vhost_user_blk, &args.chardev, &ram)?;
+        let (monitors, chardevs) =
+            crate::qmp::config::monitors(&args.qmp, &args.mon, &args.chardev)?;
+        check_vhost_user_blk(&mut devices, &args.vhost_user_blk, &chardevs, &ram)?;
         let cmdline = args.cmdline.unwrap_or_default();
         if cmdline.contains('\0') {
             return Err(invalid("--cmdline", "contains a NUL byte"));
@@ -554,6 +570,7 @@ impl Config {
                 Some(StatsArg::Json) => crate::stats::StatsFormat::Json,
             },
             verbose: args.verbose,
+            monitors,
         })
     }
 }

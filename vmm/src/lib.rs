@@ -14,6 +14,7 @@ pub mod ivshmem;
 pub mod layout;
 pub mod machine;
 pub mod pci;
+pub mod qmp;
 pub mod ratelimit;
 pub mod signals;
 pub mod stats;

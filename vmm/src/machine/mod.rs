@@ -12,6 +12,7 @@
     clippy::cast_sign_loss
 )]
 
+mod control;
 pub mod ivshmem;
 pub mod legacy;
 
@@ -77,6 +78,8 @@ pub enum Error {
     Ivshmem(#[from] ivshmem::Error),
     #[error(transparent)]
     VhostUserBlk(#[from] vhost_user_blk::device::Error),
+    #[error(transparent)]
+    Monitor(#[from] crate::qmp::server::Error),
 }
 
 impl Error {
@@ -94,6 +97,7 @@ impl Error {
             Error::Legacy(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
             Error::VhostUserBlk(e) => e.exit_code(),
+            Error::Monitor(e) => e.exit_code(),
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) => 1,
         }
     }
@@ -374,9 +378,15 @@ impl Machine {
         s
     }
 
-    /// Runs the vCPUs until the VM ends, prints the statistics as asked,
-    /// and takes the machine apart.
-    pub fn run(mut self, t: &Timeline, stats: StatsFormat) -> Result<VmEnd, Error> {
+    /// Runs the vCPUs until the VM ends (serving `monitor`'s clients
+    /// meanwhile), prints the statistics as asked, and takes the machine
+    /// apart.
+    pub fn run(
+        mut self,
+        t: &Timeline,
+        stats: StatsFormat,
+        monitor: Option<crate::qmp::Server>,
+    ) -> Result<VmEnd, Error> {
         let stdio = self.console.mode == SerialMode::Stdio;
         let _raw = stdio.then(crate::terminal::RawMode::enter).flatten();
         if stdio && crate::terminal::stdin_has_input() {
@@ -389,7 +399,29 @@ impl Machine {
             mem: self.ram.mem(),
             coalesced: self.console.coalesced.as_deref(),
         };
-        let ran = vcpu::run_all(vcpus, shared, &|| t.log());
+        let control = monitor
+            .as_ref()
+            .map(|m| control::Control::new(&self, vcpus.len(), m.events()));
+        let stop = monitor.as_ref().map(crate::qmp::Server::stop_handle);
+        let ran = std::thread::scope(|s| {
+            if let (Some(server), Some(c)) = (monitor, control.as_ref()) {
+                let r = std::thread::Builder::new()
+                    .name("qmp".into())
+                    .stack_size(256 << 10)
+                    .spawn_scoped(s, move || server.serve(c));
+                if let Err(e) = r {
+                    log::error!("QMP: cannot start the monitor thread: {e}");
+                }
+            }
+            let ran = vcpu::run_all(vcpus, shared, &|| t.log());
+            if let (Some(c), Some(end)) = (&control, self.state.end()) {
+                c.shutdown(control::shutdown_cause(&end));
+            }
+            if let Some(stop) = &stop {
+                stop.stop();
+            }
+            ran
+        });
         self.console
             .serial
             .lock()
@@ -451,6 +483,8 @@ impl Machine {
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let mut t = Timeline::new(start);
     crate::signals::install()?;
+    // Before the machine: a failed build removes the sockets again.
+    let monitor = crate::qmp::Server::bind(&cfg.monitors)?;
     let m = Machine::build(cfg, &mut t)?;
-    m.run(&t, cfg.stats)
+    m.run(&t, cfg.stats, monitor)
 }
