@@ -83,6 +83,10 @@ fn qmp_option_errors() {
             "-chardev",
         ),
         (&["-qmp", &file_spec], "-qmp"),
+        (
+            &["-qmp", "unix:/nonexistent/dir/q.sock,server,nowait"],
+            "-qmp",
+        ),
     ];
     for (args, option) in cases {
         let mut all = vec!["-kernel", kernel.as_str(), "-m", "16", "-serial", "none"];

@@ -25,6 +25,8 @@ pub enum VmEnd {
     Signal(i32),
     /// A monitor asked (QMP `quit`, or `system_reset`: shmvm never reboots).
     Monitor(MonitorEnd),
+    /// A monitor socket could not be created (after the VM started).
+    MonitorFailed(String),
     /// A vCPU thread failed outside the guest (an ioctl, a panic).
     VcpuFailed(String),
 }
@@ -54,6 +56,7 @@ impl VmEnd {
             VmEnd::Unhandled(what) => format!("unhandled vCPU exit: {what}"),
             VmEnd::Signal(s) => format!("stopped by signal {s}"),
             VmEnd::VcpuFailed(what) => format!("vCPU failed: {what}"),
+            VmEnd::MonitorFailed(what) => what.clone(),
         })
     }
 }

@@ -58,6 +58,13 @@ impl<'a> Control<'a> {
         }
     }
 
+    /// The monitor could not start: the VM ends (exit 1), saying why.
+    pub fn failed(&self, e: qmp::server::Error) {
+        self.machine
+            .state
+            .request_end(VmEnd::MonitorFailed(e.to_string()));
+    }
+
     fn end(&self, end: MonitorEnd) -> Reply {
         self.shutdown(shutdown_cause(&VmEnd::Monitor(end)));
         self.machine.state.request_end(VmEnd::Monitor(end));

@@ -408,7 +408,11 @@ impl Machine {
                 let r = std::thread::Builder::new()
                     .name("qmp".into())
                     .stack_size(256 << 10)
-                    .spawn_scoped(s, move || server.serve(c));
+                    .spawn_scoped(s, move || {
+                        if let Err(e) = server.serve(c) {
+                            c.failed(e);
+                        }
+                    });
                 if let Err(e) = r {
                     log::error!("QMP: cannot start the monitor thread: {e}");
                 }
@@ -483,8 +487,8 @@ impl Machine {
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let mut t = Timeline::new(start);
     crate::signals::install()?;
-    // Before the machine: a failed build removes the sockets again.
-    let monitor = crate::qmp::Server::bind(&cfg.monitors)?;
+    // Before the machine: a path that cannot be a socket fails first.
+    let monitor = crate::qmp::Server::new(&cfg.monitors)?;
     let m = Machine::build(cfg, &mut t)?;
     m.run(&t, cfg.stats, monitor)
 }

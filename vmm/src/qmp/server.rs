@@ -6,7 +6,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,7 +75,37 @@ impl Drop for Bound {
     }
 }
 
-/// Binds `path` as a unix socket of mode 0600, whatever the umask.
+/// What can be checked of `path` without creating it (two stats): that
+/// its directory exists and nothing but a stale socket is there. Binding
+/// itself (~60 us on ext4) happens on the server's thread, off the boot
+/// path; what fails there ends the VM.
+fn precheck(path: &Path) -> Result<(), Error> {
+    let shown = || path.display().to_string();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Err(err) = std::fs::metadata(dir).and_then(|m| {
+        if m.is_dir() {
+            Ok(())
+        } else {
+            Err(std::io::Error::from(ErrorKind::NotADirectory))
+        }
+    }) {
+        return Err(Error::Socket {
+            path: shown(),
+            what: "its directory",
+            err,
+        });
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => Err(Error::NotASocket { path: shown() }),
+        _ => Ok(()),
+    }
+}
+
+/// Binds `path` as a unix socket of mode 0600, whatever the umask (the
+/// mask is 0177 during bind).
 fn bind(path: &Path) -> Result<Bound, Error> {
     let shown = || path.display().to_string();
     let err = |what, err| Error::Socket {
@@ -83,40 +113,40 @@ fn bind(path: &Path) -> Result<Bound, Error> {
         what,
         err,
     };
-    // A stale socket from an earlier run is replaced, as QEMU does;
-    // anything else is left alone.
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            return Err(Error::NotASocket { path: shown() });
+    let try_bind = || {
+        // SAFETY: umask only swaps the process's file mode mask; it is set
+        // back right after bind. The other threads run vCPUs then, which
+        // create no files.
+        let old = unsafe { libc::umask(0o177) };
+        let r = UnixListener::bind(path);
+        // SAFETY: as above, restoring the caller's mask.
+        unsafe { libc::umask(old) };
+        r
+    };
+    let listener = match try_bind() {
+        Ok(l) => l,
+        // A stale socket from an earlier run is replaced, as QEMU does;
+        // anything else at the path is left alone.
+        Err(e) if e.kind() == ErrorKind::AddrInUse => {
+            let m = std::fs::symlink_metadata(path).map_err(|e| err("cannot listen", e))?;
+            if !m.file_type().is_socket() {
+                return Err(Error::NotASocket { path: shown() });
+            }
+            std::fs::remove_file(path).map_err(|e| err("removing the stale socket", e))?;
+            try_bind().map_err(|e| err("cannot listen", e))?
         }
-        std::fs::remove_file(path).map_err(|e| err("removing the stale socket", e))?;
-    }
-    // SAFETY: umask only swaps the process's file mode mask; it is set
-    // back right after bind. No other thread creates files yet (the
-    // monitors are bound before the machine is built).
-    let old = unsafe { libc::umask(0o177) };
-    let r = UnixListener::bind(path);
-    // SAFETY: as above, restoring the caller's mask.
-    unsafe { libc::umask(old) };
-    let listener = r.map_err(|e| err("cannot listen", e))?;
-    let bound = Bound {
+        Err(e) => return Err(err("cannot listen", e)),
+    };
+    Ok(Bound {
         listener,
         path: path.to_path_buf(),
-    };
-    // A stricter umask (say 0777) left it with fewer bits: 0600 exactly.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err("setting mode 0600", e))?;
-    bound
-        .listener
-        .set_nonblocking(true)
-        .map_err(|e| err("setting O_NONBLOCK", e))?;
-    Ok(bound)
+    })
 }
 
-/// The monitors, bound and listening; served by [`Server::serve`].
+/// The monitors, checked; bound and served by [`Server::serve`].
 #[derive(Debug)]
 pub struct Server {
-    sockets: Vec<Bound>,
+    paths: Vec<PathBuf>,
     events: EventSource,
     sink: EventSink,
     stop: Arc<AtomicBool>,
@@ -154,23 +184,22 @@ const LISTEN_BASE: u64 = 1 << 32;
 const WAKE: u64 = 1 << 33;
 
 impl Server {
-    /// Binds every monitor socket (mode 0600; removed when the server is
-    /// dropped, on every path).
-    pub fn bind(configs: &[MonitorConfig]) -> Result<Option<Server>, Error> {
+    /// The monitors `configs` asks for, their paths checked (None: no
+    /// monitor).
+    pub fn new(configs: &[MonitorConfig]) -> Result<Option<Server>, Error> {
         if configs.is_empty() {
             return Ok(None);
         }
-        let sockets = configs
-            .iter()
-            .map(|c| bind(&c.path))
-            .collect::<Result<Vec<_>, _>>()?;
+        for c in configs {
+            precheck(&c.path)?;
+        }
         let (sink, events) = control::events().map_err(|err| Error::Setup {
             what: "creating the event channel",
             err,
         })?;
         control::set_device_events(sink.clone());
         Ok(Some(Server {
-            sockets,
+            paths: configs.iter().map(|c| c.path.clone()).collect(),
             events,
             sink,
             stop: Arc::new(AtomicBool::new(false)),
@@ -189,17 +218,26 @@ impl Server {
         }
     }
 
-    /// Serves clients until [`StopHandle::stop`]; then flushes what is
-    /// queued (briefly), closes the clients and removes the sockets.
-    pub fn serve(self, vm: &dyn Machine) {
-        if let Err(e) = self.run(vm) {
-            log::error!("QMP server stopped: {e}");
+    /// Binds the sockets (mode 0600; removed again on every way out) and
+    /// serves clients until [`StopHandle::stop`]; then flushes what is
+    /// queued (briefly) and closes the clients. Errors: a socket could not
+    /// be created.
+    pub fn serve(self, vm: &dyn Machine) -> Result<(), Error> {
+        let sockets = self
+            .paths
+            .iter()
+            .map(|p| bind(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Err(err) = self.run(&sockets, vm) {
+            log::error!("QMP server stopped: {err}");
         }
+        Ok(())
     }
 
-    fn run(&self, vm: &dyn Machine) -> std::io::Result<()> {
+    fn run(&self, sockets: &[Bound], vm: &dyn Machine) -> std::io::Result<()> {
         let epoll = Epoll::new()?;
-        for (i, s) in self.sockets.iter().enumerate() {
+        for (i, s) in sockets.iter().enumerate() {
+            s.listener.set_nonblocking(true)?;
             epoll.ctl(
                 ControlOperation::Add,
                 s.listener.as_raw_fd(),
@@ -226,7 +264,7 @@ impl Server {
                     }
                     t if t >= LISTEN_BASE => {
                         let i = usize::try_from(t - LISTEN_BASE).unwrap_or(usize::MAX);
-                        if let Some(s) = self.sockets.get(i) {
+                        if let Some(s) = sockets.get(i) {
                             accept(&epoll, &s.listener, &mut clients);
                         }
                     }
