@@ -101,3 +101,82 @@ fn qmp_option_errors() {
     }
     assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
 }
+
+/// A few lines of QMP over a plain socket (no library), for tests that
+/// need a guest of their own.
+struct RawQmp {
+    stream: std::os::unix::net::UnixStream,
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl RawQmp {
+    fn connect(path: &std::path::Path) -> RawQmp {
+        let t0 = std::time::Instant::now();
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() > Duration::from_secs(10) => panic!("{path:?}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let mut q = RawQmp { stream, reader };
+        assert!(q.line().contains("\"QMP\""));
+        assert!(q.ask(r#"{"execute":"qmp_capabilities"}"#).contains("\"return\""));
+        q
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.reader.read_line(&mut l).expect("read a QMP line");
+        l
+    }
+
+    /// Sends `msg`; returns the first line that is not an event.
+    fn ask(&mut self, msg: &str) -> String {
+        use std::io::Write;
+        writeln!(self.stream, "{msg}").expect("send");
+        loop {
+            let l = self.line();
+            if !l.contains("\"event\"") {
+                return l;
+            }
+        }
+    }
+}
+
+/// system_powerdown presses the GED power button: the event bit is in the
+/// GED register (the guest here polls it instead of running ACPI), and
+/// the POWERDOWN event goes out. Without a monitor there is no GED.
+#[test]
+fn kvm_powerdown_sets_the_ged_event() {
+    vm::require_kvm();
+    let dir = TempDir::new("qmp-ged");
+    // 1: mov eax, [0xfed00000]; test eax, eax; jz 1b;
+    //    out 0xf4, al (debug-exit: 1 -> exit 3); cli; hlt; jmp hlt
+    let code = [
+        0xa1, 0x00, 0x00, 0xd0, 0xfe, 0x85, 0xc0, 0x74, 0xf7, 0xe6, 0xf4, 0xfa, 0xf4, 0xeb, 0xfd,
+    ];
+    let kernel = dir.tiny_kernel(&code);
+    let sock = dir.0.join("q.sock");
+    let child = Command::new(vm::shmvm_bin())
+        .args(["-kernel", &kernel, "-m", "16", "-serial", "none"])
+        .args(["-device", "isa-debug-exit"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm");
+    let mut q = RawQmp::connect(&sock);
+    std::thread::sleep(Duration::from_millis(100));
+    let r = q.ask(r#"{"execute":"system_powerdown","id":1}"#);
+    assert!(r.contains("\"return\""), "{r}");
+    let r = vm::wait(child, Duration::from_secs(10));
+    assert_eq!(r.code, Some(3), "the guest did not see the event: {}", r.stderr);
+    assert!(!sock.exists(), "socket left behind");
+}

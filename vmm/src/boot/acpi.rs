@@ -258,16 +258,20 @@ pub fn build(base: u64, cpus: u8, mmio64: (u64, u64)) -> Vec<u8> {
     const RSDP_LEN: usize = 36;
     let align = |n: usize| n.next_multiple_of(16);
     let xsdt_at = base + align(RSDP_LEN) as u64;
-    let xsdt_len = 36 + 2 * 8;
+    let xsdt_len = 36 + 3 * 8;
     let fadt_at = xsdt_at + align(xsdt_len) as u64;
     let madt_at = fadt_at + align(276) as u64;
     let madt = madt(cpus);
     let dsdt_at = madt_at + align(madt.len()) as u64;
     let dsdt = dsdt(mmio64);
+    // The power button (ACPI GED), a table of its own.
+    let ssdt_at = dsdt_at + align(dsdt.len()) as u64;
+    let ssdt = super::power_button::ssdt(OEM_ID, OEM_TABLE_ID, CREATOR_ID);
     let fadt = fadt(dsdt_at);
     let mut xsdt = header(b"XSDT", 1);
     xsdt.extend_from_slice(&fadt_at.to_le_bytes());
     xsdt.extend_from_slice(&madt_at.to_le_bytes());
+    xsdt.extend_from_slice(&ssdt_at.to_le_bytes());
     let xsdt = finish(xsdt);
 
     let mut rsdp = Vec::with_capacity(RSDP_LEN);
@@ -289,6 +293,7 @@ pub fn build(base: u64, cpus: u8, mmio64: (u64, u64)) -> Vec<u8> {
         (fadt_at, &fadt),
         (madt_at, &madt),
         (dsdt_at, &dsdt),
+        (ssdt_at, &ssdt),
     ] {
         out.resize((at - base) as usize, 0);
         out.extend_from_slice(table);

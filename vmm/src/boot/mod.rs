@@ -6,6 +6,7 @@ pub mod acpi;
 pub mod cpu;
 mod linux;
 pub mod mptable;
+pub mod power_button;
 mod pvh;
 
 use std::fs::File;

@@ -254,11 +254,16 @@ impl qmp::protocol::Machine for Control<'_> {
                 Ok(json!({}))
             }
             Request::Powerdown => {
-                self.events.emit(Event::Powerdown);
-                // The guest's side (an ACPI GED power button) is not wired
-                // yet: the event is all a client sees.
-                log::warn!("system_powerdown: no ACPI power button in this machine yet");
-                Ok(json!({}))
+                let button = self.machine.power_button.as_ref();
+                let pressed = button.map(super::power_button::PowerButton::press);
+                match pressed {
+                    Some(Ok(())) => {
+                        self.events.emit(Event::Powerdown);
+                        Ok(json!({}))
+                    }
+                    Some(Err(e)) => Err(format!("cannot press the power button: {e}")),
+                    None => Err("this machine has no ACPI power button".into()),
+                }
             }
             Request::Reset => self.end(MonitorEnd::Reset),
             Request::Quit => self.end(MonitorEnd::Quit),
