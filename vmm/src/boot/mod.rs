@@ -4,12 +4,15 @@
 
 pub mod acpi;
 pub mod cpu;
+mod elf32;
+mod image;
 mod linux;
 pub mod mptable;
+mod multiboot;
 mod pvh;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 
 use linux_loader::loader::bootparam::setup_header;
@@ -20,6 +23,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::cli::BootProtocol;
 use crate::layout::{self, ACPI_TABLES, BOOT_GDT, BOOT_IDT, CMDLINE, HIMEM, MPTABLE, PML4};
 pub use cpu::Entry;
+use image::{Head, Segment};
+use multiboot::ModuleSpec;
 
 /// Errors loading the kernel or initrd, each naming the file and option.
 #[derive(Debug, thiserror::Error)]
@@ -32,33 +37,66 @@ pub enum Error {
     NoPvhNote(String),
     #[error("--cmdline: {len} bytes exceed the kernel's limit of {max}")]
     CmdlineTooLong { len: usize, max: u64 },
+    #[error("--initrd: {0}")]
+    Modules(String),
     #[error("writing boot data at {addr:#x}: {reason}")]
     Write { addr: u64, reason: String },
 }
 
-/// The kernel and initrd, opened before anything else is created so a bad
-/// path fails early and leaves nothing behind.
+/// One `--initrd` file, opened: the initrd, or a Multiboot module.
+#[derive(Debug)]
+pub struct Module {
+    pub spec: ModuleSpec,
+    pub file: File,
+}
+
+/// The kernel and initrd (or Multiboot modules), opened before anything
+/// else is created so a bad path fails early and leaves nothing behind.
 #[derive(Debug)]
 pub struct BootFiles {
     pub kernel: File,
-    pub initrd: Option<File>,
+    head: Head,
+    multiboot: Option<multiboot::Header>,
+    pub modules: Vec<Module>,
 }
 
 impl BootFiles {
+    /// Opens `kernel` and reads its first 8 KiB; `initrd` is one file, or
+    /// for a Multiboot kernel QEMU's comma-separated module list.
     pub fn open(kernel: &Path, initrd: Option<&Path>) -> Result<BootFiles, Error> {
-        let kernel = File::open(kernel).map_err(|e| Error::Kernel {
+        let kerr = |reason: String| Error::Kernel {
             path: kernel.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let initrd = initrd
-            .map(|p| {
-                File::open(p).map_err(|e| Error::Initrd {
-                    path: p.display().to_string(),
+            reason,
+        };
+        let mut kfile = File::open(kernel).map_err(|e| kerr(e.to_string()))?;
+        let head = Head::read(&mut kfile).map_err(|e| kerr(e.to_string()))?;
+        let multiboot = (!head.is_bzimage())
+            .then(|| multiboot::Header::find(&head))
+            .flatten();
+        let specs = match initrd {
+            None => Vec::new(),
+            Some(p) if multiboot.is_some() => multiboot::parse_modules(p.as_os_str()),
+            Some(p) => vec![ModuleSpec {
+                path: p.to_path_buf(),
+                string: p.as_os_str().as_encoded_bytes().to_vec(),
+            }],
+        };
+        let modules = specs
+            .into_iter()
+            .map(|spec| {
+                let file = File::open(&spec.path).map_err(|e| Error::Initrd {
+                    path: spec.path.display().to_string(),
                     reason: e.to_string(),
-                })
+                })?;
+                Ok(Module { spec, file })
             })
-            .transpose()?;
-        Ok(BootFiles { kernel, initrd })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(BootFiles {
+            kernel: kfile,
+            head,
+            multiboot,
+            modules,
+        })
     }
 }
 
@@ -70,27 +108,6 @@ pub struct BootSpec<'a> {
     pub cmdline: &'a str,
     pub protocol: Option<BootProtocol>,
     pub vcpus: u8,
-}
-
-/// Kernel image formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Elf,
-    BzImage,
-}
-
-fn detect(f: &mut File) -> std::io::Result<Option<Format>> {
-    let mut head = [0u8; 0x206];
-    f.seek(SeekFrom::Start(0))?;
-    let n = read_up_to(f, &mut head)?;
-    f.seek(SeekFrom::Start(0))?;
-    if n >= 4 && head[..4] == *b"\x7fELF" {
-        return Ok(Some(Format::Elf));
-    }
-    if n >= 0x206 && head[0x202..0x206] == *b"HdrS" {
-        return Ok(Some(Format::BzImage));
-    }
-    Ok(None)
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -126,6 +143,91 @@ pub fn place_initrd(size: u64, floor: u64, top: u64) -> Option<u64> {
     (start >= floor).then_some(start)
 }
 
+/// A kernel image shmvm loads itself: checked segments and the entry.
+#[derive(Debug)]
+struct OwnImage {
+    segments: Vec<Segment>,
+    entry: Entry,
+}
+
+impl OwnImage {
+    /// Checks that the entry point is inside a loaded segment, so a bad
+    /// image is refused instead of running through zeroed RAM.
+    fn new(segments: Vec<Segment>, entry: Entry) -> Result<OwnImage, String> {
+        let rip = match entry {
+            Entry::Pvh { rip } | Entry::Multiboot { rip } | Entry::Linux64 { rip } => rip,
+        };
+        if !segments
+            .iter()
+            .any(|s| rip >= s.paddr && s.end().is_some_and(|e| rip < e))
+        {
+            return Err(format!(
+                "entry point {rip:#x} is not inside any loaded segment"
+            ));
+        }
+        Ok(OwnImage { segments, entry })
+    }
+
+    fn end(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter_map(Segment::end)
+            .max()
+            .unwrap_or(HIMEM)
+    }
+}
+
+/// Decides how to enter a 32-bit ELF or Multiboot image, or returns `None`
+/// for the formats linux-loader reads (64-bit ELF, bzImage).
+fn own_image(
+    files: &mut BootFiles,
+    protocol: Option<BootProtocol>,
+) -> Result<Option<OwnImage>, String> {
+    let head = &files.head;
+    if head.is_bzimage() {
+        return Ok(None);
+    }
+    let class = head.elf_class();
+    if let (Some(mb), None) = (files.multiboot, protocol) {
+        if let Some(warning) = mb.check_flags()? {
+            log::warn!("--kernel: {warning}");
+        }
+        if mb.has_addresses() {
+            let (seg, rip) = mb.aout_segment(head)?;
+            return OwnImage::new(vec![seg], Entry::Multiboot { rip }).map(Some);
+        }
+        return match class {
+            Some(1) => {
+                let e = elf32::parse(head, &mut files.kernel)?;
+                OwnImage::new(e.segments, Entry::Multiboot { rip: e.entry }).map(Some)
+            }
+            // A 64-bit ELF with a PVH note is still bootable by that note.
+            Some(2) => Ok(None),
+            _ => Err(
+                "multiboot header without the address fields (flag 16) in an image that is not \
+                 ELF: nothing says where to load it"
+                    .into(),
+            ),
+        };
+    }
+    match class {
+        Some(1) => {
+            if protocol == Some(BootProtocol::Linux64) {
+                return Err("--boot linux64: a 32-bit ELF has no 64-bit entry point".into());
+            }
+            let e = elf32::parse(head, &mut files.kernel)?;
+            let rip = e.pvh_entry.ok_or(
+                "32-bit ELF with neither a PVH note (XEN_ELFNOTE_PHYS32_ENTRY) nor a multiboot \
+                 header: no entry protocol to start it with",
+            )?;
+            OwnImage::new(e.segments, Entry::Pvh { rip }).map(Some)
+        }
+        Some(2) => Ok(None),
+        Some(c) => Err(format!("ELF class {c} is neither 32- nor 64-bit")),
+        None => Err("not an ELF, bzImage or multiboot kernel".into()),
+    }
+}
+
 /// Loads everything into `mem` (sized `ram_size`) and returns vCPU 0's entry.
 pub fn load(
     mem: &GuestMemoryMmap,
@@ -138,71 +240,99 @@ pub fn load(
         path: kpath.clone(),
         reason,
     };
-    let kf = &mut files.kernel;
-    let format = detect(kf)
-        .map_err(|e| kerr(e.to_string()))?
-        .ok_or_else(|| kerr("not an ELF or bzImage kernel".into()))?;
-
-    let (entry, kernel_end, hdr) = match format {
-        Format::Elf => {
-            let r = Elf::load(mem, None, kf, Some(GuestAddress(HIMEM)))
-                .map_err(|e| kerr(format!("ELF load failed: {e}")))?;
-            let entry = match (r.pvh_boot_cap, spec.protocol) {
-                (PvhBootCapability::PvhEntryPresent(a), None | Some(BootProtocol::Pvh)) => {
-                    Entry::Pvh { rip: a.0 }
-                }
-                (_, Some(BootProtocol::Pvh)) => return Err(Error::NoPvhNote(kpath)),
-                _ => Entry::Linux64 {
-                    rip: r.kernel_load.0,
-                },
-            };
-            (entry, r.kernel_end, None)
+    let ram_end = layout::low_ram_end(ram_size);
+    let own = own_image(files, spec.protocol).map_err(kerr)?;
+    let (entry, kernel_end, hdr) = if let Some(img) = own {
+        for s in &img.segments {
+            s.check(files.head.file_len, HIMEM, ram_end).map_err(kerr)?;
         }
-        Format::BzImage => {
-            if spec.protocol == Some(BootProtocol::Pvh) {
-                return Err(Error::NoPvhNote(kpath));
+        image::load_segments(mem, &mut files.kernel, &img.segments).map_err(kerr)?;
+        (img.entry, img.end(), None)
+    } else if files.head.is_bzimage() {
+        if spec.protocol == Some(BootProtocol::Pvh) {
+            return Err(Error::NoPvhNote(kpath));
+        }
+        let kf = &mut files.kernel;
+        let r = BzImage::load(mem, None, kf, Some(GuestAddress(HIMEM)))
+            .map_err(|e| kerr(format!("bzImage load failed: {e}")))?;
+        let hdr = r
+            .setup_header
+            .ok_or_else(|| kerr("bzImage without a setup header".into()))?;
+        linux::check_bzimage(&hdr).map_err(kerr)?;
+        // The 64-bit entry point is 0x200 past the protected-mode code,
+        // and the kernel decompresses in place within init_size.
+        let entry = Entry::Linux64 {
+            rip: r.kernel_load.0 + 0x200,
+        };
+        let end = r.kernel_load.0 + u64::from(hdr.init_size).max(r.kernel_end - r.kernel_load.0);
+        (entry, end, Some(hdr))
+    } else {
+        let kf = &mut files.kernel;
+        let r = Elf::load(mem, None, kf, Some(GuestAddress(HIMEM)))
+            .map_err(|e| kerr(format!("ELF load failed: {e}")))?;
+        let multiboot = files.multiboot.is_some() && spec.protocol.is_none();
+        let entry = match (r.pvh_boot_cap, spec.protocol) {
+            (PvhBootCapability::PvhEntryPresent(a), None | Some(BootProtocol::Pvh)) => {
+                Entry::Pvh { rip: a.0 }
             }
-            let r = BzImage::load(mem, None, kf, Some(GuestAddress(HIMEM)))
-                .map_err(|e| kerr(format!("bzImage load failed: {e}")))?;
-            let hdr = r
-                .setup_header
-                .ok_or_else(|| kerr("bzImage without a setup header".into()))?;
-            linux::check_bzimage(&hdr).map_err(kerr)?;
-            // The 64-bit entry point is 0x200 past the protected-mode code,
-            // and the kernel decompresses in place within init_size.
-            let entry = Entry::Linux64 {
-                rip: r.kernel_load.0 + 0x200,
-            };
-            let end =
-                r.kernel_load.0 + u64::from(hdr.init_size).max(r.kernel_end - r.kernel_load.0);
-            (entry, end, Some(hdr))
-        }
+            (_, Some(BootProtocol::Pvh)) => return Err(Error::NoPvhNote(kpath)),
+            _ if multiboot => {
+                return Err(kerr(
+                    "64-bit ELF multiboot kernel without the address fields (flag 16): \
+                     Multiboot enters 32-bit code (QEMU refuses it too); link it as a 32-bit \
+                     ELF"
+                    .into(),
+                ));
+            }
+            _ => Entry::Linux64 {
+                rip: r.kernel_load.0,
+            },
+        };
+        (entry, r.kernel_end, None)
     };
-    if kernel_end > layout::low_ram_end(ram_size) {
+    if kernel_end > ram_end {
         return Err(kerr(format!(
             "ends at {kernel_end:#x}, beyond RAM below the MMIO hole"
         )));
     }
 
-    // Command line, NUL terminated.
+    // Command line, NUL terminated. Multiboot kernels get the kernel's
+    // path first, as from QEMU and GRUB.
+    let cmdline = match entry {
+        Entry::Multiboot { .. } => format!("{kpath} {}", spec.cmdline),
+        _ => spec.cmdline.to_string(),
+    };
     let max = hdr
         .as_ref()
         .map_or(layout::CMDLINE_MAX - 1, linux::cmdline_max);
-    if spec.cmdline.len() as u64 > max {
+    if cmdline.len() as u64 > max {
         return Err(Error::CmdlineTooLong {
-            len: spec.cmdline.len(),
+            len: cmdline.len(),
             max,
         });
     }
-    let mut cl = Vec::with_capacity(spec.cmdline.len() + 1);
-    cl.extend_from_slice(spec.cmdline.as_bytes());
+    let mut cl = Vec::with_capacity(cmdline.len() + 1);
+    cl.extend_from_slice(cmdline.as_bytes());
     cl.push(0);
     write(mem, CMDLINE, &cl)?;
 
-    let initrd = match (spec.initrd, files.initrd.as_mut()) {
-        (Some(p), Some(f)) => Some(load_initrd(mem, ram_size, p, f, kernel_end, hdr.as_ref())?),
-        _ => None,
-    };
+    let mut initrd = None;
+    let mut placed = Vec::new();
+    match (entry, files.modules.as_mut_slice()) {
+        (Entry::Multiboot { .. }, mods) => {
+            placed = load_modules(mem, ram_end, kernel_end, mods)?;
+        }
+        (_, []) => {}
+        (_, [m]) => {
+            initrd = Some(load_initrd(mem, ram_size, m, kernel_end, hdr.as_ref())?);
+        }
+        (_, mods) => {
+            return Err(Error::Modules(format!(
+                "{} files given, but only Multiboot kernels take a module list",
+                mods.len()
+            )));
+        }
+    }
 
     // Shared pieces: MP table and ACPI tables (CPUs, PCI root, power-off),
     // GDT, empty IDT.
@@ -223,24 +353,65 @@ pub fn load(
 
     let map = layout::memory_map(ram_size);
     match entry {
-        Entry::Pvh { .. } => pvh::write_start_info(mem, &map, spec.cmdline.len(), initrd)?,
+        Entry::Pvh { .. } => pvh::write_start_info(mem, &map, cmdline.len(), initrd)?,
         Entry::Linux64 { .. } => {
             write(mem, PML4, &cpu::page_tables())?;
-            linux::write_zero_page(mem, hdr, &map, spec.cmdline.len(), initrd)?;
+            linux::write_zero_page(mem, hdr, &map, cmdline.len(), initrd)?;
         }
+        Entry::Multiboot { .. } => multiboot::write_info(mem, ram_size, &map, &placed)?,
     }
     Ok(Loaded { entry, initrd })
+}
+
+/// Loads Multiboot modules one after another from the first page after the
+/// kernel, each page aligned (as QEMU places them).
+fn load_modules(
+    mem: &GuestMemoryMmap,
+    ram_end: u64,
+    kernel_end: u64,
+    mods: &mut [Module],
+) -> Result<Vec<multiboot::Placed>, Error> {
+    let mut at = kernel_end;
+    let mut placed = Vec::with_capacity(mods.len());
+    for m in mods {
+        let merr = |reason: String| Error::Initrd {
+            path: m.spec.path.display().to_string(),
+            reason,
+        };
+        let size = m.file.metadata().map_err(|e| merr(e.to_string()))?.len();
+        let start = at.next_multiple_of(4096);
+        let end = start
+            .checked_add(size)
+            .filter(|e| *e <= ram_end)
+            .ok_or_else(|| {
+                merr(format!(
+                    "{size} bytes do not fit between {start:#x} and the end of RAM below the \
+                     MMIO hole at {ram_end:#x}"
+                ))
+            })?;
+        if size > 0 {
+            mem.read_exact_volatile_from(GuestAddress(start), &mut m.file, size as usize)
+                .map_err(|e| merr(format!("reading into guest RAM: {e}")))?;
+        }
+        placed.push(multiboot::Placed {
+            start,
+            end,
+            string: m.spec.string.clone(),
+        });
+        at = end;
+    }
+    Ok(placed)
 }
 
 fn load_initrd(
     mem: &GuestMemoryMmap,
     ram_size: u64,
-    path: &Path,
-    f: &mut File,
+    m: &mut Module,
     kernel_end: u64,
     hdr: Option<&setup_header>,
 ) -> Result<(u64, u64), Error> {
-    let ipath = path.display().to_string();
+    let ipath = m.spec.path.display().to_string();
+    let f = &mut m.file;
     let ierr = |reason: String| Error::Initrd {
         path: ipath.clone(),
         reason,
