@@ -196,7 +196,7 @@ pub(crate) fn build_test_image(
     f.extend_from_slice(&(phnum as u16).to_le_bytes());
     f.extend_from_slice(&[0; 6]);
     let mut data = Vec::new();
-    let mut ph = |f: &mut Vec<u8>, kind: u32, off: usize, addr: u32, fsz: usize, msz: u32| {
+    let ph = |f: &mut Vec<u8>, kind: u32, off: usize, addr: u32, fsz: usize, msz: u32| {
         for v in [kind, off as u32, addr, addr, fsz as u32, msz, 7, 4] {
             f.extend_from_slice(&v.to_le_bytes());
         }
