@@ -8,6 +8,7 @@
 //! guests also scan for the RSDP; PVH and the Linux zero page get its
 //! address directly too.
 
+use super::Topology;
 use crate::layout::{
     ACPI_SLEEP_PORT, COM1_IRQ, COM1_PORT, I8042_PORT, IOAPIC_ADDR, LAPIC_ADDR, PCI_CONFIG_PORT,
     PCI_CONFIG_PORTS, PCI_IO_END, PCI_IO_START, PCI_MMIO32_END, PCI_MMIO32_START,
@@ -77,18 +78,18 @@ fn fadt(dsdt: u64) -> Vec<u8> {
     finish(t)
 }
 
-fn madt(cpus: u8) -> Vec<u8> {
+fn madt(topo: &Topology, cpus: u8) -> Vec<u8> {
     const PCAT_COMPAT: u32 = 1;
     let mut t = header(b"APIC", 5);
     t.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
     t.extend_from_slice(&PCAT_COMPAT.to_le_bytes());
-    for id in 0..cpus {
-        // Processor local APIC: UID, APIC ID, enabled.
-        t.extend_from_slice(&[0, 8, id, id]);
+    for (uid, id) in (0..cpus).zip(topo.apic_ids8(cpus)) {
+        // Processor local APIC: UID (the vCPU index), APIC ID, enabled.
+        t.extend_from_slice(&[0, 8, uid, id]);
         t.extend_from_slice(&1u32.to_le_bytes());
     }
     // IOAPIC: ID after the CPUs, address, GSI base 0.
-    t.extend_from_slice(&[1, 12, cpus, 0]);
+    t.extend_from_slice(&[1, 12, topo.ioapic_id(cpus), 0]);
     t.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
     t.extend_from_slice(&0u32.to_le_bytes());
     // Interrupt source override: ISA IRQ 0 (PIT) is GSI 2, as in the MP table.
@@ -252,16 +253,22 @@ fn dsdt(mmio64: (u64, u64)) -> Vec<u8> {
     finish(t)
 }
 
-/// All tables laid out from `base`; returns the bytes to write at `base`
-/// (the RSDP first, so `base` is the RSDP address).
+/// All tables laid out from `base` for `cpus` CPUs in one flat package;
+/// returns the bytes to write at `base` (the RSDP first, so `base` is the
+/// RSDP address).
 pub fn build(base: u64, cpus: u8, mmio64: (u64, u64)) -> Vec<u8> {
+    build_for(base, &Topology::flat(cpus), cpus, mmio64)
+}
+
+/// As [`build`], with the APIC IDs of `topo` (checked by the caller).
+pub fn build_for(base: u64, topo: &Topology, cpus: u8, mmio64: (u64, u64)) -> Vec<u8> {
     const RSDP_LEN: usize = 36;
     let align = |n: usize| n.next_multiple_of(16);
     let xsdt_at = base + align(RSDP_LEN) as u64;
     let xsdt_len = 36 + 2 * 8;
     let fadt_at = xsdt_at + align(xsdt_len) as u64;
     let madt_at = fadt_at + align(276) as u64;
-    let madt = madt(cpus);
+    let madt = madt(topo, cpus);
     let dsdt_at = madt_at + align(madt.len()) as u64;
     let dsdt = dsdt(mmio64);
     let fadt = fadt(dsdt_at);
@@ -346,6 +353,34 @@ mod tests {
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
         assert!(dsdt.windows(4).any(|w| w == b"COM1"));
+    }
+
+    #[test]
+    fn madt_uses_topology_apic_ids() {
+        let topo = Topology {
+            sockets: 1,
+            cores: 3,
+            threads: 2,
+        };
+        let all = build_for(BASE, &topo, 6, MMIO64);
+        let xsdt = table(&all, u64_at(&all, 24));
+        let madt = table(&all, u64_at(xsdt, 44));
+        assert_eq!(sum(madt), 0);
+        let ids: Vec<(u8, u8)> = (0..6)
+            .map(|i| (madt[46 + 8 * i], madt[47 + 8 * i]))
+            .collect();
+        assert_eq!(ids, vec![(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]);
+        let topo = Topology {
+            sockets: 2,
+            cores: 3,
+            threads: 1,
+        };
+        let all = build_for(BASE, &topo, 6, MMIO64);
+        let xsdt = table(&all, u64_at(&all, 24));
+        let madt = table(&all, u64_at(xsdt, 44));
+        let ids: Vec<u8> = (0..6).map(|i| madt[47 + 8 * i]).collect();
+        assert_eq!(ids, vec![0, 1, 2, 4, 5, 6]);
+        assert_eq!(&madt[44 + 48..44 + 52], &[1, 12, 7, 0], "IOAPIC ID 7");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod linux;
 pub mod mptable;
 mod multiboot;
 mod pvh;
+mod topology;
 
 use std::fs::File;
 use std::io::Read;
@@ -25,6 +26,7 @@ use crate::layout::{self, ACPI_TABLES, BOOT_GDT, BOOT_IDT, CMDLINE, HIMEM, MPTAB
 pub use cpu::Entry;
 use image::{Head, Segment};
 use multiboot::ModuleSpec;
+pub use topology::{Error as TopologyError, Topology};
 
 /// Errors loading the kernel or initrd, each naming the file and option.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub enum Error {
     CmdlineTooLong { len: usize, max: u64 },
     #[error("--initrd: {0}")]
     Modules(String),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
     #[error("writing boot data at {addr:#x}: {reason}")]
     Write { addr: u64, reason: String },
 }
@@ -228,13 +232,28 @@ fn own_image(
     }
 }
 
-/// Loads everything into `mem` (sized `ram_size`) and returns vCPU 0's entry.
+/// Loads everything into `mem` (sized `ram_size`) and returns vCPU 0's
+/// entry; the vCPUs form one flat package.
 pub fn load(
     mem: &GuestMemoryMmap,
     ram_size: u64,
     spec: &BootSpec<'_>,
     files: &mut BootFiles,
 ) -> Result<Loaded, Error> {
+    load_with(mem, ram_size, spec, &Topology::flat(spec.vcpus), files)
+}
+
+/// As [`load`], with the vCPUs' APIC IDs from `topo` in the MP table and
+/// the MADT (vCPU `i` must then be created with KVM vCPU ID
+/// `topo.apic_id(i)` and get CPUID from [`crate::cpuid::for_vcpu_in`]).
+pub fn load_with(
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+    spec: &BootSpec<'_>,
+    topo: &Topology,
+    files: &mut BootFiles,
+) -> Result<Loaded, Error> {
+    topo.check(spec.vcpus)?;
     let kpath = spec.kernel.display().to_string();
     let kerr = |reason: String| Error::Kernel {
         path: kpath.clone(),
@@ -336,10 +355,11 @@ pub fn load(
 
     // Shared pieces: MP table and ACPI tables (CPUs, PCI root, power-off),
     // GDT, empty IDT.
-    write(mem, MPTABLE, &mptable::build(MPTABLE, spec.vcpus))?;
+    write(mem, MPTABLE, &mptable::build_for(MPTABLE, topo, spec.vcpus))?;
     let mmio64 = layout::pci_mmio64_start(ram_size);
-    let tables = acpi::build(
+    let tables = acpi::build_for(
         ACPI_TABLES,
+        topo,
         spec.vcpus,
         (mmio64, mmio64 + layout::PCI_MMIO64_SIZE),
     );
