@@ -254,6 +254,8 @@ pub fn load_with(
     files: &mut BootFiles,
 ) -> Result<Loaded, Error> {
     topo.check(spec.vcpus)?;
+    // The VMM's writes below fault guest RAM in: keep them on small pages.
+    let _small_pages = crate::guest_ram::ThpPause::new();
     let kpath = spec.kernel.display().to_string();
     let kerr = |reason: String| Error::Kernel {
         path: kpath.clone(),
