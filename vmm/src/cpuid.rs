@@ -5,7 +5,7 @@
 //! IDs" meaning, as QEMU reports them: a field of 3 cores is 2 bits wide
 //! and counts as 4.
 
-use kvm_bindings::kvm_cpuid_entry2;
+use crate::hv::CpuidEntry;
 
 use crate::boot::Topology;
 
@@ -39,7 +39,7 @@ const LEVEL_CORE: u32 = 2;
 /// Rewrites `entries` (KVM's supported CPUID) for vCPU `apic_id` of
 /// `count` in one flat package; `tsc_deadline`: KVM has
 /// KVM_CAP_TSC_DEADLINE_TIMER.
-pub fn for_vcpu(entries: &mut [kvm_cpuid_entry2], apic_id: u8, count: u8, tsc_deadline: bool) {
+pub fn for_vcpu(entries: &mut [CpuidEntry], apic_id: u8, count: u8, tsc_deadline: bool) {
     for_vcpu_in(
         entries,
         u32::from(apic_id),
@@ -50,12 +50,7 @@ pub fn for_vcpu(entries: &mut [kvm_cpuid_entry2], apic_id: u8, count: u8, tsc_de
 
 /// Rewrites `entries` for the vCPU with `apic_id` (from
 /// [`Topology::apic_id`]) in `topo`.
-pub fn for_vcpu_in(
-    entries: &mut [kvm_cpuid_entry2],
-    apic_id: u32,
-    topo: &Topology,
-    tsc_deadline: bool,
-) {
+pub fn for_vcpu_in(entries: &mut [CpuidEntry], apic_id: u32, topo: &Topology, tsc_deadline: bool) {
     let id = apic_id;
     let thread_bits = topo.thread_bits();
     let shift = topo.package_shift();
@@ -153,8 +148,8 @@ pub fn for_vcpu_in(
 mod tests {
     use super::*;
 
-    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 {
+    fn entry(function: u32, index: u32) -> CpuidEntry {
+        CpuidEntry {
             function,
             index,
             eax: 0xffff_ffff,

@@ -47,6 +47,16 @@ pub enum Error {
     Write { addr: u64, reason: String },
 }
 
+impl Error {
+    /// 2 for a bad image or option, 1 when writing into guest RAM failed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Write { .. } => 1,
+            _ => 2,
+        }
+    }
+}
+
 /// One `--initrd` file, opened: the initrd, or a Multiboot module.
 #[derive(Debug)]
 pub struct Module {
