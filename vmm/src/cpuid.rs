@@ -1,9 +1,11 @@
 //! Guest CPUID: KVM's supported set with the topology rewritten so every
 //! vCPU sees its own APIC ID and the package layout of [`Topology`]
 //! (sockets x cores x threads; [`Topology::flat`] is one package of
-//! single-threaded cores). Counts follow the SDM's "maximum addressable
-//! IDs" meaning, as QEMU reports them: a field of 3 cores is 2 bits wide
-//! and counts as 4.
+//! single-threaded cores). Leaf 1 counts logical CPUs per package as
+//! QEMU 10 does; the cache leaves count addressable IDs (a field of 3
+//! cores is 2 bits wide and counts as 4). Leaves 0xB/0x1F are written
+//! whole (SMT, core, end) whenever KVM lists the leaf: on AMD hosts KVM
+//! lists only subleaf 0.
 
 use crate::hv::CpuidEntry;
 
@@ -39,7 +41,7 @@ const LEVEL_CORE: u32 = 2;
 /// Rewrites `entries` (KVM's supported CPUID) for vCPU `apic_id` of
 /// `count` in one flat package; `tsc_deadline`: KVM has
 /// KVM_CAP_TSC_DEADLINE_TIMER.
-pub fn for_vcpu(entries: &mut [CpuidEntry], apic_id: u8, count: u8, tsc_deadline: bool) {
+pub fn for_vcpu(entries: &mut Vec<CpuidEntry>, apic_id: u8, count: u8, tsc_deadline: bool) {
     for_vcpu_in(
         entries,
         u32::from(apic_id),
@@ -50,7 +52,12 @@ pub fn for_vcpu(entries: &mut [CpuidEntry], apic_id: u8, count: u8, tsc_deadline
 
 /// Rewrites `entries` for the vCPU with `apic_id` (from
 /// [`Topology::apic_id`]) in `topo`.
-pub fn for_vcpu_in(entries: &mut [CpuidEntry], apic_id: u32, topo: &Topology, tsc_deadline: bool) {
+pub fn for_vcpu_in(
+    entries: &mut Vec<CpuidEntry>,
+    apic_id: u32,
+    topo: &Topology,
+    tsc_deadline: bool,
+) {
     let id = apic_id;
     let thread_bits = topo.thread_bits();
     let shift = topo.package_shift();
@@ -64,9 +71,10 @@ pub fn for_vcpu_in(entries: &mut [CpuidEntry], apic_id: u32, topo: &Topology, ts
     for e in entries.iter_mut() {
         match e.function {
             LEAF_FEATURES => {
-                // EBX[31:24] initial APIC ID, EBX[23:16] addressable IDs
-                // for logical CPUs in the package.
-                e.ebx = (e.ebx & 0xffff) | ((id & 0xff) << 24) | (ids_package.min(255) << 16);
+                // EBX[31:24] initial APIC ID, EBX[23:16] logical CPUs in
+                // the package (QEMU 10 reports the count, not the
+                // addressable IDs).
+                e.ebx = (e.ebx & 0xffff) | ((id & 0xff) << 24) | (per_package.min(255) << 16);
                 e.ecx |= ECX_HYPERVISOR;
                 if tsc_deadline {
                     e.ecx |= ECX_TSC_DEADLINE;
@@ -77,7 +85,8 @@ pub fn for_vcpu_in(entries: &mut [CpuidEntry], apic_id: u32, topo: &Topology, ts
                     e.edx &= !EDX_HTT;
                 }
             }
-            LEAF_CACHE | LEAF_AMD_CACHE => {
+            // Cache type 0: no more caches.
+            LEAF_CACHE | LEAF_AMD_CACHE if e.eax & 0x1f != 0 => {
                 // EAX[25:14] addressable IDs sharing this cache - 1 (L1, L2
                 // per core, L3 per package); leaf 4's EAX[31:26]
                 // addressable core IDs in the package - 1.
@@ -96,26 +105,6 @@ pub fn for_vcpu_in(entries: &mut [CpuidEntry], apic_id: u32, topo: &Topology, ts
                 e.ebx = 0;
                 e.ecx = 0;
                 e.edx = 0;
-            }
-            LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
-                e.edx = id;
-                match e.index {
-                    0 => {
-                        e.eax = thread_bits;
-                        e.ebx = u32::from(topo.threads);
-                        e.ecx = (LEVEL_SMT << 8) | e.index;
-                    }
-                    1 => {
-                        e.eax = shift;
-                        e.ebx = per_package;
-                        e.ecx = (LEVEL_CORE << 8) | e.index;
-                    }
-                    _ => {
-                        e.eax = 0;
-                        e.ebx = 0;
-                        e.ecx = e.index;
-                    }
-                }
             }
             LEAF_EXT_FEATURES => {
                 if multi {
@@ -142,6 +131,29 @@ pub fn for_vcpu_in(entries: &mut [CpuidEntry], apic_id: u32, topo: &Topology, ts
             _ => {}
         }
     }
+    for leaf in [LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2] {
+        let Some(flags) = entries.iter().find(|e| e.function == leaf).map(|e| e.flags) else {
+            continue;
+        };
+        entries.retain(|e| e.function != leaf);
+        // Subleaf 0: threads of a core; 1: logical CPUs of the package;
+        // 2: the end of the list. EAX: shift to the next level's ID.
+        for (index, eax, ebx, level) in [
+            (0, thread_bits, u32::from(topo.threads), LEVEL_SMT),
+            (1, shift, per_package, LEVEL_CORE),
+            (2, 0, 0, 0),
+        ] {
+            entries.push(CpuidEntry {
+                function: leaf,
+                index,
+                flags,
+                eax,
+                ebx,
+                ecx: (level << 8) | index,
+                edx: id,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -160,37 +172,51 @@ mod tests {
         }
     }
 
+    /// The entry for (function, index); panics if there is none.
+    fn get(e: &[CpuidEntry], function: u32, index: u32) -> CpuidEntry {
+        *e.iter()
+            .find(|x| x.function == function && x.index == index)
+            .unwrap_or_else(|| panic!("no leaf {function:#x}.{index}"))
+    }
+
     #[test]
     fn apic_ids_and_counts_per_vcpu() {
-        let mut e = vec![
-            entry(1, 0),
-            entry(0xb, 0),
-            entry(0xb, 1),
-            entry(0xb, 2),
-            entry(4, 0),
-            entry(0xa, 0),
-        ];
-        e[4].eax = 3 << 5 | 0x3; // an L3 descriptor
+        let mut l3 = entry(4, 0);
+        l3.eax = 3 << 5 | 0x3; // an L3 descriptor
+        let null_cache = CpuidEntry {
+            eax: 0,
+            ..entry(4, 1)
+        };
+        // KVM on AMD lists leaf 0xB with subleaf 0 only.
+        let mut e = vec![entry(1, 0), entry(0xb, 0), l3, null_cache, entry(0xa, 0)];
+        e[1].flags = 1;
         for_vcpu(&mut e, 2, 3, true);
-        assert_ne!(e[0].ecx & ECX_TSC_DEADLINE, 0);
-        assert_eq!(e[0].ebx >> 24, 2);
+        let l1 = get(&e, 1, 0);
+        assert_ne!(l1.ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(l1.ebx >> 24, 2);
+        assert_eq!((l1.ebx >> 16) & 0xff, 3, "logical CPUs, as QEMU 10");
+        assert_eq!(l1.ebx & 0xffff, 0x0800, "CLFLUSH size kept");
+        assert_ne!(l1.edx & EDX_HTT, 0);
+        assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+        let b0 = get(&e, 0xb, 0);
         assert_eq!(
-            (e[0].ebx >> 16) & 0xff,
-            4,
-            "addressable IDs: 3 cores use 2 bits"
+            (b0.eax, b0.ebx, b0.ecx, b0.edx, b0.flags),
+            (0, 1, LEVEL_SMT << 8, 2, 1)
         );
-        assert_eq!(e[0].ebx & 0xffff, 0x0800, "CLFLUSH size kept");
-        assert_ne!(e[0].edx & EDX_HTT, 0);
-        assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
-        assert_eq!((e[1].ebx, e[1].ecx >> 8, e[1].edx), (1, LEVEL_SMT, 2));
+        let b1 = get(&e, 0xb, 1);
         assert_eq!(
-            (e[2].eax, e[2].ebx, e[2].ecx >> 8, e[2].edx),
-            (2, 3, LEVEL_CORE, 2)
+            (b1.eax, b1.ebx, b1.ecx, b1.edx, b1.flags),
+            (2, 3, (LEVEL_CORE << 8) | 1, 2, 1),
+            "subleaf 1 added"
         );
-        assert_eq!((e[3].ebx, e[3].ecx), (0, 2), "level 2 is invalid");
-        assert_eq!(e[4].eax >> 26, 3);
-        assert_eq!((e[4].eax >> 14) & 0xfff, 3);
-        assert_eq!(e[5].eax, 0);
+        let b2 = get(&e, 0xb, 2);
+        assert_eq!((b2.ebx, b2.ecx), (0, 2), "level 2 is invalid");
+        assert_eq!(e.iter().filter(|x| x.function == 0xb).count(), 3);
+        assert!(!e.iter().any(|x| x.function == 0x1f), "0x1f only if listed");
+        let c = get(&e, 4, 0);
+        assert_eq!((c.eax >> 26, (c.eax >> 14) & 0xfff), (3, 3));
+        assert_eq!(get(&e, 4, 1).eax, 0, "null cache descriptor left alone");
+        assert_eq!(get(&e, 0xa, 0).eax, 0);
         let mut amd = vec![
             entry(0x8000_0001, 0),
             entry(0x8000_001e, 0),
@@ -227,7 +253,7 @@ mod tests {
             entry(1, 0),
             entry(0xb, 0),
             entry(0xb, 1),
-            entry(0x1f, 1),
+            entry(0x1f, 0),
             l1,
             l3,
             entry(0x8000_0001, 0),
@@ -235,27 +261,35 @@ mod tests {
             entry(0x8000_001e, 0),
         ];
         for_vcpu_in(&mut e, id, &topo, false);
-        assert_eq!(e[0].ebx >> 24, 9);
-        assert_eq!((e[0].ebx >> 16) & 0xff, 8, "1 thread bit + 2 core bits");
-        assert_ne!(e[0].edx & EDX_HTT, 0);
-        assert_eq!(
-            (e[1].eax, e[1].ebx, e[1].ecx, e[1].edx),
-            (1, 2, (LEVEL_SMT << 8), 9)
-        );
-        assert_eq!(
-            (e[2].eax, e[2].ebx, e[2].ecx, e[2].edx),
-            (3, 6, (LEVEL_CORE << 8) | 1, 9)
-        );
-        assert_eq!((e[3].eax, e[3].ebx), (3, 6), "leaf 0x1f as 0xb");
+        let f = get(&e, 1, 0);
+        assert_eq!(f.ebx >> 24, 9);
+        assert_eq!((f.ebx >> 16) & 0xff, 6, "2 threads x 3 cores");
+        assert_ne!(f.edx & EDX_HTT, 0);
+        for leaf in [0xb, 0x1f] {
+            let b0 = get(&e, leaf, 0);
+            assert_eq!(
+                (b0.eax, b0.ebx, b0.ecx, b0.edx),
+                (1, 2, (LEVEL_SMT << 8), 9)
+            );
+            let b1 = get(&e, leaf, 1);
+            assert_eq!(
+                (b1.eax, b1.ebx, b1.ecx, b1.edx),
+                (3, 6, (LEVEL_CORE << 8) | 1, 9)
+            );
+        }
         // L1 shared by the core's 2 threads, L3 by the package's 8 IDs;
         // 4 addressable cores.
-        assert_eq!(((e[4].eax >> 14) & 0xfff, e[4].eax >> 26), (1, 3));
-        assert_eq!(((e[5].eax >> 14) & 0xfff, e[5].eax >> 26), (7, 3));
-        assert_eq!(e[5].eax & 0x3fff, (3 << 5) | 3, "cache level kept");
-        assert_ne!(e[6].ecx & ECX_CMP_LEGACY, 0);
-        assert_eq!((e[7].ecx & 0xff, (e[7].ecx >> 12) & 0xf), (5, 3));
+        let c1 = get(&e, 4, 0);
+        let c3 = get(&e, 4, 3);
+        assert_eq!(((c1.eax >> 14) & 0xfff, c1.eax >> 26), (1, 3));
+        assert_eq!(((c3.eax >> 14) & 0xfff, c3.eax >> 26), (7, 3));
+        assert_eq!(c3.eax & 0x3fff, (3 << 5) | 3, "cache level kept");
+        assert_ne!(get(&e, 0x8000_0001, 0).ecx & ECX_CMP_LEGACY, 0);
+        let sizes = get(&e, 0x8000_0008, 0).ecx;
+        assert_eq!((sizes & 0xff, (sizes >> 12) & 0xf), (5, 3));
         // AMD: core ID 4 (APIC ID >> 1), 2 threads per core, node 1.
-        assert_eq!((e[8].eax, e[8].ebx, e[8].ecx), (9, 0x104, 1));
+        let t = get(&e, 0x8000_001e, 0);
+        assert_eq!((t.eax, t.ebx, t.ecx), (9, 0x104, 1));
         // One socket of one core: no HTT, no CmpLegacy.
         let mut one = vec![entry(1, 0), entry(0x8000_0001, 0)];
         one[0].edx = EDX_HTT;
