@@ -568,6 +568,130 @@ mod tests {
         let _ = std::fs::remove_file(&kpath2);
     }
 
+    fn spec<'a>(kernel: &'a Path, initrd: Option<&'a Path>, cmdline: &'a str) -> BootSpec<'a> {
+        BootSpec {
+            kernel,
+            initrd,
+            cmdline,
+            protocol: None,
+            vcpus: 1,
+        }
+    }
+
+    #[test]
+    fn elf32_pvh_kernel_segments_and_entry() {
+        let ram = 32 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        // Dirty the bss range first: the loader must zero it.
+        mem.write_slice(&[0xee; 16], GuestAddress(0x20_0100))
+            .unwrap();
+        let img = elf32::build_test_image(
+            &[
+                (&[0xf4; 16], 0x10_0000, 16),
+                (&[1, 2, 3, 4], 0x20_0000, 0x1000),
+            ],
+            0x10_0000,
+            Some(0x10_0004),
+        );
+        let kpath = temp_file("elf32", &img);
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let r = load(&mem, ram, &spec(&kpath, None, "x"), &mut files);
+        let _ = std::fs::remove_file(&kpath);
+        assert_eq!(r.unwrap().entry, Entry::Pvh { rip: 0x10_0004 });
+        let mut b = [0u8; 8];
+        mem.read_slice(&mut b, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(b, [1, 2, 3, 4, 0, 0, 0, 0]);
+        mem.read_slice(&mut b, GuestAddress(0x20_0100)).unwrap();
+        assert_eq!(b, [0; 8], "bss zeroed");
+    }
+
+    #[test]
+    fn multiboot_kernel_modules_and_info() {
+        let ram = 32 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        // Multiboot header with the address fields at offset 0: the file
+        // loads at 1 MiB, entry right after the 32-byte header.
+        let flags = multiboot::FLAG_AOUT_KLUDGE | 3;
+        let mut img = Vec::new();
+        for v in [
+            multiboot::HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(multiboot::HEADER_MAGIC)
+                .wrapping_sub(flags),
+            0x10_0000,
+            0x10_0000,
+            0,
+            0x10_3000,
+            0x10_0020,
+        ] {
+            img.extend_from_slice(&v.to_le_bytes());
+        }
+        img.extend_from_slice(&[0xf4; 100]);
+        let kpath = temp_file("mb", &img);
+        let m1 = temp_file("mod1", b"first");
+        let m2 = temp_file("mod2", &[7; 5000]);
+        let list = format!("{} a=1,{}", m1.display(), m2.display());
+        let ipath = Path::new(&list);
+        let mut files = BootFiles::open(&kpath, Some(ipath)).unwrap();
+        let r = load(&mem, ram, &spec(&kpath, Some(ipath), "hi"), &mut files);
+        for p in [&kpath, &m1, &m2] {
+            let _ = std::fs::remove_file(p);
+        }
+        assert_eq!(r.unwrap().entry, Entry::Multiboot { rip: 0x10_0020 });
+        let rd = |a: u64| mem.read_obj::<u32>(GuestAddress(a)).unwrap();
+        let info = layout::MULTIBOOT_INFO;
+        assert_eq!(rd(info + 20), 2, "mods_count");
+        let mods = u64::from(rd(info + 24));
+        // The kernel ends at bss_end 0x103000: modules from there, page
+        // aligned.
+        assert_eq!((rd(mods), rd(mods + 4)), (0x10_3000, 0x10_3005));
+        assert_eq!(
+            (rd(mods + 16), rd(mods + 20)),
+            (0x10_4000, 0x10_4000 + 5000)
+        );
+        let mut s = vec![0u8; list.find(',').unwrap()];
+        mem.read_slice(&mut s, GuestAddress(u64::from(rd(mods + 8))))
+            .unwrap();
+        assert_eq!(s, format!("{} a=1", m1.display()).as_bytes());
+        let mut cl = vec![0u8; kpath.display().to_string().len() + 3];
+        mem.read_slice(&mut cl, GuestAddress(u64::from(rd(info + 16))))
+            .unwrap();
+        assert_eq!(cl, format!("{} hi", kpath.display()).as_bytes());
+        // A module list is only for Multiboot kernels.
+        let img = elf32::build_test_image(&[(&[0xf4; 16], 0x10_0000, 16)], 0x10_0000, None);
+        let kpath = temp_file("elf32-none", &img);
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let r = load(&mem, ram, &spec(&kpath, None, ""), &mut files);
+        let _ = std::fs::remove_file(&kpath);
+        match r {
+            Err(Error::Kernel { reason, .. }) => assert!(reason.contains("PVH note"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn topology_that_cannot_hold_the_vcpus_is_refused() {
+        let ram = 32 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        let img =
+            elf32::build_test_image(&[(&[0xf4; 16], 0x10_0000, 16)], 0x10_0000, Some(0x10_0000));
+        let kpath = temp_file("elf32-topo", &img);
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let mut sp = spec(&kpath, None, "");
+        sp.vcpus = 5;
+        let topo = Topology {
+            sockets: 2,
+            cores: 2,
+            threads: 1,
+        };
+        let r = load_with(&mem, ram, &sp, &topo, &mut files);
+        let _ = std::fs::remove_file(&kpath);
+        assert!(matches!(
+            r,
+            Err(Error::Topology(TopologyError::TooSmall { .. }))
+        ));
+    }
+
     #[test]
     fn bzimage_without_64bit_entry_is_refused() {
         let mut img = fake_bzimage(&[0x90; 16]);
