@@ -669,6 +669,69 @@ mod tests {
         }
     }
 
+    /// Mutated 32-bit ELF and Multiboot headers: every image either loads
+    /// or fails with an error; none panics or writes outside RAM.
+    #[test]
+    fn mutated_images_fail_cleanly() {
+        let ram = 8 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        let elf = elf32::build_test_image(
+            &[(&[0xf4; 64], 0x10_0000, 0x2000), (&[1; 64], 0x20_0000, 64)],
+            0x10_0000,
+            Some(0x10_0000),
+        );
+        let flags = multiboot::FLAG_AOUT_KLUDGE | 3;
+        let mut mb = Vec::new();
+        for v in [
+            multiboot::HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(multiboot::HEADER_MAGIC)
+                .wrapping_sub(flags),
+            0x10_0000,
+            0x10_0000,
+            0x10_0080,
+            0x10_1000,
+            0x10_0020,
+        ] {
+            mb.extend_from_slice(&v.to_le_bytes());
+        }
+        mb.resize(0x100, 0xf4);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let kpath = temp_file("fuzz", &[]);
+        let (mut ok, mut failed) = (0, 0);
+        for round in 0..400 {
+            let mut img = if round % 2 == 0 {
+                elf.clone()
+            } else {
+                mb.clone()
+            };
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % 136) as usize % img.len();
+                img[at] = next() as u8;
+            }
+            if next() % 8 == 0 {
+                img.truncate((next() as usize) % img.len());
+            }
+            std::fs::write(&kpath, &img).unwrap();
+            let mut files = BootFiles::open(&kpath, None).unwrap();
+            match load(&mem, ram, &spec(&kpath, None, ""), &mut files) {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    assert!(!e.to_string().contains('\n'), "{e}");
+                    failed += 1;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&kpath);
+        assert!(ok > 0 && failed > 0, "{ok} loaded, {failed} refused");
+    }
+
     #[test]
     fn topology_that_cannot_hold_the_vcpus_is_refused() {
         let ram = 32 * MIB;
