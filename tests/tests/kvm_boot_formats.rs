@@ -11,7 +11,7 @@ mod guest32;
 
 use std::path::Path;
 
-use guest32::{Item, Report, elf32, qemu, report_program, shmvm};
+use guest32::{ESI, Item, Report, elf32, qemu, report_program, report_program_from, shmvm};
 use shmvm_tests::vm::{TempDir, require_kvm};
 
 const PVH_MAGIC: u32 = 0x336e_c578;
@@ -384,4 +384,41 @@ fn kvm_multiboot_video_flag_boots_with_a_warning() {
     assert_eq!(ours.hex("eax"), MB_EAX_MAGIC);
     let theirs = qemu(&k, &[]);
     theirs.assert_exit_33("qemu");
+}
+
+/// A bzImage without the 64-bit entry (an i386 kernel's), its protected-mode
+/// part the report program: shmvm enters it by Linux's 32-bit boot protocol
+/// (ESI = boot_params). QEMU enters bzImages through their real-mode setup
+/// code, which this image does not have, so only shmvm runs it.
+#[test]
+fn kvm_bzimage_32bit_protocol_entry() {
+    require_kvm();
+    const ITEMS: &[Item] = &[
+        Item::Dword("e820_entries", &[0x1e8]),
+        Item::Dword("type_of_loader", &[0x210]),
+        Item::Str("cmdline", &[0x228]),
+    ];
+    let mut f = vec![0u8; 5 * 512];
+    let put16 =
+        |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 =
+        |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    f[0x1f1] = 4; // setup_sects
+    put16(&mut f, 0x1fe, 0xaa55);
+    f[0x202..0x206].copy_from_slice(b"HdrS");
+    put16(&mut f, 0x206, 0x020f);
+    f[0x211] = 0x01; // loadflags: LOADED_HIGH
+    put32(&mut f, 0x214, 0x10_0000); // code32_start
+    put32(&mut f, 0x22c, 0x7fff_ffff); // initrd_addr_max
+    put32(&mut f, 0x238, 255); // cmdline_size
+    put32(&mut f, 0x260, 0x10_0000); // init_size
+    f.extend(report_program_from(0x10_0000, ITEMS, ESI));
+    let dir = TempDir::new("bz32");
+    let k = dir.0.join("bz32");
+    std::fs::write(&k, f).expect("write");
+    let ours = shmvm(&k, &["-append", "console=ttyS0 ro"]);
+    ours.assert_exit_33("shmvm");
+    assert_eq!(ours.hex("e820_entries") & 0xff, 3, "{ours:#?}");
+    assert_eq!(ours.hex("type_of_loader") & 0xff, 0xff);
+    assert_eq!(ours.get("cmdline"), "console=ttyS0 ro");
 }

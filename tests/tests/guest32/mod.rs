@@ -23,10 +23,10 @@ pub const STACK_TOP: u32 = 0x8_0000;
 const EAX: u8 = 0;
 const ECX: u8 = 1;
 const EDX: u8 = 2;
-const EBX: u8 = 3;
+pub const EBX: u8 = 3;
 const ESP: u8 = 4;
 const EBP: u8 = 5;
-const ESI: u8 = 6;
+pub const ESI: u8 = 6;
 const EDI: u8 = 7;
 
 #[derive(Debug)]
@@ -71,10 +71,15 @@ impl Asm {
     fn mov_addr(&mut self, r: u8, label: &str) -> &mut Self {
         self.b(&[0xb8 + r]).fix(label, Fixup::Abs32)
     }
-    /// `mov r, [base + disp8]` (base is not ESP).
-    fn load(&mut self, r: u8, base: u8, disp: u8) -> &mut Self {
-        assert!(base != ESP && disp < 0x80);
-        self.b(&[0x8b, 0x40 | (r << 3) | base, disp])
+    /// `mov r, [base + disp]` (base is not ESP).
+    fn load(&mut self, r: u8, base: u8, disp: u16) -> &mut Self {
+        assert!(base != ESP);
+        match u8::try_from(disp) {
+            Ok(d) if d < 0x80 => self.b(&[0x8b, 0x40 | (r << 3) | base, d]),
+            _ => self
+                .b(&[0x8b, 0x80 | (r << 3) | base])
+                .b(&u32::from(disp).to_le_bytes()),
+        }
     }
     /// `mov eax, [abs32]`
     fn load_abs(&mut self, addr: u32) -> &mut Self {
@@ -119,11 +124,12 @@ impl Asm {
 pub enum Item {
     /// EAX at entry, in hex.
     EntryEax(&'static str),
-    /// The dword reached from EBX at entry by following `path`: `[ebx+p0]`,
-    /// then `[that+p1]`, ...
-    Dword(&'static str, &'static [u8]),
+    /// The dword reached from the entry pointer register (EBX unless
+    /// [`report_program_from`] says otherwise) by following `path`:
+    /// `[ebx+p0]`, then `[that+p1]`, ...
+    Dword(&'static str, &'static [u16]),
     /// The NUL-terminated string whose address `path` reaches.
-    Str(&'static str, &'static [u8]),
+    Str(&'static str, &'static [u16]),
     /// The dword at a fixed guest address.
     At(&'static str, u32),
     /// CPUID leaf, subleaf: register 0-3 (EAX, EBX, ECX, EDX).
@@ -132,12 +138,20 @@ pub enum Item {
 
 /// 32-bit code loaded at `base` that prints `items` and exits with 0x10.
 pub fn report_program(base: u32, items: &[Item]) -> Vec<u8> {
+    report_program_from(base, items, EBX)
+}
+
+/// As [`report_program`], the paths starting from register `pointer` (ESI
+/// for Linux's boot_params).
+pub fn report_program_from(base: u32, items: &[Item], pointer: u8) -> Vec<u8> {
     let mut a = Asm::new(base);
-    a.mov_rr(EDI, EAX).mov_rr(EBP, EBX).mov_imm(ESP, STACK_TOP);
+    a.mov_rr(EDI, EAX)
+        .mov_rr(EBP, pointer)
+        .mov_imm(ESP, STACK_TOP);
     // A newline first: SeaBIOS leaves "Booting from ROM.." unterminated.
     a.b(&[0xb0, b'\n']).call("putc");
     for (i, item) in items.iter().enumerate() {
-        let (key, path): (&str, &[u8]) = match item {
+        let (key, path): (&str, &[u16]) = match item {
             Item::EntryEax(k) | Item::At(k, _) | Item::Cpuid(k, ..) => (k, &[]),
             Item::Dword(k, p) | Item::Str(k, p) => (k, p),
         };

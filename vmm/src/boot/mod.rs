@@ -169,7 +169,10 @@ impl OwnImage {
     /// image is refused instead of running through zeroed RAM.
     fn new(segments: Vec<Segment>, entry: Entry) -> Result<OwnImage, String> {
         let rip = match entry {
-            Entry::Pvh { rip } | Entry::Multiboot { rip } | Entry::Linux64 { rip } => rip,
+            Entry::Pvh { rip }
+            | Entry::Multiboot { rip }
+            | Entry::Linux64 { rip }
+            | Entry::Linux32 { rip } => rip,
         };
         if !segments
             .iter()
@@ -289,12 +292,9 @@ pub fn load_with(
         let hdr = r
             .setup_header
             .ok_or_else(|| kerr("bzImage without a setup header".into()))?;
-        linux::check_bzimage(&hdr).map_err(kerr)?;
-        // The 64-bit entry point is 0x200 past the protected-mode code,
-        // and the kernel decompresses in place within init_size.
-        let entry = Entry::Linux64 {
-            rip: r.kernel_load.0 + 0x200,
-        };
+        let want64 = spec.protocol == Some(BootProtocol::Linux64);
+        let entry = linux::bzimage_entry(&hdr, r.kernel_load.0, want64).map_err(kerr)?;
+        // The kernel decompresses in place within init_size.
         let end = r.kernel_load.0 + u64::from(hdr.init_size).max(r.kernel_end - r.kernel_load.0);
         (entry, end, Some(hdr))
     } else {
@@ -390,6 +390,7 @@ pub fn load_with(
             write(mem, PML4, &cpu::page_tables())?;
             linux::write_zero_page(mem, hdr, &map, cmdline.len(), initrd)?;
         }
+        Entry::Linux32 { .. } => linux::write_zero_page(mem, hdr, &map, cmdline.len(), initrd)?,
         Entry::Multiboot { .. } => multiboot::write_info(mem, ram_size, &map, &placed)?,
     }
     Ok(Loaded { entry, initrd })
@@ -756,23 +757,39 @@ mod tests {
     }
 
     #[test]
-    fn bzimage_without_64bit_entry_is_refused() {
+    fn bzimage_without_64bit_entry_gets_the_32bit_protocol() {
         let mut img = fake_bzimage(&[0x90; 16]);
         img[0x236] = 0;
         let kpath = temp_file("bz32", &img);
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
-        let spec = BootSpec {
-            kernel: &kpath,
-            initrd: None,
-            cmdline: "",
-            protocol: None,
-            vcpus: 1,
-        };
+        let ram = 32 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
         let mut files = BootFiles::open(&kpath, None).unwrap();
-        let r = load(&mem, 32 << 20, &spec, &mut files);
-        let _ = std::fs::remove_file(&kpath);
+        let r = load(&mem, ram, &spec(&kpath, None, "ro"), &mut files);
+        assert_eq!(r.unwrap().entry, Entry::Linux32 { rip: 0x10_0000 });
+        let p: boot_params = mem
+            .read_obj(GuestAddress(crate::layout::ZERO_PAGE))
+            .unwrap();
+        assert_eq!(
+            ({ p.hdr.cmd_line_ptr }, p.e820_entries),
+            (CMDLINE as u32, 3)
+        );
+        // --boot linux64 insists on the 64-bit entry.
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let mut sp = spec(&kpath, None, "");
+        sp.protocol = Some(BootProtocol::Linux64);
+        let r = load(&mem, ram, &sp, &mut files);
         match r {
             Err(Error::Kernel { reason, .. }) => assert!(reason.contains("64-bit"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Protocol 2.01 has no cmd_line_ptr: refused.
+        img[0x206..0x208].copy_from_slice(&0x0201u16.to_le_bytes());
+        std::fs::write(&kpath, &img).unwrap();
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let r = load(&mem, ram, &spec(&kpath, None, ""), &mut files);
+        let _ = std::fs::remove_file(&kpath);
+        match r {
+            Err(Error::Kernel { reason, .. }) => assert!(reason.contains("2.02+"), "{reason}"),
             other => panic!("{other:?}"),
         }
     }
