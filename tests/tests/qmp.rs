@@ -125,7 +125,10 @@ impl RawQmp {
         let reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
         let mut q = RawQmp { stream, reader };
         assert!(q.line().contains("\"QMP\""));
-        assert!(q.ask(r#"{"execute":"qmp_capabilities"}"#).contains("\"return\""));
+        assert!(
+            q.ask(r#"{"execute":"qmp_capabilities"}"#)
+                .contains("\"return\"")
+        );
         q
     }
 
@@ -177,6 +180,11 @@ fn kvm_powerdown_sets_the_ged_event() {
     let r = q.ask(r#"{"execute":"system_powerdown","id":1}"#);
     assert!(r.contains("\"return\""), "{r}");
     let r = vm::wait(child, Duration::from_secs(10));
-    assert_eq!(r.code, Some(3), "the guest did not see the event: {}", r.stderr);
+    assert_eq!(
+        r.code,
+        Some(3),
+        "the guest did not see the event: {}",
+        r.stderr
+    );
     assert!(!sock.exists(), "socket left behind");
 }

@@ -25,112 +25,55 @@
 //! the button driver turns the notify into KEY_POWER, which the guest's
 //! userspace (systemd-logind, busybox acpid) turns into a poweroff.
 
+use acpi_tables::Aml;
+use acpi_tables::aml::{self, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule};
+use acpi_tables::sdt::Sdt;
+
 use crate::layout::{GED_ADDR, GED_IRQ};
 
-/// AML PkgLength for `content` bytes following it (the encoding counts
-/// its own bytes).
-fn pkg_length(content: usize) -> Vec<u8> {
-    if content + 1 < 0x40 {
-        return vec![(content + 1) as u8];
-    }
-    let mut n = 2;
-    while content + n >= 1 << (4 + 8 * (n - 1)) {
-        n += 1;
-    }
-    let total = content + n;
-    let mut v = vec![(((n - 1) << 6) | (total & 0xf)) as u8];
-    for i in 0..n - 1 {
-        v.push((total >> (4 + 8 * i)) as u8);
-    }
-    v
-}
+/// The common table header's length.
+const HEADER_LEN: u32 = 36;
 
-/// `op PkgLength body`.
-fn pkg(op: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut v = op.to_vec();
-    v.extend(pkg_length(body.len()));
-    v.extend_from_slice(body);
-    v
-}
-
-fn name(seg: &[u8; 4], object: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x08];
-    v.extend_from_slice(seg);
-    v.extend_from_slice(object);
-    v
-}
-
-fn device(seg: &[u8; 4], body: &[u8]) -> Vec<u8> {
-    let mut b = seg.to_vec();
-    b.extend_from_slice(body);
-    pkg(&[0x5b, 0x82], &b)
-}
-
-/// `\_SB_.PWRB`
-const PWRB_PATH: &[u8] = b"\\\x2e_SB_PWRB";
-
-fn ged() -> Vec<u8> {
-    let mut body = name(b"_HID", b"\x0dACPI0013\0");
-    body.extend(name(b"_UID", &[0x00]));
-    // Extended Interrupt: consumer, edge, active high, exclusive; one IRQ.
-    let mut res = vec![0x89, 0x06, 0x00, 0x03, 0x01];
-    res.extend_from_slice(&GED_IRQ.to_le_bytes());
-    res.extend_from_slice(&[0x79, 0x00]);
-    let mut buf = vec![0x0a, res.len() as u8];
-    buf.extend(res);
-    body.extend(name(b"_CRS", &pkg(&[0x11], &buf)));
-    // OperationRegion (GDST, SystemMemory, GED_ADDR, 4)
-    body.extend_from_slice(&[0x5b, 0x80]);
-    body.extend_from_slice(b"GDST");
-    body.push(0x00);
-    body.push(0x0c);
-    body.extend_from_slice(&(GED_ADDR as u32).to_le_bytes());
-    body.extend_from_slice(&[0x0a, devices::ged::LEN as u8]);
-    // Field (GDST, DWordAcc, NoLock, WriteAsZeros) { GDAT, 32 }
-    let mut field = b"GDST".to_vec();
-    field.push(0x03 | (2 << 5));
-    field.extend_from_slice(b"GDAT");
-    field.push(32);
-    body.extend(pkg(&[0x5b, 0x81], &field));
-    // Method (_EVT, 1, Serialized)
-    let mut method = b"_EVT".to_vec();
-    method.push(0x09);
-    method.extend_from_slice(b"\x70GDAT\x60"); // Store (GDAT, Local0)
-    let mut then = vec![0x7b, 0x60, 0x01, 0x00]; // And (Local0, One, )
-    then.push(0x86); // Notify (\_SB.PWRB, 0x80)
-    then.extend_from_slice(PWRB_PATH);
-    then.extend_from_slice(&[0x0a, 0x80]);
-    method.extend(pkg(&[0xa0], &then));
-    body.extend(pkg(&[0x14], &method));
-    device(b"GED0", &body)
-}
-
-fn power_button() -> Vec<u8> {
-    let mut body = name(b"_HID", &[0x0c, 0x41, 0xd0, 0x0c, 0x0c]); // EisaId ("PNP0C0C")
-    body.extend(name(b"_UID", &[0x00]));
-    device(b"PWRB", &body)
-}
-
-/// The SSDT, with the header fields `oem_id`, `oem_table_id` and
-/// `creator_id` as the other tables have them.
-pub fn ssdt(oem_id: &[u8; 6], oem_table_id: &[u8; 8], creator_id: &[u8; 4]) -> Vec<u8> {
-    let mut sb = b"\\_SB_".to_vec();
-    sb.extend(ged());
-    sb.extend(power_button());
-    let mut t = b"SSDT".to_vec();
-    t.extend_from_slice(&0u32.to_le_bytes());
-    t.push(2);
-    t.push(0);
-    t.extend_from_slice(oem_id);
-    t.extend_from_slice(oem_table_id);
-    t.extend_from_slice(&1u32.to_le_bytes());
-    t.extend_from_slice(creator_id);
-    t.extend_from_slice(&1u32.to_le_bytes());
-    t.extend(pkg(&[0x10], &sb));
-    let len = t.len() as u32;
-    t[4..8].copy_from_slice(&len.to_le_bytes());
-    t[9] = 0u8.wrapping_sub(t.iter().fold(0u8, |a, b| a.wrapping_add(*b)));
-    t
+/// The SSDT, with the other tables' OEM fields.
+pub fn ssdt(oem_id: [u8; 6], oem_table_id: [u8; 8], oem_revision: u32) -> Vec<u8> {
+    let ged_hid: aml::AmlStr = "ACPI0013";
+    let irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
+    let crs = aml::ResourceTemplate::new(vec![&irq]);
+    let base = u32::try_from(GED_ADDR).unwrap_or(u32::MAX);
+    let len = u8::try_from(devices::ged::LEN).unwrap_or(u8::MAX);
+    let region = aml::OpRegion::new("GDST".into(), aml::OpRegionSpace::SystemMemory, &base, &len);
+    let field = aml::Field::new(
+        "GDST".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::WriteAsZeroes,
+        vec![FieldEntry::Named(*b"GDAT", 32)],
+    );
+    // Local0 = GDAT (reading clears it); If (Local0 & 1) { Notify (PWRB, 0x80) }
+    let gdat: aml::Path = "GDAT".into();
+    let local0 = aml::Local(0);
+    let read = aml::Store::new(&local0, &gdat);
+    let pressed = aml::And::new(&aml::ZERO, &local0, &aml::ONE);
+    let pwrb: aml::Path = "\\_SB_.PWRB".into();
+    let button_notify = 0x80u8;
+    let notify = aml::Notify::new(&pwrb, &button_notify);
+    let on_press = aml::If::new(&pressed, vec![&notify]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &on_press]);
+    let (hid, uid, crs) = (
+        aml::Name::new("_HID".into(), &ged_hid),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+        aml::Name::new("_CRS".into(), &crs),
+    );
+    let ged = aml::Device::new("GED0".into(), vec![&hid, &uid, &crs, &region, &field, &evt]);
+    let pwrb_hid = aml::EISAName::new("PNP0C0C");
+    let button_hid = aml::Name::new("_HID".into(), &pwrb_hid);
+    let button = aml::Device::new("PWRB".into(), vec![&button_hid, &uid]);
+    let sb = aml::Scope::new("\\_SB_".into(), vec![&ged, &button]);
+    let mut t = Sdt::new(*b"SSDT", HEADER_LEN, 2, oem_id, oem_table_id, oem_revision);
+    let mut body = Vec::new();
+    sb.to_aml_bytes(&mut body);
+    t.append_slice(&body);
+    t.as_slice().to_vec()
 }
 
 #[cfg(test)]
@@ -139,15 +82,13 @@ mod tests {
 
     #[test]
     fn header_and_checksum() {
-        let t = ssdt(b"SHMVM ", b"SHMVMPWR", b"SHMV");
+        let t = ssdt(*b"SHMVM ", *b"SHMVMPWR", 1);
         assert_eq!(&t[..4], b"SSDT");
         assert_eq!(
             u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize,
             t.len()
         );
         assert_eq!(t.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
-        assert_eq!(pkg_length(62), vec![63]);
-        assert_eq!(pkg_length(63), vec![0x41, 0x04]);
     }
 
     /// ACPICA's disassembler reads the table back as the objects above.
@@ -163,7 +104,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shmvm-ssdt-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("ssdt.aml");
-        std::fs::write(&f, ssdt(b"SHMVM ", b"SHMVMPWR", b"SHMV")).unwrap();
+        std::fs::write(&f, ssdt(*b"SHMVM ", *b"SHMVMPWR", 1)).unwrap();
         let out = std::process::Command::new("iasl")
             .arg("-d")
             .arg(&f)
