@@ -232,12 +232,14 @@ async def compare(args):
             cs, cq = await client(s), await client(q)
             for c, vm in ((cs, s), (cq, q)):
                 if how == "SIGTERM":
+                    # Paused first: parked vCPUs must still see the signal.
+                    await c.execute("stop")
                     vm.proc.send_signal(signal.SIGTERM)
                 else:
                     await c.execute(how)
             es, eq = await next_event(cs, "SHUTDOWN"), await next_event(cq, "SHUTDOWN")
             check(es["data"] == eq["data"] == {"guest": False, "reason": reason},
-                  f"{how}: SHUTDOWN {es['data']} as QEMU")
+                  f"{how}{' while paused' if how == 'SIGTERM' else ''}: SHUTDOWN {es['data']} as QEMU")
             s.wait(), q.wait()
             check(not os.path.exists(s.sock), f"{how}: shmvm removed its socket")
             for c in (cs, cq):
@@ -353,8 +355,9 @@ async def abuse(args):
 
         last = await client(vm, "last")
         check((await last.execute("query-status"))["running"], "the last client still gets answers")
+        await last.execute("stop")
         await last.execute("quit")
-        check(vm.wait() == 0 and not os.path.exists(vm.sock), "quit: exit 0, socket removed")
+        check(vm.wait() == 0 and not os.path.exists(vm.sock), "quit while paused: exit 0, socket removed")
         await close(last)
         await close(watcher)
     finally:

@@ -188,3 +188,59 @@ fn kvm_powerdown_sets_the_ged_event() {
     );
     assert!(!sock.exists(), "socket left behind");
 }
+
+/// A vhost-user back-end that goes away is reported as shmvm's
+/// X_SHMVM_PEER_GONE event; the monitor here is `-chardev ...,server=on`
+/// with `-mon`.
+#[test]
+fn kvm_vhost_user_hangup_is_an_event() {
+    vm::require_kvm();
+    let dir = TempDir::new("qmp-vub");
+    let img = dir.0.join("disk.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("image");
+    let mut qsd = shmvm_tests::qsd::Qsd::start(&img, &dir.0.join("vhost.sock"));
+    let kernel = dir.tiny_kernel(WAITING_KERNEL);
+    let sock = dir.0.join("mon.sock");
+    let child = Command::new(vm::shmvm_bin())
+        .args(["-kernel", &kernel, "-serial", "none"])
+        .args(["-object", "memory-backend-memfd,id=ram0,size=64M,share=on"])
+        .args(["-machine", "memory-backend=ram0"])
+        .arg("-chardev")
+        .arg(format!("socket,id=c0,path={}", qsd.sock.display()))
+        .args(["-device", "vhost-user-blk-pci,chardev=c0"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=mon0,path={},server=on,wait=off",
+            sock.display()
+        ))
+        .args(["-mon", "chardev=mon0,mode=control"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm");
+    let mut q = RawQmp::connect(&sock);
+    qsd.kill();
+    let t0 = std::time::Instant::now();
+    let event = loop {
+        let l = q.line();
+        if l.contains("X_SHMVM_PEER_GONE") {
+            break l;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no event; last {l}");
+    };
+    assert!(
+        event.contains("\"type\":\"vhost-user\"") && event.contains("vhost.sock"),
+        "{event}"
+    );
+    let r = q.ask(r#"{"execute":"query-status","id":"s"}"#);
+    assert!(
+        r.contains("\"running\":true") && r.contains("\"id\":\"s\""),
+        "{r}"
+    );
+    q.ask(r#"{"execute":"quit"}"#);
+    let r = vm::wait(child, Duration::from_secs(10));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!sock.exists(), "socket left behind");
+}
