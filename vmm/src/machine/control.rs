@@ -2,6 +2,7 @@
 //! the server's thread while the vCPUs run, and turns the VM's end into
 //! the SHUTDOWN event.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::qmp::{self, Event, EventSink, Request, RunState, ShutdownCause};
 use devices::debug_exit::GuestExit;
 
 use super::Machine;
+use super::power_button::PowerButton;
 
 /// How long `stop` waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,6 +28,9 @@ pub(super) struct Control<'a> {
     /// SHUTDOWN already sent (quit and system_reset send it at once, as
     /// QEMU does before their reply).
     shutdown_sent: AtomicBool,
+    /// Placed at the first press: nothing reads the GED before its
+    /// interrupt, and boot does not pay for it.
+    power_button: OnceLock<Option<PowerButton>>,
 }
 
 /// QEMU's cause for how the VM ended.
@@ -48,6 +53,7 @@ impl<'a> Control<'a> {
             vcpus,
             events,
             shutdown_sent: AtomicBool::new(false),
+            power_button: OnceLock::new(),
         }
     }
 
@@ -254,8 +260,11 @@ impl qmp::protocol::Machine for Control<'_> {
                 Ok(json!({}))
             }
             Request::Powerdown => {
-                let button = self.machine.power_button.as_ref();
-                let pressed = button.map(super::power_button::PowerButton::press);
+                let m = self.machine;
+                let button = self
+                    .power_button
+                    .get_or_init(|| PowerButton::place(&m.vm, &m.io));
+                let pressed = button.as_ref().map(PowerButton::press);
                 match pressed {
                     Some(Ok(())) => {
                         self.events.emit(Event::Powerdown);

@@ -164,8 +164,6 @@ pub struct Machine {
     state: Arc<VmState>,
     console: Console,
     vcpus: Vec<hv::Vcpu>,
-    /// With a monitor only (nothing else presses it).
-    power_button: Option<power_button::PowerButton>,
 }
 
 fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
@@ -288,9 +286,6 @@ impl Machine {
         vm.register_irqfd(serial.irq().eventfd(), layout::COM1_IRQ)?;
         let serial = Arc::new(Mutex::new(serial));
         legacy::place(&io, &serial, &hook)?;
-        let power_button = (!cfg.monitors.is_empty())
-            .then(|| power_button::PowerButton::place(&vm, &io))
-            .flatten();
         t.mark("legacy devices");
 
         // ~0.5 ms on PVM: ~70 CPUID instructions in the host kernel, each
@@ -367,7 +362,6 @@ impl Machine {
                 coalesced,
             },
             vcpus,
-            power_button,
         })
     }
 
@@ -477,9 +471,8 @@ impl Machine {
             state,
             console,
             vcpus,
-            power_button,
         } = self;
-        drop((console, pci, plugs, io, state, vcpus, power_button));
+        drop((console, pci, plugs, io, state, vcpus));
         drop((ram, objects));
         match Arc::try_unwrap(vm) {
             Ok(vm) => crate::teardown::detach(vm),

@@ -1,6 +1,8 @@
 //! The ACPI power button: the GED register block on the MMIO bus and its
-//! interrupt (the ACPI side is `boot/power_button.rs`'s SSDT). Pressed by
-//! QMP `system_powerdown`; a Linux guest then powers off through ACPI S5.
+//! interrupt (the ACPI side is `boot/power_button.rs`'s SSDT, always in
+//! the tables). Placed when QMP `system_powerdown` first presses it (the
+//! guest reads the register only after the interrupt); a Linux guest then
+//! powers off through ACPI S5.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
