@@ -68,6 +68,8 @@ class Vm:
             del cmd[cmd.index("-M", 0):cmd.index("-M", 0) + 2]
         else:
             cmd = [binary, "-serial", "none", *common]
+        if os.path.exists(sock):
+            os.unlink(sock)  # a previous VMM's, if it left one
         pre = (lambda: os.umask(umask)) if umask is not None else None
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, preexec_fn=pre)
@@ -95,9 +97,18 @@ class Vm:
 
 
 async def client(vm, name="check"):
-    c = QMPClient(name)
-    await c.connect(vm.sock)
-    return c
+    # The socket file exists a moment before it listens (bind, then
+    # listen; QEMU alike): retry a refused connection briefly.
+    deadline = time.time() + 5
+    while True:
+        c = QMPClient(name)
+        try:
+            await c.connect(vm.sock)
+            return c
+        except Exception:  # qemu.qmp wraps ConnectionRefusedError
+            if time.time() > deadline:
+                raise
+            await asyncio.sleep(0.01)
 
 
 async def close(c):

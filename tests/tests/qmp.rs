@@ -125,11 +125,13 @@ impl RawQmp {
         let reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
         let mut q = RawQmp { stream, reader };
         assert!(q.line().contains("\"QMP\""));
-        assert!(
-            q.ask(r#"{"execute":"qmp_capabilities"}"#)
-                .contains("\"return\"")
-        );
         q
+    }
+
+    fn negotiate(&mut self) -> std::io::Result<()> {
+        let r = self.try_ask(r#"{"execute":"qmp_capabilities"}"#)?;
+        assert!(r.contains("\"return\""), "{r}");
+        Ok(())
     }
 
     fn line(&mut self) -> String {
@@ -141,12 +143,21 @@ impl RawQmp {
 
     /// Sends `msg`; returns the first line that is not an event.
     fn ask(&mut self, msg: &str) -> String {
-        use std::io::Write;
-        writeln!(self.stream, "{msg}").expect("send");
+        self.try_ask(msg).expect("QMP exchange")
+    }
+
+    fn try_ask(&mut self, msg: &str) -> std::io::Result<String> {
+        use std::io::{BufRead, Write};
+        // One write: the server acts on a complete object at once (quit
+        // closes the socket), so a separate newline write could fail.
+        self.stream.write_all(format!("{msg}\n").as_bytes())?;
         loop {
-            let l = self.line();
+            let mut l = String::new();
+            if self.reader.read_line(&mut l)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             if !l.contains("\"event\"") {
-                return l;
+                return Ok(l);
             }
         }
     }
@@ -159,10 +170,12 @@ impl RawQmp {
 fn kvm_powerdown_sets_the_ged_event() {
     vm::require_kvm();
     let dir = TempDir::new("qmp-ged");
-    // 1: mov eax, [0xfed00000]; test eax, eax; jz 1b;
-    //    out 0xf4, al (debug-exit: 1 -> exit 3); cli; hlt; jmp hlt
+    // 1: mov eax, [0xfed00000]; cmp eax, 1; jne 1b (all-ones until the
+    //    GED is placed at the first press); out 0xf4, al (debug-exit:
+    //    1 -> exit 3); cli; hlt; jmp hlt
     let code = [
-        0xa1, 0x00, 0x00, 0xd0, 0xfe, 0x85, 0xc0, 0x74, 0xf7, 0xe6, 0xf4, 0xfa, 0xf4, 0xeb, 0xfd,
+        0xa1, 0x00, 0x00, 0xd0, 0xfe, 0x83, 0xf8, 0x01, 0x75, 0xf6, 0xe6, 0xf4, 0xfa, 0xf4, 0xeb,
+        0xfd,
     ];
     let kernel = dir.tiny_kernel(&code);
     let sock = dir.0.join("q.sock");
@@ -176,6 +189,7 @@ fn kvm_powerdown_sets_the_ged_event() {
         .spawn()
         .expect("spawn shmvm");
     let mut q = RawQmp::connect(&sock);
+    q.negotiate().expect("negotiate");
     std::thread::sleep(Duration::from_millis(100));
     let r = q.ask(r#"{"execute":"system_powerdown","id":1}"#);
     assert!(r.contains("\"return\""), "{r}");
@@ -221,6 +235,10 @@ fn kvm_vhost_user_hangup_is_an_event() {
         .spawn()
         .expect("spawn shmvm");
     let mut q = RawQmp::connect(&sock);
+    if let Err(e) = q.negotiate() {
+        let r = vm::wait(child, Duration::from_secs(10));
+        panic!("negotiation: {e}; shmvm {:?}: {}", r.code, r.stderr);
+    }
     qsd.kill();
     let t0 = std::time::Instant::now();
     let event = loop {
@@ -234,13 +252,28 @@ fn kvm_vhost_user_hangup_is_an_event() {
         event.contains("\"type\":\"vhost-user\"") && event.contains("vhost.sock"),
         "{event}"
     );
-    let r = q.ask(r#"{"execute":"query-status","id":"s"}"#);
+    let r = match q.try_ask(r#"{"execute":"query-status","id":"s"}"#) {
+        Ok(r) => r,
+        Err(e) => {
+            let r = vm::wait(child, Duration::from_secs(10));
+            panic!(
+                "query-status after the event: {e}; shmvm {:?}: {}",
+                r.code, r.stderr
+            );
+        }
+    };
     assert!(
         r.contains("\"running\":true") && r.contains("\"id\":\"s\""),
         "{r}"
     );
-    q.ask(r#"{"execute":"quit"}"#);
+    let quit = q.try_ask(r#"{"execute":"quit"}"#);
     let r = vm::wait(child, Duration::from_secs(10));
+    assert!(
+        quit.is_ok(),
+        "quit: {quit:?}; shmvm {:?}: {}",
+        r.code,
+        r.stderr
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(!sock.exists(), "socket left behind");
 }

@@ -265,7 +265,19 @@ impl Server {
                     t if t >= LISTEN_BASE => {
                         let i = usize::try_from(t - LISTEN_BASE).unwrap_or(usize::MAX);
                         if let Some(s) = sockets.get(i) {
-                            accept(&epoll, &s.listener, &mut clients);
+                            // A new client's first bytes (or its hang-up)
+                            // are handled at once: a burst of short
+                            // connections never fills the table.
+                            accept(&epoll, &s.listener, &mut clients, &mut |all, slot| {
+                                if let Some(Some(c)) = all.get_mut(slot) {
+                                    c.read();
+                                }
+                                self.process(all, slot, vm);
+                                if let Some(Some(c)) = all.get_mut(slot) {
+                                    c.flush();
+                                }
+                                reap(&epoll, all, slot);
+                            });
                         }
                     }
                     t => {
@@ -285,20 +297,12 @@ impl Server {
             // Events first (QEMU sends STOP before stop's return), then
             // every client's queued replies.
             self.broadcast(&mut clients);
-            for (i, slot) in clients.iter_mut().enumerate() {
-                if let Some(c) = slot {
+            for i in 0..clients.len() {
+                if let Some(Some(c)) = clients.get_mut(i) {
                     c.flush();
-                    if c.dead {
-                        let _ = epoll.ctl(
-                            ControlOperation::Delete,
-                            c.stream.as_raw_fd(),
-                            EpollEvent::default(),
-                        );
-                        *slot = None;
-                    } else {
-                        c.arm(&epoll, i);
-                    }
+                    c.arm(&epoll, i);
                 }
+                reap(&epoll, &mut clients, i);
             }
         }
         self.broadcast(&mut clients);
@@ -346,7 +350,28 @@ impl Server {
     }
 }
 
-fn accept(epoll: &Epoll, listener: &UnixListener, clients: &mut Vec<Option<Client>>) {
+/// Forgets client `slot` if it is dead.
+fn reap(epoll: &Epoll, clients: &mut [Option<Client>], slot: usize) {
+    if let Some(s) = clients.get_mut(slot)
+        && s.as_ref().is_some_and(|c| c.dead)
+        && let Some(c) = s.take()
+    {
+        let _ = epoll.ctl(
+            ControlOperation::Delete,
+            c.stream.as_raw_fd(),
+            EpollEvent::default(),
+        );
+    }
+}
+
+/// Accepts every waiting connection; `new` sees each one once it has its
+/// slot.
+fn accept(
+    epoll: &Epoll,
+    listener: &UnixListener,
+    clients: &mut Vec<Option<Client>>,
+    new: &mut dyn FnMut(&mut Vec<Option<Client>>, usize),
+) {
     loop {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
@@ -390,6 +415,7 @@ fn accept(epoll: &Epoll, listener: &UnixListener, clients: &mut Vec<Option<Clien
         c.send(&protocol::greeting());
         c.flush();
         clients[slot] = Some(c);
+        new(clients, slot);
     }
 }
 
