@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod cli;
 pub mod coalesce;
+pub mod config;
 pub mod cpuid;
 pub mod exit;
 pub mod guest_ram;
@@ -12,6 +13,7 @@ pub mod io;
 pub mod ivshmem;
 pub mod layout;
 pub mod pci;
+pub mod serial_mux;
 pub mod signals;
 pub mod teardown;
 pub mod terminal;

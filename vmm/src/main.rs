@@ -1,10 +1,11 @@
 //! `shmvm`: parse the command line, run the VM, turn its ending into an
-//! exit code.
+//! exit code. Also started as `qemu-system-x86_64` (through a symlink, for
+//! tools that only know QEMU's name): the command line means the same.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use vmm::cli::{Config, ParseOutcome};
+use vmm::cli::ParseOutcome;
 
 fn init_logging(verbose: u8) {
     // No logger at all when quiet: nothing to initialize or format.
@@ -47,18 +48,22 @@ fn code(c: i32) -> ExitCode {
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    let cfg = match Config::from_args(std::env::args_os()) {
-        Ok(c) => c,
+    let parsed = match vmm::cli::parse(std::env::args_os()) {
+        Ok(p) => p,
         Err(ParseOutcome::Info(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
         Err(ParseOutcome::Error(e)) => {
             eprintln!("shmvm: {e}");
-            return code(2);
+            return code(e.exit_code());
         }
     };
+    let cfg = parsed.config;
     init_logging(cfg.verbose);
+    for n in &parsed.noops {
+        log::info!("{n}");
+    }
     match vmm::vm::run(&cfg, start) {
         Ok(end) => {
             if let Some(line) = end.describe() {

@@ -567,7 +567,7 @@ mod tests {
         let slots = Arc::new(FakeSlots::default());
         let io = Arc::new(IoBuses::new());
         let cfg =
-            memory::BackendConfig::parse_object("memory-backend-memfd,id=sh,size=1M").unwrap();
+            crate::config::object::parse_backend("memory-backend-memfd,id=sh,size=1M").unwrap();
         let backend = Arc::new(Backend::create(&cfg).unwrap());
         let dev = crate::ivshmem::parse("memdev=sh,addr=3", 0).unwrap();
         let windows = BarWindows {

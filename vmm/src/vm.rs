@@ -1,7 +1,7 @@
 //! Building the machine from a [`Config`] and running it to its end.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,8 +13,8 @@ use devices::serial::{IrqEvent, Serial};
 use memory::Backend;
 
 use crate::boot::{self, BootFiles, BootSpec};
-use crate::cli::{Config, DeviceConfig, SerialMode};
 use crate::coalesce::SerialCoalescing;
+use crate::config::{Config, DeviceConfig, SerialMode};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, Vm};
@@ -65,6 +65,7 @@ impl Error {
             Error::Pci(crate::pci::Error::Ivshmem { .. } | crate::pci::Error::Slot { .. }) => 2,
             Error::Pci(crate::pci::Error::Assign(_)) => 2,
             Error::VhostUserBlk(e) if e.is_config() => 2,
+            Error::Hypervisor(e) if e.is_config() => 2,
             Error::Boot(boot::Error::Write { .. }) => 1,
             Error::Boot(_) => 2,
             _ => 1,
@@ -118,38 +119,6 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
         })?),
         SerialMode::None => Box::new(std::io::sink()),
     })
-}
-
-/// Copies host stdin into the UART's receive FIFO.
-fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
-    let r = std::thread::Builder::new()
-        .name("stdin".into())
-        .stack_size(64 << 10)
-        .spawn(move || {
-            let mut buf = [0u8; 64];
-            let mut stdin = std::io::stdin().lock();
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let mut rest = &buf[..n];
-                while !rest.is_empty() {
-                    let took = serial
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .enqueue_input(rest)
-                        .unwrap_or(0);
-                    rest = &rest[took..];
-                    if !rest.is_empty() {
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                }
-            }
-        });
-    if let Err(e) = r {
-        log::warn!("serial: no stdin input: {e}");
-    }
 }
 
 fn create_backend(cfg: &memory::BackendConfig, option: &'static str) -> Result<Backend, Error> {
@@ -384,12 +353,8 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     };
     crate::signals::install()?;
     let (m, vcpus, serial) = build(cfg, &mut t)?;
-    let _raw = (cfg.serial == SerialMode::Stdio)
-        .then(crate::terminal::RawMode::enter)
-        .flatten();
-    if cfg.serial == SerialMode::Stdio && crate::terminal::stdin_has_input() {
-        spawn_stdin_reader(serial.clone());
-    }
+    let _console =
+        crate::serial_mux::attach(&cfg.serial, cfg.stdio, serial.clone(), m.state.clone());
     let first_run = || {
         if log::log_enabled!(log::Level::Info) {
             let mut prev = std::time::Duration::ZERO;

@@ -147,14 +147,14 @@ fn eventfds(n: u16) -> std::io::Result<Vec<EventFd>> {
 /// Creates every vhost-user-blk device of `devices` (connecting to their
 /// back-ends), sharing one GSI routing table.
 pub fn create_all(
-    devices: &[crate::cli::DeviceConfig],
+    devices: &[crate::config::DeviceConfig],
     ram: &Backend,
     vm: &Arc<Vm>,
 ) -> Result<Vec<Wired>, Error> {
     let mut router = None;
     let mut wired = Vec::new();
     for d in devices {
-        if let crate::cli::DeviceConfig::VhostUserBlk(cfg) = d {
+        if let crate::config::DeviceConfig::VhostUserBlk(cfg) = d {
             let router = router.get_or_insert_with(|| Arc::new(GsiRouter::new(Arc::downgrade(vm))));
             wired.push(create(cfg, ram, vm, router)?);
         }
