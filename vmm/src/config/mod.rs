@@ -139,7 +139,7 @@ pub enum Error {
     },
     #[error(transparent)]
     Object(#[from] object::Error),
-    #[error("-device {0}")]
+    #[error("-device: {0}")]
     Ivshmem(#[from] crate::ivshmem::Error),
     #[error(transparent)]
     VhostUserBlk(#[from] crate::vhost_user_blk::config::Error),
