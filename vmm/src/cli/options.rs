@@ -270,6 +270,12 @@ pub const OPTIONS: &[Opt] = &[
         "shmvm gives the guest the host CPU; use -cpu host",
     ),
     noop(
+        "bios",
+        Some("FILE"),
+        "shmvm boots -kernel directly: no firmware runs (QEMU's would load the same kernel)",
+    ),
+    noop("L", Some("DIR"), "shmvm loads no firmware files"),
+    noop(
         "nodefaults",
         None,
         "shmvm creates no default devices beyond COM1",
@@ -320,16 +326,6 @@ pub const OPTIONS: &[Opt] = &[
     refused(
         "pflash",
         Some("FILE"),
-        "shmvm boots -kernel directly, without firmware",
-    ),
-    refused(
-        "bios",
-        Some("FILE"),
-        "shmvm boots -kernel directly, without firmware; drop -bios",
-    ),
-    refused(
-        "L",
-        Some("DIR"),
         "shmvm boots -kernel directly, without firmware",
     ),
     refused("netdev", Some("..."), "shmvm has no network devices"),
