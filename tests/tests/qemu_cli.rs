@@ -418,7 +418,7 @@ fn kvm_every_noop_option_changes_nothing_the_guest_sees() {
         args.push("-v");
         let r = run(&args, T);
         assert!(
-            r.stderr.contains(&format!("{name}")) && r.stderr.contains("no-op"),
+            r.stderr.contains(name.as_str()) && r.stderr.contains("no-op"),
             "{name}: -v does not say so: {}",
             r.stderr
         );
