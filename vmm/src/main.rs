@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     for n in &parsed.noops {
         log::info!("{n}");
     }
-    match vmm::vm::run(&cfg, start) {
+    match vmm::machine::run(&cfg, start) {
         Ok(end) => {
             if let Some(line) = end.describe() {
                 eprintln!("shmvm: {line}");

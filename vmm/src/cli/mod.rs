@@ -122,12 +122,25 @@ pub struct Args {
     /// Boot protocol for an ELF kernel with a PVH note (default pvh)
     #[arg(long, value_enum)]
     pub boot: Option<BootArg>,
-    /// Print per-device access counters when the VM ends
-    #[arg(long)]
-    pub stats: bool,
+    /// Print per-device statistics when the VM ends: text, or one JSON line (--stats=json)
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        default_missing_value = "text",
+        require_equals = true
+    )]
+    pub stats: Option<StatsArg>,
     /// More logging (-v info, -vv debug, -vvv trace)
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--stats` formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatsArg {
+    Text,
+    Json,
 }
 
 /// `--boot`, clap's spelling of [`BootProtocol`].
@@ -222,10 +235,10 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
         nographic: args.nographic,
         vhost_user_blk: args.vhost_user_blk,
         boot: args.boot.map(BootProtocol::from),
-        stats: if args.stats {
-            StatsFormat::Text
-        } else {
-            StatsFormat::Off
+        stats: match args.stats {
+            None => StatsFormat::Off,
+            Some(StatsArg::Text) => StatsFormat::Text,
+            Some(StatsArg::Json) => StatsFormat::Json,
         },
         verbose: args.verbose,
     };

@@ -228,7 +228,11 @@ pub const OPTIONS: &[Opt] = &[
         Some("pvh|linux64"),
         "how to enter an ELF kernel with a PVH note (default pvh); QEMU's -boot ORDER is a no-op",
     ),
-    own("stats", None, "print per-device counters when the VM ends"),
+    own(
+        "stats",
+        None,
+        "per-device statistics on stderr when the VM ends; --stats=json: one JSON line (schema: vmm/src/stats.rs)",
+    ),
     own(
         "verbose",
         None,
@@ -509,7 +513,14 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
         };
         match opt.class {
             Class::Same | Class::Own => {
-                out.args.push(OsString::from(format!("--{}", opt.clap)));
+                match (&inline, opt.value) {
+                    // A flag with an inline value (--stats=json): clap checks it.
+                    (Some(v), None) => {
+                        out.args.push(OsString::from(format!("--{}={v}", opt.clap)));
+                        continue;
+                    }
+                    _ => out.args.push(OsString::from(format!("--{}", opt.clap))),
+                }
                 if opt.value.is_some() {
                     let v = value()?;
                     // QEMU's -boot (boot order) shares the name with shmvm's --boot.
@@ -580,6 +591,7 @@ pub fn markdown_table() -> String {
         let dash = if o.class == Class::Own { "--" } else { "-" };
         let name = match (o.name, o.value) {
             ("verbose", _) => "-v, --verbose".to_string(),
+            ("stats", _) => "--stats[=text|json]".to_string(),
             ("help", _) => "-h, -help".to_string(),
             (n, Some(v)) if o.class == Class::NoOp && !o.noop_values.is_empty() => {
                 format!("{dash}{n} {v}")

@@ -20,6 +20,8 @@ pub use chardev::{SerialMode, StdioOptions};
 pub use device::DeviceConfig;
 pub use machine::Topology;
 
+pub use crate::stats::StatsFormat;
+
 /// Largest vCPU count: APIC IDs 0..N-1 plus the IOAPIC's ID fit in the MP
 /// table's 8-bit IDs with room to spare, and test suites stay small.
 pub const MAX_VCPUS: u8 = 64;
@@ -111,14 +113,6 @@ impl TypeInfo {
         }
         s
     }
-}
-
-/// Whether the statistics are printed when the VM ends, and how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StatsFormat {
-    #[default]
-    Off,
-    Text,
 }
 
 /// Configuration errors; each renders as one line naming the option as the
@@ -224,7 +218,8 @@ pub struct Config {
     pub stdio: StdioOptions,
     pub devices: Vec<DeviceConfig>,
     pub boot: Option<BootProtocol>,
-    pub stats: bool,
+    /// `--stats[=text|json]`.
+    pub stats: StatsFormat,
     pub verbose: u8,
 }
 
@@ -355,7 +350,7 @@ impl Config {
             stdio: serial.stdio,
             devices,
             boot: input.boot,
-            stats: input.stats != StatsFormat::Off,
+            stats: input.stats,
             verbose: input.verbose,
         })
     }
