@@ -665,3 +665,80 @@ fn kvm_dev_kvm_inaccessible_exits_2_naming_the_fix() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// Reads one byte from COM1 and exits through isa-debug-exit at 0xf4 with
+/// it: `1: mov dx,0x3fd; in al,dx; test al,1; jz 1b; mov dx,0x3f8;
+/// in al,dx; out 0xf4,al; jmp .`
+const ECHO_BYTE_TO_EXIT: &[u8] = &[
+    0x66, 0xba, 0xfd, 0x03, 0xec, 0xa8, 0x01, 0x74, 0xf7, 0x66, 0xba, 0xf8, 0x03, 0xec, 0xe6, 0xf4,
+    0xeb, 0xfe,
+];
+
+/// Runs a tiny kernel with `args`, feeding `input` on stdin.
+fn run_with_input(code: &[u8], args: &[&str], input: &[u8]) -> Run {
+    use std::io::Write;
+    let d = TempDir::new("mux");
+    let k = d.tiny_kernel(code);
+    let mut child = Command::new(shmvm_bin())
+        .args([
+            "-kernel",
+            &k,
+            "-m",
+            "16",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    // Keep stdin open until the VM ends (EOF is not a quit).
+    let r = wait(child, T);
+    drop(stdin);
+    r
+}
+
+#[test]
+fn kvm_mon_stdio_ctrl_a_x_quits_and_ctrl_a_h_lists_the_keys() {
+    require_kvm();
+    for args in [
+        &["-serial", "mon:stdio"][..],
+        &[
+            "-chardev",
+            "stdio,mux=on,id=con",
+            "-serial",
+            "chardev:con",
+            "-mon",
+            "chardev=con",
+        ],
+        &["-nographic"],
+    ] {
+        // jmp .: only C-a x can end it.
+        let r = run_with_input(&[0xeb, 0xfe], args, b"\x01h\x01c\x01x");
+        assert_eq!(r.code, Some(0), "{args:?}: {r:?}");
+        assert!(
+            r.stdout.contains("C-a x    exit emulator"),
+            "{args:?}: {r:?}"
+        );
+        assert!(r.stdout.contains("no monitor"), "{args:?}: {r:?}");
+        assert!(r.stdout.contains("terminated"), "{args:?}: {r:?}");
+    }
+}
+
+#[test]
+fn kvm_mon_stdio_passes_ctrl_a_ctrl_a_and_plain_bytes_to_the_guest() {
+    require_kvm();
+    // C-a C-a: one C-a (1) reaches the guest: exit (1 << 1) | 1.
+    let r = run_with_input(ECHO_BYTE_TO_EXIT, &["-serial", "mon:stdio"], b"\x01\x01");
+    assert_eq!(r.code, Some(3), "{r:?}");
+    // An unknown key after C-a is dropped; the next byte goes through.
+    let r = run_with_input(ECHO_BYTE_TO_EXIT, &["-serial", "mon:stdio"], b"\x01zA");
+    assert_eq!(r.code, Some((0x41 << 1) | 1), "{r:?}");
+    // Without a mux, C-a is an ordinary byte.
+    let r = run_with_input(ECHO_BYTE_TO_EXIT, &["-serial", "stdio"], b"\x01");
+    assert_eq!(r.code, Some(3), "{r:?}");
+}

@@ -341,3 +341,14 @@ fn readme_options_table_is_generated_from_the_code() {
          `cargo run -p vmm --bin shmvm-gen -- readme-table`"
     );
 }
+
+#[test]
+fn stats_formats() {
+    assert_eq!(cfg(&["-kernel", "k"]).stats, StatsFormat::Off);
+    assert_eq!(cfg(&["-kernel", "k", "--stats"]).stats, StatsFormat::Text);
+    assert_eq!(
+        cfg(&["-kernel", "k", "--stats=json"]).stats,
+        StatsFormat::Json
+    );
+    assert!(err(&["-kernel", "k", "--stats=xml"]).contains("xml"));
+}
