@@ -9,6 +9,12 @@
 //! Any other key after `C-a` is dropped, as QEMU does. [`Escapes`] is the
 //! pure part (bytes in, actions out); [`attach`] wires it to stdin.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 

@@ -6,6 +6,12 @@
 //! turns the values into typed configuration. `-device help` and friends
 //! are answered from the configuration layer's property tables.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 pub mod options;
 
 use std::ffi::OsString;

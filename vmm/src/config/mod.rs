@@ -5,6 +5,12 @@
 //! the CLI collects raw option values into an [`Input`] and calls
 //! [`Config::build`].
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 pub mod chardev;
 pub mod device;
 pub mod keyval;

@@ -60,3 +60,36 @@ fn every_error_exits_2() {
     assert_eq!(e.exit_code(), 2);
     assert!(e.to_string().starts_with("-kernel: required"));
 }
+
+/// Nothing below the command line imports it: only `cli/`, `main.rs` and the
+/// generator binary know clap or `crate::cli`.
+#[test]
+fn nothing_below_the_cli_imports_it() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("vmm/src").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    let allowed = |p: &std::path::Path| {
+        let rel = p.strip_prefix(&src).unwrap_or(p);
+        rel.starts_with("cli") || rel.starts_with("bin") || rel == std::path::Path::new("main.rs")
+    };
+    for f in files.iter().filter(|f| !allowed(f)) {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for needle in ["crate::cli", "vmm::cli", "clap::"] {
+            assert!(
+                !text.contains(needle),
+                "{} uses {needle}: only cli/ may",
+                f.display()
+            );
+        }
+    }
+}
