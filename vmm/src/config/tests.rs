@@ -84,7 +84,12 @@ fn nothing_below_the_cli_imports_it() {
     };
     for f in files.iter().filter(|f| !allowed(f)) {
         let text = std::fs::read_to_string(f).unwrap_or_default();
-        for needle in ["crate::cli", "vmm::cli", "clap::"] {
+        // Spelled in pieces so this file does not match itself.
+        for needle in [
+            concat!("crate::", "cli"),
+            concat!("vmm::", "cli"),
+            concat!("clap", "::"),
+        ] {
             assert!(
                 !text.contains(needle),
                 "{} uses {needle}: only cli/ may",
