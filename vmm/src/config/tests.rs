@@ -62,7 +62,7 @@ fn every_error_exits_2() {
 }
 
 /// Nothing below the command line imports it: only `cli/`, `main.rs` and the
-/// generator binary know clap or `crate::cli`.
+/// generator binary know clap or the cli module.
 #[test]
 fn nothing_below_the_cli_imports_it() {
     fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
