@@ -288,7 +288,18 @@ pub const OPTIONS: &[Opt] = &[
     noop("name", Some("NAME"), "the VM name is not used"),
     noop("no-hpet", None, "shmvm has no HPET"),
     noop("snapshot", None, "shmvm has no disk images to snapshot"),
-    noop_if("monitor", "none", &["none"], "no monitor", NO_MONITOR),
+    noop_if(
+        "monitor",
+        "none",
+        &["none", "null", "/dev/null"],
+        "no monitor",
+        NO_MONITOR,
+    ),
+    noop(
+        "msg",
+        Some("timestamp=on|off"),
+        "formats QEMU's own messages; shmvm's log has timestamps at -v",
+    ),
     noop_if(
         "net",
         "none",
