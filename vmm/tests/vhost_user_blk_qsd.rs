@@ -55,7 +55,7 @@ impl Drop for Backing {
 }
 
 fn ram(spec: &str) -> GuestRam {
-    let cfg = vmm::config::object::parse_backend(spec).unwrap();
+    let cfg = vmm::config::object::parse(spec).unwrap();
     GuestRam::new(Backend::create(&cfg).unwrap()).unwrap()
 }
 

@@ -318,11 +318,6 @@ pub fn from_keyval(
     BackendConfig::from_props(id, props, opts)
 }
 
-/// A backend from an `-object` string; for tests across the crate.
-pub fn parse_backend(spec: &str) -> Result<BackendConfig, Error> {
-    parse(spec)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,7 +209,7 @@ mod tests {
     }
 
     fn ram(spec: &str) -> BackendConfig {
-        crate::config::object::parse_backend(spec).unwrap()
+        crate::config::object::parse(spec).unwrap()
     }
 
     #[test]

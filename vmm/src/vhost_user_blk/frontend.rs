@@ -515,7 +515,7 @@ mod tests {
 
     #[test]
     fn regions_split_around_the_hole_over_one_fd() {
-        let cfg = crate::config::object::parse_backend(
+        let cfg = crate::config::object::parse(
             "memory-backend-memfd,id=m,size=3328M,reserve=off",
         )
         .unwrap();
@@ -543,7 +543,7 @@ mod tests {
 
     #[test]
     fn private_ram_is_refused() {
-        let cfg = crate::config::object::parse_backend("memory-backend-ram,id=r,size=16M").unwrap();
+        let cfg = crate::config::object::parse("memory-backend-ram,id=r,size=16M").unwrap();
         let b = Backend::create(&cfg).unwrap();
         let msg = MemRegion::from_ram(&b).unwrap_err().to_string();
         assert!(
