@@ -515,10 +515,8 @@ mod tests {
 
     #[test]
     fn regions_split_around_the_hole_over_one_fd() {
-        let cfg = crate::config::object::parse(
-            "memory-backend-memfd,id=m,size=3328M,reserve=off",
-        )
-        .unwrap();
+        let cfg = crate::config::object::parse("memory-backend-memfd,id=m,size=3328M,reserve=off")
+            .unwrap();
         let b = Backend::create(&cfg).unwrap();
         let r = MemRegion::from_ram(&b).unwrap();
         assert_eq!(r.len(), 2, "{r:?}");
