@@ -141,6 +141,30 @@ fn parse_size(s: &str) -> Option<u64> {
     n.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
+/// `--spec`: the `-object` keys this bench varies (shmvm itself parses
+/// `-object` with its configuration layer, vmm/src/config).
+fn spec_config(spec: &str) -> BackendConfig {
+    let mut items = spec.split(',');
+    let qom = items.next().unwrap_or_default();
+    let mut opts = KindOptions::new(BackendKind::from_qom_type(qom).expect("memory-backend-*"));
+    let mut props = BackendProps::default();
+    let on = |v: &str| matches!(v, "on" | "yes" | "true");
+    for item in items {
+        let (k, v) = item.split_once('=').expect("--spec: key=value");
+        match (k, &mut opts) {
+            ("id", _) => {}
+            ("size", _) => props.size = Some(parse_size(v).expect("size")),
+            ("share", _) => props.share = Some(on(v)),
+            ("prealloc", _) => props.prealloc = Some(on(v)),
+            ("prealloc-threads", _) => props.prealloc_threads = v.parse().ok(),
+            ("mem-path", KindOptions::File(f)) => f.mem_path = Some(v.into()),
+            ("hugetlb", KindOptions::Memfd(m)) => m.hugetlb = on(v),
+            _ => panic!("--spec: {k} is not one of the keys this bench varies"),
+        }
+    }
+    BackendConfig::from_props("m", props, opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn ours(kind: &str, size: u64, threads: u32) -> Duration {
     let cfg = config(kind, size, threads);
     let t = Instant::now();
@@ -216,6 +240,24 @@ fn main() {
                     .expect("--size SIZE")
             }
             "--no-qemu" => with_qemu = false,
+            // Time one -object spec with shmvm and QEMU (for investigating one case).
+            "--spec" => {
+                let spec = args.next().expect("--spec OBJECT");
+                let cfg = spec_config(&spec);
+                for _ in 0..runs {
+                    let t = Instant::now();
+                    let b = Backend::create(&cfg).unwrap_or_else(|e| panic!("{e}"));
+                    let o = t.elapsed();
+                    drop(b);
+                    let q = if with_qemu {
+                        ms(qemu(&spec))
+                    } else {
+                        "-".to_string()
+                    };
+                    println!("shmvm {} qemu {q}", ms(o));
+                }
+                return;
+            }
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other}"),
         }
