@@ -513,12 +513,12 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
         let Some(opt) = find(name) else {
             return Err(Error::Unknown(s.clone(), suggest(name)));
         };
-        let mut value = || -> Result<String, Error> {
+        // The raw value (a path need not be UTF-8), and its text for checks.
+        let mut raw_value = || -> Result<OsString, Error> {
             match &inline {
-                Some(v) => Ok(v.clone()),
+                Some(v) => Ok(OsString::from(v)),
                 None => args
                     .next()
-                    .map(|v| v.to_string_lossy().into_owned())
                     .ok_or_else(|| Error::NoValue(s.clone(), opt.value.unwrap_or("VALUE"))),
             }
         };
@@ -533,7 +533,8 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
                     _ => out.args.push(OsString::from(format!("--{}", opt.clap))),
                 }
                 if opt.value.is_some() {
-                    let v = value()?;
+                    let raw = raw_value()?;
+                    let v = raw.to_string_lossy().into_owned();
                     // QEMU's -boot (boot order) shares the name with shmvm's --boot.
                     if opt.name == "boot" && !matches!(v.as_str(), "pvh" | "linux64") {
                         out.args.pop();
@@ -561,13 +562,13 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
                             "is not pvh or linux64 (shmvm's --boot) nor a QEMU boot order",
                         ));
                     }
-                    out.args.push(OsString::from(v));
+                    out.args.push(raw);
                 }
             }
             Class::NoOp => {
                 let written = match opt.value {
                     Some(_) => {
-                        let v = value()?;
+                        let v = raw_value()?.to_string_lossy().into_owned();
                         let ok = if opt.name == "accel" {
                             // QEMU tries each -accel in order: a fallback after kvm is never used.
                             let ok = value_is_noop(opt, &v) || kvm_accel_seen;
@@ -604,9 +605,6 @@ pub fn markdown_table() -> String {
             ("verbose", _) => "-v, --verbose".to_string(),
             ("stats", _) => "--stats[=text|json]".to_string(),
             ("help", _) => "-h, -help".to_string(),
-            (n, Some(v)) if o.class == Class::NoOp && !o.noop_values.is_empty() => {
-                format!("{dash}{n} {v}")
-            }
             (n, Some(v)) => format!("{dash}{n} {v}"),
             (n, None) => format!("{dash}{n}"),
         };

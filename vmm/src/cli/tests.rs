@@ -352,3 +352,16 @@ fn stats_formats() {
     );
     assert!(err(&["-kernel", "k", "--stats=xml"]).contains("xml"));
 }
+
+#[test]
+fn non_utf8_paths_pass_through() {
+    use std::os::unix::ffi::OsStrExt;
+    let k = std::ffi::OsStr::from_bytes(b"/tmp/k\xff");
+    let p = parse([
+        OsString::from("shmvm"),
+        OsString::from("-kernel"),
+        k.to_os_string(),
+    ])
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(p.config.kernel.as_os_str(), k);
+}
