@@ -742,3 +742,36 @@ fn kvm_mon_stdio_passes_ctrl_a_ctrl_a_and_plain_bytes_to_the_guest() {
     let r = run_with_input(ECHO_BYTE_TO_EXIT, &["-serial", "stdio"], b"\x01");
     assert_eq!(r.code, Some(3), "{r:?}");
 }
+
+#[test]
+fn man_page_and_completions_come_from_the_clap_definition() {
+    let gen_bin = shmvm_bin().with_file_name("shmvm-gen");
+    assert!(
+        gen_bin.exists(),
+        "{} is missing: cargo build --release -p vmm",
+        gen_bin.display()
+    );
+    let man = Command::new(&gen_bin).arg("man").output().unwrap();
+    let man = String::from_utf8_lossy(&man.stdout);
+    assert!(man.contains(".TH shmvm 1"), "{man}");
+    assert!(
+        man.contains("QEMU OPTIONS BY CLASS") && man.contains("-drive"),
+        "{man}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let c = Command::new(&gen_bin)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&c.stdout);
+        assert!(
+            c.status.success() && text.contains("--kernel"),
+            "{shell}: {text}"
+        );
+    }
+    let bad = Command::new(&gen_bin)
+        .args(["completions", "cmd.exe"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
