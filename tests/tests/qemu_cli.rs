@@ -765,7 +765,7 @@ fn man_page_and_completions_come_from_the_clap_definition() {
             .unwrap();
         let text = String::from_utf8_lossy(&c.stdout);
         assert!(
-            c.status.success() && text.contains("--kernel"),
+            c.status.success() && text.contains("kernel") && text.contains("vhost-user-blk"),
             "{shell}: {text}"
         );
     }
