@@ -77,10 +77,10 @@ pub const VERSION: &str = concat!(
     after_help = EXAMPLES
 )]
 pub struct Args {
-    /// Kernel to boot: ELF (PVH note or 64-bit entry) or bzImage [QEMU: -kernel]
+    /// Kernel to boot: 64-bit or 32-bit ELF (PVH note or 64-bit entry), bzImage, Multiboot v1 [QEMU: -kernel]
     #[arg(long, value_name = "PATH")]
     pub kernel: Vec<PathBuf>,
-    /// Initial ramdisk, passed as PVH module 0 or Linux initrd [QEMU: -initrd]
+    /// Initial ramdisk (PVH module 0, Linux initrd) or Multiboot modules `file args,file2` [QEMU: -initrd]
     #[arg(long, value_name = "PATH")]
     pub initrd: Vec<PathBuf>,
     /// Kernel command line [QEMU: -append]

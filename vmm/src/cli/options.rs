@@ -123,13 +123,13 @@ pub const OPTIONS: &[Opt] = &[
         "kernel",
         Some("PATH"),
         "kernel",
-        "the kernel: ELF (PVH note or 64-bit entry) or bzImage",
+        "the kernel: 64-bit ELF (PVH note or 64-bit entry), 32-bit ELF (PVH note), bzImage, Multiboot v1",
     ),
     same(
         "initrd",
         Some("PATH"),
         "initrd",
-        "initial ramdisk (PVH module 0 or Linux initrd)",
+        "initial ramdisk (PVH module 0 or Linux initrd); for Multiboot, QEMU's module list `file args,file2` (`,,` = comma)",
     ),
     same(
         "append",
