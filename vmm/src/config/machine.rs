@@ -31,6 +31,27 @@ const MACHINE_PROPS: &[Prop] = &[
     Prop::new("vmport", "off", "off", "no VMware port"),
     Prop::new("dump-guest-core", "bool", "on", "accepted, no effect"),
     Prop::new("graphics", "off", "off", "no display"),
+    Prop::new(
+        "x-option-roms",
+        "bool",
+        "off",
+        "microvm: shmvm loads no option ROMs",
+    ),
+    Prop::new(
+        "pit",
+        "on|auto",
+        "on",
+        "microvm: the in-kernel i8254 is always there",
+    ),
+    Prop::new(
+        "pic",
+        "on|auto",
+        "on",
+        "microvm: the in-kernel i8259 is always there",
+    ),
+    Prop::new("isa-serial", "on", "on", "microvm: COM1 is always there"),
+    Prop::new("rtc", "off|auto", "off", "microvm: shmvm has no CMOS RTC"),
+    Prop::new("acpi", "on|auto", "on", "shmvm always writes ACPI tables"),
 ];
 
 /// The machine types shmvm accepts: they all mean shmvm's one machine
@@ -115,6 +136,15 @@ pub fn parse_machine(values: &[String]) -> Result<MachineOptions, Error> {
         only(&mut kv, "graphics", &["off", "no", "false"])?;
         kv.take_bool("dump-guest-core")
             .map_err(|e| invalid("-machine", e.to_string()))?;
+        // microvm's switches: the setting shmvm's machine has is a no-op,
+        // the other one is refused naming the property.
+        kv.take_bool("x-option-roms")
+            .map_err(|e| invalid("-machine", e.to_string()))?;
+        only(&mut kv, "pit", &["on", "auto"])?;
+        only(&mut kv, "pic", &["on", "auto"])?;
+        only(&mut kv, "isa-serial", &["on"])?;
+        only(&mut kv, "rtc", &["off", "auto"])?;
+        only(&mut kv, "acpi", &["on", "auto"])?;
         let known = MACHINES[0].names();
         kv.finish(&known)
             .map_err(|e| invalid("-machine", e.to_string()))?;
@@ -423,10 +453,16 @@ mod tests {
         );
         m("pc-q35-9.2").unwrap();
         m("microvm,usb=off,kernel-irqchip=on").unwrap();
+        m("microvm,x-option-roms=off,rtc=off,pit=on,acpi=on").unwrap();
         for (v, why) in [
             ("accel=tcg", "KVM only"),
             ("virt", "unknown machine type 'virt'"),
             ("q35,usb=on", "usb=on is not supported"),
+            (
+                "microvm,pit=off",
+                "pit=off is not supported (only on, auto)",
+            ),
+            ("microvm,isa-serial=off", "isa-serial=off is not supported"),
             ("q35,smm=off", "unknown property 'smm'"),
         ] {
             let e = m(v).unwrap_err().to_string();
