@@ -775,3 +775,45 @@ fn man_page_and_completions_come_from_the_clap_definition() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn kvm_pidfile_holds_the_pid_while_running_and_goes_at_exit() {
+    use std::io::Write;
+    require_kvm();
+    let d = TempDir::new("pidfile");
+    let k = d.tiny_kernel(&[0xeb, 0xfe]);
+    let pidfile = d.0.join("vm.pid");
+    let mut child = Command::new(shmvm_bin())
+        .args([
+            "-kernel",
+            &k,
+            "-m",
+            "16",
+            "-serial",
+            "mon:stdio",
+            "-pidfile",
+        ])
+        .arg(&pidfile)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let text = loop {
+        if let Ok(t) = std::fs::read_to_string(&pidfile)
+            && t.ends_with('\n')
+        {
+            break t;
+        }
+        assert!(t0.elapsed() < T, "no pid file");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(text.trim(), child.id().to_string());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\x01x").unwrap();
+    let r = wait(child, T);
+    drop(stdin);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(!pidfile.exists(), "pid file left behind");
+}

@@ -42,6 +42,25 @@ fn init_min() {
     let _ = log::set_logger(&MIN);
 }
 
+/// `-pidfile FILE`: our pid while we run, as QEMU writes it; removed when
+/// dropped (at exit, whatever the VM's ending).
+#[derive(Debug)]
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn create(path: &std::path::Path) -> Result<PidFile, String> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("-pidfile {}: {e}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c & 0xff).unwrap_or(1))
 }
@@ -61,6 +80,13 @@ fn main() -> ExitCode {
     };
     let cfg = parsed.config;
     init_logging(cfg.verbose);
+    let _pidfile = match cfg.pidfile.as_deref().map(PidFile::create).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("shmvm: {e}");
+            return code(2);
+        }
+    };
     for n in &parsed.noops {
         log::info!("{n}");
     }

@@ -122,6 +122,9 @@ pub struct Args {
     /// A monitor on a mux chardev: accepted, there is no monitor [QEMU: -mon]
     #[arg(long, value_name = "PROPS")]
     pub mon: Vec<String>,
+    /// Write the process id to FILE (removed at exit) [QEMU: -pidfile]
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Vec<PathBuf>,
     /// A vhost-user-blk-pci device: socket=PATH[,addr=SLOT][,num-queues=N]
     #[arg(long, value_name = "PROPS")]
     pub vhost_user_blk: Vec<String>,
@@ -238,6 +241,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
         mon: args.mon,
         mem_path: args.mem_path.last().cloned(),
         mem_prealloc: args.mem_prealloc,
+        pidfile: args.pidfile.last().cloned(),
         nographic: args.nographic,
         vhost_user_blk: args.vhost_user_blk,
         boot: args.boot.map(BootProtocol::from),

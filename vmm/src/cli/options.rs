@@ -211,6 +211,12 @@ pub const OPTIONS: &[Opt] = &[
         "no display (shmvm has none); without -serial the console is mon:stdio, as in QEMU",
     ),
     same(
+        "pidfile",
+        Some("FILE"),
+        "pidfile",
+        "shmvm's pid written to FILE at start, removed at exit",
+    ),
+    same(
         "version",
         None,
         "version",
@@ -368,7 +374,6 @@ pub const OPTIONS: &[Opt] = &[
         None,
         "run shmvm in the background from the shell or a service manager",
     ),
-    refused("pidfile", Some("FILE"), "take the pid from the shell ($!)"),
     refused("incoming", Some("URI"), "shmvm has no migration"),
     refused("loadvm", Some("NAME"), "shmvm has no snapshots"),
     refused("no-shutdown", None, "shmvm exits when the guest shuts down"),

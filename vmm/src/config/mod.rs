@@ -194,6 +194,8 @@ pub struct Input {
     pub mon: Vec<String>,
     pub mem_path: Option<PathBuf>,
     pub mem_prealloc: bool,
+    /// `-pidfile FILE`.
+    pub pidfile: Option<PathBuf>,
     /// `-nographic`: without `-serial`, the console is `mon:stdio` (QEMU's rule).
     pub nographic: bool,
     pub vhost_user_blk: Vec<String>,
@@ -227,6 +229,8 @@ pub struct Config {
     /// `--stats[=text|json]`.
     pub stats: StatsFormat,
     pub verbose: u8,
+    /// `-pidfile FILE`: written by the binary at start, removed at exit.
+    pub pidfile: Option<PathBuf>,
 }
 
 fn check_ram_size(option: &'static str, size: u64) -> Result<(), Error> {
@@ -357,6 +361,7 @@ impl Config {
             devices,
             boot: input.boot,
             stats: input.stats,
+            pidfile: input.pidfile,
             verbose: input.verbose,
         })
     }
