@@ -236,7 +236,12 @@ impl Machine {
             protocol: cfg.boot,
             vcpus: cfg.vcpus,
         };
-        let loaded = boot::load(ram.mem(), ram.size(), &spec, &mut files)?;
+        let topo = boot::Topology {
+            sockets: cfg.smp.sockets,
+            cores: cfg.smp.cores,
+            threads: cfg.smp.threads,
+        };
+        let loaded = boot::load_with(ram.mem(), ram.size(), &spec, &topo, &mut files)?;
         log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
         t.mark("kernel + boot data loaded");
 
@@ -259,9 +264,12 @@ impl Machine {
         let host = vm.host_cpu()?;
         t.mark("KVM_GET_SUPPORTED_CPUID");
         let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
-        for id in 0..cfg.vcpus {
-            let v = vm.create_vcpu(id)?;
-            vcpu::configure(&v, &host, cfg.vcpus, loaded.entry)?;
+        for index in 0..cfg.vcpus {
+            // The in-kernel LAPIC's ID is the vCPU's id: the topology's
+            // APIC ID (load_with checked that each fits below 0xfe).
+            let apic_id = u8::try_from(topo.apic_id(index)).unwrap_or(u8::MAX);
+            let v = vm.create_vcpu(apic_id)?;
+            vcpu::configure(&v, &host, &topo, index == 0, loaded.entry)?;
             vcpus.push(v);
         }
         t.mark("vCPUs created and configured");
