@@ -181,7 +181,7 @@ fn kvm_powerdown_sets_the_ged_event() {
     let sock = dir.0.join("q.sock");
     let child = Command::new(vm::shmvm_bin())
         .args(["-kernel", &kernel, "-m", "16", "-serial", "none"])
-        .args(["-device", "isa-debug-exit"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
         .stdout(std::process::Stdio::null())

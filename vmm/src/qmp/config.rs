@@ -177,50 +177,58 @@ fn parse_mon(spec: &str) -> Result<String, Error> {
     chardev.ok_or_else(|| invalid(OPT, spec, "chardev=ID is required"))
 }
 
-/// Every monitor socket from `-qmp`, `-mon` and the `-chardev`s they name;
-/// returns them and the `-chardev`s left for devices.
-pub fn monitors(
-    qmp: &[String],
-    mon: &[String],
-    chardevs: &[String],
-) -> Result<(Vec<MonitorConfig>, Vec<String>), Error> {
-    let mut out = qmp
+/// What [`monitors`] leaves for the rest of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Monitors {
+    /// Every QMP socket to listen on.
+    pub sockets: Vec<MonitorConfig>,
+    /// The `-chardev`s that are not monitor sockets.
+    pub chardevs: Vec<String>,
+    /// The `-mon`s on other chardevs (a mux stdio: accepted, no monitor).
+    pub mon: Vec<String>,
+}
+
+/// Every monitor socket from `-qmp`, and from `-mon` on a listening
+/// `-chardev socket,...,server=on`.
+pub fn monitors(qmp: &[String], mon: &[String], chardevs: &[String]) -> Result<Monitors, Error> {
+    let mut sockets = qmp
         .iter()
         .map(|q| parse_qmp(q))
         .collect::<Result<Vec<_>, _>>()?;
-    let wanted = mon
-        .iter()
-        .map(|m| parse_mon(m))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut servers = Vec::new();
     let mut rest = Vec::new();
-    let mut found = Vec::new();
     for c in chardevs {
         match parse_server_chardev(c)? {
-            Some(s) if wanted.contains(&s.id) => found.push(s),
-            Some(s) => {
-                return Err(invalid(
-                    "-chardev",
-                    c,
-                    format!("listening socket '{}' is not used by any -mon", s.id),
-                ));
-            }
+            Some(s) => servers.push((s, c)),
             None => rest.push(c.clone()),
         }
     }
-    for (id, spec) in wanted.iter().zip(mon) {
-        let c = found.iter().find(|c| &c.id == id).ok_or_else(|| {
-            invalid(
-                "-mon",
-                spec,
-                format!("no -chardev socket,id={id},server=on"),
-            )
-        })?;
-        out.push(MonitorConfig {
-            path: c.path.clone(),
-        });
+    let mut other_mon = Vec::new();
+    let mut used = vec![false; servers.len()];
+    for m in mon {
+        let id = parse_mon(m)?;
+        match servers.iter().position(|(s, _)| s.id == id) {
+            Some(i) => {
+                used[i] = true;
+                sockets.push(MonitorConfig {
+                    path: servers[i].0.path.clone(),
+                });
+            }
+            None => other_mon.push(m.clone()),
+        }
     }
-    for (i, m) in out.iter().enumerate() {
-        if out[..i].iter().any(|o| o.path == m.path) {
+    if let Some(i) = used.iter().position(|u| !u) {
+        return Err(invalid(
+            "-chardev",
+            servers[i].1,
+            format!(
+                "listening socket '{}' is not used by any -mon chardev=ID,mode=control",
+                servers[i].0.id
+            ),
+        ));
+    }
+    for (i, m) in sockets.iter().enumerate() {
+        if sockets[..i].iter().any(|o| o.path == m.path) {
             return Err(invalid(
                 "-qmp",
                 &m.path.display().to_string(),
@@ -228,7 +236,11 @@ pub fn monitors(
             ));
         }
     }
-    Ok((out, rest))
+    Ok(Monitors {
+        sockets,
+        chardevs: rest,
+        mon: other_mon,
+    })
 }
 
 #[cfg(test)]
@@ -263,24 +275,30 @@ mod tests {
 
     #[test]
     fn mon_with_chardev() {
-        let (m, rest) = monitors(
+        let m = monitors(
             &s(&["unix:/q1,server,nowait"]),
-            &s(&["chardev=m0,mode=control"]),
+            &s(&["chardev=m0,mode=control", "chardev=con"]),
             &s(&[
                 "socket,id=m0,path=/q2,server=on,wait=off",
                 "socket,id=vu,path=/vhost.sock",
+                "stdio,id=con,mux=on",
             ]),
         )
         .unwrap();
-        let paths: Vec<_> = m.iter().map(|c| c.path.to_str().unwrap()).collect();
+        let paths: Vec<_> = m.sockets.iter().map(|c| c.path.to_str().unwrap()).collect();
         assert_eq!(paths, ["/q1", "/q2"]);
-        assert_eq!(rest, s(&["socket,id=vu,path=/vhost.sock"]));
+        assert_eq!(
+            m.chardevs,
+            s(&["socket,id=vu,path=/vhost.sock", "stdio,id=con,mux=on"])
+        );
+        assert_eq!(m.mon, s(&["chardev=con"]));
     }
 
     #[test]
     fn mon_errors_name_the_option() {
+        // (-mon on a chardev that is not a listening socket is the config
+        // layer's: resolve_serial.)
         let cases: &[(&[&str], &[&str], &str)] = &[
-            (&["chardev=x"], &[], "-mon"),
             (
                 &["chardev=x,mode=readline"],
                 &["socket,id=x,path=/a,server=on,wait=off"],
