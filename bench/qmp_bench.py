@@ -59,8 +59,16 @@ def start(cmd, sock):
         if p.poll() is not None or time.time() > deadline:
             raise SystemExit(f"{cmd[0]}: no QMP socket")
         time.sleep(0.01)
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock)
+    while True:  # the file exists a moment before it listens
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(sock)
+            break
+        except ConnectionRefusedError:
+            s.close()
+            if time.time() > deadline:
+                raise
+            time.sleep(0.01)
     f = s.makefile("rb")
     f.readline()
     s.sendall(b'{"execute":"qmp_capabilities"}\n')
