@@ -74,10 +74,10 @@ pub struct Args {
     /// Serial console (COM1): stdio, file:PATH or none
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: String,
-    /// A device: isa-debug-exit[,iobase=0xf4][,iosize=4] or ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off] [QEMU: -device]
+    /// A device: isa-debug-exit[,iobase=0xf4][,iosize=4], ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off], ivshmem-doorbell,chardev=ID[,vectors=N][,ioeventfd=on|off][,addr=SLOT] or vhost-user-blk-pci,chardev=ID [QEMU: -device]
     #[arg(long, value_name = "PROPS")]
     pub device: Vec<String>,
-    /// A character device: socket,id=ID,path=PATH (a vhost-user back-end) [QEMU: -chardev]
+    /// A character device: socket,id=ID,path=PATH (a vhost-user back-end or an ivshmem server) [QEMU: -chardev]
     #[arg(long, value_name = "PROPS")]
     pub chardev: Vec<String>,
     /// A vhost-user-blk-pci device: socket=PATH[,addr=SLOT][,num-queues=N]
@@ -127,6 +127,8 @@ pub enum DeviceConfig {
     },
     /// `ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off]`
     IvshmemPlain(crate::ivshmem::IvshmemConfig),
+    /// `ivshmem-doorbell,chardev=ID[,vectors=N][,ioeventfd=on|off]`
+    IvshmemDoorbell(crate::ivshmem_doorbell::DoorbellConfig),
     /// `vhost-user-blk-pci,chardev=ID` or `--vhost-user-blk socket=PATH`
     VhostUserBlk(crate::vhost_user_blk::VhostUserBlkConfig),
 }
@@ -303,6 +305,12 @@ fn parse_device(s: &str) -> Result<DeviceConfig, Error> {
                 .map(DeviceConfig::IvshmemPlain)
                 .map_err(|e| invalid("--device", e.to_string()))
         }
+        "ivshmem-doorbell" => {
+            let props = s.split_once(',').map_or("", |(_, p)| p);
+            crate::ivshmem_doorbell::parse(props)
+                .map(DeviceConfig::IvshmemDoorbell)
+                .map_err(|e| invalid("--device", e.to_string()))
+        }
         "vhost-user-blk-pci" => {
             let props = s.split_once(',').map_or("", |(_, p)| p);
             crate::vhost_user_blk::config::parse_device(props)
@@ -313,7 +321,7 @@ fn parse_device(s: &str) -> Result<DeviceConfig, Error> {
         other => Err(invalid(
             "--device",
             format!(
-                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, vhost-user-blk-pci)"
+                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci)"
             ),
         )),
     }
@@ -423,6 +431,26 @@ fn check_vhost_user_blk(
         .map(|c| vub::parse_chardev(c))
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
+    // ivshmem-doorbell devices take their servers' chardevs; the rest are
+    // vhost-user back-ends.
+    let pairs: Vec<_> = chardevs
+        .iter()
+        .map(|c| (c.id.clone(), c.path.clone()))
+        .collect();
+    let mut doorbells: Vec<&mut crate::ivshmem_doorbell::DoorbellConfig> = devices
+        .iter_mut()
+        .filter_map(|d| match d {
+            DeviceConfig::IvshmemDoorbell(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    crate::ivshmem_doorbell::resolve(&mut doorbells, &pairs)
+        .map_err(|e| invalid("--device", e.to_string()))?;
+    let taken: Vec<String> = doorbells.iter().map(|d| d.chardev.clone()).collect();
+    let chardevs: Vec<_> = chardevs
+        .into_iter()
+        .filter(|c| !taken.contains(&c.id))
+        .collect();
     let mut blk: Vec<&mut vub::VhostUserBlkConfig> = devices
         .iter_mut()
         .filter_map(|d| match d {
