@@ -19,8 +19,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{FileOffset, VolatileMemory, VolatileSlice};
+
+use vm_memory::{FileOffset, VolatileMemory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::protocol::{self, Change, PeerTable, ProtocolError, QUIET_AFTER_OWN};
@@ -65,7 +67,7 @@ pub struct Peer {
     socket_ready: Epoll,
     server_gone: bool,
     id: u16,
-    shm: MmapRegion,
+    shm: Arc<MmapRegion>,
     table: PeerTable,
     events: VecDeque<PeerEvent>,
 }
@@ -109,7 +111,7 @@ impl Peer {
             stream,
             server_gone: false,
             id: setup.id,
-            shm,
+            shm: Arc::new(shm),
             table: setup.table,
             events,
         })
@@ -120,9 +122,10 @@ impl Peer {
         self.id
     }
 
-    /// The shared memory.
-    pub fn memory(&self) -> VolatileSlice<'_, vm_memory::bitmap::BS<'_, ()>> {
-        self.shm.as_volatile_slice()
+    /// The shared memory (a handle that outlives borrows of the peer:
+    /// `peer.memory().as_volatile_slice().read_obj::<u64>(off)`).
+    pub fn memory(&self) -> Arc<MmapRegion> {
+        self.shm.clone()
     }
 
     /// Bytes of shared memory.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ivshmem_server::protocol::{self, recv};
 use ivshmem_server::server::{Server, ServerConfig, ShmSource};
 use ivshmem_server::{Peer, PeerEvent};
-use vm_memory::Bytes;
+use vm_memory::{Bytes, VolatileMemory};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -83,8 +83,17 @@ fn peers_ring_each_other_share_memory_and_see_comings_and_goings() {
     assert_eq!(a.next_event(T).unwrap(), PeerEvent::Joined(1));
     assert_eq!(a.peers(), vec![1]);
     // Memory is shared.
-    a.memory().write_obj(0xfeed_u32, 4096).unwrap();
-    assert_eq!(b.memory().read_obj::<u32>(4096).unwrap(), 0xfeed);
+    a.memory()
+        .as_volatile_slice()
+        .write_obj(0xfeed_u32, 4096)
+        .unwrap();
+    assert_eq!(
+        b.memory()
+            .as_volatile_slice()
+            .read_obj::<u32>(4096)
+            .unwrap(),
+        0xfeed
+    );
     assert_eq!(a.size(), 1 << 20);
     // Doorbells both ways, per vector.
     a.ring(1, 1).unwrap();

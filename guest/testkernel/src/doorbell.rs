@@ -85,6 +85,9 @@ struct Job {
     /// Outcome details.
     state: u64,
     resends: u64,
+    /// Vector 0's interrupt count already looked at (kept across rounds:
+    /// an answer may arrive before the next wait starts).
+    seen: u64,
 }
 
 static JOB: Global<Job> = Global::new(Job {
@@ -98,6 +101,7 @@ static JOB: Global<Job> = Global::new(Job {
     vectors: 0,
     state: 0,
     resends: 0,
+    seen: 0,
 });
 
 static LAT: Global<[u64; MAX_ROUNDS]> = Global::new([0; MAX_ROUNDS]);
@@ -158,6 +162,10 @@ fn setup() -> Result<Dev, &'static str> {
     let bar = u64::from(f.read32(0x10 + 4 * bir) & !0xF);
     let table_addr = bar + u64::from(table & !7);
     paging::ensure_mapped(table_addr, table_addr + 16 * vectors)?;
+    // Firmware may have left the 8259s unmasked with the PIT running
+    // (SeaBIOS: IRQ0 on vector 8); only MSI-X may interrupt the jobs.
+    cpu::outb(0x21, 0xFF);
+    cpu::outb(0xA1, 0xFF);
     let apic_id = rd32(LAPIC + LAPIC_ID) >> 24;
     wr32(LAPIC + LAPIC_SVR, 0x1FF);
     let stubs = [
@@ -199,7 +207,7 @@ fn setup() -> Result<Dev, &'static str> {
         j.deadline = timer::deadline(p.timeout_ms);
         j.resend = timer::tsc_khz() * 20;
         j.vectors = vectors.min(WIRED);
-        (j.state, j.resends) = (0, 0);
+        (j.state, j.resends, j.seen) = (0, 0, irqs(0));
     }
     Ok(d)
 }
@@ -258,12 +266,11 @@ pub fn ring_self() -> Result<(), &'static str> {
 /// last ring (it re-sends). Returns false at the deadline.
 fn wait_for(j: &mut Job, want: u64, mut again: impl FnMut(&mut Job)) -> bool {
     let seq = j.bar2 + SEQ_OFF + 8 * j.peer;
-    let mut seen = irqs(0);
     let mut next_resend = rdtsc() + j.resend;
     loop {
         let now = irqs(0);
-        if now != seen {
-            seen = now;
+        if now != j.seen {
+            j.seen = now;
             if rd64(seq) == want {
                 return true;
             }
