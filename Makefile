@@ -122,9 +122,10 @@ bench: build
 BENCH_RUNS ?= 20
 .PHONY: bench-boot
 bench: bench-boot
+# BENCH_BASELINE=path/to/older/shmvm adds an older build to the same runs.
 bench-boot: build
 	python3 bench/boot_bench.py --runs $(BENCH_RUNS) --shmvm $(SHMVM) \
-		--shmvm-dynamic target/release/shmvm
+		--shmvm-dynamic target/release/shmvm $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 
 # ivshmem: BAR2 vs guest RAM vs host bandwidth (needs /dev/kvm); see README.
 bench-ivshmem: build
