@@ -133,6 +133,11 @@ bench-ivshmem: build
 
 bench: bench-ivshmem
 
+# Doorbell round trips: shmvm vs QEMU guests and a host peer (bench/doorbell.sh).
+.PHONY: bench-doorbell
+bench-doorbell: build
+	bash bench/doorbell.sh
+
 # A guest and a host process sharing a named shm object (needs /dev/kvm).
 demo-ivshmem: build
 	SHMVM_BIN=$(SHMVM) bash scripts/demo-ivshmem.sh

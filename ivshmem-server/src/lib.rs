@@ -19,6 +19,7 @@
 //! with no fd.
 
 pub mod peer;
+pub mod pingpong;
 pub mod protocol;
 pub mod server;
 

@@ -15,16 +15,13 @@ use std::time::{Duration, Instant};
 
 use ivshmem_server::protocol::send;
 use ivshmem_server::server::{Server, ServerConfig, ShmSource};
-use ivshmem_server::{Peer, PeerEvent};
+use ivshmem_server::{Peer, PeerEvent, pingpong};
 use shmvm_tests::harness::{self, Run, require_kvm, shmvm, testkernel, unique};
 use vm_memory::{Bytes, VolatileMemory};
 use vmm_sys_util::eventfd::EventFd;
 
 const T: Duration = Duration::from_secs(30);
-/// The test kernel's region layout (guest/testkernel/src/doorbell.rs).
-const READY_OFF: usize = 0x1000;
-const SEQ_OFF: usize = 0x2000;
-const READY: u64 = 0x5245_4144_5944_4221;
+use pingpong::{READY, READY_OFF, SEQ_OFF};
 
 struct Serving {
     dir: PathBuf,
@@ -264,40 +261,13 @@ fn kvm_doorbell_three_peers_one_leaves() {
     expect_event(&mut host, PeerEvent::Left(2));
     assert_eq!(host.peers(), vec![1]);
     // The host pings guest A (which saw B come and go).
-    let region = host.memory();
-    let m = region.as_volatile_slice();
-    let deadline = Instant::now() + T;
-    while m.read_obj::<u64>(READY_OFF + 8).unwrap() != READY {
-        assert!(Instant::now() < deadline, "guest A never got ready");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut lat = Vec::new();
-    for r in 0..=u64::from(rounds) {
-        m.write_obj(r + 1, SEQ_OFF).unwrap();
-        let t0 = Instant::now();
-        host.ring(1, 0).expect("ringing guest A");
-        loop {
-            match host.wait(0, Duration::from_millis(20)) {
-                Ok(_) if m.read_obj::<u64>(SEQ_OFF + 8).unwrap() == r + 1 => break,
-                Ok(_) => {}
-                // A lost ring (guest A's VMM learning of us): ring again.
-                Err(ivshmem_server::peer::PeerError::Timeout(_)) => {
-                    host.ring(1, 0).expect("ringing guest A")
-                }
-                Err(e) => panic!("round {r}: {e}"),
-            }
-            assert!(Instant::now() < deadline + T, "round {r} never answered");
-        }
-        lat.push(t0.elapsed());
-    }
+    let lat = pingpong::ping(&mut host, 1, u64::from(rounds), T).expect("host pings guest A");
     let a = harness::wait(a, T);
     a.assert_pass();
-    lat.remove(0);
-    lat.sort();
     eprintln!(
         "host<->guest round trip: median {:?} p99 {:?}",
-        lat[lat.len() / 2],
-        lat[lat.len() * 99 / 100]
+        lat.percentile(50),
+        lat.percentile(99)
     );
     let st = doorbell_stats(&a);
     assert_eq!(u(&st, "peers_joined"), 2, "host and B: {st}");
