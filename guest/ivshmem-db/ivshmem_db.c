@@ -196,6 +196,7 @@ static int ivshmem_db_probe(struct pci_dev *pdev, const struct pci_device_id *id
 	db->misc.name = db->name;
 	db->misc.fops = &ivshmem_db_fops;
 	db->misc.mode = 0600;
+	db->misc.parent = &pdev->dev; /* /sys/bus/pci/devices/<bdf>/misc/ivshmem-dbN */
 	ret = misc_register(&db->misc);
 	if (ret)
 		goto free_ida;

@@ -80,7 +80,12 @@ fn answer(
 }
 
 /// Rings `peer` `rounds` times (plus the warm-up), waiting for each answer.
-pub fn ping(p: &mut Peer, peer: u16, rounds: u64, timeout: Duration) -> Result<Latencies, PeerError> {
+pub fn ping(
+    p: &mut Peer,
+    peer: u16,
+    rounds: u64,
+    timeout: Duration,
+) -> Result<Latencies, PeerError> {
     let deadline = Instant::now() + timeout;
     let me = usize::from(p.id());
     write(p, READY_OFF + 8 * me, READY)?;

@@ -10,10 +10,18 @@ use clap::{Parser, Subcommand};
 use ivshmem_server::{Peer, pingpong};
 
 #[derive(Debug, Parser)]
-#[command(name = "ivshmem-peer", version, about = "A host peer of an ivshmem server")]
+#[command(
+    name = "ivshmem-peer",
+    version,
+    about = "A host peer of an ivshmem server"
+)]
 struct Args {
     /// The server's socket.
-    #[arg(short = 'S', value_name = "PATH", default_value = "/tmp/ivshmem_socket")]
+    #[arg(
+        short = 'S',
+        value_name = "PATH",
+        default_value = "/tmp/ivshmem_socket"
+    )]
     socket: PathBuf,
     /// Give up after this many seconds.
     #[arg(short = 't', long, default_value_t = 60)]
