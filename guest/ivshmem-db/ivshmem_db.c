@@ -13,7 +13,10 @@
  *   poll()                            readable when any vector has rung.
  *   pwrite(fd, &peer_vector, 4, 0)    rings: writes (peer << 16) | vector to
  *                                     the Doorbell register.
- *   ioctl(IVSHMEM_DB_INFO)            { ivposition, vectors }.
+ *   pread(fd, &info, 8, 512)          { u32 ivposition, u32 vectors }, at once
+ *                                     (also ioctl(IVSHMEM_DB_INFO)).
+ * BAR0 is 256 bytes, less than a page, so sysfs resource0 cannot be mapped:
+ * rings and IVPosition go through this driver.
  * The shared memory stays reachable through sysfs resource2 (ivshmem-tool).
  * ivshmem-plain (no MSI-X capability) is left alone.
  */
@@ -30,6 +33,7 @@
 #define IVSHMEM_DB_MAX_VECTORS 64
 #define REG_IVPOSITION 8
 #define REG_DOORBELL 12
+#define IVSHMEM_DB_INFO_OFF (IVSHMEM_DB_MAX_VECTORS * 8)
 
 struct ivshmem_db_info {
 	__u32 ivposition;
@@ -90,6 +94,13 @@ static ssize_t ivshmem_db_read(struct file *f, char __user *buf, size_t len, lof
 	u64 n;
 	int ret;
 
+	if (*pos == IVSHMEM_DB_INFO_OFF && len >= 8) {
+		u32 info[2] = { readl(db->regs + REG_IVPOSITION), db->nvec };
+
+		if (copy_to_user(buf, info, 8))
+			return -EFAULT;
+		return 8;
+	}
 	if (len < 8 || *pos % 8 || vector >= db->nvec)
 		return -EINVAL;
 	for (;;) {

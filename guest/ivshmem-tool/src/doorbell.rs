@@ -1,8 +1,7 @@
-//! ivshmem-doorbell from inside a Linux guest: IVPosition and the Doorbell
-//! register through sysfs `resource0` (no driver needed), MSI-X facts from
-//! sysfs `config`, and waiting for a vector through the `ivshmem_db` module
-//! (`guest/ivshmem-db`: `/dev/ivshmem-dbN`, one blocking 8-byte pread at
-//! `vector * 8` per wait).
+//! ivshmem-doorbell from inside a Linux guest through the `ivshmem_db`
+//! module (`guest/ivshmem-db`, `/dev/ivshmem-dbN`): IVPosition (8-byte
+//! pread at 512), rings (4-byte pwrite), waits (one blocking 8-byte pread at
+//! `vector * 8`); MSI-X facts from sysfs `config`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -12,10 +11,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::device::PciDevice;
-use crate::region::{Region, RegionError};
+use crate::region::RegionError;
 
-pub const REG_IV_POSITION: u64 = 8;
-pub const REG_DOORBELL: u64 = 12;
 const CAP_MSIX: u8 = 0x11;
 
 /// What can go wrong with doorbells.
@@ -77,42 +74,46 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DoorbellError + '_ {
     }
 }
 
-/// BAR0 mapped through `resource0`.
+/// Offset of the driver's info record (IVPosition, vectors).
+const INFO_OFF: u64 = 64 * 8;
+
+/// BAR0's registers through the driver (BAR0 is 256 bytes, less than a
+/// page, so sysfs cannot map `resource0`).
 pub struct Registers {
-    region: Region,
+    node: PathBuf,
+    file: File,
 }
 
 impl Registers {
     pub fn open(dev: &PciDevice) -> Result<Self, DoorbellError> {
-        let bar = dev.bar0.ok_or_else(|| DoorbellError::NoBar0 {
-            bdf: dev.bdf.clone(),
-        })?;
-        let path = dev.dir.join("resource0");
+        if dev.bar0.is_none() {
+            return Err(DoorbellError::NoBar0 {
+                bdf: dev.bdf.clone(),
+            });
+        }
+        let node = driver_node(dev)?;
         let file = File::options()
             .read(true)
             .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let region = Region::map(file, bar.size, &format!("{} BAR0", dev.bdf))?;
-        Ok(Registers { region })
-    }
-
-    fn read32(&self, off: u64) -> Result<u32, DoorbellError> {
-        let mut b = [0u8; 4];
-        self.region.read(off, &mut b)?;
-        Ok(u32::from_le_bytes(b))
+            .open(&node)
+            .map_err(io_err(&node))?;
+        Ok(Registers { node, file })
     }
 
     /// This peer's id.
     pub fn iv_position(&self) -> Result<u32, DoorbellError> {
-        self.read32(REG_IV_POSITION)
+        let mut b = [0u8; 8];
+        self.file
+            .read_exact_at(&mut b, INFO_OFF)
+            .map_err(io_err(&self.node))?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Rings `vector` of `peer`.
     pub fn ring(&self, peer: u16, vector: u16) -> Result<(), DoorbellError> {
-        self.region
-            .write(REG_DOORBELL, &doorbell_value(peer, vector).to_le_bytes())?;
-        Ok(())
+        self.file
+            .write_all_at(&doorbell_value(peer, vector).to_le_bytes(), 0)
+            .map_err(io_err(&self.node))
     }
 }
 

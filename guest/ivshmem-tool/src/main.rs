@@ -130,7 +130,7 @@ enum Command {
     /// peers that announced themselves in the region (the ping-pong layout:
     /// READY at 0x1000 + 8*id).
     Peers,
-    /// ivshmem-doorbell: ring VECTOR of PEER (BAR0's Doorbell register).
+    /// ivshmem-doorbell: ring VECTOR of PEER (needs the ivshmem_db module).
     Ring {
         #[arg(value_parser = parse::number)]
         peer: u64,

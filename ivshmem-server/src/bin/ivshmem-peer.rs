@@ -42,6 +42,9 @@ enum Cmd {
     Ping { peer: u16, rounds: u64 },
     /// Answer PEER's pings ROUNDS times.
     Pong { peer: u16, rounds: u64 },
+    /// COUNT times: wait for a doorbell on VECTOR, then ring VECTOR of every
+    /// other peer (an echo for guests that ring this peer and wait).
+    Echo { vector: usize, count: u64 },
 }
 
 fn run(a: Args) -> Result<(), ivshmem_server::peer::PeerError> {
@@ -66,6 +69,17 @@ fn run(a: Args) -> Result<(), ivshmem_server::peer::PeerError> {
             );
         }
         Cmd::Pong { peer, rounds } => pingpong::pong(&mut p, peer, rounds, timeout)?,
+        Cmd::Echo { vector, count } => {
+            println!("ivshmem-peer: id={}", p.id());
+            for _ in 0..count {
+                let n = p.wait(vector, timeout)?;
+                let peers = p.peers();
+                for &peer in &peers {
+                    p.ring(peer, vector)?;
+                }
+                println!("ivshmem-peer: echo rings={n} to={peers:?}");
+            }
+        }
     }
     Ok(())
 }
