@@ -145,6 +145,13 @@ ivshmem-db-check: ivshmem-db guest-tool
 	tests/lab/fetch.sh
 	bash guest/ivshmem-db/tcg_check.sh
 
+# The doorbell lab: two shmvm and one QEMU Linux guest (L2 in an L1 under
+# TCG) pass a doorbell token through ivshmem_db and ivshmem-tool.
+.PHONY: lab-doorbell
+lab-doorbell: ivshmem-db guest-tool
+	$(CARGO) build --release -p vmm -p ivshmem-server
+	bash tests/lab/doorbell-lab.sh
+
 # Doorbell round trips: shmvm vs QEMU guests and a host peer (bench/doorbell.sh).
 .PHONY: bench-doorbell
 bench-doorbell: build
