@@ -192,6 +192,47 @@ fn kvm_doorbell_rings_itself_ignores_absent_peers_and_never_exits() {
     );
 }
 
+/// A ring while the vector is masked waits for the unmask (the eventfd
+/// stays readable while no irqfd is attached); with ioeventfd=off every ring
+/// exits and the VMM delivers it itself.
+#[test]
+fn kvm_doorbell_masked_vector_holds_the_ring_and_ioeventfd_off_forwards() {
+    require_kvm();
+    let s = serve("db-masked", 1);
+    let run = harness::wait(
+        shmvm_guest(
+            &s.socket,
+            1,
+            &append("doorbell-masked,doorbell-self", 0, 0, 1),
+        ),
+        T,
+    );
+    run.assert_pass();
+    ok_line(&run, "shmvm: doorbell masked ring delivered on unmask");
+    assert_eq!(u(&doorbell_stats(&run), "doorbell_exits"), 0);
+    drop(s);
+    let s = serve("db-noioeventfd", 1);
+    let child = shmvm(&[
+        "-m",
+        "64M",
+        "-chardev",
+        &chardev(&s.socket),
+        "-device",
+        "ivshmem-doorbell,chardev=iv,ioeventfd=off",
+        "-append",
+        &append("doorbell-self", 0, 0, 1),
+        "--stats=json",
+    ])
+    .spawn()
+    .expect("starting shmvm");
+    let run = harness::wait(child, T);
+    run.assert_pass();
+    let st = doorbell_stats(&run);
+    assert_eq!(u(&st, "ioeventfds"), 0, "{st}");
+    assert_eq!(u(&st, "doorbell_exits"), 1, "{st}");
+    assert_eq!(u(&st, "rings_forwarded"), 1, "{st}");
+}
+
 /// QEMU's ivshmem-doorbell and shmvm's, on shmvm's server, ping each other
 /// in both directions; an observer peer (this process) fixes the ids and
 /// sees both guests' writes.

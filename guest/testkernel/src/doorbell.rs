@@ -82,6 +82,8 @@ struct Job {
     deadline: u64,
     resend: u64,
     vectors: u64,
+    /// MSI-X table entry 0 (its vector control word is at +12).
+    table: u64,
     /// Outcome details.
     state: u64,
     resends: u64,
@@ -99,6 +101,7 @@ static JOB: Global<Job> = Global::new(Job {
     deadline: 0,
     resend: 0,
     vectors: 0,
+    table: 0,
     state: 0,
     resends: 0,
     seen: 0,
@@ -207,6 +210,7 @@ fn setup() -> Result<Dev, &'static str> {
         j.deadline = timer::deadline(p.timeout_ms);
         j.resend = timer::tsc_khz() * 20;
         j.vectors = vectors.min(WIRED);
+        j.table = table_addr;
         (j.state, j.resends, j.seen) = (0, 0, irqs(0));
     }
     Ok(d)
@@ -429,6 +433,51 @@ pub fn ping_pong(ping: bool) -> Result<(), &'static str> {
         Dec(j.resends)
     );
     Ok(())
+}
+
+/// Ring-3 job: mask vector 0, ring itself, see no interrupt for ~50 ms,
+/// unmask: the pending ring arrives then. 0 ok, 1 delivered while masked,
+/// 2 lost.
+extern "C" fn masked_job(_: u64, _: u64, _: u64) -> u64 {
+    // SAFETY: CPL0 is suspended; sole user of JOB.
+    let j = unsafe { &mut *JOB.ptr() };
+    let ctrl = j.table + 12;
+    let before = irqs(0);
+    wr32(ctrl, 1);
+    ring(j.bar0, j.me, 0);
+    let quiet_until = rdtsc() + j.resend * 5 / 2;
+    while rdtsc() < quiet_until {
+        if irqs(0) != before {
+            return 1;
+        }
+        core::hint::spin_loop();
+    }
+    wr32(ctrl, 0);
+    while irqs(0) == before {
+        if rdtsc() > j.deadline {
+            return 2;
+        }
+        core::hint::spin_loop();
+    }
+    0
+}
+
+pub fn masked_ring() -> Result<(), &'static str> {
+    setup()?;
+    match user_with_interrupts(masked_job) {
+        0 => {
+            say!("shmvm: doorbell masked ring delivered on unmask irqs=", Dec(irqs(0)));
+            Ok(())
+        }
+        1 => {
+            say!("shmvm: doorbell masked ring delivered while masked");
+            Err("doorbell_masked_delivered")
+        }
+        _ => {
+            say!("shmvm: doorbell masked ring lost");
+            Err("doorbell_masked_lost")
+        }
+    }
 }
 
 /// Ring-3 job: ring an absent peer and an absent vector, then this peer

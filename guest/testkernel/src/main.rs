@@ -118,6 +118,7 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
             Test::DoorbellPing => doorbell::ping_pong(true),
             Test::DoorbellPong => doorbell::ping_pong(false),
             Test::DoorbellBad => doorbell::bad_rings(),
+            Test::DoorbellMasked => doorbell::masked_ring(),
         };
         if let Err(why) = r {
             note_failure(why);

@@ -16,6 +16,7 @@ pub enum Test {
     DoorbellPing,
     DoorbellPong,
     DoorbellBad,
+    DoorbellMasked,
 }
 
 pub const MAX_TESTS: usize = 16;
@@ -122,6 +123,7 @@ fn test_by_name(s: &[u8]) -> Option<Test> {
         b"doorbell-ping" => Test::DoorbellPing,
         b"doorbell-pong" => Test::DoorbellPong,
         b"doorbell-bad" => Test::DoorbellBad,
+        b"doorbell-masked" => Test::DoorbellMasked,
         _ => return None,
     })
 }
