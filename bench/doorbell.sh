@@ -13,6 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-10000}
+# HALT=1: guests wait in `hlt` at CPL0 (a waiting vCPU sleeps) instead of
+# spinning in ring 3 (two spinning guests take both cores of a 2-core host).
+HALT=${HALT:-0}
 SHMVM=${SHMVM_BIN:-target/release/shmvm}
 SERVER=target/release/ivshmem-server
 PEER=target/release/ivshmem-peer
@@ -48,7 +51,7 @@ joined() { # NAME ID: wait until peer ID is connected
     until_ok 60 grep -q "peer $2 connected" "$tmp/$1.server" || fail "$1: peer $2 never connected"
 }
 append() { # TEST ID PEER
-    echo "shmvm.test=$1 shmvm.ivposition=$2 shmvm.peer=$3 shmvm.rounds=$ROUNDS shmvm.timeout_ms=300000"
+    echo "shmvm.test=$1 shmvm.ivposition=$2 shmvm.peer=$3 shmvm.rounds=$ROUNDS shmvm.halt=$HALT shmvm.timeout_ms=300000"
 }
 shmvm_guest() { # NAME OUT TEST ID PEER
     "$SHMVM" -kernel "$KERNEL" -m 64M -serial stdio -device isa-debug-exit \
@@ -78,7 +81,7 @@ print(f"  {sys.argv[1]}: doorbell_exits=0 bar0_writes=0 ioeventfds={d['ioeventfd
 PY
 }
 
-echo "bench-doorbell: $ROUNDS rounds each; host load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "bench-doorbell: $ROUNDS rounds each, guests $( ((HALT)) && echo halt || echo spin) while waiting; host load: $(cut -d' ' -f1-3 /proc/loadavg)"
 # shmvm <-> shmvm
 server s
 shmvm_guest s s-pong.out doorbell-pong 0 1 & pids+=($!); pong=$!

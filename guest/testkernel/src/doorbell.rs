@@ -28,6 +28,12 @@ const LAPIC_SVR: u64 = 0xF0;
 const DOORBELL: u64 = 12;
 const CMD_MASTER: u16 = 1 << 2;
 const CAP_MSIX: u8 = 0x11;
+const TICK_VECTOR: usize = 0x42;
+const LAPIC_LVT_TIMER: u64 = 0x320;
+const LAPIC_TIMER_INIT: u64 = 0x380;
+const LAPIC_TIMER_DIV: u64 = 0x3E0;
+/// LAPIC timer period in bus cycles (KVM's LAPIC bus runs at 1 GHz: 10 ms).
+const TICK_CYCLES: u32 = 10_000_000;
 pub const READY_OFF: u64 = 0x1000;
 pub const SEQ_OFF: u64 = 0x2000;
 pub const READY: u64 = 0x5245_4144_5944_4221;
@@ -37,6 +43,8 @@ const MAX_ROUNDS: usize = 20_000;
 unsafe extern "C" {
     static doorbell_isr0: u8;
     static doorbell_isr1: u8;
+    /// The LAPIC timer's stub (wakes `hlt` for resends in halt mode).
+    static doorbell_tick: u8;
     /// Interrupts taken per wired vector (written by the ISRs).
     static mut doorbell_irqs: [u64; 2];
 }
@@ -64,6 +72,15 @@ doorbell_isr1:
     pop rax
     iretq
 
+    .balign 16
+    .global doorbell_tick
+doorbell_tick:
+    push rax
+    mov eax, 0xfee000b0
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
+
     .section .data, "aw"
     .balign 8
     .global doorbell_irqs
@@ -84,6 +101,8 @@ struct Job {
     vectors: u64,
     /// MSI-X table entry 0 (its vector control word is at +12).
     table: u64,
+    /// Wait with `sti; hlt` at CPL0 instead of spinning in ring 3.
+    halt: u64,
     /// Outcome details.
     state: u64,
     resends: u64,
@@ -102,6 +121,7 @@ static JOB: Global<Job> = Global::new(Job {
     resend: 0,
     vectors: 0,
     table: 0,
+    halt: 0,
     state: 0,
     resends: 0,
     seen: 0,
@@ -211,6 +231,7 @@ fn setup() -> Result<Dev, &'static str> {
         j.resend = timer::tsc_khz() * 20;
         j.vectors = vectors.min(WIRED);
         j.table = table_addr;
+        j.halt = p.halt;
         (j.state, j.resends, j.seen) = (0, 0, irqs(0));
     }
     Ok(d)
@@ -268,6 +289,20 @@ pub fn ring_self() -> Result<(), &'static str> {
 /// Waits for an interrupt on vector 0 after which the peer's sequence is
 /// `want`. `again` is called when the peer's sequence shows it missed our
 /// last ring (it re-sends). Returns false at the deadline.
+/// Waits a little: spins (ring 3), or halts until an interrupt (CPL0, halt
+/// mode; the LAPIC timer ticks so resends still happen).
+fn idle(j: &Job) {
+    if j.halt != 0 {
+        // SAFETY: CPL0 in halt mode only; the gates for every vector that
+        // can arrive (doorbells, the tick) are set. `sti` holds interrupts
+        // off for one more instruction, so a wake-up cannot slip in before
+        // `hlt`.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) }
+    } else {
+        core::hint::spin_loop();
+    }
+}
+
 fn wait_for(j: &mut Job, want: u64, mut again: impl FnMut(&mut Job)) -> bool {
     let seq = j.bar2 + SEQ_OFF + 8 * j.peer;
     let mut next_resend = rdtsc() + j.resend;
@@ -291,7 +326,7 @@ fn wait_for(j: &mut Job, want: u64, mut again: impl FnMut(&mut Job)) -> bool {
             j.state = rd64(seq);
             return false;
         }
-        core::hint::spin_loop();
+        idle(j);
     }
 }
 
@@ -308,7 +343,7 @@ extern "C" fn ping_job(_: u64, _: u64, _: u64) -> u64 {
         if rdtsc() > j.deadline {
             return 1;
         }
-        core::hint::spin_loop();
+        idle(j);
     }
     for r in 0..=j.rounds {
         wr64(mine, r + 1);
@@ -381,7 +416,23 @@ pub fn ping_pong(ping: bool) -> Result<(), &'static str> {
         " rounds=",
         Dec(rounds)
     );
-    let r = user_with_interrupts(if ping { ping_job } else { pong_job });
+    let job = if ping { ping_job } else { pong_job };
+    // SAFETY: no job runs now.
+    let r = if unsafe { (*JOB.ptr()).halt } != 0 {
+        // Halt mode: the same loop at CPL0, sleeping in `hlt` between
+        // interrupts (slower per round on PVM, where CPL0 is emulated, but a
+        // waiting vCPU leaves the host CPU to others).
+        cpu::set_gate(TICK_VECTOR, &raw const doorbell_tick as u64);
+        wr32(LAPIC + LAPIC_TIMER_DIV, 0xB);
+        wr32(LAPIC + LAPIC_LVT_TIMER, TICK_VECTOR as u32 | (1 << 17));
+        wr32(LAPIC + LAPIC_TIMER_INIT, TICK_CYCLES);
+        let r = job(0, 0, 0);
+        wr32(LAPIC + LAPIC_TIMER_INIT, 0);
+        wr32(LAPIC + LAPIC_LVT_TIMER, 1 << 16);
+        r
+    } else {
+        user_with_interrupts(job)
+    };
     // SAFETY: the job has returned.
     let j = unsafe { &*JOB.ptr() };
     if r == 1 {
@@ -430,7 +481,12 @@ pub fn ping_pong(ping: bool) -> Result<(), &'static str> {
         " max_ns=",
         Dec(ns(lat[n])),
         " resends=",
-        Dec(j.resends)
+        Dec(j.resends),
+        if j.halt != 0 {
+            " wait=hlt"
+        } else {
+            " wait=spin"
+        }
     );
     Ok(())
 }

@@ -37,6 +37,8 @@ pub struct Params {
     /// The other peer of the doorbell ping-pong, and its rounds.
     pub peer: u64,
     pub rounds: u64,
+    /// Doorbell ping-pong waits in `hlt` at CPL0 (1) or spins in ring 3 (0).
+    pub halt: u64,
     /// First problem found: (reason, offset of the offending word in the
     /// command line).
     pub error: Option<(&'static str, usize)>,
@@ -61,6 +63,7 @@ impl Params {
         ivposition: 0,
         peer: 0,
         rounds: 1000,
+        halt: 0,
         error: None,
     };
 
@@ -187,6 +190,7 @@ fn parse(line: &[u8], p: &mut Params) {
             b"ivposition" => &mut p.ivposition,
             b"peer" => &mut p.peer,
             b"rounds" => &mut p.rounds,
+            b"halt" => &mut p.halt,
             _ => continue,
         };
         match parse_num(val) {
