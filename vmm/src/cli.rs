@@ -796,4 +796,31 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    #[test]
+    fn ivshmem_doorbell_takes_its_server_chardev() {
+        let c = parse(&[
+            "-kernel",
+            "k",
+            "-chardev",
+            "socket,id=iv,path=/tmp/iv.sock",
+            "-device",
+            "ivshmem-doorbell,chardev=iv,vectors=2,ioeventfd=off",
+        ])
+        .unwrap();
+        match &c.devices[..] {
+            [DeviceConfig::IvshmemDoorbell(d)] => {
+                assert_eq!(d.socket, std::path::PathBuf::from("/tmp/iv.sock"));
+                assert_eq!((d.vectors, d.ioeventfd), (2, false));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = err(&["-kernel", "k", "-device", "ivshmem-doorbell,chardev=nope"]);
+        assert!(
+            e.contains("ivshmem-doorbell #0: chardev 'nope' is not defined"),
+            "{e}"
+        );
+        let e = err(&["-kernel", "k", "-device", "ivshmem-doorbell,vectors=2"]);
+        assert!(e.contains("chardev=ID is required"), "{e}");
+    }
 }
