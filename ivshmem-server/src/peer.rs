@@ -70,6 +70,8 @@ pub struct Peer {
     shm: Arc<MmapRegion>,
     table: PeerTable,
     events: VecDeque<PeerEvent>,
+    /// Per own vector: its epoll and whether the socket is in it.
+    waiters: Vec<Option<(Epoll, bool)>>,
 }
 
 impl Peer {
@@ -114,6 +116,7 @@ impl Peer {
             shm: Arc::new(shm),
             table: setup.table,
             events,
+            waiters: Vec::new(),
         })
     }
 
@@ -183,26 +186,48 @@ impl Peer {
             })?
             .try_clone()?;
         let deadline = Instant::now() + timeout;
-        let epoll = self.epoll(Some(&own))?;
-        loop {
-            match own.read() {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-            self.wait_ready(&epoll, deadline, timeout)?;
-            self.drain_notices()?;
+        // One epoll per vector, kept between waits (rebuilt without the
+        // socket once the server is gone, or it would always be readable).
+        if self.waiters.len() <= vector {
+            self.waiters.resize_with(vector + 1, || None);
         }
+        let mut waiter = match self.waiters[vector].take() {
+            Some((e, with_socket)) if with_socket != self.server_gone => (e, with_socket),
+            _ => (self.epoll(Some(&own))?, !self.server_gone),
+        };
+        let r = loop {
+            match own.read() {
+                Ok(n) => break Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => break Err(e.into()),
+            }
+            if let Err(e) = self.wait_ready(&waiter.0, deadline, timeout) {
+                break Err(e);
+            }
+            if let Err(e) = self.drain_notices() {
+                break Err(e);
+            }
+            if waiter.1 && self.server_gone {
+                waiter = (self.epoll(Some(&own))?, false);
+            }
+        };
+        self.waiters[vector] = Some(waiter);
+        r
     }
 
     /// The next peer that joined or left, waiting up to `timeout`.
     pub fn next_event(&mut self, timeout: Duration) -> Result<PeerEvent, PeerError> {
         let deadline = Instant::now() + timeout;
-        let epoll = self.epoll(None)?;
+        let mut epoll = self.epoll(None)?;
         loop {
+            let gone = self.server_gone;
             self.drain_notices()?;
             if let Some(e) = self.events.pop_front() {
                 return Ok(e);
+            }
+            if self.server_gone && !gone {
+                // Nothing will change any more: wait out the timeout quietly.
+                epoll = self.epoll(None)?;
             }
             self.wait_ready(&epoll, deadline, timeout)?;
         }

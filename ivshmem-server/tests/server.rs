@@ -290,3 +290,31 @@ fn binary_file_backend_umask_keep_and_daemon() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("already exists"), "{err}");
 }
+
+/// When the server goes, peers keep the doorbells they know; a wait then
+/// sleeps until its deadline instead of spinning on the dead socket.
+#[test]
+fn peers_outlive_the_server() {
+    let dir = tmp("gone");
+    let c = cfg(&dir, "gone", 1);
+    let sock = c.socket.clone();
+    let running = serve(c);
+    let mut a = Peer::connect(&sock, T).unwrap();
+    let mut b = Peer::connect(&sock, T).unwrap();
+    drop(running);
+    let t0 = Instant::now();
+    assert!(matches!(
+        a.wait(0, Duration::from_millis(300)),
+        Err(ivshmem_server::peer::PeerError::Timeout(_))
+    ));
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert!(a.server_gone());
+    b.ring(a.id(), 0).unwrap();
+    assert_eq!(a.wait(0, T).unwrap(), 1);
+    // b learnt of a at connect; nothing after that.
+    assert_eq!(b.next_event(T).unwrap(), PeerEvent::Joined(a.id()));
+    assert!(matches!(
+        b.next_event(Duration::from_millis(100)),
+        Err(ivshmem_server::peer::PeerError::Timeout(_))
+    ));
+}
