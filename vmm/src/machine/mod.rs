@@ -13,6 +13,7 @@
 )]
 
 pub mod ivshmem;
+pub mod ivshmem_doorbell;
 pub mod legacy;
 
 use std::fs::File;
@@ -77,6 +78,8 @@ pub enum Error {
     Ivshmem(#[from] ivshmem::Error),
     #[error(transparent)]
     VhostUserBlk(#[from] vhost_user_blk::device::Error),
+    #[error(transparent)]
+    IvshmemDoorbell(#[from] ivshmem_doorbell::Error),
 }
 
 impl Error {
@@ -94,6 +97,7 @@ impl Error {
             Error::Legacy(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
             Error::VhostUserBlk(e) => e.exit_code(),
+            Error::IvshmemDoorbell(e) => e.exit_code(),
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) => 1,
         }
     }
@@ -296,6 +300,9 @@ impl Machine {
                     c,
                     object(&objects, &c.memdev)?,
                 )?)),
+                DeviceConfig::IvshmemDoorbell(c) => plugs.push(Box::new(
+                    ivshmem_doorbell::Doorbell::connect(c, &vm, &interrupts)?,
+                )),
                 DeviceConfig::VhostUserBlk(c) => plugs.push(Box::new(
                     vhost_user_blk::device::create(c, ram.backend(), &vm, &interrupts)?,
                 )),
