@@ -6,6 +6,7 @@ pub mod debug_exit;
 pub mod ged;
 pub mod i8042;
 pub mod ivshmem;
+pub mod ivshmem_doorbell;
 pub mod pci;
 pub mod serial;
 pub mod virtio;

@@ -10,6 +10,7 @@ mod backend;
 mod config;
 mod error;
 mod prealloc;
+mod size;
 mod sys;
 #[cfg(test)]
 mod testutil;
@@ -21,3 +22,4 @@ pub use config::{
 };
 pub use error::Error;
 pub use prealloc::PopulateMethod;
+pub use size::{SizeError, parse_size};

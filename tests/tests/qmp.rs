@@ -277,3 +277,70 @@ fn kvm_vhost_user_hangup_is_an_event() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(!sock.exists(), "socket left behind");
 }
+
+/// An ivshmem peer that leaves the server is X_SHMVM_PEER_GONE, with the
+/// device and the peer's id.
+#[test]
+fn kvm_ivshmem_peer_leaving_is_an_event() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ivshmem_server::server::{Server, ServerConfig, ShmSource};
+
+    vm::require_kvm();
+    let dir = TempDir::new("qmp-ivpeer");
+    let socket = dir.0.join("ivshmem.sock");
+    let mut server = Server::start(ServerConfig {
+        socket: socket.clone(),
+        shm: ShmSource::Name(format!("/shmvm-qmp-ivpeer-{}", std::process::id())),
+        size: 1 << 20,
+        vectors: 1,
+        keep: false,
+    })
+    .expect("ivshmem server starts");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let served = std::thread::spawn(move || server.run(&s).expect("server runs"));
+    let kernel = dir.tiny_kernel(WAITING_KERNEL);
+    let sock = dir.0.join("q.sock");
+    let child = Command::new(vm::shmvm_bin())
+        .args(["-kernel", &kernel, "-m", "32M", "-serial", "none"])
+        .arg("-chardev")
+        .arg(format!("socket,path={},id=iv", socket.display()))
+        .args(["-device", "ivshmem-doorbell,chardev=iv,vectors=1"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm");
+    let mut q = RawQmp::connect(&sock);
+    q.negotiate().expect("negotiate");
+    // shmvm joined at start (peer 0); a host peer comes and goes.
+    let host = ivshmem_server::Peer::connect(&socket, Duration::from_secs(10))
+        .expect("host peer connects");
+    let id = host.id();
+    drop(host);
+    let t0 = std::time::Instant::now();
+    let event = loop {
+        let l = q.line();
+        if l.contains("X_SHMVM_PEER_GONE") {
+            break l;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no event; last {l}");
+    };
+    assert!(
+        event.contains("\"type\":\"ivshmem\"") && event.contains(&format!("\"peer {id}\"")),
+        "{event}"
+    );
+    let quit = q.try_ask(r#"{"execute":"quit"}"#);
+    let r = vm::wait(child, Duration::from_secs(10));
+    assert!(
+        quit.is_ok(),
+        "quit: {quit:?}; shmvm {:?}: {}",
+        r.code,
+        r.stderr
+    );
+    stop.store(true, Ordering::SeqCst);
+    let _ = served.join();
+}

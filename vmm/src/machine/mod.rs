@@ -14,6 +14,7 @@
 
 mod control;
 pub mod ivshmem;
+pub mod ivshmem_doorbell;
 pub mod legacy;
 pub mod power_button;
 
@@ -81,6 +82,8 @@ pub enum Error {
     VhostUserBlk(#[from] vhost_user_blk::device::Error),
     #[error(transparent)]
     Monitor(#[from] crate::qmp::server::Error),
+    #[error(transparent)]
+    IvshmemDoorbell(#[from] ivshmem_doorbell::Error),
 }
 
 impl Error {
@@ -99,6 +102,7 @@ impl Error {
             Error::Pci(e) => e.exit_code(),
             Error::VhostUserBlk(e) => e.exit_code(),
             Error::Monitor(e) => e.exit_code(),
+            Error::IvshmemDoorbell(e) => e.exit_code(),
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) => 1,
         }
     }
@@ -301,6 +305,9 @@ impl Machine {
                     c,
                     object(&objects, &c.memdev)?,
                 )?)),
+                DeviceConfig::IvshmemDoorbell(c) => plugs.push(Box::new(
+                    ivshmem_doorbell::Doorbell::connect(c, &vm, &interrupts)?,
+                )),
                 DeviceConfig::VhostUserBlk(c) => plugs.push(Box::new(
                     vhost_user_blk::device::create(c, ram.backend(), &vm, &interrupts)?,
                 )),
