@@ -114,7 +114,7 @@ const fn refused(name: &'static str, value: Option<&'static str>, text: &'static
 }
 
 const DISKS: &str = "use -device vhost-user-blk-pci with qemu-storage-daemon, see README";
-const NO_MONITOR: &str = "shmvm has no HMP monitor or gdb stub (QMP: -qmp)";
+const NO_MONITOR: &str = "shmvm has no monitor but QMP (-qmp) and no gdb stub";
 
 /// Every option, in the order the README lists them.
 pub const OPTIONS: &[Opt] = &[
