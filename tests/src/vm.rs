@@ -151,13 +151,6 @@ pub fn read_all(r: &mut impl Read) -> String {
     s
 }
 
-/// FNV-1a 64 as the test kernel computes it over the initrd.
-pub fn fnv1a64(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// Names in /dev/shm that a shmvm process with this pid created (the memory
 /// crate names its shm objects `shmvm-<pid>-<random>`), to check that
 /// nothing was left behind. Pid-specific so parallel tests do not interfere.

@@ -334,16 +334,9 @@ fn kvm_ivshmem_named_shm_kept_after_the_vm_holds_the_data() {
     // keep=on: the object outlives the VM with the host's pattern (P2) in it
     // and the guest's verdict in the header.
     let r = Region::open_shm(&name).expect("keep=on leaves the object");
-    assert_eq!(
-        r.rd32(shmvm_tests::shm::HDR_STATE),
-        shmvm_tests::shm::STATE_GUEST_OK
-    );
+    assert_eq!(r.rd32(protocol::HDR_STATE), protocol::STATE_GUEST_OK);
     for o in [0x1000u64, 0x8000, (1 << 20) - 8] {
-        assert_eq!(
-            r.rd64(o as usize),
-            shmvm_tests::shm::p2(o, 0x77),
-            "offset {o:#x}"
-        );
+        assert_eq!(r.rd64(o), protocol::p2(o, 0x77), "offset {o:#x}");
     }
 }
 

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use shmvm_tests::vm::{TempDir, fnv1a64, leftover_shm, require_kvm, run, testkernel};
+use protocol::fnv1a64;
+use shmvm_tests::vm::{TempDir, leftover_shm, require_kvm, run, testkernel};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
