@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use shmvm_tests::harness::{self, RemoveOnDrop, require_kvm, shmvm, unique};
+use shmvm_tests::harness::{
+    self, RemoveOnDrop, require_kvm, run_testkernel, unique, with_testkernel,
+};
 use shmvm_tests::shm::Region;
 
 const PEER: &str = env!("CARGO_BIN_EXE_shm-peer");
@@ -60,7 +62,7 @@ fn kvm_ivshmem_file_handshake_move_and_zero_bar2_exits() {
         "memory-backend-file,id=hostmem,size=1M,mem-path={},share=on",
         path.display()
     );
-    let vm = shmvm(&[
+    let vm = with_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -121,7 +123,7 @@ fn kvm_ivshmem_named_shm_object_reaches_a_host_process_and_goes_away() {
     let dev_shm = Path::new("/dev/shm").join(&name[1..]);
     let _cleanup = RemoveOnDrop(dev_shm.clone());
     let object = format!("memory-backend-shm,id=shared,size=2M,name={name}");
-    let vm = shmvm(&[
+    let vm = with_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -167,7 +169,7 @@ fn kvm_ivshmem_two_vms_and_a_host_process_share_slots() {
         let append = format!(
             "shmvm.test=ivshmem-slots shmvm.slot={slot} shmvm.parties=3 shmvm.seed=0xfeed shmvm.timeout_ms=40000"
         );
-        shmvm(&[
+        with_testkernel(&[
             "-m",
             "64M",
             "-object",
@@ -210,7 +212,7 @@ fn kvm_ivshmem_two_vms_and_a_host_process_share_slots() {
 #[test]
 fn kvm_ivshmem_bench_runs_without_bar2_exits() {
     require_kvm();
-    let run = harness::run(shmvm(&[
+    let run = run_testkernel(&[
         "-m",
         "96M",
         "-object",
@@ -220,7 +222,7 @@ fn kvm_ivshmem_bench_runs_without_bar2_exits() {
         "-append",
         "shmvm.test=ivshmem-bench shmvm.bench_mib=8",
         "--stats",
-    ]));
+    ]);
     run.assert_pass();
     for what in [
         "shmvm: bench bar2 write_mbps=",
@@ -238,7 +240,7 @@ fn kvm_ivshmem_bench_runs_without_bar2_exits() {
 #[test]
 fn kvm_ivshmem_several_devices_each_with_its_memdev() {
     require_kvm();
-    let run = harness::run(shmvm(&[
+    let run = run_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -252,7 +254,7 @@ fn kvm_ivshmem_several_devices_each_with_its_memdev() {
         "-append",
         "shmvm.test=boot",
         "--stats",
-    ]));
+    ]);
     run.assert_pass();
     let a = run.line("ivshmem-plain #0").unwrap_or_default().to_string();
     let b = run.line("ivshmem-plain #1").unwrap_or_default().to_string();
@@ -277,7 +279,7 @@ fn kvm_ivshmem_readonly_memdev_is_a_readonly_slot() {
     );
     // The move test writes two markers, then expects them at the new
     // address: with a read-only slot both writes exit and are dropped.
-    let run = harness::run(shmvm(&[
+    let run = run_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -287,7 +289,7 @@ fn kvm_ivshmem_readonly_memdev_is_a_readonly_slot() {
         "-append",
         "shmvm.test=ivshmem-move",
         "--stats",
-    ]));
+    ]);
     assert_eq!(run.code, Some(35), "the guest must fail: {run:?}");
     assert!(
         run.stdout
@@ -315,7 +317,7 @@ fn kvm_ivshmem_named_shm_kept_after_the_vm_holds_the_data() {
     let dev_shm = Path::new("/dev/shm").join(&name[1..]);
     let _cleanup = RemoveOnDrop(dev_shm.clone());
     let object = format!("memory-backend-shm,id=kept,size=1M,name={name},keep=on");
-    let vm = shmvm(&[
+    let vm = with_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -346,7 +348,7 @@ fn kvm_ivshmem_bar2_moved_onto_guest_ram_is_refused_not_fatal() {
     // The guest programs BAR2 at 16 MiB, inside its RAM: KVM refuses the
     // overlapping slot, the VMM says so, and the VM keeps running (the
     // guest then finds RAM, not the region, there and fails its check).
-    let run = harness::run(shmvm(&[
+    let run = run_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -356,7 +358,7 @@ fn kvm_ivshmem_bar2_moved_onto_guest_ram_is_refused_not_fatal() {
         "-append",
         "shmvm.test=ivshmem-move shmvm.bar2=0x1000000",
         "--stats",
-    ]));
+    ]);
     assert_eq!(run.code, Some(35), "{run:?}");
     assert!(
         run.stdout

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shmvm_tests::vm::{TINY_KERNEL_CODE, TempDir, require_kvm, run_tiny, shmvm_bin, wait};
+use shmvm_tests::harness::{TINY_KERNEL_CODE, TempDir, require_kvm, run_tiny, shmvm_bin, wait};
 
 /// `mov dx, port`
 fn mov_dx(port: u16) -> Vec<u8> {

@@ -12,8 +12,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use shmvm_tests::harness::{Run, TempDir, require_kvm, run, shmvm_bin, wait};
 use shmvm_tests::qsd::Qsd;
-use shmvm_tests::vm::{Run, TempDir, require_kvm, run, shmvm_bin, wait};
 
 const T: Duration = Duration::from_secs(30);
 
