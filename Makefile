@@ -43,6 +43,9 @@ SHMVM_STATIC_ENV := RUSTFLAGS="-C target-feature=+crt-static -C relocation-model
 GUEST_TOOL := $(STATIC_DIR)/ivshmem-tool
 LAB_RUNNER := $(STATIC_DIR)/lab
 LAB := $(BUILD)/lab
+# The scenario table the lab runs (one line a scenario; a different file
+# runs other scenarios, e.g. LAB_SCENARIOS=my-scenarios make lab).
+LAB_SCENARIOS ?= tests/lab/scenarios
 
 DEMO_RAM ?= 256M
 BENCH_RUNS ?= 20
@@ -85,7 +88,8 @@ shmvm: deps
 	cp $(STATIC_DIR)/shmvm $(SHMVM).tmp && mv -f $(SHMVM).tmp $(SHMVM)
 
 lab-tools: deps
-	$(SHMVM_STATIC_ENV) $(CARGO) build --release -p ivshmem-tool -p shmvm-lab --target $(HOST_TARGET)
+	$(SHMVM_STATIC_ENV) $(CARGO) build --release -p ivshmem-tool -p shmvm-tests \
+		--bin ivshmem-tool --bin lab --target $(HOST_TARGET)
 	@echo "lab-tools: $(GUEST_TOOL) $(LAB_RUNNER) (static)"
 
 guest-tool: lab-tools
@@ -146,10 +150,11 @@ lab-deps: deps
 	bash tests/lab/fetch.sh
 
 lab: lab-deps shmvm lab-tools
+	$(LAB_RUNNER) check $(LAB_SCENARIOS) >/dev/null
 	bash guest/initramfs/build.sh $(LAB)/l2-initrd.gz $(GUEST_TOOL) $(LAB)/kernel/modules
 	bash tests/lab/build-l1.sh $(LAB)/l1-initrd.lz4 $(LAB)/kernel $(LAB)/l2-initrd.gz \
-		$(GUEST_TOOL) $(LAB_RUNNER) $(SHMVM)
-	$(LAB_RUNNER) host --dir $(LAB) --scenarios tests/lab/scenarios
+		$(GUEST_TOOL) $(LAB_RUNNER) $(LAB_SCENARIOS) $(SHMVM)
+	$(LAB_RUNNER) host --dir $(LAB) --scenarios $(LAB_SCENARIOS)
 
 # --- benchmarks ------------------------------------------------------------
 

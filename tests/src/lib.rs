@@ -3,6 +3,7 @@
 //! qemu-storage-daemon peer, host bandwidth loops.
 pub mod bandwidth;
 pub mod harness;
+pub mod lab;
 pub mod qsd;
 pub mod shm;
 pub mod stats;
