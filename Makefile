@@ -145,7 +145,7 @@ testkernel-check: workspace testkernel
 # The KVM lab (tests/lab/, README "The KVM lab"): stock Linux guests under a
 # real /dev/kvm inside an L1 Linux under QEMU TCG with nested SVM, the shipped
 # shmvm and QEMU microvm (reference) as L2 VMMs. Scenarios: tests/lab/scenarios;
-# variables (LAB_ONLY, LAB_VMMS, ...): `$(LAB_RUNNER) --help`.
+# variables (LAB_ONLY, LAB_VMMS, ...): tests/src/lab/host.rs and the README.
 lab-deps: deps
 	bash tests/lab/fetch.sh
 
@@ -162,9 +162,10 @@ lab: lab-deps shmvm lab-tools
 bench: bench-boot bench-ivshmem bench-memory
 
 # Boot latency and peak RSS of shmvm against QEMU microvm + qboot.
+# BENCH_BASELINE=path/to/older/shmvm adds an older build to the same runs.
 bench-boot: build
 	python3 bench/boot_bench.py --runs $(BENCH_RUNS) --shmvm $(SHMVM) \
-		--shmvm-dynamic target/release/shmvm
+		--shmvm-dynamic target/release/shmvm $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 
 # ivshmem: BAR2 vs guest RAM vs host bandwidth (needs /dev/kvm); see README.
 bench-ivshmem: build

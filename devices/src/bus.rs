@@ -4,8 +4,14 @@
 //! start, never absolute guest addresses. Ranges can be moved at run time
 //! (a guest reprogramming a PCI BAR), so the map sits behind a lock that
 //! vCPU threads take for reading only.
+//!
+//! Each entry carries the device's access counters, so counting costs no
+//! lock of its own: one read of the map, one device lock per access. The
+//! counters are the caller's ([`Bus::insert_counted`]) and outlive the
+//! entry, so a BAR that moves keeps its counts.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// A device model reachable through a [`Bus`].
@@ -30,10 +36,36 @@ pub enum Error {
     NotFound(u64),
 }
 
+/// How often the guest read and wrote one device's range.
+#[derive(Debug, Default)]
+pub struct AccessCounters {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+impl AccessCounters {
+    /// (reads, writes) as of now.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.reads.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[derive(Clone)]
 struct Entry {
     len: u64,
     device: SharedDevice,
+    counters: Arc<AccessCounters>,
+}
+
+/// Where one range sits and whose counters it feeds.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub base: u64,
+    pub len: u64,
+    pub counters: Arc<AccessCounters>,
 }
 
 /// A map from address ranges to devices.
@@ -56,8 +88,19 @@ impl Bus {
         Self::default()
     }
 
-    /// Puts `device` at `[base, base + len)`.
+    /// Puts `device` at `[base, base + len)` with counters of its own.
     pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), Error> {
+        self.insert_counted(device, base, len, Arc::default())
+    }
+
+    /// Puts `device` at `[base, base + len)`; its accesses count in `counters`.
+    pub fn insert_counted(
+        &self,
+        device: SharedDevice,
+        base: u64,
+        len: u64,
+        counters: Arc<AccessCounters>,
+    ) -> Result<(), Error> {
         if len == 0 || base.checked_add(len).is_none() {
             return Err(Error::InvalidRange { base, len });
         }
@@ -69,7 +112,14 @@ impl Bus {
         {
             return Err(Error::Overlap { base, len, other });
         }
-        ranges.insert(base, Entry { len, device });
+        ranges.insert(
+            base,
+            Entry {
+                len,
+                device,
+                counters,
+            },
+        );
         Ok(())
     }
 
@@ -90,22 +140,46 @@ impl Bus {
             ranges.remove(&old_base).ok_or(Error::NotFound(old_base))?
         };
         let len = entry.len;
-        self.insert(entry.device.clone(), new_base, len)
+        self.insert_counted(entry.device.clone(), new_base, len, entry.counters.clone())
             .inspect_err(|_| {
                 let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
                 ranges.insert(old_base, entry);
             })
     }
 
-    fn resolve(&self, addr: u64) -> Option<(SharedDevice, u64)> {
+    /// Every range on the bus, in address order.
+    pub fn placements(&self) -> Vec<Placement> {
+        let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
+        ranges
+            .iter()
+            .map(|(&base, e)| Placement {
+                base,
+                len: e.len,
+                counters: e.counters.clone(),
+            })
+            .collect()
+    }
+
+    /// The device claiming `addr` and the offset into its range, counted as
+    /// a read or a write.
+    fn resolve(&self, addr: u64, write: bool) -> Option<(SharedDevice, u64)> {
         let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
         let (&base, entry) = ranges.range(..=addr).next_back()?;
-        (addr - base < entry.len).then(|| (entry.device.clone(), addr - base))
+        if addr - base >= entry.len {
+            return None;
+        }
+        let counter = if write {
+            &entry.counters.writes
+        } else {
+            &entry.counters.reads
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some((entry.device.clone(), addr - base))
     }
 
     /// Routes a read; returns false when no device claims `addr`.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.resolve(addr) {
+        match self.resolve(addr, false) {
             Some((dev, offset)) => {
                 dev.lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -118,7 +192,7 @@ impl Bus {
 
     /// Routes a write; returns false when no device claims `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.resolve(addr) {
+        match self.resolve(addr, true) {
             Some((dev, offset)) => {
                 dev.lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -160,6 +234,31 @@ mod tests {
         assert_eq!(dev.lock().unwrap().last, Some((0, vec![0x41])));
         assert!(!bus.read(0x400, &mut b));
         assert!(!bus.read(0x3f7, &mut b));
+        let p = bus.placements();
+        assert_eq!((p.len(), p[0].base, p[0].len), (1, 0x3f8, 8));
+        assert_eq!(
+            p[0].counters.get(),
+            (1, 1),
+            "unclaimed accesses are not counted"
+        );
+    }
+
+    #[test]
+    fn counters_follow_a_moved_range() {
+        let bus = Bus::new();
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        let counters = Arc::new(AccessCounters::default());
+        bus.insert_counted(dev.clone(), 0x1000, 0x10, counters.clone())
+            .unwrap();
+        assert!(bus.write(0x1004, &[1]));
+        bus.relocate(0x1000, 0x2000).unwrap();
+        let mut b = [0u8; 2];
+        assert!(bus.read(0x2002, &mut b));
+        bus.remove(0x2000).unwrap();
+        bus.insert_counted(dev, 0x3000, 0x10, counters.clone())
+            .unwrap();
+        assert!(bus.read(0x3000, &mut b));
+        assert_eq!(counters.get(), (2, 1));
     }
 
     #[test]

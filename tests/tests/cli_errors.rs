@@ -169,7 +169,7 @@ fn kvm_config_errors_after_backend_creation_leave_nothing() {
                 "-device",
                 "isa-debug-exit,iobase=0x3f8",
             ],
-            "--device",
+            "-device isa-debug-exit at port 0x3f8",
         ),
     ];
     for (args, option) in cases {

@@ -86,12 +86,19 @@ pub struct Args {
     /// Boot protocol for an ELF kernel with a PVH note (default pvh)
     #[arg(long, value_enum)]
     pub boot: Option<BootProtocol>,
-    /// Print per-device access counters when the VM ends
-    #[arg(long)]
-    pub stats: bool,
+    /// Print per-device statistics when the VM ends: text, or one JSON line (--stats=json)
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text", require_equals = true)]
+    pub stats: Option<StatsArg>,
     /// More logging (-v info, -vv debug, -vvv trace)
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--stats` formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatsArg {
+    Text,
+    Json,
 }
 
 /// How to enter the kernel.
@@ -140,7 +147,7 @@ pub struct Config {
     pub serial: SerialMode,
     pub devices: Vec<DeviceConfig>,
     pub boot: Option<BootProtocol>,
-    pub stats: bool,
+    pub stats: crate::stats::StatsFormat,
     pub verbose: u8,
 }
 
@@ -541,7 +548,11 @@ impl Config {
             serial,
             devices,
             boot: args.boot,
-            stats: args.stats,
+            stats: match args.stats {
+                None => crate::stats::StatsFormat::Off,
+                Some(StatsArg::Text) => crate::stats::StatsFormat::Text,
+                Some(StatsArg::Json) => crate::stats::StatsFormat::Json,
+            },
             verbose: args.verbose,
         })
     }

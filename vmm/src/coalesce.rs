@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use devices::serial::Serial;
 
-use crate::exit::handle_exit;
-use crate::hv::{self, CoalescedRing, Vcpu, VmExit};
-use crate::io::IoBuses;
+use crate::hv::{self, CoalescedRing, Vcpu};
+use crate::io::{IoBuses, IoHook};
+use crate::stats::ConsoleStats;
 
 /// How long queued output may wait when the guest takes no exits.
 pub const FLUSH_PERIOD: Duration = Duration::from_millis(20);
@@ -89,27 +89,18 @@ impl SerialCoalescing {
         })
     }
 
-    /// Replays every queued write on the port bus, in order.
+    /// Replays every queued write through the port dispatch, in order.
     pub fn drain(&self, io: &IoBuses) {
-        let n = self.ring.drain(|w| {
-            handle_exit(
-                VmExit::IoOut {
-                    port: w.port,
-                    size: w.len,
-                    data: w.bytes(),
-                },
-                io,
-            );
-        });
+        let n = self.ring.drain(|w| io.pio_write_quiet(w.port, w.bytes()));
         if n > 0 {
             self.replayed.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
-    /// Called after a port write exit was handled: a write to the UART's
+    /// Called after a port write was dispatched: a write to the UART's
     /// other registers may have given transmit a side effect, which ends
     /// coalescing.
-    pub fn after_port_write(&self, port: u16, io: &IoBuses) {
+    fn check_port_write(&self, port: u16, io: &IoBuses) {
         let uart = self.port..self.port.saturating_add(Serial::PORTS as u16);
         if port == self.port || !uart.contains(&port) || !self.active.load(Ordering::Acquire) {
             return;
@@ -152,17 +143,24 @@ impl SerialCoalescing {
         self.timer.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    /// One line for `--stats`.
-    pub fn report(&self) -> String {
-        format!(
-            "  serial0 transmit writes queued by KVM, without an exit: {} ({})\n",
-            self.replayed.load(Ordering::Relaxed),
-            if self.active.load(Ordering::Relaxed) {
-                "still on at the end"
-            } else {
-                "off once the guest enabled the transmit interrupt or loopback"
-            }
-        )
+    /// What it did, for the statistics.
+    pub fn stats(&self) -> ConsoleStats {
+        ConsoleStats {
+            coalesced_writes: self.replayed.load(Ordering::Relaxed),
+            coalescing_on: self.active.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The exit hooks: queued writes reach the UART before any exit is
+/// handled, and a write to another UART register may end queuing.
+impl IoHook for SerialCoalescing {
+    fn before_exit(&self, io: &IoBuses) {
+        self.drain(io);
+    }
+
+    fn after_port_write(&self, port: u16, io: &IoBuses) {
+        self.check_port_write(port, io);
     }
 }
 

@@ -2,7 +2,7 @@
 //! vCPU sees its own APIC ID and the right CPU count (one core per vCPU,
 //! one thread per core, one package).
 
-use kvm_bindings::kvm_cpuid_entry2;
+use crate::hv::CpuidEntry;
 
 const LEAF_FEATURES: u32 = 1;
 const LEAF_CACHE: u32 = 4;
@@ -37,7 +37,7 @@ fn core_bits(n: u8) -> u32 {
 
 /// Rewrites `entries` (KVM's supported CPUID) for vCPU `apic_id` of `count`;
 /// `tsc_deadline`: KVM has KVM_CAP_TSC_DEADLINE_TIMER.
-pub fn for_vcpu(entries: &mut [kvm_cpuid_entry2], apic_id: u8, count: u8, tsc_deadline: bool) {
+pub fn for_vcpu(entries: &mut [CpuidEntry], apic_id: u8, count: u8, tsc_deadline: bool) {
     let id = u32::from(apic_id);
     let n = u32::from(count);
     for e in entries.iter_mut() {
@@ -117,8 +117,8 @@ pub fn for_vcpu(entries: &mut [kvm_cpuid_entry2], apic_id: u8, count: u8, tsc_de
 mod tests {
     use super::*;
 
-    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 {
+    fn entry(function: u32, index: u32) -> CpuidEntry {
+        CpuidEntry {
             function,
             index,
             eax: 0xffff_ffff,

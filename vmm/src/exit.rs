@@ -1,12 +1,9 @@
 //! What to do about one vCPU exit: a plain function over [`VmExit`], so it
 //! can be tested without a guest.
 
-use std::sync::atomic::Ordering;
-
 use devices::debug_exit::GuestExit;
-use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 
-use crate::hv::VmExit;
+use crate::hv::{SystemEvent, VmExit};
 use crate::io::IoBuses;
 
 /// Why the VM ended.
@@ -17,7 +14,7 @@ pub enum VmEnd {
     /// The guest powered off or reset through a hypervisor system event.
     Poweroff,
     TripleFault,
-    SystemEvent(u32),
+    SystemEvent(SystemEvent),
     InternalError {
         suberror: u32,
         detail: String,
@@ -46,7 +43,8 @@ impl VmEnd {
         Some(match self {
             VmEnd::Guest(_) | VmEnd::Poweroff => return None,
             VmEnd::TripleFault => "guest triple fault (KVM_EXIT_SHUTDOWN)".into(),
-            VmEnd::SystemEvent(k) => format!("guest system event {k}"),
+            VmEnd::SystemEvent(SystemEvent::Crash) => "guest crashed (system event)".into(),
+            VmEnd::SystemEvent(k) => format!("guest system event {k:?}"),
             VmEnd::InternalError { suberror, detail } => {
                 format!("KVM internal error (suberror {suberror}): {detail}")
             }
@@ -70,45 +68,31 @@ pub enum Action {
     End(VmEnd),
 }
 
-/// Handles one exit: routes I/O to the buses (unclaimed reads see all-ones,
-/// unclaimed writes are dropped; both are counted and logged at debug) and
-/// turns the terminal exits into a [`VmEnd`].
+/// Handles one exit: routes I/O through the dispatcher (unclaimed reads see
+/// all-ones, unclaimed writes are dropped; both are counted) and turns the
+/// terminal exits into a [`VmEnd`].
 pub fn handle_exit(exit: VmExit<'_>, io: &IoBuses) -> Action {
     match exit {
         VmExit::IoIn { port, size, data } => {
             let size = element_size(size, data.len());
             for el in data.chunks_mut(size) {
-                if !io.pio.read(u64::from(port), el) {
-                    el.fill(0xff);
-                    io.unclaimed_pio.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("unclaimed port read {port:#x} ({size} bytes)");
-                }
+                io.pio_read(port, el);
             }
             Action::Continue
         }
         VmExit::IoOut { port, size, data } => {
             let size = element_size(size, data.len());
             for el in data.chunks(size) {
-                if !io.pio.write(u64::from(port), el) {
-                    io.unclaimed_pio.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("unclaimed port write {port:#x} <- {el:02x?}");
-                }
+                io.pio_write(port, el);
             }
             Action::Continue
         }
         VmExit::MmioRead { addr, data } => {
-            if !io.mmio.read(addr, data) {
-                data.fill(0xff);
-                io.unclaimed_mmio.fetch_add(1, Ordering::Relaxed);
-                log::debug!("unclaimed MMIO read {addr:#x} ({} bytes)", data.len());
-            }
+            io.mmio_read(addr, data);
             Action::Continue
         }
         VmExit::MmioWrite { addr, data } => {
-            if !io.mmio.write(addr, data) {
-                io.unclaimed_mmio.fetch_add(1, Ordering::Relaxed);
-                log::debug!("unclaimed MMIO write {addr:#x} <- {data:02x?}");
-            }
+            io.mmio_write(addr, data);
             Action::Continue
         }
         // Only seen without an in-kernel irqchip: the guest waits for an
@@ -116,12 +100,10 @@ pub fn handle_exit(exit: VmExit<'_>, io: &IoBuses) -> Action {
         VmExit::Hlt => Action::Continue,
         VmExit::Interrupted => Action::Interrupted,
         VmExit::Shutdown => Action::End(VmEnd::TripleFault),
-        VmExit::SystemEvent { kind }
-            if kind == KVM_SYSTEM_EVENT_SHUTDOWN || kind == KVM_SYSTEM_EVENT_RESET =>
-        {
+        VmExit::SystemEvent(SystemEvent::Shutdown | SystemEvent::Reset) => {
             Action::End(VmEnd::Poweroff)
         }
-        VmExit::SystemEvent { kind } => Action::End(VmEnd::SystemEvent(kind)),
+        VmExit::SystemEvent(e) => Action::End(VmEnd::SystemEvent(e)),
         VmExit::InternalError => Action::End(VmEnd::InternalError {
             suberror: 0,
             detail: String::new(),
@@ -216,9 +198,9 @@ mod tests {
             },
             &io,
         );
-        assert_eq!(io.unclaimed_pio.load(Ordering::Relaxed), 2);
-        let r = io.report();
-        assert!(r.contains("reg: 2 reads, 1 writes"), "{r}");
+        assert_eq!(io.unclaimed_counts().pio, 2);
+        let s = io.bus_stats();
+        assert_eq!((s[0].reads, s[0].writes), (2, 1));
     }
 
     /// Logs every access (offset, bytes); reads return a running counter.
@@ -288,11 +270,8 @@ mod tests {
             &io,
         );
         assert_eq!(d, [1, 2, 3]);
-        assert!(
-            io.report().contains("log: 3 reads, 6 writes"),
-            "{}",
-            io.report()
-        );
+        let s = io.bus_stats();
+        assert_eq!((s[0].reads, s[0].writes), (3, 6));
         // A size that does not divide the data is one access, never a panic.
         handle_exit(
             VmExit::IoOut {
@@ -325,7 +304,7 @@ mod tests {
             &io,
         );
         assert_eq!(a, Action::Continue);
-        assert_eq!(io.unclaimed_mmio.load(Ordering::Relaxed), 2);
+        assert_eq!(io.unclaimed_counts().mmio, 2);
     }
 
     #[test]
@@ -336,12 +315,7 @@ mod tests {
             Action::End(VmEnd::TripleFault)
         );
         assert_eq!(
-            handle_exit(
-                VmExit::SystemEvent {
-                    kind: KVM_SYSTEM_EVENT_SHUTDOWN
-                },
-                &io
-            ),
+            handle_exit(VmExit::SystemEvent(SystemEvent::Shutdown), &io),
             Action::End(VmEnd::Poweroff)
         );
         assert_eq!(handle_exit(VmExit::Interrupted, &io), Action::Interrupted);

@@ -40,6 +40,16 @@ impl std::fmt::Debug for GuestRam {
     }
 }
 
+impl Error {
+    /// A read-only backend is the user's to fix (2); the rest is not (1).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::ReadOnly { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
 impl GuestRam {
     /// Views `backend`'s whole mapping as guest RAM split around the hole.
     pub fn new(backend: Backend) -> Result<GuestRam, Error> {
@@ -106,15 +116,15 @@ impl GuestRam {
         for (slot, r) in self.regions.iter().enumerate() {
             // SAFETY: `backend_offset + size` is within the backend mapping,
             // which lives in `self`; the VMM keeps GuestRam alive until the
-            // VM (and its vCPUs) are gone (see `vm::Machine`'s field order).
+            // VM (and its vCPUs) are gone (see `Machine::finish`).
             let host = unsafe { self.backend.as_ptr().add(r.backend_offset as usize) };
             // SAFETY: as above, the mapping outlives the VM.
-            unsafe { vm.add_memory(slot as u32, r.gpa, host, r.size) }.map_err(|err| {
-                Error::Register {
+            unsafe { vm.set_memory_slot(slot as u32, r.gpa, host, r.size, false) }.map_err(
+                |err| Error::Register {
                     id: self.backend.id().to_string(),
                     err,
-                }
-            })?;
+                },
+            )?;
         }
         Ok(())
     }

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cfg.verbose);
-    match vmm::vm::run(&cfg, start) {
+    match vmm::machine::run(&cfg, start) {
         Ok(end) => {
             if let Some(line) = end.describe() {
                 eprintln!("shmvm: {line}");

@@ -13,17 +13,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use devices::bus::{Bus, SharedDevice};
-use devices::ivshmem::{IvshmemPlain, MEMORY_BAR, REGISTER_BAR};
-use devices::pci::{
-    BarRegion, BarRegisters, BarSpace, BarWindows, MapError, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN,
-    PciAddress, PciConfigIo, PciRoot, SharedPciRoot,
-};
-use memory::Backend;
-
 use crate::hv::Vm;
 use crate::io::{BusKind, IoBuses};
-use crate::ivshmem::IvshmemConfig;
+use devices::bus::{AccessCounters, Bus, SharedDevice};
+use devices::pci::{
+    BarKind, BarRegion, BarRegisters, BarSpace, BarWindows, MapError, PCI_CONFIG_IO_BASE,
+    PCI_CONFIG_IO_LEN, PciAddress, PciConfigIo, PciRoot, SharedPciRoot,
+};
 
 /// What the mapper needs of the hypervisor: one memory slot set or cleared.
 pub trait MemorySlots: Send + Sync {
@@ -89,13 +85,18 @@ unsafe impl Sync for HostRegion {}
 
 /// What backs one BAR.
 enum Backing {
-    /// Registers: a bus device (PIO or MMIO bus by the BAR's space).
-    Registers(SharedDevice),
+    /// Registers: a bus device (PIO or MMIO bus by the BAR's space), with
+    /// the counters its bus entries feed wherever the BAR moves.
+    Registers {
+        device: SharedDevice,
+        counters: Arc<AccessCounters>,
+    },
     /// Memory in a dedicated slot, plus a bus device that counts exits.
     Memory {
         region: HostRegion,
         slot: u32,
         exits: SharedDevice,
+        counters: Arc<AccessCounters>,
         maps: Arc<AtomicU64>,
     },
 }
@@ -106,19 +107,34 @@ pub enum Error {
     #[error("PCI {device} BAR{index}: already has a backing")]
     Duplicate { device: PciAddress, index: usize },
     #[error("{device}: {err}")]
-    Ivshmem {
-        device: String,
-        err: devices::ivshmem::Error,
-    },
-    #[error("{device}: {err}")]
     Slot {
         device: String,
         err: devices::pci::Error,
     },
     #[error("PCI BAR assignment: {0}")]
     Assign(devices::pci::Error),
+    #[error("{device}: BAR{index}: {source}")]
+    NoRoom {
+        device: String,
+        index: usize,
+        #[source]
+        source: devices::pci::AllocError,
+    },
+    #[error("{device}: has no BAR{index} to back")]
+    NoSuchBar { device: String, index: usize },
     #[error("PCI configuration ports: {0}")]
     ConfigPorts(devices::bus::Error),
+}
+
+impl Error {
+    /// 2 for what the command line decides (slots, BAR sizes that do not
+    /// fit the windows), 1 for what the hypervisor refused.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Slot { .. } | Error::NoRoom { .. } | Error::Assign(_) => 2,
+            Error::ConfigPorts(_) | Error::Duplicate { .. } | Error::NoSuchBar { .. } => 1,
+        }
+    }
 }
 
 /// Places BARs for the PCI root. Register backings before the root
@@ -153,14 +169,23 @@ impl VmBarMapper {
         self.backings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// BAR `index` of `device` is decoded by `regs` (a `BarRegisters`).
+    /// BAR `index` of `device` is decoded by `regs` (a `BarRegisters`),
+    /// whose accesses count in `counters`.
     pub fn add_registers(
         &self,
         device: PciAddress,
         index: usize,
         regs: SharedDevice,
+        counters: Arc<AccessCounters>,
     ) -> Result<(), Error> {
-        self.insert(device, index, Backing::Registers(regs))
+        self.insert(
+            device,
+            index,
+            Backing::Registers {
+                device: regs,
+                counters,
+            },
+        )
     }
 
     /// BAR `index` of `device` is `region`, mapped as memory slot `slot`;
@@ -173,6 +198,7 @@ impl VmBarMapper {
         region: HostRegion,
         slot: u32,
         exits: SharedDevice,
+        counters: Arc<AccessCounters>,
     ) -> Result<Arc<AtomicU64>, Error> {
         let maps = Arc::new(AtomicU64::new(0));
         self.insert(
@@ -182,6 +208,7 @@ impl VmBarMapper {
                 region,
                 slot,
                 exits,
+                counters,
                 maps: maps.clone(),
             },
         )?;
@@ -225,13 +252,14 @@ impl devices::pci::BarMapper for VmBarMapper {
             return Ok(());
         };
         match backing {
-            Backing::Registers(dev) => bus(&io, r)
-                .insert(dev.clone(), r.addr, r.size)
+            Backing::Registers { device, counters } => bus(&io, r)
+                .insert_counted(device.clone(), r.addr, r.size, counters.clone())
                 .map_err(refused),
             Backing::Memory {
                 region,
                 slot,
                 exits,
+                counters,
                 maps,
             } => {
                 if region.size != r.size {
@@ -241,7 +269,7 @@ impl devices::pci::BarMapper for VmBarMapper {
                     )));
                 }
                 io.mmio
-                    .insert(exits.clone(), r.addr, r.size)
+                    .insert_counted(exits.clone(), r.addr, r.size, counters.clone())
                     .map_err(refused)?;
                 // SAFETY: `region.owner` keeps `host..host+size` mapped and is
                 // held in this mapper, which lives as long as the VM.
@@ -265,7 +293,7 @@ impl devices::pci::BarMapper for VmBarMapper {
             return Ok(());
         };
         match backing {
-            Backing::Registers(_) => bus(&io, r).remove(r.addr).map(drop).map_err(refused),
+            Backing::Registers { .. } => bus(&io, r).remove(r.addr).map(drop).map_err(refused),
             Backing::Memory { slot, .. } => {
                 let cleared = slots.clear_slot(*slot).map_err(MapError);
                 io.mmio.remove(r.addr).map_err(refused)?;
@@ -275,41 +303,67 @@ impl devices::pci::BarMapper for VmBarMapper {
     }
 }
 
-/// One wired ivshmem-plain device.
-struct Ivshmem {
-    name: String,
-    memdev: String,
-    address: PciAddress,
-    device: Arc<Mutex<IvshmemPlain>>,
-    bar2_maps: Arc<AtomicU64>,
+/// What backs one BAR of a PCI function.
+#[derive(Debug, Clone)]
+pub enum BarBacking {
+    /// The device decodes it: its registers go on the PIO or MMIO bus (by
+    /// the BAR's kind) wherever the guest places the BAR.
+    Registers,
+    /// Host memory, mapped into the guest as a memory slot, so accesses do
+    /// not exit; one that still does reaches the device and is counted.
+    Memory(HostRegion),
 }
 
-/// Another PCI function to put on bus 0: its register BARs go on the buses
-/// through [`BarRegisters`] (e.g. a virtio-pci device).
+/// A PCI function to put on bus 0, as every PCI device plugs in.
+#[derive(Clone)]
 pub struct PciFunction {
+    /// Names the function in messages and statistics.
     pub name: String,
+    /// `addr=`: the slot asked for, else the first free one.
     pub slot: Option<u8>,
     pub device: devices::pci::SharedPciDevice,
-    pub register_bars: Vec<usize>,
+    /// Every BAR the device has, with what backs it.
+    pub bars: Vec<(usize, BarBacking)>,
 }
 
 impl std::fmt::Debug for PciFunction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PciFunction({})", self.name)
+        f.debug_struct("PciFunction")
+            .field("name", &self.name)
+            .field("slot", &self.slot)
+            .field("bars", &self.bars)
+            .finish()
     }
 }
 
-/// The PCI root and its devices, as wired into one VM.
+/// A PCI device as the machine builder takes it: the function to place,
+/// and what it did, for the statistics.
+pub trait PciPlug: Send + Sync + std::fmt::Debug {
+    /// The function with its BARs' backings (called once, before placing).
+    fn function(&self) -> PciFunction;
+    /// Adds this device's own statistics (its bus counters are already in
+    /// the bus statistics), given where it was placed.
+    fn add_stats(&self, placed: &Placed, pci: &Pci, stats: &mut crate::stats::Stats);
+}
+
+/// A function as placed: its address and how often each memory BAR was
+/// mapped (1 + moves).
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub name: String,
+    pub address: PciAddress,
+    pub memory_maps: Vec<(usize, Arc<AtomicU64>)>,
+}
+
+/// The PCI root and its functions, as wired into one VM.
 pub struct Pci {
     root: SharedPciRoot,
-    ivshmem: Vec<Ivshmem>,
+    placed: Vec<Placed>,
 }
 
 impl std::fmt::Debug for Pci {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pci")
-            .field("ivshmem", &self.ivshmem.len())
-            .finish()
+        f.debug_struct("Pci").field("placed", &self.placed).finish()
     }
 }
 
@@ -317,63 +371,31 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The bus a BAR of `kind` decodes on.
+fn bus_kind(kind: BarKind) -> BusKind {
+    match kind.space() {
+        BarSpace::Io => BusKind::Pio,
+        BarSpace::Memory => BusKind::Mmio,
+    }
+}
+
 impl Pci {
-    /// Builds bus 0 with the host bridge and one ivshmem-plain per entry of
-    /// `ivshmem` (its config and its memdev's backend), assigns BARs from
-    /// `windows` and puts configuration mechanism #1 on the PIO bus.
-    /// `first_slot` is the first memory slot number free for BARs.
-    /// `functions` are further devices, placed after the ivshmem ones.
+    /// Builds bus 0: the host bridge and `functions` (each in its slot or
+    /// the first free one, its BARs backed as it says, memory BARs in
+    /// memory slots from `first_slot` on), assigns BAR addresses from
+    /// `windows` as firmware would, and puts configuration mechanism #1 on
+    /// the PIO bus.
     pub fn build(
         slots: &Arc<dyn MemorySlots>,
         io: &Arc<IoBuses>,
-        ivshmem: &[(&IvshmemConfig, Arc<Backend>)],
         functions: &[PciFunction],
         windows: &BarWindows,
         first_slot: u32,
     ) -> Result<Pci, Error> {
         let mapper = Arc::new(VmBarMapper::new(slots, io));
         let root: SharedPciRoot = Arc::new(Mutex::new(PciRoot::new(mapper.clone())));
-        let mut wired = Vec::new();
-        for (i, (cfg, backend)) in ivshmem.iter().enumerate() {
-            let name = cfg.to_string();
-            let device = IvshmemPlain::new(backend.size())
-                .map(|d| Arc::new(Mutex::new(d)))
-                .map_err(|err| Error::Ivshmem {
-                    device: name.clone(),
-                    err,
-                })?;
-            let address = lock(&root)
-                .add_device(cfg.slot, device.clone())
-                .map_err(|err| Error::Slot {
-                    device: name.clone(),
-                    err,
-                })?;
-            let regs: SharedDevice =
-                Arc::new(Mutex::new(BarRegisters::new(device.clone(), REGISTER_BAR)));
-            mapper.add_registers(address, REGISTER_BAR, regs)?;
-            let region = HostRegion {
-                host: backend.as_ptr(),
-                size: backend.size(),
-                readonly: backend.readonly(),
-                owner: backend.clone(),
-            };
-            let exits: SharedDevice =
-                Arc::new(Mutex::new(BarRegisters::new(device.clone(), MEMORY_BAR)));
-            let bar2_maps =
-                mapper.add_memory(address, MEMORY_BAR, region, first_slot + i as u32, exits)?;
-            log::info!(
-                "{name}: PCI {address}, memdev '{}' ({} bytes)",
-                cfg.memdev,
-                backend.size()
-            );
-            wired.push(Ivshmem {
-                name,
-                memdev: cfg.memdev.clone(),
-                address,
-                device,
-                bar2_maps,
-            });
-        }
+        let mut placed = Vec::new();
+        let mut next_slot = first_slot;
         for f in functions {
             let address = lock(&root)
                 .add_device(f.slot, f.device.clone())
@@ -381,52 +403,95 @@ impl Pci {
                     device: f.name.clone(),
                     err,
                 })?;
-            for &bar in &f.register_bars {
+            let kinds: Vec<(usize, BarKind)> = lock(&f.device)
+                .config()
+                .bars()
+                .map(|(i, k, _)| (i, k))
+                .collect();
+            let mut memory_maps = Vec::new();
+            for (index, backing) in &f.bars {
+                let kind = kinds
+                    .iter()
+                    .find(|(i, _)| i == index)
+                    .map(|&(_, k)| k)
+                    .ok_or(Error::NoSuchBar {
+                        device: f.name.clone(),
+                        index: *index,
+                    })?;
                 let regs: SharedDevice =
-                    Arc::new(Mutex::new(BarRegisters::new(f.device.clone(), bar)));
-                mapper.add_registers(address, bar, regs)?;
+                    Arc::new(Mutex::new(BarRegisters::new(f.device.clone(), *index)));
+                match backing {
+                    BarBacking::Registers => {
+                        let counters =
+                            io.counters(bus_kind(kind), &format!("{} bar{index}", f.name));
+                        mapper.add_registers(address, *index, regs, counters)?;
+                    }
+                    BarBacking::Memory(region) => {
+                        let counters =
+                            io.counters(BusKind::Mmio, &format!("{} bar{index} exits", f.name));
+                        let maps = mapper.add_memory(
+                            address,
+                            *index,
+                            region.clone(),
+                            next_slot,
+                            regs,
+                            counters,
+                        )?;
+                        next_slot += 1;
+                        memory_maps.push((*index, maps));
+                    }
+                }
             }
             log::info!("{}: PCI {address}", f.name);
+            placed.push(Placed {
+                name: f.name.clone(),
+                address,
+                memory_maps,
+            });
         }
-        lock(&root).assign_bars(windows).map_err(Error::Assign)?;
+        lock(&root).assign_bars(windows).map_err(|e| match e {
+            devices::pci::Error::Allocate {
+                device,
+                index,
+                source,
+            } => Error::NoRoom {
+                device: placed
+                    .iter()
+                    .find(|p| p.address == device)
+                    .map_or_else(|| device.to_string(), |p| p.name.clone()),
+                index,
+                source,
+            },
+            other => Error::Assign(other),
+        })?;
         io.add(
             BusKind::Pio,
-            "pci-config (0xcf8)",
+            "pci-config",
             PciConfigIo::new(root.clone()),
             PCI_CONFIG_IO_BASE,
             PCI_CONFIG_IO_LEN,
         )
         .map_err(Error::ConfigPorts)?;
-        Ok(Pci {
-            root,
-            ivshmem: wired,
-        })
+        Ok(Pci { root, placed })
     }
 
-    /// One line per ivshmem device: where BAR2 is, how often it was mapped,
-    /// and what reached the VMM (config accesses, BAR0 accesses, BAR2 exits).
-    pub fn report(&self) -> String {
-        let mut out = String::new();
-        for d in &self.ivshmem {
-            let s = lock(&d.device).stats();
-            let bar2 = lock(&self.root).mapped(d.address, MEMORY_BAR);
-            let at = bar2.map_or("unmapped".to_string(), |r| format!("{:#x}", r.addr));
-            out.push_str(&format!(
-                "  {} ({}, memdev '{}'): bar2 at {at}, mapped {} times; config {} reads, {} writes; \
-                 bar0 {} reads, {} writes, {} bad; bar2 exits {}\n",
-                d.name,
-                d.address,
-                d.memdev,
-                d.bar2_maps.load(Ordering::Relaxed),
-                s.config_reads,
-                s.config_writes,
-                s.bar0_reads,
-                s.bar0_writes,
-                s.bar0_bad_accesses,
-                s.bar2_exits,
-            ));
-        }
-        out
+    /// The functions in the order they were given, as placed.
+    pub fn placed(&self) -> &[Placed] {
+        &self.placed
+    }
+
+    /// How often memory BAR `index` of `placed` was mapped.
+    pub fn memory_maps(placed: &Placed, index: usize) -> u64 {
+        placed
+            .memory_maps
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map_or(0, |(_, m)| m.load(Ordering::Relaxed))
+    }
+
+    /// Where BAR `index` of the function at `address` decodes now.
+    pub fn bar_address(&self, address: PciAddress, index: usize) -> Option<u64> {
+        lock(&self.root).mapped(address, index).map(|r| r.addr)
     }
 }
 
@@ -489,9 +554,10 @@ mod tests {
         let (mmio, pio) = (&io.mmio, &io.pio);
         let dev = PciAddress::new(2, 0);
         let ones: SharedDevice = Arc::new(Mutex::new(Ones));
-        m.add_registers(dev, 0, ones.clone()).unwrap();
+        m.add_registers(dev, 0, ones.clone(), Arc::default())
+            .unwrap();
         assert!(matches!(
-            m.add_registers(dev, 0, ones.clone()),
+            m.add_registers(dev, 0, ones.clone(), Arc::default()),
             Err(Error::Duplicate { index: 0, .. })
         ));
         let buf = Box::leak(vec![0u8; 0x1000].into_boxed_slice());
@@ -501,7 +567,9 @@ mod tests {
             readonly: false,
             owner: Arc::new(()),
         };
-        let maps = m.add_memory(dev, 2, hr, 7, ones.clone()).unwrap();
+        let maps = m
+            .add_memory(dev, 2, hr, 7, ones.clone(), Arc::default())
+            .unwrap();
 
         let r0 = region(
             0,
@@ -553,7 +621,7 @@ mod tests {
         assert_eq!(m.map_bar(dev, &bad), Err(MapError("EEXIST".into())));
         assert!(!mmio.read(0xbad000, &mut b));
         // An I/O BAR goes on the PIO bus; an unknown BAR maps to nothing.
-        m.add_registers(dev, 4, ones).unwrap();
+        m.add_registers(dev, 4, ones, Arc::default()).unwrap();
         m.map_bar(dev, &region(4, BarKind::Io, 0xc000, 0x10))
             .unwrap();
         assert!(pio.read(0xc004, &mut b));
@@ -563,20 +631,21 @@ mod tests {
     }
 
     #[test]
-    fn build_wires_ivshmem_and_reports_counters() {
+    fn build_places_a_plug_with_typed_bars_and_counts_its_registers() {
         let slots = Arc::new(FakeSlots::default());
         let io = Arc::new(IoBuses::new());
         let cfg =
             memory::BackendConfig::parse_object("memory-backend-memfd,id=sh,size=1M").unwrap();
-        let backend = Arc::new(Backend::create(&cfg).unwrap());
+        let backend = Arc::new(memory::Backend::create(&cfg).unwrap());
         let dev = crate::ivshmem::parse("memdev=sh,addr=3", 0).unwrap();
+        let plug = crate::machine::ivshmem::Ivshmem::new(&dev, backend).unwrap();
         let windows = BarWindows {
             io: None,
             mmio32: 0xc000_0000..0xfec0_0000,
             mmio64: Some(0x1_0000_0000..0x11_0000_0000),
         };
         let dyn_slots: Arc<dyn MemorySlots> = slots.clone();
-        let pci = Pci::build(&dyn_slots, &io, &[(&dev, backend)], &[], &windows, 8).unwrap();
+        let pci = Pci::build(&dyn_slots, &io, &[plug.function()], &windows, 8).unwrap();
         assert_eq!(
             *slots.0.lock().unwrap(),
             ["set 8 0x100000000+0x100000 ro=false"]
@@ -590,12 +659,25 @@ mod tests {
         let mut v = [0u8; 4];
         assert!(io.mmio.read(0xc000_0008, &mut v));
         assert_eq!(v, [0; 4], "IVPosition");
-        let r = pci.report();
-        assert!(
-            r.contains(
-                "ivshmem-plain #0 (00:03.0, memdev 'sh'): bar2 at 0x100000000, mapped 1 times"
-            ) && r.contains("bar0 1 reads, 0 writes, 0 bad; bar2 exits 0"),
-            "{r}"
+        let mut stats = crate::stats::Stats::default();
+        plug.add_stats(&pci.placed()[0], &pci, &mut stats);
+        let s = &stats.ivshmem[0];
+        assert_eq!(
+            (
+                s.pci.as_str(),
+                s.bar2_addr,
+                s.bar2_maps,
+                s.bar0_reads,
+                s.bar2_exits
+            ),
+            ("00:03.0", Some(0x1_0000_0000), 1, 1, 0)
         );
+        // The BAR registers are counted in their bus entries, by name.
+        let bar0 = io
+            .bus_stats()
+            .into_iter()
+            .find(|b| b.name == "ivshmem-plain #0 bar0")
+            .unwrap();
+        assert_eq!((bar0.base, bar0.reads), (Some(0xc000_0000), 1));
     }
 }

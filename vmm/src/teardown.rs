@@ -179,7 +179,7 @@ pub fn detach(vm: Vm) {
     }
     // SAFETY: pipe2 succeeded: both fds are open and owned by nothing else.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    VM_FD.store(vm.fd().as_raw_fd(), Ordering::Relaxed);
+    VM_FD.store(vm.teardown_fd(), Ordering::Relaxed);
     PIPE_RD.store(rd.as_raw_fd(), Ordering::Relaxed);
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -3,13 +3,12 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kvm_bindings::{CpuId, Msrs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::{Entry, cpu};
 use crate::coalesce::SerialCoalescing;
 use crate::exit::{Action, VmEnd, handle_exit};
-use crate::hv::{self, Vcpu, VmExit};
+use crate::hv::{self, Vcpu};
 use crate::io::IoBuses;
 use crate::signals::{self, VcpuThreadGuard};
 
@@ -45,17 +44,14 @@ impl VmState {
 /// Configures `vcpu` (one of `count`); vCPU 0 also gets the entry state.
 pub fn configure(
     vcpu: &Vcpu,
-    supported: &CpuId,
-    tsc_deadline: bool,
+    host: &hv::HostCpu,
     count: u8,
     entry: Entry,
 ) -> Result<(), hv::Error> {
-    let mut cpuid = supported.clone();
-    crate::cpuid::for_vcpu(cpuid.as_mut_slice(), vcpu.id(), count, tsc_deadline);
+    let mut cpuid = host.cpuid.clone();
+    crate::cpuid::for_vcpu(&mut cpuid, vcpu.id(), count, host.tsc_deadline);
     vcpu.set_cpuid(&cpuid)?;
-    let msrs =
-        Msrs::from_entries(&cpu::boot_msrs()).map_err(|_| hv::Error::Msrs { set: 0, want: 0 })?;
-    vcpu.set_msrs(&msrs)?;
+    vcpu.set_msrs(&cpu::boot_msrs())?;
     vcpu.set_fpu(&cpu::fpu())?;
     let mut lapic = vcpu.lapic()?;
     cpu::lapic_lints(&mut lapic.regs);
@@ -74,7 +70,8 @@ pub struct Shared<'a> {
     pub io: &'a IoBuses,
     pub state: &'a VmState,
     pub mem: &'a GuestMemoryMmap,
-    /// Console output KVM queues instead of exiting (coalesce.rs).
+    /// Console output KVM queues instead of exiting (coalesce.rs): its
+    /// flush timer runs on vCPU 0; the queue drains through `io`'s hook.
     pub coalesced: Option<&'a SerialCoalescing>,
 }
 
@@ -107,18 +104,8 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
         let action = match vcpu.run() {
             Ok(exit) => {
                 // Queued console writes come before this exit.
-                if let Some(c) = coalesced {
-                    c.drain(io);
-                }
-                let written = match &exit {
-                    VmExit::IoOut { port, .. } => Some(*port),
-                    _ => None,
-                };
-                let action = handle_exit(exit, io);
-                if let (Some(c), Some(port)) = (coalesced, written) {
-                    c.after_port_write(port, io);
-                }
-                action
+                io.before_exit();
+                handle_exit(exit, io)
             }
             Err(e) => Action::End(VmEnd::VcpuFailed(e.to_string())),
         };
@@ -138,12 +125,10 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
             }
         }
     }
-    if let Some(c) = coalesced {
-        if flushes {
-            c.stop_flush_timer();
-        }
-        c.drain(io);
+    if flushes && let Some(c) = coalesced {
+        c.stop_flush_timer();
     }
+    io.before_exit();
 }
 
 /// "at RIP 0x... bytes 0f c7 ..." for the one-line report; registers at -v.

@@ -21,12 +21,40 @@ pub struct BarWindows {
 /// Errors from assigning an address.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AllocError {
-    #[error("no room for a {size:#x}-byte {kind:?} BAR in the BAR windows {windows:x?}")]
+    #[error("no room for a {size:#x}-byte {} BAR: {}", kind_name(*kind), describe(windows))]
     NoRoom {
         kind: BarKind,
         size: u64,
         windows: BarWindows,
     },
+}
+
+fn kind_name(kind: BarKind) -> &'static str {
+    match kind {
+        BarKind::Io => "I/O",
+        BarKind::Memory32 { .. } => "32-bit memory",
+        BarKind::Memory64 { .. } => "64-bit memory",
+    }
+}
+
+/// The windows as a reader wants them: ranges and sizes.
+fn describe(w: &BarWindows) -> String {
+    let range = |r: &Range<u64>| {
+        format!(
+            "{:#x}..{:#x} ({:#x} bytes)",
+            r.start,
+            r.end,
+            r.end - r.start
+        )
+    };
+    let mut s = format!("the 32-bit window is {}", range(&w.mmio32));
+    if let Some(r) = &w.mmio64 {
+        s.push_str(&format!(", the 64-bit window {}", range(r)));
+    }
+    if let Some(r) = &w.io {
+        s.push_str(&format!(", the I/O window {}", range(r)));
+    }
+    s
 }
 
 /// A bump allocator over [`BarWindows`]. Feeding BARs largest first keeps
@@ -108,6 +136,18 @@ mod tests {
     }
 
     #[test]
+    fn no_room_names_the_bar_and_the_windows() {
+        let mut a = BarAllocator::new(windows());
+        let e = a.allocate(M64, 1 << 40).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "no room for a 0x10000000000-byte 64-bit memory BAR: the 32-bit window is \
+             0xc0001000..0xfec00000 (0x3ebff000 bytes), the 64-bit window \
+             0x1000000000..0x2000000000 (0x1000000000 bytes), the I/O window 0xc000..0x10000 (0x4000 bytes)"
+        );
+    }
+
+    #[test]
     fn every_bar_is_naturally_aligned_inside_its_window() {
         let mut a = BarAllocator::new(windows());
         let mut got = Vec::new();
@@ -153,7 +193,7 @@ mod tests {
         assert_eq!(a.allocate(M64, 0x1000_0000), Ok(0xe000_0000));
         assert!(a.allocate(M64, 0x1000_0000).is_err());
         let e = a.allocate(BarKind::Io, 4).unwrap_err().to_string();
-        assert!(e.contains("no room") && e.contains("Io"), "{e}");
+        assert!(e.contains("no room for a 0x4-byte I/O BAR"), "{e}");
         let mut a = BarAllocator::new(windows());
         assert_eq!(
             a.allocate(M64, 1 << 36),

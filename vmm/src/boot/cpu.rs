@@ -2,7 +2,7 @@
 //! and 64-bit long mode with identity page tables (Linux 64-bit entry),
 //! plus the boot MSRs, FPU and local APIC setup every vCPU gets.
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
+use crate::hv::{Fpu, MsrEntry, Regs, Segment, SpecialRegs};
 
 use crate::layout::{BOOT_GDT, BOOT_IDT, BOOT_STACK, PD, PDPT, PML4, PVH_START_INFO, ZERO_PAGE};
 
@@ -38,9 +38,9 @@ fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (l & 0xffff)
 }
 
-fn segment(index: u16, flags: u16, base: u32, limit: u32) -> kvm_segment {
+fn segment(index: u16, flags: u16, base: u32, limit: u32) -> Segment {
     let g = (flags >> 15) & 1;
-    kvm_segment {
+    Segment {
         base: u64::from(base),
         limit: if g == 1 { (limit << 12) | 0xfff } else { limit },
         selector: index * 8,
@@ -53,7 +53,6 @@ fn segment(index: u16, flags: u16, base: u32, limit: u32) -> kvm_segment {
         g: g as u8,
         avl: ((flags >> 12) & 1) as u8,
         unusable: 0,
-        padding: 0,
     }
 }
 
@@ -101,7 +100,7 @@ pub fn page_tables() -> Vec<u8> {
 }
 
 /// Special registers for vCPU 0's entry, starting from KVM's reset values.
-pub fn sregs(mut s: kvm_sregs, e: Entry) -> kvm_sregs {
+pub fn sregs(mut s: SpecialRegs, e: Entry) -> SpecialRegs {
     let (code, tss) = code_flags(e);
     s.cs = segment(CODE_INDEX, code, 0, 0xfffff);
     let data = segment(DATA_INDEX, DATA, 0, 0xfffff);
@@ -132,8 +131,8 @@ pub fn sregs(mut s: kvm_sregs, e: Entry) -> kvm_sregs {
 }
 
 /// General registers for vCPU 0's entry.
-pub fn regs(e: Entry) -> kvm_regs {
-    let mut r = kvm_regs {
+pub fn regs(e: Entry) -> Regs {
+    let mut r = Regs {
         rflags: 0x2,
         ..Default::default()
     };
@@ -153,8 +152,8 @@ pub fn regs(e: Entry) -> kvm_regs {
 }
 
 /// x87/SSE state at reset as Linux expects it.
-pub fn fpu() -> kvm_fpu {
-    kvm_fpu {
+pub fn fpu() -> Fpu {
+    Fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
@@ -177,7 +176,7 @@ const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
 
 /// Boot MSR values: syscall MSRs cleared, fast strings on, MTRRs default WB.
-pub fn boot_msrs() -> Vec<kvm_msr_entry> {
+pub fn boot_msrs() -> Vec<MsrEntry> {
     [
         (MSR_IA32_SYSENTER_CS, 0),
         (MSR_IA32_SYSENTER_ESP, 0),
@@ -192,11 +191,7 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
     ]
     .into_iter()
-    .map(|(index, data)| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    })
+    .map(|(index, data)| MsrEntry { index, data })
     .collect()
 }
 
@@ -205,19 +200,15 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
-fn set_delivery_mode(regs: &mut [std::ffi::c_char], offset: usize, mode: u32) {
+fn set_delivery_mode(regs: &mut [u8], offset: usize, mode: u32) {
     let mut b = [0u8; 4];
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = regs[offset + i] as u8;
-    }
+    b.copy_from_slice(&regs[offset..offset + 4]);
     let v = (u32::from_le_bytes(b) & !0x700) | (mode << 8);
-    for (i, x) in v.to_le_bytes().iter().enumerate() {
-        regs[offset + i] = *x as std::ffi::c_char;
-    }
+    regs[offset..offset + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 /// Local APIC: LINT0 delivers the 8259's ExtINT, LINT1 delivers NMI.
-pub fn lapic_lints(regs: &mut [std::ffi::c_char]) {
+pub fn lapic_lints(regs: &mut [u8]) {
     set_delivery_mode(regs, APIC_LVT0, APIC_MODE_EXTINT);
     set_delivery_mode(regs, APIC_LVT1, APIC_MODE_NMI);
 }
@@ -231,7 +222,7 @@ mod tests {
         assert_eq!(gdt(Entry::Linux64 { rip: 0 })[2], 0x00af_9b00_0000_ffff);
         assert_eq!(gdt(Entry::Linux64 { rip: 0 })[3], 0x00cf_9300_0000_ffff);
         assert_eq!(gdt(Entry::Pvh { rip: 0 })[2], 0x00cf_9b00_0000_ffff);
-        let s = sregs(kvm_sregs::default(), Entry::Linux64 { rip: 0 });
+        let s = sregs(SpecialRegs::default(), Entry::Linux64 { rip: 0 });
         let cs = s.cs;
         let got = (cs.selector, cs.l, cs.db, cs.g, cs.type_, cs.limit);
         assert_eq!(got, (0x10, 1, 0, 1, 0xb, 0xffff_ffff));
@@ -245,7 +236,7 @@ mod tests {
     #[test]
     fn long_mode_state_and_identity_map() {
         let e = Entry::Linux64 { rip: 0x100_0000 };
-        let s = sregs(kvm_sregs::default(), e);
+        let s = sregs(SpecialRegs::default(), e);
         assert_eq!(
             (s.cr3, s.efer & EFER_LMA, s.cr0 & CR0_PG),
             (PML4, EFER_LMA, CR0_PG)
@@ -258,18 +249,18 @@ mod tests {
         assert_eq!(pd(0), 0x83);
         assert_eq!(pd(511), (511 << 21) | 0x83);
         let p = Entry::Pvh { rip: 0x10_0000 };
-        let s = sregs(kvm_sregs::default(), p);
+        let s = sregs(SpecialRegs::default(), p);
         assert_eq!((s.cr0, s.efer, s.cs.db, s.cs.l), (CR0_PE | CR0_ET, 0, 1, 0));
         assert_eq!(regs(p).rbx, PVH_START_INFO);
     }
 
     #[test]
     fn lapic_lint_modes() {
-        let mut regs = [0 as std::ffi::c_char; 1024];
+        let mut regs = [0u8; 1024];
         regs[APIC_LVT0 + 2] = 1; // mask bit 16 set: must survive
         lapic_lints(&mut regs);
-        assert_eq!(regs[APIC_LVT0 + 1] as u8, 0x7);
-        assert_eq!(regs[APIC_LVT0 + 2] as u8, 1);
-        assert_eq!(regs[APIC_LVT1 + 1] as u8, 0x4);
+        assert_eq!(regs[APIC_LVT0 + 1], 0x7);
+        assert_eq!(regs[APIC_LVT0 + 2], 1);
+        assert_eq!(regs[APIC_LVT1 + 1], 0x4);
     }
 }

@@ -36,6 +36,16 @@ pub enum Error {
     Write { addr: u64, reason: String },
 }
 
+impl Error {
+    /// 2 for a bad image or option, 1 when writing into guest RAM failed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Write { .. } => 1,
+            _ => 2,
+        }
+    }
+}
+
 /// The kernel and initrd, opened before anything else is created so a bad
 /// path fails early and leaves nothing behind.
 #[derive(Debug)]

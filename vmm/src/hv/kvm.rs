@@ -6,16 +6,23 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use kvm_bindings::{
-    CpuId, KVM_COALESCED_MMIO_PAGE_OFFSET, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs,
-    kvm_coalesced_mmio, kvm_coalesced_mmio_ring, kvm_fpu, kvm_lapic_state, kvm_pit_config,
-    kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+    CpuId, KVM_COALESCED_MMIO_PAGE_OFFSET, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN, KvmIrqRouting, Msrs, kvm_coalesced_mmio, kvm_coalesced_mmio_ring,
+    kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_irq_routing_entry, kvm_lapic_state, kvm_msr_entry,
+    kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VcpuExit, VcpuFd, VmFd};
 use vm_memory::FileOffset;
 use vm_memory::mmap::MmapRegion;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::VmExit;
+use super::x86::{
+    CpuidEntry, DescriptorTable, Fpu, GsiRoute, IrqChip, LapicState, MsrEntry, Regs, Segment,
+    SpecialRegs,
+};
+use super::{IoEventAddr, SystemEvent, VmExit};
 
 /// Errors from KVM calls, naming the operation.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +40,19 @@ pub enum Error {
     Msrs { set: usize, want: usize },
     #[error("KVM: cannot map the coalesced I/O ring: {0}")]
     RingMap(std::io::Error),
+    #[error("KVM: {what}: {count} entries is more than KVM takes")]
+    TooMany { what: &'static str, count: usize },
+}
+
+impl Error {
+    /// 2 when /dev/kvm cannot be opened (missing, or no permission: a
+    /// set-up the user fixes), 1 for anything KVM refuses later.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Open(_) | Error::ApiVersion(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -40,20 +60,21 @@ fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 }
 
 /// What KVM can offer every vCPU on this host.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HostCpu {
     /// The CPUID leaves KVM can expose (KVM_GET_SUPPORTED_CPUID).
-    pub cpuid: CpuId,
+    pub cpuid: Vec<CpuidEntry>,
     /// Whether KVM emulates the LAPIC TSC-deadline timer.
     pub tsc_deadline: bool,
 }
 
 impl HostCpu {
     fn from_kvm(kvm: &Kvm) -> Result<HostCpu, Error> {
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         Ok(HostCpu {
-            cpuid: kvm
-                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-                .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?,
+            cpuid: cpuid.as_slice().iter().map(|e| cpuid_from(*e)).collect(),
             tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
         })
     }
@@ -105,37 +126,14 @@ impl Vm {
         HostCpu::from_kvm(&self.kvm)
     }
 
-    /// Registers `[host, host + size)` as guest memory at `gpa` in `slot`.
+    /// Sets memory slot `slot` to `[host, host + size)` at `gpa`, read-only
+    /// for the guest when `readonly` (guest writes then exit as MMIO). The
+    /// one memory-slot API: guest RAM and memory BARs (which move at run
+    /// time) alike.
     ///
     /// # Safety
     /// `host` must point to a mapping of at least `size` bytes that stays
-    /// mapped for as long as this VM exists (the guest reads and writes it).
-    pub unsafe fn add_memory(
-        &self,
-        slot: u32,
-        gpa: u64,
-        host: *mut u8,
-        size: u64,
-    ) -> Result<(), Error> {
-        let region = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the caller guarantees the host range is a live mapping that
-        // outlives the VM.
-        unsafe { self.fd.set_user_memory_region(region) }
-            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
-    }
-
-    /// Sets memory slot `slot` to `[host, host + size)` at `gpa`, read-only
-    /// for the guest when `readonly` (guest writes then exit as MMIO).
-    /// Used for PCI BARs backed by memory, which move at run time.
-    ///
-    /// # Safety
-    /// As [`Vm::add_memory`]: the host range stays mapped while the slot is set.
+    /// mapped while the slot is set (the guest reads and writes it).
     pub unsafe fn set_memory_slot(
         &self,
         slot: u32,
@@ -172,9 +170,61 @@ impl Vm {
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 
-    /// Connects `evt` to the interrupt line `gsi` (irqfd).
-    pub fn add_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
+    /// Connects `evt` to the interrupt line `gsi` (irqfd): a write to it
+    /// raises `gsi` without an exit.
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
         self.fd.register_irqfd(evt, gsi).map_err(ioctl("KVM_IRQFD"))
+    }
+
+    /// Undoes [`Vm::register_irqfd`].
+    pub fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
+        self.fd
+            .unregister_irqfd(evt, gsi)
+            .map_err(ioctl("KVM_IRQFD (deassign)"))
+    }
+
+    /// Makes guest writes to `addr` (of `len` bytes when `datamatch` is
+    /// given, then only writes of that value) signal `evt` instead of
+    /// exiting (ioeventfd).
+    pub fn register_ioeventfd(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddr,
+        datamatch: Option<u32>,
+    ) -> Result<(), Error> {
+        let a = ioevent_address(addr);
+        match datamatch {
+            Some(v) => self.fd.register_ioevent(evt, &a, v),
+            None => self.fd.register_ioevent(evt, &a, NoDatamatch),
+        }
+        .map_err(ioctl("KVM_IOEVENTFD"))
+    }
+
+    /// Undoes [`Vm::register_ioeventfd`] (same arguments).
+    pub fn unregister_ioeventfd(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddr,
+        datamatch: Option<u32>,
+    ) -> Result<(), Error> {
+        let a = ioevent_address(addr);
+        match datamatch {
+            Some(v) => self.fd.unregister_ioevent(evt, &a, v),
+            None => self.fd.unregister_ioevent(evt, &a, NoDatamatch),
+        }
+        .map_err(ioctl("KVM_IOEVENTFD (deassign)"))
+    }
+
+    /// Replaces the VM's whole interrupt routing table.
+    pub fn set_gsi_routing(&self, routes: &[GsiRoute]) -> Result<(), Error> {
+        let entries: Vec<kvm_irq_routing_entry> = routes.iter().map(route_to_kvm).collect();
+        let table = KvmIrqRouting::from_entries(&entries).map_err(|_| Error::TooMany {
+            what: "GSI routes",
+            count: entries.len(),
+        })?;
+        self.fd
+            .set_gsi_routing(&table)
+            .map_err(ioctl("KVM_SET_GSI_ROUTING"))
     }
 
     pub fn create_vcpu(&self, id: u8) -> Result<Vcpu, Error> {
@@ -207,9 +257,250 @@ impl Vm {
             .map_err(ioctl("KVM_UNREGISTER_COALESCED_MMIO"))
     }
 
-    /// The raw VM fd, for device wiring that needs KVM directly (ioeventfd).
-    pub fn fd(&self) -> &VmFd {
-        &self.fd
+    /// The VM fd, for the teardown hand-off only (teardown.rs passes its
+    /// last reference to a helper process).
+    pub fn teardown_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+fn ioevent_address(a: IoEventAddr) -> IoEventAddress {
+    match a {
+        IoEventAddr::Pio(p) => IoEventAddress::Pio(p),
+        IoEventAddr::Mmio(m) => IoEventAddress::Mmio(m),
+    }
+}
+
+fn route_to_kvm(r: &GsiRoute) -> kvm_irq_routing_entry {
+    let mut e = kvm_irq_routing_entry {
+        gsi: r.gsi(),
+        ..Default::default()
+    };
+    match *r {
+        GsiRoute::Irqchip { chip, pin, .. } => {
+            e.type_ = KVM_IRQ_ROUTING_IRQCHIP;
+            e.u.irqchip.irqchip = match chip {
+                IrqChip::PicMaster => KVM_IRQCHIP_PIC_MASTER,
+                IrqChip::PicSlave => KVM_IRQCHIP_PIC_SLAVE,
+                IrqChip::Ioapic => KVM_IRQCHIP_IOAPIC,
+            };
+            e.u.irqchip.pin = pin;
+        }
+        GsiRoute::Msi { address, data, .. } => {
+            e.type_ = KVM_IRQ_ROUTING_MSI;
+            e.u.msi.address_lo = address as u32;
+            e.u.msi.address_hi = (address >> 32) as u32;
+            e.u.msi.data = data;
+        }
+    }
+    e
+}
+
+fn cpuid_from(e: kvm_cpuid_entry2) -> CpuidEntry {
+    CpuidEntry {
+        function: e.function,
+        index: e.index,
+        flags: e.flags,
+        eax: e.eax,
+        ebx: e.ebx,
+        ecx: e.ecx,
+        edx: e.edx,
+    }
+}
+
+fn cpuid_to(e: &CpuidEntry) -> kvm_cpuid_entry2 {
+    kvm_cpuid_entry2 {
+        function: e.function,
+        index: e.index,
+        flags: e.flags,
+        eax: e.eax,
+        ebx: e.ebx,
+        ecx: e.ecx,
+        edx: e.edx,
+        ..Default::default()
+    }
+}
+
+fn regs_from(r: kvm_regs) -> Regs {
+    Regs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rsp: r.rsp,
+        rbp: r.rbp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rip: r.rip,
+        rflags: r.rflags,
+    }
+}
+
+fn regs_to(r: &Regs) -> kvm_regs {
+    kvm_regs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rsp: r.rsp,
+        rbp: r.rbp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rip: r.rip,
+        rflags: r.rflags,
+    }
+}
+
+fn segment_from(s: kvm_segment) -> Segment {
+    Segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: s.avl,
+        unusable: s.unusable,
+    }
+}
+
+fn segment_to(s: &Segment) -> kvm_segment {
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: s.avl,
+        unusable: s.unusable,
+        padding: 0,
+    }
+}
+
+fn dtable_from(d: kvm_dtable) -> DescriptorTable {
+    DescriptorTable {
+        base: d.base,
+        limit: d.limit,
+    }
+}
+
+fn dtable_to(d: &DescriptorTable) -> kvm_dtable {
+    kvm_dtable {
+        base: d.base,
+        limit: d.limit,
+        ..Default::default()
+    }
+}
+
+fn sregs_from(s: kvm_sregs) -> SpecialRegs {
+    SpecialRegs {
+        cs: segment_from(s.cs),
+        ds: segment_from(s.ds),
+        es: segment_from(s.es),
+        fs: segment_from(s.fs),
+        gs: segment_from(s.gs),
+        ss: segment_from(s.ss),
+        tr: segment_from(s.tr),
+        ldt: segment_from(s.ldt),
+        gdt: dtable_from(s.gdt),
+        idt: dtable_from(s.idt),
+        cr0: s.cr0,
+        cr2: s.cr2,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        cr8: s.cr8,
+        efer: s.efer,
+        apic_base: s.apic_base,
+        interrupt_bitmap: s.interrupt_bitmap,
+    }
+}
+
+fn sregs_to(s: &SpecialRegs) -> kvm_sregs {
+    kvm_sregs {
+        cs: segment_to(&s.cs),
+        ds: segment_to(&s.ds),
+        es: segment_to(&s.es),
+        fs: segment_to(&s.fs),
+        gs: segment_to(&s.gs),
+        ss: segment_to(&s.ss),
+        tr: segment_to(&s.tr),
+        ldt: segment_to(&s.ldt),
+        gdt: dtable_to(&s.gdt),
+        idt: dtable_to(&s.idt),
+        cr0: s.cr0,
+        cr2: s.cr2,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        cr8: s.cr8,
+        efer: s.efer,
+        apic_base: s.apic_base,
+        interrupt_bitmap: s.interrupt_bitmap,
+    }
+}
+
+fn fpu_from(f: &kvm_fpu) -> Fpu {
+    Fpu {
+        fpr: f.fpr,
+        fcw: f.fcw,
+        fsw: f.fsw,
+        ftwx: f.ftwx,
+        last_opcode: f.last_opcode,
+        last_ip: f.last_ip,
+        last_dp: f.last_dp,
+        xmm: f.xmm,
+        mxcsr: f.mxcsr,
+    }
+}
+
+fn fpu_to(f: &Fpu) -> kvm_fpu {
+    kvm_fpu {
+        fpr: f.fpr,
+        fcw: f.fcw,
+        fsw: f.fsw,
+        ftwx: f.ftwx,
+        last_opcode: f.last_opcode,
+        last_ip: f.last_ip,
+        last_dp: f.last_dp,
+        xmm: f.xmm,
+        mxcsr: f.mxcsr,
+        ..Default::default()
+    }
+}
+
+fn lapic_from(l: &kvm_lapic_state) -> LapicState {
+    LapicState {
+        regs: l.regs.map(|b| b as u8),
+    }
+}
+
+fn lapic_to(l: &LapicState) -> kvm_lapic_state {
+    kvm_lapic_state {
+        regs: l.regs.map(|b| b as std::ffi::c_char),
     }
 }
 
@@ -225,45 +516,82 @@ impl Vcpu {
         self.id
     }
 
-    pub fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), Error> {
-        self.fd.set_cpuid2(cpuid).map_err(ioctl("KVM_SET_CPUID2"))
+    pub fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<(), Error> {
+        let kvm: Vec<kvm_cpuid_entry2> = entries.iter().map(cpuid_to).collect();
+        let cpuid = CpuId::from_entries(&kvm).map_err(|_| Error::TooMany {
+            what: "CPUID entries",
+            count: kvm.len(),
+        })?;
+        self.fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))
     }
 
-    pub fn set_msrs(&self, msrs: &Msrs) -> Result<(), Error> {
-        let set = self.fd.set_msrs(msrs).map_err(ioctl("KVM_SET_MSRS"))?;
-        let want = msrs.as_slice().len();
+    pub fn set_msrs(&self, entries: &[MsrEntry]) -> Result<(), Error> {
+        let kvm: Vec<kvm_msr_entry> = entries
+            .iter()
+            .map(|e| kvm_msr_entry {
+                index: e.index,
+                data: e.data,
+                ..Default::default()
+            })
+            .collect();
+        let msrs = Msrs::from_entries(&kvm).map_err(|_| Error::TooMany {
+            what: "MSRs",
+            count: kvm.len(),
+        })?;
+        let set = self.fd.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
+        let want = entries.len();
         if set != want {
             return Err(Error::Msrs { set, want });
         }
         Ok(())
     }
 
-    pub fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), Error> {
-        self.fd.set_fpu(fpu).map_err(ioctl("KVM_SET_FPU"))
+    pub fn fpu(&self) -> Result<Fpu, Error> {
+        self.fd
+            .get_fpu()
+            .map(|f| fpu_from(&f))
+            .map_err(ioctl("KVM_GET_FPU"))
     }
 
-    pub fn lapic(&self) -> Result<kvm_lapic_state, Error> {
-        self.fd.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))
+    pub fn set_fpu(&self, fpu: &Fpu) -> Result<(), Error> {
+        self.fd.set_fpu(&fpu_to(fpu)).map_err(ioctl("KVM_SET_FPU"))
     }
 
-    pub fn set_lapic(&self, l: &kvm_lapic_state) -> Result<(), Error> {
-        self.fd.set_lapic(l).map_err(ioctl("KVM_SET_LAPIC"))
+    pub fn lapic(&self) -> Result<LapicState, Error> {
+        self.fd
+            .get_lapic()
+            .map(|l| lapic_from(&l))
+            .map_err(ioctl("KVM_GET_LAPIC"))
     }
 
-    pub fn regs(&self) -> Result<kvm_regs, Error> {
-        self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))
+    pub fn set_lapic(&self, l: &LapicState) -> Result<(), Error> {
+        self.fd
+            .set_lapic(&lapic_to(l))
+            .map_err(ioctl("KVM_SET_LAPIC"))
     }
 
-    pub fn set_regs(&self, r: &kvm_regs) -> Result<(), Error> {
-        self.fd.set_regs(r).map_err(ioctl("KVM_SET_REGS"))
+    pub fn regs(&self) -> Result<Regs, Error> {
+        self.fd
+            .get_regs()
+            .map(regs_from)
+            .map_err(ioctl("KVM_GET_REGS"))
     }
 
-    pub fn sregs(&self) -> Result<kvm_sregs, Error> {
-        self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))
+    pub fn set_regs(&self, r: &Regs) -> Result<(), Error> {
+        self.fd.set_regs(&regs_to(r)).map_err(ioctl("KVM_SET_REGS"))
     }
 
-    pub fn set_sregs(&self, s: &kvm_sregs) -> Result<(), Error> {
-        self.fd.set_sregs(s).map_err(ioctl("KVM_SET_SREGS"))
+    pub fn sregs(&self) -> Result<SpecialRegs, Error> {
+        self.fd
+            .get_sregs()
+            .map(sregs_from)
+            .map_err(ioctl("KVM_GET_SREGS"))
+    }
+
+    pub fn set_sregs(&self, s: &SpecialRegs) -> Result<(), Error> {
+        self.fd
+            .set_sregs(&sregs_to(s))
+            .map_err(ioctl("KVM_SET_SREGS"))
     }
 
     /// Guest-physical address of a guest-virtual one, if mapped.
@@ -319,7 +647,12 @@ impl Vcpu {
                 VcpuExit::MmioWrite(addr, data) => Raw::MmioWrite(addr, data.as_ptr(), data.len()),
                 VcpuExit::Hlt => Raw::Done(VmExit::Hlt),
                 VcpuExit::Shutdown => Raw::Done(VmExit::Shutdown),
-                VcpuExit::SystemEvent(kind, _) => Raw::Done(VmExit::SystemEvent { kind }),
+                VcpuExit::SystemEvent(kind, _) => Raw::Done(VmExit::SystemEvent(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => SystemEvent::Shutdown,
+                    KVM_SYSTEM_EVENT_RESET => SystemEvent::Reset,
+                    KVM_SYSTEM_EVENT_CRASH => SystemEvent::Crash,
+                    other => SystemEvent::Other(other),
+                })),
                 VcpuExit::InternalError => Raw::Done(VmExit::InternalError),
                 VcpuExit::FailEntry(reason, _) => Raw::Done(VmExit::FailEntry { reason }),
                 VcpuExit::Intr => Raw::Done(VmExit::Interrupted),

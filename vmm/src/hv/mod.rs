@@ -1,15 +1,40 @@
 //! The hypervisor boundary: everything the rest of the VMM asks of "a VM"
 //! and "a vCPU", and the exits a vCPU reports, in our own types.
 //!
-//! Only `kvm.rs` talks to KVM. Another accelerator (HVF) would add a sibling
-//! module with the same surface: [`Vm`], [`Vcpu`], [`VmExit`]. Coalesced
+//! Only `kvm.rs` talks to KVM (a test checks that no other file imports
+//! KVM's crates). Another accelerator (HVF) would add a sibling module with
+//! the same surface: [`Vm`], [`Vcpu`], [`VmExit`], and the state types of
+//! `x86.rs` (an aarch64 twin for arm64). Devices never see a `Vm`: they
+//! ask the VM-level services (`interrupts.rs`) or get named operations
+//! (ioeventfds, irqfds) through the machine builder. Coalesced
 //! port writes ([`Vm::coalesce_pio`], [`CoalescedRing`]) are an optional
 //! speed-up: an accelerator without them reports `false` and every write
 //! simply exits.
 
 pub mod kvm;
+pub mod x86;
 
 pub use kvm::{CoalescedRing, CoalescedWrite, Error, HostCpu, Vcpu, Vm};
+pub use x86::{
+    CpuidEntry, DescriptorTable, Fpu, GsiRoute, IrqChip, LapicState, MsrEntry, Regs, Segment,
+    SpecialRegs,
+};
+
+/// Where an ioeventfd listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoEventAddr {
+    Pio(u64),
+    Mmio(u64),
+}
+
+/// A system event a vCPU reports (PSCI or ACPI-style, from the hypervisor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemEvent {
+    Shutdown,
+    Reset,
+    Crash,
+    Other(u32),
+}
 
 /// Why `Vcpu::run` returned, with the data the exit handler needs.
 #[derive(Debug)]
@@ -42,10 +67,8 @@ pub enum VmExit<'a> {
     Hlt,
     /// Triple fault (or another shutdown condition).
     Shutdown,
-    /// A PSCI/ACPI-style system event (KVM_SYSTEM_EVENT_*).
-    SystemEvent {
-        kind: u32,
-    },
+    /// A PSCI/ACPI-style system event.
+    SystemEvent(SystemEvent),
     /// The hypervisor could not emulate or run guest code. Details come from
     /// [`Vcpu::internal_error`].
     InternalError,

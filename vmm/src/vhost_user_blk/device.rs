@@ -18,14 +18,15 @@ use devices::virtio::{
     MsixVector, NO_VECTOR, NotifyRegion, QueueConfig, TYPE_BLOCK, TransportEvents, VirtioPci,
     VirtioPciConfig,
 };
-use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use memory::Backend;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::frontend::{self, BlkFrontend, MemRegion};
-use super::msi::{self, GsiRouter};
 use super::{BLK_CONFIG_LEN, VhostUserBlkConfig};
-use crate::hv::Vm;
+use crate::hv::{IoEventAddr, Vm};
+use crate::interrupts::{self, Interrupts, MsiMessage, MsiVectors};
+use crate::pci::{BarBacking, Pci, PciFunction, PciPlug, Placed};
+use crate::stats::{Stats, VhostUserStats};
 
 /// Descriptors per queue the driver may use at most.
 pub const MAX_QUEUE_SIZE: u16 = 256;
@@ -39,7 +40,10 @@ pub enum Error {
         err: frontend::Error,
     },
     #[error("{device}: {err}")]
-    Msi { device: String, err: msi::Error },
+    Msi {
+        device: String,
+        err: interrupts::Error,
+    },
     #[error("{device}: {err}")]
     Transport {
         device: String,
@@ -50,9 +54,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the user can fix it on the command line (socket, RAM).
-    pub fn is_config(&self) -> bool {
-        matches!(self, Error::Frontend { .. })
+    /// 2 when the user can fix it on the command line (the socket, RAM
+    /// that cannot be shared), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Frontend { .. } => 2,
+            _ => 1,
+        }
     }
 }
 
@@ -71,17 +79,17 @@ pub struct VhostUserBlkStats {
 pub struct VhostUserBlk {
     name: String,
     frontend: BlkFrontend,
+    /// For the kick ioeventfds, which move with the BAR.
     vm: Weak<Vm>,
-    router: Arc<GsiRouter>,
-    /// MSI-X vector v is routed on GSI `gsi_base + v`.
-    gsi_base: u32,
+    /// One MSI vector per queue plus the configuration vector.
+    msi: MsiVectors,
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
     vectors: Vec<MsixVector>,
     /// Queues the back-end runs.
     active: Vec<QueueConfig>,
-    /// Per queue: the GSI its call eventfd is an irqfd on.
-    irqfds: Vec<Option<u32>>,
+    /// Per queue: the vector its call eventfd is attached to.
+    irqfds: Vec<Option<u16>>,
     /// Where the kick eventfds are registered as ioeventfds.
     notify: Option<NotifyRegion>,
     acked: u64,
@@ -106,18 +114,18 @@ pub struct Wired {
     pub stats: Arc<VhostUserBlkStats>,
 }
 
-impl Wired {
-    /// The function as the PCI root takes it: BAR0 holds registers.
-    pub fn pci_function(&self) -> crate::pci::PciFunction {
-        crate::pci::PciFunction {
+impl PciPlug for Wired {
+    /// BAR0 holds the transport's registers.
+    fn function(&self) -> PciFunction {
+        PciFunction {
             name: self.name.clone(),
             slot: self.slot,
             device: self.device.clone(),
-            register_bars: vec![devices::virtio::BAR_INDEX],
+            bars: vec![(devices::virtio::BAR_INDEX, BarBacking::Registers)],
         }
     }
 
-    pub fn report(&self) -> String {
+    fn add_stats(&self, _placed: &Placed, _pci: &Pci, stats: &mut Stats) {
         let t = self
             .device
             .lock()
@@ -125,41 +133,21 @@ impl Wired {
             .stats();
         let s = &self.stats;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "  {}: started {} times, {} resets, {} MSI-X updates, {} errors; common cfg {} reads, \
-             {} writes; notify exits {} (0 with ioeventfds)\n",
-            self.name,
-            n(&s.starts),
-            n(&s.resets),
-            n(&s.msix_updates),
-            n(&s.errors),
-            t.common_reads,
-            t.common_writes,
-            n(&s.notify_exits),
-        )
+        stats.vhost_user.push(VhostUserStats {
+            name: self.name.clone(),
+            starts: n(&s.starts),
+            resets: n(&s.resets),
+            msix_updates: n(&s.msix_updates),
+            errors: n(&s.errors),
+            common_reads: t.common_reads,
+            common_writes: t.common_writes,
+            notify_exits: n(&s.notify_exits),
+        });
     }
 }
 
 fn eventfds(n: u16) -> std::io::Result<Vec<EventFd>> {
     (0..n).map(|_| EventFd::new(EFD_NONBLOCK)).collect()
-}
-
-/// Creates every vhost-user-blk device of `devices` (connecting to their
-/// back-ends), sharing one GSI routing table.
-pub fn create_all(
-    devices: &[crate::cli::DeviceConfig],
-    ram: &Backend,
-    vm: &Arc<Vm>,
-) -> Result<Vec<Wired>, Error> {
-    let mut router = None;
-    let mut wired = Vec::new();
-    for d in devices {
-        if let crate::cli::DeviceConfig::VhostUserBlk(cfg) = d {
-            let router = router.get_or_insert_with(|| Arc::new(GsiRouter::new(Arc::downgrade(vm))));
-            wired.push(create(cfg, ram, vm, router)?);
-        }
-    }
-    Ok(wired)
 }
 
 /// Connects to the back-end of `cfg` with guest RAM `ram` and builds the
@@ -168,7 +156,7 @@ pub fn create(
     cfg: &VhostUserBlkConfig,
     ram: &Backend,
     vm: &Arc<Vm>,
-    router: &Arc<GsiRouter>,
+    interrupts: &Arc<Interrupts>,
 ) -> Result<Wired, Error> {
     let name = cfg.to_string();
     let fe = |err| Error::Frontend {
@@ -178,12 +166,10 @@ pub fn create(
     let regions = MemRegion::from_ram(ram).map_err(fe)?;
     let frontend = BlkFrontend::connect(&cfg.socket, regions, cfg.num_queues).map_err(fe)?;
     let queues = frontend.queues();
-    let gsi_base = router
-        .allocate(u32::from(queues) + 1)
-        .map_err(|err| Error::Msi {
-            device: name.clone(),
-            err,
-        })?;
+    let msi = interrupts.vectors(queues + 1).map_err(|err| Error::Msi {
+        device: name.clone(),
+        err,
+    })?;
     let efd = |err| Error::EventFd {
         device: name.clone(),
         err,
@@ -200,8 +186,7 @@ pub fn create(
         name: name.clone(),
         frontend,
         vm: Arc::downgrade(vm),
-        router: router.clone(),
-        gsi_base,
+        msi,
         kicks: eventfds(queues).map_err(efd)?,
         calls: eventfds(queues).map_err(efd)?,
         vectors: Vec::new(),
@@ -229,33 +214,32 @@ impl VhostUserBlk {
         log::warn!("{}: {what}: {e}", self.name);
     }
 
-    /// The GSI queue `q` should interrupt on now, if any.
-    fn wanted_irq(&self, q: usize) -> Option<u32> {
+    /// The vector queue `q` should interrupt on now, if any.
+    fn wanted_vector(&self, q: usize) -> Option<u16> {
         let queue = self.active.iter().find(|c| usize::from(c.index) == q)?;
         if queue.vector == NO_VECTOR {
             return None;
         }
         let v = self.vectors.get(usize::from(queue.vector))?;
-        (!v.masked).then_some(self.gsi_base + u32::from(queue.vector))
+        (!v.masked).then_some(queue.vector)
     }
 
-    /// Registers/unregisters irqfds so each queue interrupts on the GSI of
-    /// its vector while that vector is unmasked.
+    /// Attaches/detaches call eventfds so each queue interrupts on its
+    /// vector while that vector is unmasked.
     fn sync_irqfds(&mut self) {
-        let Some(vm) = self.vm.upgrade() else { return };
         for q in 0..self.irqfds.len() {
-            let want = self.wanted_irq(q);
+            let want = self.wanted_vector(q);
             if self.irqfds[q] == want {
                 continue;
             }
             if let Some(old) = self.irqfds[q].take()
-                && let Err(e) = vm.fd().unregister_irqfd(&self.calls[q], old)
+                && let Err(e) = self.msi.detach(&self.calls[q], old)
             {
                 self.fail("removing an irqfd", e);
             }
-            if let Some(gsi) = want {
-                match vm.fd().register_irqfd(&self.calls[q], gsi) {
-                    Ok(()) => self.irqfds[q] = Some(gsi),
+            if let Some(vector) = want {
+                match self.msi.attach(&self.calls[q], vector) {
+                    Ok(()) => self.irqfds[q] = Some(vector),
                     Err(e) => self.fail("adding an irqfd", e),
                 }
             }
@@ -266,16 +250,16 @@ impl VhostUserBlk {
         let Some(vm) = self.vm.upgrade() else { return };
         if let Some(old) = self.notify.take() {
             for (q, kick) in self.kicks.iter().enumerate() {
-                let addr = IoEventAddress::Mmio(old.queue_addr(q as u16));
-                if let Err(e) = vm.fd().unregister_ioevent(kick, &addr, NoDatamatch) {
+                let addr = IoEventAddr::Mmio(old.queue_addr(q as u16));
+                if let Err(e) = vm.unregister_ioeventfd(kick, addr, None) {
                     self.fail("removing an ioeventfd", e);
                 }
             }
         }
         let Some(new) = region else { return };
         for (q, kick) in self.kicks.iter().enumerate() {
-            let addr = IoEventAddress::Mmio(new.queue_addr(q as u16));
-            if let Err(e) = vm.fd().register_ioevent(kick, &addr, NoDatamatch) {
+            let addr = IoEventAddr::Mmio(new.queue_addr(q as u16));
+            if let Err(e) = vm.register_ioeventfd(kick, addr, None) {
                 // Kicks then exit and reach `queue_notify`: slower, still right.
                 self.fail("adding an ioeventfd", e);
             }
@@ -358,8 +342,11 @@ impl TransportEvents for VhostUserBlk {
         }
         self.vectors[v] = state;
         if !state.masked {
-            let gsi = self.gsi_base + u32::from(vector);
-            if let Err(e) = self.router.set_msi(gsi, Some((state.address, state.data))) {
+            let msg = MsiMessage {
+                address: state.address,
+                data: state.data,
+            };
+            if let Err(e) = self.msi.route(vector, Some(msg)) {
                 self.fail("routing an MSI-X vector", e);
             }
         }

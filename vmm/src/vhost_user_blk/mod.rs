@@ -9,16 +9,14 @@
 //!   feature negotiation, memory table, configuration, vring set-up, and a
 //!   watcher that reports the back-end hanging up. No KVM here.
 //! - [`device`]: the virtio-pci transport's owner: on the driver's events
-//!   it starts/stops the back-end's vrings, routes MSI-X vectors to KVM
-//!   GSIs with irqfds (the back-end's call eventfds) and registers
-//!   ioeventfds on the notify addresses (its kick eventfds), so neither
-//!   kicks nor interrupts pass through the VMM.
-//! - [`msi`]: the VM's GSI routing table (KVM_SET_GSI_ROUTING).
+//!   it starts/stops the back-end's vrings, routes MSI-X vectors through
+//!   the VM's interrupt service with irqfds (the back-end's call eventfds)
+//!   and registers ioeventfds on the notify addresses (its kick eventfds),
+//!   so neither kicks nor interrupts pass through the VMM.
 
 pub mod config;
 pub mod device;
 pub mod frontend;
-pub mod msi;
 
 pub use config::{ChardevConfig, VhostUserBlkConfig};
 pub use device::{VhostUserBlk, VhostUserBlkStats, Wired};
