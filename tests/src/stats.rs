@@ -25,8 +25,9 @@ pub struct BusDevice {
     pub name: String,
     /// "pio" or "mmio".
     pub bus: String,
-    pub base: u64,
-    pub len: u64,
+    /// Where the device sits; null for a BAR the guest left unmapped.
+    pub base: Option<u64>,
+    pub len: Option<u64>,
     pub reads: u64,
     pub writes: u64,
 }
@@ -39,7 +40,11 @@ pub struct Unclaimed {
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct Console {
+    /// Transmit writes KVM queued instead of exiting.
     pub coalesced_writes: u64,
+    /// Whether queueing was still on at the end (off for good once the
+    /// guest enabled the transmit interrupt or loopback).
+    pub coalescing_on: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,13 +112,17 @@ impl Stats {
 mod tests {
     use super::*;
 
-    const LINE: &str = r#"{"shmvm_stats":1,"buses":[{"name":"serial0","bus":"pio","base":1016,"len":8,"reads":3,"writes":40}],"unclaimed":{"pio":1,"mmio":0},"console":{"coalesced_writes":37},"ivshmem":[{"name":"ivshmem-plain #0","pci":"00:03.0","memdev":"sh","bar2_addr":null,"bar2_maps":0,"config_reads":5,"config_writes":2,"bar0_reads":0,"bar0_writes":0,"bar0_bad":0,"bar2_exits":0}],"vhost_user":[],"later":"ignored"}"#;
+    const LINE: &str = r#"{"shmvm_stats":1,"buses":[{"name":"serial0","bus":"pio","base":1016,"len":8,"reads":3,"writes":40},{"name":"ivshmem-plain #0 bar2 exits","bus":"mmio","base":null,"len":null,"reads":0,"writes":0}],"unclaimed":{"pio":1,"mmio":0},"console":{"coalesced_writes":37},"ivshmem":[{"name":"ivshmem-plain #0","pci":"00:03.0","memdev":"sh","bar2_addr":null,"bar2_maps":0,"config_reads":5,"config_writes":2,"bar0_reads":0,"bar0_writes":0,"bar0_bad":0,"bar2_exits":0}],"vhost_user":[],"later":"ignored"}"#;
 
     #[test]
     fn reads_the_one_line_among_others() {
         let out = format!("shmvm: a warning\n{LINE}\r\nanother line\n");
         let s = Stats::from_output(&out).expect("parses");
         assert_eq!(s.device("serial0").map(|d| d.writes), Some(40));
+        assert_eq!(
+            s.device("ivshmem-plain #0 bar2 exits").map(|d| d.base),
+            Some(None)
+        );
         assert_eq!(s.unclaimed.pio, 1);
         assert_eq!(s.console.map(|c| c.coalesced_writes), Some(37));
         assert_eq!(s.ivshmem[0].bar2_addr, None);
