@@ -280,6 +280,47 @@ fn save_consoles(lines: &[String], dir: &Path) -> Vec<PathBuf> {
     saved
 }
 
+/// A run's key: (scenario name, VMM).
+type RunKey = (String, String);
+
+fn run_key(line: &str) -> RunKey {
+    let f = fields(line);
+    let get = |k| f.get(k).copied().unwrap_or("").to_string();
+    (get("name"), get("vmm"))
+}
+
+/// The last `LAB-SCENARIO` line of each run, in the order runs first
+/// reported (a resumed L1 repeats a partly done scenario).
+fn last_results(lines: &[String]) -> (Vec<RunKey>, HashMap<RunKey, &str>) {
+    let mut order = Vec::new();
+    let mut last = HashMap::new();
+    for l in lines.iter().filter(|l| l.starts_with("LAB-SCENARIO ")) {
+        let key = run_key(l);
+        if !last.contains_key(&key) {
+            order.push(key.clone());
+        }
+        last.insert(key, l.as_str());
+    }
+    (order, last)
+}
+
+/// The scenarios with a run that has not reported yet, each once, in
+/// table order: what a fresh L1 must run.
+fn unfinished<'a>(expected: &'a [(String, Vmm)], lines: &[String]) -> Vec<&'a str> {
+    let reported: HashSet<RunKey> = lines
+        .iter()
+        .filter(|l| l.starts_with("LAB-SCENARIO "))
+        .map(|l| run_key(l))
+        .collect();
+    let mut out: Vec<&str> = Vec::new();
+    for (name, vmm) in expected {
+        if !reported.contains(&(name.clone(), vmm.to_string())) && !out.contains(&name.as_str()) {
+            out.push(name);
+        }
+    }
+    out
+}
+
 /// `lab host --dir DIR --scenarios FILE`: returns whether the lab passed.
 pub fn main(dir: &Path, scenarios: &Path) -> Result<bool, HostError> {
     let started = Instant::now();
@@ -393,23 +434,7 @@ pub fn main(dir: &Path, scenarios: &Path) -> Result<bool, HostError> {
         if b.timed_out {
             break;
         }
-        let reported: HashSet<(String, String)> = lines
-            .iter()
-            .filter(|l| l.starts_with("LAB-SCENARIO "))
-            .map(|l| {
-                let f = fields(l);
-                let get = |k| f.get(k).copied().unwrap_or("").to_string();
-                (get("name"), get("vmm"))
-            })
-            .collect();
-        let mut remaining: Vec<&str> = Vec::new();
-        for (name, vmm) in &expected {
-            if !reported.contains(&(name.clone(), vmm.to_string()))
-                && !remaining.contains(&name.as_str())
-            {
-                remaining.push(name);
-            }
-        }
+        let remaining = unfinished(&expected, &lines);
         if remaining.is_empty() {
             break;
         }
@@ -418,20 +443,7 @@ pub fn main(dir: &Path, scenarios: &Path) -> Result<bool, HostError> {
     let l1_time = l1_start.elapsed();
     let saved = save_consoles(&lines, &dir.join("consoles"));
 
-    // The last result of each run (a resumed L1 repeats a partly done scenario).
-    let mut order: Vec<(String, String)> = Vec::new();
-    let mut last: HashMap<(String, String), &str> = HashMap::new();
-    for l in lines.iter().filter(|l| l.starts_with("LAB-SCENARIO ")) {
-        let f = fields(l);
-        let key = (
-            f.get("name").copied().unwrap_or("").to_string(),
-            f.get("vmm").copied().unwrap_or("").to_string(),
-        );
-        if !last.contains_key(&key) {
-            order.push(key.clone());
-        }
-        last.insert(key, l);
-    }
+    let (order, last) = last_results(&lines);
     let mut problems: Vec<String> = Vec::new();
     if let Some(f) = lines.iter().find(|l| l.starts_with("LAB-FATAL")) {
         problems.push(f.clone());
@@ -523,4 +535,38 @@ pub fn main(dir: &Path, scenarios: &Path) -> Result<bool, HostError> {
     );
     println!("{passed} passed, {failed} failed");
     Ok(failed == 0 && problems.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_resumed_l1_runs_what_did_not_report_and_its_result_counts() {
+        let expected: Vec<(String, Vmm)> = [
+            ("a", Vmm::Qemu),
+            ("a", Vmm::Shmvm),
+            ("b", Vmm::Qemu),
+            ("b", Vmm::Shmvm),
+        ]
+        .map(|(n, v)| (n.to_string(), v))
+        .to_vec();
+        // L1 #1 died during a.shmvm.
+        let boot1 = lines(
+            "LAB-START name=a vmm=qemu\nLAB-SCENARIO name=a vmm=qemu result=FAIL reason=x\nLAB-START name=a vmm=shmvm",
+        );
+        assert_eq!(unfinished(&expected, &boot1), vec!["a", "b"]);
+        let mut all = boot1.clone();
+        all.extend(lines(
+            "LAB-SCENARIO name=a vmm=qemu result=PASS\nLAB-SCENARIO name=a vmm=shmvm result=PASS\nLAB-SCENARIO name=b vmm=qemu result=PASS",
+        ));
+        assert_eq!(unfinished(&expected, &all), vec!["b"]);
+        let (order, last) = last_results(&all);
+        assert_eq!(order.len(), 3);
+        assert!(last[&("a".to_string(), "qemu".to_string())].contains("result=PASS"));
+    }
 }
