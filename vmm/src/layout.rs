@@ -3,11 +3,12 @@
 //! ```text
 //! 0x0000_0000  real-mode IVT + BDA (left alone)
 //! 0x0000_0500  boot GDT, then IDT                 (64-bit / PVH entry)
-//! 0x0000_6000  PVH hvm_start_info, module list, memory map
+//! 0x0000_6000  PVH hvm_start_info, module list, memory map (or Multiboot's)
 //! 0x0000_7000  Linux zero page (boot_params)
 //! 0x0000_8ff0  boot stack top (64-bit entry)
 //! 0x0000_9000  PML4, PDPT, PD: 1 GiB identity map with 2 MiB pages
 //! 0x0002_0000  kernel command line (up to 64 KiB)
+//! 0x0003_0000  Multiboot module strings (up to 64 KiB)
 //! 0x0009_fc00  EBDA (reserved from here to 1 MiB)
 //! 0x000f_0000  BIOS area: MP floating pointer + MP configuration table
 //! 0x0010_0000  kernel (ELF p_paddr / bzImage code32_start), then RAM
@@ -29,6 +30,13 @@ pub const PVH_START_INFO: u64 = 0x6000;
 pub const PVH_MODLIST: u64 = 0x6040;
 /// PVH memory map.
 pub const PVH_MEMMAP: u64 = 0x6100;
+/// Multiboot information structure, memory map and module list (in the
+/// PVH page: a kernel is entered by one protocol only).
+pub const MULTIBOOT_INFO: u64 = 0x6000;
+pub const MULTIBOOT_MMAP: u64 = 0x6100;
+pub const MULTIBOOT_MODS: u64 = 0x6800;
+/// Module list entries that fit between [`MULTIBOOT_MODS`] and the zero page.
+pub const MULTIBOOT_MAX_MODS: usize = 128;
 /// Linux zero page (`boot_params`).
 pub const ZERO_PAGE: u64 = 0x7000;
 /// Initial stack pointer for the 64-bit entry.
@@ -40,6 +48,9 @@ pub const PD: u64 = 0xb000;
 /// Kernel command line and its maximum size (with the NUL).
 pub const CMDLINE: u64 = 0x2_0000;
 pub const CMDLINE_MAX: u64 = 0x1_0000;
+/// Multiboot module strings and the boot loader name, after the command line.
+pub const MULTIBOOT_STRINGS: u64 = CMDLINE + CMDLINE_MAX;
+pub const MULTIBOOT_STRINGS_MAX: u64 = 0x1_0000;
 /// Extended BIOS data area: RAM below it is usable, from it to 1 MiB reserved.
 pub const EBDA: u64 = 0x9_fc00;
 /// MP floating pointer and table, in the BIOS area guests scan

@@ -8,279 +8,235 @@
 //! guests also scan for the RSDP; PVH and the Linux zero page get its
 //! address directly too.
 
+use acpi_tables::aml::{self, AddressSpace, AddressSpaceCacheable};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
+use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{Aml, AmlSink};
+
+use super::Topology;
 use crate::layout::{
     ACPI_SLEEP_PORT, COM1_IRQ, COM1_PORT, I8042_PORT, IOAPIC_ADDR, LAPIC_ADDR, PCI_CONFIG_PORT,
     PCI_CONFIG_PORTS, PCI_IO_END, PCI_IO_START, PCI_MMIO32_END, PCI_MMIO32_START,
 };
 
-const OEM_ID: &[u8; 6] = b"SHMVM ";
-const OEM_TABLE_ID: &[u8; 8] = b"SHMVMACP";
-const CREATOR_ID: &[u8; 4] = b"SHMV";
+const OEM_ID: [u8; 6] = *b"SHMVM ";
+const OEM_TABLE_ID: [u8; 8] = *b"SHMVMACP";
+const OEM_REVISION: u32 = 1;
+/// Length of the common table header.
+const HEADER_LEN: u32 = 36;
 
-fn checksum(bytes: &[u8]) -> u8 {
-    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
+/// The bytes of an ACPI object.
+fn bytes(a: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    a.to_aml_bytes(&mut v);
+    v
 }
 
-/// A table with the common 36-byte header; the length and checksum are
-/// filled in by [`finish`].
-fn header(signature: &[u8; 4], revision: u8) -> Vec<u8> {
-    let mut t = Vec::with_capacity(64);
-    t.extend_from_slice(signature);
-    t.extend_from_slice(&0u32.to_le_bytes()); // length
-    t.push(revision);
-    t.push(0); // checksum
-    t.extend_from_slice(OEM_ID);
-    t.extend_from_slice(OEM_TABLE_ID);
-    t.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
-    t.extend_from_slice(CREATOR_ID);
-    t.extend_from_slice(&1u32.to_le_bytes()); // creator revision
-    t
-}
+/// AML already encoded (so objects built from temporaries can be nested).
+struct Encoded(Vec<u8>);
 
-fn finish(mut t: Vec<u8>) -> Vec<u8> {
-    let len = t.len() as u32;
-    t[4..8].copy_from_slice(&len.to_le_bytes());
-    t[9] = checksum(&t);
-    t
+impl Aml for Encoded {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
 }
 
 /// Generic Address Structure for a byte-wide I/O port.
-fn gas_io(port: u16) -> [u8; 12] {
-    let mut g = [0u8; 12];
-    g[0] = 1; // system I/O
-    g[1] = 8; // bit width
-    g[3] = 1; // byte access
-    g[4..12].copy_from_slice(&u64::from(port).to_le_bytes());
-    g
+fn gas_io(port: u16) -> GAS {
+    GAS::new(
+        GasSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port),
+    )
 }
 
 fn fadt(dsdt: u64) -> Vec<u8> {
-    const FLAG_RESET_REG_SUP: u32 = 1 << 10;
-    const FLAG_HW_REDUCED_ACPI: u32 = 1 << 20;
     /// IA-PC boot flags: no VGA, no CMOS RTC (no i8042 claimed either, so
     /// Linux does not probe for a keyboard; its reset still works).
     const BOOT_VGA_NOT_PRESENT: u16 = 1 << 2;
     const BOOT_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
-    let mut t = header(b"FACP", 6);
-    t.resize(276, 0);
-    t[40..44].copy_from_slice(&(dsdt as u32).to_le_bytes());
-    t[109..111].copy_from_slice(&(BOOT_VGA_NOT_PRESENT | BOOT_CMOS_RTC_NOT_PRESENT).to_le_bytes());
-    t[112..116].copy_from_slice(&(FLAG_RESET_REG_SUP | FLAG_HW_REDUCED_ACPI).to_le_bytes());
-    // Reset register: the i8042 command port, value 0xfe (CPU reset).
-    t[116..128].copy_from_slice(&gas_io(I8042_PORT + 4));
-    t[128] = 0xfe;
-    t[131] = 0; // FADT minor version (6.0)
-    t[140..148].copy_from_slice(&dsdt.to_le_bytes());
-    t[244..256].copy_from_slice(&gas_io(ACPI_SLEEP_PORT));
-    t[256..268].copy_from_slice(&gas_io(ACPI_SLEEP_PORT));
-    t[268..276].copy_from_slice(b"SHMVM\0\0\0");
-    finish(t)
+    /// i8042 command: pulse the CPU reset line.
+    const I8042_RESET: u8 = 0xfe;
+    let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::HwReducedAcpi);
+    f.dsdt = u32::try_from(dsdt).unwrap_or(0).into();
+    f.iapc_boot_arch = (BOOT_VGA_NOT_PRESENT | BOOT_CMOS_RTC_NOT_PRESENT).into();
+    // Reset register: the i8042 command port.
+    f.reset_reg = gas_io(I8042_PORT + 4);
+    f.reset_value = I8042_RESET;
+    f.fadt_minor_version = 0;
+    f.sleep_control_reg = gas_io(ACPI_SLEEP_PORT);
+    f.sleep_status_reg = gas_io(ACPI_SLEEP_PORT);
+    f.hypervisor_vendor_identity = u64::from_le_bytes(*b"SHMVM\0\0\0").into();
+    bytes(&f.finalize())
 }
 
-fn madt(cpus: u8) -> Vec<u8> {
+/// MADT Interrupt Source Override (type 2), flags 0 (conforming).
+struct SourceOverride {
+    isa_irq: u8,
+    gsi: u32,
+}
+
+impl Aml for SourceOverride {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&[2, 10, 0, self.isa_irq]);
+        sink.dword(self.gsi);
+        sink.word(0);
+    }
+}
+
+/// MADT Local APIC NMI (type 4) on LINT`lint` of processor `uid` (0xff:
+/// all), flags 0 (conforming).
+struct LocalApicNmi {
+    uid: u8,
+    lint: u8,
+}
+
+impl Aml for LocalApicNmi {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&[4, 6, self.uid, 0, 0, self.lint]);
+    }
+}
+
+/// The MADT, through the crate's generic table (its `MADT` type fixes the
+/// flags at 0, and shmvm declares the 8259 pair, PCAT_COMPAT).
+fn madt(topo: &Topology, cpus: u8) -> Vec<u8> {
+    const REVISION: u8 = 5;
     const PCAT_COMPAT: u32 = 1;
-    let mut t = header(b"APIC", 5);
-    t.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
-    t.extend_from_slice(&PCAT_COMPAT.to_le_bytes());
-    for id in 0..cpus {
-        // Processor local APIC: UID, APIC ID, enabled.
-        t.extend_from_slice(&[0, 8, id, id]);
-        t.extend_from_slice(&1u32.to_le_bytes());
+    let mut t = Sdt::new(
+        *b"APIC",
+        HEADER_LEN + 8,
+        REVISION,
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+    );
+    t.write_u32(36, LAPIC_ADDR as u32);
+    t.write_u32(40, PCAT_COMPAT);
+    for (uid, id) in (0..cpus).zip(topo.apic_ids8(cpus)) {
+        // UID is the vCPU index.
+        t.append_slice(&bytes(&ProcessorLocalApic::new(
+            uid,
+            id,
+            EnabledStatus::Enabled,
+        )));
     }
-    // IOAPIC: ID after the CPUs, address, GSI base 0.
-    t.extend_from_slice(&[1, 12, cpus, 0]);
-    t.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
-    t.extend_from_slice(&0u32.to_le_bytes());
-    // Interrupt source override: ISA IRQ 0 (PIT) is GSI 2, as in the MP table.
-    t.extend_from_slice(&[2, 10, 0, 0]);
-    t.extend_from_slice(&2u32.to_le_bytes());
-    t.extend_from_slice(&0u16.to_le_bytes());
-    // Local APIC NMI on LINT1 of every processor.
-    t.extend_from_slice(&[4, 6, 0xff, 0, 0, 1]);
-    finish(t)
+    // IOAPIC: ID after the CPUs, GSI base 0.
+    t.append_slice(&bytes(&IoApic::new(
+        topo.ioapic_id(cpus),
+        IOAPIC_ADDR as u32,
+        0,
+    )));
+    // ISA IRQ 0 (PIT) is GSI 2, as in the MP table.
+    t.append_slice(&bytes(&SourceOverride { isa_irq: 0, gsi: 2 }));
+    t.append_slice(&bytes(&LocalApicNmi { uid: 0xff, lint: 1 }));
+    t.as_slice().to_vec()
 }
 
-/// AML PkgLength for `content` bytes following it.
-fn pkg_length(content: usize) -> Vec<u8> {
-    if content + 1 < 0x40 {
-        vec![(content + 1) as u8]
-    } else if content + 2 < 0x1000 {
-        let n = content + 2;
-        vec![0x40 | (n & 0xf) as u8, (n >> 4) as u8]
-    } else {
-        let n = content + 3;
-        vec![0x80 | (n & 0xf) as u8, (n >> 4) as u8, (n >> 12) as u8]
+/// `IRQNoFlags () {irq}`: the small IRQ descriptor (edge, active high,
+/// exclusive), which the crate does not have (only the extended one).
+struct IrqNoFlags(u32);
+
+impl Aml for IrqNoFlags {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.byte(0x22);
+        sink.word(1u16 << self.0);
     }
-}
-
-/// `Name(NAME, <object>)`
-fn aml_name(name: &[u8; 4], object: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x08];
-    v.extend_from_slice(name);
-    v.extend_from_slice(object);
-    v
-}
-
-/// A length-prefixed AML object: `op PkgLength body`.
-fn aml_pkg(op: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut v = op.to_vec();
-    v.extend(pkg_length(body.len()));
-    v.extend_from_slice(body);
-    v
-}
-
-/// Word/DWord/QWord address space descriptors (producer, fixed min/max).
-fn addr_space(tag: u8, kind: u8, type_flags: u8, min: u64, max: u64, width: usize) -> Vec<u8> {
-    let len = max - min + 1;
-    let mut body = vec![kind, 0x0c, type_flags];
-    for v in [0, min, max, 0, len] {
-        body.extend_from_slice(&v.to_le_bytes()[..width]);
-    }
-    let mut d = vec![tag];
-    d.extend_from_slice(&(body.len() as u16).to_le_bytes());
-    d.extend(body);
-    d
-}
-
-/// The PCI host bridge's resources: bus 0, the config ports, the I/O and
-/// memory windows BARs are placed in.
-fn pci_crs(mmio64: (u64, u64)) -> Vec<u8> {
-    const WORD: u8 = 0x88;
-    const DWORD: u8 = 0x87;
-    const QWORD: u8 = 0x8a;
-    const MEM: u8 = 0;
-    const IO: u8 = 1;
-    const BUS: u8 = 2;
-    const IO_ENTIRE_RANGE: u8 = 3;
-    const MEM_READ_WRITE: u8 = 1;
-    let mut r = addr_space(WORD, BUS, 0, 0, 0, 2);
-    let cf8 = PCI_CONFIG_PORT.to_le_bytes();
-    r.extend_from_slice(&[
-        0x47,
-        1,
-        cf8[0],
-        cf8[1],
-        cf8[0],
-        cf8[1],
-        1,
-        PCI_CONFIG_PORTS as u8,
-    ]);
-    r.extend(addr_space(
-        WORD,
-        IO,
-        IO_ENTIRE_RANGE,
-        PCI_IO_START,
-        PCI_IO_END - 1,
-        2,
-    ));
-    r.extend(addr_space(
-        DWORD,
-        MEM,
-        MEM_READ_WRITE,
-        PCI_MMIO32_START,
-        PCI_MMIO32_END - 1,
-        4,
-    ));
-    r.extend(addr_space(
-        QWORD,
-        MEM,
-        MEM_READ_WRITE,
-        mmio64.0,
-        mmio64.1 - 1,
-        8,
-    ));
-    r.extend_from_slice(&[0x79, 0]); // end tag
-    // Buffer(size) { bytes }
-    let mut size = vec![0x0b];
-    size.extend_from_slice(&(r.len() as u16).to_le_bytes());
-    size.extend(r);
-    aml_pkg(&[0x11], &size)
-}
-
-/// `Device(COM1)`: the 16550 at 0x3f8 with ISA IRQ 4. A hardware-reduced
-/// platform has no legacy PIC, so Linux sets up no ISA IRQ mappings and the
-/// legacy 8250 probe cannot get IRQ 4: its tty then never transmits (user
-/// space console output is lost; the polled kernel console still works).
-/// Declared here, Linux's 8250_pnp maps the IRQ through the IOAPIC.
-fn com1() -> Vec<u8> {
-    let port = COM1_PORT.to_le_bytes();
-    let irq_mask = (1u16 << COM1_IRQ).to_le_bytes();
-    let crs = [
-        // IO(Decode16, port, port, 1, 8)
-        0x47,
-        1,
-        port[0],
-        port[1],
-        port[0],
-        port[1],
-        1,
-        8,
-        // IRQNoFlags() {4}: edge, active high, exclusive
-        0x22,
-        irq_mask[0],
-        irq_mask[1],
-        0x79,
-        0, // end tag
-    ];
-    let mut buf = vec![0x0a, crs.len() as u8]; // BufferSize as a ByteConst
-    buf.extend_from_slice(&crs);
-    let mut dev = b"COM1".to_vec();
-    dev.extend(aml_name(b"_HID", &[0x0c, 0x41, 0xd0, 0x05, 0x01])); // EisaId("PNP0501")
-    dev.extend(aml_name(b"_UID", &[0x00]));
-    dev.extend(aml_name(b"_CRS", &aml_pkg(&[0x11], &buf)));
-    aml_pkg(&[0x5b, 0x82], &dev)
 }
 
 fn dsdt(mmio64: (u64, u64)) -> Vec<u8> {
-    let mut pci = Vec::new();
-    pci.extend_from_slice(b"PCI0");
-    pci.extend(aml_name(b"_HID", &[0x0c, 0x41, 0xd0, 0x0a, 0x03])); // EisaId("PNP0A03")
-    pci.extend(aml_name(b"_UID", &[0x00]));
-    pci.extend(aml_name(b"_SEG", &[0x00]));
-    pci.extend(aml_name(b"_BBN", &[0x00]));
-    pci.extend(aml_name(b"_CRS", &pci_crs(mmio64)));
-    let device = aml_pkg(&[0x5b, 0x82], &pci);
-    let mut sb = b"\\_SB_".to_vec();
-    sb.extend(device);
-    sb.extend(com1());
-    let mut t = header(b"DSDT", 2);
-    t.extend(aml_pkg(&[0x10], &sb));
+    // The PCI host bridge's resources: bus 0, the config ports, the I/O
+    // and memory windows BARs are placed in.
+    let bus = AddressSpace::new_bus_number(0u16, 0u16);
+    let config = aml::IO::new(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, PCI_CONFIG_PORTS as u8);
+    let io = AddressSpace::new_io(PCI_IO_START as u16, (PCI_IO_END - 1) as u16, None);
+    let mmio32 = AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO32_START as u32,
+        (PCI_MMIO32_END - 1) as u32,
+        None,
+    );
+    let mmio64 = AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        mmio64.0,
+        mmio64.1 - 1,
+        None,
+    );
+    let pci_crs = aml::ResourceTemplate::new(vec![&bus, &config, &io, &mmio32, &mmio64]);
+    let pci_hid = aml::EISAName::new("PNP0A03");
+    let pci = Encoded(bytes(&aml::Device::new(
+        "PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &pci_hid),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_SEG".into(), &aml::ZERO),
+            &aml::Name::new("_BBN".into(), &aml::ZERO),
+            &aml::Name::new("_CRS".into(), &pci_crs),
+        ],
+    )));
+    // COM1: the 16550 at 0x3f8 with ISA IRQ 4. A hardware-reduced platform
+    // has no legacy PIC, so Linux sets up no ISA IRQ mappings and the
+    // legacy 8250 probe cannot get IRQ 4: its tty then never transmits
+    // (user space console output is lost; the polled kernel console still
+    // works). Declared here, Linux's 8250_pnp maps the IRQ through the
+    // IOAPIC.
+    let com1_io = aml::IO::new(COM1_PORT, COM1_PORT, 1, 8);
+    let com1_irq = IrqNoFlags(COM1_IRQ);
+    let com1_crs = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    let com1_hid = aml::EISAName::new("PNP0501");
+    let com1 = Encoded(bytes(&aml::Device::new(
+        "COM1".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &com1_hid),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_CRS".into(), &com1_crs),
+        ],
+    )));
+    let sb = aml::Scope::new("\\_SB_".into(), vec![&pci, &com1]);
     // Name(\_S5, Package(4) { 5, 5, 0, 0 })
     let s5 = devices::acpi_pm::S5_SLEEP_TYPE;
-    let pkg = aml_pkg(&[0x12], &[4, 0x0a, s5, 0x0a, s5, 0, 0]);
-    t.extend(aml_name(b"_S5_", &pkg));
-    finish(t)
+    let s5_pkg = aml::Package::new(vec![&s5, &s5, &0u8, &0u8]);
+    let s5 = aml::Name::new("_S5_".into(), &s5_pkg);
+    let mut t = Sdt::new(*b"DSDT", HEADER_LEN, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    t.append_slice(&bytes(&sb));
+    t.append_slice(&bytes(&s5));
+    t.as_slice().to_vec()
 }
 
-/// All tables laid out from `base`; returns the bytes to write at `base`
-/// (the RSDP first, so `base` is the RSDP address).
+/// All tables laid out from `base` for `cpus` CPUs in one flat package;
+/// returns the bytes to write at `base` (the RSDP first, so `base` is the
+/// RSDP address).
 pub fn build(base: u64, cpus: u8, mmio64: (u64, u64)) -> Vec<u8> {
-    const RSDP_LEN: usize = 36;
-    let align = |n: usize| n.next_multiple_of(16);
-    let xsdt_at = base + align(RSDP_LEN) as u64;
-    let xsdt_len = 36 + 2 * 8;
-    let fadt_at = xsdt_at + align(xsdt_len) as u64;
-    let madt_at = fadt_at + align(276) as u64;
-    let madt = madt(cpus);
-    let dsdt_at = madt_at + align(madt.len()) as u64;
+    build_for(base, &Topology::flat(cpus), cpus, mmio64)
+}
+
+/// As [`build`], with the APIC IDs of `topo` (checked by the caller).
+pub fn build_for(base: u64, topo: &Topology, cpus: u8, mmio64: (u64, u64)) -> Vec<u8> {
+    let align = |n: usize| n.next_multiple_of(16) as u64;
+    let xsdt_at = base + align(Rsdp::len());
+    let xsdt_len = HEADER_LEN as usize + 2 * 8;
+    let fadt_at = xsdt_at + align(xsdt_len);
+    let madt_at = fadt_at + align(acpi_tables::fadt::FADT::len());
+    let madt = madt(topo, cpus);
+    let dsdt_at = madt_at + align(madt.len());
     let dsdt = dsdt(mmio64);
     let fadt = fadt(dsdt_at);
-    let mut xsdt = header(b"XSDT", 1);
-    xsdt.extend_from_slice(&fadt_at.to_le_bytes());
-    xsdt.extend_from_slice(&madt_at.to_le_bytes());
-    let xsdt = finish(xsdt);
-
-    let mut rsdp = Vec::with_capacity(RSDP_LEN);
-    rsdp.extend_from_slice(b"RSD PTR ");
-    rsdp.push(0); // checksum of the first 20 bytes
-    rsdp.extend_from_slice(OEM_ID);
-    rsdp.push(2); // revision: ACPI 2.0+
-    rsdp.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
-    rsdp.extend_from_slice(&(RSDP_LEN as u32).to_le_bytes());
-    rsdp.extend_from_slice(&xsdt_at.to_le_bytes());
-    rsdp.extend_from_slice(&[0, 0, 0, 0]); // extended checksum, reserved
-    rsdp[8] = checksum(&rsdp[..20]);
-    rsdp[32] = checksum(&rsdp);
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt_at);
+    xsdt.add_entry(madt_at);
+    let xsdt = bytes(&xsdt);
+    debug_assert_eq!(xsdt.len(), xsdt_len);
+    let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_at));
 
     let mut out = Vec::new();
     for (at, table) in [
@@ -349,11 +305,31 @@ mod tests {
     }
 
     #[test]
-    fn pkg_length_encodings() {
-        assert_eq!(pkg_length(10), vec![11]);
-        assert_eq!(pkg_length(62), vec![63]);
-        assert_eq!(pkg_length(63), vec![0x41, 0x04]); // 65 = 0x41
-        assert_eq!(pkg_length(0x1000), vec![0x83, 0x00, 0x01]);
+    fn madt_uses_topology_apic_ids() {
+        let topo = Topology {
+            sockets: 1,
+            cores: 3,
+            threads: 2,
+        };
+        let all = build_for(BASE, &topo, 6, MMIO64);
+        let xsdt = table(&all, u64_at(&all, 24));
+        let madt = table(&all, u64_at(xsdt, 44));
+        assert_eq!(sum(madt), 0);
+        let ids: Vec<(u8, u8)> = (0..6)
+            .map(|i| (madt[46 + 8 * i], madt[47 + 8 * i]))
+            .collect();
+        assert_eq!(ids, vec![(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]);
+        let topo = Topology {
+            sockets: 2,
+            cores: 3,
+            threads: 1,
+        };
+        let all = build_for(BASE, &topo, 6, MMIO64);
+        let xsdt = table(&all, u64_at(&all, 24));
+        let madt = table(&all, u64_at(xsdt, 44));
+        let ids: Vec<u8> = (0..6).map(|i| madt[47 + 8 * i]).collect();
+        assert_eq!(ids, vec![0, 1, 2, 4, 5, 6]);
+        assert_eq!(&madt[44 + 48..44 + 52], &[1, 12, 7, 0], "IOAPIC ID 7");
     }
 
     /// Disassembles the DSDT with ACPICA's iasl (installed by `make deps`):

@@ -4,7 +4,9 @@
 
 use crate::hv::{Fpu, MsrEntry, Regs, Segment, SpecialRegs};
 
-use crate::layout::{BOOT_GDT, BOOT_IDT, BOOT_STACK, PD, PDPT, PML4, PVH_START_INFO, ZERO_PAGE};
+use crate::layout::{
+    BOOT_GDT, BOOT_IDT, BOOT_STACK, MULTIBOOT_INFO, PD, PDPT, PML4, PVH_START_INFO, ZERO_PAGE,
+};
 
 /// How vCPU 0 enters the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +15,13 @@ pub enum Entry {
     Pvh { rip: u64 },
     /// 64-bit long mode, identity paging, RSI = boot_params.
     Linux64 { rip: u64 },
+    /// Linux's 32-bit boot protocol (a bzImage without the 64-bit entry,
+    /// i386 kernels): 32-bit protected mode, paging off, CS 0x10 / DS 0x18,
+    /// ESI = boot_params, EBP = EDI = EBX = 0.
+    Linux32 { rip: u64 },
+    /// 32-bit protected mode, paging off, EAX = 0x2BADB002, EBX = the
+    /// Multiboot information structure.
+    Multiboot { rip: u64 },
 }
 
 const CR0_PE: u64 = 1;
@@ -58,7 +67,7 @@ fn segment(index: u16, flags: u16, base: u32, limit: u32) -> Segment {
 
 fn code_flags(e: Entry) -> (u16, u16) {
     match e {
-        Entry::Pvh { .. } => (CODE32, TSS32),
+        Entry::Pvh { .. } | Entry::Multiboot { .. } | Entry::Linux32 { .. } => (CODE32, TSS32),
         Entry::Linux64 { .. } => (CODE64, TSS64),
     }
 }
@@ -115,7 +124,7 @@ pub fn sregs(mut s: SpecialRegs, e: Entry) -> SpecialRegs {
     s.idt.base = BOOT_IDT;
     s.idt.limit = 7;
     match e {
-        Entry::Pvh { .. } => {
+        Entry::Pvh { .. } | Entry::Multiboot { .. } | Entry::Linux32 { .. } => {
             s.cr0 = CR0_PE | CR0_ET;
             s.cr4 = 0;
             s.efer = 0;
@@ -146,6 +155,15 @@ pub fn regs(e: Entry) -> Regs {
             r.rsp = BOOT_STACK;
             r.rbp = BOOT_STACK;
             r.rsi = ZERO_PAGE;
+        }
+        Entry::Linux32 { rip } => {
+            r.rip = rip;
+            r.rsi = ZERO_PAGE;
+        }
+        Entry::Multiboot { rip } => {
+            r.rip = rip;
+            r.rax = u64::from(super::multiboot::BOOTLOADER_MAGIC);
+            r.rbx = MULTIBOOT_INFO;
         }
     }
     r
@@ -252,6 +270,31 @@ mod tests {
         let s = sregs(SpecialRegs::default(), p);
         assert_eq!((s.cr0, s.efer, s.cs.db, s.cs.l), (CR0_PE | CR0_ET, 0, 1, 0));
         assert_eq!(regs(p).rbx, PVH_START_INFO);
+        let l = Entry::Linux32 { rip: 0x10_0000 };
+        let s = sregs(SpecialRegs::default(), l);
+        let (cs, ds) = (s.cs, s.ds);
+        assert_eq!(
+            (s.cr0, s.efer, cs.selector, cs.db, cs.l, ds.selector),
+            (CR0_PE | CR0_ET, 0, 0x10, 1, 0, 0x18)
+        );
+        let r = regs(l);
+        assert_eq!(
+            (r.rip, r.rsi, r.rbx, r.rbp, r.rdi),
+            (0x10_0000, ZERO_PAGE, 0, 0, 0)
+        );
+        let m = Entry::Multiboot { rip: 0x10_0000 };
+        let s = sregs(SpecialRegs::default(), m);
+        let cs = s.cs;
+        assert_eq!(
+            (s.cr0, s.efer, cs.db, cs.l, cs.base, cs.limit),
+            (CR0_PE | CR0_ET, 0, 1, 0, 0, 0xffff_ffff)
+        );
+        assert_eq!((s.ds.db, s.ds.limit, s.ss.base), (1, 0xffff_ffff, 0));
+        let r = regs(m);
+        assert_eq!(
+            (r.rip, r.rax, r.rbx, r.rflags),
+            (0x10_0000, 0x2bad_b002, MULTIBOOT_INFO, 2)
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::Error;
+use super::{Entry, Error};
 use crate::layout::{ACPI_TABLES, CMDLINE, MemMapEntry, ZERO_PAGE};
 
 const HDRS_MAGIC: u32 = 0x5372_6448;
@@ -15,19 +15,32 @@ const LOADER_UNDEFINED: u8 = 0xff;
 const XLF_KERNEL_64: u16 = 1;
 const DEFAULT_KERNEL_ALIGN: u32 = 0x100_0000;
 
-/// Checks a bzImage can be entered the way we enter it.
-pub(super) fn check_bzimage(h: &setup_header) -> Result<(), String> {
-    if h.version < 0x020c {
+/// How a bzImage is entered: the 64-bit entry (0x200 past the loaded
+/// protected-mode code) when it has one (protocol 2.12+, XLF_KERNEL_64),
+/// else the 32-bit boot protocol at the code's start (2.02+), as QEMU boots
+/// i386 kernels. `want64`: `--boot linux64` asked for the 64-bit entry.
+pub(super) fn bzimage_entry(h: &setup_header, load: u64, want64: bool) -> Result<Entry, String> {
+    let version = || format!("{}.{:02}", h.version >> 8, h.version & 0xff);
+    if h.version >= 0x020c && h.xloadflags & XLF_KERNEL_64 != 0 {
+        return Ok(Entry::Linux64 { rip: load + 0x200 });
+    }
+    if want64 {
+        return Err(if h.version < 0x020c {
+            format!(
+                "boot protocol {} is too old for the 64-bit entry (needs 2.12+)",
+                version()
+            )
+        } else {
+            "bzImage has no 64-bit entry point (xloadflags XLF_KERNEL_64 clear)".into()
+        });
+    }
+    if h.version < 0x0202 {
         return Err(format!(
-            "boot protocol {}.{:02} is too old (need 2.12+ for the 64-bit entry)",
-            h.version >> 8,
-            h.version & 0xff
+            "boot protocol {} is too old (needs 2.02+ for the 32-bit entry)",
+            version()
         ));
     }
-    if h.xloadflags & XLF_KERNEL_64 == 0 {
-        return Err("bzImage has no 64-bit entry point (xloadflags XLF_KERNEL_64 clear)".into());
-    }
-    Ok(())
+    Ok(Entry::Linux32 { rip: load })
 }
 
 /// Longest command line (without the NUL) the kernel accepts.

@@ -4,12 +4,16 @@
 
 pub mod acpi;
 pub mod cpu;
+mod elf32;
+mod image;
 mod linux;
 pub mod mptable;
+mod multiboot;
 mod pvh;
+mod topology;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 
 use linux_loader::loader::bootparam::setup_header;
@@ -20,6 +24,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::cli::BootProtocol;
 use crate::layout::{self, ACPI_TABLES, BOOT_GDT, BOOT_IDT, CMDLINE, HIMEM, MPTABLE, PML4};
 pub use cpu::Entry;
+use image::{Head, Segment};
+use multiboot::ModuleSpec;
+pub use topology::{Error as TopologyError, Topology};
 
 /// Errors loading the kernel or initrd, each naming the file and option.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +39,10 @@ pub enum Error {
     NoPvhNote(String),
     #[error("--cmdline: {len} bytes exceed the kernel's limit of {max}")]
     CmdlineTooLong { len: usize, max: u64 },
+    #[error("--initrd: {0}")]
+    Modules(String),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
     #[error("writing boot data at {addr:#x}: {reason}")]
     Write { addr: u64, reason: String },
 }
@@ -46,29 +57,60 @@ impl Error {
     }
 }
 
-/// The kernel and initrd, opened before anything else is created so a bad
-/// path fails early and leaves nothing behind.
+/// One `--initrd` file, opened: the initrd, or a Multiboot module.
+#[derive(Debug)]
+pub struct Module {
+    pub spec: ModuleSpec,
+    pub file: File,
+}
+
+/// The kernel and initrd (or Multiboot modules), opened before anything
+/// else is created so a bad path fails early and leaves nothing behind.
 #[derive(Debug)]
 pub struct BootFiles {
     pub kernel: File,
-    pub initrd: Option<File>,
+    head: Head,
+    multiboot: Option<multiboot::Header>,
+    pub modules: Vec<Module>,
 }
 
 impl BootFiles {
+    /// Opens `kernel` and reads its first 8 KiB; `initrd` is one file, or
+    /// for a Multiboot kernel QEMU's comma-separated module list.
     pub fn open(kernel: &Path, initrd: Option<&Path>) -> Result<BootFiles, Error> {
-        let kernel = File::open(kernel).map_err(|e| Error::Kernel {
+        let kerr = |reason: String| Error::Kernel {
             path: kernel.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let initrd = initrd
-            .map(|p| {
-                File::open(p).map_err(|e| Error::Initrd {
-                    path: p.display().to_string(),
+            reason,
+        };
+        let mut kfile = File::open(kernel).map_err(|e| kerr(e.to_string()))?;
+        let head = Head::read(&mut kfile).map_err(|e| kerr(e.to_string()))?;
+        let multiboot = (!head.is_bzimage())
+            .then(|| multiboot::Header::find(&head))
+            .flatten();
+        let specs = match initrd {
+            None => Vec::new(),
+            Some(p) if multiboot.is_some() => multiboot::parse_modules(p.as_os_str()),
+            Some(p) => vec![ModuleSpec {
+                path: p.to_path_buf(),
+                string: p.as_os_str().as_encoded_bytes().to_vec(),
+            }],
+        };
+        let modules = specs
+            .into_iter()
+            .map(|spec| {
+                let file = File::open(&spec.path).map_err(|e| Error::Initrd {
+                    path: spec.path.display().to_string(),
                     reason: e.to_string(),
-                })
+                })?;
+                Ok(Module { spec, file })
             })
-            .transpose()?;
-        Ok(BootFiles { kernel, initrd })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(BootFiles {
+            kernel: kfile,
+            head,
+            multiboot,
+            modules,
+        })
     }
 }
 
@@ -80,27 +122,6 @@ pub struct BootSpec<'a> {
     pub cmdline: &'a str,
     pub protocol: Option<BootProtocol>,
     pub vcpus: u8,
-}
-
-/// Kernel image formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Elf,
-    BzImage,
-}
-
-fn detect(f: &mut File) -> std::io::Result<Option<Format>> {
-    let mut head = [0u8; 0x206];
-    f.seek(SeekFrom::Start(0))?;
-    let n = read_up_to(f, &mut head)?;
-    f.seek(SeekFrom::Start(0))?;
-    if n >= 4 && head[..4] == *b"\x7fELF" {
-        return Ok(Some(Format::Elf));
-    }
-    if n >= 0x206 && head[0x202..0x206] == *b"HdrS" {
-        return Ok(Some(Format::BzImage));
-    }
-    Ok(None)
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -136,90 +157,221 @@ pub fn place_initrd(size: u64, floor: u64, top: u64) -> Option<u64> {
     (start >= floor).then_some(start)
 }
 
-/// Loads everything into `mem` (sized `ram_size`) and returns vCPU 0's entry.
+/// A kernel image shmvm loads itself: checked segments and the entry.
+#[derive(Debug)]
+struct OwnImage {
+    segments: Vec<Segment>,
+    entry: Entry,
+}
+
+impl OwnImage {
+    /// Checks that the entry point is inside a loaded segment, so a bad
+    /// image is refused instead of running through zeroed RAM.
+    fn new(segments: Vec<Segment>, entry: Entry) -> Result<OwnImage, String> {
+        let rip = match entry {
+            Entry::Pvh { rip }
+            | Entry::Multiboot { rip }
+            | Entry::Linux64 { rip }
+            | Entry::Linux32 { rip } => rip,
+        };
+        if !segments
+            .iter()
+            .any(|s| rip >= s.paddr && s.end().is_some_and(|e| rip < e))
+        {
+            return Err(format!(
+                "entry point {rip:#x} is not inside any loaded segment"
+            ));
+        }
+        Ok(OwnImage { segments, entry })
+    }
+
+    fn end(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter_map(Segment::end)
+            .max()
+            .unwrap_or(HIMEM)
+    }
+}
+
+/// Decides how to enter a 32-bit ELF or Multiboot image, or returns `None`
+/// for the formats linux-loader reads (64-bit ELF, bzImage).
+fn own_image(
+    files: &mut BootFiles,
+    protocol: Option<BootProtocol>,
+) -> Result<Option<OwnImage>, String> {
+    let head = &files.head;
+    if head.is_bzimage() {
+        return Ok(None);
+    }
+    let class = head.elf_class();
+    if let (Some(mb), None) = (files.multiboot, protocol) {
+        if let Some(warning) = mb.check_flags()? {
+            log::warn!("--kernel: {warning}");
+        }
+        if mb.has_addresses() {
+            let (seg, rip) = mb.aout_segment(head)?;
+            return OwnImage::new(vec![seg], Entry::Multiboot { rip }).map(Some);
+        }
+        return match class {
+            Some(1) => {
+                let e = elf32::parse(head, &mut files.kernel)?;
+                OwnImage::new(e.segments, Entry::Multiboot { rip: e.entry }).map(Some)
+            }
+            // A 64-bit ELF with a PVH note is still bootable by that note.
+            Some(2) => Ok(None),
+            _ => Err(
+                "multiboot header without the address fields (flag 16) in an image that is not \
+                 ELF: nothing says where to load it"
+                    .into(),
+            ),
+        };
+    }
+    match class {
+        Some(1) => {
+            if protocol == Some(BootProtocol::Linux64) {
+                return Err("--boot linux64: a 32-bit ELF has no 64-bit entry point".into());
+            }
+            let e = elf32::parse(head, &mut files.kernel)?;
+            let rip = e.pvh_entry.ok_or(
+                "32-bit ELF with neither a PVH note (XEN_ELFNOTE_PHYS32_ENTRY) nor a multiboot \
+                 header: no entry protocol to start it with",
+            )?;
+            OwnImage::new(e.segments, Entry::Pvh { rip }).map(Some)
+        }
+        Some(2) => Ok(None),
+        Some(c) => Err(format!("ELF class {c} is neither 32- nor 64-bit")),
+        None => Err("not an ELF, bzImage or multiboot kernel".into()),
+    }
+}
+
+/// Loads everything into `mem` (sized `ram_size`) and returns vCPU 0's
+/// entry; the vCPUs form one flat package.
 pub fn load(
     mem: &GuestMemoryMmap,
     ram_size: u64,
     spec: &BootSpec<'_>,
     files: &mut BootFiles,
 ) -> Result<Loaded, Error> {
+    load_with(mem, ram_size, spec, &Topology::flat(spec.vcpus), files)
+}
+
+/// As [`load`], with the vCPUs' APIC IDs from `topo` in the MP table and
+/// the MADT (vCPU `i` must then be created with KVM vCPU ID
+/// `topo.apic_id(i)` and get CPUID from [`crate::cpuid::for_vcpu_in`]).
+pub fn load_with(
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+    spec: &BootSpec<'_>,
+    topo: &Topology,
+    files: &mut BootFiles,
+) -> Result<Loaded, Error> {
+    topo.check(spec.vcpus)?;
+    // The VMM's writes below fault guest RAM in: keep them on small pages.
+    let _small_pages = crate::guest_ram::ThpPause::new();
     let kpath = spec.kernel.display().to_string();
     let kerr = |reason: String| Error::Kernel {
         path: kpath.clone(),
         reason,
     };
-    let kf = &mut files.kernel;
-    let format = detect(kf)
-        .map_err(|e| kerr(e.to_string()))?
-        .ok_or_else(|| kerr("not an ELF or bzImage kernel".into()))?;
-
-    let (entry, kernel_end, hdr) = match format {
-        Format::Elf => {
-            let r = Elf::load(mem, None, kf, Some(GuestAddress(HIMEM)))
-                .map_err(|e| kerr(format!("ELF load failed: {e}")))?;
-            let entry = match (r.pvh_boot_cap, spec.protocol) {
-                (PvhBootCapability::PvhEntryPresent(a), None | Some(BootProtocol::Pvh)) => {
-                    Entry::Pvh { rip: a.0 }
-                }
-                (_, Some(BootProtocol::Pvh)) => return Err(Error::NoPvhNote(kpath)),
-                _ => Entry::Linux64 {
-                    rip: r.kernel_load.0,
-                },
-            };
-            (entry, r.kernel_end, None)
+    let ram_end = layout::low_ram_end(ram_size);
+    let own = own_image(files, spec.protocol).map_err(kerr)?;
+    let (entry, kernel_end, hdr) = if let Some(img) = own {
+        for s in &img.segments {
+            s.check(files.head.file_len, HIMEM, ram_end).map_err(kerr)?;
         }
-        Format::BzImage => {
-            if spec.protocol == Some(BootProtocol::Pvh) {
-                return Err(Error::NoPvhNote(kpath));
+        image::load_segments(mem, &mut files.kernel, &img.segments).map_err(kerr)?;
+        (img.entry, img.end(), None)
+    } else if files.head.is_bzimage() {
+        if spec.protocol == Some(BootProtocol::Pvh) {
+            return Err(Error::NoPvhNote(kpath));
+        }
+        let kf = &mut files.kernel;
+        let r = BzImage::load(mem, None, kf, Some(GuestAddress(HIMEM)))
+            .map_err(|e| kerr(format!("bzImage load failed: {e}")))?;
+        let hdr = r
+            .setup_header
+            .ok_or_else(|| kerr("bzImage without a setup header".into()))?;
+        let want64 = spec.protocol == Some(BootProtocol::Linux64);
+        let entry = linux::bzimage_entry(&hdr, r.kernel_load.0, want64).map_err(kerr)?;
+        // The kernel decompresses in place within init_size.
+        let end = r.kernel_load.0 + u64::from(hdr.init_size).max(r.kernel_end - r.kernel_load.0);
+        (entry, end, Some(hdr))
+    } else {
+        let kf = &mut files.kernel;
+        let r = Elf::load(mem, None, kf, Some(GuestAddress(HIMEM)))
+            .map_err(|e| kerr(format!("ELF load failed: {e}")))?;
+        let multiboot = files.multiboot.is_some() && spec.protocol.is_none();
+        let entry = match (r.pvh_boot_cap, spec.protocol) {
+            (PvhBootCapability::PvhEntryPresent(a), None | Some(BootProtocol::Pvh)) => {
+                Entry::Pvh { rip: a.0 }
             }
-            let r = BzImage::load(mem, None, kf, Some(GuestAddress(HIMEM)))
-                .map_err(|e| kerr(format!("bzImage load failed: {e}")))?;
-            let hdr = r
-                .setup_header
-                .ok_or_else(|| kerr("bzImage without a setup header".into()))?;
-            linux::check_bzimage(&hdr).map_err(kerr)?;
-            // The 64-bit entry point is 0x200 past the protected-mode code,
-            // and the kernel decompresses in place within init_size.
-            let entry = Entry::Linux64 {
-                rip: r.kernel_load.0 + 0x200,
-            };
-            let end =
-                r.kernel_load.0 + u64::from(hdr.init_size).max(r.kernel_end - r.kernel_load.0);
-            (entry, end, Some(hdr))
-        }
+            (_, Some(BootProtocol::Pvh)) => return Err(Error::NoPvhNote(kpath)),
+            _ if multiboot => {
+                return Err(kerr(
+                    "64-bit ELF multiboot kernel without the address fields (flag 16): \
+                     Multiboot enters 32-bit code (QEMU refuses it too); link it as a 32-bit \
+                     ELF"
+                    .into(),
+                ));
+            }
+            _ => Entry::Linux64 {
+                rip: r.kernel_load.0,
+            },
+        };
+        (entry, r.kernel_end, None)
     };
-    if kernel_end > layout::low_ram_end(ram_size) {
+    if kernel_end > ram_end {
         return Err(kerr(format!(
             "ends at {kernel_end:#x}, beyond RAM below the MMIO hole"
         )));
     }
 
-    // Command line, NUL terminated.
+    // Command line, NUL terminated. Multiboot kernels get the kernel's
+    // path first, as from QEMU and GRUB.
+    let cmdline = match entry {
+        Entry::Multiboot { .. } => format!("{kpath} {}", spec.cmdline),
+        _ => spec.cmdline.to_string(),
+    };
     let max = hdr
         .as_ref()
         .map_or(layout::CMDLINE_MAX - 1, linux::cmdline_max);
-    if spec.cmdline.len() as u64 > max {
+    if cmdline.len() as u64 > max {
         return Err(Error::CmdlineTooLong {
-            len: spec.cmdline.len(),
+            len: cmdline.len(),
             max,
         });
     }
-    let mut cl = Vec::with_capacity(spec.cmdline.len() + 1);
-    cl.extend_from_slice(spec.cmdline.as_bytes());
+    let mut cl = Vec::with_capacity(cmdline.len() + 1);
+    cl.extend_from_slice(cmdline.as_bytes());
     cl.push(0);
     write(mem, CMDLINE, &cl)?;
 
-    let initrd = match (spec.initrd, files.initrd.as_mut()) {
-        (Some(p), Some(f)) => Some(load_initrd(mem, ram_size, p, f, kernel_end, hdr.as_ref())?),
-        _ => None,
-    };
+    let mut initrd = None;
+    let mut placed = Vec::new();
+    match (entry, files.modules.as_mut_slice()) {
+        (Entry::Multiboot { .. }, mods) => {
+            placed = load_modules(mem, ram_end, kernel_end, mods)?;
+        }
+        (_, []) => {}
+        (_, [m]) => {
+            initrd = Some(load_initrd(mem, ram_size, m, kernel_end, hdr.as_ref())?);
+        }
+        (_, mods) => {
+            return Err(Error::Modules(format!(
+                "{} files given, but only Multiboot kernels take a module list",
+                mods.len()
+            )));
+        }
+    }
 
     // Shared pieces: MP table and ACPI tables (CPUs, PCI root, power-off),
     // GDT, empty IDT.
-    write(mem, MPTABLE, &mptable::build(MPTABLE, spec.vcpus))?;
+    write(mem, MPTABLE, &mptable::build_for(MPTABLE, topo, spec.vcpus))?;
     let mmio64 = layout::pci_mmio64_start(ram_size);
-    let tables = acpi::build(
+    let tables = acpi::build_for(
         ACPI_TABLES,
+        topo,
         spec.vcpus,
         (mmio64, mmio64 + layout::PCI_MMIO64_SIZE),
     );
@@ -233,24 +385,66 @@ pub fn load(
 
     let map = layout::memory_map(ram_size);
     match entry {
-        Entry::Pvh { .. } => pvh::write_start_info(mem, &map, spec.cmdline.len(), initrd)?,
+        Entry::Pvh { .. } => pvh::write_start_info(mem, &map, cmdline.len(), initrd)?,
         Entry::Linux64 { .. } => {
             write(mem, PML4, &cpu::page_tables())?;
-            linux::write_zero_page(mem, hdr, &map, spec.cmdline.len(), initrd)?;
+            linux::write_zero_page(mem, hdr, &map, cmdline.len(), initrd)?;
         }
+        Entry::Linux32 { .. } => linux::write_zero_page(mem, hdr, &map, cmdline.len(), initrd)?,
+        Entry::Multiboot { .. } => multiboot::write_info(mem, ram_size, &map, &placed)?,
     }
     Ok(Loaded { entry, initrd })
+}
+
+/// Loads Multiboot modules one after another from the first page after the
+/// kernel, each page aligned (as QEMU places them).
+fn load_modules(
+    mem: &GuestMemoryMmap,
+    ram_end: u64,
+    kernel_end: u64,
+    mods: &mut [Module],
+) -> Result<Vec<multiboot::Placed>, Error> {
+    let mut at = kernel_end;
+    let mut placed = Vec::with_capacity(mods.len());
+    for m in mods {
+        let merr = |reason: String| Error::Initrd {
+            path: m.spec.path.display().to_string(),
+            reason,
+        };
+        let size = m.file.metadata().map_err(|e| merr(e.to_string()))?.len();
+        let start = at.next_multiple_of(4096);
+        let end = start
+            .checked_add(size)
+            .filter(|e| *e <= ram_end)
+            .ok_or_else(|| {
+                merr(format!(
+                    "{size} bytes do not fit between {start:#x} and the end of RAM below the \
+                     MMIO hole at {ram_end:#x}"
+                ))
+            })?;
+        if size > 0 {
+            mem.read_exact_volatile_from(GuestAddress(start), &mut m.file, size as usize)
+                .map_err(|e| merr(format!("reading into guest RAM: {e}")))?;
+        }
+        placed.push(multiboot::Placed {
+            start,
+            end,
+            string: m.spec.string.clone(),
+        });
+        at = end;
+    }
+    Ok(placed)
 }
 
 fn load_initrd(
     mem: &GuestMemoryMmap,
     ram_size: u64,
-    path: &Path,
-    f: &mut File,
+    m: &mut Module,
     kernel_end: u64,
     hdr: Option<&setup_header>,
 ) -> Result<(u64, u64), Error> {
-    let ipath = path.display().to_string();
+    let ipath = m.spec.path.display().to_string();
+    let f = &mut m.file;
     let ierr = |reason: String| Error::Initrd {
         path: ipath.clone(),
         reason,
@@ -375,24 +569,227 @@ mod tests {
         let _ = std::fs::remove_file(&kpath2);
     }
 
+    fn spec<'a>(kernel: &'a Path, initrd: Option<&'a Path>, cmdline: &'a str) -> BootSpec<'a> {
+        BootSpec {
+            kernel,
+            initrd,
+            cmdline,
+            protocol: None,
+            vcpus: 1,
+        }
+    }
+
     #[test]
-    fn bzimage_without_64bit_entry_is_refused() {
+    fn elf32_pvh_kernel_segments_and_entry() {
+        let ram = 32 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        // Dirty the bss range first: the loader must zero it.
+        mem.write_slice(&[0xee; 16], GuestAddress(0x20_0100))
+            .unwrap();
+        let img = elf32::build_test_image(
+            &[
+                (&[0xf4; 16], 0x10_0000, 16),
+                (&[1, 2, 3, 4], 0x20_0000, 0x1000),
+            ],
+            0x10_0000,
+            Some(0x10_0004),
+        );
+        let kpath = temp_file("elf32", &img);
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let r = load(&mem, ram, &spec(&kpath, None, "x"), &mut files);
+        let _ = std::fs::remove_file(&kpath);
+        assert_eq!(r.unwrap().entry, Entry::Pvh { rip: 0x10_0004 });
+        let mut b = [0u8; 8];
+        mem.read_slice(&mut b, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(b, [1, 2, 3, 4, 0, 0, 0, 0]);
+        mem.read_slice(&mut b, GuestAddress(0x20_0100)).unwrap();
+        assert_eq!(b, [0; 8], "bss zeroed");
+    }
+
+    #[test]
+    fn multiboot_kernel_modules_and_info() {
+        let ram = 32 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        // Multiboot header with the address fields at offset 0: the file
+        // loads at 1 MiB, entry right after the 32-byte header.
+        let flags = multiboot::FLAG_AOUT_KLUDGE | 3;
+        let mut img = Vec::new();
+        for v in [
+            multiboot::HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(multiboot::HEADER_MAGIC)
+                .wrapping_sub(flags),
+            0x10_0000,
+            0x10_0000,
+            0,
+            0x10_3000,
+            0x10_0020,
+        ] {
+            img.extend_from_slice(&v.to_le_bytes());
+        }
+        img.extend_from_slice(&[0xf4; 100]);
+        let kpath = temp_file("mb", &img);
+        let m1 = temp_file("mod1", b"first");
+        let m2 = temp_file("mod2", &[7; 5000]);
+        let list = format!("{} a=1,{}", m1.display(), m2.display());
+        let ipath = Path::new(&list);
+        let mut files = BootFiles::open(&kpath, Some(ipath)).unwrap();
+        let r = load(&mem, ram, &spec(&kpath, Some(ipath), "hi"), &mut files);
+        for p in [&kpath, &m1, &m2] {
+            let _ = std::fs::remove_file(p);
+        }
+        assert_eq!(r.unwrap().entry, Entry::Multiboot { rip: 0x10_0020 });
+        let rd = |a: u64| mem.read_obj::<u32>(GuestAddress(a)).unwrap();
+        let info = layout::MULTIBOOT_INFO;
+        assert_eq!(rd(info + 20), 2, "mods_count");
+        let mods = u64::from(rd(info + 24));
+        // The kernel ends at bss_end 0x103000: modules from there, page
+        // aligned.
+        assert_eq!((rd(mods), rd(mods + 4)), (0x10_3000, 0x10_3005));
+        assert_eq!(
+            (rd(mods + 16), rd(mods + 20)),
+            (0x10_4000, 0x10_4000 + 5000)
+        );
+        let mut s = vec![0u8; list.find(',').unwrap()];
+        mem.read_slice(&mut s, GuestAddress(u64::from(rd(mods + 8))))
+            .unwrap();
+        assert_eq!(s, format!("{} a=1", m1.display()).as_bytes());
+        let mut cl = vec![0u8; kpath.display().to_string().len() + 3];
+        mem.read_slice(&mut cl, GuestAddress(u64::from(rd(info + 16))))
+            .unwrap();
+        assert_eq!(cl, format!("{} hi", kpath.display()).as_bytes());
+        // A module list is only for Multiboot kernels.
+        let img = elf32::build_test_image(&[(&[0xf4; 16], 0x10_0000, 16)], 0x10_0000, None);
+        let kpath = temp_file("elf32-none", &img);
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let r = load(&mem, ram, &spec(&kpath, None, ""), &mut files);
+        let _ = std::fs::remove_file(&kpath);
+        match r {
+            Err(Error::Kernel { reason, .. }) => assert!(reason.contains("PVH note"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Mutated 32-bit ELF and Multiboot headers: every image either loads
+    /// or fails with an error; none panics or writes outside RAM.
+    #[test]
+    fn mutated_images_fail_cleanly() {
+        let ram = 8 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        let elf = elf32::build_test_image(
+            &[(&[0xf4; 64], 0x10_0000, 0x2000), (&[1; 64], 0x20_0000, 64)],
+            0x10_0000,
+            Some(0x10_0000),
+        );
+        let flags = multiboot::FLAG_AOUT_KLUDGE | 3;
+        let mut mb = Vec::new();
+        for v in [
+            multiboot::HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(multiboot::HEADER_MAGIC)
+                .wrapping_sub(flags),
+            0x10_0000,
+            0x10_0000,
+            0x10_0080,
+            0x10_1000,
+            0x10_0020,
+        ] {
+            mb.extend_from_slice(&v.to_le_bytes());
+        }
+        mb.resize(0x100, 0xf4);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let kpath = temp_file("fuzz", &[]);
+        let (mut ok, mut failed) = (0, 0);
+        for round in 0..400 {
+            let mut img = if round % 2 == 0 {
+                elf.clone()
+            } else {
+                mb.clone()
+            };
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % 136) as usize % img.len();
+                img[at] = next() as u8;
+            }
+            if next() % 8 == 0 {
+                img.truncate((next() as usize) % img.len());
+            }
+            std::fs::write(&kpath, &img).unwrap();
+            let mut files = BootFiles::open(&kpath, None).unwrap();
+            match load(&mem, ram, &spec(&kpath, None, ""), &mut files) {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    assert!(!e.to_string().contains('\n'), "{e}");
+                    failed += 1;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&kpath);
+        assert!(ok > 0 && failed > 0, "{ok} loaded, {failed} refused");
+    }
+
+    #[test]
+    fn topology_that_cannot_hold_the_vcpus_is_refused() {
+        let ram = 32 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        let img =
+            elf32::build_test_image(&[(&[0xf4; 16], 0x10_0000, 16)], 0x10_0000, Some(0x10_0000));
+        let kpath = temp_file("elf32-topo", &img);
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let mut sp = spec(&kpath, None, "");
+        sp.vcpus = 5;
+        let topo = Topology {
+            sockets: 2,
+            cores: 2,
+            threads: 1,
+        };
+        let r = load_with(&mem, ram, &sp, &topo, &mut files);
+        let _ = std::fs::remove_file(&kpath);
+        assert!(matches!(
+            r,
+            Err(Error::Topology(TopologyError::TooSmall { .. }))
+        ));
+    }
+
+    #[test]
+    fn bzimage_without_64bit_entry_gets_the_32bit_protocol() {
         let mut img = fake_bzimage(&[0x90; 16]);
         img[0x236] = 0;
         let kpath = temp_file("bz32", &img);
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
-        let spec = BootSpec {
-            kernel: &kpath,
-            initrd: None,
-            cmdline: "",
-            protocol: None,
-            vcpus: 1,
-        };
+        let ram = 32 * MIB;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
         let mut files = BootFiles::open(&kpath, None).unwrap();
-        let r = load(&mem, 32 << 20, &spec, &mut files);
-        let _ = std::fs::remove_file(&kpath);
+        let r = load(&mem, ram, &spec(&kpath, None, "ro"), &mut files);
+        assert_eq!(r.unwrap().entry, Entry::Linux32 { rip: 0x10_0000 });
+        let p: boot_params = mem
+            .read_obj(GuestAddress(crate::layout::ZERO_PAGE))
+            .unwrap();
+        assert_eq!(
+            ({ p.hdr.cmd_line_ptr }, p.e820_entries),
+            (CMDLINE as u32, 3)
+        );
+        // --boot linux64 insists on the 64-bit entry.
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let mut sp = spec(&kpath, None, "");
+        sp.protocol = Some(BootProtocol::Linux64);
+        let r = load(&mem, ram, &sp, &mut files);
         match r {
             Err(Error::Kernel { reason, .. }) => assert!(reason.contains("64-bit"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Protocol 2.01 has no cmd_line_ptr: refused.
+        img[0x206..0x208].copy_from_slice(&0x0201u16.to_le_bytes());
+        std::fs::write(&kpath, &img).unwrap();
+        let mut files = BootFiles::open(&kpath, None).unwrap();
+        let r = load(&mem, ram, &spec(&kpath, None, ""), &mut files);
+        let _ = std::fs::remove_file(&kpath);
+        match r {
+            Err(Error::Kernel { reason, .. }) => assert!(reason.contains("2.02+"), "{reason}"),
             other => panic!("{other:?}"),
         }
     }

@@ -5,6 +5,7 @@
 //! (header, one processor entry per vCPU, the ISA bus, the IOAPIC, one I/O
 //! interrupt entry per IOAPIC pin, and the two local interrupt entries).
 
+use super::Topology;
 use crate::layout::{IOAPIC_ADDR, IOAPIC_PINS, LAPIC_ADDR};
 
 const SPEC_REV: u8 = 4;
@@ -29,17 +30,22 @@ fn checksum(bytes: &[u8]) -> u8 {
     0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
 }
 
-/// Builds the MP floating pointer plus configuration table for `cpus` CPUs,
-/// to be placed at guest-physical `base`.
+/// Builds the MP floating pointer plus configuration table for `cpus` CPUs
+/// in one flat package, to be placed at guest-physical `base`.
 pub fn build(base: u64, cpus: u8) -> Vec<u8> {
+    build_for(base, &Topology::flat(cpus), cpus)
+}
+
+/// As [`build`], with the APIC IDs of `topo` (checked by the caller).
+pub fn build_for(base: u64, topo: &Topology, cpus: u8) -> Vec<u8> {
     let table_addr = (base + 16) as u32;
-    let ioapic_id = cpus;
+    let ioapic_id = topo.ioapic_id(cpus);
 
     let mut entries = Vec::new();
     let mut count: u16 = 0;
-    for id in 0..cpus {
+    for (index, id) in topo.apic_ids8(cpus).into_iter().enumerate() {
         entries.extend_from_slice(&[ENTRY_PROCESSOR, id, APIC_VERSION]);
-        entries.push(CPU_ENABLED | if id == 0 { CPU_BSP } else { 0 });
+        entries.push(CPU_ENABLED | if index == 0 { CPU_BSP } else { 0 });
         entries.extend_from_slice(&CPU_SIGNATURE.to_le_bytes());
         entries.extend_from_slice(&CPU_FEATURES.to_le_bytes());
         entries.extend_from_slice(&[0; 8]);
@@ -129,5 +135,24 @@ mod tests {
         assert_eq!(len, 44 + 2 * 20 + 8 + 8 + 24 * 8 + 2 * 8);
         let max = build(crate::layout::MPTABLE, crate::cli::MAX_VCPUS);
         assert!(crate::layout::MPTABLE + max.len() as u64 <= crate::layout::HIMEM);
+    }
+
+    #[test]
+    fn topology_apic_ids_and_ioapic_after_them() {
+        let topo = Topology {
+            sockets: 2,
+            cores: 3,
+            threads: 1,
+        };
+        let t = build_for(crate::layout::MPTABLE, &topo, 6);
+        let cfg = &t[16..];
+        assert_eq!(sum(cfg), 0);
+        let ids: Vec<u8> = (0..6).map(|i| cfg[44 + 20 * i + 1]).collect();
+        assert_eq!(ids, vec![0, 1, 2, 4, 5, 6]);
+        assert_eq!(cfg[44 + 20 * 5 + 3], CPU_ENABLED);
+        // Bus entry (8 bytes), then the IOAPIC with ID 7.
+        let ioapic = 44 + 20 * 6 + 8;
+        assert_eq!((cfg[ioapic], cfg[ioapic + 1]), (ENTRY_IOAPIC, 7));
+        assert_eq!(cfg[ioapic + 8 + 6], 7, "I/O interrupts name the IOAPIC");
     }
 }
