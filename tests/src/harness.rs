@@ -158,7 +158,13 @@ pub fn command(args: &[&str]) -> Command {
 /// [`command`] with the test kernel, an exit device, the console on stdout,
 /// and `args` appended.
 pub fn with_testkernel(args: &[&str]) -> Command {
-    let mut c = command(&["-device", "isa-debug-exit", "-serial", "stdio"]);
+    // The test kernel's exit port (QEMU's isa-debug-exit default is 0x501).
+    let mut c = command(&[
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-serial",
+        "stdio",
+    ]);
     c.arg("-kernel").arg(testkernel()).args(args);
     c
 }

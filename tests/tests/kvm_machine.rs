@@ -97,7 +97,11 @@ fn kvm_unclaimed_port_reads_all_ones_and_is_counted() {
     let r = run_tiny(
         &d,
         &[0xe4, 0x99, 0xe6, 0xf4, 0xeb, 0xfe],
-        &["-device", "isa-debug-exit", "--stats=json"],
+        &[
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+            "--stats=json",
+        ],
     );
     assert_eq!(r.code, Some(0xff), "{r:?}");
     let u = r.stats().unclaimed;

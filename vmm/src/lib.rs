@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod cli;
 pub mod coalesce;
+pub mod config;
 pub mod cpuid;
 pub mod exit;
 pub mod guest_ram;
@@ -15,6 +16,7 @@ pub mod layout;
 pub mod machine;
 pub mod pci;
 pub mod ratelimit;
+pub mod serial_mux;
 pub mod signals;
 pub mod stats;
 pub mod teardown;

@@ -135,7 +135,8 @@ fn vm_run(o: &Options, ram: &[&str]) -> Result<VmBandwidth, BenchError> {
     let append = format!("shmvm.test=ivshmem-bench shmvm.bench_mib={}", o.mib);
     let mut cmd = Command::new(&o.shmvm);
     cmd.arg("-kernel").arg(&o.kernel);
-    cmd.args(["-m", &mem, "-serial", "stdio", "-device", "isa-debug-exit"]);
+    cmd.args(["-m", &mem, "-serial", "stdio"]);
+    cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
     cmd.args(["-object", &bar2, "-device", "ivshmem-plain,memdev=bench"]);
     cmd.args(["-append", &append, "--stats=json"]).args(ram);
     cmd.stdin(Stdio::null())

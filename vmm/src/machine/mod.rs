@@ -16,7 +16,7 @@ pub mod ivshmem;
 pub mod legacy;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,8 +26,8 @@ use devices::serial::{IrqEvent, Serial};
 use memory::Backend;
 
 use crate::boot::{self, BootFiles, BootSpec};
-use crate::cli::{Config, DeviceConfig, SerialMode};
 use crate::coalesce::SerialCoalescing;
+use crate::config::{Config, DeviceConfig, SerialMode, StdioOptions};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, Vm};
@@ -141,6 +141,7 @@ impl Timeline {
 struct Console {
     serial: Arc<Mutex<Serial>>,
     mode: SerialMode,
+    stdio: StdioOptions,
     /// Holds a reference to the VM: dropped before it.
     coalesced: Option<Arc<SerialCoalescing>>,
 }
@@ -179,38 +180,6 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
         })?),
         SerialMode::None => Box::new(std::io::sink()),
     })
-}
-
-/// Copies host stdin into the UART's receive FIFO.
-fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
-    let r = std::thread::Builder::new()
-        .name("stdin".into())
-        .stack_size(64 << 10)
-        .spawn(move || {
-            let mut buf = [0u8; 64];
-            let mut stdin = std::io::stdin().lock();
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let mut rest = &buf[..n];
-                while !rest.is_empty() {
-                    let took = serial
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .enqueue_input(rest)
-                        .unwrap_or(0);
-                    rest = &rest[took..];
-                    if !rest.is_empty() {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                }
-            }
-        });
-    if let Err(e) = r {
-        log::warn!("serial: no stdin input: {e}");
-    }
 }
 
 fn create_backend(cfg: &memory::BackendConfig, option: &'static str) -> Result<Backend, Error> {
@@ -267,7 +236,12 @@ impl Machine {
             protocol: cfg.boot,
             vcpus: cfg.vcpus,
         };
-        let loaded = boot::load(ram.mem(), ram.size(), &spec, &mut files)?;
+        let topo = boot::Topology {
+            sockets: cfg.smp.sockets,
+            cores: cfg.smp.cores,
+            threads: cfg.smp.threads,
+        };
+        let loaded = boot::load_with(ram.mem(), ram.size(), &spec, &topo, &mut files)?;
         log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
         t.mark("kernel + boot data loaded");
 
@@ -290,9 +264,12 @@ impl Machine {
         let host = vm.host_cpu()?;
         t.mark("KVM_GET_SUPPORTED_CPUID");
         let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
-        for id in 0..cfg.vcpus {
-            let v = vm.create_vcpu(id)?;
-            vcpu::configure(&v, &host, cfg.vcpus, loaded.entry)?;
+        for index in 0..cfg.vcpus {
+            // The in-kernel LAPIC's ID is the vCPU's id: the topology's
+            // APIC ID (load_with checked that each fits below 0xfe).
+            let apic_id = u8::try_from(topo.apic_id(index)).unwrap_or(u8::MAX);
+            let v = vm.create_vcpu(apic_id)?;
+            vcpu::configure(&v, &host, &topo, index == 0, loaded.entry)?;
             vcpus.push(v);
         }
         t.mark("vCPUs created and configured");
@@ -354,6 +331,7 @@ impl Machine {
             console: Console {
                 serial,
                 mode: cfg.serial.clone(),
+                stdio: cfg.stdio,
                 coalesced,
             },
             vcpus,
@@ -377,11 +355,9 @@ impl Machine {
     /// Runs the vCPUs until the VM ends, prints the statistics as asked,
     /// and takes the machine apart.
     pub fn run(mut self, t: &Timeline, stats: StatsFormat) -> Result<VmEnd, Error> {
-        let stdio = self.console.mode == SerialMode::Stdio;
-        let _raw = stdio.then(crate::terminal::RawMode::enter).flatten();
-        if stdio && crate::terminal::stdin_has_input() {
-            spawn_stdin_reader(self.console.serial.clone());
-        }
+        let c = &self.console;
+        let _console =
+            crate::serial_mux::attach(&c.mode, c.stdio, c.serial.clone(), self.state.clone());
         let vcpus = std::mem::take(&mut self.vcpus);
         let shared = vcpu::Shared {
             io: &self.io,
