@@ -50,6 +50,16 @@ fn serial(r: &Run) -> (u64, u64, bool) {
     )
 }
 
+/// Runs `code`, which ends with [`PASS`], with its exit port and statistics.
+fn run_passing(d: &TempDir, code: &[u8]) -> Run {
+    let args = [
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "--stats=json",
+    ];
+    run_tiny(d, code, &args)
+}
+
 /// A guest prints a line, then stops taking exits (`tail`). The line must
 /// show while it still runs: the flush timer, not the VMM's end, brings it.
 fn shows_while_running(tail: &[u8]) {
@@ -123,15 +133,7 @@ fn kvm_console_output_is_complete_and_in_order_past_a_full_ring() {
     let text_addr = TINY_KERNEL_CODE as u32 + code.len() as u32;
     code[at_esi..at_esi + 4].copy_from_slice(&text_addr.to_le_bytes());
     code.extend_from_slice(text);
-    let r = run_tiny(
-        &d,
-        &code,
-        &[
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=4",
-            "--stats=json",
-        ],
-    );
+    let r = run_passing(&d, &code);
     assert_eq!(r.code, Some(33), "{r:?}");
     assert_eq!(r.stdout.as_bytes(), text, "{r:?}");
     let (writes, q, _) = serial(&r);
@@ -151,15 +153,7 @@ fn kvm_console_writes_exit_again_once_transmit_interrupt_is_enabled() {
     code.extend(out_bytes(b"b"));
     code.extend_from_slice(&PASS);
     code.extend_from_slice(&SPIN);
-    let r = run_tiny(
-        &d,
-        &code,
-        &[
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=4",
-            "--stats=json",
-        ],
-    );
+    let r = run_passing(&d, &code);
     assert_eq!((r.code, r.stdout.as_str()), (Some(33), "ab"), "{r:?}");
     // Three writes, one queued: queueing went off for good at the IER write.
     assert_eq!(serial(&r), (3, 1, false), "{}", r.stderr);
