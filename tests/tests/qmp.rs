@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use shmvm_tests::vm::{self, TempDir};
+use shmvm_tests::harness::{self as vm, TempDir};
 
 /// `cli; hlt; jmp hlt`: waits forever without using the host CPU, so a
 /// monitor has all the time it needs (under shmvm and QEMU alike).
