@@ -35,6 +35,14 @@ if [ -n "$moddir" ]; then
         cp "$f" "$stage/lib/modules/virtio/"
     done
     echo "$order" >"$stage/lib/modules/virtio/order"
+    # The ACPI power button (lab.action=powerdown): both are modules in the
+    # Debian cloud kernel (CONFIG_ACPI_BUTTON=m, CONFIG_INPUT_EVDEV=m).
+    mkdir -p "$stage/lib/modules/button"
+    for m in evdev button; do
+        f=$(find "$moddir/kernel/drivers" -name "$m.ko" | head -n1)
+        [ -n "$f" ] || die "module $m.ko not found under $moddir"
+        cp "$f" "$stage/lib/modules/button/"
+    done
 fi
 if [ -n "$dbko" ]; then
     [ -f "$dbko" ] || die "$dbko missing (make ivshmem-db)"

@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 use protocol::HOST_READY;
 
 use super::fields;
-use super::scenario::{self, Backend, IvshmemKind, Scenario, Vmm, Vub};
+use super::scenario::{self, Action, Backend, IvshmemKind, Scenario, Vmm, Vub};
 use judge::{Judgement, NO_INIT, judge};
 
 mod doorbell;
 mod judge;
+mod qmp;
 
 const MODULES: &str = "/lab/modules";
 const L2_KERNEL: &str = "/lab/l2/vmlinuz";
@@ -211,6 +212,11 @@ impl Console {
     }
 }
 
+/// The QMP socket of a run (`-qmp unix:PATH,server=on,wait=off`).
+fn qmp_socket(tag: &str) -> PathBuf {
+    PathBuf::from(format!("/tmp/lab/{tag}.qmp"))
+}
+
 /// The first `LAB-RESULT` line of `stage` in a console.
 fn result<'a>(console: &'a str, stage: &str) -> Option<&'a str> {
     console
@@ -316,6 +322,8 @@ struct Outcome {
     t_init: Option<Duration>,
     t_kill: Option<Duration>,
     end: Duration,
+    /// powerdown / stopcont: the QMP events seen, or what went wrong.
+    qmp: Option<Result<Vec<String>, String>>,
 }
 
 /// Whether a run was reported, or is a reference run to repeat once.
@@ -486,8 +494,14 @@ impl Runner {
         (run, args, append)
     }
 
-    fn command(s: &Scenario, vmm: Vmm, args: Vec<String>, append: String) -> Vec<String> {
+    fn command(s: &Scenario, vmm: Vmm, mut args: Vec<String>, append: String) -> Vec<String> {
         let mut cmd: Vec<String> = Vec::new();
+        if s.action.qmp_ready().is_some() {
+            let sock = qmp_socket(&super::tag(&s.name, vmm));
+            let _ = fs::remove_file(&sock);
+            args.push("-qmp".into());
+            args.push(format!("unix:{},server=on,wait=off", sock.display()));
+        }
         match vmm {
             Vmm::Qemu => {
                 let mut machine = "microvm,acpi=on".to_string();
@@ -569,10 +583,12 @@ impl Runner {
                     t_init: None,
                     t_kill: None,
                     end: start.elapsed(),
+                    qmp: None,
                 };
             }
         };
         let (mut t_init, mut t_done, mut t_kill, mut why) = (None, None, None, None);
+        let mut qmp = None;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(st)) => break Some(st),
@@ -604,6 +620,12 @@ impl Runner {
                     "LAB-L1 killed qemu-storage-daemon (pid {}) while the guest runs",
                     pid.unwrap_or(0)
                 ));
+            }
+            if qmp.is_none()
+                && let Some(ready) = r.s.action.qmp_ready()
+                && result(&text, ready).is_some()
+            {
+                qmp = Some(Self::qmp_action(r));
             }
             if t_init.is_none() && t > BOOT_TIMEOUT {
                 why = Some(format!(
@@ -638,7 +660,28 @@ impl Runner {
             t_init,
             t_kill,
             end,
+            qmp,
         }
+    }
+
+    /// The QMP side of powerdown / stopcont, once the guest is ready:
+    /// returns when the VMM has closed the socket (it exited) or a step's
+    /// deadline passed.
+    fn qmp_action(r: &Run) -> Result<Vec<String>, String> {
+        let sock = qmp_socket(&r.tag);
+        let q = match r.s.action {
+            Action::Powerdown => qmp::powerdown(&sock),
+            _ => qmp::stopcont(&sock, &r.console),
+        };
+        let mut q = q.map_err(|e| e.to_string())?;
+        let drained = q.drain(EXIT_TIMEOUT + Duration::from_secs(60));
+        r.console.append(&format!(
+            "LAB-L1 qmp {} events={}",
+            r.s.action,
+            q.events.join(",")
+        ));
+        drained.map_err(|e| format!("{e} (events {})", q.events.join(",")))?;
+        Ok(q.events)
     }
 
     fn run(&mut self, s: &Scenario, vmm: Vmm, retried: bool) -> Verdict {

@@ -5,7 +5,8 @@
 //! Columns: `name backend mem smp action ivshmem extra`
 //! - backend: ram | file-tmpfs | file-disk | memfd | shm
 //! - mem: guest RAM (K/M/G suffix); smp: vCPUs
-//! - action: poweroff | reboot (both must end the VMM with 0)
+//! - action: poweroff | reboot | powerdown | stopcont (all must end the VMM
+//!   with 0; the last two speak QMP to the VMM, see `l1/qmp.rs`)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
 //!   mq2, ring64, doorbell (tests/lab/scenarios explains each), and expectations that
@@ -71,6 +72,33 @@ pub enum Backend {
 pub enum Action {
     Poweroff,
     Reboot,
+    /// The L1 presses the ACPI power button over QMP (`system_powerdown`);
+    /// the guest powers off on it.
+    Powerdown,
+    /// The L1 pauses the guest over QMP (`stop`), checks it is paused and
+    /// quiet, resumes it (`cont`); the guest then powers off.
+    Stopcont,
+}
+
+impl Action {
+    /// For the QMP actions: the guest's `LAB-RESULT` stage after which the
+    /// L1 speaks QMP.
+    pub fn qmp_ready(self) -> Option<&'static str> {
+        match self {
+            Action::Poweroff | Action::Reboot => None,
+            Action::Powerdown => Some("powerdown-ready"),
+            Action::Stopcont => Some("stopcont-ready"),
+        }
+    }
+
+    /// The QMP events a run must see, in this order.
+    pub fn qmp_events(self) -> &'static [&'static str] {
+        match self {
+            Action::Poweroff | Action::Reboot => &[],
+            Action::Powerdown => &["POWERDOWN", "SHUTDOWN"],
+            Action::Stopcont => &["STOP", "RESUME", "SHUTDOWN"],
+        }
+    }
 }
 
 impl fmt::Display for Action {
@@ -78,6 +106,8 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Poweroff => "poweroff",
             Action::Reboot => "reboot",
+            Action::Powerdown => "powerdown",
+            Action::Stopcont => "stopcont",
         })
     }
 }
@@ -212,7 +242,13 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
     let action = match *action {
         "poweroff" => Action::Poweroff,
         "reboot" => Action::Reboot,
-        a => return Err(format!("action '{a}': poweroff or reboot")),
+        "powerdown" => Action::Powerdown,
+        "stopcont" => Action::Stopcont,
+        a => {
+            return Err(format!(
+                "action '{a}': poweroff, reboot, powerdown or stopcont"
+            ));
+        }
     };
     let ivshmem = match *ivshmem {
         "-" => None,
@@ -316,7 +352,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_table_has_22_runs() {
+    fn the_shipped_table_has_26_runs() {
         let text = include_str!("../../lab/scenarios");
         let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
         let runs: usize = all
@@ -328,7 +364,7 @@ mod tests {
                     .count()
             })
             .sum();
-        assert_eq!((all.len(), runs), (14, 22));
+        assert_eq!((all.len(), runs), (16, 26));
     }
 
     #[test]
@@ -358,7 +394,7 @@ mod tests {
         );
         assert_eq!(
             e("a ram 256M 1 halt - -"),
-            "f:1: action 'halt': poweroff or reboot"
+            "f:1: action 'halt': poweroff, reboot, powerdown or stopcont"
         );
         assert_eq!(
             e("a ram 256M 1 poweroff file:3M -"),

@@ -224,6 +224,7 @@ pub(super) fn run(runner: &mut Runner, s: &Scenario, vmm: Vmm, tag: &str) -> Ver
         t_init: None,
         t_kill: None,
         end,
+        qmp: None,
     };
     for (id, p) in peers.iter().enumerate() {
         let _ = fs::remove_file(&p.console.path);

@@ -13,7 +13,7 @@ use protocol::GUEST_DONE;
 use super::{
     Disk, GIB4, MAILBOX_DATA_OFF, Outcome, Region, Run, VUB_DISK_SIZE, fields, result, secs, tool,
 };
-use crate::lab::scenario::{IvshmemKind, Vmm, Vub};
+use crate::lab::scenario::{Action, IvshmemKind, Vmm, Vub};
 use crate::stats::Stats;
 
 pub(super) const NO_INIT: &str = "L2 never reached its init";
@@ -36,6 +36,46 @@ impl Judgement {
     }
     fn report(&mut self, key: &'static str, value: impl Into<String>) {
         self.report.push((key, value.into()));
+    }
+}
+
+/// powerdown / stopcont: the guest was ready, the QMP side went through,
+/// and the events came in order (others may come between).
+fn judge_qmp(action: Action, want: &[&str], out: &Outcome, console: &str, j: &mut Judgement) {
+    let ready = action.qmp_ready().unwrap_or_default();
+    let Some(line) = result(console, ready) else {
+        j.fail(format!("the guest never reported {ready}"));
+        return;
+    };
+    let f = fields(line);
+    if action == Action::Powerdown {
+        let dev = f.get("dev").copied().unwrap_or("-");
+        j.report("button", dev);
+        j.want(dev != "-", || {
+            format!(
+                "no Power Button input device in L2 (modules: {})",
+                f.get("loaded").copied().unwrap_or("")
+            )
+        });
+        j.want(result(console, "power-button").is_some(), || {
+            "the guest never saw the power button".into()
+        });
+    }
+    match &out.qmp {
+        None => j.fail("the L1 never spoke QMP"),
+        Some(Err(e)) => j.fail(e.clone()),
+        Some(Ok(events)) => {
+            j.report("events", events.join(","));
+            let mut it = events.iter();
+            let in_order = want.iter().all(|w| it.any(|e| e == w));
+            j.want(in_order, || {
+                format!(
+                    "QMP events {}, want {} in order",
+                    events.join(","),
+                    want.join(",")
+                )
+            });
+        }
     }
 }
 
@@ -121,6 +161,10 @@ pub(super) fn judge(r: &Run, out: &Outcome, console: &str, j: &mut Judgement) {
     }
     if init.is_some() && done.is_none() {
         j.fail("L2 init did not finish its scenario");
+    }
+    let want_events = s.action.qmp_events();
+    if !want_events.is_empty() {
+        judge_qmp(s.action, want_events, out, console, j);
     }
     if let Some(d) = r.disk.as_ref().filter(|d| d.mode != Vub::Private) {
         judge_disk(r, d, out, console, j);
