@@ -20,6 +20,10 @@ const DEFAULT_ALIGN: u64 = 2 << 20;
 /// How many random names to try before giving up on an anonymous shm object.
 const SHM_NAME_ATTEMPTS: u32 = 100;
 
+/// How often to retry opening a `mem-path` that another process creates and
+/// removes between our open and our create.
+const MEM_PATH_ATTEMPTS: u32 = 16;
+
 /// A host memory backend, mapped into this process.
 ///
 /// Dropping it unmaps the memory and closes the fd; a named shm object is unlinked
@@ -36,6 +40,9 @@ pub struct Backend {
     page_size: u64,
     shm_name: Option<String>,
     populated: Option<PopulateMethod>,
+    /// The `mem-path` file this backend created (it stays when dropped; the VMM
+    /// removes it when a later start-up step fails).
+    created_file: Option<PathBuf>,
 }
 
 /// Undoes the name-creating steps of a failed `create` (a new file, a named shm
@@ -150,7 +157,7 @@ impl Backend {
             None
         };
         // Success: a created file stays; a named shm object now belongs to the Backend.
-        leftovers.file = None;
+        let created_file = leftovers.file.take();
         let shm_name = leftovers.shm.take();
         Ok(Backend {
             cfg: cfg.clone(),
@@ -162,6 +169,7 @@ impl Backend {
             page_size: src.page_size,
             shm_name,
             populated,
+            created_file,
         })
     }
 
@@ -218,6 +226,12 @@ impl Backend {
     pub fn seals(&self) -> Option<io::Result<i32>> {
         self.fd.as_ref().map(|fd| sys::get_seals(fd.as_fd()))
     }
+    /// The `mem-path` file this backend created, if it created one (a directory's
+    /// unlinked temporary file has no name and is not reported).
+    pub fn created_file(&self) -> Option<&Path> {
+        self.created_file.as_deref()
+    }
+
     /// How many base pages of the mapping are resident (mincore(2)).
     pub fn resident_pages(&self) -> io::Result<usize> {
         sys::resident_pages(&self.map, 0, self.map.len())
@@ -454,9 +468,18 @@ impl Ctx<'_> {
             })?;
             return Ok((fd, true));
         }
-        loop {
-            match OpenOptions::new().read(true).write(!readonly).open(path) {
-                Ok(file) => return Ok((file.into(), false)),
+        // An existing file is opened as it is (symbolic links followed, as QEMU
+        // does); a new one is created with O_EXCL, which never follows a link. The
+        // open never blocks (O_NONBLOCK: a FIFO would wait for a writer), and only
+        // regular files and block devices are used.
+        for _ in 0..MEM_PATH_ATTEMPTS {
+            match OpenOptions::new()
+                .read(true)
+                .write(!readonly)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(path)
+            {
+                Ok(file) => return Ok((self.usable_mem_path(path, file.into())?, false)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !readonly => {}
                 Err(e) => {
                     return Err(self.os("mem-path", format!("can't open '{shown}'"), e));
@@ -466,12 +489,27 @@ impl Ctx<'_> {
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .mode(0o600)
                 .open(path)
             {
                 Ok(file) => {
                     leftovers.file = Some(path.to_path_buf());
                     return Ok((file.into(), true));
+                }
+                // A dangling symbolic link: the open finds nothing, O_EXCL finds the
+                // link. Never created through (nor retried forever).
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        && path.symlink_metadata().is_ok_and(|m| m.is_symlink()) =>
+                {
+                    return Err(self.invalid(
+                        "mem-path",
+                        format!(
+                            "mem-path '{shown}' is a dangling symbolic link (shmvm does not \
+                             create files through links)"
+                        ),
+                    ));
                 }
                 // Someone created it between our two opens: use theirs.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -480,6 +518,38 @@ impl Ctx<'_> {
                 }
             }
         }
+        Err(self.os(
+            "mem-path",
+            format!("'{shown}' keeps appearing and disappearing"),
+            io::Error::from_raw_os_error(libc::EAGAIN),
+        ))
+    }
+
+    /// Checks that an opened `mem-path` is a regular file or a block device (not a
+    /// FIFO, socket or character device) and gives it blocking I/O back.
+    fn usable_mem_path(&self, path: &Path, fd: OwnedFd) -> Result<OwnedFd, Error> {
+        let shown = path.display();
+        let (_, mode) = sys::fstat(fd.as_fd())
+            .map_err(|e| self.os("mem-path", format!("can't stat '{shown}'"), e))?;
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFBLK => None,
+            libc::S_IFIFO => Some("a FIFO"),
+            libc::S_IFCHR => Some("a character device"),
+            libc::S_IFSOCK => Some("a socket"),
+            _ => Some("not a regular file"),
+        };
+        if let Some(kind) = kind {
+            return Err(self.invalid(
+                "mem-path",
+                format!(
+                    "mem-path '{shown}' is {kind}: it must be a regular file, a block device \
+                     or a directory"
+                ),
+            ));
+        }
+        sys::clear_nonblock(fd.as_fd())
+            .map_err(|e| self.os("mem-path", format!("can't use '{shown}'"), e))?;
+        Ok(fd)
     }
 
     #[cfg(target_os = "linux")]

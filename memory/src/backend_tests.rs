@@ -740,3 +740,47 @@ fn anonymous_shm_retries_a_name_that_exists_and_leaves_it_alone() {
         "{e}"
     );
 }
+
+#[test]
+fn dangling_symlink_mem_path_is_refused_at_once() {
+    let link = TempPath::new("/tmp", "dangling");
+    std::os::unix::fs::symlink("/nonexistent/shmvm-target", &link.0).expect("symlink");
+    let e = create_err(&format!(
+        "memory-backend-file,id=f,size=64K,mem-path={}",
+        link.s()
+    ));
+    assert_eq!(e.option(), Some("mem-path"), "{e}");
+    assert!(e.to_string().contains("dangling symbolic link"), "{e}");
+}
+
+#[test]
+fn fifo_mem_path_is_refused_without_blocking() {
+    for ro in [",readonly=on", ""] {
+        let fifo = TempPath::new("/tmp", "fifo");
+        let c = std::ffi::CString::new(fifo.s()).expect("path");
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = create_err(&format!(
+            "memory-backend-file,id=f,size=64K,mem-path={}{ro}",
+            fifo.s()
+        ));
+        assert_eq!(e.option(), Some("mem-path"), "{e}");
+        assert!(e.to_string().contains("is a FIFO"), "{e}");
+    }
+}
+
+#[test]
+fn created_file_is_reported_and_an_existing_one_is_not() {
+    let file = TempPath::new("/tmp", "created");
+    let b = create(&format!(
+        "memory-backend-file,id=f,size=64K,mem-path={}",
+        file.s()
+    ));
+    assert_eq!(b.created_file(), Some(file.0.as_path()));
+    drop(b);
+    let b = create(&format!(
+        "memory-backend-file,id=f,size=64K,mem-path={}",
+        file.s()
+    ));
+    assert_eq!(b.created_file(), None);
+}

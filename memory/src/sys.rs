@@ -489,3 +489,13 @@ pub(crate) fn random_u64() -> u64 {
 pub(crate) fn raw(fd: Option<&OwnedFd>) -> RawFd {
     fd.map_or(-1, |f| f.as_raw_fd())
 }
+
+/// Clears O_NONBLOCK on `fd` (files are opened non-blocking so a FIFO or a
+/// device never blocks the open; regular files then get blocking I/O back).
+pub(crate) fn clear_nonblock(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on a valid fd, no pointer argument.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: fcntl on a valid fd with an int argument.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) })
+        .map(|_| ())
+}

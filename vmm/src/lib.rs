@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod cli;
 pub mod coalesce;
+pub mod console_out;
 pub mod cpuid;
 pub mod exit;
 pub mod guest_ram;

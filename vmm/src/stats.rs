@@ -96,6 +96,9 @@ pub struct Stats {
     pub buses: Vec<BusStats>,
     pub unclaimed: Unclaimed,
     pub console: Option<ConsoleStats>,
+    /// Guest console bytes dropped because the reader of stdout (or the
+    /// serial file) did not keep up: a vCPU never waits for it.
+    pub console_dropped_bytes: u64,
     pub ivshmem: Vec<IvshmemStats>,
     pub vhost_user: Vec<VhostUserStats>,
 }
@@ -107,6 +110,7 @@ impl Default for Stats {
             buses: Vec::new(),
             unclaimed: Unclaimed::default(),
             console: None,
+            console_dropped_bytes: 0,
             ivshmem: Vec::new(),
             vhost_user: Vec::new(),
         }
@@ -137,6 +141,12 @@ impl Stats {
                 } else {
                     "off once the guest enabled the transmit interrupt or loopback"
                 }
+            ));
+        }
+        if self.console_dropped_bytes > 0 {
+            out.push_str(&format!(
+                "  serial0 output dropped (the reader did not keep up): {} bytes\n",
+                self.console_dropped_bytes
             ));
         }
         for d in &self.ivshmem {

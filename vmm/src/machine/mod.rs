@@ -28,6 +28,7 @@ use memory::Backend;
 use crate::boot::{self, BootFiles, BootSpec};
 use crate::cli::{Config, DeviceConfig, SerialMode};
 use crate::coalesce::SerialCoalescing;
+use crate::console_out::{self, ConsoleOut};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, Vm};
@@ -143,6 +144,8 @@ struct Console {
     mode: SerialMode,
     /// Holds a reference to the VM: dropped before it.
     coalesced: Option<Arc<SerialCoalescing>>,
+    /// Output the reader did not take in time (None: `-serial none`).
+    dropped: Option<console_out::Dropped>,
 }
 
 /// A built machine. Field order is not drop order: [`Machine::finish`]
@@ -161,7 +164,20 @@ pub struct Machine {
     vcpus: Vec<hv::Vcpu>,
 }
 
-fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
+/// The UART's output: stdout or the serial file behind a queue that never
+/// blocks a vCPU (console_out.rs), with the handle that counts drops.
+type SerialOutput = (Box<dyn Write + Send>, Option<console_out::Dropped>);
+
+fn serial_output(mode: &SerialMode) -> Result<SerialOutput, Error> {
+    let sink = serial_sink(mode)?;
+    if *mode == SerialMode::None {
+        return Ok((sink, None));
+    }
+    let (out, dropped) = ConsoleOut::spawn(sink).map_err(Error::Threads)?;
+    Ok((Box::new(out), Some(dropped)))
+}
+
+fn serial_sink(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match mode {
         // Unbuffered: every byte the guest sends is visible at once.
         SerialMode::Stdio => Box::new(File::from(
@@ -173,12 +189,45 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
                     err: e,
                 })?,
         )),
-        SerialMode::File(p) => Box::new(File::create(p).map_err(|err| Error::SerialFile {
-            path: p.display().to_string(),
-            err,
+        SerialMode::File(p) => Box::new(create_serial_file(p).map_err(|err| {
+            Error::SerialFile {
+                path: p.display().to_string(),
+                err,
+            }
         })?),
         SerialMode::None => Box::new(std::io::sink()),
     })
+}
+
+/// The `-serial file:` log: created 0600 whatever the umask, truncated, never
+/// through a symbolic link (O_NOFOLLOW), never blocking (O_NONBLOCK: a FIFO
+/// without a reader is refused), and only a regular file or a character device
+/// such as /dev/null.
+fn create_serial_file(p: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("is a symbolic link (not followed)")
+            } else {
+                e
+            }
+        })?;
+    let meta = f.metadata()?;
+    let t = meta.file_type();
+    if t.is_file() {
+        f.set_len(0)?;
+    } else if !t.is_char_device() {
+        return Err(std::io::Error::other(
+            "is not a regular file or a character device",
+        ));
+    }
+    Ok(f)
 }
 
 /// Copies host stdin into the UART's receive FIFO.
@@ -213,6 +262,35 @@ fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
     }
 }
 
+/// `mem-path` files this start-up created: removed when it fails (dropped
+/// before [`CreatedFiles::keep`]), so a failed start leaves nothing behind.
+#[derive(Debug, Default)]
+struct CreatedFiles(Vec<std::path::PathBuf>);
+
+impl CreatedFiles {
+    fn note(&mut self, b: &Backend) {
+        if let Some(p) = b.created_file() {
+            self.0.push(p.to_path_buf());
+        }
+    }
+
+    /// Start-up succeeded: the files stay (their data is the point).
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for CreatedFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            match std::fs::remove_file(p) {
+                Ok(()) => log::debug!("removed {} (created by this failed start)", p.display()),
+                Err(e) => log::warn!("can't remove {}: {e}", p.display()),
+            }
+        }
+    }
+}
+
 fn create_backend(cfg: &memory::BackendConfig, option: &'static str) -> Result<Backend, Error> {
     Backend::create(cfg).map_err(|err| Error::Backend {
         option,
@@ -241,12 +319,20 @@ impl Machine {
         } else {
             "-m"
         };
-        let ram = GuestRam::new(create_backend(&cfg.ram, ram_option)?)?;
+        // mem-path files created from here on go again if a later step fails.
+        let mut created = CreatedFiles::default();
+        let ram_backend = create_backend(&cfg.ram, ram_option)?;
+        created.note(&ram_backend);
+        let ram = GuestRam::new(ram_backend)?;
         let objects = cfg
             .objects
             .iter()
-            .map(|o| create_backend(o, "--object").map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|o| {
+                let b = create_backend(o, "--object")?;
+                created.note(&b);
+                Ok(Arc::new(b))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         t.mark("memory backend(s) created and mapped");
 
         let vm = Arc::new(Vm::new()?);
@@ -277,7 +363,8 @@ impl Machine {
             let state = state.clone();
             Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
         };
-        let serial = Serial::new(IrqEvent::new()?, serial_output(&cfg.serial)?);
+        let (out, console_dropped) = serial_output(&cfg.serial)?;
+        let serial = Serial::new(IrqEvent::new()?, out);
         vm.register_irqfd(serial.irq().eventfd(), layout::COM1_IRQ)?;
         let serial = Arc::new(Mutex::new(serial));
         legacy::place(&io, &serial, &hook)?;
@@ -343,6 +430,7 @@ impl Machine {
         )?;
         legacy::place_debug_exits(&io, &hook, &debug_exits)?;
         t.mark("PCI root and devices");
+        created.keep();
         Ok(Machine {
             vm,
             ram,
@@ -355,6 +443,7 @@ impl Machine {
                 serial,
                 mode: cfg.serial.clone(),
                 coalesced,
+                dropped: console_dropped,
             },
             vcpus,
         })
@@ -366,6 +455,7 @@ impl Machine {
             buses: self.io.bus_stats(),
             unclaimed: self.io.unclaimed_counts(),
             console: self.console.coalesced.as_ref().map(|c| c.stats()),
+            console_dropped_bytes: self.console.dropped.as_ref().map_or(0, |d| d.bytes()),
             ..Stats::default()
         };
         for (plug, placed) in self.plugs.iter().zip(self.pci.placed()) {
@@ -395,6 +485,9 @@ impl Machine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .flush_output();
+        if let Some(d) = &self.console.dropped {
+            d.settle(console_out::DRAIN_DEADLINE);
+        }
         ran.map_err(Error::Threads)?;
         let end = self
             .state
