@@ -629,23 +629,79 @@ impl Ctx<'_> {
         ))
     }
 
+    /// Creates the named object `name` and takes an exclusive flock(2) on it,
+    /// held as long as the backend's fd is open: the kernel drops it when this
+    /// process dies in any way (SIGKILL too). So a clash tells a live object (its
+    /// lock is held) from a stale one (left by a killed shmvm: nobody holds it),
+    /// and `reclaim=on` replaces only the stale kind.
+    fn named_shm(&self, name: &str, reclaim: bool) -> Result<OwnedFd, Error> {
+        let create = || sys::shm_open(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600);
+        let fd = match create() {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let held = sys::shm_open(name, libc::O_RDONLY, 0)
+                    .and_then(|old| sys::try_lock_exclusive(old.as_fd()).map(|took| !took));
+                match held {
+                    Ok(true) => {
+                        return Err(self.invalid(
+                            "name",
+                            format!(
+                                "name={name}: a shm object with that name already exists and is in \
+                                 use by a running shmvm (pick another name)"
+                            ),
+                        ));
+                    }
+                    Ok(false) if reclaim => {
+                        log::warn!(
+                            "{} backend '{}': name={name}: replacing a stale shm object (no \
+                             running shmvm held it)",
+                            self.cfg.kind(),
+                            self.cfg.id()
+                        );
+                        sys::shm_unlink(name).map_err(|e| {
+                            self.os("reclaim", format!("can't remove stale shm object {name}"), e)
+                        })?;
+                        create().map_err(|e| {
+                            self.os("name", format!("can't create shm object {name}"), e)
+                        })?
+                    }
+                    Ok(false) => {
+                        return Err(self.invalid(
+                            "name",
+                            format!(
+                                "name={name}: a shm object with that name already exists and no \
+                                 running shmvm holds it (stale: left by one that was killed, or \
+                                 made by another program): remove it, or add reclaim=on to \
+                                 replace it"
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(self.os(
+                            "name",
+                            format!("a shm object {name} exists and can't be inspected"),
+                            e,
+                        ));
+                    }
+                }
+            }
+            Err(e) => return Err(self.os("name", format!("can't create shm object {name}"), e)),
+        };
+        match sys::try_lock_exclusive(fd.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => log::warn!("shm object {name}: already locked by another process"),
+            Err(e) => log::warn!("shm object {name}: can't lock it: {e}"),
+        }
+        Ok(fd)
+    }
+
     fn shm_source(&self, s: &ShmOptions, leftovers: &mut Leftovers) -> Result<Source, Error> {
         let page = sys::host_page_size();
         let len = self.len_for_page(page)?;
         let fd = match &s.name {
             None => self.anonymous_shm()?,
             Some(name) => {
-                let fd = sys::shm_open(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)
-                    .map_err(|e| {
-                        if e.raw_os_error() == Some(libc::EEXIST) {
-                            self.invalid(
-                                "name",
-                                format!("name={name}: a shm object with that name already exists (remove it, or pick another name)"),
-                            )
-                        } else {
-                            self.os("name", format!("can't create shm object {name}"), e)
-                        }
-                    })?;
+                let fd = self.named_shm(name, s.reclaim)?;
                 leftovers.shm = Some(name.clone());
                 fd
             }

@@ -784,3 +784,23 @@ fn created_file_is_reported_and_an_existing_one_is_not() {
     ));
     assert_eq!(b.created_file(), None);
 }
+
+#[test]
+fn named_shm_clash_tells_live_from_stale_and_reclaim_replaces_only_stale() {
+    let name = format!("/shmvm-memtest-{}-reclaim", std::process::id());
+    let path = format!("/dev/shm{name}");
+    let spec = format!("memory-backend-shm,id=s,size=64K,name={name}");
+    let live = create(&spec);
+    let e = create_err(&format!("{spec},reclaim=on")).to_string();
+    assert!(e.contains("in use by a running shmvm"), "{e}");
+    drop(live);
+    // What a SIGKILLed shmvm leaves: the object, and no lock on it.
+    fs::write(&path, b"stale").expect("pre-create");
+    let e = create_err(&spec).to_string();
+    assert!(e.contains("no running shmvm holds it"), "{e}");
+    assert!(e.contains("reclaim=on"), "{e}");
+    let b = create(&format!("{spec},reclaim=on"));
+    assert_eq!(&mem(&b)[..5], &[0u8; 5], "a fresh object, not the stale data");
+    drop(b);
+    assert!(!Path::new(&path).exists(), "removed at the end as usual");
+}

@@ -65,7 +65,7 @@ impl BackendKind {
                 "pmem",
             ],
             BackendKind::Memfd => &["hugetlb", "hugetlbsize", "seal"],
-            BackendKind::Shm => &["name", "keep"],
+            BackendKind::Shm => &["name", "keep", "reclaim"],
         }
     }
 }
@@ -176,6 +176,9 @@ pub struct ShmOptions {
     pub name: Option<String>,
     /// `keep`: leave a named object behind after the backend goes away.
     pub keep: bool,
+    /// `reclaim`: replace a same-named object that no running shmvm holds (one
+    /// left by a shmvm that was killed); a live one is never touched.
+    pub reclaim: bool,
 }
 
 /// Type-specific options.
@@ -485,6 +488,10 @@ impl BackendConfig {
                     s.keep = parse_bool(key, value)?;
                     return Ok(());
                 }
+                "reclaim" => {
+                    s.reclaim = parse_bool(key, value)?;
+                    return Ok(());
+                }
                 _ => {}
             },
             KindOptions::Ram => {}
@@ -639,6 +646,12 @@ impl BackendConfig {
     }
 
     fn validate_shm(&self, s: &ShmOptions) -> Result<(), Error> {
+        if s.reclaim && s.name.is_none() {
+            return Err(self.invalid(
+                "reclaim",
+                "reclaim=on needs name=/NAME (an anonymous object never clashes)".to_string(),
+            ));
+        }
         if s.keep && s.name.is_none() {
             return Err(self.invalid(
                 "keep",
@@ -839,7 +852,8 @@ mod tests {
             s.kind_options(),
             &KindOptions::Shm(ShmOptions {
                 name: Some("/shmvm-x".to_string()),
-                keep: true
+                keep: true,
+                reclaim: false
             })
         );
         // The last of a repeated option wins, as in QEMU's keyval.

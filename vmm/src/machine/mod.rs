@@ -544,6 +544,17 @@ impl Machine {
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let mut t = Timeline::new(start);
     crate::signals::install()?;
-    let m = Machine::build(cfg, &mut t)?;
+    let m = match Machine::build(cfg, &mut t) {
+        Ok(m) => m,
+        // A stop signal during start-up (a back-end's handshake cut short by
+        // it, say) ends the VM as the signal, not as a configuration error.
+        Err(e) => match crate::signals::stop_signal() {
+            Some(sig) => {
+                log::info!("start-up stopped by signal {sig}: {e}");
+                return Ok(VmEnd::Signal(sig));
+            }
+            None => return Err(e),
+        },
+    };
     m.run(&t, cfg.stats)
 }
