@@ -90,6 +90,11 @@ impl Backend {
     pub fn create(cfg: &BackendConfig) -> Result<Backend, Error> {
         cfg.validate()?;
         let ctx = Ctx { cfg };
+        // Memory-backed kinds are checked before anything is created; a file
+        // once it is open (only one on tmpfs uses memory).
+        if cfg.prealloc() && !matches!(cfg.kind_options(), KindOptions::File(_)) {
+            ctx.check_room(cfg.size())?;
+        }
         let mut leftovers = Leftovers::default();
         let src = match cfg.kind_options() {
             KindOptions::Ram => ctx.ram_source()?,
@@ -99,6 +104,13 @@ impl Backend {
         };
         if !cfg.reserve() {
             ctx.check_noreserve(&src)?;
+        }
+        if cfg.prealloc()
+            && src.page_size == sys::host_page_size()
+            && let (KindOptions::File(_), Some(fd)) = (cfg.kind_options(), &src.fd)
+            && sys::fd_on_tmpfs(fd.as_fd())
+        {
+            ctx.check_room(src.len)?;
         }
         let len = usize::try_from(src.len).map_err(|_| {
             ctx.invalid(
@@ -747,6 +759,24 @@ impl Ctx<'_> {
     /// reserve=off (MAP_NORESERVE) only changes anything for private, writable mappings
     /// of base pages, and the kernel ignores it for those when overcommit_memory is 2:
     /// refuse it there instead of silently reserving everything (as QEMU does).
+    /// Refuses `prealloc=on` of more than the host can give (hostmem.rs): one
+    /// line instead of an OOM kill half way.
+    fn check_room(&self, len: u64) -> Result<(), Error> {
+        match crate::hostmem::available() {
+            Some(a) if len > a.bytes => Err(self.invalid(
+                "prealloc",
+                format!(
+                    "prealloc=on needs {len} bytes ({} MiB) but the host has only {} MiB \
+                     available ({})",
+                    len >> 20,
+                    a.bytes >> 20,
+                    a.source
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn check_noreserve(&self, src: &Source) -> Result<(), Error> {
         let overcommit = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").ok();
         let hugetlb = src.page_size != sys::host_page_size();

@@ -804,3 +804,24 @@ fn named_shm_clash_tells_live_from_stale_and_reclaim_replaces_only_stale() {
     drop(b);
     assert!(!Path::new(&path).exists(), "removed at the end as usual");
 }
+
+#[test]
+fn prealloc_beyond_the_host_is_refused_and_leaves_nothing() {
+    let name = format!("/shmvm-memtest-{}-toobig", std::process::id());
+    for spec in [
+        "memory-backend-ram,id=r,size=1T,prealloc=on".to_string(),
+        format!("memory-backend-shm,id=r,size=1T,prealloc=on,name={name}"),
+    ] {
+        let e = create_err(&spec);
+        assert_eq!(e.option(), Some("prealloc"), "{e}");
+        assert!(e.to_string().contains("available"), "{e}");
+        assert!(!Path::new(&format!("/dev/shm{name}")).exists());
+    }
+    let file = TempPath::new("/dev/shm", "toobig");
+    let e = create_err(&format!(
+        "memory-backend-file,id=f,size=1T,prealloc=on,mem-path={}",
+        file.s()
+    ));
+    assert_eq!(e.option(), Some("prealloc"), "{e}");
+    assert!(!file.0.exists(), "created file left behind: {e}");
+}

@@ -510,3 +510,25 @@ pub(crate) fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+/// Whether `fd` is on tmpfs (its pages are memory, not a disk's page cache).
+pub(crate) fn fd_on_tmpfs(fd: BorrowedFd<'_>) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+        // SAFETY: st points to writable memory of the right size.
+        if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: fstatfs succeeded, so it filled st.
+        let st = unsafe { st.assume_init() };
+        // The field's type differs between libcs.
+        #[allow(clippy::unnecessary_cast)]
+        return st.f_type as i64 == libc::TMPFS_MAGIC as i64;
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        false
+    }
+}
