@@ -671,7 +671,11 @@ impl Ctx<'_> {
                             self.cfg.id()
                         );
                         sys::shm_unlink(name).map_err(|e| {
-                            self.os("reclaim", format!("can't remove stale shm object {name}"), e)
+                            self.os(
+                                "reclaim",
+                                format!("can't remove stale shm object {name}"),
+                                e,
+                            )
                         })?;
                         create().map_err(|e| {
                             self.os("name", format!("can't create shm object {name}"), e)

@@ -800,7 +800,11 @@ fn named_shm_clash_tells_live_from_stale_and_reclaim_replaces_only_stale() {
     assert!(e.contains("no running shmvm holds it"), "{e}");
     assert!(e.contains("reclaim=on"), "{e}");
     let b = create(&format!("{spec},reclaim=on"));
-    assert_eq!(&mem(&b)[..5], &[0u8; 5], "a fresh object, not the stale data");
+    assert_eq!(
+        &mem(&b)[..5],
+        &[0u8; 5],
+        "a fresh object, not the stale data"
+    );
     drop(b);
     assert!(!Path::new(&path).exists(), "removed at the end as usual");
 }

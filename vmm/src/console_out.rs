@@ -17,6 +17,9 @@ pub const QUEUE_LIMIT: usize = 1 << 20;
 /// How long the end of a run waits for queued output to drain.
 pub const DRAIN_DEADLINE: Duration = Duration::from_millis(500);
 
+/// Where the writer thread puts the bytes (tests give a stalling one).
+type Sink = Box<dyn FnMut(&[u8]) -> std::io::Result<()> + Send>;
+
 #[derive(Debug, Default)]
 struct Queue {
     bytes: VecDeque<u8>,
@@ -85,9 +88,7 @@ pub struct ConsoleOut {
 
 impl ConsoleOut {
     /// Starts the writer thread over `sink`.
-    pub fn spawn(
-        mut sink: Box<dyn Write + Send>,
-    ) -> Result<(ConsoleOut, Dropped), std::io::Error> {
+    pub fn spawn(mut sink: Box<dyn Write + Send>) -> Result<(ConsoleOut, Dropped), std::io::Error> {
         ConsoleOut::spawn_with_limit(
             Box::new(move |b: &[u8]| sink.write_all(b).and_then(|_| sink.flush())),
             QUEUE_LIMIT,
@@ -95,7 +96,7 @@ impl ConsoleOut {
     }
 
     fn spawn_with_limit(
-        mut write: Box<dyn FnMut(&[u8]) -> std::io::Result<()> + Send>,
+        mut write: Sink,
         limit: usize,
     ) -> Result<(ConsoleOut, Dropped), std::io::Error> {
         let shared = Arc::new(Shared::default());
@@ -130,7 +131,6 @@ impl ConsoleOut {
         let dropped = Dropped(shared.clone());
         Ok((ConsoleOut { shared, limit }, dropped))
     }
-
 }
 
 impl Write for ConsoleOut {
@@ -179,7 +179,9 @@ mod tests {
             Box::new(move |b: &[u8]| {
                 // Stalls until the test releases it (a reader that stopped).
                 let _ = release_rx.recv();
-                g.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(b);
+                g.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(b);
                 Ok(())
             }),
             16,

@@ -189,12 +189,12 @@ fn serial_sink(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
                     err: e,
                 })?,
         )),
-        SerialMode::File(p) => Box::new(create_serial_file(p).map_err(|err| {
-            Error::SerialFile {
+        SerialMode::File(p) => {
+            Box::new(create_serial_file(p).map_err(|err| Error::SerialFile {
                 path: p.display().to_string(),
                 err,
-            }
-        })?),
+            })?)
+        }
         SerialMode::None => Box::new(std::io::sink()),
     })
 }
