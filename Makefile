@@ -147,3 +147,51 @@ bench-memory: build
 clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
+
+# --- Installing: shmvm, its man page and shell completions --------------
+# All generated from the clap definition and the option table
+# (vmm/src/bin/gen.rs). `make install PREFIX=/usr DESTDIR=/tmp/pkg`;
+# QEMU_SYMLINK=1 adds bin/qemu-system-x86_64 -> shmvm for tools that only
+# know QEMU's name (kunit.py --qemu_config, virtme-ng --qemu).
+.PHONY: man completions install uninstall readme-table
+PREFIX ?= /usr/local
+DESTDIR ?=
+QEMU_SYMLINK ?= 0
+GEN := target/$(HOST_TARGET)/release/shmvm-gen
+GEN_DIR := $(BUILD)/gen
+
+$(GEN): shmvm
+
+man: $(GEN)
+	@mkdir -p $(GEN_DIR)
+	$(GEN) man > $(GEN_DIR)/shmvm.1
+
+completions: $(GEN)
+	@mkdir -p $(GEN_DIR)
+	$(GEN) completions bash > $(GEN_DIR)/shmvm.bash
+	$(GEN) completions zsh > $(GEN_DIR)/_shmvm
+	$(GEN) completions fish > $(GEN_DIR)/shmvm.fish
+
+# Rewrites the README's option table from the code (a unit test checks it).
+readme-table: $(GEN)
+	python3 -c 'import re,subprocess,sys; p="README.md"; s=open(p).read(); \
+	t=subprocess.run(["$(GEN)","readme-table"],capture_output=True,text=True,check=True).stdout; \
+	b=re.search(r"<!-- options-table:begin[^\n]*-->\n",s); e=s.index("<!-- options-table:end -->"); \
+	open(p,"w").write(s[:b.end()]+t+s[e:])'
+
+install: shmvm man completions
+	install -Dm755 $(SHMVM) $(DESTDIR)$(PREFIX)/bin/shmvm
+	install -Dm644 $(GEN_DIR)/shmvm.1 $(DESTDIR)$(PREFIX)/share/man/man1/shmvm.1
+	install -Dm644 $(GEN_DIR)/shmvm.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/shmvm
+	install -Dm644 $(GEN_DIR)/_shmvm $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_shmvm
+	install -Dm644 $(GEN_DIR)/shmvm.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/shmvm.fish
+	if [ "$(QEMU_SYMLINK)" = 1 ]; then \
+		ln -sf shmvm $(DESTDIR)$(PREFIX)/bin/qemu-system-x86_64; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/shmvm $(DESTDIR)$(PREFIX)/share/man/man1/shmvm.1 \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions/shmvm \
+		$(DESTDIR)$(PREFIX)/share/zsh/site-functions/_shmvm \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/shmvm.fish
+	if [ -L $(DESTDIR)$(PREFIX)/bin/qemu-system-x86_64 ]; then \
+		rm -f $(DESTDIR)$(PREFIX)/bin/qemu-system-x86_64; fi

@@ -22,7 +22,7 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[
 # One VM run: prints "BAR2_W BAR2_R RAM_W RAM_R"; extra args pick guest RAM.
 vm_run() {
     local out exits bar2 ram
-    out=$("$SHMVM" -kernel "$KERNEL" -m $((MIB * 2 + 64))M -serial stdio -device isa-debug-exit \
+    out=$("$SHMVM" -kernel "$KERNEL" -m $((MIB * 2 + 64))M -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4 \
         -object memory-backend-shm,id=bench,size=${MIB}M -device ivshmem-plain,memdev=bench \
         -append "shmvm.test=ivshmem-bench shmvm.bench_mib=$MIB" --stats "$@" 2>&1) || true
     grep -q 'verdict=pass' <<<"$out" || { echo "bench-ivshmem: guest failed:" >&2; echo "$out" >&2; exit 1; }

@@ -12,7 +12,7 @@ SHMVM=${SHMVM_BIN:-target/release/shmvm}
 KERNEL=${SHMVM_TESTKERNEL:-build/guest/testkernel}
 name=/shmvm-demo-$$
 set -x
-"$SHMVM" -kernel "$KERNEL" -m 64M -device isa-debug-exit \
+"$SHMVM" -kernel "$KERNEL" -m 64M -device isa-debug-exit,iobase=0xf4,iosize=4 \
     -object memory-backend-shm,id=shared,size=4M,name=$name \
     -device ivshmem-plain,memdev=shared \
     -append "shmvm.test=ivshmem,ivshmem-move" --stats &

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use memory::{Backend, BackendConfig, parse_size};
+use memory::{Backend, BackendConfig, BackendKind, BackendProps, KindOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Case {
@@ -112,9 +112,61 @@ fn warm(size: u64) {
     kernel_limit(size, Fresh::AnonymousThp);
 }
 
+/// The same backend as [`object`], typed (shmvm's configuration layer does
+/// this conversion for a command line).
+fn config(kind: &str, size: u64, threads: u32) -> BackendConfig {
+    let qom = format!("memory-backend-{kind}");
+    let mut opts = KindOptions::new(BackendKind::from_qom_type(&qom).expect("backend kind"));
+    let mut props = BackendProps {
+        size: Some(size),
+        prealloc: Some(true),
+        prealloc_threads: Some(threads),
+        ..BackendProps::default()
+    };
+    if let KindOptions::File(f) = &mut opts {
+        f.mem_path = Some("/dev/shm".into());
+        props.share = Some(true);
+    }
+    BackendConfig::from_props("m", props, opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `--size`: bytes, or a number with a K/M/G suffix.
+fn parse_size(s: &str) -> Option<u64> {
+    let (n, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    n.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// `--spec`: the `-object` keys this bench varies (shmvm itself parses
+/// `-object` with its configuration layer, vmm/src/config).
+fn spec_config(spec: &str) -> BackendConfig {
+    let mut items = spec.split(',');
+    let qom = items.next().unwrap_or_default();
+    let mut opts = KindOptions::new(BackendKind::from_qom_type(qom).expect("memory-backend-*"));
+    let mut props = BackendProps::default();
+    let on = |v: &str| matches!(v, "on" | "yes" | "true");
+    for item in items {
+        let (k, v) = item.split_once('=').expect("--spec: key=value");
+        match (k, &mut opts) {
+            ("id", _) => {}
+            ("size", _) => props.size = Some(parse_size(v).expect("size")),
+            ("share", _) => props.share = Some(on(v)),
+            ("prealloc", _) => props.prealloc = Some(on(v)),
+            ("prealloc-threads", _) => props.prealloc_threads = v.parse().ok(),
+            ("mem-path", KindOptions::File(f)) => f.mem_path = Some(v.into()),
+            ("hugetlb", KindOptions::Memfd(m)) => m.hugetlb = on(v),
+            _ => panic!("--spec: {k} is not one of the keys this bench varies"),
+        }
+    }
+    BackendConfig::from_props("m", props, opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn ours(kind: &str, size: u64, threads: u32) -> Duration {
-    let cfg = BackendConfig::parse_object(&object(kind, size, true, threads))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(kind, size, threads);
     let t = Instant::now();
     let b = Backend::create(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let d = t.elapsed();
@@ -180,12 +232,18 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
-            "--size" => size = parse_size(&args.next().expect("--size SIZE"), 1).expect("size"),
+            "--size" => {
+                size = args
+                    .next()
+                    .as_deref()
+                    .and_then(parse_size)
+                    .expect("--size SIZE")
+            }
             "--no-qemu" => with_qemu = false,
             // Time one -object spec with shmvm and QEMU (for investigating one case).
             "--spec" => {
                 let spec = args.next().expect("--spec OBJECT");
-                let cfg = BackendConfig::parse_object(&spec).unwrap_or_else(|e| panic!("{e}"));
+                let cfg = spec_config(&spec);
                 for _ in 0..runs {
                     let t = Instant::now();
                     let b = Backend::create(&cfg).unwrap_or_else(|e| panic!("{e}"));

@@ -12,7 +12,7 @@ use crate::testutil::{self, CHILD_OFFSET, CHILD_PATTERN, Handle, PARENT_PATTERN}
 const PAGE: usize = 4096;
 
 fn cfg(spec: &str) -> BackendConfig {
-    BackendConfig::parse_object(spec).unwrap_or_else(|e| panic!("{spec}: {e}"))
+    crate::testutil::object(spec).unwrap_or_else(|e| panic!("{spec}: {e}"))
 }
 
 fn create(spec: &str) -> Backend {

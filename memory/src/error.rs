@@ -11,14 +11,6 @@ use crate::config::BackendKind;
 /// Every message names the backend (type and id), the option involved and the reason.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// The `-object` string is malformed before a backend id is known.
-    #[error("-object '{spec}': {reason}")]
-    Syntax {
-        /// The string as given.
-        spec: String,
-        /// What is wrong with it.
-        reason: String,
-    },
     /// An option value or a combination of options is not accepted.
     #[error("{kind} backend '{id}': {reason}")]
     Invalid {
@@ -52,7 +44,6 @@ impl Error {
     /// The option this error is about, when there is one.
     pub fn option(&self) -> Option<&str> {
         match self {
-            Error::Syntax { .. } => None,
             Error::Invalid { option, .. } | Error::Os { option, .. } => Some(option),
         }
     }

@@ -11,16 +11,14 @@ mod config;
 mod error;
 pub mod hostmem;
 mod prealloc;
-mod size;
 mod sys;
 #[cfg(test)]
 mod testutil;
 
 pub use backend::Backend;
 pub use config::{
-    BackendConfig, BackendKind, FileOptions, HostMemPolicy, KindOptions, MAX_HOST_NODES,
-    MemfdOptions, OnOffAuto, ShmOptions,
+    BackendConfig, BackendKind, BackendProps, COMMON_OPTIONS, FileOptions, HostMemPolicy,
+    KindOptions, MAX_HOST_NODES, MemfdOptions, OnOffAuto, ShmOptions, id_is_well_formed,
 };
 pub use error::Error;
 pub use prealloc::PopulateMethod;
-pub use size::{SizeError, parse_size};

@@ -229,3 +229,80 @@ pub(crate) fn numa_policy(addr: *const u8) -> String {
         .find_map(|l| l.strip_prefix(&key).map(str::to_string))
         .unwrap_or_else(|| panic!("no numa_maps line for {key}"))
 }
+
+/// A backend from a QEMU `-object` string, for this crate's tests only (the
+/// VMM parses the command line with its own keyval parser): `,,` escapes,
+/// sizes with a K/M/G/T suffix, booleans on/off.
+pub(crate) fn object(spec: &str) -> Result<crate::BackendConfig, crate::Error> {
+    use crate::{BackendKind, BackendProps, HostMemPolicy, KindOptions, OnOffAuto};
+    let spec = spec.replace(",,", "\u{1}");
+    let mut items = spec.split(',').map(|s| s.replace('\u{1}', ","));
+    let first = items.next().unwrap_or_default();
+    let ty = first.strip_prefix("qom-type=").unwrap_or(&first);
+    let kind = BackendKind::from_qom_type(ty).expect("object type");
+    let size = |v: &str| -> u64 {
+        if let Some(h) = v.strip_prefix("0x") {
+            return u64::from_str_radix(h, 16).expect("hex size");
+        }
+        let (n, m) = match v.as_bytes().last() {
+            Some(b'K') => (&v[..v.len() - 1], 1 << 10),
+            Some(b'M') => (&v[..v.len() - 1], 1 << 20),
+            Some(b'G') => (&v[..v.len() - 1], 1 << 30),
+            Some(b'T') => (&v[..v.len() - 1], 1 << 40),
+            Some(b'E') => (&v[..v.len() - 1], 1 << 60),
+            _ => (v, 1),
+        };
+        n.parse::<u64>().expect("size") * m
+    };
+    let on = |v: &str| matches!(v, "on" | "yes" | "true");
+    let (mut id, mut p, mut opts) = (
+        String::new(),
+        BackendProps::default(),
+        KindOptions::new(kind),
+    );
+    for item in items {
+        let (k, v) = item.split_once('=').expect("key=value");
+        match (k, &mut opts) {
+            ("id", _) => id = v.to_string(),
+            ("size", _) => p.size = Some(size(v)),
+            ("share", _) => p.share = Some(on(v)),
+            ("prealloc", _) => p.prealloc = Some(on(v)),
+            ("prealloc-threads", _) => p.prealloc_threads = Some(v.parse().expect("threads")),
+            ("reserve", _) => p.reserve = Some(on(v)),
+            ("merge", _) => p.merge = Some(on(v)),
+            ("dump", _) => p.dump = Some(on(v)),
+            ("host-nodes", _) => {
+                p.host_nodes.push(v.parse().expect("node"));
+                p.host_nodes.sort_unstable();
+            }
+            ("policy", _) => {
+                p.policy = Some(match v {
+                    "bind" => HostMemPolicy::Bind,
+                    "preferred" => HostMemPolicy::Preferred,
+                    "interleave" => HostMemPolicy::Interleave,
+                    _ => HostMemPolicy::Default,
+                })
+            }
+            ("mem-path", KindOptions::File(f)) => f.mem_path = Some(v.into()),
+            ("align", KindOptions::File(f)) => f.align = size(v),
+            ("offset", KindOptions::File(f)) => f.offset = size(v),
+            ("discard-data", KindOptions::File(f)) => f.discard_data = on(v),
+            ("readonly", KindOptions::File(f)) => f.readonly = on(v),
+            ("rom", KindOptions::File(f)) => {
+                f.rom = match v {
+                    "auto" => OnOffAuto::Auto,
+                    v if on(v) => OnOffAuto::On,
+                    _ => OnOffAuto::Off,
+                }
+            }
+            ("hugetlb", KindOptions::Memfd(m)) => m.hugetlb = on(v),
+            ("hugetlbsize", KindOptions::Memfd(m)) => m.hugetlbsize = size(v),
+            ("seal", KindOptions::Memfd(m)) => m.seal = on(v),
+            ("name", KindOptions::Shm(s)) => s.name = Some(v.to_string()),
+            ("keep", KindOptions::Shm(s)) => s.keep = on(v),
+            ("reclaim", KindOptions::Shm(s)) => s.reclaim = on(v),
+            _ => panic!("test helper: unsupported property {k} for {ty}"),
+        }
+    }
+    crate::BackendConfig::from_props(&id, p, opts)
+}

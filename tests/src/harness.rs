@@ -67,7 +67,12 @@ impl Run {
 pub fn shmvm(args: &[&str]) -> Command {
     let mut c = Command::new(shmvm_bin());
     c.arg("-kernel").arg(testkernel());
-    c.args(["-device", "isa-debug-exit", "-serial", "stdio"]);
+    c.args([
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-serial",
+        "stdio",
+    ]);
     c.args(args);
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -48,38 +48,38 @@ fn usage_errors_exit_2_with_one_line() {
     let missing = d.0.join("missing");
     let missing = missing.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec![], "--kernel"),
-        (vec!["-kernel", k, "--frobnicate"], "--frobnicate"),
+        (vec![], "-kernel"),
+        (vec!["-kernel", k, "--frobnicate"], "-frobnicate"),
         (vec!["-kernel", k, "-m", "lots"], "-m"),
         (vec!["-kernel", k, "-m", "1"], "-m"),
-        (vec!["-kernel", k, "-smp", "0"], "--smp"),
-        (vec!["-kernel", k, "-smp", "999"], "--smp"),
-        (vec!["-kernel", k, "-serial", "pty"], "--serial"),
-        (vec!["-kernel", k, "-device", "e1000"], "--device"),
+        (vec!["-kernel", k, "-smp", "0"], "-smp"),
+        (vec!["-kernel", k, "-smp", "999"], "-smp"),
+        (vec!["-kernel", k, "-serial", "pty"], "-serial"),
+        (vec!["-kernel", k, "-device", "e1000"], "-device"),
         (
             vec!["-kernel", k, "-device", "isa-debug-exit,iobase=zz"],
-            "--device",
+            "-device",
         ),
         (
             vec!["-kernel", k, "-device", "isa-debug-exit,iosize=8"],
-            "--device",
+            "-device",
         ),
         (
             vec!["-kernel", k, "-machine", "memory-backend=nope"],
-            "--machine",
+            "-machine",
         ),
-        (vec!["-kernel", k, "-machine", "accel=tcg"], "--machine"),
+        (vec!["-kernel", k, "-machine", "accel=tcg"], "-machine"),
         (
             vec!["-kernel", k, "-object", "memory-backend-ram,size=64M"],
-            "--object",
+            "-object",
         ),
         (
             vec!["-kernel", k, "-object", "memory-backend-foo,id=m,size=64M"],
-            "--object",
+            "-object",
         ),
         (
             vec!["-kernel", k, "-object", "memory-backend-ram,id=m,size=64Q"],
-            "--object",
+            "-object",
         ),
         (
             vec![
@@ -90,7 +90,7 @@ fn usage_errors_exit_2_with_one_line() {
                 "-object",
                 "memory-backend-shm,id=m,size=64M",
             ],
-            "--object",
+            "-object",
         ),
         (
             vec![
@@ -105,13 +105,13 @@ fn usage_errors_exit_2_with_one_line() {
             ],
             "-m",
         ),
-        (vec!["-kernel", k, "--boot", "efi"], "--boot"),
-        (vec!["-kernel", missing], "--kernel"),
-        (vec!["-kernel", "/etc/hostname"], "--kernel"),
-        (vec!["-kernel", k, "-initrd", missing], "--initrd"),
+        (vec!["-kernel", k, "--boot", "efi"], "-boot"),
+        (vec!["-kernel", missing], "-kernel"),
+        (vec!["-kernel", "/etc/hostname"], "-kernel"),
+        (vec!["-kernel", k, "-initrd", missing], "-initrd"),
         (
             vec!["-kernel", k, "-chardev", "socket,id=c,path=/tmp/x"],
-            "--chardev",
+            "-chardev",
         ),
     ];
     for (args, option) in cases {
@@ -146,7 +146,7 @@ fn kvm_config_errors_after_backend_creation_leave_nothing() {
                 "-machine",
                 "memory-backend=m",
             ],
-            "--object",
+            "-object",
         ),
         (
             vec![
@@ -157,7 +157,7 @@ fn kvm_config_errors_after_backend_creation_leave_nothing() {
                 "-machine",
                 "memory-backend=m",
             ],
-            "--object",
+            "-object",
         ),
         // Fails in the loader, after the shm backend exists: it must be gone.
         (
@@ -171,7 +171,7 @@ fn kvm_config_errors_after_backend_creation_leave_nothing() {
                 "-initrd",
                 big.to_str().unwrap(),
             ],
-            "--initrd",
+            "-initrd",
         ),
         (
             vec![

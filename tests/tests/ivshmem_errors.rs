@@ -24,7 +24,7 @@ fn ivshmem_memdev_must_exist() {
     let e = refused(&["-device", "ivshmem-plain,memdev=nope"]);
     assert_eq!(
         e,
-        "shmvm: --device: ivshmem-plain #0: memdev 'nope' does not exist (define it with -object memory-backend-...,id=nope)"
+        "shmvm: -device: ivshmem-plain #0: memdev 'nope' does not exist (define it with -object memory-backend-...,id=nope)"
     );
 }
 

@@ -80,7 +80,7 @@ fn boot_backend_entry(kind: &str, size: u64, tests: &str, boot: &str) {
             "-machine",
             "memory-backend=ram0",
             "-device",
-            "isa-debug-exit",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
             "-serial",
             "stdio",
             "-append",
@@ -187,7 +187,7 @@ fn boot_simple(extra: &[&str]) -> shmvm_tests::vm::Run {
         "-m",
         "64",
         "-device",
-        "isa-debug-exit",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
     ];
     args.extend_from_slice(extra);
     let r = run(&args, T);

@@ -113,7 +113,11 @@ fn kvm_console_output_is_complete_and_in_order_past_a_full_ring() {
     let text_addr = TINY_KERNEL_CODE as u32 + code.len() as u32;
     code[at_esi..at_esi + 4].copy_from_slice(&text_addr.to_le_bytes());
     code.extend_from_slice(text);
-    let r = run_tiny(&d, &code, &["-device", "isa-debug-exit", "--stats"]);
+    let r = run_tiny(
+        &d,
+        &code,
+        &["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "--stats"],
+    );
     assert_eq!(r.code, Some(33), "{r:?}");
     assert_eq!(r.stdout.as_bytes(), text, "{r:?}");
     assert!(
@@ -137,7 +141,11 @@ fn kvm_console_writes_exit_again_once_transmit_interrupt_is_enabled() {
     code.extend(out_bytes(b"b"));
     code.extend_from_slice(&PASS);
     code.extend_from_slice(&SPIN);
-    let r = run_tiny(&d, &code, &["-device", "isa-debug-exit", "--stats"]);
+    let r = run_tiny(
+        &d,
+        &code,
+        &["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "--stats"],
+    );
     assert_eq!((r.code, r.stdout.as_str()), (Some(33), "ab"), "{r:?}");
     assert!(
         r.stderr.contains("serial0 (0x3f8): 0 reads, 3 writes"),

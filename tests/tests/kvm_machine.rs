@@ -96,7 +96,7 @@ fn kvm_unclaimed_port_reads_all_ones_and_is_counted() {
     let r = run_tiny(
         &d,
         &[0xe4, 0x99, 0xe6, 0xf4, 0xeb, 0xfe],
-        &["-device", "isa-debug-exit", "--stats"],
+        &["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "--stats"],
     );
     assert_eq!(r.code, Some(0xff), "{r:?}");
     assert!(

@@ -421,7 +421,7 @@ fn kvm_serial_file_is_0600_whatever_the_umask_and_never_follows_a_link() {
     let serial = format!("file:{}", log.display());
     let mut cmd = Command::new(shmvm_bin());
     cmd.args(["-kernel", &k, "-m", "16", "-serial", &serial])
-        .args(["-device", "isa-debug-exit"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -75,11 +75,11 @@ fn chardev_mistakes_are_one_line() {
     };
     assert_eq!(
         with(&["-device", "vhost-user-blk-pci,chardev=c9"]),
-        "shmvm: --device vhost-user-blk-pci: chardev 'c9' is not defined by any --chardev"
+        "shmvm: -device vhost-user-blk-pci: chardev 'c9' is not defined by any -chardev"
     );
     assert_eq!(
         with(&["-chardev", "pty,id=c0"]),
-        "shmvm: --chardev: 'pty,id=c0': only 'socket' character devices are supported"
+        "shmvm: -chardev: 'pty,id=c0': backend 'pty' is not supported (socket, stdio, file, null; see -chardev help)"
     );
     assert!(with(&["-device", "vhost-user-blk-pci"]).contains("chardev= is required"));
 }

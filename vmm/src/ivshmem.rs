@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use crate::config::keyval::KeyVal;
+
 /// Smallest region: one page (a KVM memory slot is page granular).
 pub const MIN_SIZE: u64 = 4096;
 
@@ -57,10 +59,8 @@ pub struct Memdev<'a> {
 /// Errors from `-device ivshmem-plain`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("ivshmem-plain: '{0}' is not key=value")]
-    NotKeyValue(String),
-    #[error("ivshmem-plain: unknown property '{0}' (memdev, addr, master, id)")]
-    UnknownProperty(String),
+    #[error("ivshmem-plain: {0}")]
+    Property(#[source] crate::config::keyval::Error),
     #[error("ivshmem-plain: memdev=ID is required (the memory-backend-* object to share)")]
     NoMemdev,
     #[error("{device}: master='{value}' is not on, off or auto")]
@@ -97,30 +97,27 @@ pub enum Error {
     NotShared { device: String, memdev: String },
 }
 
-/// Parses the properties after `ivshmem-plain,`. `index` numbers the
-/// device among the ivshmem devices for messages.
+/// Parses the properties after `ivshmem-plain,` (tests; the command line
+/// goes through [`from_keyval`]).
 pub fn parse(props: &str, index: usize) -> Result<IvshmemConfig, Error> {
+    let kv = KeyVal::parse(props, None).map_err(Error::Property)?;
+    from_keyval(kv, index)
+}
+
+/// Reads an `ivshmem-plain` device's properties. `index` numbers the
+/// device among the ivshmem devices for messages.
+pub fn from_keyval(mut kv: KeyVal, index: usize) -> Result<IvshmemConfig, Error> {
     let mut cfg = IvshmemConfig {
-        id: None,
+        id: kv.take("id"),
         index,
-        memdev: String::new(),
+        memdev: kv.take("memdev").unwrap_or_default(),
         slot: None,
         master: Master::Off,
     };
-    let mut addr = None;
-    let mut master = None;
-    for kv in props.split(',').filter(|s| !s.is_empty()) {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| Error::NotKeyValue(kv.to_string()))?;
-        match k {
-            "memdev" => cfg.memdev = v.to_string(),
-            "addr" => addr = Some(v.to_string()),
-            "master" => master = Some(v.to_string()),
-            "id" => cfg.id = Some(v.to_string()),
-            _ => return Err(Error::UnknownProperty(k.to_string())),
-        }
-    }
+    let addr = kv.take("addr");
+    let master = kv.take("master");
+    kv.finish(&["memdev", "addr", "master", "id"])
+        .map_err(Error::Property)?;
     // The position is not known yet while parsing; name the device by id.
     let device = match &cfg.id {
         Some(_) => cfg.to_string(),
@@ -241,7 +238,7 @@ mod tests {
             "ivshmem-plain: memdev=ID is required (the memory-backend-* object to share)"
         );
         assert!(e("memdev=m,size=4M").contains("unknown property 'size'"));
-        assert!(e("memdev=m,chardev").contains("'chardev' is not key=value"));
+        assert!(e("memdev=m,a b").contains("'a b' is not key=value"));
         assert_eq!(
             e("memdev=m,master=yes"),
             "ivshmem-plain: master='yes' is not on, off or auto"

@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod cli;
 pub mod coalesce;
+pub mod config;
 pub mod console_out;
 pub mod cpuid;
 pub mod exit;
@@ -16,6 +17,7 @@ pub mod layout;
 pub mod machine;
 pub mod pci;
 pub mod ratelimit;
+pub mod serial_mux;
 pub mod signals;
 pub mod stats;
 pub mod teardown;

@@ -1,10 +1,11 @@
 //! `shmvm`: parse the command line, run the VM, turn its ending into an
-//! exit code.
+//! exit code. Also started as `qemu-system-x86_64` (through a symlink, for
+//! tools that only know QEMU's name): the command line means the same.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use vmm::cli::{Config, ParseOutcome};
+use vmm::cli::ParseOutcome;
 
 fn init_logging(verbose: u8) {
     // No logger at all when quiet: nothing to initialize or format.
@@ -41,24 +42,54 @@ fn init_min() {
     let _ = log::set_logger(&MIN);
 }
 
+/// `-pidfile FILE`: our pid while we run, as QEMU writes it; removed when
+/// dropped (at exit, whatever the VM's ending).
+#[derive(Debug)]
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn create(path: &std::path::Path) -> Result<PidFile, String> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("-pidfile {}: {e}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c & 0xff).unwrap_or(1))
 }
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    let cfg = match Config::from_args(std::env::args_os()) {
-        Ok(c) => c,
+    let parsed = match vmm::cli::parse(std::env::args_os()) {
+        Ok(p) => p,
         Err(ParseOutcome::Info(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
         Err(ParseOutcome::Error(e)) => {
             eprintln!("shmvm: {e}");
+            return code(e.exit_code());
+        }
+    };
+    let cfg = parsed.config;
+    init_logging(cfg.verbose);
+    let _pidfile = match cfg.pidfile.as_deref().map(PidFile::create).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("shmvm: {e}");
             return code(2);
         }
     };
-    init_logging(cfg.verbose);
+    for n in &parsed.noops {
+        log::info!("{n}");
+    }
     match vmm::machine::run(&cfg, start) {
         Ok(end) => {
             if let Some(line) = end.describe() {

@@ -634,8 +634,7 @@ mod tests {
     fn build_places_a_plug_with_typed_bars_and_counts_its_registers() {
         let slots = Arc::new(FakeSlots::default());
         let io = Arc::new(IoBuses::new());
-        let cfg =
-            memory::BackendConfig::parse_object("memory-backend-memfd,id=sh,size=1M").unwrap();
+        let cfg = crate::config::object::parse("memory-backend-memfd,id=sh,size=1M").unwrap();
         let backend = Arc::new(memory::Backend::create(&cfg).unwrap());
         let dev = crate::ivshmem::parse("memdev=sh,addr=3", 0).unwrap();
         let plug = crate::machine::ivshmem::Ivshmem::new(&dev, backend).unwrap();

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
-use crate::cli::MAX_VCPUS;
+use crate::config::MAX_VCPUS;
 
 /// The stop signal received (0: none).
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);

@@ -1,6 +1,7 @@
 //! Host terminal handling for `--serial stdio`: whether stdin is worth
 //! reading, and raw mode (no line buffering, no echo) while the VM runs when
-//! stdin is a terminal. Ctrl-C still stops the VMM (ISIG stays on).
+//! stdin is a terminal. Ctrl-C still stops the VMM (ISIG stays on) unless
+//! the console asks for `signal=off` (then it goes to the guest).
 
 use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
@@ -30,7 +31,8 @@ pub struct RawMode {
 
 impl RawMode {
     /// Puts a terminal stdin into raw mode; None when stdin is no terminal.
-    pub fn enter() -> Option<RawMode> {
+    /// `signal`: Ctrl-C and friends still raise signals (QEMU's `signal=on`).
+    pub fn enter(signal: bool) -> Option<RawMode> {
         let stdin = std::io::stdin();
         if !stdin.is_terminal() {
             return None;
@@ -45,6 +47,9 @@ impl RawMode {
         }
         let saved = t;
         t.c_lflag &= !(libc::ICANON | libc::ECHO | libc::IEXTEN);
+        if !signal {
+            t.c_lflag &= !libc::ISIG;
+        }
         t.c_iflag &= !(libc::IXON | libc::ICRNL);
         t.c_cc[libc::VMIN] = 1;
         t.c_cc[libc::VTIME] = 0;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use devices::virtio::QueueConfig;
 use devices::virtio::features::VERSION_1;
-use memory::{Backend, BackendConfig};
+use memory::Backend;
 use shmvm_tests::qsd::Qsd;
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use vm_memory::{Bytes, GuestAddress};
@@ -55,7 +55,7 @@ impl Drop for Backing {
 }
 
 fn ram(spec: &str) -> GuestRam {
-    let cfg = BackendConfig::parse_object(spec).unwrap();
+    let cfg = vmm::config::object::parse(spec).unwrap();
     GuestRam::new(Backend::create(&cfg).unwrap()).unwrap()
 }
 

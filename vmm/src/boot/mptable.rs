@@ -133,7 +133,7 @@ mod tests {
             (ENTRY_PROCESSOR, 1, CPU_ENABLED)
         );
         assert_eq!(len, 44 + 2 * 20 + 8 + 8 + 24 * 8 + 2 * 8);
-        let max = build(crate::layout::MPTABLE, crate::cli::MAX_VCPUS);
+        let max = build(crate::layout::MPTABLE, crate::config::MAX_VCPUS);
         assert!(crate::layout::MPTABLE + max.len() as u64 <= crate::layout::HIMEM);
     }
 

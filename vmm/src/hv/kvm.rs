@@ -27,8 +27,8 @@ use super::{IoEventAddr, SystemEvent, VmExit};
 /// Errors from KVM calls, naming the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open /dev/kvm: {0}")]
-    Open(kvm_ioctls::Error),
+    #[error("/dev/kvm: {0}{hint}", hint = open_hint(.0))]
+    Open(#[source] kvm_ioctls::Error),
     #[error("KVM API version {0} is not 12")]
     ApiVersion(i32),
     #[error("KVM: {op} failed: {err}")]
@@ -52,6 +52,19 @@ impl Error {
             Error::Open(_) | Error::ApiVersion(_) => 2,
             _ => 1,
         }
+    }
+}
+
+/// The usual fix for a /dev/kvm that does not open.
+fn open_hint(e: &kvm_ioctls::Error) -> &'static str {
+    match e.errno() {
+        libc::EACCES | libc::EPERM => {
+            "; add your user to the 'kvm' group (sudo usermod -aG kvm $USER, then log in again)"
+        }
+        libc::ENOENT | libc::ENXIO | libc::ENODEV => {
+            "; KVM is not available: load kvm_intel or kvm_amd, or enable virtualization in the firmware"
+        }
+        _ => "",
     }
 }
 

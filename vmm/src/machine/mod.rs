@@ -16,7 +16,7 @@ pub mod ivshmem;
 pub mod legacy;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,8 +26,8 @@ use devices::serial::{IrqEvent, Serial};
 use memory::Backend;
 
 use crate::boot::{self, BootFiles, BootSpec};
-use crate::cli::{Config, DeviceConfig, SerialMode};
 use crate::coalesce::SerialCoalescing;
+use crate::config::{Config, DeviceConfig, SerialMode, StdioOptions};
 use crate::console_out::{self, ConsoleOut};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
@@ -142,6 +142,7 @@ impl Timeline {
 struct Console {
     serial: Arc<Mutex<Serial>>,
     mode: SerialMode,
+    stdio: StdioOptions,
     /// Holds a reference to the VM: dropped before it.
     coalesced: Option<Arc<SerialCoalescing>>,
     /// Output the reader did not take in time (None: `-serial none`).
@@ -228,38 +229,6 @@ fn create_serial_file(p: &std::path::Path) -> std::io::Result<File> {
         ));
     }
     Ok(f)
-}
-
-/// Copies host stdin into the UART's receive FIFO.
-fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
-    let r = std::thread::Builder::new()
-        .name("stdin".into())
-        .stack_size(64 << 10)
-        .spawn(move || {
-            let mut buf = [0u8; 64];
-            let mut stdin = std::io::stdin().lock();
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let mut rest = &buf[..n];
-                while !rest.is_empty() {
-                    let took = serial
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .enqueue_input(rest)
-                        .unwrap_or(0);
-                    rest = &rest[took..];
-                    if !rest.is_empty() {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                }
-            }
-        });
-    if let Err(e) = r {
-        log::warn!("serial: no stdin input: {e}");
-    }
 }
 
 /// `mem-path` files this start-up created: removed when it fails (dropped
@@ -442,6 +411,7 @@ impl Machine {
             console: Console {
                 serial,
                 mode: cfg.serial.clone(),
+                stdio: cfg.stdio,
                 coalesced,
                 dropped: console_dropped,
             },
@@ -467,11 +437,9 @@ impl Machine {
     /// Runs the vCPUs until the VM ends, prints the statistics as asked,
     /// and takes the machine apart.
     pub fn run(mut self, t: &Timeline, stats: StatsFormat) -> Result<VmEnd, Error> {
-        let stdio = self.console.mode == SerialMode::Stdio;
-        let _raw = stdio.then(crate::terminal::RawMode::enter).flatten();
-        if stdio && crate::terminal::stdin_has_input() {
-            spawn_stdin_reader(self.console.serial.clone());
-        }
+        let c = &self.console;
+        let _console =
+            crate::serial_mux::attach(&c.mode, c.stdio, c.serial.clone(), self.state.clone());
         let vcpus = std::mem::take(&mut self.vcpus);
         let shared = vcpu::Shared {
             io: &self.io,

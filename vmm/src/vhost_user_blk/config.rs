@@ -3,6 +3,8 @@
 //! QEMU: `-chardev socket,id=char0,path=/tmp/vhost.sock
 //!        -device vhost-user-blk-pci,chardev=char0[,addr=SLOT][,num-queues=N]`.
 //! Short form: `--vhost-user-blk socket=PATH[,addr=SLOT][,num-queues=N]`.
+//! The property lists are parsed by [`crate::config::keyval`]; the chardev
+//! by [`crate::config::chardev`].
 //!
 //! A vhost-user back-end reads and writes guest RAM through the RAM
 //! backend's fd, so guest RAM must be fd-backed and shared. QEMU leaves
@@ -14,25 +16,21 @@ use std::path::PathBuf;
 
 use memory::BackendConfig;
 
+use crate::config::keyval::KeyVal;
+
 /// Errors in vhost-user-blk options; each renders as one line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("--chardev: '{0}': only 'socket' character devices are supported")]
-    ChardevBackend(String),
-    #[error("--chardev: '{spec}': {reason}")]
-    Chardev { spec: String, reason: String },
-    #[error("--chardev: duplicate id '{0}'")]
-    DuplicateChardev(String),
     #[error("{option}: vhost-user-blk-pci: {reason}")]
     Device {
         option: &'static str,
         reason: String,
     },
     #[error(
-        "--chardev: '{0}' is not used by any device (only vhost-user-blk-pci,chardev=ID takes one)"
+        "-chardev: '{0}' is not used by any device (only vhost-user-blk-pci,chardev=ID takes one)"
     )]
     UnusedChardev(String),
-    #[error("--device vhost-user-blk-pci: chardev '{0}' is not defined by any --chardev")]
+    #[error("-device vhost-user-blk-pci: chardev '{0}' is not defined by any -chardev")]
     UnknownChardev(String),
     #[error(
         "{device}: guest RAM backend '{id}' ({kind}) is private (share=off): a vhost-user \
@@ -46,7 +44,7 @@ pub enum Error {
     },
 }
 
-/// `--chardev socket,id=ID,path=PATH`.
+/// A `-chardev socket,id=ID,path=PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChardevConfig {
     pub id: String,
@@ -80,44 +78,12 @@ impl fmt::Display for VhostUserBlkConfig {
     }
 }
 
-fn split_kv<'a>(kv: &'a str, what: &str) -> Result<(&'a str, &'a str), String> {
-    kv.split_once('=')
-        .ok_or_else(|| format!("{what}: '{kv}' is not key=value"))
-}
-
-/// Parses `socket,id=ID,path=PATH`.
-pub fn parse_chardev(spec: &str) -> Result<ChardevConfig, Error> {
-    let mut parts = spec.split(',');
-    let backend = parts.next().unwrap_or_default();
-    if backend != "socket" {
-        return Err(Error::ChardevBackend(spec.to_string()));
-    }
-    let err = |reason: String| Error::Chardev {
-        spec: spec.to_string(),
-        reason,
-    };
-    let (mut id, mut path) = (None, None);
-    for kv in parts {
-        let (k, v) = split_kv(kv, "socket").map_err(err)?;
-        match k {
-            "id" if !v.is_empty() => id = Some(v.to_string()),
-            "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
-            // We connect to a listening back-end, as QEMU does by default.
-            "server" if matches!(v, "off" | "no" | "false") => {}
-            "server" => return Err(err("server=on is not supported (shmvm connects)".into())),
-            _ => return Err(err(format!("unsupported property '{k}' (id, path)"))),
-        }
-    }
-    Ok(ChardevConfig {
-        id: id.ok_or_else(|| err("id= is required".into()))?,
-        path: path.ok_or_else(|| err("path= is required (a unix socket)".into()))?,
-    })
-}
-
-fn parse_common(
+/// Reads a vhost-user-blk-pci device's properties; `socket_key` is
+/// `chardev` for `-device`, `socket` for `--vhost-user-blk`.
+pub fn from_keyval(
     option: &'static str,
-    props: &str,
-    socket_key: &str,
+    mut kv: KeyVal,
+    socket_key: &'static str,
 ) -> Result<VhostUserBlkConfig, Error> {
     let bad = |reason: String| Error::Device { option, reason };
     let mut cfg = VhostUserBlkConfig {
@@ -127,55 +93,56 @@ fn parse_common(
         num_queues: None,
         index: 0,
     };
-    for kv in props.split(',').filter(|s| !s.is_empty()) {
-        let (k, v) = split_kv(kv, "vhost-user-blk-pci").map_err(bad)?;
-        match k {
-            k if k == socket_key && !v.is_empty() => {
-                if socket_key == "chardev" {
-                    cfg.chardev = Some(v.to_string());
-                } else {
-                    cfg.socket = PathBuf::from(v);
-                }
-            }
-            "addr" => {
-                cfg.slot = Some(crate::ivshmem::parse_slot(v).ok_or_else(|| {
-                    bad(format!(
-                        "addr='{v}' is not a PCI slot 1..1f (hex, optionally SLOT.0)"
-                    ))
-                })?);
-            }
-            "num-queues" => match v.parse::<u16>() {
-                Ok(n) if (1..=devices::virtio::MAX_QUEUES).contains(&n) => cfg.num_queues = Some(n),
-                _ => {
-                    return Err(bad(format!(
-                        "num-queues='{v}' is not 1..={}",
-                        devices::virtio::MAX_QUEUES
-                    )));
-                }
-            },
-            // QEMU's device id: accepted, not used.
-            "id" => {}
+    let socket = kv.take_str(socket_key).map_err(|e| bad(e.to_string()))?;
+    if socket_key == "chardev" {
+        cfg.chardev = socket;
+    } else {
+        cfg.socket = socket.map(PathBuf::from).unwrap_or_default();
+    }
+    if let Some(v) = kv.take("addr") {
+        cfg.slot = Some(crate::ivshmem::parse_slot(&v).ok_or_else(|| {
+            bad(format!(
+                "addr='{v}' is not a PCI slot 1..1f (hex, optionally SLOT.0)"
+            ))
+        })?);
+    }
+    if let Some(v) = kv.take("num-queues") {
+        match crate::config::keyval::parse_num(&v).and_then(|n| u16::try_from(n).ok()) {
+            Some(n) if (1..=devices::virtio::MAX_QUEUES).contains(&n) => cfg.num_queues = Some(n),
             _ => {
                 return Err(bad(format!(
-                    "unknown property '{k}' ({socket_key}, addr, num-queues, id)"
+                    "num-queues='{v}' is not 1..={}",
+                    devices::virtio::MAX_QUEUES
                 )));
             }
         }
     }
+    // QEMU's device id: accepted, not used.
+    kv.take("id");
+    kv.finish(&[socket_key, "addr", "num-queues", "id"])
+        .map_err(|e| bad(e.to_string()))?;
     if cfg.chardev.is_none() && cfg.socket.as_os_str().is_empty() {
         return Err(bad(format!("{socket_key}= is required")));
     }
     Ok(cfg)
 }
 
-/// Parses the properties after `vhost-user-blk-pci,` in `--device`.
+/// Parses the properties after `vhost-user-blk-pci,` (tests).
 pub fn parse_device(props: &str) -> Result<VhostUserBlkConfig, Error> {
-    parse_common("--device", props, "chardev")
+    let kv = KeyVal::parse(props, None).map_err(|e| Error::Device {
+        option: "-device",
+        reason: e.to_string(),
+    })?;
+    from_keyval("-device", kv, "chardev")
 }
 
-/// Parses `--vhost-user-blk socket=PATH[,...]`.
+/// Parses `--vhost-user-blk socket=PATH[,...]` (tests).
 pub fn parse_short(props: &str) -> Result<VhostUserBlkConfig, Error> {
-    parse_common("--vhost-user-blk", props, "socket")
+    let kv = KeyVal::parse(props, None).map_err(|e| Error::Device {
+        option: "--vhost-user-blk",
+        reason: e.to_string(),
+    })?;
+    from_keyval("--vhost-user-blk", kv, "socket")
 }
 
 /// Resolves chardev references into socket paths, numbers the devices and
@@ -185,11 +152,6 @@ pub fn resolve(
     chardevs: &[ChardevConfig],
     ram: &BackendConfig,
 ) -> Result<(), Error> {
-    for (i, c) in chardevs.iter().enumerate() {
-        if chardevs[..i].iter().any(|o| o.id == c.id) {
-            return Err(Error::DuplicateChardev(c.id.clone()));
-        }
-    }
     for (index, d) in devices.iter_mut().enumerate() {
         d.index = index;
         if let Some(id) = &d.chardev {
@@ -223,28 +185,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chardev_spellings_and_errors() {
-        assert_eq!(
-            parse_chardev("socket,id=c0,path=/tmp/s.sock").unwrap(),
-            ChardevConfig {
-                id: "c0".into(),
-                path: "/tmp/s.sock".into()
-            }
-        );
-        assert!(parse_chardev("socket,path=/x,id=a,server=off").is_ok());
-        let e = |s| parse_chardev(s).unwrap_err().to_string();
-        assert_eq!(
-            e("stdio,id=x"),
-            "--chardev: 'stdio,id=x': only 'socket' character devices are supported"
-        );
-        assert!(e("socket,id=x").contains("path= is required"));
-        assert!(e("socket,path=/x").contains("id= is required"));
-        assert!(e("socket,id=x,path=/x,server=on").contains("server=on"));
-        assert!(e("socket,id=x,path=/x,wait=off").contains("unsupported property 'wait'"));
-        assert!(e("socket,id").contains("not key=value"));
-    }
-
-    #[test]
     fn device_spellings_and_errors() {
         let d = parse_device("chardev=c0,addr=5,num-queues=2,id=disk").unwrap();
         assert_eq!(d.chardev.as_deref(), Some("c0"));
@@ -255,7 +195,7 @@ mod tests {
         let e = |s| parse_device(s).unwrap_err().to_string();
         assert_eq!(
             e("addr=3"),
-            "--device: vhost-user-blk-pci: chardev= is required"
+            "-device: vhost-user-blk-pci: chardev= is required"
         );
         assert!(e("chardev=c,addr=40").contains("addr='40'"));
         assert!(e("chardev=c,num-queues=0").contains("num-queues='0'"));
@@ -269,7 +209,7 @@ mod tests {
     }
 
     fn ram(spec: &str) -> BackendConfig {
-        BackendConfig::parse_object(spec).unwrap()
+        crate::config::object::parse(spec).unwrap()
     }
 
     #[test]
@@ -291,8 +231,6 @@ mod tests {
             resolve(&mut [&mut c], &chardevs, &shared),
             Err(Error::UnknownChardev("nope".into()))
         );
-        let dup = [chardevs[0].clone(), chardevs[0].clone()];
-        assert!(resolve(&mut [], &dup, &shared).is_err());
         assert_eq!(
             resolve(&mut [], &chardevs, &shared),
             Err(Error::UnusedChardev("c0".into()))

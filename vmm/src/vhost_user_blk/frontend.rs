@@ -688,9 +688,8 @@ mod tests {
 
     #[test]
     fn regions_split_around_the_hole_over_one_fd() {
-        let cfg =
-            memory::BackendConfig::parse_object("memory-backend-memfd,id=m,size=3328M,reserve=off")
-                .unwrap();
+        let cfg = crate::config::object::parse("memory-backend-memfd,id=m,size=3328M,reserve=off")
+            .unwrap();
         let b = Backend::create(&cfg).unwrap();
         let r = MemRegion::from_ram(&b).unwrap();
         assert_eq!(r.len(), 2, "{r:?}");
@@ -715,7 +714,7 @@ mod tests {
 
     #[test]
     fn private_ram_is_refused() {
-        let cfg = memory::BackendConfig::parse_object("memory-backend-ram,id=r,size=16M").unwrap();
+        let cfg = crate::config::object::parse("memory-backend-ram,id=r,size=16M").unwrap();
         let b = Backend::create(&cfg).unwrap();
         let msg = MemRegion::from_ram(&b).unwrap_err().to_string();
         assert!(

@@ -94,8 +94,12 @@ pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, SizeError> {
             }
             if frac_len > 0 {
                 let f: f64 = format!("0.{frac_digits}").parse().map_err(|_| invalid())?;
-                // Saturating float-to-int cast: 0.999...9 rounds to just below 1.
-                fraction = (f * 18_446_744_073_709_551_616.0) as u64;
+                // Saturating float-to-int cast of a value in [0, 2^64): 0.999...9
+                // rounds to just below 1.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                {
+                    fraction = (f * 18_446_744_073_709_551_616.0) as u64;
+                }
             }
         } else if int_digits.is_empty() {
             return Err(invalid());

@@ -1,0 +1,367 @@
+use std::path::PathBuf;
+
+use memory::BackendKind;
+
+use super::*;
+use crate::config::{DeviceConfig, SerialMode};
+
+fn parse_args(args: &[&str]) -> Result<Parsed, ParseOutcome> {
+    parse(
+        std::iter::once("shmvm")
+            .chain(args.iter().copied())
+            .map(OsString::from),
+    )
+}
+
+fn cfg(args: &[&str]) -> Config {
+    match parse_args(args) {
+        Ok(p) => p.config,
+        Err(e) => panic!("{args:?}: {e:?}"),
+    }
+}
+
+fn err(args: &[&str]) -> String {
+    match parse_args(args) {
+        Err(ParseOutcome::Error(e)) => e.to_string(),
+        other => panic!("expected an error for {args:?}, got {other:?}"),
+    }
+}
+
+fn info(args: &[&str]) -> String {
+    match parse_args(args) {
+        Err(ParseOutcome::Info(t)) => t,
+        other => panic!("expected help text for {args:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn qemu_style_command_line_parses() {
+    let c = cfg(&[
+        "-kernel",
+        "/k",
+        "-initrd",
+        "/i",
+        "-append",
+        "a=1 b",
+        "-object",
+        "memory-backend-shm,id=ram0,size=64M",
+        "-machine",
+        "memory-backend=ram0",
+        "-smp",
+        "2",
+        "-serial",
+        "none",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-vv",
+    ]);
+    assert_eq!(c.kernel, PathBuf::from("/k"));
+    assert_eq!(c.initrd, Some(PathBuf::from("/i")));
+    assert_eq!(c.cmdline, "a=1 b");
+    assert_eq!(c.ram.id(), "ram0");
+    assert_eq!(c.ram.kind(), BackendKind::Shm);
+    assert_eq!(c.ram.size(), 64 << 20);
+    assert!(c.objects.is_empty());
+    assert_eq!((c.vcpus, c.smp.cpus, c.smp.cores), (2, 2, 2));
+    assert_eq!(c.serial, SerialMode::None);
+    assert_eq!(
+        c.devices,
+        vec![DeviceConfig::DebugExit {
+            iobase: 0xf4,
+            iosize: 4
+        }]
+    );
+    assert_eq!(c.verbose, 2);
+}
+
+#[test]
+fn defaults_and_long_forms() {
+    let c = cfg(&["--kernel", "k"]);
+    assert_eq!(c.ram.size(), crate::config::DEFAULT_RAM);
+    assert_eq!(c.ram.kind(), BackendKind::Ram);
+    assert_eq!(
+        (c.vcpus, c.serial.clone(), c.boot),
+        (1, SerialMode::Stdio, None)
+    );
+    assert!(!c.stdio.mux);
+    let c = cfg(&[
+        "--kernel",
+        "k",
+        "-m",
+        "256",
+        "--smp",
+        "cpus=3",
+        "--serial",
+        "file:/tmp/x",
+        "--boot",
+        "linux64",
+    ]);
+    assert_eq!(c.ram.size(), 256 << 20);
+    assert_eq!(c.vcpus, 3);
+    assert_eq!(c.serial, SerialMode::File(PathBuf::from("/tmp/x")));
+    assert_eq!(c.boot, Some(BootProtocol::Linux64));
+    // QEMU's isa-debug-exit default: port 0x501, 2 ports.
+    let c = cfg(&["--kernel", "k", "--device", "isa-debug-exit"]);
+    assert_eq!(
+        c.devices,
+        vec![DeviceConfig::DebugExit {
+            iobase: 0x501,
+            iosize: 2
+        }]
+    );
+}
+
+#[test]
+fn repeated_scalars_keep_the_last_value() {
+    let c = cfg(&[
+        "-kernel", "a", "-kernel", "b", "-m", "64", "-m", "256M", "-append", "x", "-append",
+        "-kernel", "-smp", "2", "-smp", "4",
+    ]);
+    assert_eq!(c.kernel, PathBuf::from("b"));
+    assert_eq!(c.ram.size(), 256 << 20);
+    assert_eq!(c.cmdline, "-kernel");
+    assert_eq!(c.vcpus, 4);
+}
+
+#[test]
+fn noop_options_change_nothing() {
+    let base = cfg(&["-kernel", "k", "-serial", "stdio"]);
+    for extra in [
+        &["-display", "none"][..],
+        &["-vga", "none"],
+        &["-no-reboot"],
+        &["-enable-kvm"],
+        &["-accel", "kvm"],
+        &["-accel", "kvm", "-accel", "tcg"],
+        &["-machine", "accel=kvm"],
+        &["-cpu", "host"],
+        &["-cpu", "host,-arch-capabilities"],
+        &["-nodefaults"],
+        &["-no-user-config"],
+        &["-name", "guest"],
+        &["-M", "microvm"],
+        &["-M", "pc"],
+        &["-machine", "q35"],
+        &["-boot", "c"],
+        &["-net", "none"],
+        &["-monitor", "none"],
+        &["-snapshot"],
+    ] {
+        let mut args = vec!["-kernel", "k", "-serial", "stdio"];
+        args.extend_from_slice(extra);
+        let p = parse_args(&args).unwrap_or_else(|e| panic!("{extra:?}: {e:?}"));
+        let c = p.config;
+        assert_eq!(
+            (
+                &c.kernel, &c.cmdline, &c.ram, c.vcpus, c.smp, &c.serial, c.stdio, &c.devices,
+                c.boot
+            ),
+            (
+                &base.kernel,
+                &base.cmdline,
+                &base.ram,
+                base.vcpus,
+                base.smp,
+                &base.serial,
+                base.stdio,
+                &base.devices,
+                base.boot
+            ),
+            "{extra:?}"
+        );
+        if !extra
+            .iter()
+            .any(|a| a.starts_with("-M") || a.contains("machine"))
+        {
+            assert!(!p.noops.is_empty(), "{extra:?} is not reported at -v");
+        }
+    }
+}
+
+#[test]
+fn nographic_makes_the_default_console_a_mux() {
+    let c = cfg(&["-kernel", "k", "-nographic"]);
+    assert_eq!((c.serial, c.stdio.mux), (SerialMode::Stdio, true));
+    let c = cfg(&["-kernel", "k", "-nographic", "-serial", "stdio"]);
+    assert!(!c.stdio.mux);
+    let c = cfg(&["-kernel", "k", "-serial", "mon:stdio"]);
+    assert!(c.stdio.mux);
+}
+
+#[test]
+fn numa_memdev_and_mem_path() {
+    let c = cfg(&[
+        "-kernel",
+        "k",
+        "-m",
+        "1G",
+        "-object",
+        "memory-backend-memfd,id=mem,size=1G,share=on",
+        "-numa",
+        "node,memdev=mem",
+    ]);
+    assert_eq!(
+        (c.ram.id(), c.ram.kind(), c.ram_from_object),
+        ("mem", BackendKind::Memfd, true)
+    );
+    let c = cfg(&[
+        "-kernel",
+        "k",
+        "-m",
+        "64",
+        "-mem-path",
+        "/dev/shm",
+        "-mem-prealloc",
+    ]);
+    assert_eq!(c.ram.kind(), BackendKind::File);
+    assert!(c.ram.prealloc() && !c.ram.share());
+    assert_eq!(c.ram.size(), 64 << 20);
+}
+
+#[test]
+fn each_error_is_one_line_naming_the_option() {
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "-kernel"),
+        (&["-kernel", "k", "--bogus"], "--bogus"),
+        (&["-kernel", "k", "-m", "lots"], "-m"),
+        (&["-kernel", "k", "-m", "1"], "-m"),
+        (&["-kernel", "k", "-smp", "0"], "-smp"),
+        (&["-kernel", "k", "-smp", "sockets=2,cpus=3"], "-smp"),
+        (&["-kernel", "k", "-serial", "tcp:1"], "-serial"),
+        (&["-kernel", "k", "-device", "virtio-net"], "-device"),
+        (
+            &["-kernel", "k", "-device", "isa-debug-exit,iosize=9"],
+            "-device",
+        ),
+        (
+            &["-kernel", "k", "-device", "isa-debug-exit,port=1"],
+            "-device",
+        ),
+        (
+            &["-kernel", "k", "-machine", "memory-backend=nope"],
+            "-machine",
+        ),
+        (&["-kernel", "k", "-machine", "accel=tcg"], "-machine"),
+        (
+            &[
+                "-kernel",
+                "k",
+                "-object",
+                "memory-backend-bogus,id=a,size=1M",
+            ],
+            "-object",
+        ),
+        (&["-kernel", "k", "--boot", "uefi"], "--boot"),
+        (&["-kernel", "k", "-chardev", "socket,id=c"], "-chardev"),
+        (&["-kernel", "k", "-numa", "node,memdev=x"], "-numa"),
+        (
+            &["-kernel", "k", "-nographic", "-drive", "file=a.img"],
+            "-drive",
+        ),
+        (&["-kernel", "k", "-hda", "x"], "-hda"),
+        (&["-kernel", "k", "-netdev", "user,id=n"], "-netdev"),
+        (
+            &[
+                "-kernel",
+                "k",
+                "-object",
+                "memory-backend-ram,id=a,size=64M",
+                "-object",
+                "memory-backend-ram,id=a,size=64M",
+            ],
+            "-object",
+        ),
+        (
+            &[
+                "-kernel",
+                "k",
+                "-m",
+                "128",
+                "-object",
+                "memory-backend-ram,id=a,size=64M",
+                "-machine",
+                "memory-backend=a",
+            ],
+            "-m",
+        ),
+    ];
+    for (args, option) in cases {
+        let e = err(args);
+        assert!(!e.contains('\n'), "{args:?}: multi-line error {e:?}");
+        assert!(
+            e.starts_with(option),
+            "{args:?}: error {e:?} does not start with {option}"
+        );
+    }
+}
+
+#[test]
+fn help_and_introspection() {
+    let t = info(&["--help"]);
+    assert!(t.contains("Examples:") && t.contains("-object"));
+    assert!(info(&["-h"]).contains("Examples:"));
+    assert!(info(&["-version"]).contains("git "));
+    let t = info(&["-device", "help"]);
+    for d in ["isa-debug-exit", "ivshmem-plain", "vhost-user-blk-pci"] {
+        assert!(t.contains(d), "{t}");
+    }
+    let t = info(&["-device", "isa-debug-exit,help"]);
+    assert!(
+        t.contains("iobase") && t.contains("0x501") && t.contains("iosize"),
+        "{t}"
+    );
+    let t = info(&["-object", "help"]);
+    assert!(t.contains("memory-backend-shm"), "{t}");
+    let t = info(&["-object", "memory-backend-file,help"]);
+    assert!(t.contains("mem-path") && t.contains("share"), "{t}");
+    let t = info(&["-machine", "help"]);
+    assert!(t.contains("microvm") && t.contains("q35"), "{t}");
+    let t = info(&["-M", "?"]);
+    assert!(t.contains("microvm"), "{t}");
+    let t = info(&["-chardev", "help"]);
+    assert!(t.contains("stdio"), "{t}");
+    assert!(info(&["-device", "nope,help"]).contains("unknown type 'nope'"));
+}
+
+#[test]
+fn readme_options_table_is_generated_from_the_code() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let begin = "<!-- options-table:begin (generated: cargo run -p vmm --bin shmvm-gen -- readme-table) -->\n";
+    let end = "<!-- options-table:end -->";
+    let start = readme
+        .find(begin)
+        .expect("README has the options-table markers")
+        + begin.len();
+    let stop = readme[start..].find(end).expect("end marker") + start;
+    assert_eq!(
+        &readme[start..stop],
+        options::markdown_table(),
+        "README's option table differs from the code: regenerate it with \
+         `cargo run -p vmm --bin shmvm-gen -- readme-table`"
+    );
+}
+
+#[test]
+fn stats_formats() {
+    assert_eq!(cfg(&["-kernel", "k"]).stats, StatsFormat::Off);
+    assert_eq!(cfg(&["-kernel", "k", "--stats"]).stats, StatsFormat::Text);
+    assert_eq!(
+        cfg(&["-kernel", "k", "--stats=json"]).stats,
+        StatsFormat::Json
+    );
+    assert!(err(&["-kernel", "k", "--stats=xml"]).contains("xml"));
+}
+
+#[test]
+fn non_utf8_paths_pass_through() {
+    use std::os::unix::ffi::OsStrExt;
+    let k = std::ffi::OsStr::from_bytes(b"/tmp/k\xff");
+    let p = parse([
+        OsString::from("shmvm"),
+        OsString::from("-kernel"),
+        k.to_os_string(),
+    ])
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(p.config.kernel.as_os_str(), k);
+}

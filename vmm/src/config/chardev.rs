@@ -1,0 +1,372 @@
+//! `-chardev`, `-serial` and `-mon`: where COM1 goes and which sockets
+//! vhost-user devices connect to.
+//!
+//! `-serial stdio | mon:stdio | none | null | file:PATH | chardev:ID`;
+//! `-chardev socket,id=ID,path=PATH` (a vhost-user back-end),
+//! `-chardev stdio,id=ID[,mux=on][,signal=off]`, `-chardev file,id=ID,path=PATH`,
+//! `-chardev null,id=ID`. A multiplexed stdio (`mon:stdio`, `mux=on`) takes
+//! QEMU's Ctrl-A escapes (see `serial_mux`); there is no monitor behind it.
+
+use std::path::PathBuf;
+
+use super::{Error, Prop, TypeInfo, invalid};
+use crate::vhost_user_blk::ChardevConfig;
+
+/// Where COM1's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialMode {
+    Stdio,
+    File(PathBuf),
+    None,
+}
+
+/// How a stdio console treats the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StdioOptions {
+    /// QEMU's mux: Ctrl-A escapes (`mon:stdio`, `-chardev stdio,mux=on`).
+    pub mux: bool,
+    /// Ctrl-C stops the VMM (`signal=on`, the default); off: it goes to the guest.
+    pub signal: bool,
+}
+
+impl Default for StdioOptions {
+    fn default() -> StdioOptions {
+        StdioOptions {
+            mux: false,
+            signal: true,
+        }
+    }
+}
+
+const ID: Prop = Prop::new("id", "string", "(required)", "the chardev's name");
+/// The `-chardev` back-ends, for help.
+pub const TYPES: &[TypeInfo] = &[
+    TypeInfo::new(
+        "socket",
+        "a unix socket a vhost-user back-end listens on",
+        &[ID],
+        &[
+            Prop::new("path", "path", "(required)", "the unix socket"),
+            Prop::new("server", "off", "off", "shmvm connects"),
+        ],
+    ),
+    TypeInfo::new(
+        "stdio",
+        "standard input and output",
+        &[ID],
+        &[
+            Prop::new("mux", "bool", "off", "Ctrl-A escapes (C-a h lists them)"),
+            Prop::new("signal", "bool", "on", "off: Ctrl-C goes to the guest"),
+        ],
+    ),
+    TypeInfo::new(
+        "file",
+        "output to a file",
+        &[ID],
+        &[Prop::new("path", "path", "(required)", "the file")],
+    ),
+    TypeInfo::new("null", "discard output", &[ID], &[]),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Backend {
+    Socket(PathBuf),
+    Stdio(StdioOptions),
+    File(PathBuf),
+    Null,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Chardev {
+    id: String,
+    backend: Backend,
+}
+
+fn parse_chardev(spec: &str) -> Result<Chardev, Error> {
+    let mut kv = super::keyval("-chardev", spec, Some("backend"))?;
+    let bad = |reason: String| invalid("-chardev", format!("'{spec}': {reason}"));
+    let kve = |e: super::keyval::Error| bad(e.to_string());
+    let backend = kv.take("backend").unwrap_or_default();
+    let id = kv
+        .take_str("id")
+        .map_err(kve)?
+        .ok_or_else(|| bad("id= is required".into()))?;
+    let backend = match backend.as_str() {
+        "socket" => {
+            let path = kv
+                .take_str("path")
+                .map_err(kve)?
+                .ok_or_else(|| bad("path= is required (a unix socket)".into()))?;
+            // We connect to a listening back-end, as QEMU does by default.
+            if kv.take_bool("server").map_err(kve)? == Some(true) {
+                return Err(bad("server=on is not supported (shmvm connects)".into()));
+            }
+            kv.take_bool("wait").map_err(kve)?;
+            Backend::Socket(PathBuf::from(path))
+        }
+        "stdio" => Backend::Stdio(StdioOptions {
+            mux: kv.take_bool("mux").map_err(kve)?.unwrap_or(false),
+            signal: kv.take_bool("signal").map_err(kve)?.unwrap_or(true),
+        }),
+        "file" => Backend::File(PathBuf::from(
+            kv.take_str("path")
+                .map_err(kve)?
+                .ok_or_else(|| bad("path= is required".into()))?,
+        )),
+        "null" => Backend::Null,
+        other => {
+            return Err(invalid(
+                "-chardev",
+                format!(
+                    "'{spec}': backend '{other}' is not supported (socket, stdio, file, null; see -chardev help)"
+                ),
+            ));
+        }
+    };
+    let known: Vec<&str> = TYPES
+        .iter()
+        .find(|t| t.name == backend_name(&backend))
+        .map(TypeInfo::names)
+        .unwrap_or_default();
+    kv.finish(&known).map_err(|e| bad(format!("{e}")))?;
+    Ok(Chardev { id, backend })
+}
+
+fn backend_name(b: &Backend) -> &'static str {
+    match b {
+        Backend::Socket(_) => "socket",
+        Backend::Stdio(_) => "stdio",
+        Backend::File(_) => "file",
+        Backend::Null => "null",
+    }
+}
+
+/// The console and the sockets, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSetup {
+    pub mode: SerialMode,
+    pub stdio: StdioOptions,
+    /// Socket chardevs, for `vhost-user-blk-pci,chardev=ID`.
+    pub sockets: Vec<ChardevConfig>,
+}
+
+/// Resolves `-serial` (the first is COM1) against `-chardev`; `nographic`
+/// makes the default console `mon:stdio`, as in QEMU.
+pub fn resolve_serial(
+    serial: &[String],
+    chardevs: &[String],
+    mon: &[String],
+    nographic: bool,
+) -> Result<SerialSetup, Error> {
+    let chardevs = chardevs
+        .iter()
+        .map(|c| parse_chardev(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, c) in chardevs.iter().enumerate() {
+        if chardevs[..i].iter().any(|o| o.id == c.id) {
+            return Err(invalid("-chardev", format!("duplicate id '{}'", c.id)));
+        }
+    }
+    for extra in serial.iter().skip(1) {
+        if !matches!(extra.as_str(), "none" | "null") {
+            return Err(invalid(
+                "-serial",
+                format!(
+                    "'{extra}': shmvm has one serial port (COM1); a second -serial can only be none"
+                ),
+            ));
+        }
+    }
+    let mut stdio = StdioOptions::default();
+    let mut console_chardev = None;
+    let default = if nographic { "mon:stdio" } else { "stdio" };
+    let first = serial.first().map_or(default, String::as_str);
+    let mode = match first {
+        "stdio" => SerialMode::Stdio,
+        "mon:stdio" => {
+            stdio.mux = true;
+            SerialMode::Stdio
+        }
+        "none" | "null" => SerialMode::None,
+        s => {
+            if let Some(p) = s.strip_prefix("file:").filter(|p| !p.is_empty()) {
+                SerialMode::File(PathBuf::from(p))
+            } else if let Some(id) = s.strip_prefix("chardev:") {
+                let c = chardevs.iter().find(|c| c.id == id).ok_or_else(|| {
+                    invalid("-serial", format!("'{s}': no -chardev with id={id}"))
+                })?;
+                console_chardev = Some(c.id.clone());
+                match &c.backend {
+                    Backend::Stdio(o) => {
+                        stdio = *o;
+                        SerialMode::Stdio
+                    }
+                    Backend::File(p) => SerialMode::File(p.clone()),
+                    Backend::Null => SerialMode::None,
+                    Backend::Socket(_) => {
+                        return Err(invalid(
+                            "-serial",
+                            format!("'{s}': a socket chardev as console is not supported"),
+                        ));
+                    }
+                }
+            } else {
+                return Err(invalid(
+                    "-serial",
+                    format!(
+                        "'{s}' is not supported (stdio, mon:stdio, file:PATH, chardev:ID, none)"
+                    ),
+                ));
+            }
+        }
+    };
+    for m in mon {
+        let mut kv = super::keyval("-mon", m, Some("chardev"))?;
+        let id = kv.take("chardev").unwrap_or_default();
+        kv.take("mode");
+        kv.take("pretty");
+        kv.finish(&["chardev", "mode", "pretty"])
+            .map_err(|e| invalid("-mon", e.to_string()))?;
+        let Some(c) = chardevs.iter().find(|c| c.id == id) else {
+            return Err(invalid(
+                "-mon",
+                format!("chardev={id}: no -chardev with that id"),
+            ));
+        };
+        let muxed = matches!(c.backend, Backend::Stdio(StdioOptions { mux: true, .. }));
+        if console_chardev.as_deref() == Some(c.id.as_str()) && !muxed {
+            return Err(invalid(
+                "-mon",
+                format!("chardev={id} is the console without mux=on"),
+            ));
+        }
+        log::info!("-mon chardev={id}: shmvm has no monitor (C-a c says so); accepted");
+    }
+    let sockets = chardevs
+        .iter()
+        .filter_map(|c| match &c.backend {
+            Backend::Socket(path) => Some(ChardevConfig {
+                id: c.id.clone(),
+                path: path.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    Ok(SerialSetup {
+        mode,
+        stdio,
+        sockets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn setup(serial: &[&str], chardev: &[&str], mon: &[&str]) -> Result<SerialSetup, String> {
+        resolve_serial(&s(serial), &s(chardev), &s(mon), false).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn serial_spellings() {
+        let r = setup(&[], &[], &[]).unwrap();
+        assert_eq!((r.mode, r.stdio.mux), (SerialMode::Stdio, false));
+        let r = resolve_serial(&[], &[], &[], true).unwrap();
+        assert_eq!((r.mode, r.stdio.mux), (SerialMode::Stdio, true));
+        let r = setup(&["mon:stdio"], &[], &[]).unwrap();
+        assert!(r.stdio.mux);
+        assert_eq!(setup(&["none"], &[], &[]).unwrap().mode, SerialMode::None);
+        assert_eq!(
+            setup(&["file:/tmp/x"], &[], &[]).unwrap().mode,
+            SerialMode::File("/tmp/x".into())
+        );
+        let r = setup(
+            &["chardev:con"],
+            &["stdio,id=con,mux=on,signal=off"],
+            &["chardev=con"],
+        )
+        .unwrap();
+        assert_eq!(
+            (r.mode, r.stdio),
+            (
+                SerialMode::Stdio,
+                StdioOptions {
+                    mux: true,
+                    signal: false
+                }
+            )
+        );
+        let r = setup(&["chardev:f", "none"], &["file,id=f,path=/tmp/l"], &[]).unwrap();
+        assert_eq!(r.mode, SerialMode::File("/tmp/l".into()));
+        let r = setup(&[], &["socket,id=c,path=/s,server=off"], &[]).unwrap();
+        assert_eq!(r.sockets[0].path, PathBuf::from("/s"));
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        for (serial, chardev, mon, want) in [
+            (
+                vec!["pty"],
+                vec![],
+                vec![],
+                "-serial: 'pty' is not supported",
+            ),
+            (
+                vec!["stdio", "file:/x"],
+                vec![],
+                vec![],
+                "-serial: 'file:/x': shmvm has one serial port",
+            ),
+            (
+                vec!["chardev:x"],
+                vec![],
+                vec![],
+                "-serial: 'chardev:x': no -chardev",
+            ),
+            (
+                vec![],
+                vec!["stdio"],
+                vec![],
+                "-chardev: 'stdio': id= is required",
+            ),
+            (
+                vec![],
+                vec!["pty,id=p"],
+                vec![],
+                "-chardev: 'pty,id=p': backend 'pty'",
+            ),
+            (
+                vec![],
+                vec!["socket,id=c"],
+                vec![],
+                "-chardev: 'socket,id=c': path= is required",
+            ),
+            (
+                vec![],
+                vec!["socket,id=c,path=/x,server=on"],
+                vec![],
+                "-chardev: 'socket,id=c,path=/x,server=on': server=on",
+            ),
+            (
+                vec![],
+                vec!["null,id=a", "null,id=a"],
+                vec![],
+                "-chardev: duplicate id 'a'",
+            ),
+            (
+                vec!["chardev:c"],
+                vec!["stdio,id=c"],
+                vec!["chardev=c"],
+                "-mon: chardev=c is the console without mux=on",
+            ),
+            (vec![], vec![], vec!["chardev=z"], "-mon: chardev=z"),
+        ] {
+            let e = setup(&serial, &chardev, &mon).unwrap_err();
+            assert!(e.starts_with(want), "{e:?} does not start with {want:?}");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `-device TYPE,...`: isa-debug-exit, ivshmem-plain, vhost-user-blk-pci.
+
+use memory::BackendConfig;
+
+use super::{Error, Prop, TypeInfo, invalid, keyval::KeyVal};
+use crate::vhost_user_blk::ChardevConfig;
+
+/// QEMU's isa-debug-exit defaults (hw/misc/debugexit.c): port 0x501, 2 ports.
+pub const DEBUG_EXIT_IOBASE: u16 = 0x501;
+pub const DEBUG_EXIT_IOSIZE: u16 = 2;
+
+const ID: Prop = Prop::new("id", "string", "", "the device's name");
+const ADDR: Prop = Prop::new("addr", "slot[.0]", "first free", "PCI slot on bus 0 (hex)");
+
+/// The `-device` types, for help and for checking property names.
+pub const TYPES: &[TypeInfo] = &[
+    TypeInfo::new(
+        "isa-debug-exit",
+        "writing V to the port exits with status (V << 1) | 1",
+        &[],
+        &[
+            Prop::new("iobase", "uint32", "0x501", "first I/O port"),
+            Prop::new("iosize", "uint32", "0x2", "number of ports (1..4)"),
+        ],
+    ),
+    TypeInfo::new(
+        "ivshmem-plain",
+        "inter-VM shared memory: an -object memory backend as PCI BAR2",
+        &[ID, ADDR],
+        &[
+            Prop::new("memdev", "id", "(required)", "the shared memory backend"),
+            Prop::new("master", "on|off|auto", "off", "accepted (migration only)"),
+        ],
+    ),
+    TypeInfo::new(
+        "vhost-user-blk-pci",
+        "a virtio block device served by a vhost-user back-end",
+        &[ID, ADDR],
+        &[
+            Prop::new("chardev", "id", "(required)", "a -chardev socket"),
+            Prop::new("num-queues", "uint16", "back-end's", "queues to use"),
+        ],
+    ),
+];
+
+/// Devices from `-device`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceConfig {
+    DebugExit {
+        iobase: u16,
+        iosize: u16,
+    },
+    /// `ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off]`
+    IvshmemPlain(crate::ivshmem::IvshmemConfig),
+    /// `vhost-user-blk-pci,chardev=ID` or `--vhost-user-blk socket=PATH`
+    VhostUserBlk(crate::vhost_user_blk::VhostUserBlkConfig),
+}
+
+fn debug_exit(mut kv: KeyVal) -> Result<DeviceConfig, Error> {
+    let bad = |e: super::keyval::Error| invalid("-device", format!("isa-debug-exit: {e}"));
+    let iobase = kv
+        .take_num("iobase")
+        .map_err(bad)?
+        .unwrap_or(DEBUG_EXIT_IOBASE.into());
+    let iosize = kv
+        .take_num("iosize")
+        .map_err(bad)?
+        .unwrap_or(DEBUG_EXIT_IOSIZE.into());
+    kv.take("id");
+    kv.finish(&["iobase", "iosize", "id"]).map_err(bad)?;
+    match (u16::try_from(iobase), u16::try_from(iosize)) {
+        (Ok(b), Ok(s)) if (1..=4).contains(&s) && iobase + iosize <= 0x1_0000 => {
+            Ok(DeviceConfig::DebugExit {
+                iobase: b,
+                iosize: s,
+            })
+        }
+        _ => Err(invalid(
+            "-device",
+            format!(
+                "isa-debug-exit: iobase={iobase:#x},iosize={iosize} is not 1..4 ports below 0x10000"
+            ),
+        )),
+    }
+}
+
+/// Parses one `-device` value.
+pub fn parse(spec: &str) -> Result<DeviceConfig, Error> {
+    let mut kv = super::keyval("-device", spec, Some("driver"))?;
+    let driver = kv.take("driver").unwrap_or_default();
+    match driver.as_str() {
+        "isa-debug-exit" => debug_exit(kv),
+        "ivshmem-plain" => Ok(DeviceConfig::IvshmemPlain(crate::ivshmem::from_keyval(
+            kv, 0,
+        )?)),
+        "vhost-user-blk-pci" => Ok(DeviceConfig::VhostUserBlk(
+            crate::vhost_user_blk::config::from_keyval("-device", kv, "chardev")?,
+        )),
+        "" => Err(invalid("-device", "empty device name")),
+        other => Err(invalid(
+            "-device",
+            format!(
+                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, vhost-user-blk-pci; see -device help)"
+            ),
+        )),
+    }
+}
+
+/// Numbers the ivshmem devices and checks their memdevs against the
+/// backends (see [`crate::ivshmem::check`]).
+pub fn check_ivshmem(
+    devices: &mut [DeviceConfig],
+    ram: &BackendConfig,
+    objects: &[BackendConfig],
+) -> Result<(), Error> {
+    let mut ivshmem = Vec::new();
+    for d in devices.iter_mut() {
+        if let DeviceConfig::IvshmemPlain(c) = d {
+            c.index = ivshmem.len();
+            ivshmem.push(c.clone());
+        }
+    }
+    let memdevs: Vec<_> = objects
+        .iter()
+        .map(|o| crate::ivshmem::Memdev {
+            id: o.id(),
+            size: o.size(),
+            share: o.share(),
+        })
+        .collect();
+    crate::ivshmem::check(&ivshmem, ram.id(), &memdevs).map_err(Error::from)
+}
+
+/// Adds the `--vhost-user-blk` devices, resolves `chardev=` references
+/// against the socket chardevs and checks guest RAM can be shared.
+pub fn check_vhost_user_blk(
+    devices: &mut Vec<DeviceConfig>,
+    short: &[String],
+    sockets: &[ChardevConfig],
+    ram: &BackendConfig,
+) -> Result<(), Error> {
+    use crate::vhost_user_blk::config as vub;
+    for s in short {
+        let kv = super::keyval("--vhost-user-blk", s, None)?;
+        devices.push(DeviceConfig::VhostUserBlk(vub::from_keyval(
+            "--vhost-user-blk",
+            kv,
+            "socket",
+        )?));
+    }
+    let mut blk: Vec<&mut vub::VhostUserBlkConfig> = devices
+        .iter_mut()
+        .filter_map(|d| match d {
+            DeviceConfig::VhostUserBlk(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    vub::resolve(&mut blk, sockets, ram).map_err(Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isa_debug_exit_defaults_to_qemus_port() {
+        assert_eq!(
+            parse("isa-debug-exit").unwrap(),
+            DeviceConfig::DebugExit {
+                iobase: 0x501,
+                iosize: 2
+            }
+        );
+        assert_eq!(
+            parse("isa-debug-exit,iobase=0xf4,iosize=0x04").unwrap(),
+            DeviceConfig::DebugExit {
+                iobase: 0xf4,
+                iosize: 4
+            }
+        );
+        for (v, why) in [
+            ("isa-debug-exit,iosize=9", "not 1..4 ports"),
+            ("isa-debug-exit,iobase=zz", "iobase='zz': expected a number"),
+            ("isa-debug-exit,port=1", "unknown property 'port'"),
+            ("e1000", "unknown device 'e1000'"),
+        ] {
+            let e = parse(v).unwrap_err().to_string();
+            assert!(e.starts_with("-device: ") && e.contains(why), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn tables_name_every_property_the_parsers_take() {
+        for t in TYPES {
+            // A property outside the table is refused by the parser, naming the table's.
+            let e = parse(&format!("{},zzz=1", t.name)).unwrap_err().to_string();
+            assert!(e.contains("'zzz'"), "{e}");
+            for p in t.props() {
+                assert!(e.contains(p.name), "{e} does not name {}", p.name);
+            }
+        }
+    }
+}
