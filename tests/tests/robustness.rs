@@ -437,3 +437,9 @@ fn kvm_serial_file_is_0600_whatever_the_umask_and_never_follows_a_link() {
     let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "serial log mode under umask 000");
 }
+
+#[test]
+fn negative_memory_and_vcpus_name_their_option() {
+    refused(&["-kernel", "/nonexistent", "-m", "-1"], "-m: size: '-1'");
+    refused(&["-kernel", "/nonexistent", "-smp", "-1"], "-smp: cpus='-1'");
+}

@@ -87,7 +87,7 @@ pub struct Args {
     #[arg(long, value_name = "STR", allow_hyphen_values = true)]
     pub cmdline: Vec<String>,
     /// Guest RAM size, default unit MiB; the last wins [QEMU: -m]
-    #[arg(short = 'm', long, value_name = "SIZE")]
+    #[arg(short = 'm', long, value_name = "SIZE", allow_negative_numbers = true)]
     pub memory: Vec<String>,
     /// A memory backend: memory-backend-{ram,file,memfd,shm},id=ID,size=SIZE,... [QEMU: -object]
     #[arg(long, value_name = "PROPS")]
@@ -96,7 +96,7 @@ pub struct Args {
     #[arg(long, value_name = "PROPS")]
     pub machine: Vec<String>,
     /// vCPUs and topology: N,sockets=S,cores=C,threads=T,maxcpus=M [QEMU: -smp]
-    #[arg(long, value_name = "PROPS")]
+    #[arg(long, value_name = "PROPS", allow_negative_numbers = true)]
     pub smp: Vec<String>,
     /// One NUMA node whose memdev is guest RAM: node,memdev=ID [QEMU: -numa]
     #[arg(long, value_name = "PROPS")]
