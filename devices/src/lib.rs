@@ -6,5 +6,6 @@ pub mod debug_exit;
 pub mod i8042;
 pub mod ivshmem;
 pub mod pci;
+pub mod ratelimit;
 pub mod serial;
 pub mod virtio;

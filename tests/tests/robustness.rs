@@ -441,5 +441,61 @@ fn kvm_serial_file_is_0600_whatever_the_umask_and_never_follows_a_link() {
 #[test]
 fn negative_memory_and_vcpus_name_their_option() {
     refused(&["-kernel", "/nonexistent", "-m", "-1"], "-m: size: '-1'");
-    refused(&["-kernel", "/nonexistent", "-smp", "-1"], "-smp: cpus='-1'");
+    refused(
+        &["-kernel", "/nonexistent", "-smp", "-1"],
+        "-smp: cpus='-1'",
+    );
+}
+
+/// A guest that moves ivshmem's BAR2 (00:01.0, 64-bit) onto guest RAM
+/// 2,000 times: each move fails to map (it overlaps RAM) and used to log one
+/// warning (100,000 moves were 15 MB of stderr). A low-half write of a
+/// decoding 64-bit BAR waits for the high half, so each round writes
+/// low = 0, high = 0 (stops decoding), then low = 1 MiB (decodes, fails).
+const BAR_STORM: &[u8] = &[
+    0xb9, 0xd0, 0x07, 0x00, 0x00, // mov ecx, 2000
+    // loop:
+    0x66, 0xba, 0xf8, 0x0c, 0xb8, 0x18, 0x08, 0x00, 0x80, 0xef, // BAR2 low
+    0x66, 0xba, 0xfc, 0x0c, 0x31, 0xc0, 0xef, // = 0 (deferred)
+    0x66, 0xba, 0xf8, 0x0c, 0xb8, 0x1c, 0x08, 0x00, 0x80, 0xef, // BAR2 high
+    0x66, 0xba, 0xfc, 0x0c, 0x31, 0xc0, 0xef, // = 0: unmapped
+    0x66, 0xba, 0xf8, 0x0c, 0xb8, 0x18, 0x08, 0x00, 0x80, 0xef, // BAR2 low
+    0x66, 0xba, 0xfc, 0x0c, 0xb8, 0x00, 0x00, 0x10, 0x00, 0xef, // = 1 MiB: fails
+    0x49, // dec ecx
+    0x75, 0xc7, // jnz loop
+    0xb0, 0x00, 0xe6, 0xf4, // isa-debug-exit 0: exit code 1
+    0xeb, 0xfe,
+];
+
+#[test]
+fn kvm_bar_move_storm_is_rate_limited_with_full_counts_in_stats() {
+    require_kvm();
+    let d = TempDir::new("rb-flood");
+    let k = d.tiny_kernel(BAR_STORM);
+    let r = run(
+        &[
+            "-kernel",
+            &k,
+            "-m",
+            "64",
+            "-object",
+            "memory-backend-shm,id=sh,size=1M",
+            "-device",
+            "ivshmem-plain,memdev=sh",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+            "--stats=json",
+        ],
+        T,
+    );
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let warnings = r.stderr.lines().filter(|l| l.contains("warn")).count();
+    assert!(warnings <= 40, "{warnings} warning lines:\n{}", r.stderr);
+    let stats = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("{\"shmvm_stats\":1,"))
+        .expect("stats line");
+    assert!(json_u64(stats, "guest_log_lines") >= 2000, "{stats}");
+    assert!(json_u64(stats, "guest_log_suppressed") >= 1900, "{stats}");
 }

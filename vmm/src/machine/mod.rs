@@ -426,6 +426,8 @@ impl Machine {
             unclaimed: self.io.unclaimed_counts(),
             console: self.console.coalesced.as_ref().map(|c| c.stats()),
             console_dropped_bytes: self.console.dropped.as_ref().map_or(0, |d| d.bytes()),
+            guest_log_lines: crate::ratelimit::totals().0,
+            guest_log_suppressed: crate::ratelimit::totals().1,
             ..Stats::default()
         };
         for (plug, placed) in self.plugs.iter().zip(self.pci.placed()) {
