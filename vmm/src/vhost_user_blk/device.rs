@@ -149,7 +149,9 @@ impl PciPlug for Wired {
 }
 
 fn eventfds(n: u16) -> std::io::Result<Vec<EventFd>> {
-    (0..n).map(|_| EventFd::new(EFD_NONBLOCK)).collect()
+    (0..n)
+        .map(|_| EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC))
+        .collect()
 }
 
 /// Connects to the back-end of `cfg` with guest RAM `ram` and builds the

@@ -473,7 +473,7 @@ fn guest_features(backend: u64, queues: u16, config: &[u8]) -> u64 {
 
 /// A thread that waits for the back-end to hang up and reports it once.
 struct Watcher {
-    stop: EventFd,
+    stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -484,10 +484,12 @@ impl Watcher {
             what,
             err,
         };
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| io("creating an eventfd", e))?;
-        let stop2 = stop
-            .try_clone()
-            .map_err(|e| io("duplicating an eventfd", e))?;
+        // Shared, not dup'ed: dup(2) would drop O_CLOEXEC.
+        let stop = Arc::new(
+            EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .map_err(|e| io("creating an eventfd", e))?,
+        );
+        let stop2 = stop.clone();
         let name = path.clone();
         let thread = std::thread::Builder::new()
             .name("vhost-user-watch".into())
