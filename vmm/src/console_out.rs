@@ -105,6 +105,7 @@ impl ConsoleOut {
             .name("console-out".into())
             .stack_size(64 << 10)
             .spawn(move || {
+                crate::sandbox::enter_worker();
                 let mut chunk = Vec::with_capacity(4096);
                 loop {
                     {

@@ -17,6 +17,7 @@ pub mod layout;
 pub mod machine;
 pub mod pci;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod serial_mux;
 pub mod signals;
 pub mod stats;

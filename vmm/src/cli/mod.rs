@@ -140,9 +140,19 @@ pub struct Args {
         require_equals = true
     )]
     pub stats: Option<StatsArg>,
+    /// Seccomp filters per thread kind, no_new_privs, no capabilities after start-up (default on)
+    #[arg(long, value_name = "on|off", value_enum)]
+    pub sandbox: Option<OnOffArg>,
     /// More logging (-v info, -vv debug, -vvv trace)
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--sandbox`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOffArg {
+    On,
+    Off,
 }
 
 /// `--stats` formats.
@@ -251,6 +261,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
             Some(StatsArg::Json) => StatsFormat::Json,
         },
         verbose: args.verbose,
+        sandbox: args.sandbox != Some(OnOffArg::Off),
     };
     let config = Config::build(input).map_err(Error::from)?;
     Ok(Parsed {

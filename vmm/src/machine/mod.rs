@@ -73,6 +73,8 @@ pub enum Error {
     #[error(transparent)]
     Signals(#[from] crate::signals::Error),
     #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::Error),
+    #[error(transparent)]
     Pci(#[from] crate::pci::Error),
     #[error(transparent)]
     Ivshmem(#[from] ivshmem::Error),
@@ -95,7 +97,7 @@ impl Error {
             Error::Legacy(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
             Error::VhostUserBlk(e) => e.exit_code(),
-            Error::Serial(_) | Error::Threads(_) | Error::Signals(_) => 1,
+            Error::Serial(_) | Error::Threads(_) | Error::Signals(_) | Error::Sandbox(_) => 1,
         }
     }
 }
@@ -514,6 +516,7 @@ impl Machine {
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let mut t = Timeline::new(start);
     crate::signals::install()?;
+    crate::sandbox::set_enabled(cfg.sandbox);
     let m = match Machine::build(cfg, &mut t) {
         Ok(m) => m,
         // A stop signal during start-up (a back-end's handshake cut short by
@@ -526,5 +529,8 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
             None => return Err(e),
         },
     };
+    // Start-up is over: the main thread (and every thread it starts from
+    // now on) drops its capabilities and enters its seccomp filter.
+    crate::sandbox::enter(crate::sandbox::ThreadKind::Main)?;
     m.run(&t, cfg.stats)
 }

@@ -495,6 +495,7 @@ impl Watcher {
             .name("vhost-user-watch".into())
             .stack_size(64 << 10)
             .spawn(move || {
+                crate::sandbox::enter_worker();
                 // Reported once: not again if the deadline already cut it.
                 if wait_hangup(sock.as_raw_fd(), stop2.as_raw_fd()) && !dead.swap(true, Ordering::Relaxed) {
                     log::error!(
@@ -560,7 +561,10 @@ impl Deadline {
         let thread = std::thread::Builder::new()
             .name("vhost-user-deadline".into())
             .stack_size(64 << 10)
-            .spawn(move || Deadline::watch(&s, &sock, &p, &dead))
+            .spawn(move || {
+                crate::sandbox::enter_worker();
+                Deadline::watch(&s, &sock, &p, &dead)
+            })
             .map_err(|err| Error::Io {
                 path,
                 what: "starting the deadline thread",
