@@ -496,6 +496,9 @@ fn load_initrd(
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use linux_loader::loader::bootparam::boot_params;

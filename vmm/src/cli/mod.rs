@@ -228,6 +228,25 @@ fn clap_error(e: clap::Error) -> ParseOutcome {
     }
 }
 
+/// An error message as one line: control characters a user put in an
+/// argument or a path (a newline, an escape sequence) are shown escaped, so
+/// every error stays one line on stderr and cannot drive the terminal.
+pub fn one_line(msg: &str) -> String {
+    let msg = msg.trim_end_matches('\n');
+    if !msg.chars().any(char::is_control) {
+        return msg.to_string();
+    }
+    msg.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Parses a full argv (program name first): QEMU's spellings, the option
 /// table, then the configuration.
 pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseOutcome> {
@@ -328,5 +347,7 @@ fn introspect(a: &Args) -> Option<String> {
     None
 }
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;
