@@ -5,6 +5,7 @@ pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
 pub mod ivshmem;
+pub mod ivshmem_doorbell;
 pub mod pci;
 pub mod ratelimit;
 pub mod serial;

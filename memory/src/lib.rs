@@ -11,6 +11,7 @@ mod config;
 mod error;
 pub mod hostmem;
 mod prealloc;
+mod size;
 mod sys;
 #[cfg(test)]
 mod testutil;
@@ -22,3 +23,4 @@ pub use config::{
 };
 pub use error::Error;
 pub use prealloc::PopulateMethod;
+pub use size::{SizeError, parse_size};

@@ -91,3 +91,43 @@ fn kvm_flat_smp_cpuid_topology_matches_qemu() {
         );
     }
 }
+
+/// `-smp` with sockets, cores and threads, wired from the command line
+/// through the APIC IDs to CPUID: leaf 0xB's shifts and counts per level
+/// and leaf 1's count agree with QEMU's.
+#[test]
+fn kvm_smp_topology_from_the_command_line_matches_qemu() {
+    require_kvm();
+    let dir = TempDir::new("cpuid-topo");
+    let k = dir.0.join("cpuid.elf");
+    let code = report_program(0x10_0000, ITEMS);
+    let len = code.len() as u32;
+    std::fs::write(
+        &k,
+        elf32(&[(code, 0x10_0000, len)], 0x10_0000, Some(0x10_0000)),
+    )
+    .expect("write kernel");
+    for (smp, threads, per_package) in [
+        ("4,sockets=2,cores=2,threads=1", 1, 2),
+        ("8,sockets=2,cores=2,threads=2", 2, 4),
+        ("6,sockets=1,cores=3,threads=2", 2, 6),
+    ] {
+        let args = ["-smp", smp];
+        let ours = shmvm(&k, &args);
+        let theirs = qemu(&k, &args);
+        ours.assert_exit_33("shmvm");
+        theirs.assert_exit_33("qemu");
+        assert_eq!(
+            (ours.hex("leafb0_ebx"), ours.hex("leafb1_ebx")),
+            (threads, per_package),
+            "-smp {smp}: {ours:#?}"
+        );
+        for key in ["leafb0_eax", "leafb0_ebx", "leafb1_eax", "leafb1_ebx"] {
+            assert_eq!(
+                ours.get(key),
+                theirs.get(key),
+                "-smp {smp} {key}: {theirs:#?}"
+            );
+        }
+    }
+}

@@ -13,6 +13,7 @@ pub mod hv;
 pub mod interrupts;
 pub mod io;
 pub mod ivshmem;
+pub mod ivshmem_doorbell;
 pub mod layout;
 pub mod machine;
 pub mod pci;

@@ -75,6 +75,37 @@ pub struct IvshmemStats {
     pub bar2_exits: u64,
 }
 
+/// One ivshmem-doorbell device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DoorbellStats {
+    pub name: String,
+    pub pci: String,
+    /// This peer's id (IVPosition).
+    pub id: u16,
+    pub vectors: u16,
+    /// Other peers known at the end.
+    pub peers: u64,
+    pub peers_joined: u64,
+    pub peers_left: u64,
+    /// (peer, vector) doorbells registered as ioeventfds at the end.
+    pub ioeventfds: u64,
+    /// Own vectors attached as irqfds at the end.
+    pub irqfds: u64,
+    /// Doorbell writes that exited to the VMM (0 with ioeventfds: rings
+    /// then never leave the kernel, and are not counted anywhere).
+    pub doorbell_exits: u64,
+    /// Exited rings the VMM delivered itself.
+    pub rings_forwarded: u64,
+    /// Exited rings of an absent peer or vector.
+    pub rings_ignored: u64,
+    pub msix_updates: u64,
+    pub errors: u64,
+    pub bar0_reads: u64,
+    pub bar0_writes: u64,
+    pub bar2_addr: Option<u64>,
+    pub bar2_exits: u64,
+}
+
 /// One vhost-user device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VhostUserStats {
@@ -105,6 +136,7 @@ pub struct Stats {
     pub guest_log_lines: u64,
     pub guest_log_suppressed: u64,
     pub ivshmem: Vec<IvshmemStats>,
+    pub ivshmem_doorbell: Vec<DoorbellStats>,
     pub vhost_user: Vec<VhostUserStats>,
 }
 
@@ -119,6 +151,7 @@ impl Default for Stats {
             guest_log_lines: 0,
             guest_log_suppressed: 0,
             ivshmem: Vec::new(),
+            ivshmem_doorbell: Vec::new(),
             vhost_user: Vec::new(),
         }
     }
@@ -176,6 +209,29 @@ impl Stats {
                 d.bar0_reads,
                 d.bar0_writes,
                 d.bar0_bad,
+                d.bar2_exits,
+            ));
+        }
+        for d in &self.ivshmem_doorbell {
+            out.push_str(&format!(
+                "  {} ({}): peer {}, {} vector(s); {} other peers ({} joined, {} left); \
+                 {} ioeventfds, {} irqfds; doorbell exits {} (0 with ioeventfds), {} forwarded, \
+                 {} ignored; {} MSI-X updates, {} errors; bar2 at {}, exits {}\n",
+                d.name,
+                d.pci,
+                d.id,
+                d.vectors,
+                d.peers,
+                d.peers_joined,
+                d.peers_left,
+                d.ioeventfds,
+                d.irqfds,
+                d.doorbell_exits,
+                d.rings_forwarded,
+                d.rings_ignored,
+                d.msix_updates,
+                d.errors,
+                opt_hex(d.bar2_addr),
                 d.bar2_exits,
             ));
         }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::boot::{Entry, cpu};
+use crate::boot::{Entry, Topology, cpu};
 use crate::coalesce::SerialCoalescing;
 use crate::exit::{Action, VmEnd, handle_exit};
 use crate::hv::{self, Vcpu};
@@ -41,22 +41,24 @@ impl VmState {
     }
 }
 
-/// Configures `vcpu` (one of `count`); vCPU 0 also gets the entry state.
+/// Configures `vcpu` (its id is its APIC ID in `topo`); the boot CPU also
+/// gets the entry state.
 pub fn configure(
     vcpu: &Vcpu,
     host: &hv::HostCpu,
-    count: u8,
+    topo: &Topology,
+    boot_cpu: bool,
     entry: Entry,
 ) -> Result<(), hv::Error> {
     let mut cpuid = host.cpuid.clone();
-    crate::cpuid::for_vcpu(&mut cpuid, vcpu.id(), count, host.tsc_deadline);
+    crate::cpuid::for_vcpu_in(&mut cpuid, u32::from(vcpu.id()), topo, host.tsc_deadline);
     vcpu.set_cpuid(&cpuid)?;
     vcpu.set_msrs(&cpu::boot_msrs())?;
     vcpu.set_fpu(&cpu::fpu())?;
     let mut lapic = vcpu.lapic()?;
     cpu::lapic_lints(&mut lapic.regs);
     vcpu.set_lapic(&lapic)?;
-    if vcpu.id() == 0 {
+    if boot_cpu {
         let s = cpu::sregs(vcpu.sregs()?, entry);
         vcpu.set_sregs(&s)?;
         vcpu.set_regs(&cpu::regs(entry))?;

@@ -1,6 +1,6 @@
 //! PCI: configuration space, a root bus with a host bridge, configuration
 //! mechanism #1 (ports 0xCF8..0xCFF) and ECAM, and a firmware-like BAR
-//! allocator.
+//! allocator, and the MSI-X table model every MSI-X function uses.
 //!
 //! How a VMM wires it:
 //! 1. Implement [`BarMapper`]: it is told, per device and BAR, when a BAR
@@ -25,6 +25,7 @@
 
 mod alloc;
 pub mod config;
+pub mod msix;
 mod root;
 
 pub use alloc::{AllocError, BarAllocator, BarWindows};

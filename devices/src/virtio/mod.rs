@@ -12,7 +12,8 @@
 //! region (so it can register ioeventfds there). This crate knows nothing
 //! of the VMM or the hypervisor.
 
-pub mod msix;
+/// The MSI-X model lives with PCI (ivshmem-doorbell uses it too).
+pub use crate::pci::msix;
 mod transport;
 
 pub use msix::{Msix, MsixVector};

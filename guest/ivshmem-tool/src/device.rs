@@ -191,6 +191,11 @@ impl PciDevice {
     /// Enables memory decoding (writes 1 to `enable`); harmless if already on.
     pub fn enable(&self) -> Result<(), DeviceError> {
         let path = self.dir.join("enable");
+        // Already enabled (e.g. by a bound driver such as ivshmem_db, which
+        // makes a second write fail with EBUSY): nothing to do.
+        if fs::read_to_string(&path).is_ok_and(|s| s.trim() != "0") {
+            return Ok(());
+        }
         fs::write(&path, "1").map_err(|source| DeviceError::Io { path, source })
     }
 

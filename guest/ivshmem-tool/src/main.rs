@@ -3,6 +3,7 @@
 //! through its backing file (`--path /dev/shm/NAME`).
 
 mod device;
+mod doorbell;
 mod parse;
 mod pattern;
 mod region;
@@ -125,6 +126,26 @@ enum Command {
         #[command(flatten)]
         range: Range,
     },
+    /// ivshmem-doorbell: this peer's id (IVPosition), its vectors, and the
+    /// peers that announced themselves in the region (the ping-pong layout:
+    /// READY at 0x1000 + 8*id).
+    Peers,
+    /// ivshmem-doorbell: ring VECTOR of PEER (needs the ivshmem_db module).
+    Ring {
+        #[arg(value_parser = parse::number)]
+        peer: u64,
+        #[arg(value_parser = parse::number)]
+        vector: u64,
+    },
+    /// ivshmem-doorbell: wait for a doorbell on VECTOR (needs the ivshmem_db
+    /// module); prints how many rings it collected.
+    WaitIrq {
+        #[arg(value_parser = parse::number)]
+        vector: u64,
+        /// Give up (exit 1) after this many milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
     /// Measure write then read bandwidth over a range (MB/s, 10^6 bytes). Overwrites it.
     Bench {
         #[command(flatten)]
@@ -167,7 +188,30 @@ enum ToolError {
     },
     #[error("writing to stdout: {0}")]
     Stdout(std::io::Error),
+    #[error(transparent)]
+    Doorbell(#[from] doorbell::DoorbellError),
+    #[error("{what} {value} is out of range (at most {max})")]
+    Range {
+        what: &'static str,
+        value: u64,
+        max: u64,
+    },
 }
+
+fn small(what: &'static str, value: u64, max: u16) -> Result<u16, ToolError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|v| *v <= max)
+        .ok_or(ToolError::Range {
+            what,
+            value,
+            max: u64::from(max),
+        })
+}
+
+/// The READY magic of the ping-pong layout (ivshmem_server::pingpong).
+const READY_OFF: u64 = 0x1000;
+const READY: u64 = 0x5245_4144_5944_4221;
 
 /// The memory being worked on and how to describe it.
 struct Target {
@@ -299,6 +343,47 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
             }
             say(format!(
                 "verify ok: seed={seed:#x} offset={offset:#x} len={len:#x}"
+            ))?;
+        }
+        Command::Peers => {
+            let dev = device::select(&cli.sysfs, cli.device.as_deref())?;
+            dev.enable()?;
+            let regs = doorbell::Registers::open(&dev)?;
+            let id = regs.iv_position()?;
+            let vectors = doorbell::vectors(&dev)?;
+            let t = open_target(cli)?;
+            let mut ready = Vec::new();
+            let mut b = [0u8; 8];
+            for peer in 0..((t.region.size().saturating_sub(READY_OFF) / 8).min(4096)) {
+                t.region.read(READY_OFF + 8 * peer, &mut b)?;
+                if u64::from_le_bytes(b) == READY {
+                    ready.push(peer.to_string());
+                }
+            }
+            say(format!(
+                "bdf={} id={id} vectors={vectors} ready_peers={}",
+                dev.bdf,
+                ready.join(",")
+            ))?;
+        }
+        Command::Ring { peer, vector } => {
+            let dev = device::select(&cli.sysfs, cli.device.as_deref())?;
+            dev.enable()?;
+            let (peer, vector) = (
+                small("peer", *peer, u16::MAX)?,
+                small("vector", *vector, 255)?,
+            );
+            doorbell::Registers::open(&dev)?.ring(peer, vector)?;
+            say(format!("ring ok: peer={peer} vector={vector}"))?;
+        }
+        Command::WaitIrq { vector, timeout_ms } => {
+            let dev = device::select(&cli.sysfs, cli.device.as_deref())?;
+            let vector = small("vector", *vector, 255)?;
+            let start = Instant::now();
+            let n = doorbell::wait_irq(&dev, vector, Duration::from_millis(*timeout_ms))?;
+            say(format!(
+                "wait-irq ok: vector={vector} rings={n} after {} ms",
+                start.elapsed().as_millis()
             ))?;
         }
         Command::Bench { range: r, millis } => {

@@ -30,7 +30,9 @@ unsafe extern "C" {
     pub static isr_stubs: u8;
     pub static mut boot_gdt: [u64; 7];
     pub static mut boot_tss: [u8; 104];
-    pub static mut boot_idt: [u64; 2 * IDT_ENTRIES];
+    pub static mut boot_idt: [u64; 2 * IDT_SIZE];
+    /// RFLAGS a ring-3 job starts with (0x2; 0x202 lets interrupts in).
+    pub static mut user_rflags: u64;
     pub static boot_idt_ptr: [u8; 10];
     pub static mut boot_pdpt: [u64; 512];
     pub static mut pd_pool: [[u64; 512]; PD_POOL];
@@ -38,8 +40,10 @@ unsafe extern "C" {
     pub static __kernel_end: u8;
 }
 
-/// IDT entries: the 32 exceptions.
+/// IDT entries with exception stubs: the 32 exceptions.
 pub const IDT_ENTRIES: usize = 32;
+/// IDT size: every vector, so device interrupts (doorbell.rs) have gates.
+pub const IDT_SIZE: usize = 256;
 /// #UD: also the ring-3 return path.
 pub const UD_VECTOR: usize = 6;
 
@@ -166,11 +170,14 @@ boot_tss:
     .balign 16
     .global boot_idt
 boot_idt:
-    .fill 2 * 32, 8, 0
+    .fill 2 * 256, 8, 0
     .global boot_idt_ptr
 boot_idt_ptr:
-    .word 32 * 16 - 1
+    .word 256 * 16 - 1
     .quad boot_idt
+    .global user_rflags
+user_rflags:
+    .quad 2
 
     .section .data.pagetables, "aw"
     .balign 4096
@@ -294,7 +301,7 @@ user_call:
     push 0x1b
     lea r11, [rip + user_stack_top]
     push r11
-    push 0x2
+    push qword ptr [rip + user_rflags]
     push 0x23
     lea r11, [rip + user_trampoline]
     push r11

@@ -122,10 +122,11 @@ fn gate(handler: u64) -> [u64; 2] {
     ]
 }
 
-fn set_gate(v: usize, handler: u64) {
+pub fn set_gate(v: usize, handler: u64) {
     let [lo, hi] = gate(handler);
-    // SAFETY: v < IDT_ENTRIES; one CPU, and the IDT is only written here,
-    // during `init` (at CPL0 or in its ring-3 job).
+    // SAFETY: v < IDT_SIZE (indexing checks it); one CPU, and the IDT is
+    // only written here, at CPL0 or in a ring-3 job, never while a gate
+    // being written can be taken.
     unsafe {
         let idt = &raw mut boot::boot_idt;
         (*idt)[2 * v] = lo;

@@ -14,6 +14,7 @@ mod boot;
 mod bootinfo;
 mod console;
 mod cpu;
+mod doorbell;
 mod ivshmem;
 mod jobs;
 mod paging;
@@ -113,6 +114,11 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
             Test::IvshmemMove => ivshmem::move_bar2(),
             Test::IvshmemSlots => ivshmem::slots(),
             Test::IvshmemBench => ivshmem::bench(),
+            Test::DoorbellSelf => doorbell::ring_self(),
+            Test::DoorbellPing => doorbell::ping_pong(true),
+            Test::DoorbellPong => doorbell::ping_pong(false),
+            Test::DoorbellBad => doorbell::bad_rings(),
+            Test::DoorbellMasked => doorbell::masked_ring(),
         };
         if let Err(why) = r {
             note_failure(why);

@@ -12,6 +12,11 @@ pub enum Test {
     IvshmemMove,
     IvshmemSlots,
     IvshmemBench,
+    DoorbellSelf,
+    DoorbellPing,
+    DoorbellPong,
+    DoorbellBad,
+    DoorbellMasked,
 }
 
 pub const MAX_TESTS: usize = 16;
@@ -29,6 +34,11 @@ pub struct Params {
     pub bench_mib: u64,
     pub ivshmem_size: Option<u64>,
     pub ivposition: u64,
+    /// The other peer of the doorbell ping-pong, and its rounds.
+    pub peer: u64,
+    pub rounds: u64,
+    /// Doorbell ping-pong waits in `hlt` at CPL0 (1) or spins in ring 3 (0).
+    pub halt: u64,
     /// First problem found: (reason, offset of the offending word in the
     /// command line).
     pub error: Option<(&'static str, usize)>,
@@ -51,6 +61,9 @@ impl Params {
         bench_mib: 64,
         ivshmem_size: None,
         ivposition: 0,
+        peer: 0,
+        rounds: 1000,
+        halt: 0,
         error: None,
     };
 
@@ -109,6 +122,11 @@ fn test_by_name(s: &[u8]) -> Option<Test> {
         b"ivshmem-move" => Test::IvshmemMove,
         b"ivshmem-slots" => Test::IvshmemSlots,
         b"ivshmem-bench" => Test::IvshmemBench,
+        b"doorbell-self" => Test::DoorbellSelf,
+        b"doorbell-ping" => Test::DoorbellPing,
+        b"doorbell-pong" => Test::DoorbellPong,
+        b"doorbell-bad" => Test::DoorbellBad,
+        b"doorbell-masked" => Test::DoorbellMasked,
         _ => return None,
     })
 }
@@ -170,6 +188,9 @@ fn parse(line: &[u8], p: &mut Params) {
             b"parties" => &mut p.parties,
             b"bench_mib" => &mut p.bench_mib,
             b"ivposition" => &mut p.ivposition,
+            b"peer" => &mut p.peer,
+            b"rounds" => &mut p.rounds,
+            b"halt" => &mut p.halt,
             _ => continue,
         };
         match parse_num(val) {

@@ -184,13 +184,13 @@ pub const OPTIONS: &[Opt] = &[
         "device",
         Some("TYPE[,PROP=V...]"),
         "device",
-        "isa-debug-exit (iobase=0x501,iosize=2 by default), ivshmem-plain, vhost-user-blk-pci; `-device help`",
+        "isa-debug-exit (iobase=0x501,iosize=2 by default), ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci; `-device help`",
     ),
     same(
         "chardev",
         Some("BACKEND,id=ID[,...]"),
         "chardev",
-        "socket (vhost-user), stdio[,mux=on][,signal=off], file, null; `-chardev help`",
+        "socket (a vhost-user back-end or an ivshmem server), stdio[,mux=on][,signal=off], file, null; `-chardev help`",
     ),
     same(
         "serial",

@@ -1,4 +1,5 @@
-//! `-device TYPE,...`: isa-debug-exit, ivshmem-plain, vhost-user-blk-pci.
+//! `-device TYPE,...`: isa-debug-exit, ivshmem-plain, ivshmem-doorbell,
+//! vhost-user-blk-pci.
 
 use memory::BackendConfig;
 
@@ -33,6 +34,27 @@ pub const TYPES: &[TypeInfo] = &[
         ],
     ),
     TypeInfo::new(
+        "ivshmem-doorbell",
+        "inter-VM shared memory from an ivshmem server, with doorbell interrupts between peers",
+        &[ID, ADDR],
+        &[
+            Prop::new(
+                "chardev",
+                "id",
+                "(required)",
+                "a -chardev socket to the ivshmem server",
+            ),
+            Prop::new("vectors", "uint16", "1", "MSI-X vectors (1..128)"),
+            Prop::new(
+                "ioeventfd",
+                "on|off",
+                "on",
+                "doorbell writes stay in the kernel",
+            ),
+            Prop::new("master", "on|off|auto", "off", "accepted (migration only)"),
+        ],
+    ),
+    TypeInfo::new(
         "vhost-user-blk-pci",
         "a virtio block device served by a vhost-user back-end",
         &[ID, ADDR],
@@ -52,6 +74,8 @@ pub enum DeviceConfig {
     },
     /// `ivshmem-plain,memdev=ID[,addr=SLOT][,master=on|off]`
     IvshmemPlain(crate::ivshmem::IvshmemConfig),
+    /// `ivshmem-doorbell,chardev=ID[,vectors=N][,ioeventfd=on|off]`
+    IvshmemDoorbell(crate::ivshmem_doorbell::DoorbellConfig),
     /// `vhost-user-blk-pci,chardev=ID` or `--vhost-user-blk socket=PATH`
     VhostUserBlk(crate::vhost_user_blk::VhostUserBlkConfig),
 }
@@ -93,6 +117,9 @@ pub fn parse(spec: &str) -> Result<DeviceConfig, Error> {
         "ivshmem-plain" => Ok(DeviceConfig::IvshmemPlain(crate::ivshmem::from_keyval(
             kv, 0,
         )?)),
+        "ivshmem-doorbell" => Ok(DeviceConfig::IvshmemDoorbell(
+            crate::ivshmem_doorbell::from_keyval(kv)?,
+        )),
         "vhost-user-blk-pci" => Ok(DeviceConfig::VhostUserBlk(
             crate::vhost_user_blk::config::from_keyval("-device", kv, "chardev")?,
         )),
@@ -100,7 +127,7 @@ pub fn parse(spec: &str) -> Result<DeviceConfig, Error> {
         other => Err(invalid(
             "-device",
             format!(
-                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, vhost-user-blk-pci; see -device help)"
+                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci; see -device help)"
             ),
         )),
     }
@@ -129,6 +156,33 @@ pub fn check_ivshmem(
         })
         .collect();
     crate::ivshmem::check(&ivshmem, ram.id(), &memdevs).map_err(Error::from)
+}
+
+/// Numbers the ivshmem-doorbell devices and resolves their `chardev=` to
+/// the server sockets; returns the socket chardevs they leave (for the
+/// vhost-user back-ends).
+pub fn check_ivshmem_doorbell(
+    devices: &mut [DeviceConfig],
+    sockets: &[ChardevConfig],
+) -> Result<Vec<ChardevConfig>, Error> {
+    let pairs: Vec<_> = sockets
+        .iter()
+        .map(|c| (c.id.clone(), c.path.clone()))
+        .collect();
+    let mut doorbells: Vec<&mut crate::ivshmem_doorbell::DoorbellConfig> = devices
+        .iter_mut()
+        .filter_map(|d| match d {
+            DeviceConfig::IvshmemDoorbell(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    crate::ivshmem_doorbell::resolve(&mut doorbells, &pairs)?;
+    let taken: Vec<&str> = doorbells.iter().map(|d| d.chardev.as_str()).collect();
+    Ok(sockets
+        .iter()
+        .filter(|c| !taken.contains(&c.id.as_str()))
+        .cloned()
+        .collect())
 }
 
 /// Adds the `--vhost-user-blk` devices, resolves `chardev=` references

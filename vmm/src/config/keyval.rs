@@ -14,7 +14,7 @@
 //! ([`super::size`]). Every key must be consumed by the reader: [`KeyVal::finish`]
 //! names any left over with the type's known properties.
 
-use super::size::parse_size;
+use memory::parse_size;
 
 /// A problem in one property list; the caller adds which option and type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

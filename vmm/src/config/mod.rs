@@ -16,7 +16,6 @@ pub mod device;
 pub mod keyval;
 pub mod machine;
 pub mod object;
-pub mod size;
 
 use std::path::PathBuf;
 
@@ -141,6 +140,8 @@ pub enum Error {
     Object(#[from] object::Error),
     #[error("-device: {0}")]
     Ivshmem(#[from] crate::ivshmem::Error),
+    #[error("-device: {0}")]
+    IvshmemDoorbell(#[from] crate::ivshmem_doorbell::Error),
     #[error(transparent)]
     VhostUserBlk(#[from] crate::vhost_user_blk::config::Error),
 }
@@ -340,7 +341,8 @@ impl Config {
             .map(|d| device::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
         device::check_ivshmem(&mut devices, &ram, &objects)?;
-        device::check_vhost_user_blk(&mut devices, &input.vhost_user_blk, &serial.sockets, &ram)?;
+        let sockets = device::check_ivshmem_doorbell(&mut devices, &serial.sockets)?;
+        device::check_vhost_user_blk(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;
         let cmdline = input.append.unwrap_or_default();
         if cmdline.contains('\0') {
             return Err(invalid("-append", "contains a NUL byte"));

@@ -13,6 +13,7 @@
 )]
 
 pub mod ivshmem;
+pub mod ivshmem_doorbell;
 pub mod legacy;
 
 use std::fs::File;
@@ -80,6 +81,8 @@ pub enum Error {
     Ivshmem(#[from] ivshmem::Error),
     #[error(transparent)]
     VhostUserBlk(#[from] vhost_user_blk::device::Error),
+    #[error(transparent)]
+    IvshmemDoorbell(#[from] ivshmem_doorbell::Error),
 }
 
 impl Error {
@@ -97,6 +100,7 @@ impl Error {
             Error::Legacy(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
             Error::VhostUserBlk(e) => e.exit_code(),
+            Error::IvshmemDoorbell(e) => e.exit_code(),
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) | Error::Sandbox(_) => 1,
         }
     }
@@ -324,7 +328,12 @@ impl Machine {
             protocol: cfg.boot,
             vcpus: cfg.vcpus,
         };
-        let loaded = boot::load(ram.mem(), ram.size(), &spec, &mut files)?;
+        let topo = boot::Topology {
+            sockets: cfg.smp.sockets,
+            cores: cfg.smp.cores,
+            threads: cfg.smp.threads,
+        };
+        let loaded = boot::load_with(ram.mem(), ram.size(), &spec, &topo, &mut files)?;
         log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
         t.mark("kernel + boot data loaded");
 
@@ -348,9 +357,12 @@ impl Machine {
         let host = vm.host_cpu()?;
         t.mark("KVM_GET_SUPPORTED_CPUID");
         let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
-        for id in 0..cfg.vcpus {
-            let v = vm.create_vcpu(id)?;
-            vcpu::configure(&v, &host, cfg.vcpus, loaded.entry)?;
+        for index in 0..cfg.vcpus {
+            // The in-kernel LAPIC's ID is the vCPU's id: the topology's
+            // APIC ID (load_with checked that each fits below 0xfe).
+            let apic_id = u8::try_from(topo.apic_id(index)).unwrap_or(u8::MAX);
+            let v = vm.create_vcpu(apic_id)?;
+            vcpu::configure(&v, &host, &topo, index == 0, loaded.entry)?;
             vcpus.push(v);
         }
         t.mark("vCPUs created and configured");
@@ -377,6 +389,9 @@ impl Machine {
                     c,
                     object(&objects, &c.memdev)?,
                 )?)),
+                DeviceConfig::IvshmemDoorbell(c) => plugs.push(Box::new(
+                    ivshmem_doorbell::Doorbell::connect(c, &vm, &interrupts)?,
+                )),
                 DeviceConfig::VhostUserBlk(c) => plugs.push(Box::new(
                     vhost_user_blk::device::create(c, ram.backend(), &vm, &interrupts)?,
                 )),

@@ -27,7 +27,7 @@ pub enum Error {
         reason: String,
     },
     #[error(
-        "-chardev: '{0}' is not used by any device (only vhost-user-blk-pci,chardev=ID takes one)"
+        "-chardev: '{0}' is not used by any device (vhost-user-blk-pci,chardev=ID and ivshmem-doorbell,chardev=ID take one)"
     )]
     UnusedChardev(String),
     #[error("-device vhost-user-blk-pci: chardev '{0}' is not defined by any -chardev")]
