@@ -692,6 +692,49 @@ fn wait_hangup(sock: RawFd, stop: RawFd) -> bool {
 mod tests {
     use super::*;
 
+    /// A back-end stopped mid-run (SIGSTOP) answers nothing: the request
+    /// waiting for it is cut at the deadline, the device is marked dead and
+    /// the reason says what was asked.
+    #[test]
+    fn a_request_nobody_answers_is_cut_at_the_deadline() {
+        use std::io::Read;
+        let (ours, _stopped_peer) = UnixStream::pair().expect("socketpair");
+        let dead = Arc::new(AtomicBool::new(false));
+        let d = Deadline::spawn(
+            ours.try_clone().expect("dup"),
+            PathBuf::from("/test/stopped.sock"),
+            dead.clone(),
+        )
+        .expect("deadline thread");
+        let armed = d.arm("a test request");
+        let t0 = Instant::now();
+        let mut buf = [0u8; 1];
+        let n = (&ours).read(&mut buf).expect("read ends at the shutdown");
+        d.disarm(armed);
+        let took = t0.elapsed();
+        assert_eq!(n, 0);
+        assert!(took >= REPLY_DEADLINE, "{took:?}");
+        assert!(took < REPLY_DEADLINE + Duration::from_secs(2), "{took:?}");
+        assert!(dead.load(Ordering::Relaxed));
+        let reason = d.cut_reason().expect("cut");
+        assert!(reason.contains("no answer to a test request"), "{reason}");
+    }
+
+    #[test]
+    fn an_answered_request_is_never_cut() {
+        let (ours, _peer) = UnixStream::pair().expect("socketpair");
+        let dead = Arc::new(AtomicBool::new(false));
+        let d = Deadline::spawn(ours, PathBuf::from("/test/ok.sock"), dead.clone())
+            .expect("deadline thread");
+        for _ in 0..100 {
+            let armed = d.arm("a quick request");
+            d.disarm(armed);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!dead.load(Ordering::Relaxed));
+        assert!(d.cut_reason().is_none());
+    }
+
     #[test]
     fn regions_split_around_the_hole_over_one_fd() {
         let cfg = crate::config::object::parse("memory-backend-memfd,id=m,size=3328M,reserve=off")
