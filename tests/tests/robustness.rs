@@ -363,6 +363,11 @@ fn kvm_created_mem_path_is_removed_when_a_later_step_fails() {
     let r = run(&args, T);
     assert_eq!(r.code, Some(2), "{r:?}");
     assert!(!d.0.join("sh").exists(), "ivshmem memdev file left behind");
+    // The one line names the device, the limit and the memdev.
+    for what in ["ivshmem-plain #0", "64-bit window", "memdev 'sh'"] {
+        assert!(r.stderr.contains(what), "{what}: {:?}", r.stderr);
+    }
+    assert_eq!(r.stderr.lines().count(), 1, "{:?}", r.stderr);
 }
 
 #[test]

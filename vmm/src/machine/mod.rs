@@ -75,6 +75,13 @@ pub enum Error {
     Signals(#[from] crate::signals::Error),
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::Error),
+    #[error("{err}; memdev '{memdev}' ({size:#x} bytes) is too large for it")]
+    MemdevTooLarge {
+        memdev: String,
+        size: u64,
+        #[source]
+        err: crate::pci::Error,
+    },
     #[error(transparent)]
     Pci(#[from] crate::pci::Error),
     #[error(transparent)]
@@ -91,6 +98,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Backend { .. }
+            | Error::MemdevTooLarge { .. }
             | Error::NoObject { .. }
             | Error::SerialFile { .. }
             | Error::Ivshmem(_) => 2,
@@ -235,6 +243,26 @@ fn create_serial_file(p: &std::path::Path) -> std::io::Result<File> {
         ));
     }
     Ok(f)
+}
+
+/// A BAR that does not fit the windows, when it is an ivshmem device's BAR2:
+/// the message also names the memdev and its size (what the user can change).
+fn name_the_memdev(err: crate::pci::Error, cfg: &Config, objects: &[Arc<Backend>]) -> Error {
+    if let crate::pci::Error::NoRoom { device, .. } = &err {
+        for d in &cfg.devices {
+            if let DeviceConfig::IvshmemPlain(c) = d
+                && c.to_string() == *device
+                && let Some(b) = objects.iter().find(|b| b.id() == c.memdev)
+            {
+                return Error::MemdevTooLarge {
+                    memdev: c.memdev.clone(),
+                    size: b.size(),
+                    err,
+                };
+            }
+        }
+    }
+    Error::Pci(err)
 }
 
 /// `mem-path` files this start-up created: removed when it fails (dropped
@@ -413,7 +441,8 @@ impl Machine {
             &functions,
             &windows,
             layout::PCI_BAR_FIRST_SLOT,
-        )?;
+        )
+        .map_err(|err| name_the_memdev(err, cfg, &objects))?;
         legacy::place_debug_exits(&io, &hook, &debug_exits)?;
         t.mark("PCI root and devices");
         created.keep();
