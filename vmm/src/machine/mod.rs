@@ -80,7 +80,7 @@ pub enum Error {
         memdev: String,
         size: u64,
         #[source]
-        err: crate::pci::Error,
+        err: Box<crate::pci::Error>,
     },
     #[error(transparent)]
     Pci(#[from] crate::pci::Error),
@@ -257,7 +257,7 @@ fn name_the_memdev(err: crate::pci::Error, cfg: &Config, objects: &[Arc<Backend>
                 return Error::MemdevTooLarge {
                     memdev: c.memdev.clone(),
                     size: b.size(),
-                    err,
+                    err: Box::new(err),
                 };
             }
         }
