@@ -1,60 +1,29 @@
 # shmvm: the two commands a new user needs are `make demo` and `make test`.
 # Both start with `make deps`, which installs every system package the
 # project uses (idempotent; needs root and the Debian package registry).
+#
+# One rule per target: a target's prerequisites and recipe are in one place.
+# Variables first, then the targets in the order a user meets them.
 
 SHELL := /bin/bash
 CARGO ?= cargo
 BUILD := build
 
-.PHONY: all deps build demo test check unit bench clean testkernel bench-ivshmem demo-ivshmem
-.PHONY: bench-memory
-.PHONY: testkernel-unit testkernel-check
-.PHONY: lab lab-deps guest-tool
+.PHONY: all deps build workspace testkernel shmvm lab-tools guest-tool \
+	demo demo-ivshmem test check unit testkernel-unit testkernel-check \
+	lab lab-deps bench bench-boot bench-ivshmem bench-memory clean
 
-all: build
+# --- variables -----------------------------------------------------------
 
 APT_PACKAGES := qemu-system-x86 busybox-static cpio lz4 time hyperfine acpica-tools
 DEPS_STAMP := $(BUILD)/.deps
 
-deps: $(DEPS_STAMP)
-
-$(DEPS_STAMP): scripts/deps.sh
-	bash scripts/deps.sh
-	@mkdir -p $(BUILD) && touch $@
-
-build: deps
-	$(CARGO) build --release --workspace
-
 # The freestanding test kernel (guest/testkernel, outside the workspace;
-# its flags are in guest/testkernel/.cargo/config.toml). The objdump check
-# keeps SSE/AVX out of it: CPL0 code is emulated on PVM hosts.
+# its flags are in guest/testkernel/.cargo/config.toml).
 TESTKERNEL := $(BUILD)/guest/testkernel
-TESTKERNEL_SRC := $(wildcard guest/testkernel/src/*.rs) guest/testkernel/Cargo.toml \
+TESTKERNEL_SRC := $(wildcard guest/testkernel/src/*.rs guest/protocol/src/*.rs) \
+	guest/testkernel/Cargo.toml guest/protocol/Cargo.toml \
 	guest/testkernel/link.ld guest/testkernel/.cargo/config.toml
-
-build: testkernel
-
-testkernel: $(TESTKERNEL)
-
-$(TESTKERNEL): $(TESTKERNEL_SRC)
-	@# rustc warns that sse2 belongs to the target ABI: harmless here (no floats).
-	cd guest/testkernel && $(CARGO) build --release --quiet
-	@if objdump -d guest/testkernel/target/release/testkernel | grep -qE '%[xyz]mm[0-9]'; then \
-		echo "testkernel: SSE/AVX register use found (objdump -d)" >&2; exit 1; fi
-	@mkdir -p $(dir $@)
-	cp guest/testkernel/target/release/testkernel $@
-
-# The kernel's pure modules (parsing, range arithmetic, patterns) as host
-# unit tests, and the kernel booted in QEMU (needs /dev/kvm).
-unit: testkernel-unit
-
-testkernel-unit:
-	@mkdir -p $(BUILD)/guest
-	cd guest/testkernel && rustc --edition 2024 --test -A dead_code -o ../../$(BUILD)/guest/testkernel-unit host_tests.rs
-	$(BUILD)/guest/testkernel-unit
-
-testkernel-check: testkernel
-	bash guest/testkernel/qemu_check.sh
 
 # The shipped shmvm: static (no dynamic loader, no shared libc pages), non-PIE
 # (no start-up relocations), size-optimized with fat LTO. Half the peak RSS
@@ -63,39 +32,75 @@ testkernel-check: testkernel
 # proc macros; the tests use the plain target/release/shmvm.
 SHMVM := $(BUILD)/shmvm
 HOST_TARGET := x86_64-unknown-linux-gnu
+STATIC_DIR := target/$(HOST_TARGET)/release
 SHMVM_STATIC_ENV := RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
 	CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=fat \
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_STRIP=symbols
-.PHONY: shmvm
-build: shmvm
-shmvm:
-	$(SHMVM_STATIC_ENV) $(CARGO) build --release -p vmm --target $(HOST_TARGET)
-	@mkdir -p $(BUILD) && cp target/$(HOST_TARGET)/release/shmvm $(SHMVM)
 
-# The guest-side ivshmem tool as a static Linux binary (runs in any Linux
-# guest; the lab also uses it on the host side with --path). Same flags as the
-# shipped shmvm, so the two builds share their compiled dependencies.
-GUEST_TOOL := target/$(HOST_TARGET)/release/ivshmem-tool
+# Static tools for the KVM lab, same flags as the shipped shmvm (so the
+# builds share their compiled dependencies): the guest-side ivshmem tool
+# (L2, and the L1 host side with --path) and the lab runner (L1 and host).
+GUEST_TOOL := $(STATIC_DIR)/ivshmem-tool
+LAB_RUNNER := $(STATIC_DIR)/lab
+LAB := $(BUILD)/lab
+# The scenario table the lab runs (one line a scenario; a different file
+# runs other scenarios, e.g. LAB_SCENARIOS=my-scenarios make lab).
+LAB_SCENARIOS ?= tests/lab/scenarios
 
-guest-tool:
-	$(SHMVM_STATIC_ENV) $(CARGO) build --release -p ivshmem-tool --target $(HOST_TARGET)
-	@echo "guest-tool: $(GUEST_TOOL) (static)"
-
-# The KVM lab (tests/lab/, README "The KVM lab"): stock Linux guests under a
-# real /dev/kvm inside an L1 Linux under QEMU TCG with nested SVM, the shipped
-# shmvm and QEMU microvm (reference) as L2 VMMs. Variables: see tests/lab/run.sh.
-lab-deps: deps
-	bash tests/lab/fetch.sh
-
-lab: lab-deps shmvm guest-tool
-	SHMVM=$(SHMVM) IVSHMEM_TOOL=$(GUEST_TOOL) bash tests/lab/run.sh
-
-# The demo: the test kernel boots with its RAM in a POSIX shm object
-# (memory-backend-shm, as in QEMU), reports the memory map, fills and checks
-# every usable byte, and exits through isa-debug-exit (33 = guest passed).
 DEMO_RAM ?= 256M
+BENCH_RUNS ?= 20
 
-demo: build
+# --- building ------------------------------------------------------------
+
+all: build
+
+deps: $(DEPS_STAMP)
+
+$(DEPS_STAMP): scripts/deps.sh
+	bash scripts/deps.sh
+	@mkdir -p $(BUILD) && touch $@
+
+# Everything a user runs: the release workspace (target/release), the test
+# kernel and the shipped static shmvm.
+build: workspace testkernel shmvm
+
+workspace: deps
+	$(CARGO) build --release --workspace
+
+testkernel: $(TESTKERNEL)
+
+# The objdump check keeps SSE/AVX out of the kernel: CPL0 code is emulated
+# on PVM hosts.
+$(TESTKERNEL): $(TESTKERNEL_SRC)
+	@# rustc warns that sse2 belongs to the target ABI: harmless here (no floats).
+	cd guest/testkernel && $(CARGO) build --release --quiet
+	@if objdump -d guest/testkernel/target/release/testkernel | grep -qE '%[xyz]mm[0-9]'; then \
+		echo "testkernel: SSE/AVX register use found (objdump -d)" >&2; exit 1; fi
+	@mkdir -p $(dir $@)
+	cp guest/testkernel/target/release/testkernel $@
+
+# Installed by copy-then-rename: a VM started from build/shmvm keeps running
+# its (now unlinked) binary while a new one takes the name ("Text file busy"
+# otherwise).
+shmvm: deps
+	$(SHMVM_STATIC_ENV) $(CARGO) build --release -p vmm --target $(HOST_TARGET)
+	@mkdir -p $(BUILD)
+	cp $(STATIC_DIR)/shmvm $(SHMVM).tmp && mv -f $(SHMVM).tmp $(SHMVM)
+
+lab-tools: deps
+	$(SHMVM_STATIC_ENV) $(CARGO) build --release -p ivshmem-tool -p shmvm-tests \
+		--bin ivshmem-tool --bin lab --target $(HOST_TARGET)
+	@echo "lab-tools: $(GUEST_TOOL) $(LAB_RUNNER) (static)"
+
+guest-tool: lab-tools
+
+# --- demos -----------------------------------------------------------------
+
+# The test kernel boots with its RAM in a POSIX shm object (memory-backend-shm,
+# as in QEMU), reports the memory map, fills and checks every usable byte, and
+# exits through isa-debug-exit (33 = guest passed); then a guest and a host
+# process share a named shm object (demo-ivshmem).
+demo: build demo-ivshmem
 	@echo "demo: shmvm -kernel $(TESTKERNEL) -object memory-backend-shm,id=ram0,size=$(DEMO_RAM) -machine memory-backend=ram0 ..."
 	@rc=0; $(SHMVM) -kernel $(TESTKERNEL) \
 		-object memory-backend-shm,id=ram0,size=$(DEMO_RAM) -machine memory-backend=ram0 \
@@ -104,24 +109,60 @@ demo: build
 	if [ $$rc -eq 33 ]; then echo "demo: guest passed (exit code 33 from isa-debug-exit)"; \
 	else echo "demo: FAILED (exit code $$rc)" >&2; exit 1; fi
 
-check:
-	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+# A guest and a host process sharing a named shm object (needs /dev/kvm).
+demo-ivshmem: build
+	SHMVM_BIN=$(SHMVM) bash scripts/demo-ivshmem.sh
 
-unit: build
-	$(CARGO) test --release --workspace
+# --- tests -----------------------------------------------------------------
 
 # Everything, as CI runs it: lints, unit and end-to-end tests on the host
 # /dev/kvm, the test kernel under QEMU, and the KVM lab (stock Linux guests).
 test: deps check unit testkernel-check lab
 
-# Every benchmark: boot latency, ivshmem bandwidth, memory prealloc (README).
-bench: build
+# Lints of every crate: the workspace, and the test kernel with its own flags.
+check: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd guest/testkernel && $(CARGO) fmt -- --check
+	@# The test kernel's rustc warning about sse2 and the ABI is not a lint.
+	cd guest/testkernel && $(CARGO) clippy --release --quiet -- -D warnings
+
+# Unit and end-to-end tests: the dynamic target/release/shmvm and the test
+# kernel (not the static fat-LTO build/shmvm).
+unit: workspace testkernel testkernel-unit
+	$(CARGO) test --release --workspace
+
+# The kernel's pure modules (parsing, range arithmetic) as host unit tests.
+testkernel-unit:
+	@mkdir -p $(BUILD)/guest
+	cd guest/testkernel && rustc --edition 2024 --test -A dead_code -o ../../$(BUILD)/guest/testkernel-unit host_tests.rs
+	$(BUILD)/guest/testkernel-unit
+
+# The test kernel booted in QEMU (needs /dev/kvm), its host peer shm-peer.
+testkernel-check: workspace testkernel
+	bash guest/testkernel/qemu_check.sh
+
+# The KVM lab (tests/lab/, README "The KVM lab"): stock Linux guests under a
+# real /dev/kvm inside an L1 Linux under QEMU TCG with nested SVM, the shipped
+# shmvm and QEMU microvm (reference) as L2 VMMs. Scenarios: tests/lab/scenarios;
+# variables (LAB_ONLY, LAB_VMMS, ...): tests/src/lab/host.rs and the README.
+lab-deps: deps
+	bash tests/lab/fetch.sh
+
+lab: lab-deps shmvm lab-tools
+	$(LAB_RUNNER) check $(LAB_SCENARIOS) >/dev/null
+	bash guest/initramfs/build.sh $(LAB)/l2-initrd.gz $(GUEST_TOOL) $(LAB)/kernel/modules
+	bash tests/lab/build-l1.sh $(LAB)/l1-initrd.lz4 $(LAB)/kernel $(LAB)/l2-initrd.gz \
+		$(GUEST_TOOL) $(LAB_RUNNER) $(LAB_SCENARIOS) $(SHMVM)
+	$(LAB_RUNNER) host --dir $(LAB) --scenarios $(LAB_SCENARIOS)
+
+# --- benchmarks ------------------------------------------------------------
+
+# Every benchmark: boot latency, ivshmem bandwidth, doorbell round trips,
+# memory prealloc (README).
+bench: bench-boot bench-ivshmem bench-doorbell bench-memory
 
 # Boot latency and peak RSS of shmvm against QEMU microvm + qboot.
-BENCH_RUNS ?= 20
-.PHONY: bench-boot
-bench: bench-boot
 # BENCH_BASELINE=path/to/older/shmvm adds an older build to the same runs.
 bench-boot: build
 	python3 bench/boot_bench.py --runs $(BENCH_RUNS) --shmvm $(SHMVM) \
@@ -129,9 +170,7 @@ bench-boot: build
 
 # ivshmem: BAR2 vs guest RAM vs host bandwidth (needs /dev/kvm); see README.
 bench-ivshmem: build
-	bash bench/ivshmem.sh
-
-bench: bench-ivshmem
+	target/release/bench-ivshmem --shmvm $(SHMVM) --kernel $(TESTKERNEL)
 
 # The Linux guest side of ivshmem-doorbell: the ivshmem_db module built
 # against the lab kernel's headers, and a smoke test under QEMU TCG (no
@@ -157,15 +196,10 @@ lab-doorbell: ivshmem-db guest-tool
 bench-doorbell: build
 	bash bench/doorbell.sh
 
-# A guest and a host process sharing a named shm object (needs /dev/kvm).
-demo-ivshmem: build
-	SHMVM_BIN=$(SHMVM) bash scripts/demo-ivshmem.sh
-
-demo: demo-ivshmem
-
-# Memory backends: prealloc 4 GiB per backend vs the kernel limit and QEMU (README).
-bench: bench-memory
+# Memory backends: prealloc 4 GiB per backend vs the kernel limit and QEMU
+# (README). About 10 minutes; one progress line per case on stderr.
 bench-memory: build
+	@echo "bench-memory: about 10 minutes (5 runs x 19 cases of 4 GiB); progress on stderr"
 	$(CARGO) bench -p memory --bench prealloc
 
 clean:

@@ -5,7 +5,5 @@
 
 #[path = "src/params.rs"]
 mod params;
-#[path = "src/protocol.rs"]
-mod protocol;
 #[path = "src/ranges.rs"]
 mod ranges;

@@ -2,14 +2,17 @@
 # Boots the test kernel in QEMU (a second, independent VMM) and checks its
 # report: PVH boot via qboot on microvm (MP table + ACPI, then MP only),
 # memtest, initrd hash, a failing expectation, and the ivshmem tests on q35
-# (SeaBIOS assigns the BARs) with the host peer. Needs /dev/kvm and
+# (SeaBIOS assigns the BARs) with the host peer (shm-peer). Needs /dev/kvm and
 # qemu-system-x86_64; fails loudly without them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 K=${SHMVM_TESTKERNEL:-build/guest/testkernel}
+# The host side of the protocols (tests/src/bin/shm-peer.rs, guest/protocol).
+PEER=${SHM_PEER:-target/release/shm-peer}
 [ -e /dev/kvm ] || { echo "qemu_check (needs /dev/kvm): FAIL: /dev/kvm missing" >&2; exit 1; }
 command -v qemu-system-x86_64 >/dev/null || { echo "qemu_check: FAIL: qemu-system-x86_64 missing" >&2; exit 1; }
 [ -f "$K" ] || { echo "qemu_check: FAIL: $K missing (make testkernel)" >&2; exit 1; }
+[ -x "$PEER" ] || { echo "qemu_check: FAIL: $PEER missing (make build)" >&2; exit 1; }
 
 tmp=$(mktemp -d)
 shm=/dev/shm/shmvm-tk-check-$$
@@ -18,12 +21,7 @@ trap 'rm -rf "$tmp" "$shm"' EXIT
 fail() { echo "qemu_check: FAIL: $*" >&2; echo x >>"$tmp/failures"; }
 
 head -c 200000 /dev/urandom >"$tmp/initrd"
-want_hash=$(python3 -c '
-import sys
-h = 0xcbf29ce484222325
-for b in open(sys.argv[1], "rb").read():
-    h = ((h ^ b) * 0x100000001b3) & (2**64 - 1)
-print(f"0x{h:016x}")' "$tmp/initrd")
+want_hash=$("$PEER" fnv1a64 "$tmp/initrd")
 
 # run NAME EXPECTED_EXIT MACHINE-ARGS... -- APPEND
 run() {
@@ -63,7 +61,7 @@ IVSHMEM=(-M q35 -m 128M -object "memory-backend-file,id=hm,mem-path=$shm,size=1M
 run ivshmem 33 "${IVSHMEM[@]}" -- \
     "shmvm.test=ivshmem,ivshmem-move,ivshmem-bench shmvm.seed=0x1234 shmvm.ivshmem_size=1M shmvm.timeout_ms=60000" &
 qemu=$!
-python3 guest/testkernel/ivshmem_peer.py handshake "$shm" --timeout 60 >"$tmp/peer.out" || fail "peer: $(cat "$tmp/peer.out")"
+"$PEER" handshake "$shm" 60000 >"$tmp/peer.out" 2>&1 || fail "peer: $(cat "$tmp/peer.out")"
 wait $qemu
 has ivshmem "shmvm: ivshmem handshake start seed=0x1234 data_len=1044480"
 grep -qE '^shmvm: ivshmem handshake ok ms=[0-9]+$' "$tmp/ivshmem.out" || fail "ivshmem: handshake not ok"

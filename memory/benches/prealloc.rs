@@ -276,6 +276,7 @@ fn main() {
     }
     let mut times: BTreeMap<Case, Vec<Duration>> = BTreeMap::new();
     let mut rounds: Vec<BTreeMap<Case, Duration>> = Vec::new();
+    let started = Instant::now();
     for run in 0..runs {
         let mut round = BTreeMap::new();
         // Rotate the order each run so no case always follows the same neighbour.
@@ -293,6 +294,14 @@ fn main() {
             };
             times.entry(case).or_default().push(d);
             round.insert(case, d);
+            // Progress: the whole bench takes about 10 minutes.
+            eprintln!(
+                "run {}/{runs}, case {}/{n}: {case:?} {} ({:.0} s so far)",
+                run + 1,
+                i + 1,
+                ms(d),
+                started.elapsed().as_secs_f64()
+            );
         }
         rounds.push(round);
         eprintln!("run {}/{runs} done", run + 1);

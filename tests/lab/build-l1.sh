@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Builds the L1 initramfs of the KVM lab.
-# Usage: build-l1.sh OUT KERNEL_DIR L2_INITRD IVSHMEM_TOOL [SHMVM]
+# Usage: build-l1.sh OUT KERNEL_DIR L2_INITRD IVSHMEM_TOOL LAB_RUNNER SCENARIOS [SHMVM]
 #   KERNEL_DIR   from fetch.sh (vmlinuz + modules/), used for L1 and L2 alike
+#   LAB_RUNNER   the static lab runner (tests/src/bin/lab.rs), exec'd by l1-init
+#   SCENARIOS    the scenario table (tests/lab/scenarios)
 #   SHMVM        the shmvm binary under test (omit only for a QEMU-only run)
 # Contents: busybox-static, kvm modules (+ brd for an ext2 ramdisk), QEMU with
 # its shared libraries and firmware (the reference L2 VMM), qemu-storage-daemon
 # (the vhost-user-blk back-end), shmvm with its
-# libraries, ivshmem-tool (host-side checker), the L2 kernel and initramfs,
-# the scenario list and l1-init as /init.
+# libraries, ivshmem-tool (host-side checker), the lab runner, the L2 kernel
+# and initramfs, the scenario table and l1-init as /init.
 set -euo pipefail
-out=${1:?usage: build-l1.sh OUT KERNEL_DIR L2_INITRD IVSHMEM_TOOL [SHMVM]}
-kdir=${2:?} l2_initrd=${3:?} tool=${4:?} shmvm=${5:-}
+out=${1:?usage: build-l1.sh OUT KERNEL_DIR L2_INITRD IVSHMEM_TOOL LAB_RUNNER SCENARIOS [SHMVM]}
+kdir=${2:?} l2_initrd=${3:?} tool=${4:?} runner=${5:?} scenarios=${6:?} shmvm=${7:-}
 here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "l1-initramfs: $*" >&2; exit 1; }
 
@@ -18,6 +20,11 @@ qemu=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not installed (
 [ -f "$kdir/vmlinuz" ] || die "$kdir/vmlinuz missing (tests/lab/fetch.sh)"
 [ -f "$l2_initrd" ] || die "L2 initramfs $l2_initrd missing"
 [ -x "$tool" ] || die "ivshmem tool $tool missing"
+[ -x "$runner" ] || die "lab runner $runner missing"
+[ -f "$scenarios" ] || die "scenario table $scenarios missing"
+for b in "$tool" "$runner"; do
+    { ldd "$b" 2>&1 || true; } | grep -q "not a dynamic" || die "$b is not a static binary"
+done
 [ -z "$shmvm" ] || [ -x "$shmvm" ] || die "shmvm binary $shmvm missing"
 
 stage=$(mktemp -d)
@@ -37,7 +44,7 @@ copy_with_libs() {
 
 cp /bin/busybox "$stage/bin/busybox"
 install -m 755 "$here/l1-init" "$stage/init"
-cp "$here/scenarios" "$stage/lab/scenarios"
+cp "$scenarios" "$stage/lab/scenarios"
 m=$kdir/modules/kernel
 for ko in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko drivers/block/brd.ko; do
     [ -f "$m/$ko" ] || die "module $m/$ko missing"
@@ -54,6 +61,7 @@ for f in qboot.rom linuxboot_dma.bin pvh.bin kvmvapic.bin; do
 done
 [ -f "$stage/usr/share/qemu/qboot.rom" ] || die "/usr/share/qemu/qboot.rom missing"
 install -m 755 "$tool" "$stage/usr/bin/ivshmem-tool"
+install -m 755 "$runner" "$stage/usr/bin/lab"
 [ -n "$shmvm" ] && copy_with_libs "$shmvm" /usr/bin/shmvm
 
 mkdir -p "$(dirname "$out")"

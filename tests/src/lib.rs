@@ -1,5 +1,9 @@
-//! Helpers for end-to-end tests.
+//! Helpers for end-to-end tests: the harness (running shmvm, reading what
+//! it produced), the typed statistics, host-side shared regions, the
+//! qemu-storage-daemon peer, host bandwidth loops.
+pub mod bandwidth;
 pub mod harness;
+pub mod lab;
 pub mod qsd;
 pub mod shm;
-pub mod vm;
+pub mod stats;

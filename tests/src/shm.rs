@@ -1,46 +1,17 @@
-//! The host side of the test kernel's ivshmem protocols (see
-//! guest/testkernel/README.md and src/ivshmem.rs there, the reference for
-//! the patterns): a shared region opened the way any host process would
-//! (a file under /dev/shm, or a named POSIX shm object via `shm_open`), the
-//! two-pattern handshake, and the multi-party slots.
+//! A host mapping of a shared region, opened the way any host process would
+//! (a file under /dev/shm, or a named POSIX shm object via `shm_open`), and
+//! the host halves of the test kernel's protocols over it. The protocols
+//! themselves (layouts, patterns, states) are the protocol crate's
+//! (`guest/protocol`), shared with the test kernel.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
-pub const HDR_MAGIC: usize = 0x00;
-pub const HDR_STATE: usize = 0x08;
-pub const HDR_SEED: usize = 0x10;
-pub const HDR_DATA_OFF: usize = 0x18;
-pub const HDR_DATA_LEN: usize = 0x20;
-pub const MAGIC: u32 = 0x564D_4853;
-pub const STATE_GUEST_WROTE: u32 = 1;
-pub const STATE_HOST_WROTE: u32 = 2;
-pub const STATE_GUEST_OK: u32 = 3;
-pub const STATE_GUEST_BAD: u32 = 4;
-pub const STATE_HOST_BAD: u32 = 5;
-pub const SLOT_SIZE: usize = 0x1000;
-pub const SLOT_MAGIC: u64 = 0x544F_4C53_564D_4853;
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// Pattern P1 (the guest's) at byte offset `o` of the region.
-pub fn p1(o: u64, seed: u64) -> u64 {
-    o.wrapping_mul(GOLDEN) ^ seed
-}
-
-/// Pattern P2 (the host's).
-pub fn p2(o: u64, seed: u64) -> u64 {
-    !p1(o, seed)
-}
-
-/// Slot word `i` of party `n`.
-pub fn slot_word(seed: u64, n: u64, i: u64) -> u64 {
-    (seed ^ ((n + 1) << 32) ^ i).wrapping_mul(GOLDEN)
-}
+pub use protocol::Error;
 
 /// A shared mapping of a whole file or shm object.
 #[derive(Debug)]
@@ -124,44 +95,56 @@ impl Region {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.len
+    pub fn len(&self) -> u64 {
+        self.len as u64
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    fn check(&self, off: usize, n: usize) {
+    /// The aligned `T` at byte offset `off`; panics outside the region
+    /// (a test bug: the protocols check offsets they read from it).
+    fn word<T>(&self, off: u64) -> *mut T {
+        let n = std::mem::size_of::<T>() as u64;
         assert!(
-            off.is_multiple_of(n) && off + n <= self.len,
+            off.is_multiple_of(n) && off.checked_add(n).is_some_and(|e| e <= self.len as u64),
             "offset {off:#x} outside the region"
         );
+        // SAFETY: off + n <= len (checked): the pointer stays in the mapping,
+        // which is page aligned, so `off` aligned to n is aligned for T.
+        unsafe { self.ptr.add(off as usize).cast::<T>() }
     }
 
-    pub fn rd32(&self, off: usize) -> u32 {
-        self.check(off, 4);
-        // SAFETY: in bounds and aligned (checked); the mapping lives in self.
-        // Volatile: another process or VM writes it concurrently.
-        unsafe { std::ptr::read_volatile(self.ptr.add(off).cast::<u32>()) }
+    pub fn rd32(&self, off: u64) -> u32 {
+        protocol::Shared::read32(self, off)
     }
 
-    pub fn wr32(&self, off: usize, v: u32) {
-        self.check(off, 4);
-        // SAFETY: as rd32.
-        unsafe { std::ptr::write_volatile(self.ptr.add(off).cast::<u32>(), v) }
+    pub fn rd64(&self, off: u64) -> u64 {
+        protocol::Shared::read64(self, off)
     }
+}
 
-    pub fn rd64(&self, off: usize) -> u64 {
-        self.check(off, 8);
-        // SAFETY: as rd32.
-        unsafe { std::ptr::read_volatile(self.ptr.add(off).cast::<u64>()) }
+/// Volatile accesses: another process or VM writes the region concurrently.
+impl protocol::Shared for Region {
+    fn size(&self) -> u64 {
+        self.len as u64
     }
-
-    pub fn wr64(&self, off: usize, v: u64) {
-        self.check(off, 8);
-        // SAFETY: as rd32.
-        unsafe { std::ptr::write_volatile(self.ptr.add(off).cast::<u64>(), v) }
+    fn read32(&self, off: u64) -> u32 {
+        // SAFETY: `word` returns an aligned pointer into the live mapping.
+        unsafe { std::ptr::read_volatile(self.word(off)) }
+    }
+    fn write32(&self, off: u64, v: u32) {
+        // SAFETY: as read32; the mapping is PROT_WRITE.
+        unsafe { std::ptr::write_volatile(self.word(off), v) }
+    }
+    fn read64(&self, off: u64) -> u64 {
+        // SAFETY: as read32.
+        unsafe { std::ptr::read_volatile(self.word(off)) }
+    }
+    fn write64(&self, off: u64, v: u64) {
+        // SAFETY: as write32.
+        unsafe { std::ptr::write_volatile(self.word(off), v) }
     }
 }
 
@@ -176,175 +159,55 @@ impl Drop for Region {
     }
 }
 
-fn wait_for(
-    what: &str,
-    deadline: Instant,
-    mut done: impl FnMut() -> Option<Result<(), String>>,
-) -> Result<(), String> {
-    loop {
-        if let Some(r) = done() {
-            return r;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting for {what}"));
-        }
+/// The protocols' clock: a deadline, polled every 200 us.
+#[derive(Debug)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn after(timeout: Duration) -> Deadline {
+        Deadline(Instant::now() + timeout)
+    }
+}
+
+impl protocol::Clock for Deadline {
+    fn expired(&mut self) -> bool {
+        Instant::now() > self.0
+    }
+    fn pause(&mut self) {
         std::thread::sleep(Duration::from_micros(200));
     }
 }
 
-/// The host half of the handshake: wait for the guest's P1, verify it,
-/// write P2, wait for the guest's verdict. Returns the data length checked.
-pub fn handshake(r: &Region, timeout: Duration) -> Result<u64, String> {
-    let deadline = Instant::now() + timeout;
-    wait_for("the guest's pattern (state 1)", deadline, || {
-        (r.rd32(HDR_MAGIC) == MAGIC && r.rd32(HDR_STATE) == STATE_GUEST_WROTE).then_some(Ok(()))
-    })?;
-    fence(Ordering::Acquire);
-    let seed = r.rd64(HDR_SEED);
-    let (off, len) = (r.rd64(HDR_DATA_OFF), r.rd64(HDR_DATA_LEN));
-    let end = off
-        .checked_add(len)
-        .filter(|&e| e <= r.len() as u64 && off.is_multiple_of(8));
-    let Some(end) = end else {
-        r.wr32(HDR_STATE, STATE_HOST_BAD);
-        return Err(format!(
-            "bad header: data at {off:#x}+{len:#x} in a {:#x} region",
-            r.len()
-        ));
-    };
-    for o in (off..end).step_by(8) {
-        let (got, want) = (r.rd64(o as usize), p1(o, seed));
-        if got != want {
-            r.wr32(HDR_STATE, STATE_HOST_BAD);
-            return Err(format!(
-                "P1 mismatch at {o:#x}: got {got:#x}, want {want:#x}"
-            ));
-        }
-    }
-    for o in (off..end).step_by(8) {
-        r.wr64(o as usize, p2(o, seed));
-    }
-    fence(Ordering::Release);
-    r.wr32(HDR_STATE, STATE_HOST_WROTE);
-    wait_for("the guest's verdict (state 3)", deadline, || {
-        match r.rd32(HDR_STATE) {
-            STATE_GUEST_OK => Some(Ok(())),
-            STATE_GUEST_BAD => Some(Err("the guest saw a P2 mismatch".to_string())),
-            _ => None,
-        }
-    })?;
-    Ok(len)
+/// The host half of the handshake ([`protocol::host_handshake`]).
+pub fn handshake(r: &Region, timeout: Duration) -> Result<u64, Error> {
+    protocol::host_handshake(r, &mut Deadline::after(timeout))
 }
 
-/// One party of the slots protocol: write slot `me`, wait until all
-/// `parties` slots are written, verify every one.
-pub fn slots(
-    r: &Region,
-    me: u64,
-    parties: u64,
-    seed: u64,
-    timeout: Duration,
-) -> Result<(), String> {
-    if parties == 0 || me >= parties || parties as usize * SLOT_SIZE > r.len() {
-        return Err(format!(
-            "bad slot {me} of {parties} for a {:#x} region",
-            r.len()
-        ));
-    }
-    let deadline = Instant::now() + timeout;
-    let base = me as usize * SLOT_SIZE;
-    for i in 4..(SLOT_SIZE / 8) as u64 {
-        r.wr64(base + 8 * i as usize, slot_word(seed, me, i));
-    }
-    r.wr64(base + 8, me);
-    r.wr64(base + 16, parties);
-    r.wr64(base + 24, seed);
-    fence(Ordering::Release);
-    r.wr64(base, SLOT_MAGIC);
-    for n in 0..parties {
-        let s = n as usize * SLOT_SIZE;
-        wait_for(&format!("slot {n}"), deadline, || {
-            (r.rd64(s) == SLOT_MAGIC && r.rd64(s + 8) == n && r.rd64(s + 24) == seed)
-                .then_some(Ok(()))
-        })?;
-        fence(Ordering::Acquire);
-        if r.rd64(s + 16) != parties {
-            return Err(format!(
-                "slot {n} says {} parties, not {parties}",
-                r.rd64(s + 16)
-            ));
-        }
-        for i in 4..(SLOT_SIZE / 8) as u64 {
-            let (got, want) = (r.rd64(s + 8 * i as usize), slot_word(seed, n, i));
-            if got != want {
-                return Err(format!("slot {n} word {i}: got {got:#x}, want {want:#x}"));
-            }
-        }
-    }
-    Ok(())
+/// One party of the slots protocol ([`protocol::slots`]).
+pub fn slots(r: &Region, me: u64, parties: u64, seed: u64, timeout: Duration) -> Result<(), Error> {
+    protocol::slots(r, me, parties, seed, &mut Deadline::after(timeout))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::Shared;
 
-    fn temp_region(len: u64) -> (std::path::PathBuf, Region) {
-        let p = std::env::temp_dir().join(format!("shmvm-shm-test-{}-{len}", std::process::id()));
+    #[test]
+    fn two_mappings_of_one_file_see_each_others_words() {
+        let p = std::env::temp_dir().join(format!("shmvm-shm-test-{}", std::process::id()));
         let f = std::fs::File::create(&p).unwrap();
-        f.set_len(len).unwrap();
-        let r = Region::open_file(&p).unwrap();
-        (p, r)
-    }
-
-    #[test]
-    fn handshake_against_a_simulated_guest_thread() {
-        let (p, host) = temp_region(0x4000);
-        let guest = Region::open_file(&p).unwrap();
+        f.set_len(0x2000).unwrap();
+        let (a, b) = (
+            Region::open_file(&p).unwrap(),
+            Region::open(p.to_str().unwrap()).unwrap(),
+        );
         std::fs::remove_file(&p).unwrap();
-        let seed = 0x1234;
-        let t = std::thread::spawn(move || {
-            guest.wr64(HDR_SEED, seed);
-            guest.wr64(HDR_DATA_OFF, 0x1000);
-            guest.wr64(HDR_DATA_LEN, 0x3000);
-            for o in (0x1000..0x4000u64).step_by(8) {
-                guest.wr64(o as usize, p1(o, seed));
-            }
-            guest.wr32(HDR_MAGIC, MAGIC);
-            guest.wr32(HDR_STATE, STATE_GUEST_WROTE);
-            while guest.rd32(HDR_STATE) != STATE_HOST_WROTE {
-                std::hint::spin_loop();
-            }
-            let ok = (0x1000..0x4000u64)
-                .step_by(8)
-                .all(|o| guest.rd64(o as usize) == p2(o, seed));
-            guest.wr32(HDR_STATE, if ok { STATE_GUEST_OK } else { STATE_GUEST_BAD });
-        });
-        assert_eq!(handshake(&host, Duration::from_secs(10)), Ok(0x3000));
-        t.join().unwrap();
-    }
-
-    #[test]
-    fn handshake_reports_a_wrong_pattern() {
-        let (p, r) = temp_region(0x2000);
-        std::fs::remove_file(&p).unwrap();
-        r.wr64(HDR_DATA_OFF, 0x1000);
-        r.wr64(HDR_DATA_LEN, 0x1000);
-        r.wr32(HDR_MAGIC, MAGIC);
-        r.wr32(HDR_STATE, STATE_GUEST_WROTE);
-        let e = handshake(&r, Duration::from_secs(1)).unwrap_err();
-        assert!(e.starts_with("P1 mismatch at 0x1000"), "{e}");
-        assert_eq!(r.rd32(HDR_STATE), STATE_HOST_BAD);
-    }
-
-    #[test]
-    fn slots_time_out_naming_the_missing_party() {
-        let (p, r) = temp_region(0x4000);
-        let other = Region::open_file(&p).unwrap();
-        std::fs::remove_file(&p).unwrap();
-        let e = slots(&r, 0, 2, 7, Duration::from_millis(50)).unwrap_err();
-        assert_eq!(e, "timed out waiting for slot 1");
-        let t = std::thread::spawn(move || slots(&other, 1, 2, 7, Duration::from_secs(5)));
-        slots(&r, 0, 2, 7, Duration::from_secs(5)).unwrap();
-        t.join().unwrap().unwrap();
+        a.write64(0x1ff8, 0x1122_3344_5566_7788);
+        b.write32(4, 0xabcd);
+        assert_eq!(
+            (b.rd64(0x1ff8), a.rd32(4), a.len()),
+            (0x1122_3344_5566_7788, 0xabcd, 0x2000)
+        );
     }
 }

@@ -7,28 +7,13 @@
 
 use std::time::Duration;
 
-use shmvm_tests::vm::{TempDir, leftover_shm, require_kvm, run};
+use shmvm_tests::harness::{TempDir, command, leftover_shm, refused, require_kvm, run};
 
 const T: Duration = Duration::from_secs(20);
 
 fn check(args: &[&str], option: &str, dir: &TempDir) {
     let tmp_before = dir.entries();
-    let r = run(args, T);
-    assert_eq!(r.code, Some(2), "{args:?}: {r:?}");
-    let lines: Vec<_> = r.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{args:?}: stderr is not one line: {:?}",
-        r.stderr
-    );
-    assert!(lines[0].starts_with("shmvm: "), "{args:?}: {}", lines[0]);
-    assert!(
-        lines[0].contains(option),
-        "{args:?}: {:?} does not name {option}",
-        lines[0]
-    );
-    assert!(r.stdout.is_empty(), "{args:?}: stdout {:?}", r.stdout);
+    let r = refused(command(args), option);
     assert_eq!(
         leftover_shm(r.pid),
         Vec::<String>::new(),

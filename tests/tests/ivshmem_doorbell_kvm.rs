@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ivshmem_server::protocol::send;
 use ivshmem_server::server::{Server, ServerConfig, ShmSource};
 use ivshmem_server::{Peer, PeerEvent, pingpong};
-use shmvm_tests::harness::{self, Run, require_kvm, shmvm, testkernel, unique};
+use shmvm_tests::harness::{self, Run, require_kvm, testkernel, unique, with_testkernel};
 use vm_memory::{Bytes, VolatileMemory};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -83,7 +83,7 @@ fn append(tests: &str, id: u16, peer: u16, rounds: u32) -> String {
 /// A shmvm guest with one ivshmem-doorbell on `socket`.
 fn shmvm_guest(socket: &Path, vectors: u16, append: &str) -> Child {
     let dev = format!("ivshmem-doorbell,chardev=iv,vectors={vectors}");
-    shmvm(&[
+    with_testkernel(&[
         "-m",
         "64M",
         "-chardev",
@@ -212,7 +212,7 @@ fn kvm_doorbell_masked_vector_holds_the_ring_and_ioeventfd_off_forwards() {
     assert_eq!(u(&doorbell_stats(&run), "doorbell_exits"), 0);
     drop(s);
     let s = serve("db-noioeventfd", 1);
-    let child = shmvm(&[
+    let child = with_testkernel(&[
         "-m",
         "64M",
         "-chardev",

@@ -4,19 +4,12 @@
 
 use std::path::Path;
 
-use shmvm_tests::harness::{self, RemoveOnDrop, shmvm, unique};
+use shmvm_tests::harness::{self, RemoveOnDrop, unique, with_testkernel};
 
+/// The one error line of a refused ivshmem configuration (it names the device).
 fn refused(args: &[&str]) -> String {
-    let run = harness::run(shmvm(args));
-    assert_eq!(run.code, Some(2), "exit code for {args:?}: {run:?}");
-    let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line for {args:?}: {:?}", run.stderr);
-    assert!(
-        run.stdout.is_empty(),
-        "no guest output for {args:?}: {}",
-        run.stdout
-    );
-    lines[0].to_string()
+    let run = harness::refused(with_testkernel(args), "ivshmem-plain");
+    run.stderr.trim_end().to_string()
 }
 
 #[test]

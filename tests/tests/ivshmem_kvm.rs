@@ -6,8 +6,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use shmvm_tests::harness::{self, RemoveOnDrop, require_kvm, shmvm, unique};
+use shmvm_tests::harness::{
+    self, RemoveOnDrop, require_kvm, run_testkernel, unique, with_testkernel,
+};
 use shmvm_tests::shm::Region;
+use shmvm_tests::stats::Ivshmem;
 
 const PEER: &str = env!("CARGO_BIN_EXE_shm-peer");
 const MIB: u64 = 1 << 20;
@@ -32,22 +35,13 @@ fn peer_ok(child: std::process::Child) -> String {
     o.into_owned()
 }
 
-/// The ivshmem line of `--stats`: "... bar2 at X, mapped N times; ... bar2 exits N".
-fn stats_line(run: &harness::Run) -> String {
-    run.line("ivshmem-plain #0")
-        .unwrap_or_else(|| panic!("no ivshmem statistics line in\n{}", run.stderr))
-        .to_string()
-}
-
-fn field(line: &str, key: &str) -> String {
-    let rest = line
-        .split(key)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no '{key}' in {line}"));
-    rest.split([',', ';', ' '])
-        .find(|s| !s.is_empty())
-        .unwrap_or_default()
-        .to_string()
+/// The statistics of ivshmem device `n` (`--stats=json`).
+fn ivshmem(run: &harness::Run, n: usize) -> Ivshmem {
+    let st = run.stats();
+    st.ivshmem
+        .get(n)
+        .cloned()
+        .unwrap_or_else(|| panic!("no ivshmem device #{n} in the statistics: {st:?}"))
 }
 
 #[test]
@@ -60,7 +54,7 @@ fn kvm_ivshmem_file_handshake_move_and_zero_bar2_exits() {
         "memory-backend-file,id=hostmem,size=1M,mem-path={},share=on",
         path.display()
     );
-    let vm = shmvm(&[
+    let vm = with_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -69,7 +63,7 @@ fn kvm_ivshmem_file_handshake_move_and_zero_bar2_exits() {
         "ivshmem-plain,memdev=hostmem,master=on",
         "-append",
         "shmvm.test=ivshmem,ivshmem-move shmvm.seed=0x1234 shmvm.timeout_ms=30000 shmvm.ivshmem_size=0x100000",
-        "--stats",
+        "--stats=json",
     ])
     .spawn()
     .expect("starting shmvm");
@@ -96,14 +90,12 @@ fn kvm_ivshmem_file_handshake_move_and_zero_bar2_exits() {
     // The region followed the BAR: the guest's markers, written before the
     // move, are in the host file; the counters show BAR2 at its new place
     // and not one VM exit caused by BAR2.
-    let line = stats_line(&run);
-    eprintln!("{line}");
-    assert_eq!(field(&line, "bar2 at "), "0x100100000", "{line}");
-    assert_eq!(field(&line, "bar2 exits "), "0", "{line}");
+    let iv = ivshmem(&run, 0);
+    assert_eq!(iv.bar2_addr, Some(0x1_0010_0000), "{iv:?}");
+    assert_eq!(iv.bar2_exits, 0, "{iv:?}");
     assert_eq!(
-        field(&line, "mapped "),
-        "3",
-        "assign + re-enable after sizing + move: {line}"
+        iv.bar2_maps, 3,
+        "assign + re-enable after sizing + move: {iv:?}"
     );
     let r = Region::open_file(&path).expect("the file outlives the VM");
     assert_eq!(r.rd64(0), 0x1234 ^ 0x4D4F_5645_0000_0001, "first marker");
@@ -121,7 +113,7 @@ fn kvm_ivshmem_named_shm_object_reaches_a_host_process_and_goes_away() {
     let dev_shm = Path::new("/dev/shm").join(&name[1..]);
     let _cleanup = RemoveOnDrop(dev_shm.clone());
     let object = format!("memory-backend-shm,id=shared,size=2M,name={name}");
-    let vm = shmvm(&[
+    let vm = with_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -130,7 +122,7 @@ fn kvm_ivshmem_named_shm_object_reaches_a_host_process_and_goes_away() {
         "ivshmem-plain,memdev=shared,addr=5",
         "-append",
         "shmvm.test=ivshmem shmvm.timeout_ms=30000",
-        "--stats",
+        "--stats=json",
     ])
     .spawn()
     .expect("starting shmvm");
@@ -143,7 +135,7 @@ fn kvm_ivshmem_named_shm_object_reaches_a_host_process_and_goes_away() {
         run.stdout.contains("shmvm: ivshmem pci=00:05.0"),
         "addr=5 is slot 5"
     );
-    assert_eq!(field(&stats_line(&run), "bar2 exits "), "0");
+    assert_eq!(ivshmem(&run, 0).bar2_exits, 0);
     assert!(
         !dev_shm.exists(),
         "{name} must be removed when the VM ends (keep=off)"
@@ -167,7 +159,7 @@ fn kvm_ivshmem_two_vms_and_a_host_process_share_slots() {
         let append = format!(
             "shmvm.test=ivshmem-slots shmvm.slot={slot} shmvm.parties=3 shmvm.seed=0xfeed shmvm.timeout_ms=40000"
         );
-        shmvm(&[
+        with_testkernel(&[
             "-m",
             "64M",
             "-object",
@@ -176,7 +168,7 @@ fn kvm_ivshmem_two_vms_and_a_host_process_share_slots() {
             "ivshmem-plain,memdev=m",
             "-append",
             &append,
-            "--stats",
+            "--stats=json",
         ])
         .spawn()
         .expect("starting shmvm")
@@ -202,7 +194,7 @@ fn kvm_ivshmem_two_vms_and_a_host_process_share_slots() {
             "{}",
             r.stdout
         );
-        assert_eq!(field(&stats_line(r), "bar2 exits "), "0");
+        assert_eq!(ivshmem(r, 0).bar2_exits, 0);
     }
     assert!(said.contains("slots ok slot=2 parties=3"), "{said}");
 }
@@ -210,7 +202,7 @@ fn kvm_ivshmem_two_vms_and_a_host_process_share_slots() {
 #[test]
 fn kvm_ivshmem_bench_runs_without_bar2_exits() {
     require_kvm();
-    let run = harness::run(shmvm(&[
+    let run = run_testkernel(&[
         "-m",
         "96M",
         "-object",
@@ -219,8 +211,8 @@ fn kvm_ivshmem_bench_runs_without_bar2_exits() {
         "ivshmem-plain,memdev=b",
         "-append",
         "shmvm.test=ivshmem-bench shmvm.bench_mib=8",
-        "--stats",
-    ]));
+        "--stats=json",
+    ]);
     run.assert_pass();
     for what in [
         "shmvm: bench bar2 write_mbps=",
@@ -232,13 +224,13 @@ fn kvm_ivshmem_bench_runs_without_bar2_exits() {
             run.stdout
         );
     }
-    assert_eq!(field(&stats_line(&run), "bar2 exits "), "0");
+    assert_eq!(ivshmem(&run, 0).bar2_exits, 0);
 }
 
 #[test]
 fn kvm_ivshmem_several_devices_each_with_its_memdev() {
     require_kvm();
-    let run = harness::run(shmvm(&[
+    let run = run_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -251,16 +243,23 @@ fn kvm_ivshmem_several_devices_each_with_its_memdev() {
         "ivshmem-plain,memdev=b,addr=2",
         "-append",
         "shmvm.test=boot",
-        "--stats",
-    ]));
+        "--stats=json",
+    ]);
     run.assert_pass();
-    let a = run.line("ivshmem-plain #0").unwrap_or_default().to_string();
-    let b = run.line("ivshmem-plain #1").unwrap_or_default().to_string();
-    assert!(a.contains("(00:03.0, memdev 'a')"), "{a}");
-    assert!(b.contains("(00:02.0, memdev 'b')"), "{b}");
+    let (a, b) = (ivshmem(&run, 0), ivshmem(&run, 1));
+    assert_eq!(
+        (a.pci.as_str(), a.memdev.as_str()),
+        ("00:03.0", "a"),
+        "{a:?}"
+    );
+    assert_eq!(
+        (b.pci.as_str(), b.memdev.as_str()),
+        ("00:02.0", "b"),
+        "{b:?}"
+    );
     // Largest BAR first, each naturally aligned in the 64-bit window.
-    assert_eq!(field(&b, "bar2 at "), "0x100000000", "{b}");
-    assert_eq!(field(&a, "bar2 at "), "0x100400000", "{a}");
+    assert_eq!(b.bar2_addr, Some(0x1_0000_0000), "{b:?}");
+    assert_eq!(a.bar2_addr, Some(0x1_0040_0000), "{a:?}");
 }
 
 #[test]
@@ -277,7 +276,7 @@ fn kvm_ivshmem_readonly_memdev_is_a_readonly_slot() {
     );
     // The move test writes two markers, then expects them at the new
     // address: with a read-only slot both writes exit and are dropped.
-    let run = harness::run(shmvm(&[
+    let run = run_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -286,8 +285,8 @@ fn kvm_ivshmem_readonly_memdev_is_a_readonly_slot() {
         "ivshmem-plain,memdev=ro",
         "-append",
         "shmvm.test=ivshmem-move",
-        "--stats",
-    ]));
+        "--stats=json",
+    ]);
     assert_eq!(run.code, Some(35), "the guest must fail: {run:?}");
     assert!(
         run.stdout
@@ -295,11 +294,7 @@ fn kvm_ivshmem_readonly_memdev_is_a_readonly_slot() {
         "{}",
         run.stdout
     );
-    assert_eq!(
-        field(&stats_line(&run), "bar2 exits "),
-        "2",
-        "the two marker writes"
-    );
+    assert_eq!(ivshmem(&run, 0).bar2_exits, 2, "the two marker writes");
     let r = Region::open_file(&path).expect("the file");
     assert_eq!(
         (r.rd64(0), r.rd64(r.len() - 8)),
@@ -315,7 +310,7 @@ fn kvm_ivshmem_named_shm_kept_after_the_vm_holds_the_data() {
     let dev_shm = Path::new("/dev/shm").join(&name[1..]);
     let _cleanup = RemoveOnDrop(dev_shm.clone());
     let object = format!("memory-backend-shm,id=kept,size=1M,name={name},keep=on");
-    let vm = shmvm(&[
+    let vm = with_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -334,16 +329,9 @@ fn kvm_ivshmem_named_shm_kept_after_the_vm_holds_the_data() {
     // keep=on: the object outlives the VM with the host's pattern (P2) in it
     // and the guest's verdict in the header.
     let r = Region::open_shm(&name).expect("keep=on leaves the object");
-    assert_eq!(
-        r.rd32(shmvm_tests::shm::HDR_STATE),
-        shmvm_tests::shm::STATE_GUEST_OK
-    );
+    assert_eq!(r.rd32(protocol::HDR_STATE), protocol::STATE_GUEST_OK);
     for o in [0x1000u64, 0x8000, (1 << 20) - 8] {
-        assert_eq!(
-            r.rd64(o as usize),
-            shmvm_tests::shm::p2(o, 0x77),
-            "offset {o:#x}"
-        );
+        assert_eq!(r.rd64(o), protocol::p2(o, 0x77), "offset {o:#x}");
     }
 }
 
@@ -353,7 +341,7 @@ fn kvm_ivshmem_bar2_moved_onto_guest_ram_is_refused_not_fatal() {
     // The guest programs BAR2 at 16 MiB, inside its RAM: KVM refuses the
     // overlapping slot, the VMM says so, and the VM keeps running (the
     // guest then finds RAM, not the region, there and fails its check).
-    let run = harness::run(shmvm(&[
+    let run = run_testkernel(&[
         "-m",
         "64M",
         "-object",
@@ -362,8 +350,8 @@ fn kvm_ivshmem_bar2_moved_onto_guest_ram_is_refused_not_fatal() {
         "ivshmem-plain,memdev=m",
         "-append",
         "shmvm.test=ivshmem-move shmvm.bar2=0x1000000",
-        "--stats",
-    ]));
+        "--stats=json",
+    ]);
     assert_eq!(run.code, Some(35), "{run:?}");
     assert!(
         run.stdout
@@ -377,5 +365,5 @@ fn kvm_ivshmem_bar2_moved_onto_guest_ram_is_refused_not_fatal() {
         "{}",
         run.stderr
     );
-    assert_eq!(field(&stats_line(&run), "bar2 at "), "unmapped");
+    assert_eq!(ivshmem(&run, 0).bar2_addr, None, "left unmapped");
 }

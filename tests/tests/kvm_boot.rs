@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use shmvm_tests::vm::{TempDir, fnv1a64, leftover_shm, require_kvm, run, testkernel};
+use protocol::fnv1a64;
+use shmvm_tests::harness::{TempDir, leftover_shm, require_kvm, run, testkernel};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -178,7 +179,7 @@ fn kvm_backend_shm_3_5g_split_around_hole() {
     boot_backend("shm", 3584 * MIB, "boot");
 }
 
-fn boot_simple(extra: &[&str]) -> shmvm_tests::vm::Run {
+fn boot_simple(extra: &[&str]) -> shmvm_tests::harness::Run {
     require_kvm();
     let kernel = testkernel();
     let mut args = vec![

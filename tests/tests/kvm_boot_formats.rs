@@ -12,7 +12,7 @@ mod guest32;
 use std::path::Path;
 
 use guest32::{ESI, Item, Report, elf32, qemu, report_program, report_program_from, shmvm};
-use shmvm_tests::vm::{TempDir, require_kvm};
+use shmvm_tests::harness::{TempDir, require_kvm};
 
 const PVH_MAGIC: u32 = 0x336e_c578;
 const MB_HEADER_MAGIC: u32 = 0x1bad_b002;

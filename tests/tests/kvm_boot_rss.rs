@@ -10,7 +10,7 @@
 
 use std::process::{Command, Stdio};
 
-use shmvm_tests::vm::{TempDir, require_kvm, shmvm_bin};
+use shmvm_tests::harness::{TempDir, require_kvm, shmvm_bin};
 
 /// `out 0xf4, eax = 0x10; cli; hlt`: exit code 33.
 const EXIT_CODE: [u8; 12] = [

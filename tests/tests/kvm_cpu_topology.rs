@@ -8,7 +8,7 @@
 mod guest32;
 
 use guest32::{Item, elf32, qemu, report_program, shmvm};
-use shmvm_tests::vm::{TempDir, require_kvm};
+use shmvm_tests::harness::{TempDir, require_kvm};
 
 const EBX: u8 = 1;
 const EAX: u8 = 0;

@@ -10,7 +10,7 @@
 
 use std::process::{Command, Stdio};
 
-use shmvm_tests::vm::{leftover_shm, require_kvm, shmvm_bin, testkernel};
+use shmvm_tests::harness::{leftover_shm, require_kvm, shmvm_bin, testkernel};
 
 /// Our children named `comm` (from /proc/<pid>/stat: ppid and comm).
 fn children_named(comm: &str) -> Vec<i32> {

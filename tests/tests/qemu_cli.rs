@@ -16,8 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use shmvm_tests::harness::{
+    Run, TempDir, repo_root, require_kvm, run, shmvm_bin, testkernel, wait,
+};
 use shmvm_tests::qsd::Qsd;
-use shmvm_tests::vm::{Run, TempDir, repo_root, require_kvm, run, shmvm_bin, testkernel, wait};
 
 const T: Duration = Duration::from_secs(30);
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shmvm_tests::vm::{Run, TempDir, require_kvm, run, shmvm_bin, tiny_kernel, wait};
+use shmvm_tests::harness::{Run, TempDir, require_kvm, run, shmvm_bin, tiny_kernel, wait};
 
 /// Every refusal here must come well before this (a hang would not).
 const T: Duration = Duration::from_secs(20);

@@ -12,8 +12,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use shmvm_tests::harness::{Run, TempDir, require_kvm, run, shmvm_bin, wait};
 use shmvm_tests::qsd::Qsd;
-use shmvm_tests::vm::{Run, TempDir, require_kvm, run, shmvm_bin, wait};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -118,7 +118,7 @@ fn run_with_device(ram: &str, kill_backend: bool) -> Run {
             "-device",
             "vhost-user-blk-pci,chardev=c0",
         ])
-        .args(["--stats", "-serial", "stdio"])
+        .args(["--stats=json", "-serial", "stdio"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -136,25 +136,18 @@ fn run_with_device(ram: &str, kill_backend: bool) -> Run {
     wait(child, T)
 }
 
-fn stats_line(r: &Run) -> &str {
-    r.stderr
-        .lines()
-        .find(|l| l.contains("vhost-user-blk-pci #0"))
-        .unwrap_or_else(|| panic!("no device statistics: {r:?}"))
-}
-
 #[test]
 fn kvm_device_wired_and_vm_ends_cleanly() {
     let r = run_with_device("memory-backend-memfd,id=ram0,size=64M", false);
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(!r.stderr.contains("warn"), "no wiring warnings: {r:?}");
-    let s = stats_line(&r);
     assert!(!r.stderr.contains("hung up"), "{r:?}");
     // The guest never drove the device: nothing started, nothing failed.
-    assert!(
-        s.contains("started 0 times") && s.contains("0 errors"),
-        "{s}"
-    );
+    let st = r.stats();
+    let [v] = st.vhost_user.as_slice() else {
+        panic!("one vhost-user device in the statistics: {st:?}");
+    };
+    assert_eq!((v.starts, v.errors, v.notify_exits), (0, 0, 0), "{v:?}");
 }
 
 #[test]

@@ -146,6 +146,28 @@ enum Command {
         #[arg(long, default_value_t = 60_000)]
         timeout_ms: u64,
     },
+    /// Play the host side of the test kernel's handshake (guest/protocol):
+    /// wait for the guest's P1, verify it, write P2, wait for its verdict.
+    Handshake {
+        /// Give up (exit 1) after this many milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
+    /// Be party SLOT of PARTIES in the test kernel's slots protocol.
+    Slots {
+        /// This party's slot.
+        #[arg(value_parser = parse::number)]
+        slot: u64,
+        /// How many parties write slots.
+        #[arg(value_parser = parse::number)]
+        parties: u64,
+        /// The seed every party uses.
+        #[arg(long, default_value = DEFAULT_SEED, value_parser = parse::number)]
+        seed: u64,
+        /// Give up (exit 1) after this many milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
     /// Measure write then read bandwidth over a range (MB/s, 10^6 bytes). Overwrites it.
     Bench {
         #[command(flatten)]
@@ -185,6 +207,11 @@ enum ToolError {
         offset: u64,
         found: String,
         want: String,
+    },
+    #[error("{what}: {source}")]
+    Protocol {
+        what: &'static str,
+        source: protocol::Error,
     },
     #[error("writing to stdout: {0}")]
     Stdout(std::io::Error),
@@ -386,6 +413,35 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
                 start.elapsed().as_millis()
             ))?;
         }
+        Command::Handshake { timeout_ms } => {
+            let t = open_target(cli)?;
+            let bytes = protocol::host_handshake(&t.region, &mut Deadline::after(*timeout_ms))
+                .map_err(|source| ToolError::Protocol {
+                    what: "handshake",
+                    source,
+                })?;
+            say(format!("handshake ok: bytes={bytes:#x}"))?;
+        }
+        Command::Slots {
+            slot,
+            parties,
+            seed,
+            timeout_ms,
+        } => {
+            let t = open_target(cli)?;
+            protocol::slots(
+                &t.region,
+                *slot,
+                *parties,
+                *seed,
+                &mut Deadline::after(*timeout_ms),
+            )
+            .map_err(|source| ToolError::Protocol {
+                what: "slots",
+                source,
+            })?;
+            say(format!("slots ok: slot={slot} parties={parties}"))?;
+        }
         Command::Bench { range: r, millis } => {
             let t = open_target(cli)?;
             let (offset, len) = range(&t.region, r);
@@ -402,6 +458,24 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
         }
     }
     Ok(())
+}
+
+/// The protocols' clock: a deadline, polled every 100 us.
+struct Deadline(Instant);
+
+impl Deadline {
+    fn after(ms: u64) -> Deadline {
+        Deadline(Instant::now() + Duration::from_millis(ms))
+    }
+}
+
+impl protocol::Clock for Deadline {
+    fn expired(&mut self) -> bool {
+        Instant::now() > self.0
+    }
+    fn pause(&mut self) {
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 fn main() -> ExitCode {

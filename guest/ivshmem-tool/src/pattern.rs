@@ -1,23 +1,18 @@
 //! The test pattern: a pure function of (seed, absolute offset), so any
 //! sub-range of a region can be filled by one party and verified by another
-//! (guest and host) without exchanging anything but the seed.
+//! (guest and host) without exchanging anything but the seed. The pattern
+//! itself is the protocol crate's (`guest/protocol`), shared with the test
+//! kernel; this module fills and checks byte ranges of it.
 
-/// splitmix64 finaliser: a cheap, well-mixed 64-bit hash.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The pattern word covering absolute bytes `8*index .. 8*index+8`.
+/// The pattern word covering absolute bytes `8*index .. 8*index+8`: the
+/// protocol crate's region pattern, which is the test kernel's P1.
 pub fn word(seed: u64, index: u64) -> u64 {
-    mix(seed ^ mix(index))
+    protocol::region_word(seed, index)
 }
 
 /// The pattern byte at absolute offset `off` (little-endian within its word).
 pub fn byte_at(seed: u64, off: u64) -> u8 {
-    word(seed, off / 8).to_le_bytes()[(off % 8) as usize]
+    protocol::region_byte(seed, off)
 }
 
 /// Fills `buf`, which starts at absolute offset `base`, with the pattern.
@@ -91,10 +86,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pattern_is_deterministic_and_seed_dependent() {
-        assert_eq!(word(1, 5), word(1, 5));
-        assert_ne!(word(1, 5), word(2, 5));
-        assert_ne!(word(1, 5), word(1, 6));
+    fn pattern_is_the_test_kernels_p1() {
+        for o in (0x1000..0x1100u64).step_by(8) {
+            assert_eq!(word(7, o / 8), protocol::p1(o, 7));
+        }
     }
 
     #[test]
@@ -159,12 +154,20 @@ mod tests {
     }
 
     #[test]
-    fn wrong_seed_fails_almost_everywhere() {
+    fn wrong_seed_fails_in_every_word() {
+        // P1 is offset-mixed XOR seed: another seed changes every word in
+        // the bytes where the seeds differ.
         let mut buf = vec![0u8; 256];
-        fill(1, 0, &mut buf);
+        fill(0x1234_5678_9abc_def0, 0, &mut buf);
         let mut c = Checker::default();
-        c.check(2, 0, &buf);
+        c.check(0x0fed_cba9_8765_4321, 0, &buf);
         let m = c.finish().expect("different seed");
-        assert!(m.count > 200);
+        assert!(m.count > 200, "{m:?}");
+        let mut c = Checker::default();
+        c.check(3, 0, &buf[..8]);
+        assert!(
+            c.finish().is_some(),
+            "a one-bit seed change shows in word 0"
+        );
     }
 }

@@ -249,6 +249,51 @@ impl Region {
     }
 }
 
+impl Region {
+    /// The aligned `T` at `off`, for the protocol crate's word accesses.
+    /// Panics outside the region or unaligned (the [`protocol::Shared`]
+    /// contract: the protocols check offsets they read from the region).
+    fn word_ptr<T>(&self, off: u64) -> *mut T {
+        let size = std::mem::size_of::<T>();
+        let ok = off.is_multiple_of(size as u64)
+            && off
+                .checked_add(size as u64)
+                .is_some_and(|end| end <= self.len as u64);
+        assert!(
+            ok,
+            "word at {off:#x} outside the region of {:#x} bytes",
+            self.len
+        );
+        // SAFETY: off + size <= self.len (checked), so the result points into
+        // the mapping; the mapping is page aligned, so off aligned to size is too.
+        unsafe { self.ptr.as_ptr().add(off as usize).cast::<T>() }
+    }
+}
+
+/// The test kernel's protocols (`ivshmem-tool handshake`, `slots`) run over
+/// the mapping with volatile word accesses.
+impl protocol::Shared for Region {
+    fn size(&self) -> u64 {
+        self.len as u64
+    }
+    fn read32(&self, off: u64) -> u32 {
+        // SAFETY: word_ptr returns an aligned pointer inside the live mapping.
+        unsafe { ptr::read_volatile(self.word_ptr(off)) }
+    }
+    fn write32(&self, off: u64, v: u32) {
+        // SAFETY: as read32; the mapping is writable (PROT_WRITE).
+        unsafe { ptr::write_volatile(self.word_ptr(off), v) }
+    }
+    fn read64(&self, off: u64) -> u64 {
+        // SAFETY: as read32.
+        unsafe { ptr::read_volatile(self.word_ptr(off)) }
+    }
+    fn write64(&self, off: u64, v: u64) {
+        // SAFETY: as write32.
+        unsafe { ptr::write_volatile(self.word_ptr(off), v) }
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: ptr/len are exactly the mapping made in `map`, unmapped once.

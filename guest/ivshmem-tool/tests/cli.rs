@@ -144,3 +144,24 @@ fn usage_and_runtime_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("no ivshmem device"), "{}", text(&o));
 }
+
+#[test]
+fn the_test_kernels_protocols_host_side() {
+    let r = TempRegion::new("protocols", 0x4000);
+    // One party: its own slot is all there is to wait for.
+    let o = tool(&["--path", r.path(), "slots", "0", "1", "--seed", "9"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("slots ok: slot=0 parties=1"),
+        "{}",
+        text(&o)
+    );
+    // No guest: the handshake names what it waited for.
+    let o = tool(&["--path", r.path(), "handshake", "--timeout-ms", "50"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("handshake: timed out waiting for the guest's pattern"),
+        "{}",
+        text(&o)
+    );
+}

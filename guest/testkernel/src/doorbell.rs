@@ -334,10 +334,7 @@ fn wait_for(j: &mut Job, want: u64, mut again: impl FnMut(&mut Job)) -> bool {
 extern "C" fn ping_job(_: u64, _: u64, _: u64) -> u64 {
     // SAFETY: CPL0 is suspended; sole user of JOB and LAT.
     let (j, lat) = unsafe { (&mut *JOB.ptr(), &mut *LAT.ptr()) };
-    let (mine, theirs) = (
-        j.bar2 + SEQ_OFF + 8 * j.me,
-        j.bar2 + READY_OFF + 8 * j.peer,
-    );
+    let (mine, theirs) = (j.bar2 + SEQ_OFF + 8 * j.me, j.bar2 + READY_OFF + 8 * j.peer);
     wr64(j.bar2 + READY_OFF + 8 * j.me, READY);
     while rd64(theirs) != READY {
         if rdtsc() > j.deadline {
@@ -522,7 +519,10 @@ pub fn masked_ring() -> Result<(), &'static str> {
     setup()?;
     match user_with_interrupts(masked_job) {
         0 => {
-            say!("shmvm: doorbell masked ring delivered on unmask irqs=", Dec(irqs(0)));
+            say!(
+                "shmvm: doorbell masked ring delivered on unmask irqs=",
+                Dec(irqs(0))
+            );
             Ok(())
         }
         1 => {

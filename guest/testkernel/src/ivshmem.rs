@@ -1,7 +1,7 @@
 //! ivshmem-plain (1af4:1110) guest side: PCI checks, the host handshake,
 //! BAR2 move, multi-party slots and the bandwidth benchmark. The region
-//! protocols are documented in README.md; pattern functions here are the
-//! reference for host-side code.
+//! protocols are documented in README.md; their layouts and patterns are the
+//! protocol crate's (guest/protocol), shared with host-side code.
 
 use core::ptr::{read_volatile, write_volatile};
 
@@ -9,8 +9,8 @@ use crate::console::{Dec, Digits, Hex};
 use crate::cpu::{self, rdtsc};
 use crate::params::PARAMS;
 use crate::pci::{self, Bdf, CMD_MEMORY, COMMAND};
-use crate::protocol::*;
 use crate::{Global, jobs, paging, say, timer};
+use protocol::*;
 
 pub const VENDOR: u16 = 0x1af4;
 pub const DEVICE: u16 = 0x1110;

@@ -4,8 +4,8 @@
 use crate::Global;
 use crate::bootinfo::{INFO, kernel_range};
 use crate::params::PARAMS;
-use crate::protocol::{fnv1a64, memtest_pattern};
 use crate::ranges::Ranges;
+use protocol::{fnv1a64, memtest_pattern};
 
 /// Copies the NUL-terminated string at `src` (at most `max` bytes) to `dst`;
 /// returns its length. Ring 3.

@@ -20,7 +20,6 @@ mod jobs;
 mod paging;
 mod params;
 mod pci;
-mod protocol;
 mod ranges;
 mod tables;
 mod timer;
@@ -239,9 +238,9 @@ fn report() {
 
 fn memtest() -> Result<(), &'static str> {
     // SAFETY: single CPU, CPL0 only.
-    let (top, bytes, n) = unsafe {
+    let (top, bytes) = unsafe {
         let f = &*jobs::FREE.ptr();
-        (f.top, f.bytes, f.n)
+        (f.top, f.bytes)
     };
     paging::ensure_mapped(0, top)?;
     // SAFETY: as above.

@@ -4,6 +4,7 @@
 //!
 //!   shm-peer handshake REGION [TIMEOUT_MS]
 //!   shm-peer slots REGION SLOT PARTIES SEED [TIMEOUT_MS]
+//!   shm-peer fnv1a64 FILE      (the test kernel's initrd hash, 0x%016x)
 //!
 //! REGION is a file path (/dev/shm/NAME) or `shm:/NAME` (shm_open). Prints
 //! one line; exit 0 on success, 1 on a protocol failure, 2 on bad usage.
@@ -27,13 +28,25 @@ fn main() -> ExitCode {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let usage = || {
         eprintln!(
-            "usage: shm-peer handshake REGION [TIMEOUT_MS] | slots REGION SLOT PARTIES SEED [TIMEOUT_MS]"
+            "usage: shm-peer handshake REGION [TIMEOUT_MS] | slots REGION SLOT PARTIES SEED [TIMEOUT_MS] | fnv1a64 FILE"
         );
         ExitCode::from(2)
     };
     let (Some(cmd), Some(spec)) = (a.first(), a.get(1)) else {
         return usage();
     };
+    if cmd == "fnv1a64" {
+        return match std::fs::read(spec) {
+            Ok(data) => {
+                println!("{:#018x}", protocol::fnv1a64(&data));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shm-peer: cannot read {spec}: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let timeout_arg = if cmd == "slots" { 5 } else { 2 };
     let Some(timeout) = num(a.get(timeout_arg), Some(20_000)) else {
         return usage();

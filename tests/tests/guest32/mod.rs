@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use shmvm_tests::vm::{run, wait};
+use shmvm_tests::harness::{run, wait};
 
 pub const EXIT_PORT: u16 = 0xf4;
 pub const COM1: u16 = 0x3f8;

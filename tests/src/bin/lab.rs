@@ -1,0 +1,83 @@
+//! The KVM lab runner (README, "The KVM lab"; tests/src/lab):
+//!
+//!   lab host --dir build/lab --scenarios tests/lab/scenarios
+//!       on the development machine (`make lab`): boots L1, resumes after
+//!       an L1 death, reports; exit 0 only if every expected run passed
+//!   lab l1 /lab/scenarios
+//!       inside L1, exec'd by its init: runs and judges every scenario
+//!   lab check FILE
+//!       parses a scenario table and lists its runs
+//!
+//! Built static (`make lab-tools`): the same binary runs on the host and in
+//! the L1 initramfs. Exit status 2 on usage errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use shmvm_tests::lab::{self, scenario};
+
+const USAGE: &str =
+    "usage: lab host --dir DIR --scenarios FILE | lab l1 SCENARIOS | lab check SCENARIOS";
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("lab: {why}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("l1") => match args.get(1) {
+            Some(f) => lab::l1::main(&PathBuf::from(f)),
+            None => usage("l1 needs the scenario file"),
+        },
+        Some("check") => {
+            let Some(f) = args.get(1) else {
+                return usage("check needs the scenario file");
+            };
+            let parsed = std::fs::read_to_string(f)
+                .map_err(|e| format!("{f}: {e}"))
+                .and_then(|t| scenario::parse(f, &t).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(all) => {
+                    for s in &all {
+                        for v in [scenario::Vmm::Qemu, scenario::Vmm::Shmvm] {
+                            if s.runs_with(v) {
+                                println!("{}", lab::tag(&s.name, v));
+                            }
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("host") => {
+            let (mut dir, mut scenarios) = (None, None);
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                match (a.as_str(), it.next()) {
+                    ("--dir", Some(v)) => dir = Some(PathBuf::from(v)),
+                    ("--scenarios", Some(v)) => scenarios = Some(PathBuf::from(v)),
+                    _ => return usage(&format!("bad argument {a}")),
+                }
+            }
+            let (Some(dir), Some(scenarios)) = (dir, scenarios) else {
+                return usage("host needs --dir and --scenarios");
+            };
+            match lab::host::main(&dir, &scenarios) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    println!("lab: FAIL: {e}");
+                    println!("0 passed, 0 failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => usage("which half?"),
+    }
+}

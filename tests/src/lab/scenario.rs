@@ -1,0 +1,372 @@
+//! The lab's scenario table (`tests/lab/scenarios`): one scenario a line,
+//! whitespace-separated columns, `#` comments. Adding a scenario is adding
+//! a line; every value is checked here, so a typo fails before any L1 boot.
+//!
+//! Columns: `name backend mem smp action ivshmem extra`
+//! - backend: ram | file-tmpfs | file-disk | memfd | shm
+//! - mem: guest RAM (K/M/G suffix); smp: vCPUs
+//! - action: poweroff | reboot (both must end the VMM with 0)
+//! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
+//! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
+//!   mq2, ring64 (tests/lab/scenarios explains each), and expectations that
+//!   override the derived ones: `cpus=N` (default: smp).
+
+use std::fmt;
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{file}:{line}: {what}")]
+pub struct ScenarioError {
+    pub file: String,
+    pub line: usize,
+    pub what: String,
+}
+
+/// An L2 VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Vmm {
+    /// QEMU microvm: the reference.
+    Qemu,
+    Shmvm,
+}
+
+impl fmt::Display for Vmm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Vmm::Qemu => "qemu",
+            Vmm::Shmvm => "shmvm",
+        })
+    }
+}
+
+impl Vmm {
+    pub fn parse(s: &str) -> Option<Vmm> {
+        match s {
+            "qemu" => Some(Vmm::Qemu),
+            "shmvm" => Some(Vmm::Shmvm),
+            _ => None,
+        }
+    }
+
+    /// A comma-separated list (`LAB_VMMS`, `lab.vmms=`).
+    pub fn parse_list(s: &str) -> Result<Vec<Vmm>, String> {
+        s.split(',')
+            .filter(|v| !v.is_empty())
+            .map(|v| Vmm::parse(v).ok_or_else(|| format!("unknown VMM '{v}' (qemu, shmvm)")))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Ram,
+    FileTmpfs,
+    FileDisk,
+    Memfd,
+    Shm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Poweroff,
+    Reboot,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Poweroff => "poweroff",
+            Action::Reboot => "reboot",
+        })
+    }
+}
+
+/// A size as written (passed on to the VMMs as is) and in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Size {
+    pub text: String,
+    pub bytes: u64,
+}
+
+impl Size {
+    pub fn parse(s: &str) -> Option<Size> {
+        let (num, shift) = match s.as_bytes().last()? {
+            b'K' => (&s[..s.len() - 1], 10),
+            b'M' => (&s[..s.len() - 1], 20),
+            b'G' => (&s[..s.len() - 1], 30),
+            _ => (s, 0),
+        };
+        let n: u64 = num.parse().ok()?;
+        let bytes = n.checked_mul(1 << shift)?;
+        (bytes > 0).then(|| Size {
+            text: s.to_string(),
+            bytes,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IvshmemKind {
+    File,
+    Shm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IvshmemSpec {
+    pub kind: IvshmemKind,
+    pub size: Size,
+}
+
+/// A vhost-user-blk disk served by qemu-storage-daemon in L1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vub {
+    /// The guest reads the host's pattern, writes its own; L1 checks the image.
+    Plain,
+    /// The same, then L1 kills the back-end while the guest runs.
+    Kill,
+    /// Private guest RAM: shmvm must refuse with exit 2, nothing boots.
+    Private,
+}
+
+impl fmt::Display for Vub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Vub::Plain => "vub",
+            Vub::Kill => "vub-kill",
+            Vub::Private => "vub-private",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extra {
+    pub virtio: bool,
+    pub bar64: bool,
+    pub vub: Option<Vub>,
+    pub mq2: bool,
+    pub ring64: bool,
+    /// `cpus=N`: the CPU count the guest must see (default: smp).
+    pub cpus: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    pub name: String,
+    pub backend: Backend,
+    pub mem: Size,
+    pub smp: u32,
+    pub action: Action,
+    pub ivshmem: Option<IvshmemSpec>,
+    pub extra: Extra,
+}
+
+impl Scenario {
+    /// vhost-user-blk needs PCI, which QEMU microvm lacks: those scenarios
+    /// run with shmvm only.
+    pub fn runs_with(&self, vmm: Vmm) -> bool {
+        self.extra.vub.is_none() || vmm == Vmm::Shmvm
+    }
+
+    /// The CPU count the guest must see.
+    pub fn want_cpus(&self) -> u32 {
+        self.extra.cpus.unwrap_or(self.smp)
+    }
+}
+
+fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
+    let [name, backend, mem, smp, action, ivshmem, extra] = cols else {
+        return Err(format!(
+            "{} columns, want 7: name backend mem smp action ivshmem extra",
+            cols.len()
+        ));
+    };
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!("name '{name}': letters, digits, '-' and '_' only"));
+    }
+    let backend = match *backend {
+        "ram" => Backend::Ram,
+        "file-tmpfs" => Backend::FileTmpfs,
+        "file-disk" => Backend::FileDisk,
+        "memfd" => Backend::Memfd,
+        "shm" => Backend::Shm,
+        b => {
+            return Err(format!(
+                "backend '{b}': ram, file-tmpfs, file-disk, memfd or shm"
+            ));
+        }
+    };
+    let mem = Size::parse(mem).ok_or_else(|| format!("mem '{mem}': a size like 256M"))?;
+    let smp = smp
+        .parse()
+        .ok()
+        .filter(|n| (1..=64).contains(n))
+        .ok_or_else(|| format!("smp '{smp}': 1..64"))?;
+    let action = match *action {
+        "poweroff" => Action::Poweroff,
+        "reboot" => Action::Reboot,
+        a => return Err(format!("action '{a}': poweroff or reboot")),
+    };
+    let ivshmem = match *ivshmem {
+        "-" => None,
+        s => {
+            let (kind, size) = s
+                .split_once(':')
+                .ok_or_else(|| format!("ivshmem '{s}': -, file:SIZE or shm:SIZE"))?;
+            let kind = match kind {
+                "file" => IvshmemKind::File,
+                "shm" => IvshmemKind::Shm,
+                _ => return Err(format!("ivshmem '{s}': -, file:SIZE or shm:SIZE")),
+            };
+            let size = Size::parse(size)
+                .filter(|z| z.bytes.is_power_of_two())
+                .ok_or_else(|| format!("ivshmem '{s}': the size must be a power of two"))?;
+            Some(IvshmemSpec { kind, size })
+        }
+    };
+    let mut x = Extra::default();
+    for flag in extra.split(',').filter(|f| *f != "-") {
+        let vub = |x: &mut Extra, v| match x.vub.replace(v) {
+            None => Ok(()),
+            Some(old) => Err(format!("extra: both {old} and {v}")),
+        };
+        match flag.split_once('=') {
+            None => match flag {
+                "virtio" => x.virtio = true,
+                "bar64" => x.bar64 = true,
+                "mq2" => x.mq2 = true,
+                "ring64" => x.ring64 = true,
+                "vub" => vub(&mut x, Vub::Plain)?,
+                "vub-kill" => vub(&mut x, Vub::Kill)?,
+                "vub-private" => vub(&mut x, Vub::Private)?,
+                f => return Err(format!("extra '{f}': unknown flag")),
+            },
+            Some(("cpus", n)) => {
+                x.cpus = Some(
+                    n.parse()
+                        .map_err(|_| format!("extra 'cpus={n}': a number"))?,
+                )
+            }
+            Some((k, _)) => return Err(format!("extra '{k}=': unknown expectation (cpus=N)")),
+        }
+    }
+    if (x.mq2 || x.ring64) && x.vub.is_none() {
+        return Err("extra: mq2 and ring64 need vub or vub-kill".into());
+    }
+    if x.bar64 && ivshmem.is_none() {
+        return Err("extra: bar64 needs an ivshmem region".into());
+    }
+    Ok(Scenario {
+        name: name.to_string(),
+        backend,
+        mem,
+        smp,
+        action,
+        ivshmem,
+        extra: x,
+    })
+}
+
+/// Parses a scenario table; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Vec<Scenario>, ScenarioError> {
+    let mut out: Vec<Scenario> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let err = |what: String| ScenarioError {
+            file: file.to_string(),
+            line: i + 1,
+            what,
+        };
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let s = parse_line(&cols).map_err(err)?;
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(err(format!("scenario '{}' defined twice", s.name)));
+        }
+        out.push(s);
+    }
+    if out.is_empty() {
+        return Err(ScenarioError {
+            file: file.to_string(),
+            line: 0,
+            what: "no scenarios".into(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_table_has_21_runs() {
+        let text = include_str!("../../lab/scenarios");
+        let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
+        let runs: usize = all
+            .iter()
+            .map(|s| {
+                [Vmm::Qemu, Vmm::Shmvm]
+                    .iter()
+                    .filter(|v| s.runs_with(**v))
+                    .count()
+            })
+            .sum();
+        assert_eq!((all.len(), runs), (13, 21));
+    }
+
+    #[test]
+    fn a_line_becomes_a_scenario() {
+        let s = parse("t", "# c\n\nx memfd 4608M 2 reboot shm:64M bar64,cpus=3\n").unwrap();
+        assert_eq!(s[0].mem.bytes, 4608 << 20);
+        assert_eq!(s[0].action, Action::Reboot);
+        assert_eq!(
+            s[0].ivshmem,
+            Some(IvshmemSpec {
+                kind: IvshmemKind::Shm,
+                size: Size::parse("64M").unwrap()
+            })
+        );
+        assert!(s[0].extra.bar64 && s[0].runs_with(Vmm::Qemu));
+        assert_eq!(s[0].want_cpus(), 3);
+    }
+
+    #[test]
+    fn mistakes_name_the_line_and_column() {
+        let e = |t: &str| parse("f", t).unwrap_err().to_string();
+        assert_eq!(
+            e("a ram 256M 1 poweroff - -\nb rom 256M 1 poweroff - -"),
+            "f:2: backend 'rom': ram, file-tmpfs, file-disk, memfd or shm"
+        );
+        assert_eq!(
+            e("a ram 256M 1 halt - -"),
+            "f:1: action 'halt': poweroff or reboot"
+        );
+        assert_eq!(
+            e("a ram 256M 1 poweroff file:3M -"),
+            "f:1: ivshmem 'file:3M': the size must be a power of two"
+        );
+        assert_eq!(
+            e("a ram 256M 1 poweroff - vub,vub-kill"),
+            "f:1: extra: both vub and vub-kill"
+        );
+        assert_eq!(
+            e("a ram 256M 1 poweroff - mq2"),
+            "f:1: extra: mq2 and ring64 need vub or vub-kill"
+        );
+        assert_eq!(
+            e("a ram 256M 1 poweroff -"),
+            "f:1: 6 columns, want 7: name backend mem smp action ivshmem extra"
+        );
+        assert_eq!(
+            e("a ram 256M 1 poweroff - -\na ram 256M 1 poweroff - -"),
+            "f:2: scenario 'a' defined twice"
+        );
+        assert_eq!(e("# nothing\n"), "f:0: no scenarios");
+    }
+}
