@@ -42,6 +42,8 @@ SHMVM_STATIC_ENV := RUSTFLAGS="-C target-feature=+crt-static -C relocation-model
 # (L2, and the L1 host side with --path) and the lab runner (L1 and host).
 GUEST_TOOL := $(STATIC_DIR)/ivshmem-tool
 LAB_RUNNER := $(STATIC_DIR)/lab
+IVSHMEM_SERVER := $(STATIC_DIR)/ivshmem-server
+IVSHMEM_DB_KO := $(BUILD)/guest/ivshmem_db.ko
 LAB := $(BUILD)/lab
 # The scenario table the lab runs (one line a scenario; a different file
 # runs other scenarios, e.g. LAB_SCENARIOS=my-scenarios make lab).
@@ -88,9 +90,9 @@ shmvm: deps
 	cp $(STATIC_DIR)/shmvm $(SHMVM).tmp && mv -f $(SHMVM).tmp $(SHMVM)
 
 lab-tools: deps
-	$(SHMVM_STATIC_ENV) $(CARGO) build --release -p ivshmem-tool -p shmvm-tests \
-		--bin ivshmem-tool --bin lab --target $(HOST_TARGET)
-	@echo "lab-tools: $(GUEST_TOOL) $(LAB_RUNNER) (static)"
+	$(SHMVM_STATIC_ENV) $(CARGO) build --release -p ivshmem-tool -p shmvm-tests -p ivshmem-server \
+		--bin ivshmem-tool --bin lab --bin ivshmem-server --target $(HOST_TARGET)
+	@echo "lab-tools: $(GUEST_TOOL) $(LAB_RUNNER) $(IVSHMEM_SERVER) (static)"
 
 guest-tool: lab-tools
 
@@ -149,11 +151,12 @@ testkernel-check: workspace testkernel
 lab-deps: deps
 	bash tests/lab/fetch.sh
 
-lab: lab-deps shmvm lab-tools
+lab: lab-deps shmvm lab-tools ivshmem-db
 	$(LAB_RUNNER) check $(LAB_SCENARIOS) >/dev/null
-	bash guest/initramfs/build.sh $(LAB)/l2-initrd.gz $(GUEST_TOOL) $(LAB)/kernel/modules
+	bash guest/initramfs/build.sh $(LAB)/l2-initrd.gz $(GUEST_TOOL) $(LAB)/kernel/modules \
+		$(IVSHMEM_DB_KO)
 	bash tests/lab/build-l1.sh $(LAB)/l1-initrd.lz4 $(LAB)/kernel $(LAB)/l2-initrd.gz \
-		$(GUEST_TOOL) $(LAB_RUNNER) $(LAB_SCENARIOS) $(SHMVM)
+		$(GUEST_TOOL) $(LAB_RUNNER) $(LAB_SCENARIOS) $(SHMVM) $(IVSHMEM_SERVER)
 	$(LAB_RUNNER) host --dir $(LAB) --scenarios $(LAB_SCENARIOS)
 
 # --- benchmarks ------------------------------------------------------------
@@ -184,12 +187,11 @@ ivshmem-db-check: ivshmem-db guest-tool
 	tests/lab/fetch.sh
 	bash guest/ivshmem-db/tcg_check.sh
 
-# The doorbell lab: two shmvm and one QEMU Linux guest (L2 in an L1 under
-# TCG) pass a doorbell token through ivshmem_db and ivshmem-tool.
+# Just the lab's doorbell scenario (tests/lab/scenarios, extra doorbell): two
+# shmvm and one QEMU Linux guest pass a doorbell token through ivshmem_db.
 .PHONY: lab-doorbell
-lab-doorbell: ivshmem-db guest-tool
-	$(CARGO) build --release -p vmm -p ivshmem-server
-	bash tests/lab/doorbell-lab.sh
+lab-doorbell:
+	LAB_ONLY=doorbell-3peer $(MAKE) lab
 
 # Doorbell round trips: shmvm vs QEMU guests and a host peer (bench/doorbell.sh).
 .PHONY: bench-doorbell

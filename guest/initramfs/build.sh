@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Builds the L2 initramfs of the KVM lab: busybox-static, ivshmem-tool and the
 # scenario init (./init), plus a payload whose checksum proves the initrd
-# arrived intact.  Usage: build.sh OUT.cpio.gz IVSHMEM_TOOL [KERNEL_MODULES_DIR]
+# arrived intact.  Usage: build.sh OUT.cpio.gz IVSHMEM_TOOL [KERNEL_MODULES_DIR [IVSHMEM_DB_KO]]
 # With KERNEL_MODULES_DIR (lib/modules/<version> of the L2 kernel), the virtio
 # modules go to /lib/modules/virtio/, loaded by the init on lab.modules=virtio.
+# IVSHMEM_DB_KO (make ivshmem-db, built for that kernel) goes to
+# /lib/modules/ivshmem_db.ko, loaded by the init on lab.doorbell=N.
 set -euo pipefail
 out=${1:?usage: build.sh OUT.cpio.gz IVSHMEM_TOOL}
 tool=${2:?usage: build.sh OUT.cpio.gz IVSHMEM_TOOL}
 moddir=${3:-}
+dbko=${4:-}
 here=$(cd "$(dirname "$0")" && pwd)
 busybox=/bin/busybox
 die() { echo "l2-initramfs: $*" >&2; exit 1; }
@@ -32,6 +35,10 @@ if [ -n "$moddir" ]; then
         cp "$f" "$stage/lib/modules/virtio/"
     done
     echo "$order" >"$stage/lib/modules/virtio/order"
+fi
+if [ -n "$dbko" ]; then
+    [ -f "$dbko" ] || die "$dbko missing (make ivshmem-db)"
+    install -D -m 644 "$dbko" "$stage/lib/modules/ivshmem_db.ko"
 fi
 head -c 262144 /dev/urandom >"$stage/lab/payload"
 md5sum "$stage/lab/payload" | cut -d' ' -f1 >"$stage/lab/payload.md5"

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Builds the L1 initramfs of the KVM lab.
-# Usage: build-l1.sh OUT KERNEL_DIR L2_INITRD IVSHMEM_TOOL LAB_RUNNER SCENARIOS [SHMVM]
+# Usage: build-l1.sh OUT KERNEL_DIR L2_INITRD IVSHMEM_TOOL LAB_RUNNER SCENARIOS [SHMVM [IVSHMEM_SERVER]]
 #   KERNEL_DIR   from fetch.sh (vmlinuz + modules/), used for L1 and L2 alike
 #   LAB_RUNNER   the static lab runner (tests/src/bin/lab.rs), exec'd by l1-init
 #   SCENARIOS    the scenario table (tests/lab/scenarios)
 #   SHMVM        the shmvm binary under test (omit only for a QEMU-only run)
+#   IVSHMEM_SERVER  shmvm's ivshmem-server (the doorbell scenarios' server)
 # Contents: busybox-static, kvm modules (+ brd for an ext2 ramdisk), QEMU with
 # its shared libraries and firmware (the reference L2 VMM), qemu-storage-daemon
-# (the vhost-user-blk back-end), shmvm with its
+# (the vhost-user-blk back-end), shmvm and ivshmem-server with their
 # libraries, ivshmem-tool (host-side checker), the lab runner, the L2 kernel
 # and initramfs, the scenario table and l1-init as /init.
 set -euo pipefail
-out=${1:?usage: build-l1.sh OUT KERNEL_DIR L2_INITRD IVSHMEM_TOOL LAB_RUNNER SCENARIOS [SHMVM]}
-kdir=${2:?} l2_initrd=${3:?} tool=${4:?} runner=${5:?} scenarios=${6:?} shmvm=${7:-}
+out=${1:?usage: build-l1.sh OUT KERNEL_DIR L2_INITRD IVSHMEM_TOOL LAB_RUNNER SCENARIOS [SHMVM [IVSHMEM_SERVER]]}
+kdir=${2:?} l2_initrd=${3:?} tool=${4:?} runner=${5:?} scenarios=${6:?} shmvm=${7:-} server=${8:-}
 here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "l1-initramfs: $*" >&2; exit 1; }
 
@@ -26,6 +27,7 @@ for b in "$tool" "$runner"; do
     { ldd "$b" 2>&1 || true; } | grep -q "not a dynamic" || die "$b is not a static binary"
 done
 [ -z "$shmvm" ] || [ -x "$shmvm" ] || die "shmvm binary $shmvm missing"
+[ -z "$server" ] || [ -x "$server" ] || die "ivshmem-server binary $server missing"
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -63,6 +65,7 @@ done
 install -m 755 "$tool" "$stage/usr/bin/ivshmem-tool"
 install -m 755 "$runner" "$stage/usr/bin/lab"
 [ -n "$shmvm" ] && copy_with_libs "$shmvm" /usr/bin/shmvm
+[ -n "$server" ] && copy_with_libs "$server" /usr/bin/ivshmem-server
 
 mkdir -p "$(dirname "$out")"
 # lz4 (legacy frame, which the kernel's unpacker reads): fast to unpack under TCG.

@@ -24,12 +24,14 @@ use super::fields;
 use super::scenario::{self, Backend, IvshmemKind, Scenario, Vmm, Vub};
 use judge::{Judgement, NO_INIT, judge};
 
+mod doorbell;
 mod judge;
 
 const MODULES: &str = "/lab/modules";
 const L2_KERNEL: &str = "/lab/l2/vmlinuz";
 const L2_INITRD: &str = "/lab/l2/initrd.gz";
 const TOOL: &str = "/usr/bin/ivshmem-tool";
+const SERVER: &str = "/usr/bin/ivshmem-server";
 /// From VMM start to the L2 init's first line.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 /// From the L2's last line to the VMM's exit.
@@ -489,7 +491,7 @@ impl Runner {
         match vmm {
             Vmm::Qemu => {
                 let mut machine = "microvm,acpi=on".to_string();
-                if s.ivshmem.is_some() {
+                if s.ivshmem.is_some() || s.extra.doorbell {
                     machine += ",pcie=on";
                 }
                 cmd.extend(
@@ -647,6 +649,9 @@ impl Runner {
             let _ = std::io::stdout().flush();
             let _ = fs::write("/proc/sysrq-trigger", "c");
         }
+        if s.extra.doorbell {
+            return doorbell::run(self, s, vmm, &tag);
+        }
         let (mut r, args, append) = self.prepare(s, vmm);
         let cmd = Self::command(s, vmm, args, append);
         let out = Self::execute(&mut r, &cmd);
@@ -678,6 +683,19 @@ impl Runner {
             println!("{console}");
             return Verdict::RepeatReference;
         }
+        self.report(s, vmm, &r.tag, &out, &j, &console)
+    }
+
+    /// Prints a run's LAB-SCENARIO line (and its console on failure) and counts it.
+    fn report(
+        &mut self,
+        s: &Scenario,
+        vmm: Vmm,
+        tag: &str,
+        out: &Outcome,
+        j: &Judgement,
+        console: &str,
+    ) -> Verdict {
         let pass = j.fails.is_empty();
         let t_init = out.t_init.map(secs).unwrap_or_else(|| "-".into());
         let mut line = format!(
@@ -700,9 +718,9 @@ impl Runner {
             self.failed += 1;
         }
         if !pass || self.o.dump_all {
-            println!("LAB-CONSOLE-BEGIN {}", r.tag);
+            println!("LAB-CONSOLE-BEGIN {tag}");
             println!("{console}");
-            println!("LAB-CONSOLE-END {}", r.tag);
+            println!("LAB-CONSOLE-END {tag}");
         }
         let _ = std::io::stdout().flush();
         Verdict::Reported

@@ -7,7 +7,8 @@
 //!   `N passed, N failed` last.
 //! - [`l1`]: inside L1 (its init only mounts and execs it), boots the L2 of
 //!   every scenario with every L2 VMM, plays the host side of the L2's
-//!   ivshmem and disk protocols, judges the L2's `LAB-RESULT` lines and
+//!   ivshmem and disk protocols (and the doorbell scenario's ivshmem-server
+//!   with its three guests), judges the L2's `LAB-RESULT` lines and
 //!   prints one `LAB-SCENARIO` line per run.
 //!
 //! Scenarios are data: `tests/lab/scenarios`, one line each ([`scenario`]).

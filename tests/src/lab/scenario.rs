@@ -8,7 +8,7 @@
 //! - action: poweroff | reboot (both must end the VMM with 0)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
-//!   mq2, ring64 (tests/lab/scenarios explains each), and expectations that
+//!   mq2, ring64, doorbell (tests/lab/scenarios explains each), and expectations that
 //!   override the derived ones: `cpus=N` (default: smp).
 
 use std::fmt;
@@ -146,6 +146,9 @@ pub struct Extra {
     pub vub: Option<Vub>,
     pub mq2: bool,
     pub ring64: bool,
+    /// Three L2 guests (two shmvm, one QEMU) on an ivshmem-server in L1
+    /// pass a doorbell token around (one run, reported as shmvm's).
+    pub doorbell: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
 }
@@ -163,9 +166,10 @@ pub struct Scenario {
 
 impl Scenario {
     /// vhost-user-blk needs PCI, which QEMU microvm lacks: those scenarios
-    /// run with shmvm only.
+    /// run with shmvm only. A doorbell scenario is one run of three guests
+    /// (QEMU among them), reported as shmvm's.
     pub fn runs_with(&self, vmm: Vmm) -> bool {
-        self.extra.vub.is_none() || vmm == Vmm::Shmvm
+        (self.extra.vub.is_none() && !self.extra.doorbell) || vmm == Vmm::Shmvm
     }
 
     /// The CPU count the guest must see.
@@ -239,6 +243,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "bar64" => x.bar64 = true,
                 "mq2" => x.mq2 = true,
                 "ring64" => x.ring64 = true,
+                "doorbell" => x.doorbell = true,
                 "vub" => vub(&mut x, Vub::Plain)?,
                 "vub-kill" => vub(&mut x, Vub::Kill)?,
                 "vub-private" => vub(&mut x, Vub::Private)?,
@@ -255,6 +260,12 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
     }
     if (x.mq2 || x.ring64) && x.vub.is_none() {
         return Err("extra: mq2 and ring64 need vub or vub-kill".into());
+    }
+    if x.doorbell && (ivshmem.is_some() || x.vub.is_some() || backend != Backend::Ram) {
+        return Err(
+            "extra: doorbell needs backend ram, ivshmem - and no vub (the server owns the region)"
+                .into(),
+        );
     }
     if x.bar64 && ivshmem.is_none() {
         return Err("extra: bar64 needs an ivshmem region".into());
@@ -305,7 +316,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_table_has_21_runs() {
+    fn the_shipped_table_has_22_runs() {
         let text = include_str!("../../lab/scenarios");
         let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
         let runs: usize = all
@@ -317,7 +328,7 @@ mod tests {
                     .count()
             })
             .sum();
-        assert_eq!((all.len(), runs), (13, 21));
+        assert_eq!((all.len(), runs), (14, 22));
     }
 
     #[test]
@@ -334,6 +345,8 @@ mod tests {
         );
         assert!(s[0].extra.bar64 && s[0].runs_with(Vmm::Qemu));
         assert_eq!(s[0].want_cpus(), 3);
+        let d = parse("t", "db ram 256M 1 poweroff - doorbell\n").unwrap();
+        assert!(d[0].extra.doorbell && d[0].runs_with(Vmm::Shmvm) && !d[0].runs_with(Vmm::Qemu));
     }
 
     #[test]
@@ -366,6 +379,10 @@ mod tests {
         assert_eq!(
             e("a ram 256M 1 poweroff - -\na ram 256M 1 poweroff - -"),
             "f:2: scenario 'a' defined twice"
+        );
+        assert_eq!(
+            e("a memfd 256M 1 poweroff - doorbell"),
+            "f:1: extra: doorbell needs backend ram, ivshmem - and no vub (the server owns the region)"
         );
         assert_eq!(e("# nothing\n"), "f:0: no scenarios");
     }
