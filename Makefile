@@ -171,6 +171,12 @@ bench-boot: build
 	python3 bench/boot_bench.py --runs $(BENCH_RUNS) --shmvm $(SHMVM) \
 		--shmvm-dynamic target/release/shmvm $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 
+# QMP: query-status round trip against QEMU's; boot with and without -qmp.
+.PHONY: bench-qmp
+bench: bench-qmp
+bench-qmp: build
+	python3 bench/qmp_bench.py --shmvm $(SHMVM)
+
 # ivshmem: BAR2 vs guest RAM vs host bandwidth (needs /dev/kvm); see README.
 bench-ivshmem: build
 	target/release/bench-ivshmem --shmvm $(SHMVM) --kernel $(TESTKERNEL)

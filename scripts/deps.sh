@@ -11,7 +11,21 @@ command -v qemu-storage-daemon >/dev/null || need+=(qemu-utils)
 for p in busybox-static cpio lz4 time hyperfine acpica-tools libc6-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
-[ ${#need[@]} -eq 0 ] && { echo "deps: all present"; exit 0; }
+
+# qemu.qmp (PyPI), QEMU's own QMP client, in a project venv (build/venv):
+# the QMP tests and bench drive shmvm and QEMU with it. Debian 12's python3
+# is "externally managed", so no system-wide pip.
+VENV="$(cd "$(dirname "$0")/.." && pwd)/build/venv"
+python_deps() {
+    if ! "$VENV/bin/python3" -c 'import qemu.qmp' 2>/dev/null; then
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q 'qemu.qmp>=0.0.3'
+    fi
+    echo "deps: qemu.qmp in $VENV"
+}
+
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+[ ${#need[@]} -eq 0 ] && { echo "deps: all present"; python_deps; exit 0; }
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "deps: missing ${need[*]}; run 'make deps' as root" >&2
@@ -36,3 +50,6 @@ apt-get install -y -q busybox-static cpio lz4 time hyperfine
 apt-get install -y -q acpica-tools
 # Static glibc for the guest tool and the KVM lab.
 apt-get install -y -q libc6-dev
+# python3-venv: the project venv for qemu.qmp (above).
+apt-get install -y -q python3-venv
+python_deps

@@ -3,6 +3,7 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod debug_exit;
+pub mod ged;
 pub mod i8042;
 pub mod ivshmem;
 pub mod ivshmem_doorbell;

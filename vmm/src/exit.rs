@@ -23,6 +23,10 @@ pub enum VmEnd {
     Unhandled(String),
     /// The VMM was told to stop by this signal.
     Signal(i32),
+    /// A monitor asked (QMP `quit`, or `system_reset`: shmvm never reboots).
+    Monitor(MonitorEnd),
+    /// A monitor socket could not be created (after the VM started).
+    MonitorFailed(String),
     /// A vCPU thread failed outside the guest (an ioctl, a panic).
     VcpuFailed(String),
 }
@@ -32,7 +36,7 @@ impl VmEnd {
     pub fn exit_code(&self) -> i32 {
         match self {
             VmEnd::Guest(g) => g.exit_code(),
-            VmEnd::Poweroff => 0,
+            VmEnd::Poweroff | VmEnd::Monitor(_) => 0,
             VmEnd::Signal(s) => 128 + s,
             _ => 1,
         }
@@ -41,7 +45,7 @@ impl VmEnd {
     /// One line for stderr when the ending is a failure (None: say nothing).
     pub fn describe(&self) -> Option<String> {
         Some(match self {
-            VmEnd::Guest(_) | VmEnd::Poweroff => return None,
+            VmEnd::Guest(_) | VmEnd::Poweroff | VmEnd::Monitor(_) => return None,
             VmEnd::TripleFault => "guest triple fault (KVM_EXIT_SHUTDOWN)".into(),
             VmEnd::SystemEvent(SystemEvent::Crash) => "guest crashed (system event)".into(),
             VmEnd::SystemEvent(k) => format!("guest system event {k:?}"),
@@ -52,8 +56,16 @@ impl VmEnd {
             VmEnd::Unhandled(what) => format!("unhandled vCPU exit: {what}"),
             VmEnd::Signal(s) => format!("stopped by signal {s}"),
             VmEnd::VcpuFailed(what) => format!("vCPU failed: {what}"),
+            VmEnd::MonitorFailed(what) => what.clone(),
         })
     }
+}
+
+/// Why a monitor ended the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonitorEnd {
+    Quit,
+    Reset,
 }
 
 /// The handler's verdict for one exit.

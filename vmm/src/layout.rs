@@ -92,6 +92,10 @@ pub const COM1_PORT: u16 = 0x3f8;
 /// ACPI sleep control/status register (hardware-reduced ACPI).
 pub const ACPI_SLEEP_PORT: u16 = 0x3c0;
 pub const COM1_IRQ: u32 = 4;
+/// ACPI Generic Event Device (the power button): its register (MMIO,
+/// above the IOAPIC, where no BAR goes) and interrupt (ISA IRQ 5, free).
+pub const GED_ADDR: u64 = 0xfed0_0000;
+pub const GED_IRQ: u32 = 5;
 pub const I8042_PORT: u16 = 0x60;
 /// PCI configuration mechanism #1 (CONFIG_ADDRESS 0xcf8, CONFIG_DATA 0xcfc).
 pub const PCI_CONFIG_PORT: u16 = 0xcf8;

@@ -17,6 +17,7 @@ pub mod ivshmem_doorbell;
 pub mod layout;
 pub mod machine;
 pub mod pci;
+pub mod qmp;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod serial_mux;

@@ -355,6 +355,25 @@ pub struct Placed {
     pub memory_maps: Vec<(usize, Arc<AtomicU64>)>,
 }
 
+/// One function as `query-pci` shows it: its configuration header and
+/// its BARs.
+#[derive(Debug, Clone)]
+pub struct FunctionInfo {
+    pub address: PciAddress,
+    /// Configuration space bytes 0..64.
+    pub header: [u8; 64],
+    pub bars: Vec<BarInfo>,
+}
+
+/// One BAR: kind, size, and where it decodes (None: it does not).
+#[derive(Debug, Clone, Copy)]
+pub struct BarInfo {
+    pub index: usize,
+    pub kind: BarKind,
+    pub size: u64,
+    pub address: Option<u64>,
+}
+
 /// The PCI root and its functions, as wired into one VM.
 pub struct Pci {
     root: SharedPciRoot,
@@ -487,6 +506,37 @@ impl Pci {
             .iter()
             .find(|(i, _)| *i == index)
             .map_or(0, |(_, m)| m.load(Ordering::Relaxed))
+    }
+
+    /// Every function on bus 0 as it is now (QMP `query-pci`).
+    pub fn describe(&self) -> Vec<FunctionInfo> {
+        let root = lock(&self.root);
+        let mut out = Vec::new();
+        for slot in 0..32u8 {
+            let address = PciAddress::new(slot, 0);
+            let Some(dev) = root.device(address) else {
+                continue;
+            };
+            let dev = lock(&dev);
+            let cfg = dev.config();
+            let mut header = [0u8; 64];
+            cfg.peek(0, &mut header);
+            let bars = cfg
+                .bars()
+                .map(|(index, kind, size)| BarInfo {
+                    index,
+                    kind,
+                    size,
+                    address: root.mapped(address, index).map(|r| r.addr),
+                })
+                .collect();
+            out.push(FunctionInfo {
+                address,
+                header,
+                bars,
+            });
+        }
+        out
     }
 
     /// Where BAR `index` of the function at `address` decodes now.

@@ -1,7 +1,8 @@
 //! vCPU set-up (CPUID, MSRs, FPU, LAPIC, entry registers) and run loop.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -12,12 +13,29 @@ use crate::hv::{self, Vcpu};
 use crate::io::IoBuses;
 use crate::signals::{self, VcpuThreadGuard};
 
-/// State every vCPU shares: whether the VM is stopping, and why.
+/// State every vCPU shares: whether the VM is stopping, and why; whether
+/// it is paused (QMP `stop`).
 #[derive(Debug, Default)]
 pub struct VmState {
     stopping: AtomicBool,
     end: Mutex<Option<VmEnd>>,
+    /// Fast check for the run loop; the truth is in `pause`.
+    pause_requested: AtomicBool,
+    pause: Mutex<Pause>,
+    parked_changed: Condvar,
 }
+
+/// vCPUs running their loop, and how many of them are parked.
+#[derive(Debug, Default)]
+struct Pause {
+    requested: bool,
+    running: usize,
+    parked: usize,
+}
+
+/// How often a parked vCPU looks for a stop signal (signal handlers cannot
+/// notify a condition variable).
+const PARKED_POLL: Duration = Duration::from_millis(20);
 
 impl VmState {
     /// Records why the VM ends (the first reason wins) and kicks all vCPUs.
@@ -30,10 +48,86 @@ impl VmState {
         }
         self.stopping.store(true, Ordering::SeqCst);
         signals::kick_all();
+        let _p = self.pause_lock();
+        self.parked_changed.notify_all();
+    }
+
+    fn pause_lock(&self) -> std::sync::MutexGuard<'_, Pause> {
+        self.pause.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Parks every vCPU outside KVM_RUN; returns once all are parked (or
+    /// the VM stops, or `timeout` passes: false).
+    pub fn pause(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut p = self.pause_lock();
+        p.requested = true;
+        self.pause_requested.store(true, Ordering::SeqCst);
+        signals::kick_all();
+        while p.parked < p.running && !self.stopping() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            p = self
+                .parked_changed
+                .wait_timeout(p, left.min(PARKED_POLL))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            // A kick that raced with a vCPU entering KVM_RUN is caught by
+            // immediate_exit; resend in case it came before registration.
+            signals::kick_all();
+        }
+        true
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        let mut p = self.pause_lock();
+        p.requested = false;
+        self.pause_requested.store(false, Ordering::SeqCst);
+        self.parked_changed.notify_all();
+    }
+
+    /// Whether `stop` is in effect.
+    pub fn paused(&self) -> bool {
+        self.pause_requested.load(Ordering::SeqCst)
+    }
+
+    /// Counts the calling vCPU in or out of the running set.
+    fn vcpu_running(&self, running: bool) {
+        let mut p = self.pause_lock();
+        if running {
+            p.running += 1;
+        } else {
+            p.running = p.running.saturating_sub(1);
+        }
+        self.parked_changed.notify_all();
+    }
+
+    /// Parks the calling vCPU while a pause is requested (and the VM is
+    /// not stopping).
+    fn park(&self) {
+        let mut p = self.pause_lock();
+        p.parked += 1;
+        self.parked_changed.notify_all();
+        while p.requested && !self.stopping() && signals::stop_signal().is_none() {
+            p = self
+                .parked_changed
+                .wait_timeout(p, PARKED_POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        p.parked -= 1;
     }
 
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Why the VM ends, if it does.
+    pub fn end(&self) -> Option<VmEnd> {
+        self.end.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn take_end(&self) -> Option<VmEnd> {
@@ -96,6 +190,7 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
         c.start_flush_timer();
     }
     let mut first_run = first_run;
+    state.vcpu_running(true);
     loop {
         if state.stopping() {
             break;
@@ -103,6 +198,12 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
         if let Some(sig) = signals::stop_signal() {
             state.request_end(VmEnd::Signal(sig));
             break;
+        }
+        if state.paused() {
+            // Queued console output reaches the UART before the pause.
+            io.before_exit();
+            state.park();
+            continue;
         }
         if let Some(f) = first_run.take() {
             f();
@@ -131,6 +232,7 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
             }
         }
     }
+    state.vcpu_running(false);
     if flushes && let Some(c) = coalesced {
         c.stop_flush_timer();
     }

@@ -224,16 +224,20 @@ pub fn build(base: u64, cpus: u8, mmio64: (u64, u64)) -> Vec<u8> {
 pub fn build_for(base: u64, topo: &Topology, cpus: u8, mmio64: (u64, u64)) -> Vec<u8> {
     let align = |n: usize| n.next_multiple_of(16) as u64;
     let xsdt_at = base + align(Rsdp::len());
-    let xsdt_len = HEADER_LEN as usize + 2 * 8;
+    let xsdt_len = HEADER_LEN as usize + 3 * 8;
     let fadt_at = xsdt_at + align(xsdt_len);
     let madt_at = fadt_at + align(acpi_tables::fadt::FADT::len());
     let madt = madt(topo, cpus);
     let dsdt_at = madt_at + align(madt.len());
     let dsdt = dsdt(mmio64);
+    // The power button (ACPI GED), a table of its own.
+    let ssdt_at = dsdt_at + align(dsdt.len());
+    let ssdt = super::power_button::ssdt(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let fadt = fadt(dsdt_at);
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_at);
     xsdt.add_entry(madt_at);
+    xsdt.add_entry(ssdt_at);
     let xsdt = bytes(&xsdt);
     debug_assert_eq!(xsdt.len(), xsdt_len);
     let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_at));
@@ -245,6 +249,7 @@ pub fn build_for(base: u64, topo: &Topology, cpus: u8, mmio64: (u64, u64)) -> Ve
         (fadt_at, &fadt),
         (madt_at, &madt),
         (dsdt_at, &dsdt),
+        (ssdt_at, &ssdt),
     ] {
         out.resize((at - base) as usize, 0);
         out.extend_from_slice(table);

@@ -9,6 +9,7 @@ mod image;
 mod linux;
 pub mod mptable;
 mod multiboot;
+pub mod power_button;
 mod pvh;
 mod topology;
 

@@ -119,9 +119,12 @@ pub struct Args {
     /// A character device: socket, stdio, file, null [QEMU: -chardev]
     #[arg(long, value_name = "PROPS")]
     pub chardev: Vec<String>,
-    /// A monitor on a mux chardev: accepted, there is no monitor [QEMU: -mon]
+    /// A monitor: chardev=ID,mode=control on a -chardev socket,server=on is QMP; on a mux chardev accepted without a monitor [QEMU: -mon]
     #[arg(long, value_name = "PROPS")]
     pub mon: Vec<String>,
+    /// A QMP monitor socket: unix:PATH,server=on,wait=off [QEMU: -qmp]
+    #[arg(long, value_name = "DEV")]
+    pub qmp: Vec<String>,
     /// Write the process id to FILE (removed at exit) [QEMU: -pidfile]
     #[arg(long, value_name = "FILE")]
     pub pidfile: Vec<PathBuf>,
@@ -268,6 +271,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
         chardevs: args.chardev,
         numa: args.numa,
         mon: args.mon,
+        qmp: args.qmp,
         mem_path: args.mem_path.last().cloned(),
         mem_prealloc: args.mem_prealloc,
         pidfile: args.pidfile.last().cloned(),

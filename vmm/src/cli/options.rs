@@ -114,7 +114,7 @@ const fn refused(name: &'static str, value: Option<&'static str>, text: &'static
 }
 
 const DISKS: &str = "use -device vhost-user-blk-pci with qemu-storage-daemon, see README";
-const NO_MONITOR: &str = "shmvm has no monitor, QMP or gdb stub";
+const NO_MONITOR: &str = "shmvm has no monitor but QMP (-qmp) and no gdb stub";
 
 /// Every option, in the order the README lists them.
 pub const OPTIONS: &[Opt] = &[
@@ -200,9 +200,15 @@ pub const OPTIONS: &[Opt] = &[
     ),
     same(
         "mon",
-        Some("chardev=ID"),
+        Some("chardev=ID[,mode=control]"),
         "mon",
-        "accepted on a mux chardev; there is no monitor behind it (C-a c says so)",
+        "QMP on a -chardev socket,id=ID,path=PATH,server=on,wait=off; on a mux chardev accepted, with no monitor behind it (C-a c says so)",
+    ),
+    same(
+        "qmp",
+        Some("unix:PATH,server=on,wait=off"),
+        "qmp",
+        "a QMP monitor socket (mode 0600, several clients; also server,nowait); README \"A QMP monitor\"",
     ),
     same(
         "nographic",
@@ -366,7 +372,6 @@ pub const OPTIONS: &[Opt] = &[
         Some("..."),
         "shmvm has no 9p; share memory with -object memory-backend-shm and ivshmem-plain",
     ),
-    refused("qmp", Some("DEV"), NO_MONITOR),
     refused("qmp-pretty", Some("DEV"), NO_MONITOR),
     refused("gdb", Some("DEV"), NO_MONITOR),
     refused("s", None, NO_MONITOR),

@@ -47,7 +47,13 @@ pub const TYPES: &[TypeInfo] = &[
         &[ID],
         &[
             Prop::new("path", "path", "(required)", "the unix socket"),
-            Prop::new("server", "off", "off", "shmvm connects"),
+            Prop::new(
+                "server",
+                "bool",
+                "off",
+                "off: shmvm connects (vhost-user); on (with wait=off): a QMP monitor for -mon chardev=ID",
+            ),
+            Prop::new("wait", "bool", "on", "with server=on: must be off"),
         ],
     ),
     TypeInfo::new(

@@ -191,8 +191,11 @@ pub struct Input {
     pub devices: Vec<String>,
     pub chardevs: Vec<String>,
     pub numa: Vec<String>,
-    /// `-mon chardev=ID` values (no monitor: checked and noted).
+    /// `-mon chardev=ID` values: QMP on a listening socket chardev, else
+    /// (a mux stdio) checked and noted.
     pub mon: Vec<String>,
+    /// `-qmp unix:PATH,server=on,wait=off` values.
+    pub qmp: Vec<String>,
     pub mem_path: Option<PathBuf>,
     pub mem_prealloc: bool,
     /// `-pidfile FILE`.
@@ -236,6 +239,8 @@ pub struct Config {
     pub pidfile: Option<PathBuf>,
     /// Threads enter the sandbox (sandbox.rs) after start-up.
     pub sandbox: bool,
+    /// QMP sockets (`-qmp`, `-mon` on a `-chardev socket,server=on`).
+    pub monitors: Vec<crate::qmp::MonitorConfig>,
 }
 
 fn check_ram_size(option: &'static str, size: u64) -> Result<(), Error> {
@@ -333,8 +338,15 @@ impl Config {
             );
         }
         let smp = machine::parse_smp(&input.smp)?;
+        let mon = crate::qmp::config::monitors(&input.qmp, &input.mon, &input.chardevs).map_err(
+            |crate::qmp::config::Error::Invalid {
+                 option,
+                 spec,
+                 reason,
+             }| { invalid(option, format!("'{spec}': {reason}")) },
+        )?;
         let serial =
-            chardev::resolve_serial(&input.serial, &input.chardevs, &input.mon, input.nographic)?;
+            chardev::resolve_serial(&input.serial, &mon.chardevs, &mon.mon, input.nographic)?;
         let mut devices = input
             .devices
             .iter()
@@ -370,6 +382,7 @@ impl Config {
             pidfile: input.pidfile,
             verbose: input.verbose,
             sandbox: input.sandbox,
+            monitors: mon.sockets,
         })
     }
 }

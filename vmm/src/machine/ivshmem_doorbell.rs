@@ -322,6 +322,7 @@ impl Shared {
             Ok(Change::Left(p)) => {
                 self.counters.peers_left.fetch_add(1, Ordering::Relaxed);
                 log::info!("{}: peer {p} left", self.name);
+                crate::qmp::control::device_gone(&self.name, "ivshmem", &format!("peer {p}"));
             }
             Ok(Change::UnknownLeft(p)) => {
                 log::debug!("{}: leave notice for unknown peer {p}", self.name);

@@ -12,9 +12,11 @@
     clippy::cast_sign_loss
 )]
 
+mod control;
 pub mod ivshmem;
 pub mod ivshmem_doorbell;
 pub mod legacy;
+pub mod power_button;
 
 use std::fs::File;
 use std::io::Write;
@@ -89,6 +91,8 @@ pub enum Error {
     #[error(transparent)]
     VhostUserBlk(#[from] vhost_user_blk::device::Error),
     #[error(transparent)]
+    Monitor(#[from] crate::qmp::server::Error),
+    #[error(transparent)]
     IvshmemDoorbell(#[from] ivshmem_doorbell::Error),
 }
 
@@ -108,6 +112,7 @@ impl Error {
             Error::Legacy(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
             Error::VhostUserBlk(e) => e.exit_code(),
+            Error::Monitor(e) => e.exit_code(),
             Error::IvshmemDoorbell(e) => e.exit_code(),
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) | Error::Sandbox(_) => 1,
         }
@@ -482,9 +487,15 @@ impl Machine {
         s
     }
 
-    /// Runs the vCPUs until the VM ends, prints the statistics as asked,
-    /// and takes the machine apart.
-    pub fn run(mut self, t: &Timeline, stats: StatsFormat) -> Result<VmEnd, Error> {
+    /// Runs the vCPUs until the VM ends (serving `monitor`'s clients
+    /// meanwhile), prints the statistics as asked, and takes the machine
+    /// apart.
+    pub fn run(
+        mut self,
+        t: &Timeline,
+        stats: StatsFormat,
+        monitor: Option<crate::qmp::Server>,
+    ) -> Result<VmEnd, Error> {
         let c = &self.console;
         let _console =
             crate::serial_mux::attach(&c.mode, c.stdio, c.serial.clone(), self.state.clone());
@@ -495,7 +506,34 @@ impl Machine {
             mem: self.ram.mem(),
             coalesced: self.console.coalesced.as_deref(),
         };
-        let ran = vcpu::run_all(vcpus, shared, &|| t.log());
+        let control = monitor
+            .as_ref()
+            .map(|m| control::Control::new(&self, vcpus.len(), m.events()));
+        let stop = monitor.as_ref().map(crate::qmp::Server::stop_handle);
+        let ran = std::thread::scope(|s| {
+            if let (Some(server), Some(c)) = (monitor, control.as_ref()) {
+                let r = std::thread::Builder::new()
+                    .name("qmp".into())
+                    .stack_size(256 << 10)
+                    .spawn_scoped(s, move || {
+                        crate::sandbox::enter_worker();
+                        if let Err(e) = server.serve(c) {
+                            c.failed(e);
+                        }
+                    });
+                if let Err(e) = r {
+                    log::error!("QMP: cannot start the monitor thread: {e}");
+                }
+            }
+            let ran = vcpu::run_all(vcpus, shared, &|| t.log());
+            if let (Some(c), Some(end)) = (&control, self.state.end()) {
+                c.shutdown(control::shutdown_cause(&end));
+            }
+            if let Some(stop) = &stop {
+                stop.stop();
+            }
+            ran
+        });
         self.console
             .serial
             .lock()
@@ -561,6 +599,8 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let mut t = Timeline::new(start);
     crate::signals::install()?;
     crate::sandbox::set_enabled(cfg.sandbox);
+    // Before the machine: a path that cannot be a socket fails first.
+    let monitor = crate::qmp::Server::new(&cfg.monitors)?;
     let m = match Machine::build(cfg, &mut t) {
         Ok(m) => m,
         // A stop signal during start-up (a back-end's handshake cut short by
@@ -574,7 +614,8 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         },
     };
     // Start-up is over: the main thread (and every thread it starts from
-    // now on) drops its capabilities and enters its seccomp filter.
+    // now on: the QMP server's, the stdin reader) drops its capabilities and
+    // enters its seccomp filter.
     crate::sandbox::enter(crate::sandbox::ThreadKind::Main)?;
-    m.run(&t, cfg.stats)
+    m.run(&t, cfg.stats, monitor)
 }

@@ -502,6 +502,11 @@ impl Watcher {
                         "vhost-user back-end {} hung up; its disk stops answering, the guest keeps running",
                         name.display()
                     );
+                    crate::qmp::control::device_gone(
+                        "vhost-user-blk",
+                        "vhost-user",
+                        &name.display().to_string(),
+                    );
                 }
             })
             .map_err(|e| io("starting the watcher thread", e))?;

@@ -1,0 +1,346 @@
+//! The QMP monitor (`-qmp`, `-mon`), driven by QEMU's own client library
+//! `qemu.qmp` (installed in build/venv by `make deps`): every command
+//! compared with QEMU 10 running the same waiting kernel, and abuse (bad
+//! JSON, huge lines, a client that never reads, 100 reconnects) that must
+//! leave the VM and the other clients unaffected. Needs /dev/kvm.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use shmvm_tests::harness::{self as vm, TempDir};
+
+/// `cli; hlt; jmp hlt`: waits forever without using the host CPU, so a
+/// monitor has all the time it needs (under shmvm and QEMU alike).
+const WAITING_KERNEL: &[u8] = &[0xfa, 0xf4, 0xeb, 0xfd];
+
+/// The venv's python with qemu.qmp; fails with the fix when missing.
+fn python() -> PathBuf {
+    let p = vm::repo_root().join("build/venv/bin/python3");
+    let ok = Command::new(&p)
+        .args(["-c", "import qemu.qmp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} cannot import qemu.qmp: run `make deps` (scripts/deps.sh installs it)",
+        p.display()
+    );
+    p
+}
+
+fn check(mode: &str) {
+    vm::require_kvm();
+    let py = python();
+    let dir = TempDir::new(&format!("qmp-{mode}"));
+    let kernel = dir.tiny_kernel(WAITING_KERNEL);
+    let script = vm::repo_root().join("tests/qmp/qmp_check.py");
+    let out = Command::new(py)
+        .arg(&script)
+        .arg(mode)
+        .arg("--shmvm")
+        .arg(vm::shmvm_bin())
+        .arg("--kernel")
+        .arg(&kernel)
+        .output()
+        .expect("run tests/qmp/qmp_check.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("PASS"),
+        "qmp_check.py {mode} failed:\n{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn kvm_qmp_commands_match_qemu() {
+    check("compare");
+}
+
+#[test]
+fn kvm_qmp_survives_bad_clients() {
+    check("abuse");
+}
+
+/// Option errors: one line naming the option, exit 2, nothing left behind.
+#[test]
+fn qmp_option_errors() {
+    let dir = TempDir::new("qmp-errors");
+    let kernel = dir.tiny_kernel(WAITING_KERNEL);
+    let file = dir.0.join("not-a-socket");
+    std::fs::write(&file, b"keep me").expect("write");
+    let file_spec = format!("unix:{},server=on,wait=off", file.display());
+    let cases: &[(&[&str], &str)] = &[
+        (&["-qmp", "tcp:127.0.0.1:4444,server=on,wait=off"], "-qmp"),
+        (&["-qmp", "unix:/tmp/x.sock,server=on"], "-qmp"),
+        (&["-mon", "chardev=nope,mode=control"], "-mon"),
+        (
+            &[
+                "-chardev",
+                "socket,id=m,path=/tmp/m.sock,server=on,wait=off",
+            ],
+            "-chardev",
+        ),
+        (&["-qmp", &file_spec], "-qmp"),
+        (
+            &["-qmp", "unix:/nonexistent/dir/q.sock,server,nowait"],
+            "-qmp",
+        ),
+    ];
+    for (args, option) in cases {
+        let mut all = vec!["-kernel", kernel.as_str(), "-m", "16", "-serial", "none"];
+        all.extend_from_slice(args);
+        let r = vm::run(&all, Duration::from_secs(10));
+        let line = r.stderr.trim();
+        assert_eq!(r.code, Some(2), "{args:?}: {line}");
+        assert!(
+            line.lines().count() == 1 && line.contains(option),
+            "{args:?}: {line:?} does not name {option} on one line"
+        );
+    }
+    assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
+}
+
+/// A few lines of QMP over a plain socket (no library), for tests that
+/// need a guest of their own.
+struct RawQmp {
+    stream: std::os::unix::net::UnixStream,
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl RawQmp {
+    fn connect(path: &std::path::Path) -> RawQmp {
+        let t0 = std::time::Instant::now();
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() > Duration::from_secs(10) => panic!("{path:?}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let mut q = RawQmp { stream, reader };
+        assert!(q.line().contains("\"QMP\""));
+        q
+    }
+
+    fn negotiate(&mut self) -> std::io::Result<()> {
+        let r = self.try_ask(r#"{"execute":"qmp_capabilities"}"#)?;
+        assert!(r.contains("\"return\""), "{r}");
+        Ok(())
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.reader.read_line(&mut l).expect("read a QMP line");
+        l
+    }
+
+    /// Sends `msg`; returns the first line that is not an event.
+    fn ask(&mut self, msg: &str) -> String {
+        self.try_ask(msg).expect("QMP exchange")
+    }
+
+    fn try_ask(&mut self, msg: &str) -> std::io::Result<String> {
+        use std::io::{BufRead, Write};
+        // One write: the server acts on a complete object at once (quit
+        // closes the socket), so a separate newline write could fail.
+        self.stream.write_all(format!("{msg}\n").as_bytes())?;
+        loop {
+            let mut l = String::new();
+            if self.reader.read_line(&mut l)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if !l.contains("\"event\"") {
+                return Ok(l);
+            }
+        }
+    }
+}
+
+/// system_powerdown presses the GED power button: the event bit is in the
+/// GED register (the guest here polls it instead of running ACPI), and
+/// the POWERDOWN event goes out. Without a monitor there is no GED.
+#[test]
+fn kvm_powerdown_sets_the_ged_event() {
+    vm::require_kvm();
+    let dir = TempDir::new("qmp-ged");
+    // 1: mov eax, [0xfed00000]; cmp eax, 1; jne 1b (all-ones until the
+    //    GED is placed at the first press); out 0xf4, al (debug-exit:
+    //    1 -> exit 3); cli; hlt; jmp hlt
+    let code = [
+        0xa1, 0x00, 0x00, 0xd0, 0xfe, 0x83, 0xf8, 0x01, 0x75, 0xf6, 0xe6, 0xf4, 0xfa, 0xf4, 0xeb,
+        0xfd,
+    ];
+    let kernel = dir.tiny_kernel(&code);
+    let sock = dir.0.join("q.sock");
+    let child = Command::new(vm::shmvm_bin())
+        .args(["-kernel", &kernel, "-m", "16", "-serial", "none"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm");
+    let mut q = RawQmp::connect(&sock);
+    q.negotiate().expect("negotiate");
+    std::thread::sleep(Duration::from_millis(100));
+    let r = q.ask(r#"{"execute":"system_powerdown","id":1}"#);
+    assert!(r.contains("\"return\""), "{r}");
+    let r = vm::wait(child, Duration::from_secs(10));
+    assert_eq!(
+        r.code,
+        Some(3),
+        "the guest did not see the event: {}",
+        r.stderr
+    );
+    assert!(!sock.exists(), "socket left behind");
+}
+
+/// A vhost-user back-end that goes away is reported as shmvm's
+/// X_SHMVM_PEER_GONE event; the monitor here is `-chardev ...,server=on`
+/// with `-mon`.
+#[test]
+fn kvm_vhost_user_hangup_is_an_event() {
+    vm::require_kvm();
+    let dir = TempDir::new("qmp-vub");
+    let img = dir.0.join("disk.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("image");
+    let mut qsd = shmvm_tests::qsd::Qsd::start(&img, &dir.0.join("vhost.sock"));
+    let kernel = dir.tiny_kernel(WAITING_KERNEL);
+    let sock = dir.0.join("mon.sock");
+    let child = Command::new(vm::shmvm_bin())
+        .args(["-kernel", &kernel, "-serial", "none"])
+        .args(["-object", "memory-backend-memfd,id=ram0,size=64M,share=on"])
+        .args(["-machine", "memory-backend=ram0"])
+        .arg("-chardev")
+        .arg(format!("socket,id=c0,path={}", qsd.sock.display()))
+        .args(["-device", "vhost-user-blk-pci,chardev=c0"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=mon0,path={},server=on,wait=off",
+            sock.display()
+        ))
+        .args(["-mon", "chardev=mon0,mode=control"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm");
+    let mut q = RawQmp::connect(&sock);
+    if let Err(e) = q.negotiate() {
+        let r = vm::wait(child, Duration::from_secs(10));
+        panic!("negotiation: {e}; shmvm {:?}: {}", r.code, r.stderr);
+    }
+    qsd.kill();
+    let t0 = std::time::Instant::now();
+    let event = loop {
+        let l = q.line();
+        if l.contains("X_SHMVM_PEER_GONE") {
+            break l;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no event; last {l}");
+    };
+    assert!(
+        event.contains("\"type\":\"vhost-user\"") && event.contains("vhost.sock"),
+        "{event}"
+    );
+    let r = match q.try_ask(r#"{"execute":"query-status","id":"s"}"#) {
+        Ok(r) => r,
+        Err(e) => {
+            let r = vm::wait(child, Duration::from_secs(10));
+            panic!(
+                "query-status after the event: {e}; shmvm {:?}: {}",
+                r.code, r.stderr
+            );
+        }
+    };
+    assert!(
+        r.contains("\"running\":true") && r.contains("\"id\":\"s\""),
+        "{r}"
+    );
+    let quit = q.try_ask(r#"{"execute":"quit"}"#);
+    let r = vm::wait(child, Duration::from_secs(10));
+    assert!(
+        quit.is_ok(),
+        "quit: {quit:?}; shmvm {:?}: {}",
+        r.code,
+        r.stderr
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!sock.exists(), "socket left behind");
+}
+
+/// An ivshmem peer that leaves the server is X_SHMVM_PEER_GONE, with the
+/// device and the peer's id.
+#[test]
+fn kvm_ivshmem_peer_leaving_is_an_event() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ivshmem_server::server::{Server, ServerConfig, ShmSource};
+
+    vm::require_kvm();
+    let dir = TempDir::new("qmp-ivpeer");
+    let socket = dir.0.join("ivshmem.sock");
+    let mut server = Server::start(ServerConfig {
+        socket: socket.clone(),
+        shm: ShmSource::Name(format!("/shmvm-qmp-ivpeer-{}", std::process::id())),
+        size: 1 << 20,
+        vectors: 1,
+        keep: false,
+    })
+    .expect("ivshmem server starts");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let served = std::thread::spawn(move || server.run(&s).expect("server runs"));
+    let kernel = dir.tiny_kernel(WAITING_KERNEL);
+    let sock = dir.0.join("q.sock");
+    let child = Command::new(vm::shmvm_bin())
+        .args(["-kernel", &kernel, "-m", "32M", "-serial", "none"])
+        .arg("-chardev")
+        .arg(format!("socket,path={},id=iv", socket.display()))
+        .args(["-device", "ivshmem-doorbell,chardev=iv,vectors=1"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm");
+    let mut q = RawQmp::connect(&sock);
+    q.negotiate().expect("negotiate");
+    // shmvm joined at start (peer 0); a host peer comes and goes.
+    let host = ivshmem_server::Peer::connect(&socket, Duration::from_secs(10))
+        .expect("host peer connects");
+    let id = host.id();
+    drop(host);
+    let t0 = std::time::Instant::now();
+    let event = loop {
+        let l = q.line();
+        if l.contains("X_SHMVM_PEER_GONE") {
+            break l;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no event; last {l}");
+    };
+    assert!(
+        event.contains("\"type\":\"ivshmem\"") && event.contains(&format!("\"peer {id}\"")),
+        "{event}"
+    );
+    let quit = q.try_ask(r#"{"execute":"quit"}"#);
+    let r = vm::wait(child, Duration::from_secs(10));
+    assert!(
+        quit.is_ok(),
+        "quit: {quit:?}; shmvm {:?}: {}",
+        r.code,
+        r.stderr
+    );
+    stop.store(true, Ordering::SeqCst);
+    let _ = served.join();
+}

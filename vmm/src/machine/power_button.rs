@@ -1,0 +1,55 @@
+//! The ACPI power button: the GED register block on the MMIO bus and its
+//! interrupt (the ACPI side is `boot/power_button.rs`'s SSDT, always in
+//! the tables). Placed when QMP `system_powerdown` first presses it (the
+//! guest reads the register only after the interrupt); a Linux guest then
+//! powers off through ACPI S5.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use devices::ged::{self, Ged};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::hv::Vm;
+use crate::io::{BusKind, IoBuses};
+use crate::layout::{GED_ADDR, GED_IRQ};
+
+/// The VMM's side of the button.
+#[derive(Debug)]
+pub struct PowerButton {
+    pending: Arc<AtomicU32>,
+    irq: EventFd,
+}
+
+impl PowerButton {
+    /// Puts the GED at [`GED_ADDR`] with its interrupt on [`GED_IRQ`]. None
+    /// (with a warning) if the hypervisor or the bus refuse: the VM runs
+    /// on without a power button.
+    pub fn place(vm: &Vm, io: &IoBuses) -> Option<PowerButton> {
+        let dev = Ged::new();
+        let pending = dev.pending();
+        let r = EventFd::new(EFD_NONBLOCK)
+            .map_err(|e| e.to_string())
+            .and_then(|irq| {
+                vm.register_irqfd(&irq, GED_IRQ)
+                    .map_err(|e| e.to_string())?;
+                io.add(BusKind::Mmio, "ged", dev, GED_ADDR, ged::LEN)
+                    .map_err(|e| e.to_string())?;
+                Ok(irq)
+            });
+        match r {
+            Ok(irq) => Some(PowerButton { pending, irq }),
+            Err(e) => {
+                log::warn!("no ACPI power button: {e}");
+                None
+            }
+        }
+    }
+
+    /// Presses the button: the event bit, then the interrupt.
+    pub fn press(&self) -> std::io::Result<()> {
+        self.pending
+            .fetch_or(ged::EVENT_POWER_BUTTON, Ordering::SeqCst);
+        self.irq.write(1)
+    }
+}
