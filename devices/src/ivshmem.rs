@@ -61,6 +61,8 @@ pub struct IvshmemPlain {
     intr_mask: u32,
     intr_status: u32,
     stats: IvshmemStats,
+    /// BAR2 exits happen when the guest touches it: rate-limited.
+    warnings: crate::ratelimit::RateLimit,
 }
 
 impl IvshmemPlain {
@@ -105,6 +107,7 @@ impl IvshmemPlain {
             intr_mask: 0,
             intr_status: 0,
             stats: IvshmemStats::default(),
+            warnings: Default::default(),
         })
     }
 
@@ -164,7 +167,10 @@ impl PciDevice for IvshmemPlain {
             }
             MEMORY_BAR => {
                 self.stats.bar2_exits += 1;
-                log::warn!("ivshmem: BAR2 read at {offset:#x} exited to the VMM (no memory slot)");
+                crate::warn_limited!(
+                    self.warnings,
+                    "ivshmem: BAR2 read at {offset:#x} exited to the VMM (no memory slot)"
+                );
                 data.fill(0xff);
             }
             _ => data.fill(0xff),
@@ -182,7 +188,10 @@ impl PciDevice for IvshmemPlain {
             REGISTER_BAR => self.stats.bar0_bad_accesses += 1,
             MEMORY_BAR => {
                 self.stats.bar2_exits += 1;
-                log::warn!("ivshmem: BAR2 write at {offset:#x} exited to the VMM (no memory slot)");
+                crate::warn_limited!(
+                    self.warnings,
+                    "ivshmem: BAR2 write at {offset:#x} exited to the VMM (no memory slot)"
+                );
             }
             _ => {}
         }

@@ -8,5 +8,6 @@ pub mod i8042;
 pub mod ivshmem;
 pub mod ivshmem_doorbell;
 pub mod pci;
+pub mod ratelimit;
 pub mod serial;
 pub mod virtio;

@@ -26,7 +26,7 @@ pub struct IrqEvent(EventFd);
 
 impl IrqEvent {
     pub fn new() -> Result<Self, Error> {
-        EventFd::new(libc::EFD_NONBLOCK)
+        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
             .map(IrqEvent)
             .map_err(Error::EventFd)
     }
@@ -201,6 +201,20 @@ impl BusDevice for Serial {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interrupt_eventfd_is_close_on_exec() {
+        use std::os::fd::AsRawFd;
+        let irq = IrqEvent::new().expect("eventfd");
+        let fd = irq.eventfd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .expect("flags");
+        assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "{info}");
+    }
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]

@@ -135,6 +135,7 @@ fn create_shm(cfg: &ServerConfig) -> Result<(Backend, Option<PathBuf>), ServerEr
                 KindOptions::Shm(ShmOptions {
                     name: Some(shm_name(n)),
                     keep: cfg.keep,
+                    reclaim: false,
                 }),
             )?;
             let b = Backend::create(&c)?;

@@ -20,6 +20,10 @@ const DEFAULT_ALIGN: u64 = 2 << 20;
 /// How many random names to try before giving up on an anonymous shm object.
 const SHM_NAME_ATTEMPTS: u32 = 100;
 
+/// How often to retry opening a `mem-path` that another process creates and
+/// removes between our open and our create.
+const MEM_PATH_ATTEMPTS: u32 = 16;
+
 /// A host memory backend, mapped into this process.
 ///
 /// Dropping it unmaps the memory and closes the fd; a named shm object is unlinked
@@ -36,6 +40,9 @@ pub struct Backend {
     page_size: u64,
     shm_name: Option<String>,
     populated: Option<PopulateMethod>,
+    /// The `mem-path` file this backend created (it stays when dropped; the VMM
+    /// removes it when a later start-up step fails).
+    created_file: Option<PathBuf>,
 }
 
 /// Undoes the name-creating steps of a failed `create` (a new file, a named shm
@@ -83,6 +90,11 @@ impl Backend {
     pub fn create(cfg: &BackendConfig) -> Result<Backend, Error> {
         cfg.validate()?;
         let ctx = Ctx { cfg };
+        // Memory-backed kinds are checked before anything is created; a file
+        // once it is open (only one on tmpfs uses memory).
+        if cfg.prealloc() && !matches!(cfg.kind_options(), KindOptions::File(_)) {
+            ctx.check_room(cfg.size())?;
+        }
         let mut leftovers = Leftovers::default();
         let src = match cfg.kind_options() {
             KindOptions::Ram => ctx.ram_source()?,
@@ -92,6 +104,13 @@ impl Backend {
         };
         if !cfg.reserve() {
             ctx.check_noreserve(&src)?;
+        }
+        if cfg.prealloc()
+            && src.page_size == sys::host_page_size()
+            && let (KindOptions::File(_), Some(fd)) = (cfg.kind_options(), &src.fd)
+            && sys::fd_on_tmpfs(fd.as_fd())
+        {
+            ctx.check_room(src.len)?;
         }
         let len = usize::try_from(src.len).map_err(|_| {
             ctx.invalid(
@@ -150,7 +169,7 @@ impl Backend {
             None
         };
         // Success: a created file stays; a named shm object now belongs to the Backend.
-        leftovers.file = None;
+        let created_file = leftovers.file.take();
         let shm_name = leftovers.shm.take();
         Ok(Backend {
             cfg: cfg.clone(),
@@ -162,6 +181,7 @@ impl Backend {
             page_size: src.page_size,
             shm_name,
             populated,
+            created_file,
         })
     }
 
@@ -218,6 +238,12 @@ impl Backend {
     pub fn seals(&self) -> Option<io::Result<i32>> {
         self.fd.as_ref().map(|fd| sys::get_seals(fd.as_fd()))
     }
+    /// The `mem-path` file this backend created, if it created one (a directory's
+    /// unlinked temporary file has no name and is not reported).
+    pub fn created_file(&self) -> Option<&Path> {
+        self.created_file.as_deref()
+    }
+
     /// How many base pages of the mapping are resident (mincore(2)).
     pub fn resident_pages(&self) -> io::Result<usize> {
         sys::resident_pages(&self.map, 0, self.map.len())
@@ -454,9 +480,18 @@ impl Ctx<'_> {
             })?;
             return Ok((fd, true));
         }
-        loop {
-            match OpenOptions::new().read(true).write(!readonly).open(path) {
-                Ok(file) => return Ok((file.into(), false)),
+        // An existing file is opened as it is (symbolic links followed, as QEMU
+        // does); a new one is created with O_EXCL, which never follows a link. The
+        // open never blocks (O_NONBLOCK: a FIFO would wait for a writer), and only
+        // regular files and block devices are used.
+        for _ in 0..MEM_PATH_ATTEMPTS {
+            match OpenOptions::new()
+                .read(true)
+                .write(!readonly)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(path)
+            {
+                Ok(file) => return Ok((self.usable_mem_path(path, file.into())?, false)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !readonly => {}
                 Err(e) => {
                     return Err(self.os("mem-path", format!("can't open '{shown}'"), e));
@@ -466,12 +501,27 @@ impl Ctx<'_> {
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .mode(0o600)
                 .open(path)
             {
                 Ok(file) => {
                     leftovers.file = Some(path.to_path_buf());
                     return Ok((file.into(), true));
+                }
+                // A dangling symbolic link: the open finds nothing, O_EXCL finds the
+                // link. Never created through (nor retried forever).
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        && path.symlink_metadata().is_ok_and(|m| m.is_symlink()) =>
+                {
+                    return Err(self.invalid(
+                        "mem-path",
+                        format!(
+                            "mem-path '{shown}' is a dangling symbolic link (shmvm does not \
+                             create files through links)"
+                        ),
+                    ));
                 }
                 // Someone created it between our two opens: use theirs.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -480,6 +530,38 @@ impl Ctx<'_> {
                 }
             }
         }
+        Err(self.os(
+            "mem-path",
+            format!("'{shown}' keeps appearing and disappearing"),
+            io::Error::from_raw_os_error(libc::EAGAIN),
+        ))
+    }
+
+    /// Checks that an opened `mem-path` is a regular file or a block device (not a
+    /// FIFO, socket or character device) and gives it blocking I/O back.
+    fn usable_mem_path(&self, path: &Path, fd: OwnedFd) -> Result<OwnedFd, Error> {
+        let shown = path.display();
+        let (_, mode) = sys::fstat(fd.as_fd())
+            .map_err(|e| self.os("mem-path", format!("can't stat '{shown}'"), e))?;
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFBLK => None,
+            libc::S_IFIFO => Some("a FIFO"),
+            libc::S_IFCHR => Some("a character device"),
+            libc::S_IFSOCK => Some("a socket"),
+            _ => Some("not a regular file"),
+        };
+        if let Some(kind) = kind {
+            return Err(self.invalid(
+                "mem-path",
+                format!(
+                    "mem-path '{shown}' is {kind}: it must be a regular file, a block device \
+                     or a directory"
+                ),
+            ));
+        }
+        sys::clear_nonblock(fd.as_fd())
+            .map_err(|e| self.os("mem-path", format!("can't use '{shown}'"), e))?;
+        Ok(fd)
     }
 
     #[cfg(target_os = "linux")]
@@ -559,23 +641,83 @@ impl Ctx<'_> {
         ))
     }
 
+    /// Creates the named object `name` and takes an exclusive flock(2) on it,
+    /// held as long as the backend's fd is open: the kernel drops it when this
+    /// process dies in any way (SIGKILL too). So a clash tells a live object (its
+    /// lock is held) from a stale one (left by a killed shmvm: nobody holds it),
+    /// and `reclaim=on` replaces only the stale kind.
+    fn named_shm(&self, name: &str, reclaim: bool) -> Result<OwnedFd, Error> {
+        let create = || sys::shm_open(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600);
+        let fd = match create() {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let held = sys::shm_open(name, libc::O_RDONLY, 0)
+                    .and_then(|old| sys::try_lock_exclusive(old.as_fd()).map(|took| !took));
+                match held {
+                    Ok(true) => {
+                        return Err(self.invalid(
+                            "name",
+                            format!(
+                                "name={name}: a shm object with that name already exists and is in \
+                                 use by a running shmvm (pick another name)"
+                            ),
+                        ));
+                    }
+                    Ok(false) if reclaim => {
+                        log::warn!(
+                            "{} backend '{}': name={name}: replacing a stale shm object (no \
+                             running shmvm held it)",
+                            self.cfg.kind(),
+                            self.cfg.id()
+                        );
+                        sys::shm_unlink(name).map_err(|e| {
+                            self.os(
+                                "reclaim",
+                                format!("can't remove stale shm object {name}"),
+                                e,
+                            )
+                        })?;
+                        create().map_err(|e| {
+                            self.os("name", format!("can't create shm object {name}"), e)
+                        })?
+                    }
+                    Ok(false) => {
+                        return Err(self.invalid(
+                            "name",
+                            format!(
+                                "name={name}: a shm object with that name already exists and no \
+                                 running shmvm holds it (stale: left by one that was killed, or \
+                                 made by another program): remove it, or add reclaim=on to \
+                                 replace it"
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(self.os(
+                            "name",
+                            format!("a shm object {name} exists and can't be inspected"),
+                            e,
+                        ));
+                    }
+                }
+            }
+            Err(e) => return Err(self.os("name", format!("can't create shm object {name}"), e)),
+        };
+        match sys::try_lock_exclusive(fd.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => log::warn!("shm object {name}: already locked by another process"),
+            Err(e) => log::warn!("shm object {name}: can't lock it: {e}"),
+        }
+        Ok(fd)
+    }
+
     fn shm_source(&self, s: &ShmOptions, leftovers: &mut Leftovers) -> Result<Source, Error> {
         let page = sys::host_page_size();
         let len = self.len_for_page(page)?;
         let fd = match &s.name {
             None => self.anonymous_shm()?,
             Some(name) => {
-                let fd = sys::shm_open(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)
-                    .map_err(|e| {
-                        if e.raw_os_error() == Some(libc::EEXIST) {
-                            self.invalid(
-                                "name",
-                                format!("name={name}: a shm object with that name already exists (remove it, or pick another name)"),
-                            )
-                        } else {
-                            self.os("name", format!("can't create shm object {name}"), e)
-                        }
-                    })?;
+                let fd = self.named_shm(name, s.reclaim)?;
                 leftovers.shm = Some(name.clone());
                 fd
             }
@@ -621,6 +763,24 @@ impl Ctx<'_> {
     /// reserve=off (MAP_NORESERVE) only changes anything for private, writable mappings
     /// of base pages, and the kernel ignores it for those when overcommit_memory is 2:
     /// refuse it there instead of silently reserving everything (as QEMU does).
+    /// Refuses `prealloc=on` of more than the host can give (hostmem.rs): one
+    /// line instead of an OOM kill half way.
+    fn check_room(&self, len: u64) -> Result<(), Error> {
+        match crate::hostmem::available() {
+            Some(a) if len > a.bytes => Err(self.invalid(
+                "prealloc",
+                format!(
+                    "prealloc=on needs {len} bytes ({} MiB) but the host has only {} MiB \
+                     available ({})",
+                    len >> 20,
+                    a.bytes >> 20,
+                    a.source
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn check_noreserve(&self, src: &Source) -> Result<(), Error> {
         let overcommit = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").ok();
         let hugetlb = src.page_size != sys::host_page_size();

@@ -740,3 +740,92 @@ fn anonymous_shm_retries_a_name_that_exists_and_leaves_it_alone() {
         "{e}"
     );
 }
+
+#[test]
+fn dangling_symlink_mem_path_is_refused_at_once() {
+    let link = TempPath::new("/tmp", "dangling");
+    std::os::unix::fs::symlink("/nonexistent/shmvm-target", &link.0).expect("symlink");
+    let e = create_err(&format!(
+        "memory-backend-file,id=f,size=64K,mem-path={}",
+        link.s()
+    ));
+    assert_eq!(e.option(), Some("mem-path"), "{e}");
+    assert!(e.to_string().contains("dangling symbolic link"), "{e}");
+}
+
+#[test]
+fn fifo_mem_path_is_refused_without_blocking() {
+    for ro in [",readonly=on", ""] {
+        let fifo = TempPath::new("/tmp", "fifo");
+        let c = std::ffi::CString::new(fifo.s()).expect("path");
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = create_err(&format!(
+            "memory-backend-file,id=f,size=64K,mem-path={}{ro}",
+            fifo.s()
+        ));
+        assert_eq!(e.option(), Some("mem-path"), "{e}");
+        assert!(e.to_string().contains("is a FIFO"), "{e}");
+    }
+}
+
+#[test]
+fn created_file_is_reported_and_an_existing_one_is_not() {
+    let file = TempPath::new("/tmp", "created");
+    let b = create(&format!(
+        "memory-backend-file,id=f,size=64K,mem-path={}",
+        file.s()
+    ));
+    assert_eq!(b.created_file(), Some(file.0.as_path()));
+    drop(b);
+    let b = create(&format!(
+        "memory-backend-file,id=f,size=64K,mem-path={}",
+        file.s()
+    ));
+    assert_eq!(b.created_file(), None);
+}
+
+#[test]
+fn named_shm_clash_tells_live_from_stale_and_reclaim_replaces_only_stale() {
+    let name = format!("/shmvm-memtest-{}-reclaim", std::process::id());
+    let path = format!("/dev/shm{name}");
+    let spec = format!("memory-backend-shm,id=s,size=64K,name={name}");
+    let live = create(&spec);
+    let e = create_err(&format!("{spec},reclaim=on")).to_string();
+    assert!(e.contains("in use by a running shmvm"), "{e}");
+    drop(live);
+    // What a SIGKILLed shmvm leaves: the object, and no lock on it.
+    fs::write(&path, b"stale").expect("pre-create");
+    let e = create_err(&spec).to_string();
+    assert!(e.contains("no running shmvm holds it"), "{e}");
+    assert!(e.contains("reclaim=on"), "{e}");
+    let b = create(&format!("{spec},reclaim=on"));
+    assert_eq!(
+        &mem(&b)[..5],
+        &[0u8; 5],
+        "a fresh object, not the stale data"
+    );
+    drop(b);
+    assert!(!Path::new(&path).exists(), "removed at the end as usual");
+}
+
+#[test]
+fn prealloc_beyond_the_host_is_refused_and_leaves_nothing() {
+    let name = format!("/shmvm-memtest-{}-toobig", std::process::id());
+    for spec in [
+        "memory-backend-ram,id=r,size=1T,prealloc=on".to_string(),
+        format!("memory-backend-shm,id=r,size=1T,prealloc=on,name={name}"),
+    ] {
+        let e = create_err(&spec);
+        assert_eq!(e.option(), Some("prealloc"), "{e}");
+        assert!(e.to_string().contains("available"), "{e}");
+        assert!(!Path::new(&format!("/dev/shm{name}")).exists());
+    }
+    let file = TempPath::new("/dev/shm", "toobig");
+    let e = create_err(&format!(
+        "memory-backend-file,id=f,size=1T,prealloc=on,mem-path={}",
+        file.s()
+    ));
+    assert_eq!(e.option(), Some("prealloc"), "{e}");
+    assert!(!file.0.exists(), "created file left behind: {e}");
+}

@@ -67,7 +67,7 @@ impl BackendKind {
                 "pmem",
             ],
             BackendKind::Memfd => &["hugetlb", "hugetlbsize", "seal"],
-            BackendKind::Shm => &["name", "keep"],
+            BackendKind::Shm => &["name", "keep", "reclaim"],
         }
     }
 }
@@ -180,6 +180,9 @@ pub struct ShmOptions {
     pub name: Option<String>,
     /// `keep`: leave a named object behind after the backend goes away.
     pub keep: bool,
+    /// `reclaim`: replace a same-named object that no running shmvm holds (one
+    /// left by a shmvm that was killed); a live one is never touched.
+    pub reclaim: bool,
 }
 
 /// Type-specific options.
@@ -468,6 +471,12 @@ impl BackendConfig {
     }
 
     fn validate_shm(&self, s: &ShmOptions) -> Result<(), Error> {
+        if s.reclaim && s.name.is_none() {
+            return Err(self.invalid(
+                "reclaim",
+                "reclaim=on needs name=/NAME (an anonymous object never clashes)".to_string(),
+            ));
+        }
         if s.keep && s.name.is_none() {
             return Err(self.invalid(
                 "keep",
@@ -661,7 +670,8 @@ mod tests {
             s.kind_options(),
             &KindOptions::Shm(ShmOptions {
                 name: Some("/shmvm-x".to_string()),
-                keep: true
+                keep: true,
+                reclaim: false
             })
         );
         // The last of a repeated option wins, as in QEMU's keyval.

@@ -9,6 +9,7 @@
 mod backend;
 mod config;
 mod error;
+pub mod hostmem;
 mod prealloc;
 mod size;
 mod sys;

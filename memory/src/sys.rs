@@ -489,3 +489,46 @@ pub(crate) fn random_u64() -> u64 {
 pub(crate) fn raw(fd: Option<&OwnedFd>) -> RawFd {
     fd.map_or(-1, |f| f.as_raw_fd())
 }
+
+/// Clears O_NONBLOCK on `fd` (files are opened non-blocking so a FIFO or a
+/// device never blocks the open; regular files then get blocking I/O back).
+pub(crate) fn clear_nonblock(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on a valid fd, no pointer argument.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: fcntl on a valid fd with an int argument.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) })
+        .map(|_| ())
+}
+
+/// flock(2) with LOCK_EX | LOCK_NB: `Ok(true)` when taken, `Ok(false)` when
+/// another open file description holds it.
+pub(crate) fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: flock on a valid fd, no pointer argument.
+    match cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `fd` is on tmpfs (its pages are memory, not a disk's page cache).
+pub(crate) fn fd_on_tmpfs(fd: BorrowedFd<'_>) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+        // SAFETY: st points to writable memory of the right size.
+        if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: fstatfs succeeded, so it filled st.
+        let st = unsafe { st.assume_init() };
+        // The field's type differs between libcs.
+        #[allow(clippy::unnecessary_cast)]
+        return st.f_type as i64 == libc::TMPFS_MAGIC as i64;
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        false
+    }
+}

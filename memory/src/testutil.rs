@@ -248,6 +248,7 @@ pub(crate) fn object(spec: &str) -> Result<crate::BackendConfig, crate::Error> {
             Some(b'K') => (&v[..v.len() - 1], 1 << 10),
             Some(b'M') => (&v[..v.len() - 1], 1 << 20),
             Some(b'G') => (&v[..v.len() - 1], 1 << 30),
+            Some(b'T') => (&v[..v.len() - 1], 1 << 40),
             Some(b'E') => (&v[..v.len() - 1], 1 << 60),
             _ => (v, 1),
         };
@@ -299,6 +300,7 @@ pub(crate) fn object(spec: &str) -> Result<crate::BackendConfig, crate::Error> {
             ("seal", KindOptions::Memfd(m)) => m.seal = on(v),
             ("name", KindOptions::Shm(s)) => s.name = Some(v.to_string()),
             ("keep", KindOptions::Shm(s)) => s.keep = on(v),
+            ("reclaim", KindOptions::Shm(s)) => s.reclaim = on(v),
             _ => panic!("test helper: unsupported property {k} for {ty}"),
         }
     }

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(ParseOutcome::Error(e)) => {
-            eprintln!("shmvm: {e}");
+            eprintln!("shmvm: {}", vmm::cli::one_line(&e.to_string()));
             return code(e.exit_code());
         }
     };
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     let _pidfile = match cfg.pidfile.as_deref().map(PidFile::create).transpose() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("shmvm: {e}");
+            eprintln!("shmvm: {}", vmm::cli::one_line(&e.to_string()));
             return code(2);
         }
     };
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
             code(end.exit_code())
         }
         Err(e) => {
-            eprintln!("shmvm: {e}");
+            eprintln!("shmvm: {}", vmm::cli::one_line(&e.to_string()));
             code(e.exit_code())
         }
     }

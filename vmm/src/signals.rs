@@ -1,4 +1,4 @@
-//! Stopping vCPUs: SIGINT/SIGTERM record the request and kick every vCPU
+//! Stopping vCPUs: SIGINT/SIGTERM/SIGHUP record the request and kick every vCPU
 //! thread with a real-time signal; the kick handler sets the thread's
 //! `kvm_run.immediate_exit` so a KVM_RUN that races with the kick returns at
 //! once instead of sleeping in the guest. The same signal, from a timer,
@@ -59,9 +59,13 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     }
 }
 
-/// Installs the SIGINT/SIGTERM and vCPU-kick handlers.
+/// The signals that end the VM with cleanup (exit 128+N): SIGHUP too, so a
+/// closed terminal or a hung-up session never leaves a named shm object.
+pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Installs the SIGINT/SIGTERM/SIGHUP and vCPU-kick handlers.
 pub fn install() -> Result<(), Error> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in STOP_SIGNALS {
         register_signal_handler(sig, on_stop).map_err(|err| Error::Install { sig, err })?;
     }
     let sig = kick_signal();

@@ -127,6 +127,14 @@ pub struct Stats {
     pub buses: Vec<BusStats>,
     pub unclaimed: Unclaimed,
     pub console: Option<ConsoleStats>,
+    /// Guest console bytes dropped because the reader of stdout (or the
+    /// serial file) did not keep up: a vCPU never waits for it.
+    pub console_dropped_bytes: u64,
+    /// Guest-triggered log lines (warnings about BAR moves, virtio and
+    /// vhost-user mistakes, unclaimed accesses at debug level): how many
+    /// there were and how many the rate limit left out of the log.
+    pub guest_log_lines: u64,
+    pub guest_log_suppressed: u64,
     pub ivshmem: Vec<IvshmemStats>,
     pub ivshmem_doorbell: Vec<DoorbellStats>,
     pub vhost_user: Vec<VhostUserStats>,
@@ -139,6 +147,9 @@ impl Default for Stats {
             buses: Vec::new(),
             unclaimed: Unclaimed::default(),
             console: None,
+            console_dropped_bytes: 0,
+            guest_log_lines: 0,
+            guest_log_suppressed: 0,
             ivshmem: Vec::new(),
             ivshmem_doorbell: Vec::new(),
             vhost_user: Vec::new(),
@@ -170,6 +181,18 @@ impl Stats {
                 } else {
                     "off once the guest enabled the transmit interrupt or loopback"
                 }
+            ));
+        }
+        if self.console_dropped_bytes > 0 {
+            out.push_str(&format!(
+                "  serial0 output dropped (the reader did not keep up): {} bytes\n",
+                self.console_dropped_bytes
+            ));
+        }
+        if self.guest_log_suppressed > 0 {
+            out.push_str(&format!(
+                "  guest-triggered log lines: {}, {} left out by the rate limit\n",
+                self.guest_log_lines, self.guest_log_suppressed
             ));
         }
         for d in &self.ivshmem {

@@ -181,6 +181,10 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
         coalesced,
     } = shared;
     let _guard = VcpuThreadGuard::register(vcpu.immediate_exit_ptr());
+    if let Err(e) = crate::sandbox::enter(crate::sandbox::ThreadKind::Vcpu) {
+        state.request_end(VmEnd::VcpuFailed(format!("vCPU {}: {e}", vcpu.id())));
+        return;
+    }
     let flushes = first_run.is_some();
     if flushes && let Some(c) = coalesced {
         c.start_flush_timer();

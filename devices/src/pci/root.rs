@@ -97,6 +97,9 @@ pub struct PciRoot {
     devices: BTreeMap<PciAddress, SharedPciDevice>,
     mapper: Arc<dyn BarMapper>,
     mapped: HashMap<(PciAddress, usize), super::BarRegion>,
+    /// BAR (un)mapping failures: the guest picks the addresses, so these
+    /// warnings are rate-limited.
+    bar_warnings: crate::ratelimit::RateLimit,
 }
 
 impl fmt::Debug for PciRoot {
@@ -120,6 +123,7 @@ impl PciRoot {
             devices,
             mapper,
             mapped: HashMap::new(),
+            bar_warnings: Default::default(),
         }
     }
 
@@ -179,7 +183,10 @@ impl PciRoot {
         if let Some(old) = self.mapped.remove(&(addr, change.index)) {
             match self.mapper.unmap_bar(addr, &old) {
                 Ok(()) => log::debug!("pci {addr}: unmapped {old}"),
-                Err(e) => log::warn!("pci {addr}: unmapping {old} failed: {e}"),
+                Err(e) => crate::warn_limited!(
+                    self.bar_warnings,
+                    "pci {addr}: unmapping {old} failed: {e}"
+                ),
             }
         }
         if let Some(new) = change.new {
@@ -188,7 +195,10 @@ impl PciRoot {
                     log::debug!("pci {addr}: mapped {new}");
                     self.mapped.insert((addr, change.index), new);
                 }
-                Err(e) => log::warn!("pci {addr}: mapping {new} failed, left unmapped: {e}"),
+                Err(e) => crate::warn_limited!(
+                    self.bar_warnings,
+                    "pci {addr}: mapping {new} failed, left unmapped: {e}"
+                ),
             }
         }
     }

@@ -134,6 +134,8 @@ pub struct VirtioPci {
     notify_at: Option<u64>,
     owner: Box<dyn TransportEvents>,
     stats: TransportStats,
+    /// The driver's mistakes are the guest's to make: rate-limited.
+    warnings: crate::ratelimit::RateLimit,
 }
 
 impl std::fmt::Debug for VirtioPci {
@@ -272,6 +274,7 @@ impl VirtioPci {
             notify_at: None,
             owner,
             stats: TransportStats::default(),
+            warnings: Default::default(),
         })
     }
 
@@ -472,7 +475,8 @@ impl VirtioPci {
             && old & status::FEATURES_OK == 0
             && let Err(e) = self.check_features()
         {
-            log::warn!(
+            crate::warn_limited!(
+                self.warnings,
                 "virtio-pci: features {:#x} refused: {e}",
                 self.driver_features
             );
@@ -482,7 +486,7 @@ impl VirtioPci {
             match self.activate(new) {
                 Ok(()) => self.stats.driver_ok += 1,
                 Err(e) => {
-                    log::warn!("virtio-pci: cannot start the device: {e}");
+                    crate::warn_limited!(self.warnings, "virtio-pci: cannot start the device: {e}");
                     new |= status::DEVICE_NEEDS_RESET;
                 }
             }

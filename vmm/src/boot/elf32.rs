@@ -172,6 +172,65 @@ pub fn parse(head: &Head, f: &mut File) -> Result<Elf32, String> {
     })
 }
 
+fn u64_le(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+/// Checks a 64-bit ELF's program headers against the file's real length and
+/// guest RAM before linux-loader reads it: linux-loader walks a note segment
+/// note by note whatever its size (1 GiB of zeros in a sparse file is ~90
+/// million reads), and trusts the sizes the headers claim.
+pub fn check_elf64(head: &Head, f: &mut File, ram_end: u64) -> Result<(), String> {
+    const EHDR64_LEN: usize = 64;
+    const PHDR64_LEN: usize = 56;
+    let h = head
+        .bytes
+        .get(..EHDR64_LEN)
+        .ok_or("64-bit ELF header is truncated")?;
+    let phoff = u64_le(h, 0x20);
+    let phentsize = usize::from(u16_le(h, 0x36));
+    let phnum = u64::from(u16_le(h, 0x38));
+    if phentsize != PHDR64_LEN {
+        return Err(format!(
+            "program header size {phentsize} is not {PHDR64_LEN} (64-bit ELF)"
+        ));
+    }
+    let table = read_range(f, head.file_len, phoff, phnum * PHDR64_LEN as u64)
+        .map_err(|e| format!("program headers: {e}"))?;
+    for ph in table.chunks_exact(PHDR64_LEN) {
+        let (kind, offset, file_size, mem_size) =
+            (u32_le(ph, 0), u64_le(ph, 8), u64_le(ph, 32), u64_le(ph, 40));
+        let in_file = offset
+            .checked_add(file_size)
+            .is_some_and(|end| end <= head.file_len);
+        match kind {
+            PT_NOTE if file_size > MAX_NOTES_LEN => {
+                return Err(format!(
+                    "note segment of {file_size} bytes at {offset:#x} is larger than \
+                     {MAX_NOTES_LEN} bytes (real notes are a few bytes)"
+                ));
+            }
+            PT_NOTE | PT_LOAD if !in_file => {
+                return Err(format!(
+                    "segment of {file_size} bytes at {offset:#x} runs past the end of the \
+                     {}-byte file",
+                    head.file_len
+                ));
+            }
+            PT_LOAD if mem_size > ram_end => {
+                return Err(format!(
+                    "segment of {mem_size:#x} bytes is larger than guest RAM ({ram_end:#x} bytes \
+                     below the MMIO hole)"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Test images: a 32-bit ELF with the given loadable segments (file bytes,
 /// physical address, memory size) and an optional PVH note.
 #[cfg(test)]

@@ -83,7 +83,7 @@ impl BootFiles {
             path: kernel.display().to_string(),
             reason,
         };
-        let mut kfile = File::open(kernel).map_err(|e| kerr(e.to_string()))?;
+        let mut kfile = open_image(kernel).map_err(kerr)?;
         let head = Head::read(&mut kfile).map_err(|e| kerr(e.to_string()))?;
         let multiboot = (!head.is_bzimage())
             .then(|| multiboot::Header::find(&head))
@@ -99,9 +99,9 @@ impl BootFiles {
         let modules = specs
             .into_iter()
             .map(|spec| {
-                let file = File::open(&spec.path).map_err(|e| Error::Initrd {
+                let file = open_image(&spec.path).map_err(|reason| Error::Initrd {
                     path: spec.path.display().to_string(),
-                    reason: e.to_string(),
+                    reason,
                 })?;
                 Ok(Module { spec, file })
             })
@@ -113,6 +113,33 @@ impl BootFiles {
             modules,
         })
     }
+}
+
+/// Opens a kernel, initrd or module file without ever blocking (O_NONBLOCK: a
+/// FIFO would wait for a writer forever) and accepts only a regular file or a
+/// block device. O_NONBLOCK stays set: it changes nothing for those two.
+pub fn open_image(path: &Path) -> Result<File, String> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let t = f.metadata().map_err(|e| e.to_string())?.file_type();
+    let kind = if t.is_file() || t.is_block_device() {
+        return Ok(f);
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    };
+    Err(format!("is {kind}, not a regular file"))
 }
 
 /// Inputs to [`load`].
@@ -299,6 +326,7 @@ pub fn load_with(
         let end = r.kernel_load.0 + u64::from(hdr.init_size).max(r.kernel_end - r.kernel_load.0);
         (entry, end, Some(hdr))
     } else {
+        elf32::check_elf64(&files.head, &mut files.kernel, ram_end).map_err(kerr)?;
         let kf = &mut files.kernel;
         let r = Elf::load(mem, None, kf, Some(GuestAddress(HIMEM)))
             .map_err(|e| kerr(format!("ELF load failed: {e}")))?;
@@ -467,6 +495,9 @@ fn load_initrd(
     }
     Ok((addr, size))
 }
+
+#[cfg(test)]
+mod fuzz_tests;
 
 #[cfg(test)]
 mod tests {

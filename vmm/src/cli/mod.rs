@@ -87,7 +87,7 @@ pub struct Args {
     #[arg(long, value_name = "STR", allow_hyphen_values = true)]
     pub cmdline: Vec<String>,
     /// Guest RAM size, default unit MiB; the last wins [QEMU: -m]
-    #[arg(short = 'm', long, value_name = "SIZE")]
+    #[arg(short = 'm', long, value_name = "SIZE", allow_negative_numbers = true)]
     pub memory: Vec<String>,
     /// A memory backend: memory-backend-{ram,file,memfd,shm},id=ID,size=SIZE,... [QEMU: -object]
     #[arg(long, value_name = "PROPS")]
@@ -96,7 +96,7 @@ pub struct Args {
     #[arg(long, value_name = "PROPS")]
     pub machine: Vec<String>,
     /// vCPUs and topology: N,sockets=S,cores=C,threads=T,maxcpus=M [QEMU: -smp]
-    #[arg(long, value_name = "PROPS")]
+    #[arg(long, value_name = "PROPS", allow_negative_numbers = true)]
     pub smp: Vec<String>,
     /// One NUMA node whose memdev is guest RAM: node,memdev=ID [QEMU: -numa]
     #[arg(long, value_name = "PROPS")]
@@ -143,9 +143,19 @@ pub struct Args {
         require_equals = true
     )]
     pub stats: Option<StatsArg>,
+    /// Seccomp filters per thread kind, no_new_privs, no capabilities after start-up (default on)
+    #[arg(long, value_name = "on|off", value_enum)]
+    pub sandbox: Option<OnOffArg>,
     /// More logging (-v info, -vv debug, -vvv trace)
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--sandbox`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOffArg {
+    On,
+    Off,
 }
 
 /// `--stats` formats.
@@ -221,6 +231,25 @@ fn clap_error(e: clap::Error) -> ParseOutcome {
     }
 }
 
+/// An error message as one line: control characters a user put in an
+/// argument or a path (a newline, an escape sequence) are shown escaped, so
+/// every error stays one line on stderr and cannot drive the terminal.
+pub fn one_line(msg: &str) -> String {
+    let msg = msg.trim_end_matches('\n');
+    if !msg.chars().any(char::is_control) {
+        return msg.to_string();
+    }
+    msg.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Parses a full argv (program name first): QEMU's spellings, the option
 /// table, then the configuration.
 pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseOutcome> {
@@ -255,6 +284,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
             Some(StatsArg::Json) => StatsFormat::Json,
         },
         verbose: args.verbose,
+        sandbox: args.sandbox != Some(OnOffArg::Off),
     };
     let config = Config::build(input).map_err(Error::from)?;
     Ok(Parsed {
@@ -321,5 +351,7 @@ fn introspect(a: &Args) -> Option<String> {
     None
 }
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;

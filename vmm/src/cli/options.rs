@@ -241,6 +241,12 @@ pub const OPTIONS: &[Opt] = &[
         "how to enter an ELF kernel with a PVH note (default pvh); QEMU's -boot ORDER is a no-op",
     ),
     own(
+        "sandbox",
+        Some("on|off"),
+        "seccomp filters per thread kind, no_new_privs, capabilities dropped after start-up \
+         (default on; README \"Security model\")",
+    ),
+    own(
         "stats",
         None,
         "per-device statistics on stderr when the VM ends; --stats=json: one JSON line (schema: vmm/src/stats.rs)",

@@ -200,6 +200,8 @@ pub struct Input {
     pub mem_prealloc: bool,
     /// `-pidfile FILE`.
     pub pidfile: Option<PathBuf>,
+    /// `--sandbox` (on unless `--sandbox=off`).
+    pub sandbox: bool,
     /// `-nographic`: without `-serial`, the console is `mon:stdio` (QEMU's rule).
     pub nographic: bool,
     pub vhost_user_blk: Vec<String>,
@@ -235,6 +237,8 @@ pub struct Config {
     pub verbose: u8,
     /// `-pidfile FILE`: written by the binary at start, removed at exit.
     pub pidfile: Option<PathBuf>,
+    /// Threads enter the sandbox (sandbox.rs) after start-up.
+    pub sandbox: bool,
     /// QMP sockets (`-qmp`, `-mon` on a `-chardev socket,server=on`).
     pub monitors: Vec<crate::qmp::MonitorConfig>,
 }
@@ -377,6 +381,7 @@ impl Config {
             stats: input.stats,
             pidfile: input.pidfile,
             verbose: input.verbose,
+            sandbox: input.sandbox,
             monitors: mon.sockets,
         })
     }

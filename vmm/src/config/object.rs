@@ -70,6 +70,12 @@ const SHM: &[Prop] = &[
         "off",
         "keep the named object at exit (shmvm's own)",
     ),
+    Prop::new(
+        "reclaim",
+        "bool",
+        "off",
+        "replace a stale same-named object no running shmvm holds (shmvm's own)",
+    ),
 ];
 
 /// The `-object` types, for help and for checking property names.
@@ -299,6 +305,7 @@ pub fn from_keyval(
         KindOptions::Shm(s) => {
             s.name = kv.take("name");
             s.keep = kv.take_bool("keep").map_err(bad)?.unwrap_or(false);
+            s.reclaim = kv.take_bool("reclaim").map_err(bad)?.unwrap_or(false);
         }
     }
     let known: Vec<&str> = memory::COMMON_OPTIONS

@@ -457,7 +457,10 @@ impl Doorbell {
             let tname = format!("ivshmem-db{}", cfg.index);
             std::thread::Builder::new()
                 .name(tname)
-                .spawn(move || watch_server(&stream, &shared, &stop))
+                .spawn(move || {
+                    crate::sandbox::enter_worker();
+                    watch_server(&stream, &shared, &stop)
+                })
                 .map_err(|err| Error::Thread {
                     device: name.clone(),
                     err,

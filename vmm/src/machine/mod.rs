@@ -31,6 +31,7 @@ use memory::Backend;
 use crate::boot::{self, BootFiles, BootSpec};
 use crate::coalesce::SerialCoalescing;
 use crate::config::{Config, DeviceConfig, SerialMode, StdioOptions};
+use crate::console_out::{self, ConsoleOut};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, Vm};
@@ -75,6 +76,15 @@ pub enum Error {
     #[error(transparent)]
     Signals(#[from] crate::signals::Error),
     #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::Error),
+    #[error("{err}; memdev '{memdev}' ({size:#x} bytes) is too large for it")]
+    MemdevTooLarge {
+        memdev: String,
+        size: u64,
+        #[source]
+        err: Box<crate::pci::Error>,
+    },
+    #[error(transparent)]
     Pci(#[from] crate::pci::Error),
     #[error(transparent)]
     Ivshmem(#[from] ivshmem::Error),
@@ -92,6 +102,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Backend { .. }
+            | Error::MemdevTooLarge { .. }
             | Error::NoObject { .. }
             | Error::SerialFile { .. }
             | Error::Ivshmem(_) => 2,
@@ -103,7 +114,7 @@ impl Error {
             Error::VhostUserBlk(e) => e.exit_code(),
             Error::Monitor(e) => e.exit_code(),
             Error::IvshmemDoorbell(e) => e.exit_code(),
-            Error::Serial(_) | Error::Threads(_) | Error::Signals(_) => 1,
+            Error::Serial(_) | Error::Threads(_) | Error::Signals(_) | Error::Sandbox(_) => 1,
         }
     }
 }
@@ -153,6 +164,8 @@ struct Console {
     stdio: StdioOptions,
     /// Holds a reference to the VM: dropped before it.
     coalesced: Option<Arc<SerialCoalescing>>,
+    /// Output the reader did not take in time (None: `-serial none`).
+    dropped: Option<console_out::Dropped>,
 }
 
 /// A built machine. Field order is not drop order: [`Machine::finish`]
@@ -171,7 +184,20 @@ pub struct Machine {
     vcpus: Vec<hv::Vcpu>,
 }
 
-fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
+/// The UART's output: stdout or the serial file behind a queue that never
+/// blocks a vCPU (console_out.rs), with the handle that counts drops.
+type SerialOutput = (Box<dyn Write + Send>, Option<console_out::Dropped>);
+
+fn serial_output(mode: &SerialMode) -> Result<SerialOutput, Error> {
+    let sink = serial_sink(mode)?;
+    if *mode == SerialMode::None {
+        return Ok((sink, None));
+    }
+    let (out, dropped) = ConsoleOut::spawn(sink).map_err(Error::Threads)?;
+    Ok((Box::new(out), Some(dropped)))
+}
+
+fn serial_sink(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match mode {
         // Unbuffered: every byte the guest sends is visible at once.
         SerialMode::Stdio => Box::new(File::from(
@@ -183,12 +209,94 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
                     err: e,
                 })?,
         )),
-        SerialMode::File(p) => Box::new(File::create(p).map_err(|err| Error::SerialFile {
-            path: p.display().to_string(),
-            err,
-        })?),
+        SerialMode::File(p) => {
+            Box::new(create_serial_file(p).map_err(|err| Error::SerialFile {
+                path: p.display().to_string(),
+                err,
+            })?)
+        }
         SerialMode::None => Box::new(std::io::sink()),
     })
+}
+
+/// The `-serial file:` log: created 0600 whatever the umask, truncated, never
+/// through a symbolic link (O_NOFOLLOW), never blocking (O_NONBLOCK: a FIFO
+/// without a reader is refused), and only a regular file or a character device
+/// such as /dev/null.
+fn create_serial_file(p: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("is a symbolic link (not followed)")
+            } else {
+                e
+            }
+        })?;
+    let meta = f.metadata()?;
+    let t = meta.file_type();
+    if t.is_file() {
+        f.set_len(0)?;
+    } else if !t.is_char_device() {
+        return Err(std::io::Error::other(
+            "is not a regular file or a character device",
+        ));
+    }
+    Ok(f)
+}
+
+/// A BAR that does not fit the windows, when it is an ivshmem device's BAR2:
+/// the message also names the memdev and its size (what the user can change).
+fn name_the_memdev(err: crate::pci::Error, cfg: &Config, objects: &[Arc<Backend>]) -> Error {
+    if let crate::pci::Error::NoRoom { device, .. } = &err {
+        for d in &cfg.devices {
+            if let DeviceConfig::IvshmemPlain(c) = d
+                && c.to_string() == *device
+                && let Some(b) = objects.iter().find(|b| b.id() == c.memdev)
+            {
+                return Error::MemdevTooLarge {
+                    memdev: c.memdev.clone(),
+                    size: b.size(),
+                    err: Box::new(err),
+                };
+            }
+        }
+    }
+    Error::Pci(err)
+}
+
+/// `mem-path` files this start-up created: removed when it fails (dropped
+/// before [`CreatedFiles::keep`]), so a failed start leaves nothing behind.
+#[derive(Debug, Default)]
+struct CreatedFiles(Vec<std::path::PathBuf>);
+
+impl CreatedFiles {
+    fn note(&mut self, b: &Backend) {
+        if let Some(p) = b.created_file() {
+            self.0.push(p.to_path_buf());
+        }
+    }
+
+    /// Start-up succeeded: the files stay (their data is the point).
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for CreatedFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            match std::fs::remove_file(p) {
+                Ok(()) => log::debug!("removed {} (created by this failed start)", p.display()),
+                Err(e) => log::warn!("can't remove {}: {e}", p.display()),
+            }
+        }
+    }
 }
 
 fn create_backend(cfg: &memory::BackendConfig, option: &'static str) -> Result<Backend, Error> {
@@ -219,12 +327,20 @@ impl Machine {
         } else {
             "-m"
         };
-        let ram = GuestRam::new(create_backend(&cfg.ram, ram_option)?)?;
+        // mem-path files created from here on go again if a later step fails.
+        let mut created = CreatedFiles::default();
+        let ram_backend = create_backend(&cfg.ram, ram_option)?;
+        created.note(&ram_backend);
+        let ram = GuestRam::new(ram_backend)?;
         let objects = cfg
             .objects
             .iter()
-            .map(|o| create_backend(o, "--object").map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|o| {
+                let b = create_backend(o, "--object")?;
+                created.note(&b);
+                Ok(Arc::new(b))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         t.mark("memory backend(s) created and mapped");
 
         let vm = Arc::new(Vm::new()?);
@@ -260,7 +376,8 @@ impl Machine {
             let state = state.clone();
             Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
         };
-        let serial = Serial::new(IrqEvent::new()?, serial_output(&cfg.serial)?);
+        let (out, console_dropped) = serial_output(&cfg.serial)?;
+        let serial = Serial::new(IrqEvent::new()?, out);
         vm.register_irqfd(serial.irq().eventfd(), layout::COM1_IRQ)?;
         let serial = Arc::new(Mutex::new(serial));
         legacy::place(&io, &serial, &hook)?;
@@ -329,9 +446,11 @@ impl Machine {
             &functions,
             &windows,
             layout::PCI_BAR_FIRST_SLOT,
-        )?;
+        )
+        .map_err(|err| name_the_memdev(err, cfg, &objects))?;
         legacy::place_debug_exits(&io, &hook, &debug_exits)?;
         t.mark("PCI root and devices");
+        created.keep();
         Ok(Machine {
             vm,
             ram,
@@ -345,6 +464,7 @@ impl Machine {
                 mode: cfg.serial.clone(),
                 stdio: cfg.stdio,
                 coalesced,
+                dropped: console_dropped,
             },
             vcpus,
         })
@@ -356,6 +476,9 @@ impl Machine {
             buses: self.io.bus_stats(),
             unclaimed: self.io.unclaimed_counts(),
             console: self.console.coalesced.as_ref().map(|c| c.stats()),
+            console_dropped_bytes: self.console.dropped.as_ref().map_or(0, |d| d.bytes()),
+            guest_log_lines: crate::ratelimit::totals().0,
+            guest_log_suppressed: crate::ratelimit::totals().1,
             ..Stats::default()
         };
         for (plug, placed) in self.plugs.iter().zip(self.pci.placed()) {
@@ -393,6 +516,7 @@ impl Machine {
                     .name("qmp".into())
                     .stack_size(256 << 10)
                     .spawn_scoped(s, move || {
+                        crate::sandbox::enter_worker();
                         if let Err(e) = server.serve(c) {
                             c.failed(e);
                         }
@@ -415,6 +539,9 @@ impl Machine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .flush_output();
+        if let Some(d) = &self.console.dropped {
+            d.settle(console_out::DRAIN_DEADLINE);
+        }
         ran.map_err(Error::Threads)?;
         let end = self
             .state
@@ -471,8 +598,24 @@ impl Machine {
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let mut t = Timeline::new(start);
     crate::signals::install()?;
+    crate::sandbox::set_enabled(cfg.sandbox);
     // Before the machine: a path that cannot be a socket fails first.
     let monitor = crate::qmp::Server::new(&cfg.monitors)?;
-    let m = Machine::build(cfg, &mut t)?;
+    let m = match Machine::build(cfg, &mut t) {
+        Ok(m) => m,
+        // A stop signal during start-up (a back-end's handshake cut short by
+        // it, say) ends the VM as the signal, not as a configuration error.
+        Err(e) => match crate::signals::stop_signal() {
+            Some(sig) => {
+                log::info!("start-up stopped by signal {sig}: {e}");
+                return Ok(VmEnd::Signal(sig));
+            }
+            None => return Err(e),
+        },
+    };
+    // Start-up is over: the main thread (and every thread it starts from
+    // now on: the QMP server's, the stdin reader) drops its capabilities and
+    // enters its seccomp filter.
+    crate::sandbox::enter(crate::sandbox::ThreadKind::Main)?;
     m.run(&t, cfg.stats, monitor)
 }

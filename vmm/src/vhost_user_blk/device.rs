@@ -94,6 +94,8 @@ pub struct VhostUserBlk {
     notify: Option<NotifyRegion>,
     acked: u64,
     stats: Arc<VhostUserBlkStats>,
+    /// `fail` lines: the guest drives the device into them, so rate-limited.
+    warnings: devices::ratelimit::RateLimit,
 }
 
 impl std::fmt::Debug for VhostUserBlk {
@@ -147,7 +149,9 @@ impl PciPlug for Wired {
 }
 
 fn eventfds(n: u16) -> std::io::Result<Vec<EventFd>> {
-    (0..n).map(|_| EventFd::new(EFD_NONBLOCK)).collect()
+    (0..n)
+        .map(|_| EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC))
+        .collect()
 }
 
 /// Connects to the back-end of `cfg` with guest RAM `ram` and builds the
@@ -195,6 +199,7 @@ pub fn create(
         notify: None,
         acked: 0,
         stats: stats.clone(),
+        warnings: Default::default(),
     };
     let device = VirtioPci::new(transport, Box::new(owner)).map_err(|err| Error::Transport {
         device: name.clone(),
@@ -211,7 +216,7 @@ pub fn create(
 impl VhostUserBlk {
     fn fail(&self, what: &str, e: impl std::fmt::Display) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        log::warn!("{}: {what}: {e}", self.name);
+        devices::warn_limited!(self.warnings, "{}: {what}: {e}", self.name);
     }
 
     /// The vector queue `q` should interrupt on now, if any.

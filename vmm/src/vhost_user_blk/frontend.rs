@@ -11,9 +11,10 @@
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use devices::virtio::QueueConfig;
 use memory::Backend;
@@ -29,6 +30,11 @@ use crate::layout::ram_regions;
 /// never offered to the guest.
 const PROTOCOL_FEATURES: u64 = 1 << 30;
 const VERSION_1: u64 = devices::virtio::features::VERSION_1;
+
+/// How long a back-end gets to answer the set-up at connect, and each later
+/// request (starting or stopping the rings). Past it, the socket is shut
+/// down: the request fails, the device is failed, the VM goes on.
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Errors talking to a back-end; each names its socket.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +136,7 @@ pub struct BlkFrontend {
     started: Vec<u16>,
     hangup: Option<Watcher>,
     dead: Arc<AtomicBool>,
+    deadline: Deadline,
 }
 
 impl std::fmt::Debug for BlkFrontend {
@@ -168,6 +175,13 @@ impl BlkFrontend {
             what: "duplicating the socket",
             err,
         })?;
+        let cut = sock.try_clone().map_err(|err| Error::Io {
+            path: path.to_path_buf(),
+            what: "duplicating the socket",
+            err,
+        })?;
+        let dead = Arc::new(AtomicBool::new(false));
+        let deadline = Deadline::spawn(cut, path.to_path_buf(), dead.clone())?;
         let fe = Frontend::from_stream(sock, u64::from(devices::virtio::MAX_QUEUES));
         let mut me = BlkFrontend {
             fe,
@@ -179,11 +193,23 @@ impl BlkFrontend {
             regions,
             started: Vec::new(),
             hangup: None,
-            dead: Arc::new(AtomicBool::new(false)),
+            dead,
+            deadline,
         };
-        me.handshake(max_queues)?;
+        let armed = me.deadline.arm("the set-up at connect");
+        let r = me.handshake(max_queues);
+        me.deadline.disarm(armed);
+        r.map_err(|e| me.timed_out_or(e))?;
         me.hangup = Some(Watcher::spawn(watch, me.path.clone(), me.dead.clone())?);
         Ok(me)
+    }
+
+    /// `e`, or what the deadline did, if it cut the socket.
+    fn timed_out_or(&self, e: Error) -> Error {
+        match self.deadline.cut_reason() {
+            Some(reason) => self.unsuitable(reason),
+            None => e,
+        }
     }
 
     fn req<T>(&self, what: &'static str, r: vhost::Result<T>) -> Result<T, Error> {
@@ -342,8 +368,21 @@ impl BlkFrontend {
         calls: &[EventFd],
     ) -> Result<(), Error> {
         if self.is_dead() {
-            return Err(self.unsuitable("it hung up earlier"));
+            return Err(self.unsuitable("it hung up or stopped answering earlier"));
         }
+        let armed = self.deadline.arm("starting the rings");
+        let r = self.start_rings(acked, queues, kicks, calls);
+        self.deadline.disarm(armed);
+        r.map_err(|e| self.timed_out_or(e))
+    }
+
+    fn start_rings(
+        &mut self,
+        acked: u64,
+        queues: &[QueueConfig],
+        kicks: &[EventFd],
+        calls: &[EventFd],
+    ) -> Result<(), Error> {
         let r = self.fe.set_features(acked | PROTOCOL_FEATURES);
         self.req("SET_FEATURES", r)?;
         for q in queues {
@@ -394,7 +433,14 @@ impl BlkFrontend {
         if self.is_dead() || started.is_empty() {
             return Ok(());
         }
-        for &q in &started {
+        let armed = self.deadline.arm("stopping the rings");
+        let r = self.stop_rings(&started);
+        self.deadline.disarm(armed);
+        r.map_err(|e| self.timed_out_or(e))
+    }
+
+    fn stop_rings(&mut self, started: &[u16]) -> Result<(), Error> {
+        for &q in started {
             let r = self.fe.set_vring_enable(usize::from(q), false);
             self.req("SET_VRING_ENABLE", r)?;
             let r = self.fe.get_vring_base(usize::from(q));
@@ -427,7 +473,7 @@ fn guest_features(backend: u64, queues: u16, config: &[u8]) -> u64 {
 
 /// A thread that waits for the back-end to hang up and reports it once.
 struct Watcher {
-    stop: EventFd,
+    stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -438,17 +484,20 @@ impl Watcher {
             what,
             err,
         };
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| io("creating an eventfd", e))?;
-        let stop2 = stop
-            .try_clone()
-            .map_err(|e| io("duplicating an eventfd", e))?;
+        // Shared, not dup'ed: dup(2) would drop O_CLOEXEC.
+        let stop = Arc::new(
+            EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .map_err(|e| io("creating an eventfd", e))?,
+        );
+        let stop2 = stop.clone();
         let name = path.clone();
         let thread = std::thread::Builder::new()
             .name("vhost-user-watch".into())
             .stack_size(64 << 10)
             .spawn(move || {
-                if wait_hangup(sock.as_raw_fd(), stop2.as_raw_fd()) {
-                    dead.store(true, Ordering::Relaxed);
+                crate::sandbox::enter_worker();
+                // Reported once: not again if the deadline already cut it.
+                if wait_hangup(sock.as_raw_fd(), stop2.as_raw_fd()) && !dead.swap(true, Ordering::Relaxed) {
                     log::error!(
                         "vhost-user back-end {} hung up; its disk stops answering, the guest keeps running",
                         name.display()
@@ -471,6 +520,136 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct DeadlineState {
+    /// What is waited for and until when (None: nothing outstanding).
+    armed: Option<(&'static str, Instant)>,
+    /// Bumped by every `arm`, so a late cut never hits the next request.
+    generation: u64,
+    /// Why the socket was cut, once it was.
+    cut: Option<String>,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct DeadlineShared {
+    state: Mutex<DeadlineState>,
+    changed: Condvar,
+}
+
+/// A thread that shuts the back-end's socket down when a request is not
+/// answered by [`REPLY_DEADLINE`], or when a stop signal (SIGTERM, SIGINT,
+/// SIGHUP) arrives while one is outstanding: the `vhost` crate retries a
+/// timed-out or interrupted receive forever, but a shut-down socket ends it.
+struct Deadline {
+    shared: Arc<DeadlineShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The ticket of one armed request.
+struct Armed(u64);
+
+impl Deadline {
+    /// How often the thread looks for a stop signal while a request waits.
+    const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+    fn spawn(sock: UnixStream, path: PathBuf, dead: Arc<AtomicBool>) -> Result<Deadline, Error> {
+        let shared = Arc::new(DeadlineShared::default());
+        let s = shared.clone();
+        let p = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("vhost-user-deadline".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                crate::sandbox::enter_worker();
+                Deadline::watch(&s, &sock, &p, &dead)
+            })
+            .map_err(|err| Error::Io {
+                path,
+                what: "starting the deadline thread",
+                err,
+            })?;
+        Ok(Deadline {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn watch(s: &DeadlineShared, sock: &UnixStream, path: &Path, dead: &AtomicBool) {
+        let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.closed || st.cut.is_some() {
+                return;
+            }
+            let reason = match st.armed {
+                None => {
+                    st = s.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
+                Some(_) if crate::signals::stop_signal().is_some() => {
+                    Some("a stop signal arrived while it was being asked".to_string())
+                }
+                Some((what, until)) if Instant::now() >= until => Some(format!(
+                    "no answer to {what} within {} s (stopped or stuck?)",
+                    REPLY_DEADLINE.as_secs()
+                )),
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+                if !dead.swap(true, Ordering::Relaxed) {
+                    log::error!(
+                        "vhost-user back-end {}: {reason}; its device is failed, the guest keeps \
+                         running",
+                        path.display()
+                    );
+                }
+                st.cut = Some(reason);
+                return;
+            }
+            st = s
+                .changed
+                .wait_timeout(st, Deadline::SIGNAL_POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn arm(&self, what: &'static str) -> Armed {
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.generation += 1;
+        st.armed = Some((what, Instant::now() + REPLY_DEADLINE));
+        self.shared.changed.notify_all();
+        Armed(st.generation)
+    }
+
+    fn disarm(&self, armed: Armed) {
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.generation == armed.0 {
+            st.armed = None;
+        }
+    }
+
+    /// Why the socket was cut, if it was.
+    fn cut_reason(&self) -> Option<String> {
+        let st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.cut.clone()
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        {
+            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.closed = true;
+            self.shared.changed.notify_all();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -517,6 +696,49 @@ fn wait_hangup(sock: RawFd, stop: RawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A back-end stopped mid-run (SIGSTOP) answers nothing: the request
+    /// waiting for it is cut at the deadline, the device is marked dead and
+    /// the reason says what was asked.
+    #[test]
+    fn a_request_nobody_answers_is_cut_at_the_deadline() {
+        use std::io::Read;
+        let (ours, _stopped_peer) = UnixStream::pair().expect("socketpair");
+        let dead = Arc::new(AtomicBool::new(false));
+        let d = Deadline::spawn(
+            ours.try_clone().expect("dup"),
+            PathBuf::from("/test/stopped.sock"),
+            dead.clone(),
+        )
+        .expect("deadline thread");
+        let armed = d.arm("a test request");
+        let t0 = Instant::now();
+        let mut buf = [0u8; 1];
+        let n = (&ours).read(&mut buf).expect("read ends at the shutdown");
+        d.disarm(armed);
+        let took = t0.elapsed();
+        assert_eq!(n, 0);
+        assert!(took >= REPLY_DEADLINE, "{took:?}");
+        assert!(took < REPLY_DEADLINE + Duration::from_secs(2), "{took:?}");
+        assert!(dead.load(Ordering::Relaxed));
+        let reason = d.cut_reason().expect("cut");
+        assert!(reason.contains("no answer to a test request"), "{reason}");
+    }
+
+    #[test]
+    fn an_answered_request_is_never_cut() {
+        let (ours, _peer) = UnixStream::pair().expect("socketpair");
+        let dead = Arc::new(AtomicBool::new(false));
+        let d = Deadline::spawn(ours, PathBuf::from("/test/ok.sock"), dead.clone())
+            .expect("deadline thread");
+        for _ in 0..100 {
+            let armed = d.arm("a quick request");
+            d.disarm(armed);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!dead.load(Ordering::Relaxed));
+        assert!(d.cut_reason().is_none());
+    }
 
     #[test]
     fn regions_split_around_the_hole_over_one_fd() {

@@ -1,0 +1,506 @@
+//! Issue 19's hostile-user cases through the real binary: nothing hangs
+//! (FIFOs, dangling links, sparse images, silent back-ends, a stalled
+//! console reader), signals always win, and nothing is left behind on a
+//! failure or a signal. Each case has a deadline far below what a hang
+//! would take; the cases that run a guest need /dev/kvm (`kvm_` names).
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shmvm_tests::harness::{Run, TempDir, require_kvm, run, shmvm_bin, tiny_kernel, wait};
+
+/// Every refusal here must come well before this (a hang would not).
+const T: Duration = Duration::from_secs(20);
+
+/// `jmp .`
+const HANG: &[u8] = &[0xeb, 0xfe];
+/// `mov dx, 0x3f8; mov al, 'x'; 1: out dx, al; jmp 1b` (32-bit code): an
+/// endless stream of console output.
+const FLOOD: &[u8] = &[0x66, 0xba, 0xf8, 0x03, 0xb0, b'x', 0xee, 0xeb, 0xfd];
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// One line on stderr naming `what`, exit code 2, in well under [`T`].
+fn refused(args: &[&str], what: &str) -> Run {
+    let t0 = Instant::now();
+    let r = run(args, T);
+    assert_eq!(r.code, Some(2), "{args:?}: {r:?}");
+    assert!(r.stderr.contains(what), "{args:?}: {:?}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {:?}", r.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{args:?}: slow");
+    r
+}
+
+/// A top-level integer field of the `--stats=json` line.
+fn json_u64(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} missing: {line}"))
+        + key.len()
+        + 3;
+    line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(shmvm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm")
+}
+
+#[test]
+fn dangling_symlink_mem_path_is_refused_at_once() {
+    let d = TempDir::new("rb-link");
+    let k = d.tiny_kernel(HANG);
+    let link = d.0.join("ram");
+    std::os::unix::fs::symlink(d.0.join("nowhere"), &link).unwrap();
+    let obj = format!(
+        "memory-backend-file,id=m,size=16M,mem-path={}",
+        link.display()
+    );
+    refused(
+        &[
+            "-kernel",
+            &k,
+            "-object",
+            &obj,
+            "-machine",
+            "memory-backend=m",
+        ],
+        "dangling symbolic link",
+    );
+    assert!(!d.0.join("nowhere").exists(), "created through the link");
+}
+
+#[test]
+fn fifo_mem_path_is_refused_without_blocking() {
+    let d = TempDir::new("rb-fifo");
+    let k = d.tiny_kernel(HANG);
+    let fifo = d.0.join("ram");
+    mkfifo(&fifo);
+    for extra in [",readonly=on", ""] {
+        let obj = format!(
+            "memory-backend-file,id=m,size=16M,mem-path={}{extra}",
+            fifo.display()
+        );
+        refused(
+            &[
+                "-kernel",
+                &k,
+                "-object",
+                &obj,
+                "-machine",
+                "memory-backend=m",
+            ],
+            "is a FIFO",
+        );
+    }
+}
+
+#[test]
+fn fifo_kernel_and_initrd_are_refused_without_blocking() {
+    let d = TempDir::new("rb-kfifo");
+    let k = d.tiny_kernel(HANG);
+    let fifo = d.0.join("fifo");
+    mkfifo(&fifo);
+    let f = fifo.to_str().unwrap();
+    refused(&["-kernel", f], "is a FIFO");
+    refused(&["-kernel", &k, "-initrd", f], "is a FIFO");
+    refused(&["-kernel", d.0.to_str().unwrap()], "is a directory");
+}
+
+#[test]
+fn elf_with_a_huge_sparse_note_is_refused_quickly() {
+    let d = TempDir::new("rb-note");
+    let mut img = tiny_kernel(HANG);
+    // The second program header (the PT_NOTE) claims 1 GiB; the file is
+    // made that long without writing it (sparse zeros).
+    let note_ph = 64 + 56;
+    img[note_ph + 32..note_ph + 40].copy_from_slice(&(1u64 << 30).to_le_bytes());
+    img[note_ph + 40..note_ph + 48].copy_from_slice(&(1u64 << 30).to_le_bytes());
+    let p = d.0.join("sparse.elf");
+    std::fs::write(&p, &img).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len((1 << 30) + 4096).unwrap();
+    drop(f);
+    refused(
+        &["-kernel", p.to_str().unwrap(), "-m", "16"],
+        "note segment",
+    );
+}
+
+/// A back-end that accepts the connection and never says a word.
+fn silent_backend(d: &TempDir) -> (UnixListener, String) {
+    let sock = d.0.join("silent.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    (l, sock.to_str().unwrap().to_string())
+}
+
+fn vhost_args<'a>(k: &'a str, chardev: &'a str) -> Vec<&'a str> {
+    vec![
+        "-kernel",
+        k,
+        "-object",
+        "memory-backend-memfd,id=m,size=64M,share=on",
+        "-machine",
+        "memory-backend=m",
+        "-chardev",
+        chardev,
+        "-device",
+        "vhost-user-blk-pci,chardev=c0",
+    ]
+}
+
+#[test]
+fn silent_vhost_user_backend_hits_the_deadline() {
+    let d = TempDir::new("rb-vh");
+    let k = d.tiny_kernel(HANG);
+    let (_l, sock) = silent_backend(&d);
+    let chardev = format!("socket,id=c0,path={sock}");
+    let t0 = Instant::now();
+    let r = run(&vhost_args(&k, &chardev), T);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("no answer"), "{:?}", r.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(12), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn sigterm_wins_over_a_silent_vhost_user_backend() {
+    let d = TempDir::new("rb-vhsig");
+    let k = d.tiny_kernel(HANG);
+    let (_l, sock) = silent_backend(&d);
+    let chardev = format!("socket,id=c0,path={sock}");
+    let child = spawn(&vhost_args(&k, &chardev));
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, libc::SIGTERM);
+    let t0 = Instant::now();
+    let r = wait(child, T);
+    assert_eq!(r.code, Some(128 + libc::SIGTERM), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn kvm_stalled_stdout_reader_never_blocks_a_vcpu_and_sigterm_wins() {
+    require_kvm();
+    let d = TempDir::new("rb-stall");
+    let k = d.tiny_kernel(FLOOD);
+    // stdout is a pipe nobody reads: it fills after 64 KiB.
+    let mut child = spawn(&["-kernel", &k, "-m", "16", "--stats=json"]);
+    let stdout = child.stdout.take().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, libc::SIGTERM);
+    let t0 = Instant::now();
+    let r = wait(child, T);
+    drop(stdout);
+    assert_eq!(r.code, Some(128 + libc::SIGTERM), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    let stats = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("{\"shmvm_stats\":1,"))
+        .expect("stats line");
+    assert!(json_u64(stats, "console_dropped_bytes") > 0, "{stats}");
+}
+
+#[test]
+fn kvm_sighup_ends_the_vm_with_cleanup() {
+    require_kvm();
+    let d = TempDir::new("rb-hup");
+    let k = d.tiny_kernel(HANG);
+    let name = format!("/shmvm-test-{}-hup", std::process::id());
+    let obj = format!("memory-backend-shm,id=m,size=16M,name={name}");
+    let child = spawn(&[
+        "-kernel",
+        &k,
+        "-object",
+        &obj,
+        "-machine",
+        "memory-backend=m",
+    ]);
+    let shm = format!("/dev/shm{name}");
+    let t0 = Instant::now();
+    while !Path::new(&shm).exists() && t0.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, libc::SIGHUP);
+    let r = wait(child, T);
+    let left = Path::new(&shm).exists();
+    let _ = std::fs::remove_file(&shm);
+    assert_eq!(r.code, Some(128 + libc::SIGHUP), "{r:?}");
+    assert!(!left, "SIGHUP left {shm} behind");
+}
+
+#[test]
+fn kvm_named_shm_after_sigkill_is_told_stale_and_reclaimed() {
+    require_kvm();
+    let d = TempDir::new("rb-kill");
+    let k = d.tiny_kernel(HANG);
+    let name = format!("/shmvm-test-{}-kill", std::process::id());
+    let shm = format!("/dev/shm{name}");
+    let obj = format!("memory-backend-shm,id=m,size=16M,name={name}");
+    let mut child = spawn(&[
+        "-kernel",
+        &k,
+        "-object",
+        &obj,
+        "-machine",
+        "memory-backend=m",
+    ]);
+    let t0 = Instant::now();
+    while !Path::new(&shm).exists() && t0.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // While it runs, the object is live: a second run says so.
+    let r = refused(
+        &[
+            "-kernel",
+            &k,
+            "-object",
+            &obj,
+            "-machine",
+            "memory-backend=m",
+        ],
+        "in use by a running shmvm",
+    );
+    drop(r);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(Path::new(&shm).exists(), "SIGKILL cannot clean up");
+    refused(
+        &[
+            "-kernel",
+            &k,
+            "-object",
+            &obj,
+            "-machine",
+            "memory-backend=m",
+        ],
+        "reclaim=on",
+    );
+    let reclaim = format!("{obj},reclaim=on");
+    let child = spawn(&[
+        "-kernel",
+        &k,
+        "-object",
+        &reclaim,
+        "-machine",
+        "memory-backend=m",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, libc::SIGTERM);
+    let r = wait(child, T);
+    let left = Path::new(&shm).exists();
+    let _ = std::fs::remove_file(&shm);
+    assert_eq!(r.code, Some(128 + libc::SIGTERM), "{r:?}");
+    assert!(r.stderr.contains("replacing a stale shm object"), "{r:?}");
+    assert!(!left, "{shm} left behind");
+}
+
+#[test]
+fn kvm_created_mem_path_is_removed_when_a_later_step_fails() {
+    require_kvm();
+    let d = TempDir::new("rb-left");
+    let k = d.tiny_kernel(HANG);
+    let bad_kernel = d.0.join("bad.elf");
+    std::fs::write(&bad_kernel, b"\x7fELF\x02\x01\x01 not really").unwrap();
+    let ram = d.0.join("ram");
+    let obj = format!(
+        "memory-backend-file,id=m,size=16M,share=on,mem-path={}",
+        ram.display()
+    );
+    let base = ["-object", obj.as_str(), "-machine", "memory-backend=m"];
+    let serial = format!("file:{}", d.0.join("no/such/dir/log").display());
+    let bad = bad_kernel.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["-kernel", &k, "-serial", &serial],
+        vec!["-kernel", bad],
+        vec![
+            "-kernel",
+            &k,
+            "-chardev",
+            "socket,id=c0,path=/nonexistent/shmvm.sock",
+            "-device",
+            "vhost-user-blk-pci,chardev=c0",
+        ],
+    ];
+    for c in cases {
+        let mut args = c.clone();
+        args.extend_from_slice(&base);
+        let r = run(&args, T);
+        assert_eq!(r.code, Some(2), "{args:?}: {r:?}");
+        assert!(!ram.exists(), "{args:?} left {} behind", ram.display());
+    }
+    // An ivshmem device whose memdev cannot be used.
+    let big = format!(
+        "memory-backend-file,id=sh,size=1T,share=on,mem-path={}",
+        d.0.join("sh").display()
+    );
+    let mut args = vec!["-kernel", k.as_str(), "-m", "16", "-object", &big];
+    args.extend_from_slice(&["-device", "ivshmem-plain,memdev=sh"]);
+    let r = run(&args, T);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(!d.0.join("sh").exists(), "ivshmem memdev file left behind");
+    // The one line names the device, the limit and the memdev.
+    for what in ["ivshmem-plain #0", "64-bit window", "memdev 'sh'"] {
+        assert!(r.stderr.contains(what), "{what}: {:?}", r.stderr);
+    }
+    assert_eq!(r.stderr.lines().count(), 1, "{:?}", r.stderr);
+}
+
+#[test]
+fn kvm_debug_exit_over_pci_config_ports_is_a_config_error() {
+    require_kvm();
+    let d = TempDir::new("rb-dbg");
+    let k = d.tiny_kernel(HANG);
+    let r = refused(
+        &[
+            "-kernel",
+            &k,
+            "-device",
+            "isa-debug-exit,iobase=0xcf8,iosize=4",
+        ],
+        "0xcf8",
+    );
+    drop(r);
+}
+
+#[test]
+fn prealloc_beyond_the_host_is_refused_in_one_line() {
+    let d = TempDir::new("rb-pre");
+    let k = d.tiny_kernel(HANG);
+    let name = format!("/shmvm-test-{}-pre", std::process::id());
+    let obj = format!("memory-backend-shm,id=m,size=4T,prealloc=on,name={name}");
+    refused(
+        &[
+            "-kernel",
+            &k,
+            "-object",
+            &obj,
+            "-machine",
+            "memory-backend=m",
+        ],
+        "prealloc",
+    );
+    assert!(!Path::new(&format!("/dev/shm{name}")).exists());
+}
+
+#[test]
+fn kvm_serial_file_is_0600_whatever_the_umask_and_never_follows_a_link() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    require_kvm();
+    let d = TempDir::new("rb-serial");
+    // `mov al, 0; out 0xf4, al`: isa-debug-exit, exit code 1.
+    let k = d.tiny_kernel(&[0xb0, 0x00, 0xe6, 0xf4, 0xeb, 0xfe]);
+    let target = d.0.join("target");
+    std::fs::write(&target, b"precious").unwrap();
+    let link = d.0.join("log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let serial = format!("file:{}", link.display());
+    refused(&["-kernel", &k, "-serial", &serial], "symbolic link");
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    let log = d.0.join("log2");
+    let serial = format!("file:{}", log.display());
+    let mut cmd = Command::new(shmvm_bin());
+    cmd.args(["-kernel", &k, "-m", "16", "-serial", &serial])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: umask(2) is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        })
+    };
+    let r = wait(cmd.spawn().unwrap(), T);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "serial log mode under umask 000");
+}
+
+#[test]
+fn negative_memory_and_vcpus_name_their_option() {
+    refused(&["-kernel", "/nonexistent", "-m", "-1"], "-m: size: '-1'");
+    refused(
+        &["-kernel", "/nonexistent", "-smp", "-1"],
+        "-smp: cpus='-1'",
+    );
+}
+
+/// A guest that moves ivshmem's BAR2 (00:01.0, 64-bit) onto guest RAM
+/// 2,000 times: each move fails to map (it overlaps RAM) and used to log one
+/// warning (100,000 moves were 15 MB of stderr). A low-half write of a
+/// decoding 64-bit BAR waits for the high half, so each round writes
+/// low = 0, high = 0 (stops decoding), then low = 1 MiB (decodes, fails).
+const BAR_STORM: &[u8] = &[
+    0xb9, 0xd0, 0x07, 0x00, 0x00, // mov ecx, 2000
+    // loop:
+    0x66, 0xba, 0xf8, 0x0c, 0xb8, 0x18, 0x08, 0x00, 0x80, 0xef, // BAR2 low
+    0x66, 0xba, 0xfc, 0x0c, 0x31, 0xc0, 0xef, // = 0 (deferred)
+    0x66, 0xba, 0xf8, 0x0c, 0xb8, 0x1c, 0x08, 0x00, 0x80, 0xef, // BAR2 high
+    0x66, 0xba, 0xfc, 0x0c, 0x31, 0xc0, 0xef, // = 0: unmapped
+    0x66, 0xba, 0xf8, 0x0c, 0xb8, 0x18, 0x08, 0x00, 0x80, 0xef, // BAR2 low
+    0x66, 0xba, 0xfc, 0x0c, 0xb8, 0x00, 0x00, 0x10, 0x00, 0xef, // = 1 MiB: fails
+    0x49, // dec ecx
+    0x75, 0xc7, // jnz loop
+    0xb0, 0x00, 0xe6, 0xf4, // isa-debug-exit 0: exit code 1
+    0xeb, 0xfe,
+];
+
+#[test]
+fn kvm_bar_move_storm_is_rate_limited_with_full_counts_in_stats() {
+    require_kvm();
+    let d = TempDir::new("rb-flood");
+    let k = d.tiny_kernel(BAR_STORM);
+    let r = run(
+        &[
+            "-kernel",
+            &k,
+            "-m",
+            "64",
+            "-object",
+            "memory-backend-shm,id=sh,size=1M",
+            "-device",
+            "ivshmem-plain,memdev=sh",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+            "--stats=json",
+        ],
+        T,
+    );
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let warnings = r.stderr.lines().filter(|l| l.contains("warn")).count();
+    assert!(warnings <= 40, "{warnings} warning lines:\n{}", r.stderr);
+    let stats = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("{\"shmvm_stats\":1,"))
+        .expect("stats line");
+    assert!(json_u64(stats, "guest_log_lines") >= 2000, "{stats}");
+    assert!(json_u64(stats, "guest_log_suppressed") >= 1900, "{stats}");
+}

@@ -1,0 +1,196 @@
+//! A bounded fuzz loop over the kernel-image parsers (ELF 64/32, bzImage,
+//! Multiboot), on stable Rust without extra crates: seeded mutations of
+//! small valid images (header fields set to edge values, bytes flipped,
+//! truncation, sparse extension), each loaded into 16 MiB of guest RAM. A
+//! case must end in `Ok` or one error line, never a panic, and each must
+//! take well under a second (a parser that trusts a header's size shows up
+//! as a slow case long before it hangs).
+//!
+//! Time budget: `SHMVM_FUZZ_SECS` (default 5 s) or 3,000 cases, whichever
+//! comes first; `SHMVM_FUZZ_SEED` picks another seed (the failing seed and
+//! case are in the panic message).
+
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::{BootFiles, BootSpec, load};
+
+const RAM: u64 = 16 << 20;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// A 64-bit ELF: one PT_LOAD at 1 MiB and a PVH note (as the e2e tests').
+fn elf64() -> Vec<u8> {
+    let code: &[u8] = &[0xeb, 0xfe];
+    let (ehdr, phdr) = (64usize, 56usize);
+    let note_off = ehdr + 2 * phdr;
+    let code_off = note_off + 20;
+    let total = (code_off + code.len()) as u64;
+    let entry = 0x10_0000 + code_off as u64;
+    let mut f = b"\x7fELF\x02\x01\x01\x00".to_vec();
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes());
+    f.extend_from_slice(&0x3eu16.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&entry.to_le_bytes());
+    f.extend_from_slice(&(ehdr as u64).to_le_bytes());
+    f.extend_from_slice(&[0; 12]);
+    for v in [ehdr as u16, phdr as u16, 2, 0, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    for (ty, off, addr, size) in [
+        (1u32, 0u64, 0x10_0000u64, total),
+        (4, note_off as u64, 0x10_0000 + note_off as u64, 20),
+    ] {
+        f.extend_from_slice(&ty.to_le_bytes());
+        f.extend_from_slice(&5u32.to_le_bytes());
+        for v in [off, addr, addr, size, size, 4] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    for v in [4u32, 4, 18] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.extend_from_slice(b"Xen\0");
+    f.extend_from_slice(&(entry as u32).to_le_bytes());
+    f.extend_from_slice(code);
+    f
+}
+
+/// A bzImage header with the 64-bit entry and a small payload.
+fn bzimage() -> Vec<u8> {
+    let mut f = vec![0u8; 5 * 512];
+    f[0x1f1] = 4;
+    f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    f[0x202..0x206].copy_from_slice(b"HdrS");
+    f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    f[0x211] = 1;
+    f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    f[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes());
+    f[0x236..0x238].copy_from_slice(&1u16.to_le_bytes());
+    f[0x260..0x264].copy_from_slice(&0x40_0000u32.to_le_bytes());
+    f.extend_from_slice(&[0x90; 1024]);
+    f
+}
+
+/// A Multiboot v1 image with address fields (flag 16) loading itself at 1 MiB.
+fn multiboot() -> Vec<u8> {
+    let mut f = vec![0u8; 4096];
+    let (magic, flags) = (0x1bad_b002u32, 0x0001_0000u32);
+    let words = [
+        magic,
+        flags,
+        0u32.wrapping_sub(magic.wrapping_add(flags)),
+        0x10_0000, // header_addr
+        0x10_0000, // load_addr
+        0x10_1000, // load_end_addr
+        0x10_1000, // bss_end_addr
+        0x10_0040, // entry
+    ];
+    for (i, w) in words.iter().enumerate() {
+        f[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    f
+}
+
+const EDGES: [u64; 10] = [
+    0,
+    1,
+    0xfff,
+    0x1000,
+    0x7fff_ffff,
+    0xffff_ffff,
+    1 << 30,
+    1 << 40,
+    u64::MAX,
+    u64::MAX - 0xfff,
+];
+
+fn mutate(rng: &mut Rng, mut img: Vec<u8>) -> Vec<u8> {
+    for _ in 0..1 + rng.below(4) {
+        match rng.below(5) {
+            // A header field (anywhere in the first 1 KiB) to an edge value.
+            0 | 1 => {
+                let width = [2usize, 4, 8][rng.below(3)];
+                let at = rng.below(1024.min(img.len()).saturating_sub(width));
+                let v = EDGES[rng.below(EDGES.len())].to_le_bytes();
+                if let Some(dst) = img.get_mut(at..at + width) {
+                    dst.copy_from_slice(&v[..width]);
+                }
+            }
+            2 => {
+                let at = rng.below(img.len());
+                img[at] ^= 1 << rng.below(8);
+            }
+            3 => img.truncate(rng.below(img.len() + 1)),
+            _ => {
+                let len = img.len() + rng.below(64 << 10);
+                img.resize(len, 0);
+            }
+        }
+    }
+    img
+}
+
+#[test]
+fn kernel_image_parsers_survive_a_bounded_fuzz_loop() {
+    let seed: u64 = std::env::var("SHMVM_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0019);
+    let budget = Duration::from_secs(
+        std::env::var("SHMVM_FUZZ_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5),
+    );
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)])
+        .expect("guest memory");
+    let path = std::env::temp_dir().join(format!("shmvm-fuzz-{}", std::process::id()));
+    let corpus = [elf64(), bzimage(), multiboot()];
+    let mut rng = Rng(seed | 1);
+    let t0 = Instant::now();
+    let mut cases = 0u32;
+    while cases < 3000 && t0.elapsed() < budget {
+        let base = corpus[rng.below(corpus.len())].clone();
+        let img = mutate(&mut rng, base);
+        std::fs::write(&path, &img).expect("write image");
+        let c0 = Instant::now();
+        let spec = BootSpec {
+            kernel: &path,
+            initrd: None,
+            cmdline: "console=ttyS0",
+            protocol: None,
+            vcpus: 1,
+        };
+        let r = BootFiles::open(&path, None).and_then(|mut f| load(&mem, RAM, &spec, &mut f));
+        if let Err(e) = &r {
+            assert!(
+                !e.to_string().contains('\n'),
+                "seed {seed} case {cases}: {e}"
+            );
+        }
+        assert!(
+            c0.elapsed() < Duration::from_secs(1),
+            "seed {seed} case {cases}: took {:?}",
+            c0.elapsed()
+        );
+        cases += 1;
+    }
+    let _ = std::fs::remove_file(&path);
+    assert!(cases >= 100, "only {cases} cases in {budget:?}");
+}
