@@ -368,6 +368,22 @@ mod tests {
     }
 
     #[test]
+    fn qmp_actions_parse_and_name_their_events() {
+        let s = parse(
+            "t",
+            "p ram 256M 1 powerdown - -\nc ram 256M 1 stopcont - -\n",
+        )
+        .unwrap();
+        assert_eq!(s[0].action, Action::Powerdown);
+        assert_eq!(s[0].action.qmp_ready(), Some("powerdown-ready"));
+        assert_eq!(s[0].action.qmp_events(), ["POWERDOWN", "SHUTDOWN"]);
+        assert_eq!(s[1].action.to_string(), "stopcont");
+        assert_eq!(s[1].action.qmp_events(), ["STOP", "RESUME", "SHUTDOWN"]);
+        assert_eq!(Action::Poweroff.qmp_ready(), None);
+        assert!(s[0].runs_with(Vmm::Qemu) && s[0].runs_with(Vmm::Shmvm));
+    }
+
+    #[test]
     fn a_line_becomes_a_scenario() {
         let s = parse("t", "# c\n\nx memfd 4608M 2 reboot shm:64M bar64,cpus=3\n").unwrap();
         assert_eq!(s[0].mem.bytes, 4608 << 20);
