@@ -25,6 +25,10 @@ struct Queue {
     bytes: VecDeque<u8>,
     /// The writer thread is inside `write()` with bytes taken off the queue.
     writing: bool,
+    /// The writer thread waits for bytes: only then does a new byte need a
+    /// wake-up (the UART hands over one byte at a time; a wake-up per byte
+    /// would be a system call per byte on the vCPU's path).
+    idle: bool,
     closed: bool,
 }
 
@@ -113,8 +117,10 @@ impl ConsoleOut {
                         q.writing = false;
                         s.changed.notify_all();
                         while q.bytes.is_empty() && !q.closed {
+                            q.idle = true;
                             q = s.changed.wait(q).unwrap_or_else(|e| e.into_inner());
                         }
+                        q.idle = false;
                         if q.bytes.is_empty() {
                             return;
                         }
@@ -145,7 +151,8 @@ impl Write for ConsoleOut {
                 .dropped
                 .fetch_add((data.len() - take) as u64, Ordering::Relaxed);
         }
-        if take > 0 {
+        if take > 0 && q.idle {
+            q.idle = false;
             self.shared.changed.notify_all();
         }
         Ok(data.len())

@@ -170,7 +170,10 @@ pub fn attach(
         let r = std::thread::Builder::new()
             .name("stdin".into())
             .stack_size(64 << 10)
-            .spawn(move || reader(serial, state, opts.mux));
+            .spawn(move || {
+                crate::sandbox::enter_worker();
+                reader(serial, state, opts.mux)
+            });
         if let Err(e) = r {
             log::warn!("serial: no stdin input: {e}");
         }
