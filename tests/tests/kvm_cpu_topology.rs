@@ -31,10 +31,8 @@ const ITEMS: &[Item] = &[
 /// with one CPU, under both VMMs.)
 const HTT: u32 = 1 << 28;
 
-#[test]
-fn kvm_flat_smp_cpuid_topology_matches_qemu() {
-    require_kvm();
-    let dir = TempDir::new("cpuid");
+/// The kernel that reports [`ITEMS`], written into `dir`.
+fn cpuid_kernel(dir: &TempDir) -> std::path::PathBuf {
     let k = dir.0.join("cpuid.elf");
     let code = report_program(0x10_0000, ITEMS);
     let len = code.len() as u32;
@@ -43,6 +41,14 @@ fn kvm_flat_smp_cpuid_topology_matches_qemu() {
         elf32(&[(code, 0x10_0000, len)], 0x10_0000, Some(0x10_0000)),
     )
     .expect("write kernel");
+    k
+}
+
+#[test]
+fn kvm_flat_smp_cpuid_topology_matches_qemu() {
+    require_kvm();
+    let dir = TempDir::new("cpuid");
+    let k = cpuid_kernel(&dir);
     for smp in ["1", "3", "4"] {
         let args = ["-smp", smp];
         let ours = shmvm(&k, &args);
@@ -99,14 +105,7 @@ fn kvm_flat_smp_cpuid_topology_matches_qemu() {
 fn kvm_smp_topology_from_the_command_line_matches_qemu() {
     require_kvm();
     let dir = TempDir::new("cpuid-topo");
-    let k = dir.0.join("cpuid.elf");
-    let code = report_program(0x10_0000, ITEMS);
-    let len = code.len() as u32;
-    std::fs::write(
-        &k,
-        elf32(&[(code, 0x10_0000, len)], 0x10_0000, Some(0x10_0000)),
-    )
-    .expect("write kernel");
+    let k = cpuid_kernel(&dir);
     for (smp, threads, per_package) in [
         ("4,sockets=2,cores=2,threads=1", 1, 2),
         ("8,sockets=2,cores=2,threads=2", 2, 4),
