@@ -141,7 +141,8 @@ impl IvshmemPlain {
     }
 }
 
-fn is_register_access(offset: u64, len: usize) -> bool {
+/// A BAR0 access the registers answer: 4 bytes wide and 4-byte aligned.
+pub(crate) fn is_register_access(offset: u64, len: usize) -> bool {
     len == 4 && offset.is_multiple_of(4) && offset < REGISTER_BAR_SIZE
 }
 

@@ -20,6 +20,7 @@
 use crate::ivshmem::{
     CLASS, DEVICE_ID, MEMORY_BAR, REG_DOORBELL, REG_INTR_MASK, REG_INTR_STATUS, REG_IV_POSITION,
     REGISTER_BAR, REGISTER_BAR_SIZE, REVISION, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID, VENDOR_ID,
+    is_register_access,
 };
 use crate::pci::msix::{Msix, MsixVector};
 use crate::pci::{BarChange, BarKind, ConfigSpace, PciDevice, PciIds};
@@ -169,12 +170,6 @@ impl IvshmemDoorbell {
         }
     }
 
-    fn msix_control(&self) -> u16 {
-        let mut b = [0u8; 2];
-        self.config.peek(self.msix_cap + 2, &mut b);
-        u16::from_le_bytes(b)
-    }
-
     fn report_msix(&mut self, changes: Vec<(u16, MsixVector)>) {
         for (v, state) in changes {
             self.owner.msix_vector(v, state);
@@ -216,10 +211,6 @@ impl IvshmemDoorbell {
     }
 }
 
-fn is_register_access(offset: u64, len: usize) -> bool {
-    len == 4 && offset.is_multiple_of(4) && offset < REGISTER_BAR_SIZE
-}
-
 impl PciDevice for IvshmemDoorbell {
     fn config(&self) -> &ConfigSpace {
         &self.config
@@ -231,9 +222,10 @@ impl PciDevice for IvshmemDoorbell {
 
     fn write_config(&mut self, offset: usize, data: &[u8]) -> Vec<BarChange> {
         let changes = self.config.write(offset, data);
-        let control = self.msix_cap + 2;
-        if offset < control + 2 && control < offset + data.len() {
-            let c = self.msix.set_control(self.msix_control());
+        if let Some(control) =
+            crate::pci::msix::control_written(&self.config, self.msix_cap, offset, data.len())
+        {
+            let c = self.msix.set_control(control);
             self.report_msix(c);
         }
         if changes.iter().any(|c| c.index == REGISTER_BAR) {

@@ -20,6 +20,23 @@ pub const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
 /// Most vectors one function may have (table size field is 11 bits).
 pub const MAX_VECTORS: u16 = 2048;
 
+/// The capability's Message Control value if a configuration write at
+/// `offset` of `len` bytes touched it (the capability starts at `cap`).
+pub fn control_written(
+    config: &super::ConfigSpace,
+    cap: usize,
+    offset: usize,
+    len: usize,
+) -> Option<u16> {
+    let control = cap + 2;
+    if offset >= control + 2 || control >= offset + len {
+        return None;
+    }
+    let mut b = [0u8; 2];
+    config.peek(control, &mut b);
+    Some(u16::from_le_bytes(b))
+}
+
 /// What one vector delivers, as the hypervisor should route it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsixVector {

@@ -532,12 +532,6 @@ impl VirtioPci {
         }
     }
 
-    fn msix_control(&self) -> u16 {
-        let mut b = [0u8; 2];
-        self.config.peek(self.msix_cap + 2, &mut b);
-        u16::from_le_bytes(b)
-    }
-
     fn update_notify_region(&mut self) {
         let at = self.config.decoded(BAR_INDEX).map(|r| r.addr);
         if at == self.notify_at {
@@ -563,9 +557,10 @@ impl PciDevice for VirtioPci {
 
     fn write_config(&mut self, offset: usize, data: &[u8]) -> Vec<BarChange> {
         let changes = self.config.write(offset, data);
-        let control = self.msix_cap + 2;
-        if offset < control + 2 && control < offset + data.len() {
-            let c = self.msix.set_control(self.msix_control());
+        if let Some(control) =
+            crate::pci::msix::control_written(&self.config, self.msix_cap, offset, data.len())
+        {
+            let c = self.msix.set_control(control);
             self.report_msix(c);
         }
         if changes.iter().any(|c| c.index == BAR_INDEX) {
