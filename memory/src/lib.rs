@@ -12,6 +12,8 @@ mod error;
 pub mod hostmem;
 mod prealloc;
 mod size;
+#[cfg(test)]
+mod size_proptests;
 mod sys;
 #[cfg(test)]
 mod testutil;

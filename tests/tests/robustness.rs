@@ -504,3 +504,87 @@ fn kvm_bar_move_storm_is_rate_limited_with_full_counts_in_stats() {
     assert!(json_u64(stats, "guest_log_lines") >= 2000, "{stats}");
     assert!(json_u64(stats, "guest_log_suppressed") >= 1900, "{stats}");
 }
+
+/// Fields of `/proc/<pid>/task/*/status` and the fds' flags of a running
+/// shmvm: every fd of its own is O_CLOEXEC (four eventfds were not), and
+/// every thread runs with a seccomp filter, no_new_privs and no
+/// capabilities once the guest runs.
+#[test]
+fn kvm_every_fd_is_cloexec_and_every_thread_is_sandboxed() {
+    require_kvm();
+    let d = TempDir::new("rb-posture");
+    let k = d.tiny_kernel(HANG);
+    let obj = format!(
+        "memory-backend-file,id=sh,size=1M,share=on,mem-path={}",
+        d.0.join("sh").display()
+    );
+    let child = spawn(&[
+        "-kernel",
+        &k,
+        "-smp",
+        "2",
+        "-object",
+        &obj,
+        "-device",
+        "ivshmem-plain,memdev=sh",
+        "-device",
+        "isa-debug-exit",
+    ]);
+    let proc_dir = format!("/proc/{}", child.id());
+    // The guest runs once every thread is in its filter; poll for it.
+    let t0 = Instant::now();
+    let threads = loop {
+        let tasks: Vec<String> = std::fs::read_dir(format!("{proc_dir}/task"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let field = |s: &str, f: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(f))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let all_in = tasks.len() >= 3
+            && tasks.iter().all(|s| {
+                field(s, "Seccomp:") == "2"
+                    && field(s, "NoNewPrivs:") == "1"
+                    && field(s, "CapEff:") == "0000000000000000"
+            });
+        if all_in || t0.elapsed() > T {
+            break (all_in, tasks.len());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut open = Vec::new();
+    for e in std::fs::read_dir(format!("{proc_dir}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let fd: i32 = e.file_name().to_string_lossy().parse().unwrap();
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap();
+        let target = std::fs::read_link(format!("{proc_dir}/fd/{fd}")).unwrap_or_default();
+        if fd > 2 && flags & libc::O_CLOEXEC as u32 == 0 {
+            open.push(format!("fd {fd} -> {}", target.display()));
+        }
+    }
+    signal(&child, libc::SIGTERM);
+    let r = wait(child, T);
+    assert_eq!(r.code, Some(128 + libc::SIGTERM), "{r:?}");
+    assert!(
+        threads.0,
+        "not every one of {} threads is sandboxed",
+        threads.1
+    );
+    assert!(open.is_empty(), "fds without O_CLOEXEC: {open:?}");
+    assert!(!r.stderr.contains("sandbox"), "{}", r.stderr);
+}

@@ -18,9 +18,13 @@
 //! - `clone(CLONE_VM)`: the helper shares shmvm's address space (no page
 //!   table copy; after shmvm exits the address space lives until the helper
 //!   exits, with the backends already unmapped) and gets its own copy of the
-//!   fd table. No exit signal: shmvm never waits for it. When shmvm exits,
-//!   the helper is reparented to init (or the nearest subreaper), which gets
-//!   SIGCHLD for it as for any orphan and reaps it.
+//!   fd table. It is an orphan from birth, never shmvm's zombie: shmvm
+//!   clones a short-lived intermediate that clones the helper and exits,
+//!   and reaps that intermediate at once (`waitpid`, microseconds). The
+//!   helper is then reparented to init (or the nearest subreaper), which
+//!   gets SIGCHLD for it as for any orphan and reaps it when it ends. (A
+//!   direct child with no exit signal sat as shmvm's zombie from its exit to
+//!   shmvm's, and forever in a process embedding this library.)
 //! - The helper runs on a small static stack and makes raw system calls
 //!   only: it shares shmvm's memory, including the calling thread's TLS, so
 //!   it must not touch libc state (errno), locks or the allocator. Every
@@ -52,6 +56,8 @@ struct Stack(UnsafeCell<[u8; STACK_SIZE]>);
 unsafe impl Sync for Stack {}
 
 static STACK: Stack = Stack(UnsafeCell::new([0; STACK_SIZE]));
+/// The intermediate's stack (it only calls `clone`).
+static STACK_INTERMEDIATE: Stack = Stack(UnsafeCell::new([0; STACK_SIZE]));
 static STARTED: AtomicBool = AtomicBool::new(false);
 /// What the helper needs, in static memory (shared through CLONE_VM; the
 /// caller's stack frame may be gone by the time the helper reads them).
@@ -160,26 +166,60 @@ extern "C" fn helper(_arg: *mut libc::c_void) -> libc::c_int {
     0
 }
 
+/// The intermediate process: starts the helper (an orphan once this
+/// exits) and returns into glibc's clone trampoline, which makes the raw
+/// `exit` system call. It shares shmvm's memory like the helper, so it only
+/// calls `clone` (glibc's wrapper: registers and a system call; the parent
+/// thread is blocked in `waitpid` meanwhile).
+extern "C" fn intermediate(_arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: the helper's stack is used by the helper only (STARTED); the
+    // top is 64-byte aligned; `helper` touches only statics and its stack.
+    // Exit signal 0: the helper's parent is gone before it ends, and a
+    // reparented child gets SIGCHLD as its exit signal anyway.
+    let pid = unsafe {
+        let top = STACK.0.get().cast::<u8>().add(STACK_SIZE);
+        libc::clone(
+            helper,
+            top.cast::<libc::c_void>(),
+            libc::CLONE_VM,
+            std::ptr::null_mut(),
+        )
+    };
+    HELPER_PID.store(pid, Ordering::Relaxed);
+    0
+}
+
+/// The helper's pid as the intermediate saw it (-1: clone failed).
+static HELPER_PID: AtomicI32 = AtomicI32::new(-1);
+
 /// Ends `vm` without making the caller wait for KVM: the last reference
 /// goes to a helper process (module comment). Call it last, when nothing
 /// else of the machine is left: every vCPU fd must be closed already (a
 /// vCPU fd also holds the VM). Falls back to closing the VM here when the
 /// helper cannot be started.
 pub fn detach(vm: Vm) {
+    let fd = vm.teardown_fd();
+    detach_fd(fd, move || drop(vm));
+}
+
+/// [`detach`] for any fd: the helper keeps `fd` open until shmvm has
+/// exited (or closed the pipe); `drop_ours` drops the caller's references
+/// (the fd itself among them) before the pipe closes.
+fn detach_fd(fd: std::os::fd::RawFd, drop_ours: impl FnOnce()) {
     if STARTED.swap(true, Ordering::SeqCst) {
-        drop(vm);
+        drop_ours();
         return;
     }
     let mut fds = [-1; 2];
     // SAFETY: pipe2 writes two fds into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         log::debug!("teardown: pipe2: {}", std::io::Error::last_os_error());
-        drop(vm);
+        drop_ours();
         return;
     }
     // SAFETY: pipe2 succeeded: both fds are open and owned by nothing else.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    VM_FD.store(vm.teardown_fd(), Ordering::Relaxed);
+    VM_FD.store(fd, Ordering::Relaxed);
     PIPE_RD.store(rd.as_raw_fd(), Ordering::Relaxed);
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -198,12 +238,14 @@ pub fn detach(vm: Vm) {
     }
     // Our references go first, then the pipe: when the helper's read
     // returns, it holds the last reference.
-    drop(vm);
+    drop_ours();
     drop(rd);
     drop(wr);
 }
 
-/// Starts the helper with every signal blocked; returns its pid.
+/// Starts the helper with every signal blocked, through an intermediate
+/// that is reaped here (the helper is an orphan from birth); returns the
+/// helper's pid.
 fn spawn_helper() -> std::io::Result<libc::pid_t> {
     // SAFETY: sigset_t is plain data, filled by sigfillset before use.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -216,23 +258,42 @@ fn spawn_helper() -> std::io::Result<libc::pid_t> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
     // SAFETY: the stack top is 64-byte aligned and the stack is used by the
-    // helper only (STARTED). CLONE_VM without CLONE_THREAD makes a separate
-    // process sharing this address space; `helper` touches only statics and
-    // its own stack and makes raw system calls (module comment). Exit signal
-    // 0: nobody is told when it ends until it is reparented.
+    // intermediate only (STARTED). CLONE_VM without CLONE_THREAD makes a
+    // separate process sharing this address space; `intermediate` only
+    // calls clone and stores a static (module comment). Exit signal 0: it is
+    // waited for below with __WALL.
     let pid = unsafe {
-        let top = STACK.0.get().cast::<u8>().add(STACK_SIZE);
+        let top = STACK_INTERMEDIATE.0.get().cast::<u8>().add(STACK_SIZE);
         libc::clone(
-            helper,
+            intermediate,
             top.cast::<libc::c_void>(),
             libc::CLONE_VM,
             std::ptr::null_mut(),
         )
     };
-    let err = std::io::Error::last_os_error();
+    let mut result = Err(std::io::Error::last_os_error());
+    if pid != -1 {
+        let mut status = 0;
+        let r = loop {
+            // SAFETY: waitpid on our own child, status written to a local.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+            if r != -1 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
+                break r;
+            }
+        };
+        let helper = HELPER_PID.load(Ordering::Relaxed);
+        result = if r == pid && helper > 0 {
+            Ok(helper)
+        } else {
+            Err(std::io::Error::other(
+                "the intermediate could not start the helper",
+            ))
+        };
+    }
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    if pid == -1 { Err(err) } else { Ok(pid) }
+    result
 }
 
 /// Waits until the helper has closed its copies of our fds (bounded).
@@ -258,5 +319,64 @@ fn wait_closed() {
                 &ts as *const libc::timespec,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (pid, state) of every process named `comm` whose parent is us.
+    fn our_children_named(comm: &str) -> Vec<(i32, char)> {
+        let me = std::process::id().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let mut rest = stat[close + 1..].split_whitespace();
+            let state = rest.next().and_then(|s| s.chars().next());
+            if let (Some(state), Some(ppid)) = (state, rest.next())
+                && ppid == me
+                && &stat[open + 1..close] == comm
+            {
+                out.push((pid, state));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_helper_is_never_our_zombie() {
+        let mut p = [-1; 2];
+        // SAFETY: pipe2 writes two fds into the array.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both fds were just created and are owned by nothing else.
+        let (probe_rd, probe_wr) =
+            unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+        // The helper keeps the probe's write end (standing in for the VM fd)
+        // until detach closes its pipe: EOF on the read end is its exit.
+        let raw = probe_wr.as_raw_fd();
+        detach_fd(raw, move || drop(probe_wr));
+        let mut f = std::fs::File::from(probe_rd);
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut buf).expect("probe read");
+        // Its exit is done (the fd table closes before the zombie state);
+        // give the kernel a moment to finish exit notification.
+        std::thread::sleep(Duration::from_millis(50));
+        let kids = our_children_named("shmvm-teardown");
+        assert!(
+            kids.is_empty(),
+            "teardown helpers left as our children (zombies): {kids:?}"
+        );
+        let helper = HELPER_PID.load(Ordering::Relaxed);
+        assert!(helper > 0, "no helper was started");
     }
 }

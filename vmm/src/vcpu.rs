@@ -181,7 +181,12 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
         coalesced,
     } = shared;
     let _guard = VcpuThreadGuard::register(vcpu.immediate_exit_ptr());
-    if let Err(e) = crate::sandbox::enter(crate::sandbox::ThreadKind::Vcpu) {
+    // vCPU 0 runs on the main thread, which takes the machine apart later.
+    let kind = match first_run {
+        Some(_) => crate::sandbox::ThreadKind::Main,
+        None => crate::sandbox::ThreadKind::Vcpu,
+    };
+    if let Err(e) = crate::sandbox::enter(kind) {
         state.request_end(VmEnd::VcpuFailed(format!("vCPU {}: {e}", vcpu.id())));
         return;
     }

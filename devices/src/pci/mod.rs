@@ -28,6 +28,9 @@ pub mod config;
 pub mod msix;
 mod root;
 
+#[cfg(test)]
+mod proptests;
+
 pub use alloc::{AllocError, BarAllocator, BarWindows};
 pub use config::{
     BarChange, BarKind, BarRegion, BarSpace, CMD_INTX_DISABLE, CMD_IO, CMD_MASTER, CMD_MEMORY,

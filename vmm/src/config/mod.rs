@@ -388,4 +388,6 @@ impl Config {
 }
 
 #[cfg(test)]
+mod keyval_proptests;
+#[cfg(test)]
 mod tests;

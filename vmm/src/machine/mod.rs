@@ -189,18 +189,17 @@ pub struct Machine {
 type SerialOutput = (Box<dyn Write + Send>, Option<console_out::Dropped>);
 
 fn serial_output(mode: &SerialMode) -> Result<SerialOutput, Error> {
-    let sink = serial_sink(mode)?;
-    if *mode == SerialMode::None {
-        return Ok((sink, None));
-    }
-    let (out, dropped) = ConsoleOut::spawn(sink).map_err(Error::Threads)?;
+    let Some(file) = serial_file(mode)? else {
+        return Ok((Box::new(std::io::sink()), None));
+    };
+    let (out, dropped) = ConsoleOut::spawn(file).map_err(Error::Threads)?;
     Ok((Box::new(out), Some(dropped)))
 }
 
-fn serial_sink(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
+fn serial_file(mode: &SerialMode) -> Result<Option<File>, Error> {
     Ok(match mode {
         // Unbuffered: every byte the guest sends is visible at once.
-        SerialMode::Stdio => Box::new(File::from(
+        SerialMode::Stdio => Some(File::from(
             std::io::stdout()
                 .as_fd()
                 .try_clone_to_owned()
@@ -209,13 +208,11 @@ fn serial_sink(mode: &SerialMode) -> Result<Box<dyn Write + Send>, Error> {
                     err: e,
                 })?,
         )),
-        SerialMode::File(p) => {
-            Box::new(create_serial_file(p).map_err(|err| Error::SerialFile {
-                path: p.display().to_string(),
-                err,
-            })?)
-        }
-        SerialMode::None => Box::new(std::io::sink()),
+        SerialMode::File(p) => Some(create_serial_file(p).map_err(|err| Error::SerialFile {
+            path: p.display().to_string(),
+            err,
+        })?),
+        SerialMode::None => None,
     })
 }
 
@@ -516,7 +513,7 @@ impl Machine {
                     .name("qmp".into())
                     .stack_size(256 << 10)
                     .spawn_scoped(s, move || {
-                        crate::sandbox::enter_worker();
+                        crate::sandbox::enter_thread(crate::sandbox::ThreadKind::Monitor);
                         if let Err(e) = server.serve(c) {
                             c.failed(e);
                         }
