@@ -318,7 +318,7 @@ impl Server {
             return;
         };
         let vectors: io::Result<Vec<EventFd>> = (0..self.cfg.vectors)
-            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .map(|_| EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC))
             .collect();
         let vectors = match vectors {
             Ok(v) => v,

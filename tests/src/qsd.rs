@@ -49,6 +49,11 @@ impl Qsd {
         q
     }
 
+    /// The daemon's pid (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the back-end (as a crash would) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -518,18 +518,35 @@ fn kvm_every_fd_is_cloexec_and_every_thread_is_sandboxed() {
         "memory-backend-file,id=sh,size=1M,share=on,mem-path={}",
         d.0.join("sh").display()
     );
-    let child = spawn(&[
-        "-kernel",
-        &k,
-        "-smp",
-        "2",
-        "-object",
-        &obj,
-        "-device",
-        "ivshmem-plain,memdev=sh",
-        "-device",
-        "isa-debug-exit",
-    ]);
+    // Only stdin, stdout and stderr are inherited (the test harness may
+    // hold other fds open without O_CLOEXEC): any other fd is shmvm's own.
+    let mut cmd = Command::new(shmvm_bin());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: close_range is async-signal-safe and only closes fds of the
+    // child between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .args([
+            "-kernel",
+            &k,
+            "-smp",
+            "2",
+            "-object",
+            &obj,
+            "-device",
+            "ivshmem-plain,memdev=sh",
+            "-device",
+            "isa-debug-exit",
+        ])
+        .spawn()
+        .expect("spawn shmvm");
     let proc_dir = format!("/proc/{}", child.id());
     // The guest runs once every thread is in its filter; poll for it.
     let t0 = Instant::now();
@@ -587,4 +604,68 @@ fn kvm_every_fd_is_cloexec_and_every_thread_is_sandboxed() {
     );
     assert!(open.is_empty(), "fds without O_CLOEXEC: {open:?}");
     assert!(!r.stderr.contains("sandbox"), "{}", r.stderr);
+}
+
+/// A vhost-user back-end (qemu-storage-daemon) stopped with SIGSTOP while
+/// the VM runs: the VM goes on, and SIGTERM still ends it within a bounded
+/// time (every request to the back-end has a 5 s deadline), with cleanup
+/// (the named RAM object is gone) and at most one line about the back-end.
+#[test]
+fn kvm_sigterm_wins_over_a_sigstopped_vhost_user_backend() {
+    require_kvm();
+    let d = TempDir::new("rb-vhstop");
+    let img = d.0.join("disk.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(8 << 20))
+        .unwrap();
+    let qsd = shmvm_tests::qsd::Qsd::start(&img, &d.0.join("vhost.sock"));
+    let k = d.tiny_kernel(HANG);
+    let name = format!("/shmvm-test-{}-vhstop", std::process::id());
+    let obj = format!("memory-backend-shm,id=m,size=64M,name={name}");
+    let chardev = format!("socket,id=c0,path={}", qsd.sock.display());
+    let mut child = spawn(&[
+        "-kernel",
+        &k,
+        "-object",
+        &obj,
+        "-machine",
+        "memory-backend=m",
+        "-chardev",
+        &chardev,
+        "-device",
+        "vhost-user-blk-pci,chardev=c0",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on the daemon we started.
+    unsafe { libc::kill(qsd.pid() as i32, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the VM ended when its back-end stopped"
+    );
+    let t0 = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let r = wait(child, T);
+    let took = t0.elapsed();
+    // SAFETY: kill(2) on the daemon we started (dropping it kills it).
+    unsafe { libc::kill(qsd.pid() as i32, libc::SIGCONT) };
+    drop(qsd);
+    let shm = format!("/dev/shm{name}");
+    let left = Path::new(&shm).exists();
+    let _ = std::fs::remove_file(&shm);
+    assert_eq!(r.code, Some(128 + libc::SIGTERM), "{r:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "SIGTERM took {took:?}: {r:?}"
+    );
+    assert!(!left, "{shm} left behind");
+    // The signal's own line, and at most one about the back-end.
+    let about: Vec<&str> = r.stderr.lines().filter(|l| l.contains("vhost")).collect();
+    assert!(about.len() <= 1, "{:?}", r.stderr);
+    let others: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("vhost") && *l != "shmvm: stopped by signal 15")
+        .collect();
+    assert!(others.is_empty(), "{:?}", r.stderr);
 }

@@ -117,6 +117,7 @@ const KVM_SIGNAL_MSI: u64 = kvm_iow(0xa5, 32);
 const KVM_GET_REGS: u64 = kvm_ior(0x81, 144);
 const KVM_GET_SREGS: u64 = kvm_ior(0x83, 312);
 const KVM_TRANSLATE: u64 = ioc(3, 0xae, 0x85, 24);
+const KVM_UNREGISTER_COALESCED_MMIO: u64 = kvm_iow(0x68, 16);
 // Terminals (<asm-generic/ioctls.h>): the console's raw mode and its
 // restoration, the window size.
 const TCGETS: u64 = 0x5401;
@@ -222,6 +223,9 @@ pub const VCPU: &[Allow] = &[
         1,
         &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE],
     ),
+    // The console's coalesced port stops coalescing when the guest turns
+    // the UART's transmit interrupt on (coalesce.rs).
+    Arg(libc::SYS_ioctl, 1, &[KVM_UNREGISTER_COALESCED_MMIO]),
     Arg(libc::SYS_ioctl, 1, VM_IOCTLS),
     Arg(libc::SYS_ioctl, 1, TTY_IOCTLS),
     Call(libc::SYS_sendmsg),
@@ -273,9 +277,26 @@ pub const WORKER: &[Allow] = &[
     Call(libc::SYS_shutdown),
 ];
 
-/// The QMP monitor: its listening sockets and clients (one epoll set),
-/// pausing and resuming vCPUs (kicks), the queries.
+/// The QMP monitor: its listening sockets (made on its own thread, off
+/// the boot path: a Unix socket, bound under a umask, then listening) and
+/// clients (one epoll set), pausing and resuming vCPUs (kicks), the power
+/// button's interrupt (an irqfd on the first `system_powerdown`), the
+/// queries (query-cpus-fast reads /proc/self/task/*/comm: read-only opens).
 pub const MONITOR: &[Allow] = &[
+    Arg(libc::SYS_socket, 0, &[libc::AF_UNIX as u64]),
+    Call(libc::SYS_bind),
+    Call(libc::SYS_listen),
+    Call(libc::SYS_umask),
+    Arg(
+        libc::SYS_openat,
+        2,
+        &[
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_DIRECTORY) as u64,
+        ],
+    ),
+    Call(libc::SYS_getdents64),
+    Arg(libc::SYS_ioctl, 1, &[FIONBIO, KVM_IRQFD]),
     Call(libc::SYS_epoll_create1),
     Call(libc::SYS_epoll_wait),
     Call(libc::SYS_epoll_pwait),
@@ -605,10 +626,14 @@ mod tests {
         ThreadKind::Monitor,
     ];
 
-    /// errno of `socket(AF_UNIX, SOCK_STREAM)`, closing a returned fd.
+    /// errno of `socket(AF_INET, SOCK_STREAM)`, closing a returned fd.
     fn socket() -> i32 {
+        socket_of(libc::AF_INET)
+    }
+
+    fn socket_of(family: i32) -> i32 {
         // SAFETY: socket(2) with integer arguments; a returned fd is closed.
-        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
         let e = errno_of(fd.into());
         if fd >= 0 {
             // SAFETY: fd was just returned to us.
@@ -717,7 +742,8 @@ mod tests {
             });
             assert_eq!(got, (run, libc::EPERM), "{kind:?}");
         }
-        // The monitor has no terminal or VM requests at all.
+        // The monitor has no terminal requests (it has FIONBIO and the
+        // power button's KVM_IRQFD only).
         let mon = ioctls_in(ThreadKind::Monitor, || ioctl_on_pipe(TCGETS));
         assert_eq!(mon, libc::EPERM);
     }
@@ -761,6 +787,16 @@ mod tests {
         for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Worker] {
             assert_eq!(in_sandboxed_thread(kind, accept), libc::EPERM, "{kind:?}");
         }
+        // It makes its own Unix sockets (off the boot path), no others.
+        let unix = || (socket_of(libc::AF_UNIX), socket_of(libc::AF_INET6));
+        assert_eq!(
+            in_sandboxed_thread(ThreadKind::Monitor, unix),
+            (0, libc::EPERM)
+        );
+        assert_eq!(
+            in_sandboxed_thread(ThreadKind::Vcpu, unix),
+            (libc::EPERM, libc::EPERM)
+        );
     }
 
     #[test]

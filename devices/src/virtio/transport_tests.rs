@@ -621,3 +621,62 @@ fn bad_configurations_are_refused() {
     assert_eq!(mk(1, 256, 5000), Err(Error::DeviceConfig(5000)));
     assert_eq!(mk(MAX_QUEUES, 32768, 4096), Ok(()));
 }
+
+/// A hostile driver: random BAR and configuration accesses after a normal
+/// init (so the common configuration is mapped and MSI-X is on). Nothing
+/// panics, every queue handed to DRIVER_OK is one the spec allows, and
+/// DRIVER_OK is never reported without FEATURES_OK since the last reset.
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn op() -> impl Strategy<Value = (bool, u64, usize, u64)> {
+        (
+            any::<bool>(),
+            prop_oneof![0u64..0x40, 0u64..0x4000, 0x3000u64..0x3100],
+            prop_oneof![Just(1usize), Just(2), Just(4), Just(8), 1usize..9],
+            any::<u64>(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_hostile_driver_never_breaks_the_transport(ops in prop::collection::vec(op(), 1..96)) {
+            let (mut d, shared) = driver(2);
+            d.init(2, 64);
+            let common = d.common();
+            let mut features_ok = true;
+            for (to_bar, off, len, v) in ops {
+                // Half the BAR accesses aim at the common configuration.
+                let off = if to_bar && v & 1 == 0 { common + off % 0x40 } else { off };
+                if to_bar {
+                    d.write(off, len.min(8), v);
+                    let _ = d.read(off ^ 4, len.min(8));
+                } else {
+                    let cfg = (off % 0x110) as usize;
+                    d.dev.write_config(cfg, &v.to_le_bytes()[..len.min(8)]);
+                }
+                for e in take(&shared) {
+                    match e {
+                        Event::Reset => features_ok = false,
+                        Event::FeaturesOk(_) => features_ok = true,
+                        Event::DriverOk(queues) => {
+                            prop_assert!(features_ok, "DRIVER_OK without FEATURES_OK");
+                            for q in queues {
+                                prop_assert!(q.index < 2, "{:?}", q);
+                                prop_assert!(q.size.is_power_of_two() && q.size <= 256, "{:?}", q);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            // A reset always works afterwards.
+            d.set_status(0);
+            prop_assert_eq!(d.status(), 0);
+        }
+    }
+}

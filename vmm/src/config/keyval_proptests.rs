@@ -43,7 +43,8 @@ proptest! {
         if let Some(t) = &ty {
             // The implied key, unless a later type= overrides it.
             let last = pairs.iter().rev().find(|(k, _)| k == "type").map(|(_, v)| v);
-            prop_assert_eq!(kv.take("type").as_ref(), Some(last.unwrap_or(t)));
+            let got = kv.take("type");
+            prop_assert_eq!(got.as_ref(), Some(last.unwrap_or(t)));
         }
         let mut keys: Vec<&String> = pairs.iter().map(|(k, _)| k).collect();
         keys.sort();

@@ -28,7 +28,7 @@ impl PowerButton {
     pub fn place(vm: &Vm, io: &IoBuses) -> Option<PowerButton> {
         let dev = Ged::new();
         let pending = dev.pending();
-        let r = EventFd::new(EFD_NONBLOCK)
+        let r = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)
             .map_err(|e| e.to_string())
             .and_then(|irq| {
                 vm.register_irqfd(&irq, GED_IRQ)

@@ -154,7 +154,7 @@ pub struct EventSource {
 /// A new event channel.
 pub fn events() -> std::io::Result<(EventSink, EventSource)> {
     let (tx, rx) = mpsc::channel();
-    let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+    let wake = Arc::new(EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
     Ok((
         EventSink {
             tx,
