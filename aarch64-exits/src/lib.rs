@@ -10,8 +10,13 @@
 //! - [`psci`]: the PSCI call in x0..x3 as a typed [`psci::Call`], and the
 //!   return codes the VMM writes back to x0.
 //!
+//! - [`hvf`] (Apple silicon only): HVF's exit record as a decoded exit,
+//!   through the kept binding crate `applevisor`.
+//!
 //! Under KVM the kernel does this decoding itself; Hypervisor.framework
 //! hands the VMM the raw syndrome.
 
 pub mod esr;
+#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+pub mod hvf;
 pub mod psci;
