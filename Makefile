@@ -138,12 +138,12 @@ check: deps check-portable
 	@# The test kernel's rustc warning about sse2 and the ABI is not a lint.
 	cd guest/testkernel && $(CARGO) clippy --release --quiet -- -D warnings
 
-# The crates that must build off Linux (memory, devices, shmvm-protocol),
-# type-checked and clippy-checked for macOS (Apple silicon and Intel), FreeBSD
-# and OpenBSD: Debian's Rust 1.96 (/usr/bin, installed by make deps) builds
-# their std from rust-web-src (-Z build-std, type-checking only, no linker).
-# Own target dir: about a minute a target cold, seconds warm (README,
-# "macOS and the BSDs"). PORTABLE_TARGETS=... checks fewer.
+# The crates that must build off Linux (memory, devices, shmvm-protocol,
+# aarch64-exits), type-checked and clippy-checked for macOS (Apple silicon and
+# Intel), FreeBSD and OpenBSD: Debian's Rust 1.96 (/usr/bin, installed by make
+# deps) builds their std from rust-web-src (-Z build-std, type-checking only,
+# no linker). Own target dir: ~70 s of CPU a target cold, 10 s for all warm
+# (README, "macOS and the BSDs"). PORTABLE_TARGETS=... checks fewer.
 check-portable: deps
 	@for t in $(PORTABLE_TARGETS); do \
 		echo "check-portable: $$t"; \
