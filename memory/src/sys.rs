@@ -24,7 +24,12 @@ fn cstring(s: &[u8]) -> io::Result<CString> {
 pub(crate) fn host_page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    // POSIX requires _SC_PAGESIZE, and no guess is right everywhere (16 KiB
+    // on Apple silicon, 4 KiB or 64 KiB on arm64 Linux).
+    u64::try_from(n)
+        .ok()
+        .filter(|&n| n > 0)
+        .expect("sysconf(_SC_PAGESIZE) gives the page size")
 }
 
 /// Number of online CPUs.
