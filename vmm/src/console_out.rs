@@ -8,9 +8,10 @@
 //!
 //! The fast path: when nothing is queued or being written, the vCPU writes
 //! the bytes itself if the fd is ready for them (`poll` with no wait, then
-//! one `write` of at most `PIPE_BUF` bytes, which a pipe with room or a
-//! terminal with room takes without blocking); what it does not take goes
-//! to the queue, in order. A console line then reaches its reader without a
+//! one `write` of at most `PIPE_BUF` bytes, which a pipe with a free page
+//! or a regular file takes without blocking; terminals, sockets and
+//! devices always use the queue); what it does not take goes to the
+//! queue, in order. A console line then reaches its reader without a
 //! thread hand-over (the first line of a boot is on the boot's critical
 //! path); a slow or stalled reader makes the fd not ready, and everything
 //! goes through the queue as before.
@@ -138,7 +139,16 @@ impl ConsoleOut {
             Box::new(move |b: &[u8]| (&*f).write_all(b)),
             QUEUE_LIMIT,
         )?;
-        out.direct = Some(file);
+        // Only where a ready fd takes the whole write: a pipe with a free
+        // page takes up to PIPE_BUF bytes, a regular file waits for no
+        // reader. A terminal's "ready" only means some room (a write
+        // larger than it would block), so terminals, sockets and devices
+        // always go through the queue.
+        use std::os::unix::fs::FileTypeExt;
+        let kind = file.metadata()?.file_type();
+        if kind.is_fifo() || kind.is_file() {
+            out.direct = Some(file);
+        }
         Ok((out, dropped))
     }
 
