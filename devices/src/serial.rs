@@ -175,6 +175,73 @@ impl Serial {
     }
 }
 
+/// Layout: DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR, the sticky
+/// transmit-side-effects flag, then the receive FIFO's bytes.
+impl crate::snapshot::Snapshot for Serial {
+    fn save_state(&self) -> Vec<u8> {
+        let s = self.uart.state();
+        let mut v = vec![
+            s.baud_divisor_low,
+            s.baud_divisor_high,
+            s.interrupt_enable,
+            s.interrupt_identification,
+            s.line_control,
+            s.line_status,
+            s.modem_control,
+            s.modem_status,
+            s.scratch,
+            u8::from(self.transmit_side_effects),
+        ];
+        v.extend_from_slice(&s.in_buffer);
+        v
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::snapshot::StateError> {
+        let bad = |why| crate::snapshot::StateError {
+            device: "serial",
+            len: state.len(),
+            why,
+        };
+        let (regs, fifo) = state
+            .split_at_checked(10)
+            .ok_or_else(|| bad("shorter than the registers"))?;
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: regs[0],
+            baud_divisor_high: regs[1],
+            interrupt_enable: regs[2],
+            interrupt_identification: regs[3],
+            line_control: regs[4],
+            line_status: regs[5],
+            modem_control: regs[6],
+            modem_status: regs[7],
+            scratch: regs[8],
+            in_buffer: fifo.to_vec(),
+        };
+        // The same eventfd (a duplicate of it): the irqfd stays attached.
+        let irq = || {
+            self.uart
+                .interrupt_evt()
+                .0
+                .try_clone()
+                .map(IrqEvent)
+                .map_err(|_| bad("cannot duplicate the interrupt eventfd"))
+        };
+        let (irq, spare) = (irq()?, irq()?);
+        let placeholder = Uart::new(
+            spare,
+            OutputBuffer {
+                out: Box::new(std::io::sink()),
+                buf: Vec::new(),
+            },
+        );
+        let out = std::mem::replace(&mut self.uart, placeholder).into_writer();
+        self.uart = Uart::from_state(&s, irq, NoEvents, out)
+            .map_err(|_| bad("the receive FIFO is longer than the UART's"))?;
+        self.transmit_side_effects = regs[9] != 0;
+        Ok(())
+    }
+}
+
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         self.uart.writer_mut().push_out();
