@@ -194,14 +194,14 @@ impl VmState {
 }
 
 /// Configures `vcpu` (its id is its APIC ID in `topo`); the boot CPU also
-/// gets the entry state.
+/// gets the entry state. Returns the CPUID it was given.
 pub fn configure(
     vcpu: &Vcpu,
     host: &hv::HostCpu,
     topo: &Topology,
     boot_cpu: bool,
     entry: Entry,
-) -> Result<(), hv::Error> {
+) -> Result<Vec<hv::CpuidEntry>, hv::Error> {
     let mut cpuid = host.cpuid.clone();
     crate::cpuid::for_vcpu_in(&mut cpuid, u32::from(vcpu.id()), topo, host.tsc_deadline);
     vcpu.set_cpuid(&cpuid)?;
@@ -215,7 +215,7 @@ pub fn configure(
         vcpu.set_sregs(&s)?;
         vcpu.set_regs(&cpu::regs(entry))?;
     }
-    Ok(())
+    Ok(cpuid)
 }
 
 /// One parked vCPU's state: a pending port or MMIO access is completed

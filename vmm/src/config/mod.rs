@@ -241,6 +241,12 @@ pub struct Config {
     pub sandbox: bool,
     /// QMP sockets (`-qmp`, `-mon` on a `-chardev socket,server=on`).
     pub monitors: Vec<crate::qmp::MonitorConfig>,
+    /// The normalized command line (program name excluded) that a
+    /// snapshot records to rebuild this machine (set by the CLI).
+    pub argv: Vec<String>,
+    /// `--restore DIR`: the snapshot the build pass restores instead of
+    /// booting the kernel.
+    pub restore: Option<std::sync::Arc<crate::snapshot::Restore>>,
 }
 
 fn check_ram_size(option: &'static str, size: u64) -> Result<(), Error> {
@@ -383,6 +389,8 @@ impl Config {
             verbose: input.verbose,
             sandbox: input.sandbox,
             monitors: mon.sockets,
+            argv: Vec::new(),
+            restore: None,
         })
     }
 }

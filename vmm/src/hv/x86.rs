@@ -205,6 +205,8 @@ pub struct VcpuEvents {
 pub struct VcpuState {
     /// The vCPU's id (its APIC ID).
     pub id: u8,
+    /// The CPUID the VMM gave the vCPU (the VMM's record: not every
+    /// hypervisor reads back what was set).
     pub cpuid: Vec<CpuidEntry>,
     pub mp_state: u32,
     pub regs: Regs,

@@ -11,6 +11,11 @@ use super::control::{Reply, Request};
 /// waits until every vCPU is parked).
 pub trait Machine {
     fn call(&self, request: Request) -> Reply;
+    /// `x-shmvm-snapshot-save`: writes the paused machine's snapshot to
+    /// the directory `path`.
+    fn snapshot_save(&self, path: &str) -> Reply {
+        Err(format!("cannot save a snapshot to '{path}': this machine has no snapshots"))
+    }
 }
 
 /// QMP error classes (QEMU's `QapiErrorClass`).
@@ -85,6 +90,7 @@ enum Action {
     Name,
     Machine(Request),
     Hmp,
+    SnapshotSave,
 }
 
 struct Command {
@@ -170,6 +176,17 @@ const COMMANDS: &[Command] = &[
         name: "x-shmvm-query-stats",
         params: NO_PARAMS,
         action: Action::Machine(Request::Stats),
+    },
+    // shmvm's own: QEMU's snapshot-save (a job writing into qcow2 disks
+    // under a tag) and HMP savevm mean something else.
+    Command {
+        name: "x-shmvm-snapshot-save",
+        params: &[Param {
+            name: "path",
+            kind: Kind::Str,
+            required: true,
+        }],
+        action: Action::SnapshotSave,
     },
     Command {
         name: "human-monitor-command",
@@ -319,6 +336,10 @@ impl Session {
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 hmp(line, vm).map(Value::String).map_err(generic)
+            }
+            Action::SnapshotSave => {
+                let path = args.get("path").and_then(Value::as_str).unwrap_or_default();
+                vm.snapshot_save(path).map_err(generic)
             }
         }
     }

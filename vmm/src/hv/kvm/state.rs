@@ -22,12 +22,12 @@
 
 use kvm_bindings::{
     KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_MAX_CPUID_ENTRIES, Msrs, kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_mp_state,
+    Msrs, kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_mp_state,
     kvm_msr_entry, kvm_pic_state, kvm_pit_channel_state, kvm_pit_state2, kvm_vcpu_events,
     kvm_xcr, kvm_xcrs, kvm_xsave,
 };
 
-use super::{Error, Vcpu, Vm, cpuid_from, fpu_from, ioctl, lapic_from, regs_from, sregs_from};
+use super::{Error, Vcpu, Vm, fpu_from, ioctl, lapic_from, regs_from, sregs_from};
 use crate::hv::x86::{
     DebugRegs, IoapicState, MsrEntry, PendingException, PicState, PitChannel, PitState,
     VcpuEvents, VcpuState, VmIrqState, Xcr,
@@ -175,9 +175,6 @@ impl Vcpu {
                 rest = rest.get(n + 1..).unwrap_or(&[]);
             }
         }
-        let cpuid = fd
-            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-            .map_err(ioctl("KVM_GET_CPUID2"))?;
         let tsc_khz = fd.get_tsc_khz().unwrap_or(0);
         let events = fd
             .get_vcpu_events()
@@ -185,7 +182,9 @@ impl Vcpu {
         let nr = xcrs.nr_xcrs.min(xcrs.xcrs.len() as u32) as usize;
         Ok(VcpuState {
             id: self.id,
-            cpuid: cpuid.as_slice().iter().map(|e| cpuid_from(*e)).collect(),
+            // What the VMM set (KVM_GET_CPUID2 is not that on every host:
+            // PVM reports the host's features there); the caller fills it.
+            cpuid: Vec::new(),
             mp_state: mp_state.mp_state,
             regs: regs_from(regs),
             sregs: sregs_from(sregs),
