@@ -64,7 +64,7 @@ impl Live {
         let sink = out.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
+                let mut s = sink.lock().expect("output lock");
                 s.push_str(&line);
                 s.push('\n');
             }
@@ -73,7 +73,7 @@ impl Live {
     }
 
     fn text(&self) -> String {
-        self.out.lock().unwrap().clone()
+        self.out.lock().expect("output lock").clone()
     }
 
     fn wait_for(&self, needle: &str) {
@@ -97,7 +97,12 @@ impl Live {
 /// Boots the snapcount guest with `args`, stops it after round 16 and
 /// saves it to `dir` over QMP; the VMM is then killed (SIGKILL: nothing
 /// of it cleans up). Returns the QMP reply and the output up to the save.
-fn save_mid_run(tmp: &TempDir, dir: &Path, append: &str, args: &[&str]) -> (serde_json::Value, String) {
+fn save_mid_run(
+    tmp: &TempDir,
+    dir: &Path,
+    append: &str,
+    args: &[&str],
+) -> (serde_json::Value, String) {
     let sock = tmp.0.join("qmp.sock");
     let qmp = format!("unix:{},server=on,wait=off", sock.display());
     let mut cmd = vm::with_testkernel(&["-qmp", &qmp, "-append", append]);
@@ -156,7 +161,8 @@ fn kvm_snapshot_in_named_shm_restores_and_twenty_clones_reach_the_same_total() {
     assert!(!dir.join("ram.ram").exists(), "RAM in shm was copied");
 
     // 20 clones at once, copy-on-write over the one saved memory.
-    let before = std::fs::read(Path::new("/dev/shm").join(&name[1..])).expect("read the shm object");
+    let before =
+        std::fs::read(Path::new("/dev/shm").join(&name[1..])).expect("read the shm object");
     let clones: Vec<Child> = (0..20)
         .map(|_| vm::spawn(restore(&dir, &["--restore-ram", "clone"])))
         .collect();
@@ -217,14 +223,24 @@ fn kvm_snapshot_with_ivshmem_plain_still_shares_with_a_host_process() {
         &tmp,
         &dir,
         &append,
-        &["-m", "64", "-object", &object, "-device", "ivshmem-plain,memdev=hostmem"],
+        &[
+            "-m",
+            "64",
+            "-object",
+            &object,
+            "-device",
+            "ivshmem-plain,memdev=hostmem",
+        ],
     );
     let region = Region::open_shm(&name).expect("open the ivshmem object");
     let child = vm::spawn(restore(&dir, &[]));
     // The host peer: wait for the restored guest's total, answer it.
     let deadline = Instant::now() + Duration::from_secs(60);
     while region.rd64(protocol::SNAP_FLAG_OFF) != protocol::SNAP_GUEST_DONE {
-        assert!(Instant::now() < deadline, "the restored guest never wrote to ivshmem");
+        assert!(
+            Instant::now() < deadline,
+            "the restored guest never wrote to ivshmem"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     let total = region.rd64(protocol::SNAP_TOTAL_OFF);
@@ -234,7 +250,8 @@ fn kvm_snapshot_with_ivshmem_plain_still_shares_with_a_host_process() {
     let r = vm::wait(child, Duration::from_secs(60));
     assert_resumed(&r, &want);
     assert!(
-        r.stdout.contains(&format!("shmvm: snapcount ivshmem host={answer:016x}")),
+        r.stdout
+            .contains(&format!("shmvm: snapcount ivshmem host=0x{answer:016x}")),
         "{}",
         r.stdout
     );
@@ -281,12 +298,15 @@ fn kvm_damaged_or_mismatched_snapshots_are_refused_in_one_line() {
     vm::refused(restore(&dir, &[]), "magic");
 
     std::fs::write(&state, &good).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
     f.set_len(16 << 20).unwrap();
     vm::refused(restore(&dir, &[]), "truncated");
 
     vm::refused(restore(&tmp.0.join("missing"), &[]), "missing");
-    vm::refused(restore(&dir, &["-m", "128"]), "--memory cannot be given");
+    vm::refused(restore(&dir, &["-m", "128"]), "-m cannot be given");
     vm::refused(
         vm::command(&["--restore-ram", "clone", "-kernel", "k"]),
         "--restore-ram",

@@ -563,7 +563,9 @@ impl Pci {
         for (slot, config) in saved {
             let address = PciAddress::new(*slot, 0);
             if root.device(address).is_none() || config.len() != 256 {
-                return Err(format!("PCI slot {slot}: no such function, or not 256 bytes"));
+                return Err(format!(
+                    "PCI slot {slot}: no such function, or not 256 bytes"
+                ));
             }
             root.config_write(address, 0x04, &[0, 0]);
             for at in (0x10..0x28).chain(0x40..0x100).step_by(4) {

@@ -97,7 +97,11 @@ impl VmState {
     /// Reads every vCPU's state while all are parked (after [`VmState::pause`]):
     /// each parked vCPU reads its own, ordered by vCPU id. `msrs` are the
     /// MSR indices to try.
-    pub fn save_vcpus(&self, msrs: Vec<u32>, timeout: Duration) -> Result<Vec<hv::VcpuState>, String> {
+    pub fn save_vcpus(
+        &self,
+        msrs: Vec<u32>,
+        timeout: Duration,
+    ) -> Result<Vec<hv::VcpuState>, String> {
         let deadline = Instant::now() + timeout;
         let mut p = self.pause_lock();
         if !p.requested || p.parked < p.running {

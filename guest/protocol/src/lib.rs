@@ -112,47 +112,6 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fnv1a64_known_values() {
-        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
-    }
-
-    #[test]
-    fn patterns_differ_everywhere() {
-        for o in (DATA_OFF..DATA_OFF + 4096).step_by(8) {
-            assert_eq!(p1(o, 7) ^ p2(o, 7), u64::MAX);
-            assert_ne!(p1(o, 7), p1(o + 8, 7));
-        }
-        assert_ne!(slot_word(1, 0, 4), slot_word(1, 1, 4));
-        assert_ne!(slot_word(1, 0, 4), slot_word(2, 0, 4));
-    }
-
-    #[test]
-    fn region_pattern_is_p1() {
-        for o in (DATA_OFF..DATA_OFF + 256).step_by(8) {
-            assert_eq!(region_word(9, o / 8), p1(o, 9));
-            let bytes = p1(o, 9).to_le_bytes();
-            for (i, b) in bytes.iter().enumerate() {
-                assert_eq!(region_byte(9, o + i as u64), *b);
-            }
-        }
-        assert_ne!(region_word(1, 5), region_word(2, 5));
-        assert_ne!(region_word(1, 5), region_word(1, 6));
-    }
-
-    #[test]
-    fn magics_spell_their_names() {
-        assert_eq!(&MAGIC.to_le_bytes(), b"SHMV");
-        assert_eq!(&SLOT_MAGIC.to_le_bytes(), b"SHMVSLOT");
-    }
-}
-
 /// The snapshot test (`shmvm.test=snapcount`): the guest fills a region
 /// of `snap_mib` MiB with [`snapcount_init`], then runs `rounds` rounds of
 /// [`snapcount_round`] over it, folding each round's checksum into a total
@@ -192,3 +151,45 @@ pub const SNAP_TOTAL_OFF: u64 = 0;
 pub const SNAP_FLAG_OFF: u64 = 8;
 pub const SNAP_HOST_OFF: u64 = 16;
 pub const SNAP_GUEST_DONE: u64 = 0x454E_4F44_5041_4E53; // "SNAPDONE"
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a64_known_values() {
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn patterns_differ_everywhere() {
+        for o in (DATA_OFF..DATA_OFF + 4096).step_by(8) {
+            assert_eq!(p1(o, 7) ^ p2(o, 7), u64::MAX);
+            assert_ne!(p1(o, 7), p1(o + 8, 7));
+        }
+        assert_ne!(slot_word(1, 0, 4), slot_word(1, 1, 4));
+        assert_ne!(slot_word(1, 0, 4), slot_word(2, 0, 4));
+    }
+
+    #[test]
+    fn region_pattern_is_p1() {
+        for o in (DATA_OFF..DATA_OFF + 256).step_by(8) {
+            assert_eq!(region_word(9, o / 8), p1(o, 9));
+            let bytes = p1(o, 9).to_le_bytes();
+            for (i, b) in bytes.iter().enumerate() {
+                assert_eq!(region_byte(9, o + i as u64), *b);
+            }
+        }
+        assert_ne!(region_word(1, 5), region_word(2, 5));
+        assert_ne!(region_word(1, 5), region_word(1, 6));
+    }
+
+    #[test]
+    fn magics_spell_their_names() {
+        assert_eq!(&MAGIC.to_le_bytes(), b"SHMV");
+        assert_eq!(&SLOT_MAGIC.to_le_bytes(), b"SHMVSLOT");
+        assert_eq!(&SNAP_GUEST_DONE.to_le_bytes(), b"SNAPDONE");
+    }
+}

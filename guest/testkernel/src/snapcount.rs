@@ -66,17 +66,41 @@ pub fn run() -> Result<u64, &'static str> {
     };
     paging::ensure_mapped(base, base + bytes)?;
     // SAFETY: single CPU; the jobs run only inside cpu::user below.
-    unsafe { *REGION.ptr() = Region { base, words: bytes / 8 } };
-    say!("shmvm: snapcount start base=", Hex(base), " mib=", Dec(mib), " rounds=", Dec(rounds));
+    unsafe {
+        *REGION.ptr() = Region {
+            base,
+            words: bytes / 8,
+        }
+    };
+    say!(
+        "shmvm: snapcount start base=",
+        Hex(base),
+        " mib=",
+        Dec(mib),
+        " rounds=",
+        Dec(rounds)
+    );
     cpu::user(init_job, seed, 0, 0);
     let mut total = 0u64;
     for round in 1..=rounds {
         total = snapcount_fold(total, cpu::user(round_job, round, 0, 0));
         if round % EVERY == 0 {
-            say!("shmvm: snapcount round=", Dec(round), " total=", Hex16(total));
+            say!(
+                "shmvm: snapcount round=",
+                Dec(round),
+                " total=",
+                Hex16(total)
+            );
         }
     }
-    say!("shmvm: snapcount done rounds=", Dec(rounds), " mib=", Dec(mib), " total=", Hex16(total));
+    say!(
+        "shmvm: snapcount done rounds=",
+        Dec(rounds),
+        " mib=",
+        Dec(mib),
+        " total=",
+        Hex16(total)
+    );
     Ok(total)
 }
 

@@ -48,8 +48,15 @@ impl Backend {
                     .read(true)
                     .write(!private)
                     .open(path)
-                    .map_err(|e| ctx.os("mem-path", format!("can't open '{}'", path.display()), e))?;
-                (f.into(), offset, format!("'{}'", path.display()), "mem-path")
+                    .map_err(|e| {
+                        ctx.os("mem-path", format!("can't open '{}'", path.display()), e)
+                    })?;
+                (
+                    f.into(),
+                    offset,
+                    format!("'{}'", path.display()),
+                    "mem-path",
+                )
             }
         };
         let page = sys::fd_page_size(fd.as_fd())

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Error, Parsed, ParseOutcome, RestoreRamArg};
+use super::{Error, ParseOutcome, Parsed, RestoreRamArg};
 use crate::snapshot::{RamMode, Restore, State};
 
 /// Options that are the host's plumbing, not the machine: a snapshot does
@@ -93,8 +93,13 @@ pub fn parse(
             continue;
         }
         if !HOST_SIDE.contains(&name.as_str()) && !name.starts_with("-v") {
+            // As the user spells it: QEMU's name where the option has one.
+            let spelled = super::options::OPTIONS
+                .iter()
+                .find(|o| o.clap == name)
+                .map_or(format!("--{name}"), |o| format!("-{}", o.name));
             return Err(refused(format!(
-                "--restore {}: --{name} cannot be given: the snapshot rebuilds the machine as \
+                "--restore {}: {spelled} cannot be given: the snapshot rebuilds the machine as \
                  it was saved; only -serial, -chardev, -mon, -qmp, -nographic, --stats, \
                  -pidfile, --sandbox and -v go with --restore",
                 dir.display()
@@ -102,8 +107,8 @@ pub fn parse(
         }
         plumbing.extend(tokens);
     }
-    let state = State::read(dir)
-        .map_err(|e| refused(format!("--restore {}: {e}", dir.display())))?;
+    let state =
+        State::read(dir).map_err(|e| refused(format!("--restore {}: {e}", dir.display())))?;
     let mut argv: Vec<OsString> = vec![args.first().cloned().unwrap_or_else(|| "shmvm".into())];
     argv.extend(state.argv.iter().map(OsString::from));
     argv.extend(plumbing.into_iter().map(OsString::from));
@@ -133,8 +138,20 @@ mod tests {
     #[test]
     fn the_recorded_line_keeps_the_machine_and_drops_the_plumbing() {
         let args: Vec<OsString> = [
-            "shmvm", "--kernel", "k", "--serial", "file:/x", "--stats=json", "-vv", "--memory",
-            "64", "--qmp", "unix:/q,server=on,wait=off", "--nographic", "--smp", "2",
+            "shmvm",
+            "--kernel",
+            "k",
+            "--serial",
+            "file:/x",
+            "--stats=json",
+            "-vv",
+            "--memory",
+            "64",
+            "--qmp",
+            "unix:/q,server=on,wait=off",
+            "--nographic",
+            "--smp",
+            "2",
         ]
         .iter()
         .map(OsString::from)

@@ -417,9 +417,16 @@ impl Machine {
             let v = vm.create_vcpu(apic_id)?;
             let cpuid = match (restore, entry) {
                 (Some(r), _) => {
-                    let saved = r.state.vcpus.iter().find(|s| s.id == apic_id).ok_or_else(|| {
-                        crate::snapshot::Error::Corrupt(format!("no state for vCPU {apic_id}"))
-                    })?;
+                    let saved =
+                        r.state
+                            .vcpus
+                            .iter()
+                            .find(|s| s.id == apic_id)
+                            .ok_or_else(|| {
+                                crate::snapshot::Error::Corrupt(format!(
+                                    "no state for vCPU {apic_id}"
+                                ))
+                            })?;
                     v.restore_state(saved)?;
                     saved.cpuid.clone()
                 }
@@ -482,7 +489,12 @@ impl Machine {
         legacy::place_debug_exits(&io, &hook, &debug_exits)?;
         t.mark("PCI root and devices");
         if let Some(r) = restore {
-            let saved: Vec<_> = r.state.pci.iter().map(|f| (f.slot, f.config.clone())).collect();
+            let saved: Vec<_> = r
+                .state
+                .pci
+                .iter()
+                .map(|f| (f.slot, f.config.clone()))
+                .collect();
             pci.restore_config(&saved).map_err(Error::RestorePci)?;
             vm.restore_irq_state(&r.state.vm)?;
             t.mark("PCI configuration, irqchips, PIT and clock restored");

@@ -38,11 +38,7 @@ pub(super) struct SnapshotParts {
 }
 
 impl SnapshotParts {
-    pub fn new(
-        cfg: &Config,
-        i8042: Arc<Mutex<I8042>>,
-        cpuids: Vec<(u8, Vec<CpuidEntry>)>,
-    ) -> Self {
+    pub fn new(cfg: &Config, i8042: Arc<Mutex<I8042>>, cpuids: Vec<(u8, Vec<CpuidEntry>)>) -> Self {
         SnapshotParts {
             argv: cfg.argv.clone(),
             refusal: refusal(cfg),
@@ -64,7 +60,10 @@ fn refusal(cfg: &Config) -> Option<String> {
             "-device {c}: the vhost-user back-end holds the device's state (virtqueues, \
              requests in flight), which is not shmvm's to save"
         )),
-        #[allow(unreachable_patterns, reason = "devices added later are refused until they save their state")]
+        #[allow(
+            unreachable_patterns,
+            reason = "devices added later are refused until they save their state"
+        )]
         _ => Some("a -device without snapshot support".to_string()),
     })
 }
@@ -109,10 +108,7 @@ pub(super) fn backend(
             image.size
         ))));
     }
-    image
-        .source
-        .open(cfg, &r.dir, r.ram, ram)
-        .map_err(named)
+    image.source.open(cfg, &r.dir, r.ram, ram).map_err(named)
 }
 
 /// What a save did, for the QMP reply.
@@ -163,7 +159,8 @@ impl Machine {
         }
         let mut written = Written::default();
         if !dir.exists() {
-            std::fs::create_dir(dir).map_err(snapshot::io(format!("creating {}", dir.display())))?;
+            std::fs::create_dir(dir)
+                .map_err(snapshot::io(format!("creating {}", dir.display())))?;
             written.dir_created = Some(dir.to_path_buf());
         } else if dir.join(snapshot::STATE_FILE).exists() {
             return Err(snapshot::Error::Refused(format!(

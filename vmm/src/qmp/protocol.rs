@@ -14,7 +14,9 @@ pub trait Machine {
     /// `x-shmvm-snapshot-save`: writes the paused machine's snapshot to
     /// the directory `path`.
     fn snapshot_save(&self, path: &str) -> Reply {
-        Err(format!("cannot save a snapshot to '{path}': this machine has no snapshots"))
+        Err(format!(
+            "cannot save a snapshot to '{path}': this machine has no snapshots"
+        ))
     }
 }
 

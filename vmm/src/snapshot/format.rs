@@ -72,7 +72,8 @@ pub fn decode(bytes: &[u8]) -> Result<&[u8], Error> {
     if &bytes[..8] != MAGIC {
         return Err(bad("not a shmvm snapshot (bad magic)".into()));
     }
-    let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let word =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let version = word(8);
     if version != FORMAT_VERSION {
         return Err(Error::Mismatch(format!(
@@ -125,9 +126,24 @@ mod tests {
         assert_eq!(decode(&good).unwrap(), b"{\"a\":1}");
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(decode(&flipped).unwrap_err().to_string().contains("checksum"));
-        assert!(decode(&good[..good.len() - 1]).unwrap_err().to_string().contains("truncated"));
-        assert!(decode(&good[..10]).unwrap_err().to_string().contains("truncated"));
+        assert!(
+            decode(&flipped)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
+        assert!(
+            decode(&good[..good.len() - 1])
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
+        assert!(
+            decode(&good[..10])
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
         let mut magic = good.clone();
         magic[0] = b'X';
         assert!(decode(&magic).unwrap_err().to_string().contains("magic"));

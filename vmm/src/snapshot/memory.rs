@@ -46,9 +46,7 @@ impl MemorySource {
                 }
                 (None, _) => None,
             },
-            KindOptions::File(f)
-                if b.shared() && !f.discard_data && b.created_file().is_none() =>
-            {
+            KindOptions::File(f) if b.shared() && !f.discard_data && b.created_file().is_none() => {
                 match f.mem_path.as_deref() {
                     Some(p) if p.is_file() => Some(MemorySource::File {
                         path: std::fs::canonicalize(p)

@@ -40,6 +40,7 @@ pub enum QmpError {
     Check(String),
 }
 
+#[derive(Debug)]
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,

@@ -21,16 +21,15 @@
 )]
 
 use kvm_bindings::{
-    KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    Msrs, kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_mp_state,
-    kvm_msr_entry, kvm_pic_state, kvm_pit_channel_state, kvm_pit_state2, kvm_vcpu_events,
-    kvm_xcr, kvm_xcrs, kvm_xsave,
+    KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, Msrs,
+    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_mp_state, kvm_msr_entry, kvm_pic_state,
+    kvm_pit_channel_state, kvm_pit_state2, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave,
 };
 
 use super::{Error, Vcpu, Vm, fpu_from, ioctl, lapic_from, regs_from, sregs_from};
 use crate::hv::x86::{
-    DebugRegs, IoapicState, MsrEntry, PendingException, PicState, PitChannel, PitState,
-    VcpuEvents, VcpuState, VmIrqState, Xcr,
+    DebugRegs, IoapicState, MsrEntry, PendingException, PicState, PitChannel, PitState, VcpuEvents,
+    VcpuState, VmIrqState, Xcr,
 };
 
 /// MSRs per KVM_GET_MSRS/KVM_SET_MSRS call (KVM_MAX_MSR_ENTRIES).
@@ -51,13 +50,12 @@ impl Vm {
             ..Default::default()
         });
         for c in &mut chips {
-            self.fd
-                .get_irqchip(c)
-                .map_err(ioctl("KVM_GET_IRQCHIP"))?;
+            self.fd.get_irqchip(c).map_err(ioctl("KVM_GET_IRQCHIP"))?;
         }
         // SAFETY: KVM filled `pic` for the PIC chip ids and `ioapic` for the
         // IOAPIC id; every bit pattern is valid for these plain structs.
-        let (master, slave, ioapic) = unsafe { (chips[0].chip.pic, chips[1].chip.pic, chips[2].chip.ioapic) };
+        let (master, slave, ioapic) =
+            unsafe { (chips[0].chip.pic, chips[1].chip.pic, chips[2].chip.ioapic) };
         Ok(VmIrqState {
             pic_master: pic_from(&master),
             pic_slave: pic_from(&slave),
@@ -176,9 +174,7 @@ impl Vcpu {
             }
         }
         let tsc_khz = fd.get_tsc_khz().unwrap_or(0);
-        let events = fd
-            .get_vcpu_events()
-            .map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
+        let events = fd.get_vcpu_events().map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
         let nr = xcrs.nr_xcrs.min(xcrs.xcrs.len() as u32) as usize;
         Ok(VcpuState {
             id: self.id,
@@ -215,7 +211,8 @@ impl Vcpu {
         let fd = &self.fd;
         self.set_cpuid(&s.cpuid)?;
         if s.tsc_khz != 0 && fd.get_tsc_khz().ok() != Some(s.tsc_khz) {
-            fd.set_tsc_khz(s.tsc_khz).map_err(ioctl("KVM_SET_TSC_KHZ"))?;
+            fd.set_tsc_khz(s.tsc_khz)
+                .map_err(ioctl("KVM_SET_TSC_KHZ"))?;
         }
         fd.set_mp_state(kvm_mp_state {
             mp_state: s.mp_state,
