@@ -57,7 +57,13 @@ struct Live {
 
 impl Live {
     fn start(mut cmd: Command) -> Live {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        cmd.stderr(Stdio::null());
+        Live::start_keeping_stderr(cmd)
+    }
+
+    /// [`Live::start`] with stderr as `cmd` says (piped: read at the end).
+    fn start_keeping_stderr(mut cmd: Command) -> Live {
+        cmd.stdout(Stdio::piped());
         let mut child = vm::spawn(cmd);
         let stdout = child.stdout.take().expect("piped stdout");
         let out = Arc::new(Mutex::new(String::new()));
@@ -76,9 +82,12 @@ impl Live {
         self.out.lock().expect("output lock").clone()
     }
 
-    fn wait_for(&self, needle: &str) {
+    fn wait_for(&mut self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.text().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("shmvm ended ({status}) before {needle:?}; output:\n{}", self.text());
+            }
             assert!(
                 Instant::now() < deadline,
                 "no {needle:?} within 60 s; output:\n{}",
@@ -107,7 +116,7 @@ fn save_mid_run(
     let qmp = format!("unix:{},server=on,wait=off", sock.display());
     let mut cmd = vm::with_testkernel(&["-qmp", &qmp, "-append", append]);
     cmd.args(args);
-    let live = Live::start(cmd);
+    let mut live = Live::start(cmd);
     let mut q = Qmp::connect(&sock).expect("QMP connect");
     live.wait_for(SAVE_AFTER);
     q.execute("stop").expect("stop");
@@ -323,7 +332,7 @@ fn kvm_snapshot_save_refusals_name_the_reason() {
     let _shm = RemoveOnDrop(Path::new("/dev/shm").join(&name[1..]));
     let object = format!("memory-backend-shm,id=ram,size=64M,name={name}");
     let append = append();
-    let live = Live::start(vm::with_testkernel(&[
+    let mut live = Live::start(vm::with_testkernel(&[
         "-qmp",
         &qmp,
         "-append",
@@ -347,4 +356,27 @@ fn kvm_snapshot_save_refusals_name_the_reason() {
     assert!(err.to_string().contains("keep=on"), "{err}");
     assert!(!dir.exists(), "a refused save left {}", dir.display());
     live.kill();
+}
+
+#[test]
+fn kvm_snapshot_on_signal_saves_ends_and_restores() {
+    vm::require_kvm();
+    let want = expected_total();
+    let tmp = TempDir::new("snap-signal");
+    let dir = tmp.0.join("snap");
+    let append = append();
+    let mut cmd = vm::with_testkernel(&["-m", "64", "-append", &append]);
+    cmd.arg("--snapshot-on-signal").arg(&dir);
+    cmd.stderr(Stdio::piped());
+    let mut live = Live::start_keeping_stderr(cmd);
+    live.wait_for(SAVE_AFTER);
+    // SAFETY: kill(2) on our own live child; no memory involved.
+    unsafe { libc::kill(live.child.id() as i32, libc::SIGUSR1) };
+    let r = vm::wait(live.child, Duration::from_secs(30));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("snapshot saved to"), "{}", r.stderr);
+    let out = live.out.lock().expect("output lock").clone();
+    assert!(done_total(&out).is_none(), "the guest finished first:\n{out}");
+    let r = vm::wait(vm::spawn(restore(&dir, &[])), Duration::from_secs(60));
+    assert_resumed(&r, &want);
 }

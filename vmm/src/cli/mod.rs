@@ -155,6 +155,9 @@ pub struct Args {
     /// How --restore maps guest RAM: shared (the saved memory itself, default) or clone (copy-on-write: many VMs from one snapshot)
     #[arg(long, value_enum, value_name = "MODE")]
     pub restore_ram: Option<RestoreRamArg>,
+    /// On SIGUSR1: stop the VM, save a snapshot to DIR (as QMP x-shmvm-snapshot-save), and end (exit 0)
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_on_signal: Vec<PathBuf>,
     /// More logging (-v info, -vv debug, -vvv trace)
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -275,7 +278,9 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
         return Err(ParseOutcome::Info(text));
     }
     if let Some(dir) = args.restore.last() {
-        return restore::parse(dir, args.restore_ram, &n.args);
+        let mut parsed = restore::parse(dir, args.restore_ram, &n.args)?;
+        parsed.config.snapshot_on_signal = args.snapshot_on_signal.last().cloned();
+        return Ok(parsed);
     }
     if args.restore_ram.is_some() {
         return Err(ParseOutcome::Error(Error::Restore(
@@ -312,6 +317,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
     };
     let mut config = Config::build(input).map_err(Error::from)?;
     config.argv = restore::machine_argv(&n.args);
+    config.snapshot_on_signal = args.snapshot_on_signal.last().cloned();
     Ok(Parsed {
         config,
         noops: n.noops,

@@ -265,6 +265,12 @@ pub const OPTIONS: &[Opt] = &[
          private copy-on-write mapping (many VMs from one snapshot)",
     ),
     own(
+        "snapshot-on-signal",
+        Some("DIR"),
+        "for scripts: on SIGUSR1 the VM is stopped, saved to DIR (as QMP x-shmvm-snapshot-save) \
+         and ends, exit 0; a failed save is logged and the VM goes on",
+    ),
+    own(
         "verbose",
         None,
         "-v: info (including every no-op option), -vv debug, -vvv trace",

@@ -20,6 +20,7 @@ const HOST_SIDE: &[&str] = &[
     "stats",
     "pidfile",
     "sandbox",
+    "snapshot-on-signal",
 ];
 
 /// Options that only a restore takes.
@@ -101,7 +102,7 @@ pub fn parse(
             return Err(refused(format!(
                 "--restore {}: {spelled} cannot be given: the snapshot rebuilds the machine as \
                  it was saved; only -serial, -chardev, -mon, -qmp, -nographic, --stats, \
-                 -pidfile, --sandbox and -v go with --restore",
+                 -pidfile, --sandbox, --snapshot-on-signal and -v go with --restore",
                 dir.display()
             )));
         }

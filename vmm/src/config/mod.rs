@@ -247,6 +247,9 @@ pub struct Config {
     /// `--restore DIR`: the snapshot the build pass restores instead of
     /// booting the kernel.
     pub restore: Option<std::sync::Arc<crate::snapshot::Restore>>,
+    /// `--snapshot-on-signal DIR`: SIGUSR1 saves a snapshot to DIR, then
+    /// the VM ends.
+    pub snapshot_on_signal: Option<PathBuf>,
 }
 
 fn check_ram_size(option: &'static str, size: u64) -> Result<(), Error> {
@@ -391,6 +394,7 @@ impl Config {
             monitors: mon.sockets,
             argv: Vec::new(),
             restore: None,
+            snapshot_on_signal: None,
         })
     }
 }

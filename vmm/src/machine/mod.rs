@@ -575,6 +575,19 @@ impl Machine {
                     log::error!("QMP: cannot start the monitor thread: {e}");
                 }
             }
+            if let Some(dir) = self.snap.on_signal.as_deref() {
+                let m = &self;
+                let r = std::thread::Builder::new()
+                    .name("snapshot".into())
+                    .stack_size(256 << 10)
+                    .spawn_scoped(s, move || {
+                        crate::sandbox::enter_worker();
+                        m.watch_snapshot_signal(dir);
+                    });
+                if let Err(e) = r {
+                    log::error!("--snapshot-on-signal: cannot start its thread: {e}");
+                }
+            }
             let ran = vcpu::run_all(vcpus, shared, &|| t.log());
             if let (Some(c), Some(end)) = (&control, self.state.end()) {
                 c.shutdown(control::shutdown_cause(&end));
@@ -649,6 +662,9 @@ impl Machine {
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let mut t = Timeline::new(start);
     crate::signals::install()?;
+    if cfg.snapshot_on_signal.is_some() {
+        crate::signals::install_snapshot()?;
+    }
     crate::sandbox::set_enabled(cfg.sandbox);
     // Before the machine: a path that cannot be a socket fails first.
     let monitor = crate::qmp::Server::new(&cfg.monitors)?;

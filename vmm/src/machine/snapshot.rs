@@ -2,7 +2,7 @@
 //! what `x-shmvm-snapshot-save` reads from the paused machine, and the
 //! steps the build pass takes instead of booting when it restores.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ pub(super) struct SnapshotParts {
     pub i8042: Arc<Mutex<I8042>>,
     /// The CPUID each vCPU (by id) was given.
     pub cpuids: Vec<(u8, Vec<CpuidEntry>)>,
+    /// `--snapshot-on-signal DIR`.
+    pub on_signal: Option<PathBuf>,
 }
 
 impl SnapshotParts {
@@ -44,6 +46,7 @@ impl SnapshotParts {
             refusal: refusal(cfg),
             i8042,
             cpuids,
+            on_signal: cfg.snapshot_on_signal.clone(),
         }
     }
 }
@@ -235,6 +238,46 @@ impl Machine {
             state_ms,
             total_ms: start.elapsed().as_secs_f64() * 1e3,
         })
+    }
+}
+
+/// How often the `--snapshot-on-signal` watcher looks for the signal.
+const SIGNAL_POLL: Duration = Duration::from_millis(10);
+
+impl Machine {
+    /// `--snapshot-on-signal DIR`: waits (on its own thread, until the VM
+    /// stops) for SIGUSR1, then stops the vCPUs, saves, and ends the VM
+    /// (its referenced memory must not change any more). A failed save is
+    /// logged and the VM runs on.
+    pub(super) fn watch_snapshot_signal(&self, dir: &Path) {
+        while !self.state.stopping() {
+            std::thread::sleep(SIGNAL_POLL);
+            if !crate::signals::take_snapshot_request() {
+                continue;
+            }
+            if !self.state.pause(SAVE_TIMEOUT) {
+                self.state.resume();
+                log::error!("--snapshot-on-signal: the vCPUs did not stop in time");
+                continue;
+            }
+            match self.save_snapshot(dir) {
+                Ok(s) => {
+                    eprintln!(
+                        "shmvm: snapshot saved to {} ({:.3} ms, state {:.3} ms)",
+                        dir.display(),
+                        s.total_ms,
+                        s.state_ms
+                    );
+                    self.state
+                        .request_end(crate::exit::VmEnd::Monitor(crate::exit::MonitorEnd::Quit));
+                    return;
+                }
+                Err(e) => {
+                    log::error!("--snapshot-on-signal {}: {e}", dir.display());
+                    self.state.resume();
+                }
+            }
+        }
     }
 }
 
