@@ -86,7 +86,10 @@ impl Live {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.text().contains(needle) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("shmvm ended ({status}) before {needle:?}; output:\n{}", self.text());
+                panic!(
+                    "shmvm ended ({status}) before {needle:?}; output:\n{}",
+                    self.text()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -138,6 +141,21 @@ fn restore(dir: &Path, extra: &[&str]) -> Command {
     c
 }
 
+/// The one RAM image a snapshot wrote.
+fn ram_image(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .expect("the snapshot directory")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "ram"))
+        .expect("a RAM image in the snapshot")
+}
+
+/// `--restore dir` run to its end.
+fn restored(dir: &Path) -> vm::Run {
+    vm::wait(vm::spawn(restore(dir, &[])), Duration::from_secs(60))
+}
+
 /// Checks a restored run: it went on (no new boot), passed, and reached
 /// the uninterrupted total.
 fn assert_resumed(r: &vm::Run, want: &str) {
@@ -183,7 +201,7 @@ fn kvm_snapshot_in_named_shm_restores_and_twenty_clones_reach_the_same_total() {
     assert!(before == after, "a clone wrote the snapshot's memory");
 
     // The same memory, shared: the saved VM goes on where it stopped.
-    let r = vm::wait(vm::spawn(restore(&dir, &[])), Duration::from_secs(60));
+    let r = restored(&dir);
     assert_resumed(&r, &want);
 }
 
@@ -195,12 +213,7 @@ fn kvm_snapshot_of_anonymous_ram_is_written_sparsely_and_restores() {
     let dir = tmp.0.join("snap");
     let (reply, _) = save_mid_run(&tmp, &dir, &append(), &["-m", "128"]);
     assert_eq!(reply["memory-written"], 1, "{reply}");
-    let image = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "ram"))
-        .expect("a RAM image in the snapshot");
+    let image = ram_image(&dir);
     let meta = std::fs::metadata(&image).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(meta.len(), 128 << 20);
@@ -209,10 +222,10 @@ fn kvm_snapshot_of_anonymous_ram_is_written_sparsely_and_restores() {
         "the image of a mostly empty 128 MiB guest takes {} bytes",
         meta.blocks() * 512
     );
-    let r = vm::wait(vm::spawn(restore(&dir, &[])), Duration::from_secs(60));
+    let r = restored(&dir);
     assert_resumed(&r, &want);
     // Restoring does not change the snapshot: a second restore agrees.
-    let r = vm::wait(vm::spawn(restore(&dir, &[])), Duration::from_secs(60));
+    let r = restored(&dir);
     assert_resumed(&r, &want);
 }
 
@@ -280,12 +293,7 @@ fn kvm_damaged_or_mismatched_snapshots_are_refused_in_one_line() {
     let dir = saved(&tmp);
     let state = dir.join("state");
     let good = std::fs::read(&state).unwrap();
-    let image = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "ram"))
-        .unwrap();
+    let image = ram_image(&dir);
 
     let mut flipped = good.clone();
     let mid = flipped.len() / 2;
@@ -376,7 +384,10 @@ fn kvm_snapshot_on_signal_saves_ends_and_restores() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(r.stderr.contains("snapshot saved to"), "{}", r.stderr);
     let out = live.out.lock().expect("output lock").clone();
-    assert!(done_total(&out).is_none(), "the guest finished first:\n{out}");
-    let r = vm::wait(vm::spawn(restore(&dir, &[])), Duration::from_secs(60));
+    assert!(
+        done_total(&out).is_none(),
+        "the guest finished first:\n{out}"
+    );
+    let r = restored(&dir);
     assert_resumed(&r, &want);
 }

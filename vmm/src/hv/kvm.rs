@@ -38,7 +38,7 @@ pub enum Error {
         op: &'static str,
         err: kvm_ioctls::Error,
     },
-    #[error("KVM: set {set} of {want} boot MSRs")]
+    #[error("KVM: KVM_SET_MSRS set {set} of {want} MSRs")]
     Msrs { set: usize, want: usize },
     #[error("KVM: cannot map the coalesced I/O ring: {0}")]
     RingMap(std::io::Error),

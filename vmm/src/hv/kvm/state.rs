@@ -321,80 +321,63 @@ fn events_to(v: &VcpuEvents) -> kvm_vcpu_events {
     e
 }
 
-fn pic_from(p: &kvm_pic_state) -> PicState {
-    PicState {
-        last_irr: p.last_irr,
-        irr: p.irr,
-        imr: p.imr,
-        isr: p.isr,
-        priority_add: p.priority_add,
-        irq_base: p.irq_base,
-        read_reg_select: p.read_reg_select,
-        poll: p.poll,
-        special_mask: p.special_mask,
-        init_state: p.init_state,
-        auto_eoi: p.auto_eoi,
-        rotate_on_auto_eoi: p.rotate_on_auto_eoi,
-        special_fully_nested_mode: p.special_fully_nested_mode,
-        init4: p.init4,
-        elcr: p.elcr,
-        elcr_mask: p.elcr_mask,
-    }
+/// Field-by-field copies both ways between a KVM struct and ours (the
+/// same fields, no padding).
+macro_rules! mirror {
+    ($from:ident, $to:ident, $kvm:ident, $ours:ident, [$($f:ident),* $(,)?]) => {
+        fn $from(k: &$kvm) -> $ours {
+            $ours { $($f: k.$f),* }
+        }
+
+        fn $to(o: &$ours) -> $kvm {
+            $kvm { $($f: o.$f),* }
+        }
+    };
 }
 
-fn pic_to(p: &PicState) -> kvm_pic_state {
-    kvm_pic_state {
-        last_irr: p.last_irr,
-        irr: p.irr,
-        imr: p.imr,
-        isr: p.isr,
-        priority_add: p.priority_add,
-        irq_base: p.irq_base,
-        read_reg_select: p.read_reg_select,
-        poll: p.poll,
-        special_mask: p.special_mask,
-        init_state: p.init_state,
-        auto_eoi: p.auto_eoi,
-        rotate_on_auto_eoi: p.rotate_on_auto_eoi,
-        special_fully_nested_mode: p.special_fully_nested_mode,
-        init4: p.init4,
-        elcr: p.elcr,
-        elcr_mask: p.elcr_mask,
-    }
-}
+mirror!(
+    pic_from,
+    pic_to,
+    kvm_pic_state,
+    PicState,
+    [
+        last_irr,
+        irr,
+        imr,
+        isr,
+        priority_add,
+        irq_base,
+        read_reg_select,
+        poll,
+        special_mask,
+        init_state,
+        auto_eoi,
+        rotate_on_auto_eoi,
+        special_fully_nested_mode,
+        init4,
+        elcr,
+        elcr_mask,
+    ]
+);
 
-fn pit_channel_from(c: &kvm_pit_channel_state) -> PitChannel {
-    PitChannel {
-        count: c.count,
-        latched_count: c.latched_count,
-        count_latched: c.count_latched,
-        status_latched: c.status_latched,
-        status: c.status,
-        read_state: c.read_state,
-        write_state: c.write_state,
-        write_latch: c.write_latch,
-        rw_mode: c.rw_mode,
-        mode: c.mode,
-        bcd: c.bcd,
-        gate: c.gate,
-        count_load_time: c.count_load_time,
-    }
-}
-
-fn pit_channel_to(c: &PitChannel) -> kvm_pit_channel_state {
-    kvm_pit_channel_state {
-        count: c.count,
-        latched_count: c.latched_count,
-        count_latched: c.count_latched,
-        status_latched: c.status_latched,
-        status: c.status,
-        read_state: c.read_state,
-        write_state: c.write_state,
-        write_latch: c.write_latch,
-        rw_mode: c.rw_mode,
-        mode: c.mode,
-        bcd: c.bcd,
-        gate: c.gate,
-        count_load_time: c.count_load_time,
-    }
-}
+mirror!(
+    pit_channel_from,
+    pit_channel_to,
+    kvm_pit_channel_state,
+    PitChannel,
+    [
+        count,
+        latched_count,
+        count_latched,
+        status_latched,
+        status,
+        read_state,
+        write_state,
+        write_latch,
+        rw_mode,
+        mode,
+        bcd,
+        gate,
+        count_load_time,
+    ]
+);
