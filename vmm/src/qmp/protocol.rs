@@ -423,6 +423,25 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_save_takes_a_path_and_qemus_savevm_is_unknown() {
+        let (mut s, vm) = (Session::default(), Fake::default());
+        run(&mut s, &vm, r#"{"execute":"qmp_capabilities"}"#);
+        let r = run(&mut s, &vm, r#"{"execute":"x-shmvm-snapshot-save"}"#);
+        assert_eq!(r["error"]["desc"], "Parameter 'path' is missing");
+        let r = run(
+            &mut s,
+            &vm,
+            r#"{"execute":"x-shmvm-snapshot-save","arguments":{"path":"/tmp/s"}}"#,
+        );
+        assert!(
+            r["error"]["desc"].as_str().unwrap().contains("/tmp/s"),
+            "{r}"
+        );
+        let r = run(&mut s, &vm, r#"{"execute":"snapshot-save"}"#);
+        assert_eq!(class(&r), "CommandNotFound");
+    }
+
+    #[test]
     fn negotiation_first_as_qemu() {
         let (mut s, vm) = (Session::default(), Fake::default());
         let r = run(&mut s, &vm, r#"{"execute":"query-status","id":1}"#);
