@@ -201,7 +201,7 @@ pub struct VcpuEvents {
 /// Everything the hypervisor holds for one vCPU, in the order it is read.
 /// A snapshot stores one per vCPU; [`crate::hv::Vcpu::restore_state`]
 /// writes it back in the order the hypervisor needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct VcpuState {
     /// The vCPU's id (its APIC ID).
     pub id: u8,
@@ -282,7 +282,7 @@ pub struct PitState {
 
 /// What the hypervisor holds for the VM as a whole: the in-kernel
 /// interrupt controllers, the PIT and the paravirtual clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct VmIrqState {
     pub pic_master: PicState,
     pub pic_slave: PicState,

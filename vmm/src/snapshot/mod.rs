@@ -227,6 +227,65 @@ mod tests {
         }
     }
 
+    fn state(dir: &Path) -> State {
+        std::fs::write(dir.join("ram.ram"), vec![0u8; 8192]).unwrap();
+        State {
+            shmvm_version: SHMVM_VERSION.into(),
+            argv: vec!["--kernel".into(), "k".into()],
+            memory: vec![MemoryImage {
+                id: "ram".into(),
+                size: 8192,
+                source: MemorySource::Image {
+                    file: "ram.ram".into(),
+                },
+            }],
+            vcpus: vec![VcpuState::default()],
+            vm: VmIrqState::default(),
+            devices: vec![],
+            pci: vec![],
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("shmvm-snap-unit-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_written_state_reads_back_and_another_version_is_refused() {
+        let dir = temp_dir("version");
+        let s = state(&dir);
+        s.write(&dir).unwrap();
+        assert_eq!(State::read(&dir).unwrap(), s);
+        let other = State {
+            shmvm_version: "0.0.1".into(),
+            ..s.clone()
+        };
+        other.write(&dir).unwrap();
+        let e = State::read(&dir).unwrap_err();
+        assert!(e.to_string().contains("made by shmvm 0.0.1"), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        // A memory image shorter than the backend is refused before use.
+        s.write(&dir).unwrap();
+        std::fs::write(dir.join("ram.ram"), [0u8; 10]).unwrap();
+        let e = State::read(&dir).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        let escape = State {
+            memory: vec![MemoryImage {
+                source: MemorySource::Image {
+                    file: "../x".into(),
+                },
+                ..s.memory[0].clone()
+            }],
+            ..s
+        };
+        escape.write(&dir).unwrap();
+        assert!(State::read(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn fewer_host_features_are_named() {
         let fresh = [leaf(1, 0b0110)];
