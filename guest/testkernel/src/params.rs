@@ -262,6 +262,14 @@ mod tests {
     }
 
     #[test]
+    fn snapcount_and_its_region_size() {
+        let p = parsed("shmvm.test=snapcount,snapcount-ivshmem shmvm.snap_mib=8 shmvm.rounds=600");
+        assert_eq!(p.tests(), &[Test::Snapcount, Test::SnapcountIvshmem]);
+        assert_eq!((p.snap_mib, p.rounds), (8, 600));
+        assert_eq!(parsed("").snap_mib, 4);
+    }
+
+    #[test]
     fn errors_name_the_first_bad_word() {
         let p = parsed("a=b shmvm.test=boot,bogus shmvm.seed=zz");
         assert_eq!(p.error, Some(("unknown_test", 4)));
