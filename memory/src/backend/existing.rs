@@ -63,8 +63,9 @@ impl Backend {
             .map_err(|e| ctx.os(option, format!("can't statfs {what}"), e))?;
         let len = round_up(cfg.size(), page)
             .ok_or_else(|| ctx.invalid("size", format!("size={:#x} is too large", cfg.size())))?;
-        let (have, _) =
-            sys::fstat(fd.as_fd()).map_err(|e| ctx.os(option, format!("can't stat {what}"), e))?;
+        let have = sys::fstat(fd.as_fd())
+            .map_err(|e| ctx.os(option, format!("can't stat {what}"), e))?
+            .size;
         if have < offset.saturating_add(len) {
             return Err(ctx.invalid(
                 option,
