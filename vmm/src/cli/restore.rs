@@ -135,6 +135,42 @@ pub fn parse(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::machine::snapshot_refusal as refusal;
+
+    fn config(args: &[&str]) -> Config {
+        let argv = ["shmvm", "-kernel", "k"].iter().chain(args).map(Into::into);
+        match super::super::parse(argv) {
+            Ok(p) => p.config,
+            Err(e) => panic!("{args:?}: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn devices_whose_state_is_a_peers_are_refused_by_name() {
+        assert_eq!(refusal(&config(&["-device", "isa-debug-exit"])), None);
+        let why = refusal(&config(&[
+            "-chardev",
+            "socket,id=ivs,path=/tmp/ivshmem.sock",
+            "-device",
+            "ivshmem-doorbell,chardev=ivs",
+        ]))
+        .expect("ivshmem-doorbell is refused");
+        assert!(
+            why.contains("ivshmem-doorbell") && why.contains("new peer"),
+            "{why}"
+        );
+        let why = refusal(&config(&[
+            "-object",
+            "memory-backend-memfd,id=mem,size=64M,share=on",
+            "-machine",
+            "memory-backend=mem",
+            "--vhost-user-blk",
+            "socket=/tmp/vub.sock",
+        ]))
+        .expect("vhost-user-blk is refused");
+        assert!(why.contains("vhost-user"), "{why}");
+    }
 
     #[test]
     fn the_recorded_line_keeps_the_machine_and_drops_the_plumbing() {

@@ -19,6 +19,10 @@ pub mod legacy;
 pub mod power_button;
 mod snapshot;
 
+/// Why a configuration cannot be snapshotted (tests of the CLI's side).
+#[cfg(test)]
+pub(crate) use snapshot::refusal as snapshot_refusal;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;

@@ -52,7 +52,7 @@ impl SnapshotParts {
 }
 
 /// The first device whose state a snapshot cannot carry, and why.
-fn refusal(cfg: &Config) -> Option<String> {
+pub(crate) fn refusal(cfg: &Config) -> Option<String> {
     cfg.devices.iter().find_map(|d| match d {
         DeviceConfig::DebugExit { .. } | DeviceConfig::IvshmemPlain(_) => None,
         DeviceConfig::IvshmemDoorbell(c) => Some(format!(
