@@ -118,6 +118,76 @@ const KVM_GET_REGS: u64 = kvm_ior(0x81, 144);
 const KVM_GET_SREGS: u64 = kvm_ior(0x83, 312);
 const KVM_TRANSLATE: u64 = ioc(3, 0xae, 0x85, 24);
 const KVM_UNREGISTER_COALESCED_MMIO: u64 = kvm_iow(0x68, 16);
+// Saving a snapshot: each vCPU's state (on its own thread), the VM's
+// interrupt controllers and clock, the MSR list (on the saving thread).
+const KVM_GET_FPU: u64 = kvm_ior(0x8c, 416);
+const KVM_GET_MSRS: u64 = ioc(3, 0xae, 0x88, 8);
+const KVM_GET_LAPIC: u64 = kvm_ior(0x8e, 1024);
+const KVM_GET_XSAVE: u64 = kvm_ior(0xa4, 4096);
+const KVM_GET_XSAVE2: u64 = kvm_ior(0xcf, 4096);
+const KVM_GET_XCRS: u64 = kvm_ior(0xa6, 392);
+const KVM_GET_VCPU_EVENTS: u64 = kvm_ior(0x9f, 64);
+const KVM_GET_MP_STATE: u64 = kvm_ior(0x98, 4);
+const KVM_GET_DEBUGREGS: u64 = kvm_ior(0xa1, 128);
+const KVM_GET_CPUID2: u64 = ioc(3, 0xae, 0x91, 8);
+const KVM_GET_TSC_KHZ: u64 = kvm_io(0xa3);
+const KVM_GET_MSR_INDEX_LIST: u64 = ioc(3, 0xae, 0x02, 4);
+const KVM_GET_IRQCHIP: u64 = ioc(3, 0xae, 0x62, 520);
+const KVM_GET_PIT2: u64 = kvm_ior(0x9f, 112);
+const KVM_GET_CLOCK: u64 = kvm_ior(0x7c, 48);
+const KVM_CHECK_EXTENSION: u64 = kvm_io(0x03);
+
+/// A vCPU saving its own state for a snapshot.
+const VCPU_SAVE_IOCTLS: &[u64] = &[
+    KVM_GET_FPU,
+    KVM_GET_MSRS,
+    KVM_GET_LAPIC,
+    KVM_GET_XSAVE,
+    KVM_GET_XSAVE2,
+    KVM_GET_XCRS,
+    KVM_GET_VCPU_EVENTS,
+    KVM_GET_MP_STATE,
+    KVM_GET_DEBUGREGS,
+    KVM_GET_CPUID2,
+    KVM_GET_TSC_KHZ,
+    KVM_CHECK_EXTENSION,
+];
+
+/// The thread writing a snapshot (the monitor on QMP's
+/// x-shmvm-snapshot-save, the `snapshot` worker on SIGUSR1): the VM's
+/// state, then files in the snapshot directory (created, written, synced,
+/// renamed into place).
+const SNAPSHOT: &[Allow] = &[
+    Arg(
+        libc::SYS_ioctl,
+        1,
+        &[
+            KVM_GET_MSR_INDEX_LIST,
+            KVM_GET_IRQCHIP,
+            KVM_GET_PIT2,
+            KVM_GET_CLOCK,
+            KVM_CHECK_EXTENSION,
+        ],
+    ),
+    Call(libc::SYS_openat),
+    Call(libc::SYS_mkdir),
+    Call(libc::SYS_mkdirat),
+    Call(libc::SYS_rename),
+    Call(libc::SYS_renameat),
+    Call(libc::SYS_renameat2),
+    Call(libc::SYS_unlink),
+    Call(libc::SYS_unlinkat),
+    Call(libc::SYS_fsync),
+    Call(libc::SYS_fdatasync),
+    Call(libc::SYS_ftruncate),
+    Call(libc::SYS_fallocate),
+    Call(libc::SYS_pwrite64),
+    Call(libc::SYS_pread64),
+    Call(libc::SYS_copy_file_range),
+    Call(libc::SYS_fchmod),
+    Call(libc::SYS_getcwd),
+    Call(libc::SYS_rt_sigtimedwait),
+];
 // Terminals (<asm-generic/ioctls.h>): the console's raw mode and its
 // restoration, the window size.
 const TCGETS: u64 = 0x5401;
@@ -223,6 +293,7 @@ pub const VCPU: &[Allow] = &[
         1,
         &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE],
     ),
+    Arg(libc::SYS_ioctl, 1, VCPU_SAVE_IOCTLS),
     // The console's coalesced port stops coalescing when the guest turns
     // the UART's transmit interrupt on (coalesce.rs).
     Arg(libc::SYS_ioctl, 1, &[KVM_UNREGISTER_COALESCED_MMIO]),
@@ -316,8 +387,8 @@ pub fn allowed(kind: ThreadKind) -> Vec<Allow> {
     let own: &[&[Allow]] = match kind {
         ThreadKind::Main => &[VCPU, MAIN],
         ThreadKind::Vcpu => &[VCPU],
-        ThreadKind::Worker => &[WORKER],
-        ThreadKind::Monitor => &[MONITOR],
+        ThreadKind::Worker => &[WORKER, SNAPSHOT],
+        ThreadKind::Monitor => &[MONITOR, SNAPSHOT],
     };
     let mut all = COMMON.to_vec();
     own.iter().for_each(|l| all.extend_from_slice(l));
