@@ -172,6 +172,7 @@ const SNAPSHOT: &[Allow] = &[
     Call(libc::SYS_openat),
     Call(libc::SYS_mkdir),
     Call(libc::SYS_mkdirat),
+    Call(libc::SYS_rmdir),
     Call(libc::SYS_rename),
     Call(libc::SYS_renameat),
     Call(libc::SYS_renameat2),
