@@ -41,7 +41,7 @@ use crate::layout;
 use crate::pci::{Pci, PciPlug};
 use crate::stats::{Stats, StatsFormat};
 use crate::vcpu::{self, VmState};
-use crate::vhost_user_blk;
+use crate::vhost_user;
 
 /// Errors building or running the machine. Each knows its exit class.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +89,7 @@ pub enum Error {
     #[error(transparent)]
     Ivshmem(#[from] ivshmem::Error),
     #[error(transparent)]
-    VhostUserBlk(#[from] vhost_user_blk::device::Error),
+    VhostUser(#[from] vhost_user::device::Error),
     #[error(transparent)]
     Monitor(#[from] crate::qmp::server::Error),
     #[error(transparent)]
@@ -111,7 +111,7 @@ impl Error {
             Error::Hypervisor(e) => e.exit_code(),
             Error::Legacy(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
-            Error::VhostUserBlk(e) => e.exit_code(),
+            Error::VhostUser(e) => e.exit_code(),
             Error::Monitor(e) => e.exit_code(),
             Error::IvshmemDoorbell(e) => e.exit_code(),
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) | Error::Sandbox(_) => 1,
@@ -425,9 +425,12 @@ impl Machine {
                 DeviceConfig::IvshmemDoorbell(c) => plugs.push(Box::new(
                     ivshmem_doorbell::Doorbell::connect(c, &vm, &interrupts)?,
                 )),
-                DeviceConfig::VhostUserBlk(c) => plugs.push(Box::new(
-                    vhost_user_blk::device::create(c, ram.backend(), &vm, &interrupts)?,
-                )),
+                DeviceConfig::VhostUser(c) => plugs.push(Box::new(vhost_user::device::create(
+                    c,
+                    ram.backend(),
+                    &vm,
+                    &interrupts,
+                )?)),
             }
         }
         let windows = devices::pci::BarWindows {
