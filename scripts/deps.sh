@@ -25,7 +25,10 @@ python_deps() {
 }
 
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
-[ ${#need[@]} -eq 0 ] && { echo "deps: all present"; python_deps; exit 0; }
+# The real vhost-user back-ends (virtiofsd, vhost-device-vsock,
+# vhost-device-rng) from crates.io: see scripts/vhost-backends.sh.
+backends() { "$(dirname "$0")/vhost-backends.sh"; }
+[ ${#need[@]} -eq 0 ] && { echo "deps: all present"; python_deps; backends; exit 0; }
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "deps: missing ${need[*]}; run 'make deps' as root" >&2
@@ -53,3 +56,4 @@ apt-get install -y -q libc6-dev
 # python3-venv: the project venv for qemu.qmp (above).
 apt-get install -y -q python3-venv
 python_deps
+backends
