@@ -27,6 +27,7 @@ use judge::{Judgement, NO_INIT, judge};
 mod doorbell;
 mod judge;
 mod qmp;
+mod vuser;
 
 const MODULES: &str = "/lab/modules";
 const L2_KERNEL: &str = "/lab/l2/vmlinuz";
@@ -313,6 +314,8 @@ struct Run<'a> {
     ram_file: Option<PathBuf>,
     region: Option<Region>,
     disk: Option<Disk>,
+    /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser).
+    vuser: Option<vuser::Backends>,
 }
 
 /// What happened while the VMM ran.
@@ -363,7 +366,7 @@ impl Runner {
             " lab.scenario={} lab.token={token} lab.action={}",
             s.name, s.action
         );
-        if s.extra.virtio || s.extra.vub.is_some() {
+        if s.extra.virtio || s.extra.vub.is_some() || s.extra.vuser {
             append += " lab.modules=virtio";
         }
         let mem = &s.mem.text;
@@ -481,6 +484,12 @@ impl Runner {
             ]);
             disk = Some(d);
         }
+        let vuser = s.extra.vuser.then(|| {
+            let (b, a) = vuser::Backends::start(&tag, &token, &console);
+            args.extend(a);
+            append += &format!(" lab.vuser={token}");
+            b
+        });
         let run = Run {
             s,
             vmm,
@@ -490,6 +499,7 @@ impl Runner {
             ram_file,
             region,
             disk,
+            vuser,
         };
         (run, args, append)
     }
@@ -653,6 +663,9 @@ impl Runner {
         }
         if let Some(d) = r.disk.as_mut() {
             d.stop();
+        }
+        if let Some(b) = r.vuser.as_mut() {
+            b.stop();
         }
         Outcome {
             rc,
