@@ -22,6 +22,9 @@ python_deps() {
         "$VENV/bin/pip" install -q 'qemu.qmp>=0.0.3'
     fi
     echo "deps: qemu.qmp in $VENV"
+    # virtme-ng: its `vng --dry-run` command line is what shmvm must take.
+    "$VENV/bin/vng" --version 2>/dev/null | grep -q 'virtme-ng 1.42' ||
+        "$VENV/bin/pip" install -q 'virtme-ng==1.42'
 }
 
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
