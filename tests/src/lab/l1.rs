@@ -631,6 +631,11 @@ impl Runner {
                     pid.unwrap_or(0)
                 ));
             }
+            if let Some(b) = r.vuser.as_mut()
+                && result(&text, "vsock-ready").is_some()
+            {
+                b.vsock_exchange(&r.console);
+            }
             if qmp.is_none()
                 && let Some(ready) = r.s.action.qmp_ready()
                 && result(&text, ready).is_some()

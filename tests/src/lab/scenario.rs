@@ -202,8 +202,7 @@ impl Scenario {
     /// run with shmvm only. A doorbell scenario is one run of three guests
     /// (QEMU among them), reported as shmvm's.
     pub fn runs_with(&self, vmm: Vmm) -> bool {
-        (self.extra.vub.is_none() && !self.extra.doorbell && !self.extra.vuser)
-            || vmm == Vmm::Shmvm
+        (self.extra.vub.is_none() && !self.extra.doorbell && !self.extra.vuser) || vmm == Vmm::Shmvm
     }
 
     /// The CPU count the guest must see.

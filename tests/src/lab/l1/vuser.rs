@@ -25,6 +25,8 @@ pub(super) struct Backends {
     token: String,
     children: Vec<(&'static str, Child)>,
     pub(super) error: Option<String>,
+    /// What the host side of the vsock exchange got back (None: not tried).
+    vsock_reply: Option<Result<String, String>>,
 }
 
 impl Backends {
@@ -39,10 +41,11 @@ impl Backends {
             token: token.to_string(),
             children: Vec::new(),
             error: None,
+            vsock_reply: None,
         };
         let script = format!("echo ran-from-host-{token}\n");
-        if let Err(e) = fs::create_dir_all(&shared)
-            .and_then(|()| fs::write(shared.join("hello.sh"), script))
+        if let Err(e) =
+            fs::create_dir_all(&shared).and_then(|()| fs::write(shared.join("hello.sh"), script))
         {
             b.error = Some(format!("preparing {}: {e}", shared.display()));
             return (b, Vec::new());
@@ -113,6 +116,36 @@ impl Backends {
         (b, args)
     }
 
+    /// Once the guest listens on vsock port 1234: connect through
+    /// vhost-device-vsock's unix socket (`CONNECT 1234` / `OK ...`), send a
+    /// line, read the guest's echo. Bounded by socket timeouts.
+    pub(super) fn vsock_exchange(&mut self, console: &Console) {
+        if self.vsock_reply.is_some() {
+            return;
+        }
+        let line = format!("ping-{}", self.token);
+        let r = (|| -> std::io::Result<String> {
+            use std::io::{BufRead, BufReader, Write};
+            let s = std::os::unix::net::UnixStream::connect(self.dir.join("vm.vsock"))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.set_write_timeout(Some(Duration::from_secs(10)))?;
+            (&s).write_all(b"CONNECT 1234\n")?;
+            let mut rd = BufReader::new(&s);
+            let mut ok = String::new();
+            rd.read_line(&mut ok)?;
+            if !ok.starts_with("OK ") {
+                return Ok(format!("no OK from the back-end: {ok:?}"));
+            }
+            (&s).write_all(format!("{line}\n").as_bytes())?;
+            let mut back = String::new();
+            rd.read_line(&mut back)?;
+            Ok(back.trim_end().to_string())
+        })();
+        let r = r.map_err(|e| e.to_string());
+        console.append(&format!("LAB-L1 vsock exchange: {r:?}"));
+        self.vsock_reply = Some(r);
+    }
+
     /// Stops the back-ends (after the VM ended).
     pub(super) fn stop(&mut self) {
         for (_, c) in &mut self.children {
@@ -130,7 +163,9 @@ impl Backends {
         }
         let res = result(console, "vuser").map(fields).unwrap_or_default();
         let get = |k: &str| res.get(k).copied().unwrap_or("");
-        j.want(!res.is_empty(), || "no stage=vuser line from the guest".into());
+        j.want(!res.is_empty(), || {
+            "no stage=vuser line from the guest".into()
+        });
         j.want(get("failed").is_empty(), || {
             format!("vhost-user modules did not load: {}", get("failed"))
         });
@@ -148,22 +183,39 @@ impl Backends {
                 wrote.trim()
             )
         });
-        j.want(get("rng") == "virtio_rng.0" && get("rng_bytes") == "64", || {
-            format!(
-                "hwrng: current '{}', {} bytes read (want virtio_rng.0, 64)",
-                get("rng"),
-                get("rng_bytes")
-            )
-        });
-        j.want(get("rng_distinct").parse::<u32>().unwrap_or(0) > 100, || {
-            format!(
-                "256 hwrng bytes had only {} distinct values",
-                get("rng_distinct")
-            )
-        });
+        j.want(
+            get("rng") == "virtio_rng.0" && get("rng_bytes") == "64",
+            || {
+                format!(
+                    "hwrng: current '{}', {} bytes read (want virtio_rng.0, 64)",
+                    get("rng"),
+                    get("rng_bytes")
+                )
+            },
+        );
+        j.want(
+            get("rng_distinct").parse::<u32>().unwrap_or(0) > 100,
+            || {
+                format!(
+                    "256 hwrng bytes had only {} distinct values",
+                    get("rng_distinct")
+                )
+            },
+        );
         j.want(get("vsock") == "1", || {
             "the guest's virtio vsock driver did not bind to the vhost-user-vsock device".into()
         });
+        let ping = format!("ping-{}", self.token);
+        j.want(
+            self.vsock_reply.as_ref() == Some(&Ok(ping.clone())) && get("echo") == ping,
+            || {
+                format!(
+                    "vsock: L1 got back {:?}, the guest echoed '{}' (want '{ping}' both ways)",
+                    self.vsock_reply,
+                    get("echo")
+                )
+            },
+        );
     }
 }
 
