@@ -98,6 +98,15 @@ pub fn from_keyval(
         driver,
         reason,
     };
+    // An unknown property first, as QEMU (it sets properties before the
+    // device checks them).
+    let mut known = vec![socket_key, "addr", "id"];
+    known.extend_from_slice(kind.row().props);
+    let mut unknown = kv.clone();
+    for k in &known {
+        unknown.take_all(k);
+    }
+    unknown.finish(&known).map_err(|e| bad(e.to_string()))?;
     let socket = kv.take_str(socket_key).map_err(|e| bad(e.to_string()))?;
     let mut cfg = VhostUserConfig {
         kind: KindConfig::Rng,
@@ -121,8 +130,6 @@ pub fn from_keyval(
     cfg.kind = kinds::from_keyval(kind, &mut kv).map_err(bad)?;
     // QEMU's device id: accepted, not used.
     kv.take("id");
-    let mut known = vec![socket_key, "addr", "id"];
-    known.extend_from_slice(kind.row().props);
     kv.finish(&known).map_err(|e| bad(e.to_string()))?;
     if cfg.chardev.is_none() && cfg.socket.as_os_str().is_empty() {
         return Err(bad(format!("{socket_key}= is required")));

@@ -122,7 +122,8 @@ pub const ROWS: &[Row] = &[
         queues: 3,
         queue_size: 128,
         device_features: VSOCK_FEATURES,
-        props: &[],
+        // Only to refuse it with the reason (vhost-vsock-pci's property).
+        props: &["guest-cid"],
     },
     Row {
         kind: Kind::Rng,
