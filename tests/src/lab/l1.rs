@@ -27,6 +27,7 @@ use judge::{Judgement, NO_INIT, judge};
 mod doorbell;
 mod judge;
 pub mod qmp;
+mod vuser;
 
 const MODULES: &str = "/lab/modules";
 const L2_KERNEL: &str = "/lab/l2/vmlinuz";
@@ -328,6 +329,8 @@ struct Run<'a> {
     ram_file: Option<PathBuf>,
     region: Option<Region>,
     disk: Option<Disk>,
+    /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser).
+    vuser: Option<vuser::Backends>,
 }
 
 /// What happened while the VMM ran.
@@ -378,7 +381,7 @@ impl Runner {
             " lab.scenario={} lab.token={token} lab.action={}",
             s.name, s.action
         );
-        if s.extra.virtio || s.extra.vub.is_some() {
+        if s.extra.virtio || s.extra.vub.is_some() || s.extra.vuser {
             append += " lab.modules=virtio";
         }
         let mem = &s.mem.text;
@@ -496,6 +499,12 @@ impl Runner {
             ]);
             disk = Some(d);
         }
+        let vuser = s.extra.vuser.then(|| {
+            let (b, a) = vuser::Backends::start(&tag, &token, &console);
+            args.extend(a);
+            append += &format!(" lab.vuser={token}");
+            b
+        });
         let run = Run {
             s,
             vmm,
@@ -505,6 +514,7 @@ impl Runner {
             ram_file,
             region,
             disk,
+            vuser,
         };
         (run, args, append)
     }
@@ -636,6 +646,11 @@ impl Runner {
                     pid.unwrap_or(0)
                 ));
             }
+            if let Some(b) = r.vuser.as_mut()
+                && result(&text, "vsock-ready").is_some()
+            {
+                b.vsock_exchange(&r.console);
+            }
             if qmp.is_none()
                 && let Some(ready) = r.s.action.qmp_ready()
                 && result(&text, ready).is_some()
@@ -668,6 +683,9 @@ impl Runner {
         }
         if let Some(d) = r.disk.as_mut() {
             d.stop();
+        }
+        if let Some(b) = r.vuser.as_mut() {
+            b.stop();
         }
         Outcome {
             rc,

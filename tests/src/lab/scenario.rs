@@ -179,6 +179,9 @@ pub struct Extra {
     /// Three L2 guests (two shmvm, one QEMU) on an ivshmem-server in L1
     /// pass a doorbell token around (one run, reported as shmvm's).
     pub doorbell: bool,
+    /// virtiofsd, vhost-device-vsock and vhost-device-rng in L1 serve
+    /// the guest's vhost-user-{fs,vsock,rng}-pci devices.
+    pub vuser: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
 }
@@ -199,7 +202,7 @@ impl Scenario {
     /// run with shmvm only. A doorbell scenario is one run of three guests
     /// (QEMU among them), reported as shmvm's.
     pub fn runs_with(&self, vmm: Vmm) -> bool {
-        (self.extra.vub.is_none() && !self.extra.doorbell) || vmm == Vmm::Shmvm
+        (self.extra.vub.is_none() && !self.extra.doorbell && !self.extra.vuser) || vmm == Vmm::Shmvm
     }
 
     /// The CPU count the guest must see.
@@ -280,6 +283,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "mq2" => x.mq2 = true,
                 "ring64" => x.ring64 = true,
                 "doorbell" => x.doorbell = true,
+                "vuser" => x.vuser = true,
                 "vub" => vub(&mut x, Vub::Plain)?,
                 "vub-kill" => vub(&mut x, Vub::Kill)?,
                 "vub-private" => vub(&mut x, Vub::Private)?,
@@ -352,7 +356,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_table_has_26_runs() {
+    fn the_shipped_table_has_27_runs() {
         let text = include_str!("../../lab/scenarios");
         let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
         let runs: usize = all
@@ -364,7 +368,7 @@ mod tests {
                     .count()
             })
             .sum();
-        assert_eq!((all.len(), runs), (16, 26));
+        assert_eq!((all.len(), runs), (17, 27));
     }
 
     #[test]
