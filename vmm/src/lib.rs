@@ -27,3 +27,4 @@ pub mod teardown;
 pub mod terminal;
 pub mod vcpu;
 pub mod vhost_user_blk;
+pub mod virtio;

@@ -313,7 +313,13 @@ struct Run<'a> {
     ram_file: Option<PathBuf>,
     region: Option<Region>,
     disk: Option<Disk>,
+    /// The file behind the guest's named virtio-serial port.
+    port: Option<PathBuf>,
 }
+
+/// The virtio-serial port the guest writes its token to (as virtme-ng's
+/// guest writes its exit code to `virtme.ret`).
+const PORT_NAME: &str = "lab.verdict";
 
 /// What happened while the VMM ran.
 struct Outcome {
@@ -363,7 +369,7 @@ impl Runner {
             " lab.scenario={} lab.token={token} lab.action={}",
             s.name, s.action
         );
-        if s.extra.virtio || s.extra.vub.is_some() {
+        if s.extra.virtio || s.extra.vub.is_some() || s.extra.rng || s.extra.port {
             append += " lab.modules=virtio";
         }
         let mem = &s.mem.text;
@@ -459,7 +465,11 @@ impl Runner {
             if let Err(e) = made {
                 fatal(&format!("host fill of {}: {e}", img.display()));
             }
-            let hold = if mode == Vub::Kill { ":8" } else { "" };
+            let hold = if matches!(mode, Vub::Kill | Vub::BlkTerm) {
+                ":8"
+            } else {
+                ""
+            };
             append += &format!(" lab.vub={host_seed}:{guest_seed}{hold}");
             let mut d = Disk {
                 mode,
@@ -470,16 +480,51 @@ impl Runner {
                 backend: None,
                 error: None,
             };
-            d.start(&console);
-            // -v: the device's info lines (back-end features, queues and ring addresses).
-            args.extend([
-                "-chardev".into(),
-                format!("socket,id=vub0,path={}", d.sock.display()),
-                "-device".into(),
-                "vhost-user-blk-pci,chardev=vub0".into(),
-                "-v".into(),
-            ]);
+            if mode.builtin() {
+                // The built-in virtio-blk: QEMU's two spellings, one each.
+                let img = d.img.display();
+                if vmm == Vmm::Shmvm {
+                    args.extend(["-drive".into(), format!("file={img},if=virtio,format=raw")]);
+                } else {
+                    args.extend([
+                        "-drive".into(),
+                        format!("file={img},if=none,id=d0,format=raw"),
+                        "-device".into(),
+                        "virtio-blk-pci,drive=d0".into(),
+                    ]);
+                }
+            } else {
+                d.start(&console);
+                // -v: the device's info lines (back-end features, queues and ring addresses).
+                args.extend([
+                    "-chardev".into(),
+                    format!("socket,id=vub0,path={}", d.sock.display()),
+                    "-device".into(),
+                    "vhost-user-blk-pci,chardev=vub0".into(),
+                    "-v".into(),
+                ]);
+            }
             disk = Some(d);
+        }
+        if s.extra.rng {
+            append += " lab.rng=1";
+            args.extend(["-device".into(), "virtio-rng-pci".into()]);
+        }
+        let port = s
+            .extra
+            .port
+            .then(|| PathBuf::from(format!("/tmp/lab-port-{tag}")));
+        if let Some(p) = &port {
+            let _ = fs::remove_file(p);
+            append += &format!(" lab.port={PORT_NAME}");
+            args.extend([
+                "-device".into(),
+                "virtio-serial-pci".into(),
+                "-chardev".into(),
+                format!("file,id=verdict,path={}", p.display()),
+                "-device".into(),
+                format!("virtserialport,chardev=verdict,name={PORT_NAME}"),
+            ]);
         }
         let run = Run {
             s,
@@ -490,6 +535,7 @@ impl Runner {
             ram_file,
             region,
             disk,
+            port,
         };
         (run, args, append)
     }
@@ -505,7 +551,8 @@ impl Runner {
         match vmm {
             Vmm::Qemu => {
                 let mut machine = "microvm,acpi=on".to_string();
-                if s.ivshmem.is_some() || s.extra.doorbell {
+                let pci_virtio = s.extra.vub == Some(Vub::Blk) || s.extra.rng || s.extra.port;
+                if s.ivshmem.is_some() || s.extra.doorbell || pci_virtio {
                     machine += ",pcie=on";
                 }
                 cmd.extend(
@@ -621,6 +668,17 @@ impl Runner {
                     pid.unwrap_or(0)
                 ));
             }
+            if r.disk.as_ref().is_some_and(|d| d.mode == Vub::BlkTerm)
+                && t_kill.is_none()
+                && result(&text, "vub-ready").is_some()
+            {
+                // SIGTERM to the VMM after the guest's flushed write.
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                t_kill = Some(t);
+                r.console
+                    .append("LAB-L1 sent SIGTERM to the VMM after the guest's flushed write");
+            }
             if qmp.is_none()
                 && let Some(ready) = r.s.action.qmp_ready()
                 && result(&text, ready).is_some()
@@ -710,6 +768,9 @@ impl Runner {
         if let Some(d) = &r.disk {
             let _ = fs::remove_file(&d.img);
             let _ = fs::remove_file(&d.sock);
+        }
+        if let Some(p) = &r.port {
+            let _ = fs::remove_file(p);
         }
         // The QEMU runs are the reference, not the product: under nested SVM
         // on TCG, QEMU's L2 has been seen resetting before it reached its

@@ -9,7 +9,8 @@
 //!   with 0; the last two speak QMP to the VMM, see `l1/qmp.rs`)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
-//!   mq2, ring64, doorbell (tests/lab/scenarios explains each), and expectations that
+//!   blk, blk-term, rng, port, mq2, ring64, doorbell (tests/lab/scenarios
+//!   explains each), and expectations that
 //!   override the derived ones: `cpus=N` (default: smp).
 
 use std::fmt;
@@ -157,6 +158,18 @@ pub enum Vub {
     Kill,
     /// Private guest RAM: shmvm must refuse with exit 2, nothing boots.
     Private,
+    /// No back-end: the VMM's own virtio-blk on the image (`-drive`).
+    Blk,
+    /// The same, then L1 sends the VMM SIGTERM after the guest's flushed
+    /// write: the image must hold it.
+    BlkTerm,
+}
+
+impl Vub {
+    /// The VMM's built-in virtio-blk rather than a vhost-user back-end.
+    pub fn builtin(self) -> bool {
+        matches!(self, Vub::Blk | Vub::BlkTerm)
+    }
 }
 
 impl fmt::Display for Vub {
@@ -165,6 +178,8 @@ impl fmt::Display for Vub {
             Vub::Plain => "vub",
             Vub::Kill => "vub-kill",
             Vub::Private => "vub-private",
+            Vub::Blk => "blk",
+            Vub::BlkTerm => "blk-term",
         })
     }
 }
@@ -179,6 +194,11 @@ pub struct Extra {
     /// Three L2 guests (two shmvm, one QEMU) on an ivshmem-server in L1
     /// pass a doorbell token around (one run, reported as shmvm's).
     pub doorbell: bool,
+    /// A virtio-rng device: the guest reads /dev/hwrng.
+    pub rng: bool,
+    /// A virtio-serial port named `lab.verdict` on a file chardev: the
+    /// guest writes its token there, L1 reads it after the run.
+    pub port: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
 }
@@ -199,7 +219,8 @@ impl Scenario {
     /// run with shmvm only. A doorbell scenario is one run of three guests
     /// (QEMU among them), reported as shmvm's.
     pub fn runs_with(&self, vmm: Vmm) -> bool {
-        (self.extra.vub.is_none() && !self.extra.doorbell) || vmm == Vmm::Shmvm
+        let shmvm_only = self.extra.vub.is_some_and(|v| v != Vub::Blk) || self.extra.doorbell;
+        !shmvm_only || vmm == Vmm::Shmvm
     }
 
     /// The CPU count the guest must see.
@@ -283,6 +304,10 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "vub" => vub(&mut x, Vub::Plain)?,
                 "vub-kill" => vub(&mut x, Vub::Kill)?,
                 "vub-private" => vub(&mut x, Vub::Private)?,
+                "blk" => vub(&mut x, Vub::Blk)?,
+                "blk-term" => vub(&mut x, Vub::BlkTerm)?,
+                "rng" => x.rng = true,
+                "port" => x.port = true,
                 f => return Err(format!("extra '{f}': unknown flag")),
             },
             Some(("cpus", n)) => {
@@ -294,7 +319,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
             Some((k, _)) => return Err(format!("extra '{k}=': unknown expectation (cpus=N)")),
         }
     }
-    if (x.mq2 || x.ring64) && x.vub.is_none() {
+    if (x.mq2 || x.ring64) && x.vub.is_none_or(Vub::builtin) {
         return Err("extra: mq2 and ring64 need vub or vub-kill".into());
     }
     if x.doorbell && (ivshmem.is_some() || x.vub.is_some() || backend != Backend::Ram) {

@@ -113,7 +113,7 @@ const fn refused(name: &'static str, value: Option<&'static str>, text: &'static
     }
 }
 
-const DISKS: &str = "use -device vhost-user-blk-pci with qemu-storage-daemon, see README";
+const DISKS: &str = "use -drive file=IMG,if=virtio,format=raw, or -device vhost-user-blk-pci";
 const NO_MONITOR: &str = "shmvm has no monitor but QMP (-qmp) and no gdb stub";
 
 /// Every option, in the order the README lists them.
@@ -184,7 +184,13 @@ pub const OPTIONS: &[Opt] = &[
         "device",
         Some("TYPE[,PROP=V...]"),
         "device",
-        "isa-debug-exit (iobase=0x501,iosize=2 by default), ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci; `-device help`",
+        "isa-debug-exit (iobase=0x501,iosize=2 by default), ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci, virtio-blk-pci, virtio-rng-pci; `-device help`",
+    ),
+    same(
+        "drive",
+        Some("file=IMG,if=virtio|none,format=raw[,id=ID][,readonly=on][,cache=none]"),
+        "drive",
+        "a raw disk image: if=virtio is a virtio-blk-pci device, if=none one for -device virtio-blk-pci,drive=ID; cache=none is O_DIRECT",
     ),
     same(
         "chardev",
@@ -347,7 +353,6 @@ pub const OPTIONS: &[Opt] = &[
         "shmvm's guest clock is UTC; use -rtc base=utc or drop it",
     ),
     // Class 3: refused.
-    refused("drive", Some("..."), DISKS),
     refused("hda", Some("FILE"), DISKS),
     refused("hdb", Some("FILE"), DISKS),
     refused("hdc", Some("FILE"), DISKS),
@@ -755,12 +760,8 @@ mod tests {
     fn refusals_name_the_whole_option() {
         for (args, want) in [
             (
-                vec!["-drive", "file=x"],
-                "-drive: not supported; use -device vhost-user-blk-pci with qemu-storage-daemon, see README",
-            ),
-            (
                 vec!["-hda", "x"],
-                "-hda: not supported; use -device vhost-user-blk-pci",
+                "-hda: not supported; use -drive file=IMG,if=virtio,format=raw",
             ),
             (vec!["--hda", "x"], "--hda: not supported"),
             (

@@ -1,5 +1,5 @@
 //! `-device TYPE,...`: isa-debug-exit, ivshmem-plain, ivshmem-doorbell,
-//! vhost-user-blk-pci.
+//! vhost-user-blk-pci, virtio-blk-pci, virtio-rng-pci.
 
 use memory::BackendConfig;
 
@@ -63,6 +63,26 @@ pub const TYPES: &[TypeInfo] = &[
             Prop::new("num-queues", "uint16", "back-end's", "queues to use"),
         ],
     ),
+    TypeInfo::new(
+        "virtio-blk-pci",
+        "a virtio block device on a -drive if=none,id=ID raw image",
+        &[ID, ADDR],
+        &[
+            Prop::new("drive", "id", "(required)", "a -drive if=none,id=ID"),
+            Prop::new(
+                "serial",
+                "string",
+                "",
+                "the disk's serial (GET_ID), 20 bytes at most",
+            ),
+        ],
+    ),
+    TypeInfo::new(
+        "virtio-rng-pci",
+        "a virtio entropy device fed by the host kernel's random source",
+        &[ID, ADDR],
+        &[],
+    ),
 ];
 
 /// Devices from `-device`.
@@ -78,6 +98,10 @@ pub enum DeviceConfig {
     IvshmemDoorbell(crate::ivshmem_doorbell::DoorbellConfig),
     /// `vhost-user-blk-pci,chardev=ID` or `--vhost-user-blk socket=PATH`
     VhostUserBlk(crate::vhost_user_blk::VhostUserBlkConfig),
+    /// `virtio-blk-pci,drive=ID` or `-drive if=virtio`
+    VirtioBlk(crate::virtio::config::BlkConfig),
+    /// `virtio-rng-pci`
+    VirtioRng(crate::virtio::config::RngConfig),
 }
 
 fn debug_exit(mut kv: KeyVal) -> Result<DeviceConfig, Error> {
@@ -110,6 +134,14 @@ fn debug_exit(mut kv: KeyVal) -> Result<DeviceConfig, Error> {
 
 /// Parses one `-device` value.
 pub fn parse(spec: &str) -> Result<DeviceConfig, Error> {
+    parse_with(spec, &[])
+}
+
+/// Parses one `-device` value; `drives` are the `-drive`s it may name.
+pub fn parse_with(
+    spec: &str,
+    drives: &[crate::virtio::config::DriveConfig],
+) -> Result<DeviceConfig, Error> {
     let mut kv = super::keyval("-device", spec, Some("driver"))?;
     let driver = kv.take("driver").unwrap_or_default();
     match driver.as_str() {
@@ -123,14 +155,41 @@ pub fn parse(spec: &str) -> Result<DeviceConfig, Error> {
         "vhost-user-blk-pci" => Ok(DeviceConfig::VhostUserBlk(
             crate::vhost_user_blk::config::from_keyval("-device", kv, "chardev")?,
         )),
+        "virtio-blk-pci" => {
+            let d = crate::virtio::config::parse_blk_device(kv)?;
+            Ok(DeviceConfig::VirtioBlk(crate::virtio::config::bind(
+                drives, d,
+            )?))
+        }
+        "virtio-rng-pci" => Ok(DeviceConfig::VirtioRng(
+            crate::virtio::config::parse_rng_device(kv)?,
+        )),
         "" => Err(invalid("-device", "empty device name")),
         other => Err(invalid(
             "-device",
             format!(
-                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci; see -device help)"
+                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci, virtio-blk-pci, virtio-rng-pci; see -device help)"
             ),
         )),
     }
+}
+
+/// Adds a virtio-blk device per `-drive if=virtio` and checks the drives
+/// (see [`crate::virtio::config::check_drives`]).
+pub fn check_drives(
+    devices: &mut Vec<DeviceConfig>,
+    drives: &[crate::virtio::config::DriveConfig],
+) -> Result<(), Error> {
+    let bound: Vec<_> = devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::VirtioBlk(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let own = crate::virtio::config::check_drives(drives, &bound)?;
+    devices.extend(own.into_iter().map(DeviceConfig::VirtioBlk));
+    Ok(())
 }
 
 /// Numbers the ivshmem devices and checks their memdevs against the

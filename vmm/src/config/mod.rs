@@ -189,6 +189,8 @@ pub struct Input {
     pub smp: Vec<String>,
     pub serial: Vec<String>,
     pub devices: Vec<String>,
+    /// `-drive` values.
+    pub drives: Vec<String>,
     pub chardevs: Vec<String>,
     pub numa: Vec<String>,
     /// `-mon chardev=ID` values: QMP on a listening socket chardev, else
@@ -347,11 +349,17 @@ impl Config {
         )?;
         let serial =
             chardev::resolve_serial(&input.serial, &mon.chardevs, &mon.mon, input.nographic)?;
+        let drives = input
+            .drives
+            .iter()
+            .map(|d| crate::virtio::config::parse_drive(d))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut devices = input
             .devices
             .iter()
-            .map(|d| device::parse(d))
+            .map(|d| device::parse_with(d, &drives))
             .collect::<Result<Vec<_>, _>>()?;
+        device::check_drives(&mut devices, &drives)?;
         device::check_ivshmem(&mut devices, &ram, &objects)?;
         let sockets = device::check_ivshmem_doorbell(&mut devices, &serial.sockets)?;
         device::check_vhost_user_blk(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;

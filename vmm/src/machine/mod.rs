@@ -94,6 +94,8 @@ pub enum Error {
     Monitor(#[from] crate::qmp::server::Error),
     #[error(transparent)]
     IvshmemDoorbell(#[from] ivshmem_doorbell::Error),
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::Error),
 }
 
 impl Error {
@@ -114,6 +116,7 @@ impl Error {
             Error::VhostUserBlk(e) => e.exit_code(),
             Error::Monitor(e) => e.exit_code(),
             Error::IvshmemDoorbell(e) => e.exit_code(),
+            Error::Virtio(e) => e.exit_code(),
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) | Error::Sandbox(_) => 1,
         }
     }
@@ -268,6 +271,11 @@ fn name_the_memdev(err: crate::pci::Error, cfg: &Config, objects: &[Arc<Backend>
         }
     }
     Error::Pci(err)
+}
+
+/// Guest RAM as the built-in virtio devices' workers reach it.
+fn virtio_ram(ram: &GuestRam) -> Arc<dyn devices::virtio::queue::GuestMemory> {
+    Arc::new(crate::virtio::memory::Ram(ram.mem().clone()))
 }
 
 /// `mem-path` files this start-up created: removed when it fails (dropped
@@ -428,6 +436,18 @@ impl Machine {
                 DeviceConfig::VhostUserBlk(c) => plugs.push(Box::new(
                     vhost_user_blk::device::create(c, ram.backend(), &vm, &interrupts)?,
                 )),
+                DeviceConfig::VirtioBlk(c) => plugs.push(Box::new(crate::virtio::blk(
+                    c,
+                    virtio_ram(&ram),
+                    &vm,
+                    &interrupts,
+                )?)),
+                DeviceConfig::VirtioRng(c) => plugs.push(Box::new(crate::virtio::rng(
+                    c,
+                    virtio_ram(&ram),
+                    &vm,
+                    &interrupts,
+                )?)),
             }
         }
         let windows = devices::pci::BarWindows {

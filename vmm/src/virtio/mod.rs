@@ -1,0 +1,491 @@
+//! Built-in virtio devices (virtio-blk, virtio-serial, virtio-rng) on the
+//! virtio-pci transport: the device models and their worker threads live
+//! in `devices::virtio`; this module wires them to the VM.
+//!
+//! - [`memory`]: guest RAM as the models reach it (vm-memory underneath).
+//! - [`config`]: `-drive`, `-device virtio-blk-pci|virtio-rng-pci|
+//!   virtio-serial-pci|virtconsole|virtserialport`.
+//! - [`Owner`]: the transport's owner. A kick is an ioeventfd on the
+//!   queue's notify address that wakes the worker (no exit); the worker's
+//!   call eventfd per queue is an irqfd on the GSI of the queue's MSI-X
+//!   vector while that vector is unmasked (a call that came while it was
+//!   masked is delivered on attaching: the pending bit's job). So neither
+//!   kicks nor interrupts pass through the VMM, as with vhost-user.
+
+pub mod config;
+pub mod memory;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use devices::virtio::queue::QueueError;
+use devices::virtio::worker::{VirtioDevice, Worker};
+use devices::virtio::{
+    MsixVector, NO_VECTOR, NotifyRegion, QueueConfig, TransportEvents, VirtioPci, VirtioPciConfig,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::hv::{IoEventAddr, Vm};
+use crate::interrupts::{self, Interrupts, MsiMessage, MsiVectors};
+use crate::pci::{BarBacking, Pci, PciFunction, PciPlug, Placed};
+use crate::stats::{Stats, VirtioStats};
+
+/// Errors creating a device; each names it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{device}: {err}")]
+    Msi {
+        device: String,
+        err: interrupts::Error,
+    },
+    #[error("{device}: {err}")]
+    Transport {
+        device: String,
+        err: devices::virtio::Error,
+    },
+    #[error("{device}: starting its worker thread: {err}")]
+    Worker { device: String, err: std::io::Error },
+    #[error("{option}: {err}")]
+    Open {
+        option: String,
+        #[source]
+        err: std::io::Error,
+    },
+}
+
+impl Error {
+    /// 2 for a file the user named that cannot be used, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Open { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// What the transport's owner did, for `--stats`.
+#[derive(Debug, Default)]
+pub struct OwnerStats {
+    pub starts: AtomicU64,
+    pub resets: AtomicU64,
+    /// Kicks that exited to the VMM (no ioeventfd caught them).
+    pub notify_exits: AtomicU64,
+    /// Times the device broke (a bad ring or chain: NEEDS_RESET).
+    pub broken: AtomicU64,
+    /// Wiring failures (ioeventfds, irqfds, routes).
+    pub errors: AtomicU64,
+}
+
+/// A device model's own counters in the shared statistics shape.
+pub trait Counted {
+    /// (requests, bytes to the guest, bytes from the guest, flushes, errors)
+    fn counters(&self) -> DeviceCounters;
+}
+
+/// See [`Counted`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceCounters {
+    pub requests: u64,
+    pub bytes_to_guest: u64,
+    pub bytes_from_guest: u64,
+    pub flushes: u64,
+    pub errors: u64,
+}
+
+impl Counted for devices::virtio::blk::Block {
+    fn counters(&self) -> DeviceCounters {
+        let s = self.stats();
+        DeviceCounters {
+            requests: s.reads + s.writes + s.flushes + s.get_ids,
+            bytes_to_guest: s.read_bytes,
+            bytes_from_guest: s.write_bytes,
+            flushes: s.flushes,
+            errors: s.errors,
+        }
+    }
+}
+
+impl Counted for devices::virtio::rng::Rng {
+    fn counters(&self) -> DeviceCounters {
+        let s = self.stats();
+        DeviceCounters {
+            requests: s.requests,
+            bytes_to_guest: s.bytes,
+            errors: s.errors,
+            ..DeviceCounters::default()
+        }
+    }
+}
+
+/// The transport's owner: turns the driver's events into worker calls
+/// and KVM wiring.
+struct Owner<D: VirtioDevice> {
+    name: String,
+    worker: Weak<Worker<D>>,
+    config: Vec<u8>,
+    vm: Weak<Vm>,
+    /// One MSI vector per queue plus the configuration vector.
+    msi: MsiVectors,
+    /// Clones of the worker's eventfds.
+    kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+    vectors: Vec<MsixVector>,
+    active: Vec<QueueConfig>,
+    /// Per queue: the vector its call eventfd is attached to.
+    irqfds: Vec<Option<u16>>,
+    notify: Option<NotifyRegion>,
+    stats: Arc<OwnerStats>,
+    warnings: devices::ratelimit::RateLimit,
+}
+
+impl<D: VirtioDevice> Owner<D> {
+    fn fail(&self, what: &str, e: impl std::fmt::Display) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        devices::warn_limited!(self.warnings, "{}: {what}: {e}", self.name);
+    }
+
+    fn wanted_vector(&self, q: usize) -> Option<u16> {
+        let queue = self.active.iter().find(|c| usize::from(c.index) == q)?;
+        if queue.vector == NO_VECTOR {
+            return None;
+        }
+        let v = self.vectors.get(usize::from(queue.vector))?;
+        (!v.masked).then_some(queue.vector)
+    }
+
+    fn sync_irqfds(&mut self) {
+        for q in 0..self.irqfds.len() {
+            let want = self.wanted_vector(q);
+            if self.irqfds[q] == want {
+                continue;
+            }
+            if let Some(old) = self.irqfds[q].take()
+                && let Err(e) = self.msi.detach(&self.calls[q], old)
+            {
+                self.fail("removing an irqfd", e);
+            }
+            if let Some(vector) = want {
+                match self.msi.attach(&self.calls[q], vector) {
+                    Ok(()) => self.irqfds[q] = Some(vector),
+                    Err(e) => self.fail("adding an irqfd", e),
+                }
+            }
+        }
+    }
+}
+
+impl<D: VirtioDevice> TransportEvents for Owner<D> {
+    fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match self.config.get(start..start.saturating_add(data.len())) {
+            Some(bytes) => data.copy_from_slice(bytes),
+            None => data.fill(0),
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "{}: ignored config write at {offset:#x} ({data:x?})",
+            self.name
+        );
+    }
+
+    fn features_ok(&mut self, features: u64) -> Result<(), String> {
+        if let Some(w) = self.worker.upgrade() {
+            w.set_features(features);
+        }
+        Ok(())
+    }
+
+    fn driver_ok(&mut self, queues: &[QueueConfig]) -> Result<(), String> {
+        let w = self.worker.upgrade().ok_or("the device is stopping")?;
+        w.activate(queues).map_err(|e| {
+            self.stats.broken.fetch_add(1, Ordering::Relaxed);
+            e.to_string()
+        })?;
+        self.stats.starts.fetch_add(1, Ordering::Relaxed);
+        self.active = queues.to_vec();
+        self.sync_irqfds();
+        log::debug!("{}: started {} queue(s)", self.name, queues.len());
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+        if let Some(w) = self.worker.upgrade() {
+            w.reset();
+        }
+        self.active.clear();
+        self.sync_irqfds();
+        // A call the worker signalled before the reset is not for the
+        // next driver.
+        for c in &self.calls {
+            c.read().ok();
+        }
+    }
+
+    fn msix_vector(&mut self, vector: u16, state: MsixVector) {
+        let v = usize::from(vector);
+        if self.vectors.len() <= v {
+            let masked = MsixVector {
+                address: 0,
+                data: 0,
+                masked: true,
+            };
+            self.vectors.resize(v + 1, masked);
+        }
+        self.vectors[v] = state;
+        if !state.masked {
+            let msg = MsiMessage {
+                address: state.address,
+                data: state.data,
+            };
+            if let Err(e) = self.msi.route(vector, Some(msg)) {
+                self.fail("routing an MSI-X vector", e);
+            }
+        }
+        self.sync_irqfds();
+    }
+
+    fn queue_notify(&mut self, queue: u16) {
+        self.stats.notify_exits.fetch_add(1, Ordering::Relaxed);
+        if let Some(k) = self.kicks.get(usize::from(queue))
+            && let Err(e) = k.write(1)
+        {
+            self.fail("forwarding a kick", e);
+        }
+    }
+
+    fn notify_region(&mut self, region: Option<NotifyRegion>) {
+        let Some(vm) = self.vm.upgrade() else { return };
+        if let Some(old) = self.notify.take() {
+            for (q, kick) in self.kicks.iter().enumerate() {
+                let addr = IoEventAddr::Mmio(old.queue_addr(q as u16));
+                if let Err(e) = vm.unregister_ioeventfd(kick, addr, None) {
+                    self.fail("removing an ioeventfd", e);
+                }
+            }
+        }
+        let Some(new) = region else { return };
+        for (q, kick) in self.kicks.iter().enumerate() {
+            let addr = IoEventAddr::Mmio(new.queue_addr(q as u16));
+            if let Err(e) = vm.register_ioeventfd(kick, addr, None) {
+                // Kicks then exit and reach `queue_notify`: slower, still right.
+                self.fail("adding an ioeventfd", e);
+            }
+        }
+        self.notify = Some(new);
+    }
+}
+
+/// A wired built-in device: the PCI function, its worker (stopped, after
+/// serving what the guest made available, when this is dropped) and its
+/// statistics.
+pub struct Wired<D: VirtioDevice + Counted> {
+    pub name: String,
+    pub slot: Option<u8>,
+    pub device: Arc<Mutex<VirtioPci>>,
+    worker: Arc<Worker<D>>,
+    stats: Arc<OwnerStats>,
+}
+
+impl<D: VirtioDevice + Counted> std::fmt::Debug for Wired<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wired").field("name", &self.name).finish()
+    }
+}
+
+impl<D: VirtioDevice + Counted> PciPlug for Wired<D> {
+    fn function(&self) -> PciFunction {
+        PciFunction {
+            name: self.name.clone(),
+            slot: self.slot,
+            device: self.device.clone(),
+            bars: vec![(devices::virtio::BAR_INDEX, BarBacking::Registers)],
+        }
+    }
+
+    fn add_stats(&self, _placed: &Placed, _pci: &Pci, stats: &mut Stats) {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.stats;
+        let c = self.worker.with_device(Counted::counters);
+        stats.virtio.push(VirtioStats {
+            name: self.name.clone(),
+            starts: n(&s.starts),
+            resets: n(&s.resets),
+            broken: n(&s.broken),
+            errors: n(&s.errors),
+            notify_exits: n(&s.notify_exits),
+            requests: c.requests,
+            bytes_to_guest: c.bytes_to_guest,
+            bytes_from_guest: c.bytes_from_guest,
+            flushes: c.flushes,
+            device_errors: c.errors,
+        });
+    }
+}
+
+/// Starts `device`'s worker over guest RAM `mem` and builds its PCI
+/// function `name` (not yet on a bus).
+pub fn create<D: VirtioDevice + Counted>(
+    name: String,
+    slot: Option<u8>,
+    device: D,
+    mem: Arc<dyn devices::virtio::queue::GuestMemory>,
+    vm: &Arc<Vm>,
+    interrupts: &Arc<Interrupts>,
+) -> Result<Wired<D>, Error> {
+    let queues = device.queue_count();
+    let transport = VirtioPciConfig {
+        device_type: device.device_type(),
+        features: device.features(),
+        queues,
+        max_queue_size: device.max_queue_size(),
+        device_config_len: device.config().len() as u32,
+    };
+    let config = device.config();
+    let msi = interrupts.vectors(queues + 1).map_err(|err| Error::Msi {
+        device: name.clone(),
+        err,
+    })?;
+    // The transport to mark NEEDS_RESET when the worker finds the rings
+    // broken; set once the transport exists.
+    let pci: Arc<OnceLock<Weak<Mutex<VirtioPci>>>> = Arc::new(OnceLock::new());
+    let stats = Arc::new(OwnerStats::default());
+    let on_broken = {
+        let (pci, stats, name) = (pci.clone(), stats.clone(), name.clone());
+        let warnings = devices::ratelimit::RateLimit::default();
+        Box::new(move |e: &QueueError| {
+            stats.broken.fetch_add(1, Ordering::Relaxed);
+            devices::warn_limited!(warnings, "{name}: {e}; the device needs a reset");
+            if let Some(d) = pci.get().and_then(Weak::upgrade) {
+                d.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_needs_reset();
+            }
+        })
+    };
+    let worker = Worker::spawn(
+        format!("virtio-{}", device.device_type()),
+        device,
+        mem,
+        crate::sandbox::enter_worker,
+        on_broken,
+    )
+    .map_err(|err| Error::Worker {
+        device: name.clone(),
+        err,
+    })?;
+    let worker = Arc::new(worker);
+    let clone = |fds: &[EventFd]| -> std::io::Result<Vec<EventFd>> {
+        fds.iter().map(EventFd::try_clone).collect()
+    };
+    let efd = |err| Error::Worker {
+        device: name.clone(),
+        err,
+    };
+    let owner = Owner {
+        name: name.clone(),
+        worker: Arc::downgrade(&worker),
+        config,
+        vm: Arc::downgrade(vm),
+        msi,
+        kicks: clone(worker.kicks()).map_err(efd)?,
+        calls: clone(worker.calls()).map_err(efd)?,
+        vectors: Vec::new(),
+        active: Vec::new(),
+        irqfds: vec![None; usize::from(queues)],
+        notify: None,
+        stats: stats.clone(),
+        warnings: Default::default(),
+    };
+    let device = VirtioPci::new(transport, Box::new(owner)).map_err(|err| Error::Transport {
+        device: name.clone(),
+        err,
+    })?;
+    let device = Arc::new(Mutex::new(device));
+    pci.set(Arc::downgrade(&device)).ok();
+    Ok(Wired {
+        name,
+        slot,
+        device,
+        worker,
+        stats,
+    })
+}
+
+/// Opens a drive's image: read-only or read-write, O_DIRECT for
+/// `cache=none`, never blocking (a FIFO is refused), a regular file or a
+/// block device only.
+fn open_image(cfg: &config::DriveConfig) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let err = |err| Error::Open {
+        option: format!("-drive {}", cfg.spec),
+        err,
+    };
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if cfg.cache == config::Cache::Direct {
+        flags |= libc::O_DIRECT;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!cfg.readonly)
+        .custom_flags(flags)
+        .open(&cfg.file)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) && cfg.cache == config::Cache::Direct {
+                std::io::Error::other(format!(
+                    "{}: cache=none needs O_DIRECT, which its file system refuses (tmpfs does): \
+                     use cache=writeback",
+                    cfg.file.display()
+                ))
+            } else {
+                std::io::Error::new(e.kind(), format!("{}: {e}", cfg.file.display()))
+            }
+        })
+        .map_err(err)?;
+    let t = f.metadata().map_err(err)?.file_type();
+    if !t.is_file() && !t.is_block_device() {
+        return Err(err(std::io::Error::other(format!(
+            "{}: not a regular file or a block device",
+            cfg.file.display()
+        ))));
+    }
+    Ok(f)
+}
+
+/// A virtio-blk-pci device on its drive's image.
+pub fn blk(
+    cfg: &config::BlkConfig,
+    mem: Arc<dyn devices::virtio::queue::GuestMemory>,
+    vm: &Arc<Vm>,
+    interrupts: &Arc<Interrupts>,
+) -> Result<Wired<devices::virtio::blk::Block>, Error> {
+    use devices::virtio::blk::{Block, BlockConfig};
+    let file = open_image(&cfg.drive)?;
+    let block = Block::new(BlockConfig {
+        file,
+        readonly: cfg.drive.readonly,
+        serial: cfg.serial.clone().unwrap_or_default().into_bytes(),
+    })
+    .map_err(|err| Error::Open {
+        option: format!("-drive {}", cfg.drive.spec),
+        err,
+    })?;
+    create(cfg.to_string(), cfg.slot, block, mem, vm, interrupts)
+}
+
+/// A virtio-rng-pci device reading the host kernel's CSPRNG.
+pub fn rng(
+    cfg: &config::RngConfig,
+    mem: Arc<dyn devices::virtio::queue::GuestMemory>,
+    vm: &Arc<Vm>,
+    interrupts: &Arc<Interrupts>,
+) -> Result<Wired<devices::virtio::rng::Rng>, Error> {
+    let source = std::fs::File::open("/dev/urandom").map_err(|err| Error::Open {
+        option: "-device virtio-rng-pci".into(),
+        err,
+    })?;
+    let rng = devices::virtio::rng::Rng::new(source);
+    create("virtio-rng-pci".into(), cfg.slot, rng, mem, vm, interrupts)
+}
