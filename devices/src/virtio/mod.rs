@@ -16,6 +16,7 @@
 /// The MSI-X model lives with PCI (ivshmem-doorbell uses it too).
 pub use crate::pci::msix;
 pub mod blk;
+pub mod console;
 pub mod queue;
 pub mod rng;
 mod transport;

@@ -78,6 +78,49 @@ pub const TYPES: &[TypeInfo] = &[
         ],
     ),
     TypeInfo::new(
+        "virtio-serial-pci",
+        "a virtio console with ports (virtconsole, virtserialport)",
+        &[ID, ADDR],
+        &[Prop::new(
+            "max_ports",
+            "uint32",
+            "31",
+            "ports the guest sets up (1..31)",
+        )],
+    ),
+    TypeInfo::new(
+        "virtconsole",
+        "a console port (hvc0 in the guest) of a virtio-serial-pci",
+        &[ID],
+        &[
+            Prop::new(
+                "chardev",
+                "id",
+                "(required)",
+                "a -chardev stdio, file or null",
+            ),
+            Prop::new("name", "string", "", "the port's name"),
+            Prop::new("nr", "uint32", "0 if free", "the port number"),
+            Prop::new("bus", "ID.0", "the only one", "the virtio-serial-pci"),
+        ],
+    ),
+    TypeInfo::new(
+        "virtserialport",
+        "a named port (/dev/vportNpM, /sys/class/virtio-ports/*/name) of a virtio-serial-pci",
+        &[ID],
+        &[
+            Prop::new(
+                "chardev",
+                "id",
+                "(required)",
+                "a -chardev stdio, file or null",
+            ),
+            Prop::new("name", "string", "", "the port's name (virtme.ret, ...)"),
+            Prop::new("nr", "uint32", "lowest free from 1", "the port number"),
+            Prop::new("bus", "ID.0", "the only one", "the virtio-serial-pci"),
+        ],
+    ),
+    TypeInfo::new(
         "virtio-rng-pci",
         "a virtio entropy device fed by the host kernel's random source",
         &[ID, ADDR],
@@ -102,6 +145,11 @@ pub enum DeviceConfig {
     VirtioBlk(crate::virtio::config::BlkConfig),
     /// `virtio-rng-pci`
     VirtioRng(crate::virtio::config::RngConfig),
+    /// `virtio-serial-pci` with its ports
+    VirtioSerial(crate::virtio::config::SerialConfig),
+    /// `virtconsole` / `virtserialport`, until [`check_serial`] moves it
+    /// into its virtio-serial-pci
+    VirtioSerialPort(crate::virtio::config::PortConfig),
 }
 
 fn debug_exit(mut kv: KeyVal) -> Result<DeviceConfig, Error> {
@@ -161,6 +209,12 @@ pub fn parse_with(
                 drives, d,
             )?))
         }
+        "virtio-serial-pci" => Ok(DeviceConfig::VirtioSerial(
+            crate::virtio::config::parse_serial_device(kv)?,
+        )),
+        "virtconsole" | "virtserialport" => Ok(DeviceConfig::VirtioSerialPort(
+            crate::virtio::config::parse_port_device(kv, driver == "virtconsole")?,
+        )),
         "virtio-rng-pci" => Ok(DeviceConfig::VirtioRng(
             crate::virtio::config::parse_rng_device(kv)?,
         )),
@@ -168,7 +222,7 @@ pub fn parse_with(
         other => Err(invalid(
             "-device",
             format!(
-                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci, virtio-blk-pci, virtio-rng-pci; see -device help)"
+                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci, virtio-blk-pci, virtio-rng-pci, virtio-serial-pci, virtconsole, virtserialport; see -device help)"
             ),
         )),
     }
@@ -190,6 +244,31 @@ pub fn check_drives(
     let own = crate::virtio::config::check_drives(drives, &bound)?;
     devices.extend(own.into_iter().map(DeviceConfig::VirtioBlk));
     Ok(())
+}
+
+/// Moves each virtconsole / virtserialport into its virtio-serial-pci,
+/// its chardev (one of `chardevs`) resolved.
+pub fn check_serial(devices: &mut Vec<DeviceConfig>, chardevs: &[String]) -> Result<(), Error> {
+    let mut ports = Vec::new();
+    devices.retain(|d| match d {
+        DeviceConfig::VirtioSerialPort(p) => {
+            ports.push(p.clone());
+            false
+        }
+        _ => true,
+    });
+    let mut serials: Vec<_> = devices
+        .iter_mut()
+        .filter_map(|d| match d {
+            DeviceConfig::VirtioSerial(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let sinks = crate::virtio::config::port_sinks(chardevs)?;
+    crate::virtio::config::attach_ports(&mut serials, ports, &sinks)
 }
 
 /// Numbers the ivshmem devices and checks their memdevs against the

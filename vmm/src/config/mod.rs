@@ -360,6 +360,7 @@ impl Config {
             .map(|d| device::parse_with(d, &drives))
             .collect::<Result<Vec<_>, _>>()?;
         device::check_drives(&mut devices, &drives)?;
+        device::check_serial(&mut devices, &mon.chardevs)?;
         device::check_ivshmem(&mut devices, &ram, &objects)?;
         let sockets = device::check_ivshmem_doorbell(&mut devices, &serial.sockets)?;
         device::check_vhost_user_blk(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;

@@ -448,6 +448,14 @@ impl Machine {
                     &vm,
                     &interrupts,
                 )?)),
+                DeviceConfig::VirtioSerial(c) => plugs.push(Box::new(crate::virtio::serial(
+                    c,
+                    virtio_ram(&ram),
+                    &vm,
+                    &interrupts,
+                )?)),
+                // Moved into its virtio-serial-pci by the configuration.
+                DeviceConfig::VirtioSerialPort(_) => {}
             }
         }
         let windows = devices::pci::BarWindows {

@@ -154,17 +154,15 @@ pub const BLK_PROPS: &[&str] = &["drive", "serial", "addr", "id"];
 pub fn parse_blk_device(mut kv: KeyVal) -> Result<BlkDevice, Error> {
     let bad = |reason: String| invalid("-device", format!("virtio-blk-pci: {reason}"));
     let kve = |e: crate::config::keyval::Error| bad(e.to_string());
-    let drive = kv
-        .take_str("drive")
-        .map_err(kve)?
-        .ok_or_else(|| bad("drive= is required (a -drive if=none,id=ID)".into()))?;
+    let drive = kv.take_str("drive").map_err(kve)?;
     let serial = kv.take_str("serial").map_err(kve)?;
-    if serial.as_ref().is_some_and(|s| s.len() > 20) {
-        return Err(bad("serial= is longer than 20 bytes".into()));
-    }
     let slot = slot(&mut kv, &bad)?;
     kv.take("id");
     kv.finish(BLK_PROPS).map_err(kve)?;
+    let drive = drive.ok_or_else(|| bad("drive= is required (a -drive if=none,id=ID)".into()))?;
+    if serial.as_ref().is_some_and(|s| s.len() > 20) {
+        return Err(bad("serial= is longer than 20 bytes".into()));
+    }
     Ok(BlkDevice {
         drive,
         serial,
@@ -231,6 +229,198 @@ pub fn check_drives(drives: &[DriveConfig], bound: &[&BlkConfig]) -> Result<Vec<
             slot: None,
         })
         .collect())
+}
+
+/// Where a virtio-serial port's output goes (its `-chardev`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSink {
+    Stdout,
+    /// `file,path=`: created or truncated, as QEMU's file chardev.
+    File(PathBuf),
+    Null,
+}
+
+/// One `virtconsole` or `virtserialport`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortConfig {
+    pub console: bool,
+    pub chardev: String,
+    pub name: Option<String>,
+    pub nr: Option<u32>,
+    /// `bus=ID.0`: the virtio-serial-pci whose id is ID.
+    pub bus: Option<String>,
+    /// Resolved from `chardev=`.
+    pub sink: PortSink,
+}
+
+/// `-device virtio-serial-pci` and its ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialConfig {
+    pub id: Option<String>,
+    pub slot: Option<u8>,
+    /// Ports the guest driver sets up queues for (QEMU's default 31).
+    pub max_ports: u32,
+    pub ports: Vec<PortConfig>,
+}
+
+impl fmt::Display for SerialConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.id {
+            Some(id) => write!(f, "virtio-serial-pci,id={id}"),
+            None => f.write_str("virtio-serial-pci"),
+        }
+    }
+}
+
+/// QEMU's default `max_ports`.
+pub const DEFAULT_MAX_PORTS: u32 = 31;
+
+pub fn parse_serial_device(mut kv: KeyVal) -> Result<SerialConfig, Error> {
+    let bad = |reason: String| invalid("-device", format!("virtio-serial-pci: {reason}"));
+    let kve = |e: crate::config::keyval::Error| bad(e.to_string());
+    let slot = slot(&mut kv, &bad)?;
+    let max_ports = match kv.take_num("max_ports").map_err(kve)? {
+        None => DEFAULT_MAX_PORTS,
+        Some(n @ 1..=31) => n as u32,
+        Some(n) => return Err(bad(format!("max_ports={n} is not 1..31"))),
+    };
+    let id = kv.take_str("id").map_err(kve)?;
+    kv.finish(&["addr", "max_ports", "id"]).map_err(kve)?;
+    Ok(SerialConfig {
+        id,
+        slot,
+        max_ports,
+        ports: Vec::new(),
+    })
+}
+
+/// Properties of `virtconsole` and `virtserialport`.
+pub const PORT_PROPS: &[&str] = &["chardev", "name", "nr", "bus", "id"];
+
+pub fn parse_port_device(mut kv: KeyVal, console: bool) -> Result<PortConfig, Error> {
+    let what = if console {
+        "virtconsole"
+    } else {
+        "virtserialport"
+    };
+    let bad = |reason: String| invalid("-device", format!("{what}: {reason}"));
+    let kve = |e: crate::config::keyval::Error| bad(e.to_string());
+    let chardev = kv.take_str("chardev").map_err(kve)?;
+    let name = kv.take_str("name").map_err(kve)?;
+    let nr = match kv.take_num("nr").map_err(kve)? {
+        None => None,
+        Some(n) if n < 31 => Some(n as u32),
+        Some(n) => return Err(bad(format!("nr={n} is not 0..30"))),
+    };
+    if !console && nr == Some(0) {
+        return Err(bad("nr=0 is reserved for virtconsole (as in QEMU)".into()));
+    }
+    let bus = match kv.take_str("bus").map_err(kve)? {
+        None => None,
+        Some(b) => Some(
+            b.strip_suffix(".0")
+                .map(str::to_string)
+                .ok_or_else(|| bad(format!("bus={b}: want ID.0 (a virtio-serial-pci's id)")))?,
+        ),
+    };
+    kv.take("id");
+    kv.finish(PORT_PROPS).map_err(kve)?;
+    let chardev = chardev.ok_or_else(|| bad("chardev= is required".into()))?;
+    Ok(PortConfig {
+        console,
+        chardev,
+        name,
+        nr,
+        bus,
+        sink: PortSink::Null,
+    })
+}
+
+/// The chardevs a port can write to: (id, sink) for each stdio, file and
+/// null `-chardev` (sockets are vhost-user back-ends or monitors here).
+pub fn port_sinks(chardevs: &[String]) -> Result<Vec<(String, PortSink)>, Error> {
+    use crate::config::chardev::{Backend, parse_chardev};
+    let mut out = Vec::new();
+    for c in chardevs {
+        let c = parse_chardev(c)?;
+        let sink = match c.backend {
+            Backend::Stdio(_) => PortSink::Stdout,
+            Backend::File(p) => PortSink::File(p),
+            Backend::Null => PortSink::Null,
+            Backend::Socket(_) => continue,
+        };
+        out.push((c.id, sink));
+    }
+    Ok(out)
+}
+
+/// Attaches each port to its virtio-serial-pci (`bus=`, or the only one),
+/// numbers it as QEMU does (a virtconsole takes 0 when free, the others
+/// the lowest free number from 1) and resolves its chardev.
+pub fn attach_ports(
+    serials: &mut [&mut SerialConfig],
+    ports: Vec<PortConfig>,
+    chardevs: &[(String, PortSink)],
+) -> Result<(), Error> {
+    for mut p in ports {
+        let what = if p.console {
+            "virtconsole"
+        } else {
+            "virtserialport"
+        };
+        let bad =
+            |reason: String| invalid("-device", format!("{what},chardev={}: {reason}", p.chardev));
+        let serial = match &p.bus {
+            Some(b) => serials
+                .iter_mut()
+                .find(|s| s.id.as_deref() == Some(b.as_str())),
+            None if serials.len() > 1 => {
+                return Err(bad(
+                    "several virtio-serial-pci devices: say which with bus=ID.0".into(),
+                ));
+            }
+            None => serials.first_mut(),
+        }
+        .ok_or_else(|| {
+            bad("no virtio-serial-pci bus for it (add -device virtio-serial-pci)".into())
+        })?;
+        p.sink = chardevs
+            .iter()
+            .find(|(id, _)| *id == p.chardev)
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| {
+                bad(format!(
+                    "no -chardev with id={} (stdio, file or null)",
+                    p.chardev
+                ))
+            })?;
+        if let Some(name) = &p.name
+            && serial.ports.iter().any(|o| o.name.as_ref() == Some(name))
+        {
+            return Err(bad(format!("name={name} is taken by another port")));
+        }
+        let taken = |n: u32| serial.ports.iter().any(|o| o.nr == Some(n));
+        let nr = match p.nr {
+            Some(n) if taken(n) => return Err(bad(format!("nr={n} is taken by another port"))),
+            Some(n) => n,
+            None if p.console && !taken(0) => 0,
+            None => (1..serial.max_ports).find(|&n| !taken(n)).ok_or_else(|| {
+                bad(format!(
+                    "all {} ports are taken (max_ports)",
+                    serial.max_ports
+                ))
+            })?,
+        };
+        if nr >= serial.max_ports {
+            return Err(bad(format!(
+                "nr={nr} is not below max_ports={}",
+                serial.max_ports
+            )));
+        }
+        p.nr = Some(nr);
+        serial.ports.push(p);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -312,5 +502,84 @@ mod tests {
         let twice = [drives[0].clone(), drives[0].clone()];
         let e = check_drives(&twice, &[]).unwrap_err().to_string();
         assert_eq!(e, "-drive: duplicate id 'd0'");
+    }
+
+    fn serial(spec: &str) -> SerialConfig {
+        parse_serial_device(crate::config::keyval("-device", spec, None).unwrap()).unwrap()
+    }
+
+    fn port(spec: &str, console: bool) -> PortConfig {
+        parse_port_device(
+            crate::config::keyval("-device", spec, None).unwrap(),
+            console,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ports_are_numbered_as_qemu_numbers_them() {
+        let mut s = serial("id=vs0");
+        assert_eq!(s.max_ports, 31);
+        let chardevs = [
+            ("ret".to_string(), PortSink::File("/tmp/ret".into())),
+            ("con".to_string(), PortSink::Stdout),
+        ];
+        let ports = vec![
+            port("chardev=ret,name=virtme.ret", false),
+            port("chardev=con", true),
+            port("chardev=ret,name=second,bus=vs0.0", false),
+        ];
+        attach_ports(&mut [&mut s], ports, &chardevs).unwrap();
+        let got: Vec<_> = s.ports.iter().map(|p| (p.nr, p.name.as_deref())).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(1), Some("virtme.ret")),
+                (Some(0), None),
+                (Some(2), Some("second"))
+            ]
+        );
+        assert_eq!(s.ports[0].sink, PortSink::File("/tmp/ret".into()));
+        assert_eq!(s.to_string(), "virtio-serial-pci,id=vs0");
+    }
+
+    #[test]
+    fn port_refusals_name_the_device() {
+        let chardevs = [("c".to_string(), PortSink::Null)];
+        let attach = |serials: &mut [&mut SerialConfig], specs: &[(&str, bool)]| {
+            let ports = specs.iter().map(|&(s, c)| port(s, c)).collect();
+            attach_ports(serials, ports, &chardevs)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = attach(&mut [], &[("chardev=c", false)]);
+        assert!(
+            e.starts_with("-device: virtserialport,chardev=c: no virtio-serial-pci"),
+            "{e}"
+        );
+        let mut s = serial("max_ports=2");
+        let e = attach(&mut [&mut s], &[("chardev=zz", false)]);
+        assert!(e.contains("no -chardev with id=zz"), "{e}");
+        let mut s = serial("max_ports=2");
+        let e = attach(&mut [&mut s], &[("chardev=c", false), ("chardev=c", false)]);
+        assert!(e.contains("all 2 ports are taken"), "{e}");
+        let mut s = serial("id=a");
+        let e = attach(
+            &mut [&mut s],
+            &[("chardev=c,name=x", false), ("chardev=c,name=x", false)],
+        );
+        assert!(e.contains("name=x is taken"), "{e}");
+        let mut s = serial("id=a");
+        let e = attach(&mut [&mut s], &[("chardev=c,bus=b.0", false)]);
+        assert!(e.contains("no virtio-serial-pci"), "{e}");
+        let kv = |s| crate::config::keyval("-device", s, None).unwrap();
+        let e = parse_port_device(kv("chardev=c,nr=0"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reserved for virtconsole"), "{e}");
+        let e = parse_serial_device(kv("max_ports=40"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_ports=40"), "{e}");
     }
 }

@@ -489,3 +489,73 @@ pub fn rng(
     let rng = devices::virtio::rng::Rng::new(source);
     create("virtio-rng-pci".into(), cfg.slot, rng, mem, vm, interrupts)
 }
+
+impl Counted for devices::virtio::console::Console {
+    fn counters(&self) -> DeviceCounters {
+        let s = self.stats();
+        DeviceCounters {
+            requests: s.writes + s.control_in,
+            bytes_from_guest: s.bytes_out,
+            errors: s.errors,
+            ..DeviceCounters::default()
+        }
+    }
+}
+
+/// Opens a port's sink: stdout, a file (created or truncated, as QEMU's
+/// file chardev), or nothing.
+fn open_sink(sink: &config::PortSink, what: &str) -> Result<Box<dyn std::io::Write + Send>, Error> {
+    use std::os::fd::AsFd;
+    let err = |err| Error::Open {
+        option: what.to_string(),
+        err,
+    };
+    Ok(match sink {
+        config::PortSink::Stdout => Box::new(std::fs::File::from(
+            std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(err)?,
+        )),
+        config::PortSink::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+                .map_err(|e| {
+                    err(std::io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", p.display()),
+                    ))
+                })?,
+        ),
+        config::PortSink::Null => Box::new(std::io::sink()),
+    })
+}
+
+/// A virtio-serial-pci device with its ports.
+pub fn serial(
+    cfg: &config::SerialConfig,
+    mem: Arc<dyn devices::virtio::queue::GuestMemory>,
+    vm: &Arc<Vm>,
+    interrupts: &Arc<Interrupts>,
+) -> Result<Wired<devices::virtio::console::Console>, Error> {
+    use devices::virtio::console::{Console, PortConfig};
+    let mut ports = Vec::new();
+    for p in &cfg.ports {
+        let kind = if p.console {
+            "virtconsole"
+        } else {
+            "virtserialport"
+        };
+        ports.push(PortConfig {
+            nr: p.nr.unwrap_or(0),
+            console: p.console,
+            name: p.name.clone(),
+            sink: open_sink(&p.sink, &format!("-device {kind},chardev={}", p.chardev))?,
+        });
+    }
+    let console = Console::new(ports, cfg.max_ports);
+    create(cfg.to_string(), cfg.slot, console, mem, vm, interrupts)
+}
