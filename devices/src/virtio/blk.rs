@@ -138,12 +138,6 @@ impl Block {
         self.capacity
     }
 
-    /// The aligned part of the bounce buffer.
-    fn bounce(&mut self, len: usize) -> &mut [u8] {
-        let off = self.bounce.as_ptr().align_offset(ALIGN).min(ALIGN);
-        &mut self.bounce[off..off + len]
-    }
-
     /// The data range `[offset, offset + len)` of the disk, if inside it
     /// and whole sectors.
     fn range(&self, sector: u64, len: u64) -> Option<u64> {
@@ -152,62 +146,57 @@ impl Block {
         (len.is_multiple_of(SECTOR) && end <= self.capacity && len <= MAX_REQUEST).then_some(offset)
     }
 
-    fn read(
+    /// Moves `len` data bytes between the chain and the disk at `offset`
+    /// (`to_disk`: a write), a bounce-buffer piece at a time.
+    fn transfer(
         &mut self,
         chain: &Chain,
         mem: &dyn GuestMemory,
         q: u16,
         offset: u64,
         len: u64,
+        to_disk: bool,
     ) -> Result<Done, QueueError> {
+        let Block { file, bounce, .. } = self;
+        // The aligned part of the bounce buffer.
+        let start = bounce.as_ptr().align_offset(ALIGN).min(ALIGN);
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(CHUNK as u64) as usize;
-            let file = self.file.try_clone();
-            let buf = self.bounce(n);
-            let r = file.and_then(|f| f.read_exact_at(buf, offset + done));
+            let buf = &mut bounce[start..start + n];
+            let at = offset + done;
+            let r = if to_disk {
+                chain
+                    .read_at(mem, HEADER + done, buf)
+                    .map_err(|e| memory_broken(q, e))?;
+                file.write_all_at(buf, at)
+            } else {
+                file.read_exact_at(buf, at)
+            };
             if let Err(e) = r {
-                log::debug!("virtio-blk: read of {n} bytes at {}: {e}", offset + done);
+                let what = if to_disk { "write" } else { "read" };
+                log::debug!("virtio-blk: {what} of {n} bytes at {at}: {e}");
                 return Ok(Done::status(S_IOERR));
             }
-            chain
-                .write_at(mem, done, buf)
-                .map_err(|e| memory_broken(q, e))?;
-            done += n as u64;
-        }
-        self.stats.reads += 1;
-        self.stats.read_bytes += len;
-        Ok(Done {
-            status: S_OK,
-            written: len as u32,
-        })
-    }
-
-    fn write(
-        &mut self,
-        chain: &Chain,
-        mem: &dyn GuestMemory,
-        q: u16,
-        offset: u64,
-        len: u64,
-    ) -> Result<Done, QueueError> {
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(CHUNK as u64) as usize;
-            let file = self.file.try_clone();
-            let buf = self.bounce(n);
-            chain
-                .read_at(mem, HEADER + done, buf)
-                .map_err(|e| memory_broken(q, e))?;
-            if let Err(e) = file.and_then(|f| f.write_all_at(buf, offset + done)) {
-                log::debug!("virtio-blk: write of {n} bytes at {}: {e}", offset + done);
-                return Ok(Done::status(S_IOERR));
+            if !to_disk {
+                chain
+                    .write_at(mem, done, buf)
+                    .map_err(|e| memory_broken(q, e))?;
             }
             done += n as u64;
         }
-        self.stats.writes += 1;
-        self.stats.write_bytes += len;
-        Ok(Done::status(S_OK))
+        if to_disk {
+            self.stats.writes += 1;
+            self.stats.write_bytes += len;
+            Ok(Done::status(S_OK))
+        } else {
+            self.stats.reads += 1;
+            self.stats.read_bytes += len;
+            Ok(Done {
+                status: S_OK,
+                written: len as u32,
+            })
+        }
     }
 
     /// Serves one well-formed chain: its status goes to the last writable
@@ -235,12 +224,12 @@ impl Block {
         let data_out = chain.readable_len() - HEADER;
         match kind {
             request::IN => match self.range(sector, data_in) {
-                Some(offset) => self.read(chain, mem, q, offset, data_in),
+                Some(offset) => self.transfer(chain, mem, q, offset, data_in, false),
                 None => Ok(Done::status(S_IOERR)),
             },
             request::OUT if self.readonly => Ok(Done::status(S_IOERR)),
             request::OUT => match self.range(sector, data_out) {
-                Some(offset) => self.write(chain, mem, q, offset, data_out),
+                Some(offset) => self.transfer(chain, mem, q, offset, data_out, true),
                 None => Ok(Done::status(S_IOERR)),
             },
             request::FLUSH => {

@@ -331,6 +331,28 @@ fn capabilities_describe_every_region() {
 }
 
 #[test]
+fn a_device_without_configuration_has_no_device_structure() {
+    let owner = Recorder {
+        shared: Default::default(),
+        config: Vec::new(),
+    };
+    let cfg = VirtioPciConfig {
+        device_type: super::super::TYPE_RNG,
+        features: 0,
+        queues: 1,
+        max_queue_size: 256,
+        device_config_len: 0,
+    };
+    let mut d = Driver {
+        dev: VirtioPci::new(cfg, Box::new(owner)).unwrap(),
+        caps: Caps::default(),
+    };
+    d.parse_caps();
+    assert_eq!(d.caps.device, None);
+    assert!(d.caps.common.is_some() && d.caps.notify.is_some() && d.caps.isr.is_some());
+}
+
+#[test]
 fn full_linux_init_sequence() {
     let (mut d, shared) = driver(2);
     let took = d.init(2, 128);

@@ -354,7 +354,8 @@ pub fn port_sinks(chardevs: &[String]) -> Result<Vec<(String, PortSink)>, Error>
     Ok(out)
 }
 
-/// Attaches each port to its virtio-serial-pci (`bus=`, or the only one),
+/// Attaches each port to its virtio-serial-pci (`bus=`, or the first with
+/// room),
 /// numbers it as QEMU does (a virtconsole takes 0 when free, the others
 /// the lowest free number from 1) and resolves its chardev.
 pub fn attach_ports(
@@ -370,16 +371,21 @@ pub fn attach_ports(
         };
         let bad =
             |reason: String| invalid("-device", format!("{what},chardev={}: {reason}", p.chardev));
+        // QEMU's bus search: the first virtio-serial-pci with a free port
+        // (virtme-ng adds one virtio-serial-pci per port; all its ports
+        // land on the first).
+        let first = if p.console { 0 } else { 1 };
+        let free = |s: &SerialConfig| {
+            (first..s.max_ports).any(|n| !s.ports.iter().any(|o| o.nr == Some(n)))
+        };
         let serial = match &p.bus {
             Some(b) => serials
                 .iter_mut()
                 .find(|s| s.id.as_deref() == Some(b.as_str())),
-            None if serials.len() > 1 => {
-                return Err(bad(
-                    "several virtio-serial-pci devices: say which with bus=ID.0".into(),
-                ));
-            }
-            None => serials.first_mut(),
+            None => match serials.iter().position(|s| free(s)) {
+                Some(i) => serials.get_mut(i),
+                None => serials.first_mut(),
+            },
         }
         .ok_or_else(|| {
             bad("no virtio-serial-pci bus for it (add -device virtio-serial-pci)".into())
@@ -572,6 +578,20 @@ mod tests {
         let mut s = serial("id=a");
         let e = attach(&mut [&mut s], &[("chardev=c,bus=b.0", false)]);
         assert!(e.contains("no virtio-serial-pci"), "{e}");
+    }
+
+    #[test]
+    fn ports_without_bus_go_to_the_first_serial_with_room() {
+        // virtme-ng's spelling: a virtio-serial-pci before each port.
+        let chardevs = [("c".to_string(), PortSink::Null)];
+        let (mut a, mut b) = (serial("max_ports=2"), serial(""));
+        let ports = ["name=x", "name=y", "name=z"]
+            .iter()
+            .map(|n| port(&format!("chardev=c,{n}"), false))
+            .collect();
+        attach_ports(&mut [&mut a, &mut b], ports, &chardevs).unwrap();
+        assert_eq!(a.ports.len(), 1);
+        assert_eq!(b.ports.len(), 2);
         let kv = |s| crate::config::keyval("-device", s, None).unwrap();
         let e = parse_port_device(kv("chardev=c,nr=0"), false)
             .unwrap_err()

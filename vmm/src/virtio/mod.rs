@@ -5,15 +5,15 @@
 //! - [`memory`]: guest RAM as the models reach it (vm-memory underneath).
 //! - [`config`]: `-drive`, `-device virtio-blk-pci|virtio-rng-pci|
 //!   virtio-serial-pci|virtconsole|virtserialport`.
-//! - [`Owner`]: the transport's owner. A kick is an ioeventfd on the
-//!   queue's notify address that wakes the worker (no exit); the worker's
-//!   call eventfd per queue is an irqfd on the GSI of the queue's MSI-X
-//!   vector while that vector is unmasked (a call that came while it was
-//!   masked is delivered on attaching: the pending bit's job). So neither
-//!   kicks nor interrupts pass through the VMM, as with vhost-user.
+//! - [`wiring`]: kicks as ioeventfds that wake the worker, interrupts as
+//!   irqfds on the queues' MSI-X vectors (shared with vhost-user-blk, whose
+//!   back-end holds the other ends).
+//! - `Owner`: the transport's owner, turning the driver's events into
+//!   worker calls and wiring.
 
 pub mod config;
 pub mod memory;
+pub mod wiring;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -21,14 +21,15 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use devices::virtio::queue::QueueError;
 use devices::virtio::worker::{VirtioDevice, Worker};
 use devices::virtio::{
-    MsixVector, NO_VECTOR, NotifyRegion, QueueConfig, TransportEvents, VirtioPci, VirtioPciConfig,
+    MsixVector, NotifyRegion, QueueConfig, TransportEvents, VirtioPci, VirtioPciConfig,
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::hv::{IoEventAddr, Vm};
-use crate::interrupts::{self, Interrupts, MsiMessage, MsiVectors};
+use crate::hv::Vm;
+use crate::interrupts::{self, Interrupts};
 use crate::pci::{BarBacking, Pci, PciFunction, PciPlug, Placed};
 use crate::stats::{Stats, VirtioStats};
+use wiring::QueueWiring;
 
 /// Errors creating a device; each names it.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +74,7 @@ pub struct OwnerStats {
     /// Times the device broke (a bad ring or chain: NEEDS_RESET).
     pub broken: AtomicU64,
     /// Wiring failures (ioeventfds, irqfds, routes).
-    pub errors: AtomicU64,
+    pub errors: Arc<AtomicU64>,
 }
 
 /// A device model's own counters in the shared statistics shape.
@@ -123,55 +124,9 @@ struct Owner<D: VirtioDevice> {
     name: String,
     worker: Weak<Worker<D>>,
     config: Vec<u8>,
-    vm: Weak<Vm>,
-    /// One MSI vector per queue plus the configuration vector.
-    msi: MsiVectors,
-    /// Clones of the worker's eventfds.
-    kicks: Vec<EventFd>,
-    calls: Vec<EventFd>,
-    vectors: Vec<MsixVector>,
-    active: Vec<QueueConfig>,
-    /// Per queue: the vector its call eventfd is attached to.
-    irqfds: Vec<Option<u16>>,
-    notify: Option<NotifyRegion>,
+    /// Over clones of the worker's eventfds.
+    wiring: QueueWiring,
     stats: Arc<OwnerStats>,
-    warnings: devices::ratelimit::RateLimit,
-}
-
-impl<D: VirtioDevice> Owner<D> {
-    fn fail(&self, what: &str, e: impl std::fmt::Display) {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        devices::warn_limited!(self.warnings, "{}: {what}: {e}", self.name);
-    }
-
-    fn wanted_vector(&self, q: usize) -> Option<u16> {
-        let queue = self.active.iter().find(|c| usize::from(c.index) == q)?;
-        if queue.vector == NO_VECTOR {
-            return None;
-        }
-        let v = self.vectors.get(usize::from(queue.vector))?;
-        (!v.masked).then_some(queue.vector)
-    }
-
-    fn sync_irqfds(&mut self) {
-        for q in 0..self.irqfds.len() {
-            let want = self.wanted_vector(q);
-            if self.irqfds[q] == want {
-                continue;
-            }
-            if let Some(old) = self.irqfds[q].take()
-                && let Err(e) = self.msi.detach(&self.calls[q], old)
-            {
-                self.fail("removing an irqfd", e);
-            }
-            if let Some(vector) = want {
-                match self.msi.attach(&self.calls[q], vector) {
-                    Ok(()) => self.irqfds[q] = Some(vector),
-                    Err(e) => self.fail("adding an irqfd", e),
-                }
-            }
-        }
-    }
 }
 
 impl<D: VirtioDevice> TransportEvents for Owner<D> {
@@ -204,8 +159,7 @@ impl<D: VirtioDevice> TransportEvents for Owner<D> {
             e.to_string()
         })?;
         self.stats.starts.fetch_add(1, Ordering::Relaxed);
-        self.active = queues.to_vec();
-        self.sync_irqfds();
+        self.wiring.set_active(queues);
         log::debug!("{}: started {} queue(s)", self.name, queues.len());
         Ok(())
     }
@@ -215,66 +169,25 @@ impl<D: VirtioDevice> TransportEvents for Owner<D> {
         if let Some(w) = self.worker.upgrade() {
             w.reset();
         }
-        self.active.clear();
-        self.sync_irqfds();
+        self.wiring.set_active(&[]);
         // A call the worker signalled before the reset is not for the
         // next driver.
-        for c in &self.calls {
+        for c in self.wiring.calls() {
             c.read().ok();
         }
     }
 
     fn msix_vector(&mut self, vector: u16, state: MsixVector) {
-        let v = usize::from(vector);
-        if self.vectors.len() <= v {
-            let masked = MsixVector {
-                address: 0,
-                data: 0,
-                masked: true,
-            };
-            self.vectors.resize(v + 1, masked);
-        }
-        self.vectors[v] = state;
-        if !state.masked {
-            let msg = MsiMessage {
-                address: state.address,
-                data: state.data,
-            };
-            if let Err(e) = self.msi.route(vector, Some(msg)) {
-                self.fail("routing an MSI-X vector", e);
-            }
-        }
-        self.sync_irqfds();
+        self.wiring.msix_vector(vector, state);
     }
 
     fn queue_notify(&mut self, queue: u16) {
         self.stats.notify_exits.fetch_add(1, Ordering::Relaxed);
-        if let Some(k) = self.kicks.get(usize::from(queue))
-            && let Err(e) = k.write(1)
-        {
-            self.fail("forwarding a kick", e);
-        }
+        self.wiring.kick(queue);
     }
 
     fn notify_region(&mut self, region: Option<NotifyRegion>) {
-        let Some(vm) = self.vm.upgrade() else { return };
-        if let Some(old) = self.notify.take() {
-            for (q, kick) in self.kicks.iter().enumerate() {
-                let addr = IoEventAddr::Mmio(old.queue_addr(q as u16));
-                if let Err(e) = vm.unregister_ioeventfd(kick, addr, None) {
-                    self.fail("removing an ioeventfd", e);
-                }
-            }
-        }
-        let Some(new) = region else { return };
-        for (q, kick) in self.kicks.iter().enumerate() {
-            let addr = IoEventAddr::Mmio(new.queue_addr(q as u16));
-            if let Err(e) = vm.register_ioeventfd(kick, addr, None) {
-                // Kicks then exit and reach `queue_notify`: slower, still right.
-                self.fail("adding an ioeventfd", e);
-            }
-        }
-        self.notify = Some(new);
+        self.wiring.notify_region(region);
     }
 }
 
@@ -384,20 +297,20 @@ pub fn create<D: VirtioDevice + Counted>(
         device: name.clone(),
         err,
     };
+    let wiring = QueueWiring::new(
+        name.clone(),
+        Arc::downgrade(vm),
+        msi,
+        clone(worker.kicks()).map_err(efd)?,
+        clone(worker.calls()).map_err(efd)?,
+        stats.errors.clone(),
+    );
     let owner = Owner {
         name: name.clone(),
         worker: Arc::downgrade(&worker),
         config,
-        vm: Arc::downgrade(vm),
-        msi,
-        kicks: clone(worker.kicks()).map_err(efd)?,
-        calls: clone(worker.calls()).map_err(efd)?,
-        vectors: Vec::new(),
-        active: Vec::new(),
-        irqfds: vec![None; usize::from(queues)],
-        notify: None,
+        wiring,
         stats: stats.clone(),
-        warnings: Default::default(),
     };
     let device = VirtioPci::new(transport, Box::new(owner)).map_err(|err| Error::Transport {
         device: name.clone(),
