@@ -506,6 +506,9 @@ impl Runner {
             }
             disk = Some(d);
         }
+        if s.extra.blkbench {
+            append += " lab.blkbench=1";
+        }
         if s.extra.rng {
             append += " lab.rng=1";
             args.extend(["-device".into(), "virtio-rng-pci".into()]);

@@ -9,7 +9,7 @@
 //!   with 0; the last two speak QMP to the VMM, see `l1/qmp.rs`)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
-//!   blk, blk-term, rng, port, mq2, ring64, doorbell (tests/lab/scenarios
+//!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell (tests/lab/scenarios
 //!   explains each), and expectations that
 //!   override the derived ones: `cpus=N` (default: smp).
 
@@ -194,6 +194,8 @@ pub struct Extra {
     /// Three L2 guests (two shmvm, one QEMU) on an ivshmem-server in L1
     /// pass a doorbell token around (one run, reported as shmvm's).
     pub doorbell: bool,
+    /// With blk: the guest measures /dev/vda (ivshmem-tool blkbench).
+    pub blkbench: bool,
     /// A virtio-rng device: the guest reads /dev/hwrng.
     pub rng: bool,
     /// A virtio-serial port named `lab.verdict` on a file chardev: the
@@ -307,6 +309,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "blk" => vub(&mut x, Vub::Blk)?,
                 "blk-term" => vub(&mut x, Vub::BlkTerm)?,
                 "rng" => x.rng = true,
+                "blkbench" => x.blkbench = true,
                 "port" => x.port = true,
                 f => return Err(format!("extra '{f}': unknown flag")),
             },
@@ -318,6 +321,9 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
             }
             Some((k, _)) => return Err(format!("extra '{k}=': unknown expectation (cpus=N)")),
         }
+    }
+    if x.blkbench && x.vub != Some(Vub::Blk) {
+        return Err("extra: blkbench needs blk".into());
     }
     if (x.mq2 || x.ring64) && x.vub.is_none_or(Vub::builtin) {
         return Err("extra: mq2 and ring64 need vub or vub-kill".into());

@@ -188,6 +188,20 @@ pub(super) fn judge(r: &Run, out: &Outcome, console: &str, j: &mut Judgement) {
     if let Some(g) = &r.region {
         judge_region(r, g, console, j);
     }
+    if s.extra.blkbench {
+        let b = result(console, "blkbench").map(fields).unwrap_or_default();
+        j.want(b.contains_key("seq_read_MBps"), || {
+            "the guest's blkbench did not run".into()
+        });
+        for k in [
+            "seq_read_MBps",
+            "seq_write_MBps",
+            "rand_read_iops",
+            "rand_write_iops",
+        ] {
+            j.report(k, b.get(k).copied().unwrap_or("-"));
+        }
+    }
     if s.extra.rng {
         judge_rng(r, console, j);
     }
