@@ -932,7 +932,10 @@ mod tests {
     #[test]
     fn last_words_prefer_the_vmm_line_over_the_guest_tail() {
         let c = "guest a\nshmvm: guest triple fault (KVM_EXIT_SHUTDOWN)\nguest b\n\n";
-        assert_eq!(last_words(c), "shmvm: guest triple fault (KVM_EXIT_SHUTDOWN)");
+        assert_eq!(
+            last_words(c),
+            "shmvm: guest triple fault (KVM_EXIT_SHUTDOWN)"
+        );
         assert_eq!(last_words("x\ny\n"), "y");
         assert_eq!(last_words(""), "(no output)");
     }
