@@ -383,7 +383,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_table_has_26_runs() {
+    fn the_shipped_table_has_33_runs() {
         let text = include_str!("../../lab/scenarios");
         let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
         let runs: usize = all
@@ -395,7 +395,31 @@ mod tests {
                     .count()
             })
             .sum();
-        assert_eq!((all.len(), runs), (16, 26));
+        assert_eq!((all.len(), runs), (20, 33));
+    }
+
+    #[test]
+    fn builtin_virtio_flags() {
+        let one = |l: &str| {
+            parse("f", l)
+                .map(|v| v[0].clone())
+                .map_err(|e| e.to_string())
+        };
+        let s = one("a memfd 256M 1 poweroff - blk,blkbench,rng,port").unwrap();
+        assert_eq!(s.extra.vub, Some(Vub::Blk));
+        assert!(s.extra.blkbench && s.extra.rng && s.extra.port);
+        // The built-in disk runs with QEMU too; blk-term with shmvm only.
+        assert!(s.runs_with(Vmm::Qemu) && s.runs_with(Vmm::Shmvm));
+        let t = one("a ram 256M 1 poweroff - blk-term").unwrap();
+        assert!(!t.runs_with(Vmm::Qemu) && t.runs_with(Vmm::Shmvm));
+        assert_eq!(
+            one("a ram 256M 1 poweroff - blkbench").unwrap_err(),
+            "f:1: extra: blkbench needs blk"
+        );
+        assert_eq!(
+            one("a ram 256M 1 poweroff - blk,mq2").unwrap_err(),
+            "f:1: extra: mq2 and ring64 need vub or vub-kill"
+        );
     }
 
     #[test]
