@@ -13,6 +13,21 @@ pub const DEBUG_EXIT_IOSIZE: u16 = 2;
 const ID: Prop = Prop::new("id", "string", "", "the device's name");
 const ADDR: Prop = Prop::new("addr", "slot[.0]", "first free", "PCI slot on bus 0 (hex)");
 
+/// Properties every virtio-serial port has.
+const PORT_CHARDEV: Prop = Prop::new(
+    "chardev",
+    "id",
+    "(required)",
+    "a -chardev stdio, file or null",
+);
+const PORT_NAME: Prop = Prop::new("name", "string", "", "the port's name (virtme.ret, ...)");
+const PORT_BUS: Prop = Prop::new(
+    "bus",
+    "ID.0",
+    "the first with room",
+    "the virtio-serial-pci",
+);
+
 /// The `-device` types, for help and for checking property names.
 pub const TYPES: &[TypeInfo] = &[
     TypeInfo::new(
@@ -91,34 +106,19 @@ pub const TYPES: &[TypeInfo] = &[
     TypeInfo::new(
         "virtconsole",
         "a console port (hvc0 in the guest) of a virtio-serial-pci",
-        &[ID],
-        &[
-            Prop::new(
-                "chardev",
-                "id",
-                "(required)",
-                "a -chardev stdio, file or null",
-            ),
-            Prop::new("name", "string", "", "the port's name"),
-            Prop::new("nr", "uint32", "0 if free", "the port number"),
-            Prop::new("bus", "ID.0", "the only one", "the virtio-serial-pci"),
-        ],
+        &[ID, PORT_CHARDEV, PORT_NAME, PORT_BUS],
+        &[Prop::new("nr", "uint32", "0 if free", "the port number")],
     ),
     TypeInfo::new(
         "virtserialport",
         "a named port (/dev/vportNpM, /sys/class/virtio-ports/*/name) of a virtio-serial-pci",
-        &[ID],
-        &[
-            Prop::new(
-                "chardev",
-                "id",
-                "(required)",
-                "a -chardev stdio, file or null",
-            ),
-            Prop::new("name", "string", "", "the port's name (virtme.ret, ...)"),
-            Prop::new("nr", "uint32", "lowest free from 1", "the port number"),
-            Prop::new("bus", "ID.0", "the only one", "the virtio-serial-pci"),
-        ],
+        &[ID, PORT_CHARDEV, PORT_NAME, PORT_BUS],
+        &[Prop::new(
+            "nr",
+            "uint32",
+            "lowest free from 1",
+            "the port number",
+        )],
     ),
     TypeInfo::new(
         "virtio-rng-pci",

@@ -199,12 +199,7 @@ pub fn create(
 
 impl TransportEvents for VhostUserBlk {
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
-        let cfg = self.frontend.config();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match cfg.get(start..start.saturating_add(data.len())) {
-            Some(bytes) => data.copy_from_slice(bytes),
-            None => data.fill(0),
-        }
+        crate::virtio::wiring::read_config(self.frontend.config(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -131,11 +131,7 @@ struct Owner<D: VirtioDevice> {
 
 impl<D: VirtioDevice> TransportEvents for Owner<D> {
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match self.config.get(start..start.saturating_add(data.len())) {
-            Some(bytes) => data.copy_from_slice(bytes),
-            None => data.fill(0),
-        }
+        wiring::read_config(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

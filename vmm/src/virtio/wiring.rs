@@ -180,3 +180,13 @@ impl QueueWiring {
         self.notify = Some(new);
     }
 }
+
+/// A driver's read of device configuration `config` at `offset`: the
+/// bytes, or zeros past its end.
+pub fn read_config(config: &[u8], offset: u64, data: &mut [u8]) {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    match config.get(start..start.saturating_add(data.len())) {
+        Some(bytes) => data.copy_from_slice(bytes),
+        None => data.fill(0),
+    }
+}
