@@ -2,7 +2,7 @@
 //! would: loops, chains longer than the queue, buffers outside RAM,
 //! indices that run ahead.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::*;
 
@@ -55,6 +55,25 @@ impl GuestMemory for VecMemory {
     }
 }
 
+/// Shared with a worker thread in the worker's tests.
+impl<T: GuestMemory + ?Sized> GuestMemory for Arc<T> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        (**self).read(gpa, buf)
+    }
+    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        (**self).write(gpa, buf)
+    }
+    fn contains(&self, gpa: u64, len: u64) -> bool {
+        (**self).contains(gpa, len)
+    }
+    fn load_u16(&self, gpa: u64) -> Result<u16, MemoryError> {
+        (**self).load_u16(gpa)
+    }
+    fn store_u16(&self, gpa: u64, value: u16) -> Result<(), MemoryError> {
+        (**self).store_u16(gpa, value)
+    }
+}
+
 pub(crate) const RAM: usize = 4 << 20;
 pub(crate) const DESC: u64 = 0x1000;
 pub(crate) const AVAIL: u64 = 0x2000;
@@ -66,7 +85,7 @@ pub(crate) const DATA: u64 = 0x10000;
 /// used ring.
 #[derive(Debug)]
 pub(crate) struct Driver {
-    pub mem: VecMemory,
+    pub mem: Arc<VecMemory>,
     pub size: u16,
     avail_idx: u16,
     used_seen: u16,
@@ -75,7 +94,7 @@ pub(crate) struct Driver {
 impl Driver {
     pub fn new(size: u16) -> Driver {
         Driver {
-            mem: VecMemory::new(RAM),
+            mem: Arc::new(VecMemory::new(RAM)),
             size,
             avail_idx: 0,
             used_seen: 0,

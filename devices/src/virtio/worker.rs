@@ -402,3 +402,7 @@ impl<D: VirtioDevice> Thread<D> {
 pub fn memory_broken(queue: u16, err: MemoryError) -> QueueError {
     QueueError::Memory { queue, err }
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;
