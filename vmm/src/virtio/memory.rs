@@ -51,3 +51,36 @@ impl GuestMemory for Ram {
             .map_err(|_| err(gpa, 2))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_across_the_hole_or_past_the_top_are_not_ram() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x20000), 0x10000),
+        ])
+        .unwrap();
+        let ram = Ram(mem);
+        assert!(ram.contains(0, 0x10000));
+        assert!(ram.contains(0x20000, 0x10000));
+        assert!(!ram.contains(0xff00, 0x200), "spans the hole");
+        assert!(!ram.contains(0x2ff00, 0x200), "past the top");
+        assert!(!ram.contains(u64::MAX - 1, 4), "wraps");
+        ram.write(0x20010, b"abcd").unwrap();
+        let mut b = [0u8; 4];
+        ram.read(0x20010, &mut b).unwrap();
+        assert_eq!(&b, b"abcd");
+        ram.store_u16(0x2, 0xbeef).unwrap();
+        assert_eq!(ram.load_u16(0x2), Ok(0xbeef));
+        assert_eq!(
+            ram.read(0xfffe, &mut b),
+            Err(MemoryError {
+                gpa: 0xfffe,
+                len: 4
+            })
+        );
+    }
+}
