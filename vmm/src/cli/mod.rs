@@ -289,6 +289,10 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
         },
         verbose: args.verbose,
         sandbox: args.sandbox != Some(OnOffArg::Off),
+        snapshot: n
+            .noops
+            .iter()
+            .any(|o| o.trim_start_matches('-').starts_with("snapshot:")),
     };
     let config = Config::build(input).map_err(Error::from)?;
     Ok(Parsed {

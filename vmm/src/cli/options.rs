@@ -311,7 +311,11 @@ pub const OPTIONS: &[Opt] = &[
     noop("no-user-config", None, "shmvm reads no configuration files"),
     noop("name", Some("NAME"), "the VM name is not used"),
     noop("no-hpet", None, "shmvm has no HPET"),
-    noop("snapshot", None, "shmvm has no disk images to snapshot"),
+    noop(
+        "snapshot",
+        None,
+        "nothing to discard without writable -drive images; with one, refused (shmvm writes images in place)",
+    ),
     noop_if(
         "monitor",
         "none",

@@ -191,6 +191,8 @@ pub struct Input {
     pub devices: Vec<String>,
     /// `-drive` values.
     pub drives: Vec<String>,
+    /// `-snapshot` was given (a no-op without disks).
+    pub snapshot: bool,
     pub chardevs: Vec<String>,
     pub numa: Vec<String>,
     /// `-mon chardev=ID` values: QMP on a listening socket chardev, else
@@ -354,6 +356,13 @@ impl Config {
             .iter()
             .map(|d| crate::virtio::config::parse_drive(d))
             .collect::<Result<Vec<_>, _>>()?;
+        if input.snapshot && drives.iter().any(|d| !d.readonly) {
+            return Err(invalid(
+                "-snapshot",
+                "shmvm writes -drive images in place (no temporary overlay): drop -snapshot, \
+                 add readonly=on, or give the guest a copy of the image",
+            ));
+        }
         let mut devices = input
             .devices
             .iter()
