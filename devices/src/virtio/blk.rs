@@ -1,7 +1,7 @@
 //! virtio-blk (spec 5.2) on a raw image: a regular file or a block device.
 //!
 //! Requests: IN (read), OUT (write), FLUSH (fdatasync), GET_ID (the
-//! serial). Each is a header (type, reserved, sector) in the readable
+//! serial), WRITE_ZEROES (zeros written, one segment of at most 32 MiB). Each is a header (type, reserved, sector) in the readable
 //! part, data, and a status byte, the last writable one. A request that
 //! does not fit that shape, reaches past the end of the disk, writes a
 //! read-only disk or moves a partial sector is answered IOERR; an unknown
@@ -22,6 +22,7 @@ pub mod features {
     pub const RO: u64 = 1 << 5;
     pub const BLK_SIZE: u64 = 1 << 6;
     pub const FLUSH: u64 = 1 << 9;
+    pub const WRITE_ZEROES: u64 = 1 << 14;
 }
 
 /// Request types (spec 5.2.6).
@@ -30,7 +31,15 @@ pub mod request {
     pub const OUT: u32 = 1;
     pub const FLUSH: u32 = 4;
     pub const GET_ID: u32 = 8;
+    pub const WRITE_ZEROES: u32 = 13;
 }
+
+/// Largest WRITE_ZEROES range (sectors) and segments per request we
+/// advertise: 32 MiB, one segment.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 65536;
+pub const MAX_WRITE_ZEROES_SEG: u32 = 1;
+/// Bytes of one WRITE_ZEROES segment (sector, num_sectors, flags).
+const SEGMENT: u64 = 16;
 
 /// Status byte values.
 pub const S_OK: u8 = 0;
@@ -199,6 +208,63 @@ impl Block {
         }
     }
 
+    /// WRITE_ZEROES: each segment's sectors become zeros (written, never
+    /// unmapped: write_zeroes_may_unmap is 0, so the UNMAP flag is a hint
+    /// we may ignore).
+    fn write_zeroes(
+        &mut self,
+        chain: &Chain,
+        mem: &dyn GuestMemory,
+        q: u16,
+        len: u64,
+    ) -> Result<Done, QueueError> {
+        if len == 0
+            || !len.is_multiple_of(SEGMENT)
+            || len / SEGMENT > u64::from(MAX_WRITE_ZEROES_SEG)
+        {
+            return Ok(Done::status(S_IOERR));
+        }
+        let mut ranges = Vec::new();
+        for i in 0..len / SEGMENT {
+            let mut seg = [0u8; SEGMENT as usize];
+            chain
+                .read_at(mem, HEADER + i * SEGMENT, &mut seg)
+                .map_err(|e| memory_broken(q, e))?;
+            let mut s8 = [0u8; 8];
+            s8.copy_from_slice(&seg[..8]);
+            let sectors = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+            let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+            let bytes = u64::from(sectors) * SECTOR;
+            // Only the UNMAP flag (bit 0) is defined.
+            match self.range(u64::from_le_bytes(s8), bytes) {
+                Some(offset) if flags & !1 == 0 && sectors <= MAX_WRITE_ZEROES_SECTORS => {
+                    ranges.push((offset, bytes));
+                }
+                _ => return Ok(Done::status(S_IOERR)),
+            }
+        }
+        let Block { file, bounce, .. } = self;
+        let start = bounce.as_ptr().align_offset(ALIGN).min(ALIGN);
+        bounce[start..start + CHUNK].fill(0);
+        for (offset, bytes) in ranges {
+            let mut done = 0;
+            while done < bytes {
+                let n = (bytes - done).min(CHUNK as u64) as usize;
+                if let Err(e) = file.write_all_at(&bounce[start..start + n], offset + done) {
+                    log::debug!(
+                        "virtio-blk: write-zeroes of {n} bytes at {}: {e}",
+                        offset + done
+                    );
+                    return Ok(Done::status(S_IOERR));
+                }
+                done += n as u64;
+            }
+            self.stats.write_bytes += bytes;
+        }
+        self.stats.writes += 1;
+        Ok(Done::status(S_OK))
+    }
+
     /// Serves one well-formed chain: its status goes to the last writable
     /// byte, which the caller checked exists.
     fn request(
@@ -242,6 +308,8 @@ impl Block {
                     }
                 }
             }
+            request::WRITE_ZEROES if self.readonly => Ok(Done::status(S_IOERR)),
+            request::WRITE_ZEROES => self.write_zeroes(chain, mem, q, data_out),
             request::GET_ID => {
                 self.stats.get_ids += 1;
                 let n = (data_in as usize).min(ID_LEN);
@@ -292,6 +360,7 @@ impl VirtioDevice for Block {
         features::SEG_MAX
             | features::BLK_SIZE
             | features::FLUSH
+            | features::WRITE_ZEROES
             | super::features::RING_INDIRECT_DESC
             | ro
     }
@@ -310,6 +379,9 @@ impl VirtioDevice for Block {
         // seg_max: the header and the status take a descriptor each.
         c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
         c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        c[48..52].copy_from_slice(&MAX_WRITE_ZEROES_SECTORS.to_le_bytes());
+        c[52..56].copy_from_slice(&MAX_WRITE_ZEROES_SEG.to_le_bytes());
+        // write_zeroes_may_unmap (56): 0, zeros are written.
         c
     }
 

@@ -229,3 +229,44 @@ fn config_space_has_capacity_and_limits() {
     assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), 254);
     assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
 }
+
+#[test]
+fn write_zeroes_zeroes_its_range_and_checks_it() {
+    let img = Image::new("wz", 64);
+    std::fs::write(&img.0, vec![0xffu8; 64 * 512]).unwrap();
+    let mut r = Rig::new(img.open(false));
+    assert_ne!(r.blk.features() & features::WRITE_ZEROES, 0);
+    let seg = |sector: u64, n: u32, flags: u32| {
+        let mut s = Vec::new();
+        s.extend_from_slice(&sector.to_le_bytes());
+        s.extend_from_slice(&n.to_le_bytes());
+        s.extend_from_slice(&flags.to_le_bytes());
+        s
+    };
+    r.d.mem.write(BUF, &seg(2, 3, 1)).unwrap();
+    assert_eq!(r.request(request::WRITE_ZEROES, 0, 16), (S_OK, 1));
+    let disk = std::fs::read(&img.0).unwrap();
+    assert!(disk[..1024].iter().all(|&b| b == 0xff));
+    assert!(disk[1024..2560].iter().all(|&b| b == 0));
+    assert!(disk[2560..].iter().all(|&b| b == 0xff));
+    // Past the end, unknown flags, two segments, a partial segment.
+    for (bytes, len) in [
+        (seg(63, 2, 0), 16),
+        (seg(0, 1, 2), 16),
+        ([seg(0, 1, 0), seg(4, 1, 0)].concat(), 32),
+        (seg(0, 1, 0), 12),
+    ] {
+        r.d.mem.write(BUF, &bytes).unwrap();
+        assert_eq!(
+            r.request(request::WRITE_ZEROES, 0, len).0,
+            S_IOERR,
+            "{bytes:?}"
+        );
+    }
+    let c = r.blk.config();
+    assert_eq!(
+        u32::from_le_bytes(c[48..52].try_into().unwrap()),
+        MAX_WRITE_ZEROES_SECTORS
+    );
+    assert_eq!(u32::from_le_bytes(c[52..56].try_into().unwrap()), 1);
+}
