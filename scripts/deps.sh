@@ -8,7 +8,10 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu)
 # qemu-storage-daemon: the vhost-user-blk back-end of the tests and the lab.
 command -v qemu-storage-daemon >/dev/null || need+=(qemu-utils)
 # libc6-dev: static glibc for the guest tool (make guest-tool, the KVM lab).
-for p in busybox-static cpio lz4 time hyperfine acpica-tools libc6-dev; do
+# rustc-web, cargo-web, rust-web-clippy, rust-web-src: Debian's Rust 1.96 and
+# its std source, for make check-portable (macOS and BSD type-checks).
+for p in busybox-static cpio lz4 time hyperfine acpica-tools libc6-dev \
+    rustc-web cargo-web rust-web-clippy rust-web-src; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
 
@@ -50,6 +53,10 @@ apt-get install -y -q busybox-static cpio lz4 time hyperfine
 apt-get install -y -q acpica-tools
 # Static glibc for the guest tool and the KVM lab.
 apt-get install -y -q libc6-dev
+# Debian's Rust 1.96 (bookworm-security) with clippy and the std source:
+# make check-portable builds std for macOS and the BSDs from it. Its binaries
+# land in /usr/bin, behind rustup's on PATH.
+apt-get install -y -q --no-install-recommends rustc-web cargo-web rust-web-clippy rust-web-src
 # python3-venv: the project venv for qemu.qmp (above).
 apt-get install -y -q python3-venv
 python_deps
