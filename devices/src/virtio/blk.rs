@@ -13,8 +13,8 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use super::device::{Queues, VirtioDevice, memory_broken};
 use super::queue::{Chain, GuestMemory, QueueError};
-use super::worker::{Queues, VirtioDevice, memory_broken};
 
 /// Feature bits (spec 5.2.3).
 pub mod features {

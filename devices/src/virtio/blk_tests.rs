@@ -2,9 +2,9 @@
 //! ones, against a real image file.
 
 use super::*;
+use crate::virtio::device::Queues;
 use crate::virtio::queue::ChainError;
 use crate::virtio::queue::tests::{DATA, Driver};
-use crate::virtio::worker::Queues;
 
 const HDR: u64 = DATA;
 const STATUS: u64 = DATA + 0x100;

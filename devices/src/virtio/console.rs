@@ -17,8 +17,8 @@
 use std::collections::VecDeque;
 use std::io::Write;
 
+use super::device::{Queues, VirtioDevice, memory_broken};
 use super::queue::{GuestMemory, QueueError};
-use super::worker::{Queues, VirtioDevice, memory_broken};
 
 /// Feature bits (spec 5.3.3).
 pub mod features {

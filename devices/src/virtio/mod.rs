@@ -17,9 +17,12 @@
 pub use crate::pci::msix;
 pub mod blk;
 pub mod console;
+pub mod device;
 pub mod queue;
 pub mod rng;
 mod transport;
+/// The worker thread: epoll and eventfds, Linux's.
+#[cfg(target_os = "linux")]
 pub mod worker;
 
 pub use msix::{Msix, MsixVector};

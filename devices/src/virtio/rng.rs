@@ -4,8 +4,8 @@
 use std::fs::File;
 use std::io::Read;
 
+use super::device::{Queues, VirtioDevice, memory_broken};
 use super::queue::{GuestMemory, QueueError};
-use super::worker::{Queues, VirtioDevice, memory_broken};
 
 /// Bytes handed out per request at most (QEMU's virtio-rng caps requests
 /// too; the driver asks again).

@@ -18,8 +18,9 @@ pub mod wiring;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use devices::virtio::device::VirtioDevice;
 use devices::virtio::queue::QueueError;
-use devices::virtio::worker::{VirtioDevice, Worker};
+use devices::virtio::worker::Worker;
 use devices::virtio::{
     MsixVector, NotifyRegion, QueueConfig, TransportEvents, VirtioPci, VirtioPciConfig,
 };
