@@ -199,6 +199,13 @@ bench: bench-qmp
 bench-qmp: build
 	python3 bench/qmp_bench.py --shmvm $(SHMVM)
 
+# Snapshots: save time without RAM, restore to the first KVM_RUN, by RAM
+# size (named shm) and vCPUs; see docs/SNAPSHOT.md.
+.PHONY: bench-snapshot
+bench: bench-snapshot
+bench-snapshot: build
+	python3 bench/snapshot_bench.py --shmvm $(SHMVM)
+
 # ivshmem: BAR2 vs guest RAM vs host bandwidth (needs /dev/kvm); see README.
 bench-ivshmem: build
 	target/release/bench-ivshmem --shmvm $(SHMVM) --kernel $(TESTKERNEL)

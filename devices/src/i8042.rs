@@ -46,6 +46,30 @@ impl I8042 {
     }
 }
 
+/// Layout: whether a command is pending, the command, the config byte.
+impl crate::snapshot::Snapshot for I8042 {
+    fn save_state(&self) -> Vec<u8> {
+        vec![
+            u8::from(self.pending.is_some()),
+            self.pending.unwrap_or(0),
+            self.config,
+        ]
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::snapshot::StateError> {
+        let &[has, cmd, config] = state else {
+            return Err(crate::snapshot::StateError {
+                device: "i8042",
+                len: state.len(),
+                why: "not 3 bytes",
+            });
+        };
+        self.pending = (has != 0).then_some(cmd);
+        self.config = config;
+        Ok(())
+    }
+}
+
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let v = match offset {

@@ -10,4 +10,5 @@ pub mod ivshmem_doorbell;
 pub mod pci;
 pub mod ratelimit;
 pub mod serial;
+pub mod snapshot;
 pub mod virtio;

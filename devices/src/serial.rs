@@ -43,6 +43,12 @@ impl IrqEvent {
         &self.0
     }
 
+    /// The same line through a duplicated eventfd (an irqfd on it stays
+    /// attached).
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        self.0.try_clone().map(IrqEvent)
+    }
+
     /// Takes a pending interrupt: whether the line was raised since the last call.
     pub fn take(&self) -> std::io::Result<bool> {
         match self.0.read() {
@@ -82,6 +88,14 @@ impl IrqEvent {
     /// The read end, for the VMM's poll loop.
     pub fn consumer(&self) -> &EventConsumer {
         &self.consumer
+    }
+
+    /// The same line through duplicated pipe ends.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(IrqEvent {
+            consumer: self.consumer.try_clone()?,
+            notifier: self.notifier.try_clone()?,
+        })
     }
 
     /// Takes a pending interrupt: whether the line was raised since the last call.
@@ -237,6 +251,71 @@ impl Serial {
     /// Free space in the receive FIFO.
     pub fn input_capacity(&self) -> usize {
         self.uart.fifo_capacity()
+    }
+}
+
+/// Layout: DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR, the sticky
+/// transmit-side-effects flag, then the receive FIFO's bytes.
+impl crate::snapshot::Snapshot for Serial {
+    fn save_state(&self) -> Vec<u8> {
+        let s = self.uart.state();
+        let mut v = vec![
+            s.baud_divisor_low,
+            s.baud_divisor_high,
+            s.interrupt_enable,
+            s.interrupt_identification,
+            s.line_control,
+            s.line_status,
+            s.modem_control,
+            s.modem_status,
+            s.scratch,
+            u8::from(self.transmit_side_effects),
+        ];
+        v.extend_from_slice(&s.in_buffer);
+        v
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), crate::snapshot::StateError> {
+        let bad = |why| crate::snapshot::StateError {
+            device: "serial",
+            len: state.len(),
+            why,
+        };
+        let (regs, fifo) = state
+            .split_at_checked(10)
+            .ok_or_else(|| bad("shorter than the registers"))?;
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: regs[0],
+            baud_divisor_high: regs[1],
+            interrupt_enable: regs[2],
+            interrupt_identification: regs[3],
+            line_control: regs[4],
+            line_status: regs[5],
+            modem_control: regs[6],
+            modem_status: regs[7],
+            scratch: regs[8],
+            in_buffer: fifo.to_vec(),
+        };
+        // The same eventfd (a duplicate of it): the irqfd stays attached.
+        let irq = || {
+            self.uart
+                .interrupt_evt()
+                .try_clone()
+                .map_err(|_| bad("cannot duplicate the interrupt eventfd"))
+        };
+        let (irq, spare) = (irq()?, irq()?);
+        let placeholder = Uart::new(
+            spare,
+            OutputBuffer {
+                out: Box::new(std::io::sink()),
+                buf: Vec::new(),
+            },
+        );
+        let out = std::mem::replace(&mut self.uart, placeholder).into_writer();
+        self.uart = Uart::from_state(&s, irq, NoEvents, out)
+            .map_err(|_| bad("the receive FIFO is longer than the UART's"))?;
+        self.transmit_side_effects = regs[9] != 0;
+        Ok(())
     }
 }
 

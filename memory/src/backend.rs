@@ -13,6 +13,9 @@ use crate::error::Error;
 use crate::prealloc::{self, Backing, PopulateMethod};
 use crate::sys::{self, FileType, MapRequest, Mapping};
 
+mod existing;
+pub use existing::Existing;
+
 /// Mappings of 2 MiB or more are 2 MiB aligned, so transparent huge pages can back them
 /// (QEMU_VMALLOC_ALIGN on x86_64).
 const DEFAULT_ALIGN: u64 = 2 << 20;

@@ -833,3 +833,32 @@ fn prealloc_beyond_the_host_is_refused_and_leaves_nothing() {
     assert_eq!(e.option(), Some("prealloc"), "{e}");
     assert!(!file.0.exists(), "created file left behind: {e}");
 }
+
+#[test]
+fn existing_shm_opens_shared_or_as_a_private_copy_and_stays() {
+    let name = format!("/shmvm-memtest-{}-existing", std::process::id());
+    let spec = format!("memory-backend-shm,id=s,size=64K,name={name},keep=on");
+    let b = create(&spec);
+    mem(&b)[..16].copy_from_slice(PARENT_PATTERN);
+    drop(b);
+    let c = cfg(&spec);
+    let clone = Backend::open_existing(&c, crate::Existing::Shm(&name), true).expect("clone");
+    assert_eq!(&mem(&clone)[..16], PARENT_PATTERN);
+    mem(&clone)[..16].copy_from_slice(CHILD_PATTERN);
+    let shared = Backend::open_existing(&c, crate::Existing::Shm(&name), false).expect("shared");
+    assert_eq!(
+        &mem(&shared)[..16],
+        PARENT_PATTERN,
+        "a clone's write reached the object"
+    );
+    mem(&shared)[16..32].copy_from_slice(CHILD_PATTERN);
+    drop((clone, shared));
+    let data = fs::read(format!("/dev/shm{name}")).expect("never unlinked");
+    assert_eq!(&data[16..32], CHILD_PATTERN);
+    let small = cfg(&format!(
+        "memory-backend-shm,id=s,size=128K,name={name},keep=on"
+    ));
+    let e = Backend::open_existing(&small, crate::Existing::Shm(&name), true).expect_err("short");
+    assert!(e.to_string().contains("holds 65536 bytes"), "{e}");
+    sys::shm_unlink(&name).expect("cleanup");
+}

@@ -16,7 +16,7 @@ mod sys;
 #[cfg(test)]
 mod testutil;
 
-pub use backend::Backend;
+pub use backend::{Backend, Existing};
 pub use config::{
     BackendConfig, BackendKind, BackendProps, COMMON_OPTIONS, FileOptions, HostMemPolicy,
     KindOptions, MAX_HOST_NODES, MemfdOptions, OnOffAuto, ShmOptions, id_is_well_formed,

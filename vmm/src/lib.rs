@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod sandbox;
 pub mod serial_mux;
 pub mod signals;
+pub mod snapshot;
 pub mod stats;
 pub mod teardown;
 pub mod terminal;

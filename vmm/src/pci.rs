@@ -539,6 +539,44 @@ impl Pci {
         out
     }
 
+    /// Every function's configuration space (256 bytes), by slot, for a
+    /// snapshot.
+    pub fn save_config(&self) -> Vec<(u8, Vec<u8>)> {
+        let root = lock(&self.root);
+        (0..32u8)
+            .filter_map(|slot| {
+                let dev = root.device(PciAddress::new(slot, 0))?;
+                let mut config = vec![0u8; 256];
+                lock(&dev).config().peek(0, &mut config);
+                Some((slot, config))
+            })
+            .collect()
+    }
+
+    /// Puts saved configuration spaces back as the guest wrote them,
+    /// through the configuration path (so BARs move as they did): decoding
+    /// off, the BARs, the interrupt line, the capabilities, then the
+    /// command register (decoding on where it was). Read-only bits are
+    /// kept by the write masks; a slot that is empty now is refused.
+    pub fn restore_config(&self, saved: &[(u8, Vec<u8>)]) -> Result<(), String> {
+        let mut root = lock(&self.root);
+        for (slot, config) in saved {
+            let address = PciAddress::new(*slot, 0);
+            if root.device(address).is_none() || config.len() != 256 {
+                return Err(format!(
+                    "PCI slot {slot}: no such function, or not 256 bytes"
+                ));
+            }
+            root.config_write(address, 0x04, &[0, 0]);
+            for at in (0x10..0x28).chain(0x40..0x100).step_by(4) {
+                root.config_write(address, at, &config[at..at + 4]);
+            }
+            root.config_write(address, 0x3c, &config[0x3c..0x3d]);
+            root.config_write(address, 0x04, &config[0x04..0x06]);
+        }
+        Ok(())
+    }
+
     /// Where BAR `index` of the function at `address` decodes now.
     pub fn bar_address(&self, address: PciAddress, index: usize) -> Option<u64> {
         lock(&self.root).mapped(address, index).map(|r| r.addr)

@@ -7,7 +7,7 @@
 //! anywhere but in KVM_RUN, which KVM ends with EINTR regardless.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
@@ -86,6 +86,30 @@ pub fn install() -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// `--snapshot-on-signal`: SIGUSR1 asks for a snapshot.
+static SNAPSHOT_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// The signal that asks for a snapshot (`--snapshot-on-signal`).
+pub const SNAPSHOT_SIGNAL: i32 = libc::SIGUSR1;
+
+extern "C" fn on_snapshot(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    SNAPSHOT_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Installs the [`SNAPSHOT_SIGNAL`] handler (only with `--snapshot-on-signal`:
+/// otherwise SIGUSR1 keeps its default action).
+pub fn install_snapshot() -> Result<(), Error> {
+    register_signal_handler(SNAPSHOT_SIGNAL, on_snapshot).map_err(|err| Error::Install {
+        sig: SNAPSHOT_SIGNAL,
+        err,
+    })
+}
+
+/// Whether a snapshot was asked for since the last call (clears it).
+pub fn take_snapshot_request() -> bool {
+    SNAPSHOT_REQUESTED.swap(false, Ordering::SeqCst)
 }
 
 /// The real-time signal that kicks a vCPU thread out of KVM_RUN.

@@ -31,6 +31,19 @@ struct Pause {
     requested: bool,
     running: usize,
     parked: usize,
+    /// A snapshot's request for every parked vCPU's state.
+    save: Option<SaveRequest>,
+}
+
+/// What a snapshot asks of the parked vCPUs: their state, read on their
+/// own threads (each vCPU fd belongs to its thread).
+#[derive(Debug)]
+struct SaveRequest {
+    /// MSR indices to try (KVM_GET_MSR_INDEX_LIST).
+    msrs: Vec<u32>,
+    done: Vec<Result<hv::VcpuState, String>>,
+    /// The vCPUs (by id) that answered.
+    answered: Vec<u8>,
 }
 
 /// How often a parked vCPU looks for a stop signal (signal handlers cannot
@@ -81,6 +94,47 @@ impl VmState {
         true
     }
 
+    /// Reads every vCPU's state while all are parked (after [`VmState::pause`]):
+    /// each parked vCPU reads its own, ordered by vCPU id. `msrs` are the
+    /// MSR indices to try.
+    pub fn save_vcpus(
+        &self,
+        msrs: Vec<u32>,
+        timeout: Duration,
+    ) -> Result<Vec<hv::VcpuState>, String> {
+        let deadline = Instant::now() + timeout;
+        let mut p = self.pause_lock();
+        if !p.requested || p.parked < p.running {
+            return Err("the vCPUs are not paused (stop them first)".into());
+        }
+        let want = p.running;
+        p.save = Some(SaveRequest {
+            msrs,
+            done: Vec::with_capacity(want),
+            answered: Vec::with_capacity(want),
+        });
+        self.parked_changed.notify_all();
+        loop {
+            if p.save.as_ref().is_some_and(|r| r.done.len() >= want) {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stopping() {
+                p.save = None;
+                return Err("the vCPUs did not report their state in time".into());
+            }
+            p = self
+                .parked_changed
+                .wait_timeout(p, left.min(PARKED_POLL))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let done = p.save.take().map(|r| r.done).unwrap_or_default();
+        let mut states = done.into_iter().collect::<Result<Vec<_>, _>>()?;
+        states.sort_by_key(|s| s.id);
+        Ok(states)
+    }
+
     /// Lets parked vCPUs run again.
     pub fn resume(&self) {
         let mut p = self.pause_lock();
@@ -107,11 +161,19 @@ impl VmState {
 
     /// Parks the calling vCPU while a pause is requested (and the VM is
     /// not stopping).
-    fn park(&self) {
+    fn park(&self, vcpu: &mut Vcpu) {
         let mut p = self.pause_lock();
         p.parked += 1;
         self.parked_changed.notify_all();
         while p.requested && !self.stopping() && signals::stop_signal().is_none() {
+            if let Some(req) = p.save.as_mut()
+                && !req.answered.contains(&vcpu.id())
+            {
+                req.answered.push(vcpu.id());
+                let r = save_one(vcpu, &req.msrs).map_err(|e| format!("vCPU {}: {e}", vcpu.id()));
+                req.done.push(r);
+                self.parked_changed.notify_all();
+            }
             p = self
                 .parked_changed
                 .wait_timeout(p, PARKED_POLL)
@@ -136,14 +198,14 @@ impl VmState {
 }
 
 /// Configures `vcpu` (its id is its APIC ID in `topo`); the boot CPU also
-/// gets the entry state.
+/// gets the entry state. Returns the CPUID it was given.
 pub fn configure(
     vcpu: &Vcpu,
     host: &hv::HostCpu,
     topo: &Topology,
     boot_cpu: bool,
     entry: Entry,
-) -> Result<(), hv::Error> {
+) -> Result<Vec<hv::CpuidEntry>, hv::Error> {
     let mut cpuid = host.cpuid.clone();
     crate::cpuid::for_vcpu_in(&mut cpuid, u32::from(vcpu.id()), topo, host.tsc_deadline);
     vcpu.set_cpuid(&cpuid)?;
@@ -157,7 +219,16 @@ pub fn configure(
         vcpu.set_sregs(&s)?;
         vcpu.set_regs(&cpu::regs(entry))?;
     }
-    Ok(())
+    Ok(cpuid)
+}
+
+/// One parked vCPU's state: a pending port or MMIO access is completed
+/// first (KVM finishes it on the next KVM_RUN, which `immediate_exit`
+/// makes return before any guest instruction), so the registers are
+/// consistent.
+fn save_one(vcpu: &mut Vcpu, msrs: &[u32]) -> Result<hv::VcpuState, hv::Error> {
+    vcpu.complete_pending_io()?;
+    vcpu.save_state(msrs)
 }
 
 /// What every vCPU thread shares.
@@ -202,7 +273,7 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
         if state.paused() {
             // Queued console output reaches the UART before the pause.
             io.before_exit();
-            state.park();
+            state.park(&mut vcpu);
             continue;
         }
         if let Some(f) = first_run.take() {

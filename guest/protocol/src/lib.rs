@@ -112,6 +112,46 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The snapshot test (`shmvm.test=snapcount`): the guest fills a region
+/// of `snap_mib` MiB with [`snapcount_init`], then runs `rounds` rounds of
+/// [`snapcount_round`] over it, folding each round's checksum into a total
+/// with [`snapcount_fold`]; every result depends on every earlier round,
+/// so a restore that lost or repeated any memory or register state ends
+/// with another total. Host tests compute the same total natively.
+#[inline(always)]
+pub fn snapcount_init(index: u64, seed: u64) -> u64 {
+    memtest_pattern(index.wrapping_mul(8), seed)
+}
+
+/// One round over the region's words: each word is stepped (an LCG mixed
+/// with its index and the round) and the round's checksum returned.
+pub fn snapcount_round(words: &mut [u64], round: u64) -> u64 {
+    let mut acc = FNV_OFFSET ^ round;
+    for (i, w) in words.iter_mut().enumerate() {
+        let v = w
+            .wrapping_mul(0x5851_F42D_4C95_7F2D)
+            .wrapping_add(round ^ i as u64);
+        *w = v;
+        acc = (acc ^ v).wrapping_mul(FNV_PRIME);
+    }
+    acc
+}
+
+/// The running total after a round with checksum `acc`.
+#[inline(always)]
+pub fn snapcount_fold(total: u64, acc: u64) -> u64 {
+    total.rotate_left(7) ^ acc
+}
+
+/// Where the guest reports to a host peer over ivshmem after the last
+/// round (`shmvm.test=snapcount-ivshmem`): the total at offset 0, then
+/// [`SNAP_GUEST_DONE`] at 8; the host answers with a non-zero word at 16,
+/// which the guest prints.
+pub const SNAP_TOTAL_OFF: u64 = 0;
+pub const SNAP_FLAG_OFF: u64 = 8;
+pub const SNAP_HOST_OFF: u64 = 16;
+pub const SNAP_GUEST_DONE: u64 = 0x454E_4F44_5041_4E53; // "SNAPDONE"
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +190,6 @@ mod tests {
     fn magics_spell_their_names() {
         assert_eq!(&MAGIC.to_le_bytes(), b"SHMV");
         assert_eq!(&SLOT_MAGIC.to_le_bytes(), b"SHMVSLOT");
+        assert_eq!(&SNAP_GUEST_DONE.to_le_bytes(), b"SNAPDONE");
     }
 }

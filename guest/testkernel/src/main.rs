@@ -21,6 +21,7 @@ mod paging;
 mod params;
 mod pci;
 mod ranges;
+mod snapcount;
 mod tables;
 mod timer;
 
@@ -118,6 +119,8 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
             Test::DoorbellPong => doorbell::ping_pong(false),
             Test::DoorbellBad => doorbell::bad_rings(),
             Test::DoorbellMasked => doorbell::masked_ring(),
+            Test::Snapcount => snapcount::run().map(|_| ()),
+            Test::SnapcountIvshmem => snapcount::run_with_ivshmem(),
         };
         if let Err(why) = r {
             note_failure(why);

@@ -17,6 +17,8 @@ pub enum Test {
     DoorbellPong,
     DoorbellBad,
     DoorbellMasked,
+    Snapcount,
+    SnapcountIvshmem,
 }
 
 pub const MAX_TESTS: usize = 16;
@@ -39,6 +41,8 @@ pub struct Params {
     pub rounds: u64,
     /// Doorbell ping-pong waits in `hlt` at CPL0 (1) or spins in ring 3 (0).
     pub halt: u64,
+    /// MiB of RAM `snapcount` counts over.
+    pub snap_mib: u64,
     /// First problem found: (reason, offset of the offending word in the
     /// command line).
     pub error: Option<(&'static str, usize)>,
@@ -64,6 +68,7 @@ impl Params {
         peer: 0,
         rounds: 1000,
         halt: 0,
+        snap_mib: 4,
         error: None,
     };
 
@@ -127,6 +132,8 @@ fn test_by_name(s: &[u8]) -> Option<Test> {
         b"doorbell-pong" => Test::DoorbellPong,
         b"doorbell-bad" => Test::DoorbellBad,
         b"doorbell-masked" => Test::DoorbellMasked,
+        b"snapcount" => Test::Snapcount,
+        b"snapcount-ivshmem" => Test::SnapcountIvshmem,
         _ => return None,
     })
 }
@@ -191,6 +198,7 @@ fn parse(line: &[u8], p: &mut Params) {
             b"peer" => &mut p.peer,
             b"rounds" => &mut p.rounds,
             b"halt" => &mut p.halt,
+            b"snap_mib" => &mut p.snap_mib,
             _ => continue,
         };
         match parse_num(val) {
@@ -251,6 +259,14 @@ mod tests {
         assert_eq!((p.slot, p.parties, p.seed, p.timeout_ms), (1, 3, 0x99, 5));
         assert_eq!(p.bar2, Some(0x1_0010_0000));
         assert!(p.error.is_none());
+    }
+
+    #[test]
+    fn snapcount_and_its_region_size() {
+        let p = parsed("shmvm.test=snapcount,snapcount-ivshmem shmvm.snap_mib=8 shmvm.rounds=600");
+        assert_eq!(p.tests(), &[Test::Snapcount, Test::SnapcountIvshmem]);
+        assert_eq!((p.snap_mib, p.rounds), (8, 600));
+        assert_eq!(parsed("").snap_mib, 4);
     }
 
     #[test]

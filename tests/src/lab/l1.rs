@@ -26,7 +26,7 @@ use judge::{Judgement, NO_INIT, judge};
 
 mod doorbell;
 mod judge;
-mod qmp;
+pub mod qmp;
 
 const MODULES: &str = "/lab/modules";
 const L2_KERNEL: &str = "/lab/l2/vmlinuz";

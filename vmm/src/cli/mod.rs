@@ -13,6 +13,7 @@
 )]
 
 pub mod options;
+mod restore;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ pub enum Error {
     Option(#[from] options::Error),
     #[error(transparent)]
     Config(#[from] config::Error),
+    #[error("{0}")]
+    Restore(String),
 }
 
 impl Error {
@@ -149,6 +152,15 @@ pub struct Args {
     /// Seccomp filters per thread kind, no_new_privs, no capabilities after start-up (default on)
     #[arg(long, value_name = "on|off", value_enum)]
     pub sandbox: Option<OnOffArg>,
+    /// Restore the snapshot in DIR (made by QMP x-shmvm-snapshot-save) instead of booting; only -serial, -chardev, -mon, -qmp, -nographic, --stats, -pidfile, --sandbox, -v go with it
+    #[arg(long, value_name = "DIR")]
+    pub restore: Vec<PathBuf>,
+    /// How --restore maps guest RAM: shared (the saved memory itself, default) or clone (copy-on-write: many VMs from one snapshot)
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub restore_ram: Option<RestoreRamArg>,
+    /// On SIGUSR1: stop the VM, save a snapshot to DIR (as QMP x-shmvm-snapshot-save), and end (exit 0)
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_on_signal: Vec<PathBuf>,
     /// More logging (-v info, -vv debug, -vvv trace)
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -159,6 +171,13 @@ pub struct Args {
 pub enum OnOffArg {
     On,
     Off,
+}
+
+/// `--restore-ram`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RestoreRamArg {
+    Shared,
+    Clone,
 }
 
 /// `--stats` formats.
@@ -261,6 +280,16 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
     if let Some(text) = introspect(&args) {
         return Err(ParseOutcome::Info(text));
     }
+    if let Some(dir) = args.restore.last() {
+        let mut parsed = restore::parse(dir, args.restore_ram, &n.args)?;
+        parsed.config.snapshot_on_signal = args.snapshot_on_signal.last().cloned();
+        return Ok(parsed);
+    }
+    if args.restore_ram.is_some() {
+        return Err(ParseOutcome::Error(Error::Restore(
+            "--restore-ram: only with --restore DIR".into(),
+        )));
+    }
     let input = Input {
         kernel: args.kernel.last().cloned(),
         initrd: args.initrd.last().cloned(),
@@ -294,7 +323,9 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
             .iter()
             .any(|o| o.trim_start_matches('-').starts_with("snapshot:")),
     };
-    let config = Config::build(input).map_err(Error::from)?;
+    let mut config = Config::build(input).map_err(Error::from)?;
+    config.argv = restore::machine_argv(&n.args);
+    config.snapshot_on_signal = args.snapshot_on_signal.last().cloned();
     Ok(Parsed {
         config,
         noops: n.noops,

@@ -258,6 +258,25 @@ pub const OPTIONS: &[Opt] = &[
         "per-device statistics on stderr when the VM ends; --stats=json: one JSON line (schema: vmm/src/stats.rs)",
     ),
     own(
+        "restore",
+        Some("DIR"),
+        "restore the snapshot in DIR (QMP x-shmvm-snapshot-save) instead of booting; only the \
+         host-side options (-serial, -chardev, -mon, -qmp, -nographic, --stats, -pidfile, \
+         --sandbox, -v) go with it (docs/SNAPSHOT.md)",
+    ),
+    own(
+        "restore-ram",
+        Some("shared|clone"),
+        "how --restore maps guest RAM: shared, the saved memory itself (default), or clone, a \
+         private copy-on-write mapping (many VMs from one snapshot)",
+    ),
+    own(
+        "snapshot-on-signal",
+        Some("DIR"),
+        "for scripts: on SIGUSR1 the VM is stopped, saved to DIR (as QMP x-shmvm-snapshot-save) \
+         and ends, exit 0; a failed save is logged and the VM goes on",
+    ),
+    own(
         "verbose",
         None,
         "-v: info (including every no-op option), -vv debug, -vvv trace",

@@ -245,6 +245,15 @@ pub struct Config {
     pub sandbox: bool,
     /// QMP sockets (`-qmp`, `-mon` on a `-chardev socket,server=on`).
     pub monitors: Vec<crate::qmp::MonitorConfig>,
+    /// The normalized command line (program name excluded) that a
+    /// snapshot records to rebuild this machine (set by the CLI).
+    pub argv: Vec<String>,
+    /// `--restore DIR`: the snapshot the build pass restores instead of
+    /// booting the kernel.
+    pub restore: Option<std::sync::Arc<crate::snapshot::Restore>>,
+    /// `--snapshot-on-signal DIR`: SIGUSR1 saves a snapshot to DIR, then
+    /// the VM ends.
+    pub snapshot_on_signal: Option<PathBuf>,
 }
 
 fn check_ram_size(option: &'static str, size: u64) -> Result<(), Error> {
@@ -401,6 +410,9 @@ impl Config {
             verbose: input.verbose,
             sandbox: input.sandbox,
             monitors: mon.sockets,
+            argv: Vec::new(),
+            restore: None,
+            snapshot_on_signal: None,
         })
     }
 }

@@ -24,6 +24,8 @@ use super::x86::{
 };
 use super::{IoEventAddr, SystemEvent, VmExit};
 
+mod state;
+
 /// Errors from KVM calls, naming the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,7 +38,7 @@ pub enum Error {
         op: &'static str,
         err: kvm_ioctls::Error,
     },
-    #[error("KVM: set {set} of {want} boot MSRs")]
+    #[error("KVM: KVM_SET_MSRS set {set} of {want} MSRs")]
     Msrs { set: usize, want: usize },
     #[error("KVM: cannot map the coalesced I/O ring: {0}")]
     RingMap(std::io::Error),
@@ -226,6 +228,15 @@ impl Vm {
             None => self.fd.unregister_ioevent(evt, &a, NoDatamatch),
         }
         .map_err(ioctl("KVM_IOEVENTFD (deassign)"))
+    }
+
+    /// The MSR indices KVM can save for a vCPU (KVM_GET_MSR_INDEX_LIST);
+    /// [`Vcpu::save_state`] drops those it cannot read.
+    pub fn msr_index_list(&self) -> Result<Vec<u32>, Error> {
+        self.kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))
     }
 
     /// Replaces the VM's whole interrupt routing table.
@@ -625,6 +636,23 @@ impl Vcpu {
 
     pub fn clear_immediate_exit(&mut self) {
         self.fd.set_kvm_immediate_exit(0);
+    }
+
+    /// Completes a port or MMIO access the last exit left pending (KVM
+    /// finishes it on the next KVM_RUN) without running guest code:
+    /// KVM_RUN with `immediate_exit` set. Needed before reading state to
+    /// save (KVM's API documentation: the state is consistent only then).
+    pub fn complete_pending_io(&mut self) -> Result<(), Error> {
+        self.fd.set_kvm_immediate_exit(1);
+        let r = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        match r {
+            Err(e) if e.errno() != libc::EINTR && e.errno() != libc::EAGAIN => Err(Error::Ioctl {
+                op: "KVM_RUN (immediate exit)",
+                err: e,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Maps the VM's coalesced-I/O ring (one per VM; any vCPU's fd

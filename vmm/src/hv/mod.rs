@@ -17,7 +17,7 @@ pub mod x86;
 pub use kvm::{CoalescedRing, CoalescedWrite, Error, HostCpu, Vcpu, Vm};
 pub use x86::{
     CpuidEntry, DescriptorTable, Fpu, GsiRoute, IrqChip, LapicState, MsrEntry, Regs, Segment,
-    SpecialRegs,
+    SpecialRegs, VcpuState, VmIrqState,
 };
 
 /// Where an ioeventfd listens.

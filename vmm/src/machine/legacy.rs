@@ -71,19 +71,24 @@ fn named(device: &str, port: u64) -> impl FnOnce(devices::bus::Error) -> Error {
 }
 
 /// Puts the table's devices on the port bus. `hook` is how a device ends
-/// the VM.
-pub fn place(io: &IoBuses, com1: &Arc<Mutex<Serial>>, hook: &ExitHook) -> Result<(), Error> {
+/// the VM. Returns the i8042 (a snapshot saves its state).
+pub fn place(
+    io: &IoBuses,
+    com1: &Arc<Mutex<Serial>>,
+    hook: &ExitHook,
+) -> Result<Arc<Mutex<I8042>>, Error> {
+    let i8042 = Arc::new(Mutex::new(I8042::new(hook.clone())));
     for &(name, model, port, len) in TABLE {
         let dev: SharedDevice = match model {
             Model::Com1 => com1.clone(),
             Model::AcpiSleep => Arc::new(Mutex::new(AcpiSleep::new(hook.clone()))),
-            Model::I8042 => Arc::new(Mutex::new(I8042::new(hook.clone()))),
+            Model::I8042 => i8042.clone(),
         };
         let port = u64::from(port);
         io.add_shared(BusKind::Pio, name, dev, port, len)
             .map_err(named(name, port))?;
     }
-    Ok(())
+    Ok(i8042)
 }
 
 /// Puts the `-device isa-debug-exit` ports on the port bus, after every

@@ -17,6 +17,11 @@ pub mod ivshmem;
 pub mod ivshmem_doorbell;
 pub mod legacy;
 pub mod power_button;
+mod snapshot;
+
+/// Why a configuration cannot be snapshotted (tests of the CLI's side).
+#[cfg(test)]
+pub(crate) use snapshot::refusal as snapshot_refusal;
 
 use std::fs::File;
 use std::io::Write;
@@ -96,6 +101,10 @@ pub enum Error {
     IvshmemDoorbell(#[from] ivshmem_doorbell::Error),
     #[error(transparent)]
     Virtio(#[from] crate::virtio::Error),
+    #[error("--restore: {0}")]
+    Snapshot(#[from] crate::snapshot::Error),
+    #[error("--restore: PCI configuration: {0}")]
+    RestorePci(String),
 }
 
 impl Error {
@@ -117,6 +126,8 @@ impl Error {
             Error::Monitor(e) => e.exit_code(),
             Error::IvshmemDoorbell(e) => e.exit_code(),
             Error::Virtio(e) => e.exit_code(),
+            Error::Snapshot(e) => e.exit_code(),
+            Error::RestorePci(_) => 2,
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) | Error::Sandbox(_) => 1,
         }
     }
@@ -185,6 +196,7 @@ pub struct Machine {
     state: Arc<VmState>,
     console: Console,
     vcpus: Vec<hv::Vcpu>,
+    snap: snapshot::SnapshotParts,
 }
 
 /// The UART's output: stdout or the serial file behind a queue that never
@@ -307,14 +319,6 @@ impl Drop for CreatedFiles {
     }
 }
 
-fn create_backend(cfg: &memory::BackendConfig, option: &'static str) -> Result<Backend, Error> {
-    Backend::create(cfg).map_err(|err| Error::Backend {
-        option,
-        id: cfg.id().to_string(),
-        err: Box::new(err),
-    })
-}
-
 /// The backend `id` among the `-object`s (the configuration layer checked
 /// that it exists and is not guest RAM).
 fn object(objects: &[Arc<Backend>], id: &str) -> Result<Arc<Backend>, Error> {
@@ -328,8 +332,15 @@ fn object(objects: &[Arc<Backend>], id: &str) -> Result<Arc<Backend>, Error> {
 impl Machine {
     /// Builds the machine `cfg` describes, up to vCPUs ready to run.
     pub fn build(cfg: &Config, t: &mut Timeline) -> Result<Machine, Error> {
+        // A restore rebuilds the saved machine in this same pass: memory
+        // mapped from the snapshot instead of created, no kernel loaded,
+        // vCPU and device state written back instead of set up for boot.
+        let restore = cfg.restore.as_deref();
         // Every user-named file is opened before anything is created.
-        let mut files = BootFiles::open(&cfg.kernel, cfg.initrd.as_deref())?;
+        let mut files = match restore {
+            None => Some(BootFiles::open(&cfg.kernel, cfg.initrd.as_deref())?),
+            Some(_) => None,
+        };
         let ram_option = if cfg.ram_from_object {
             "--object"
         } else {
@@ -337,14 +348,14 @@ impl Machine {
         };
         // mem-path files created from here on go again if a later step fails.
         let mut created = CreatedFiles::default();
-        let ram_backend = create_backend(&cfg.ram, ram_option)?;
+        let ram_backend = snapshot::backend(&cfg.ram, ram_option, restore, true)?;
         created.note(&ram_backend);
         let ram = GuestRam::new(ram_backend)?;
         let objects = cfg
             .objects
             .iter()
             .map(|o| {
-                let b = create_backend(o, "--object")?;
+                let b = snapshot::backend(o, "--object", restore, false)?;
                 created.note(&b);
                 Ok(Arc::new(b))
             })
@@ -374,9 +385,15 @@ impl Machine {
             cores: cfg.smp.cores,
             threads: cfg.smp.threads,
         };
-        let loaded = boot::load_with(ram.mem(), ram.size(), &spec, &topo, &mut files)?;
-        log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
-        t.mark("kernel + boot data loaded");
+        let entry = match files.as_mut() {
+            Some(files) => {
+                let loaded = boot::load_with(ram.mem(), ram.size(), &spec, &topo, files)?;
+                log::info!("entry {:?}, initrd {:x?}", loaded.entry, loaded.initrd);
+                t.mark("kernel + boot data loaded");
+                Some(loaded.entry)
+            }
+            None => None,
+        };
 
         let state = Arc::new(VmState::default());
         let io = Arc::new(IoBuses::new());
@@ -388,7 +405,10 @@ impl Machine {
         let serial = Serial::new(IrqEvent::new()?, out);
         vm.register_irqfd(serial.irq().eventfd(), layout::COM1_IRQ)?;
         let serial = Arc::new(Mutex::new(serial));
-        legacy::place(&io, &serial, &hook)?;
+        let i8042 = legacy::place(&io, &serial, &hook)?;
+        if let Some(r) = restore {
+            snapshot::restore_devices(r, &serial, &i8042)?;
+        }
         t.mark("legacy devices");
 
         // ~0.5 ms on PVM: ~70 CPUID instructions in the host kernel, each
@@ -397,13 +417,35 @@ impl Machine {
         // 2x40 interleaved runs). So: in order.
         let host = vm.host_cpu()?;
         t.mark("KVM_GET_SUPPORTED_CPUID");
+        if let Some(r) = restore {
+            snapshot::check_host_cpu(r, &host, &topo)?;
+        }
         let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
+        let mut cpuids = Vec::with_capacity(cfg.vcpus.into());
         for index in 0..cfg.vcpus {
             // The in-kernel LAPIC's ID is the vCPU's id: the topology's
             // APIC ID (load_with checked that each fits below 0xfe).
             let apic_id = u8::try_from(topo.apic_id(index)).unwrap_or(u8::MAX);
             let v = vm.create_vcpu(apic_id)?;
-            vcpu::configure(&v, &host, &topo, index == 0, loaded.entry)?;
+            let cpuid = match (restore, entry) {
+                (Some(r), _) => {
+                    let saved =
+                        r.state
+                            .vcpus
+                            .iter()
+                            .find(|s| s.id == apic_id)
+                            .ok_or_else(|| {
+                                crate::snapshot::Error::Corrupt(format!(
+                                    "no state for vCPU {apic_id}"
+                                ))
+                            })?;
+                    v.restore_state(saved)?;
+                    saved.cpuid.clone()
+                }
+                (None, Some(entry)) => vcpu::configure(&v, &host, &topo, index == 0, entry)?,
+                (None, None) => unreachable!("a boot always loads a kernel"),
+            };
+            cpuids.push((apic_id, cpuid));
             vcpus.push(v);
         }
         t.mark("vCPUs created and configured");
@@ -478,6 +520,17 @@ impl Machine {
         .map_err(|err| name_the_memdev(err, cfg, &objects))?;
         legacy::place_debug_exits(&io, &hook, &debug_exits)?;
         t.mark("PCI root and devices");
+        if let Some(r) = restore {
+            let saved: Vec<_> = r
+                .state
+                .pci
+                .iter()
+                .map(|f| (f.slot, f.config.clone()))
+                .collect();
+            pci.restore_config(&saved).map_err(Error::RestorePci)?;
+            vm.restore_irq_state(&r.state.vm)?;
+            t.mark("PCI configuration, irqchips, PIT and clock restored");
+        }
         created.keep();
         Ok(Machine {
             vm,
@@ -495,6 +548,7 @@ impl Machine {
                 dropped: console_dropped,
             },
             vcpus,
+            snap: snapshot::SnapshotParts::new(cfg, i8042, cpuids),
         })
     }
 
@@ -553,6 +607,19 @@ impl Machine {
                     log::error!("QMP: cannot start the monitor thread: {e}");
                 }
             }
+            if let Some(dir) = self.snap.on_signal.as_deref() {
+                let m = &self;
+                let r = std::thread::Builder::new()
+                    .name("snapshot".into())
+                    .stack_size(256 << 10)
+                    .spawn_scoped(s, move || {
+                        crate::sandbox::enter_worker();
+                        m.watch_snapshot_signal(dir);
+                    });
+                if let Err(e) = r {
+                    log::error!("--snapshot-on-signal: cannot start its thread: {e}");
+                }
+            }
             let ran = vcpu::run_all(vcpus, shared, &|| t.log());
             if let (Some(c), Some(end)) = (&control, self.state.end()) {
                 c.shutdown(control::shutdown_cause(&end));
@@ -609,8 +676,9 @@ impl Machine {
             state,
             console,
             vcpus,
+            snap,
         } = self;
-        drop((console, pci, plugs, io, state, vcpus));
+        drop((console, pci, plugs, io, state, vcpus, snap));
         drop((ram, objects));
         match Arc::try_unwrap(vm) {
             Ok(vm) => crate::teardown::detach(vm),
@@ -626,6 +694,9 @@ impl Machine {
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let mut t = Timeline::new(start);
     crate::signals::install()?;
+    if cfg.snapshot_on_signal.is_some() {
+        crate::signals::install_snapshot()?;
+    }
     crate::sandbox::set_enabled(cfg.sandbox);
     // Before the machine: a path that cannot be a socket fails first.
     let monitor = crate::qmp::Server::new(&cfg.monitors)?;

@@ -11,6 +11,13 @@ use super::control::{Reply, Request};
 /// waits until every vCPU is parked).
 pub trait Machine {
     fn call(&self, request: Request) -> Reply;
+    /// `x-shmvm-snapshot-save`: writes the paused machine's snapshot to
+    /// the directory `path`.
+    fn snapshot_save(&self, path: &str) -> Reply {
+        Err(format!(
+            "cannot save a snapshot to '{path}': this machine has no snapshots"
+        ))
+    }
 }
 
 /// QMP error classes (QEMU's `QapiErrorClass`).
@@ -85,6 +92,7 @@ enum Action {
     Name,
     Machine(Request),
     Hmp,
+    SnapshotSave,
 }
 
 struct Command {
@@ -170,6 +178,17 @@ const COMMANDS: &[Command] = &[
         name: "x-shmvm-query-stats",
         params: NO_PARAMS,
         action: Action::Machine(Request::Stats),
+    },
+    // shmvm's own: QEMU's snapshot-save (a job writing into qcow2 disks
+    // under a tag) and HMP savevm mean something else.
+    Command {
+        name: "x-shmvm-snapshot-save",
+        params: &[Param {
+            name: "path",
+            kind: Kind::Str,
+            required: true,
+        }],
+        action: Action::SnapshotSave,
     },
     Command {
         name: "human-monitor-command",
@@ -320,6 +339,10 @@ impl Session {
                     .unwrap_or_default();
                 hmp(line, vm).map(Value::String).map_err(generic)
             }
+            Action::SnapshotSave => {
+                let path = args.get("path").and_then(Value::as_str).unwrap_or_default();
+                vm.snapshot_save(path).map_err(generic)
+            }
         }
     }
 }
@@ -397,6 +420,25 @@ mod tests {
 
     fn class(v: &Value) -> &str {
         v["error"]["class"].as_str().unwrap_or("none")
+    }
+
+    #[test]
+    fn snapshot_save_takes_a_path_and_qemus_savevm_is_unknown() {
+        let (mut s, vm) = (Session::default(), Fake::default());
+        run(&mut s, &vm, r#"{"execute":"qmp_capabilities"}"#);
+        let r = run(&mut s, &vm, r#"{"execute":"x-shmvm-snapshot-save"}"#);
+        assert_eq!(r["error"]["desc"], "Parameter 'path' is missing");
+        let r = run(
+            &mut s,
+            &vm,
+            r#"{"execute":"x-shmvm-snapshot-save","arguments":{"path":"/tmp/s"}}"#,
+        );
+        assert!(
+            r["error"]["desc"].as_str().unwrap().contains("/tmp/s"),
+            "{r}"
+        );
+        let r = run(&mut s, &vm, r#"{"execute":"snapshot-save"}"#);
+        assert_eq!(class(&r), "CommandNotFound");
     }
 
     #[test]

@@ -20,7 +20,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
-pub(super) enum QmpError {
+pub enum QmpError {
     #[error("qmp connect {path}: {source}")]
     Connect {
         path: String,
@@ -40,17 +40,18 @@ pub(super) enum QmpError {
     Check(String),
 }
 
-pub(super) struct Qmp {
+#[derive(Debug)]
+pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     /// Event names, in arrival order.
-    pub(super) events: Vec<String>,
+    pub events: Vec<String>,
 }
 
 impl Qmp {
     /// Connects (retrying until the deadline: the socket appears while the
     /// VMM starts) and negotiates capabilities.
-    pub(super) fn connect(path: &Path) -> Result<Qmp, QmpError> {
+    pub fn connect(path: &Path) -> Result<Qmp, QmpError> {
         let deadline = Instant::now() + STEP_TIMEOUT;
         let stream = loop {
             match UnixStream::connect(path) {
@@ -116,8 +117,13 @@ impl Qmp {
 
     /// Sends a command and returns its `return` value (events that arrive
     /// before the reply are noted).
-    pub(super) fn execute(&mut self, command: &str) -> Result<Value, QmpError> {
-        let msg = json!({ "execute": command, "id": command });
+    pub fn execute(&mut self, command: &str) -> Result<Value, QmpError> {
+        self.execute_with(command, json!({}))
+    }
+
+    /// [`Qmp::execute`] with `arguments`.
+    pub fn execute_with(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+        let msg = json!({ "execute": command, "arguments": arguments, "id": command });
         self.writer.write_all(format!("{msg}\n").as_bytes())?;
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
@@ -136,7 +142,7 @@ impl Qmp {
     }
 
     /// Reads events until `name` has been seen or the deadline passes.
-    pub(super) fn wait_event(&mut self, name: &str) -> Result<(), QmpError> {
+    pub fn wait_event(&mut self, name: &str) -> Result<(), QmpError> {
         let deadline = Instant::now() + STEP_TIMEOUT;
         while !self.events.iter().any(|e| e == name) {
             let v = self.read(deadline)?;
