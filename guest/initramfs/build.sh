@@ -28,13 +28,22 @@ chmod 755 "$stage/init" "$stage/bin/busybox" "$stage/bin/ivshmem-tool"
 if [ -n "$moddir" ]; then
     mkdir -p "$stage/lib/modules/virtio"
     # Load order (each module's depends= comes before it).
-    order="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_blk"
+    order="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_blk virtio-rng virtio_console"
     for m in $order; do
         f=$(find "$moddir/kernel/drivers" -name "$m.ko" | head -n1)
         [ -n "$f" ] || die "module $m.ko not found under $moddir"
         cp "$f" "$stage/lib/modules/virtio/"
     done
     echo "$order" >"$stage/lib/modules/virtio/order"
+    # The vhost-user fs, vsock and rng drivers (lab.vuser), after virtio.
+    mkdir -p "$stage/lib/modules/vhostuser"
+    order="fuse virtiofs vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio-rng"
+    for m in $order; do
+        f=$(find "$moddir/kernel" -name "$m.ko" | head -n1)
+        [ -n "$f" ] || die "module $m.ko not found under $moddir"
+        cp "$f" "$stage/lib/modules/vhostuser/"
+    done
+    echo "$order" >"$stage/lib/modules/vhostuser/order"
     # The ACPI power button (lab.action=powerdown): both are modules in the
     # Debian cloud kernel (CONFIG_ACPI_BUTTON=m, CONFIG_INPUT_EVDEV=m).
     mkdir -p "$stage/lib/modules/button"

@@ -334,6 +334,15 @@ pub const MAIN: &[Allow] = &[
 /// VM fd, the terminal; naming a received fd in a message (`readlink` of
 /// /proc/self/fd/N).
 pub const WORKER: &[Allow] = &[
+    // Built-in virtio-blk's I/O threads: the image file.
+    Call(libc::SYS_pread64),
+    Call(libc::SYS_pwrite64),
+    Call(libc::SYS_preadv),
+    Call(libc::SYS_pwritev),
+    Call(libc::SYS_preadv2),
+    Call(libc::SYS_pwritev2),
+    Call(libc::SYS_fdatasync),
+    Call(libc::SYS_fsync),
     Arg(libc::SYS_ioctl, 1, VM_IOCTLS),
     Arg(libc::SYS_ioctl, 1, TTY_IOCTLS),
     Call(libc::SYS_readlink),

@@ -2,11 +2,13 @@
 //! a Linux guest (through sysfs `resource2`), or the same memory from the host
 //! through its backing file (`--path /dev/shm/NAME`).
 
+mod blkbench;
 mod device;
 mod doorbell;
 mod parse;
 mod pattern;
 mod region;
+mod vsock;
 
 use std::fs::File;
 use std::io::Write;
@@ -146,6 +148,15 @@ enum Command {
         #[arg(long, default_value_t = 60_000)]
         timeout_ms: u64,
     },
+    /// vsock: listen on PORT, accept one connection, echo one line back
+    /// (prints "vsock-echo listening" once bound, then the line).
+    VsockEcho {
+        #[arg(value_parser = parse::number)]
+        port: u64,
+        /// Give up (exit 1) after this many milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
     /// Play the host side of the test kernel's handshake (guest/protocol):
     /// wait for the guest's P1, verify it, write P2, wait for its verdict.
     Handshake {
@@ -167,6 +178,22 @@ enum Command {
         /// Give up (exit 1) after this many milliseconds.
         #[arg(long, default_value_t = 60_000)]
         timeout_ms: u64,
+    },
+    /// Measure a block device (--path, e.g. /dev/vda): sequential 1 MiB and random
+    /// 4 KiB writes then reads, O_DIRECT at queue depth 1, medians of RUNS. Overwrites the range.
+    Blkbench {
+        /// Start of the range.
+        #[arg(long, value_name = "OFF", default_value = "0", value_parser = parse::number)]
+        offset: u64,
+        /// Length of the range.
+        #[arg(long, value_name = "LEN", value_parser = parse::number)]
+        len: u64,
+        /// Time per run of each pattern, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        millis: u64,
+        /// Runs of each pattern (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Measure write then read bandwidth over a range (MB/s, 10^6 bytes). Overwrites it.
     Bench {
@@ -217,6 +244,8 @@ enum ToolError {
     Stdout(std::io::Error),
     #[error(transparent)]
     Doorbell(#[from] doorbell::DoorbellError),
+    #[error(transparent)]
+    Vsock(#[from] vsock::VsockError),
     #[error("{what} {value} is out of range (at most {max})")]
     Range {
         what: &'static str,
@@ -413,6 +442,17 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
                 start.elapsed().as_millis()
             ))?;
         }
+        Command::VsockEcho { port, timeout_ms } => {
+            let port = u32::try_from(*port).map_err(|_| ToolError::Range {
+                what: "port",
+                value: *port,
+                max: u64::from(u32::MAX),
+            })?;
+            let line = vsock::echo(port, Duration::from_millis(*timeout_ms), || {
+                let _ = say("vsock-echo listening".into());
+            })?;
+            say(format!("vsock-echo ok: {line}"))?;
+        }
         Command::Handshake { timeout_ms } => {
             let t = open_target(cli)?;
             let bytes = protocol::host_handshake(&t.region, &mut Deadline::after(*timeout_ms))
@@ -441,6 +481,31 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
                 source,
             })?;
             say(format!("slots ok: slot={slot} parties={parties}"))?;
+        }
+        Command::Blkbench {
+            offset,
+            len,
+            millis,
+            runs,
+        } => {
+            let path = cli
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/dev/vda"));
+            let r = blkbench::run(&path, *offset, *len, Duration::from_millis(*millis), *runs)
+                .map_err(|source| ToolError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+            say(format!(
+                "blkbench seq_read_MBps={:.1} seq_write_MBps={:.1} rand_read_iops={:.0} rand_write_iops={:.0} rand_read_MBps={:.2} rand_write_MBps={:.2}",
+                r.seq_read.mb_per_s(),
+                r.seq_write.mb_per_s(),
+                r.rand_read.iops(),
+                r.rand_write.iops(),
+                r.rand_read.mb_per_s(),
+                r.rand_write.mb_per_s(),
+            ))?;
         }
         Command::Bench { range: r, millis } => {
             let t = open_target(cli)?;

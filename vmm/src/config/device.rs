@@ -1,10 +1,11 @@
 //! `-device TYPE,...`: isa-debug-exit, ivshmem-plain, ivshmem-doorbell,
-//! vhost-user-blk-pci.
+//! vhost-user-{blk,fs,vsock,rng,device}-pci, virtio-blk-pci, virtio-rng-pci,
+//! virtio-serial-pci, virtconsole, virtserialport.
 
 use memory::BackendConfig;
 
 use super::{Error, Prop, TypeInfo, invalid, keyval::KeyVal};
-use crate::vhost_user_blk::ChardevConfig;
+use crate::vhost_user::{ChardevConfig, Kind};
 
 /// QEMU's isa-debug-exit defaults (hw/misc/debugexit.c): port 0x501, 2 ports.
 pub const DEBUG_EXIT_IOBASE: u16 = 0x501;
@@ -12,6 +13,21 @@ pub const DEBUG_EXIT_IOSIZE: u16 = 2;
 
 const ID: Prop = Prop::new("id", "string", "", "the device's name");
 const ADDR: Prop = Prop::new("addr", "slot[.0]", "first free", "PCI slot on bus 0 (hex)");
+
+/// Properties every virtio-serial port has.
+const PORT_CHARDEV: Prop = Prop::new(
+    "chardev",
+    "id",
+    "(required)",
+    "a -chardev stdio, file or null",
+);
+const PORT_NAME: Prop = Prop::new("name", "string", "", "the port's name (virtme.ret, ...)");
+const PORT_BUS: Prop = Prop::new(
+    "bus",
+    "ID.0",
+    "the first with room",
+    "the virtio-serial-pci",
+);
 
 /// The `-device` types, for help and for checking property names.
 pub const TYPES: &[TypeInfo] = &[
@@ -63,7 +79,112 @@ pub const TYPES: &[TypeInfo] = &[
             Prop::new("num-queues", "uint16", "back-end's", "queues to use"),
         ],
     ),
+    TypeInfo::new(
+        "vhost-user-fs-pci",
+        "a virtio-fs shared directory served by a vhost-user back-end (virtiofsd)",
+        &[ID, ADDR],
+        &[
+            VHOST_CHARDEV,
+            Prop::new(
+                "tag",
+                "string",
+                "(required)",
+                "the name the guest mounts (1..36 bytes)",
+            ),
+            Prop::new("num-request-queues", "uint16", "1", "request queues"),
+            Prop::new(
+                "queue-size",
+                "uint16",
+                "128",
+                "descriptors per queue (power of 2)",
+            ),
+        ],
+    ),
+    TypeInfo::new(
+        "virtio-blk-pci",
+        "a virtio block device on a -drive if=none,id=ID raw image",
+        &[ID, ADDR],
+        &[
+            Prop::new("drive", "id", "(required)", "a -drive if=none,id=ID"),
+            Prop::new(
+                "serial",
+                "string",
+                "",
+                "the disk's serial (GET_ID), 20 bytes at most",
+            ),
+        ],
+    ),
+    TypeInfo::new(
+        "vhost-user-vsock-pci",
+        "a virtio vsock device served by a vhost-user back-end (the CID is the back-end's)",
+        &[ID, ADDR],
+        &[VHOST_CHARDEV],
+    ),
+    TypeInfo::new(
+        "vhost-user-rng-pci",
+        "a virtio entropy device served by a vhost-user back-end",
+        &[ID, ADDR],
+        &[VHOST_CHARDEV],
+    ),
+    TypeInfo::new(
+        "vhost-user-device-pci",
+        "any virtio device type served by a vhost-user back-end",
+        &[ID, ADDR],
+        &[
+            VHOST_CHARDEV,
+            Prop::new("virtio-id", "uint16", "(required)", "virtio device id"),
+            Prop::new("num_vqs", "uint32", "1", "queues"),
+            Prop::new(
+                "vq_size",
+                "uint32",
+                "64",
+                "descriptors per queue (power of 2)",
+            ),
+            Prop::new(
+                "config_size",
+                "uint32",
+                "0",
+                "bytes of configuration read from the back-end",
+            ),
+        ],
+    ),
+    TypeInfo::new(
+        "virtio-serial-pci",
+        "a virtio console with ports (virtconsole, virtserialport)",
+        &[ID, ADDR],
+        &[Prop::new(
+            "max_ports",
+            "uint32",
+            "31",
+            "ports the guest sets up (1..31)",
+        )],
+    ),
+    TypeInfo::new(
+        "virtconsole",
+        "a console port (hvc0 in the guest) of a virtio-serial-pci",
+        &[ID, PORT_CHARDEV, PORT_NAME, PORT_BUS],
+        &[Prop::new("nr", "uint32", "0 if free", "the port number")],
+    ),
+    TypeInfo::new(
+        "virtserialport",
+        "a named port (/dev/vportNpM, /sys/class/virtio-ports/*/name) of a virtio-serial-pci",
+        &[ID, PORT_CHARDEV, PORT_NAME, PORT_BUS],
+        &[Prop::new(
+            "nr",
+            "uint32",
+            "lowest free from 1",
+            "the port number",
+        )],
+    ),
+    TypeInfo::new(
+        "virtio-rng-pci",
+        "a virtio entropy device fed by the host kernel's random source",
+        &[ID, ADDR],
+        &[],
+    ),
 ];
+
+const VHOST_CHARDEV: Prop = Prop::new("chardev", "id", "(required)", "a -chardev socket");
 
 /// Devices from `-device`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +197,17 @@ pub enum DeviceConfig {
     IvshmemPlain(crate::ivshmem::IvshmemConfig),
     /// `ivshmem-doorbell,chardev=ID[,vectors=N][,ioeventfd=on|off]`
     IvshmemDoorbell(crate::ivshmem_doorbell::DoorbellConfig),
-    /// `vhost-user-blk-pci,chardev=ID` or `--vhost-user-blk socket=PATH`
-    VhostUserBlk(crate::vhost_user_blk::VhostUserBlkConfig),
+    /// `vhost-user-*-pci,chardev=ID` or `--vhost-user-blk socket=PATH`
+    VhostUser(crate::vhost_user::VhostUserConfig),
+    /// `virtio-blk-pci,drive=ID` or `-drive if=virtio`
+    VirtioBlk(crate::virtio::config::BlkConfig),
+    /// `virtio-rng-pci`
+    VirtioRng(crate::virtio::config::RngConfig),
+    /// `virtio-serial-pci` with its ports
+    VirtioSerial(crate::virtio::config::SerialConfig),
+    /// `virtconsole` / `virtserialport`, until [`check_serial`] moves it
+    /// into its virtio-serial-pci
+    VirtioSerialPort(crate::virtio::config::PortConfig),
 }
 
 fn debug_exit(mut kv: KeyVal) -> Result<DeviceConfig, Error> {
@@ -110,6 +240,14 @@ fn debug_exit(mut kv: KeyVal) -> Result<DeviceConfig, Error> {
 
 /// Parses one `-device` value.
 pub fn parse(spec: &str) -> Result<DeviceConfig, Error> {
+    parse_with(spec, &[])
+}
+
+/// Parses one `-device` value; `drives` are the `-drive`s it may name.
+pub fn parse_with(
+    spec: &str,
+    drives: &[crate::virtio::config::DriveConfig],
+) -> Result<DeviceConfig, Error> {
     let mut kv = super::keyval("-device", spec, Some("driver"))?;
     let driver = kv.take("driver").unwrap_or_default();
     match driver.as_str() {
@@ -120,17 +258,75 @@ pub fn parse(spec: &str) -> Result<DeviceConfig, Error> {
         "ivshmem-doorbell" => Ok(DeviceConfig::IvshmemDoorbell(
             crate::ivshmem_doorbell::from_keyval(kv)?,
         )),
-        "vhost-user-blk-pci" => Ok(DeviceConfig::VhostUserBlk(
-            crate::vhost_user_blk::config::from_keyval("-device", kv, "chardev")?,
+        d if let Some(kind) = Kind::from_driver(d) => Ok(DeviceConfig::VhostUser(
+            crate::vhost_user::config::from_keyval("-device", kind, kv, "chardev")?,
+        )),
+        "virtio-blk-pci" => {
+            let d = crate::virtio::config::parse_blk_device(kv)?;
+            Ok(DeviceConfig::VirtioBlk(crate::virtio::config::bind(
+                drives, d,
+            )?))
+        }
+        "virtio-serial-pci" => Ok(DeviceConfig::VirtioSerial(
+            crate::virtio::config::parse_serial_device(kv)?,
+        )),
+        "virtconsole" | "virtserialport" => Ok(DeviceConfig::VirtioSerialPort(
+            crate::virtio::config::parse_port_device(kv, driver == "virtconsole")?,
+        )),
+        "virtio-rng-pci" => Ok(DeviceConfig::VirtioRng(
+            crate::virtio::config::parse_rng_device(kv)?,
         )),
         "" => Err(invalid("-device", "empty device name")),
         other => Err(invalid(
             "-device",
             format!(
-                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci; see -device help)"
+                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-{{blk,fs,vsock,rng,device}}-pci, virtio-blk-pci, virtio-rng-pci, virtio-serial-pci, virtconsole, virtserialport; see -device help)"
             ),
         )),
     }
+}
+
+/// Adds a virtio-blk device per `-drive if=virtio` and checks the drives
+/// (see [`crate::virtio::config::check_drives`]).
+pub fn check_drives(
+    devices: &mut Vec<DeviceConfig>,
+    drives: &[crate::virtio::config::DriveConfig],
+) -> Result<(), Error> {
+    let bound: Vec<_> = devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::VirtioBlk(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let own = crate::virtio::config::check_drives(drives, &bound)?;
+    devices.extend(own.into_iter().map(DeviceConfig::VirtioBlk));
+    Ok(())
+}
+
+/// Moves each virtconsole / virtserialport into its virtio-serial-pci,
+/// its chardev (one of `chardevs`) resolved.
+pub fn check_serial(devices: &mut Vec<DeviceConfig>, chardevs: &[String]) -> Result<(), Error> {
+    let mut ports = Vec::new();
+    devices.retain(|d| match d {
+        DeviceConfig::VirtioSerialPort(p) => {
+            ports.push(p.clone());
+            false
+        }
+        _ => true,
+    });
+    let mut serials: Vec<_> = devices
+        .iter_mut()
+        .filter_map(|d| match d {
+            DeviceConfig::VirtioSerial(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let sinks = crate::virtio::config::port_sinks(chardevs)?;
+    crate::virtio::config::attach_ports(&mut serials, ports, &sinks)
 }
 
 /// Numbers the ivshmem devices and checks their memdevs against the
@@ -187,25 +383,26 @@ pub fn check_ivshmem_doorbell(
 
 /// Adds the `--vhost-user-blk` devices, resolves `chardev=` references
 /// against the socket chardevs and checks guest RAM can be shared.
-pub fn check_vhost_user_blk(
+pub fn check_vhost_user(
     devices: &mut Vec<DeviceConfig>,
     short: &[String],
     sockets: &[ChardevConfig],
     ram: &BackendConfig,
 ) -> Result<(), Error> {
-    use crate::vhost_user_blk::config as vub;
+    use crate::vhost_user::config as vub;
     for s in short {
         let kv = super::keyval("--vhost-user-blk", s, None)?;
-        devices.push(DeviceConfig::VhostUserBlk(vub::from_keyval(
+        devices.push(DeviceConfig::VhostUser(vub::from_keyval(
             "--vhost-user-blk",
+            Kind::Blk,
             kv,
             "socket",
         )?));
     }
-    let mut blk: Vec<&mut vub::VhostUserBlkConfig> = devices
+    let mut blk: Vec<&mut vub::VhostUserConfig> = devices
         .iter_mut()
         .filter_map(|d| match d {
-            DeviceConfig::VhostUserBlk(c) => Some(c),
+            DeviceConfig::VhostUser(c) => Some(c),
             _ => None,
         })
         .collect();

@@ -143,7 +143,7 @@ pub enum Error {
     #[error("-device: {0}")]
     IvshmemDoorbell(#[from] crate::ivshmem_doorbell::Error),
     #[error(transparent)]
-    VhostUserBlk(#[from] crate::vhost_user_blk::config::Error),
+    VhostUserBlk(#[from] crate::vhost_user::config::Error),
 }
 
 impl Error {
@@ -189,6 +189,10 @@ pub struct Input {
     pub smp: Vec<String>,
     pub serial: Vec<String>,
     pub devices: Vec<String>,
+    /// `-drive` values.
+    pub drives: Vec<String>,
+    /// `-snapshot` was given (a no-op without disks).
+    pub snapshot: bool,
     pub chardevs: Vec<String>,
     pub numa: Vec<String>,
     /// `-mon chardev=ID` values: QMP on a listening socket chardev, else
@@ -356,14 +360,28 @@ impl Config {
         )?;
         let serial =
             chardev::resolve_serial(&input.serial, &mon.chardevs, &mon.mon, input.nographic)?;
+        let drives = input
+            .drives
+            .iter()
+            .map(|d| crate::virtio::config::parse_drive(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if input.snapshot && drives.iter().any(|d| !d.readonly) {
+            return Err(invalid(
+                "-snapshot",
+                "shmvm writes -drive images in place (no temporary overlay): drop -snapshot, \
+                 add readonly=on, or give the guest a copy of the image",
+            ));
+        }
         let mut devices = input
             .devices
             .iter()
-            .map(|d| device::parse(d))
+            .map(|d| device::parse_with(d, &drives))
             .collect::<Result<Vec<_>, _>>()?;
+        device::check_drives(&mut devices, &drives)?;
+        device::check_serial(&mut devices, &mon.chardevs)?;
         device::check_ivshmem(&mut devices, &ram, &objects)?;
         let sockets = device::check_ivshmem_doorbell(&mut devices, &serial.sockets)?;
-        device::check_vhost_user_blk(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;
+        device::check_vhost_user(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;
         let cmdline = input.append.unwrap_or_default();
         if cmdline.contains('\0') {
             return Err(invalid("-append", "contains a NUL byte"));

@@ -46,7 +46,7 @@ use crate::layout;
 use crate::pci::{Pci, PciPlug};
 use crate::stats::{Stats, StatsFormat};
 use crate::vcpu::{self, VmState};
-use crate::vhost_user_blk;
+use crate::vhost_user;
 
 /// Errors building or running the machine. Each knows its exit class.
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +94,13 @@ pub enum Error {
     #[error(transparent)]
     Ivshmem(#[from] ivshmem::Error),
     #[error(transparent)]
-    VhostUserBlk(#[from] vhost_user_blk::device::Error),
+    VhostUser(#[from] vhost_user::device::Error),
     #[error(transparent)]
     Monitor(#[from] crate::qmp::server::Error),
     #[error(transparent)]
     IvshmemDoorbell(#[from] ivshmem_doorbell::Error),
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::Error),
     #[error("--restore: {0}")]
     Snapshot(#[from] crate::snapshot::Error),
     #[error("--restore: PCI configuration: {0}")]
@@ -120,9 +122,10 @@ impl Error {
             Error::Hypervisor(e) => e.exit_code(),
             Error::Legacy(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
-            Error::VhostUserBlk(e) => e.exit_code(),
+            Error::VhostUser(e) => e.exit_code(),
             Error::Monitor(e) => e.exit_code(),
             Error::IvshmemDoorbell(e) => e.exit_code(),
+            Error::Virtio(e) => e.exit_code(),
             Error::Snapshot(e) => e.exit_code(),
             Error::RestorePci(_) => 2,
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) | Error::Sandbox(_) => 1,
@@ -277,6 +280,11 @@ fn name_the_memdev(err: crate::pci::Error, cfg: &Config, objects: &[Arc<Backend>
         }
     }
     Error::Pci(err)
+}
+
+/// Guest RAM as the built-in virtio devices' workers reach it.
+fn virtio_ram(ram: &GuestRam) -> Arc<dyn devices::virtio::queue::GuestMemory> {
+    Arc::new(crate::virtio::memory::Ram(ram.mem().clone()))
 }
 
 /// `mem-path` files this start-up created: removed when it fails (dropped
@@ -464,9 +472,32 @@ impl Machine {
                 DeviceConfig::IvshmemDoorbell(c) => plugs.push(Box::new(
                     ivshmem_doorbell::Doorbell::connect(c, &vm, &interrupts)?,
                 )),
-                DeviceConfig::VhostUserBlk(c) => plugs.push(Box::new(
-                    vhost_user_blk::device::create(c, ram.backend(), &vm, &interrupts)?,
-                )),
+                DeviceConfig::VhostUser(c) => plugs.push(Box::new(vhost_user::device::create(
+                    c,
+                    ram.backend(),
+                    &vm,
+                    &interrupts,
+                )?)),
+                DeviceConfig::VirtioBlk(c) => plugs.push(Box::new(crate::virtio::blk(
+                    c,
+                    virtio_ram(&ram),
+                    &vm,
+                    &interrupts,
+                )?)),
+                DeviceConfig::VirtioRng(c) => plugs.push(Box::new(crate::virtio::rng(
+                    c,
+                    virtio_ram(&ram),
+                    &vm,
+                    &interrupts,
+                )?)),
+                DeviceConfig::VirtioSerial(c) => plugs.push(Box::new(crate::virtio::serial(
+                    c,
+                    virtio_ram(&ram),
+                    &vm,
+                    &interrupts,
+                )?)),
+                // Moved into its virtio-serial-pci by the configuration.
+                DeviceConfig::VirtioSerialPort(_) => {}
             }
         }
         let windows = devices::pci::BarWindows {
