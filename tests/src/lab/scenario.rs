@@ -9,7 +9,7 @@
 //!   with 0; the last two speak QMP to the VMM, see `l1/qmp.rs`)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
-//!   mq2, ring64, doorbell (tests/lab/scenarios explains each), and expectations that
+//!   mq2, ring64, doorbell, snapshot (tests/lab/scenarios explains each), and expectations that
 //!   override the derived ones: `cpus=N` (default: smp).
 
 use std::fmt;
@@ -179,6 +179,9 @@ pub struct Extra {
     /// Three L2 guests (two shmvm, one QEMU) on an ivshmem-server in L1
     /// pass a doorbell token around (one run, reported as shmvm's).
     pub doorbell: bool,
+    /// One boot snapshotted with its RAM in a named shm object, then
+    /// restored as 5 clones at once and once shared (`l1/snapshot.rs`).
+    pub snapshot: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
 }
@@ -197,9 +200,10 @@ pub struct Scenario {
 impl Scenario {
     /// vhost-user-blk needs PCI, which QEMU microvm lacks: those scenarios
     /// run with shmvm only. A doorbell scenario is one run of three guests
-    /// (QEMU among them), reported as shmvm's.
+    /// (QEMU among them), reported as shmvm's. Snapshots are shmvm's.
     pub fn runs_with(&self, vmm: Vmm) -> bool {
-        (self.extra.vub.is_none() && !self.extra.doorbell) || vmm == Vmm::Shmvm
+        (self.extra.vub.is_none() && !self.extra.doorbell && !self.extra.snapshot)
+            || vmm == Vmm::Shmvm
     }
 
     /// The CPU count the guest must see.
@@ -280,6 +284,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "mq2" => x.mq2 = true,
                 "ring64" => x.ring64 = true,
                 "doorbell" => x.doorbell = true,
+                "snapshot" => x.snapshot = true,
                 "vub" => vub(&mut x, Vub::Plain)?,
                 "vub-kill" => vub(&mut x, Vub::Kill)?,
                 "vub-private" => vub(&mut x, Vub::Private)?,
@@ -300,6 +305,18 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
     if x.doorbell && (ivshmem.is_some() || x.vub.is_some() || backend != Backend::Ram) {
         return Err(
             "extra: doorbell needs backend ram, ivshmem - and no vub (the server owns the region)"
+                .into(),
+        );
+    }
+    if x.snapshot
+        && (backend != Backend::Shm
+            || action != Action::Poweroff
+            || ivshmem.is_some()
+            || x.vub.is_some()
+            || x.doorbell)
+    {
+        return Err(
+            "extra: snapshot needs backend shm, action poweroff, ivshmem - and no vub or doorbell"
                 .into(),
         );
     }
@@ -352,7 +369,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_table_has_26_runs() {
+    fn the_shipped_table_has_27_runs() {
         let text = include_str!("../../lab/scenarios");
         let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
         let runs: usize = all
@@ -364,7 +381,7 @@ mod tests {
                     .count()
             })
             .sum();
-        assert_eq!((all.len(), runs), (16, 26));
+        assert_eq!((all.len(), runs), (17, 27));
     }
 
     #[test]
@@ -399,6 +416,8 @@ mod tests {
         assert_eq!(s[0].want_cpus(), 3);
         let d = parse("t", "db ram 256M 1 poweroff - doorbell\n").unwrap();
         assert!(d[0].extra.doorbell && d[0].runs_with(Vmm::Shmvm) && !d[0].runs_with(Vmm::Qemu));
+        let n = parse("t", "sn shm 256M 1 poweroff - snapshot\n").unwrap();
+        assert!(n[0].extra.snapshot && n[0].runs_with(Vmm::Shmvm) && !n[0].runs_with(Vmm::Qemu));
     }
 
     #[test]
@@ -435,6 +454,10 @@ mod tests {
         assert_eq!(
             e("a memfd 256M 1 poweroff - doorbell"),
             "f:1: extra: doorbell needs backend ram, ivshmem - and no vub (the server owns the region)"
+        );
+        assert_eq!(
+            e("a memfd 256M 1 poweroff - snapshot"),
+            "f:1: extra: snapshot needs backend shm, action poweroff, ivshmem - and no vub or doorbell"
         );
         assert_eq!(e("# nothing\n"), "f:0: no scenarios");
     }
