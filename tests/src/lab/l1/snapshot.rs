@@ -456,3 +456,98 @@ fn judge_restored(r: &Restored, text: &str, ready: Option<(f64, u64)>, j: &mut J
         j.report.push((key, secs(t)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restored(name: &str, token: &str, rc: i32) -> Restored {
+        Restored {
+            name: name.into(),
+            console: Console {
+                path: PathBuf::from("/nonexistent"),
+            },
+            line: format!("snap {token}\n"),
+            token: token.into(),
+            started: Instant::now(),
+            child: None,
+            stdin: None,
+            sent: true,
+            rc: Some(rc),
+            t_answer: Some(Duration::from_secs(2)),
+            spawn_error: None,
+        }
+    }
+
+    fn console(token: &str, up: &str, slept: &str, date: &str) -> String {
+        format!(
+            "shmvm: startup: first KVM_RUN at 3.5 ms\nsnap {token}\n\
+             LAB-RESULT name=s stage=snapshot-answer verb=snap token={token} uptime_s={up} \
+             date_s={date} after_sleep_s={slept}\nLAB-RESULT name=s stage=done action=poweroff\n"
+        )
+    }
+
+    fn fails(r: &Restored, text: &str) -> Vec<String> {
+        let mut j = Judgement::default();
+        judge_restored(r, text, Some((14.0, 1000)), &mut j);
+        j.fails
+    }
+
+    #[test]
+    fn a_restored_guest_that_went_on_passes() {
+        let r = restored("shared", "r1", 0);
+        assert_eq!(
+            fails(&r, &console("r1", "14.5", "15.6", "1001")),
+            [] as [&str; 0]
+        );
+        let mut j = Judgement::default();
+        judge_restored(
+            &r,
+            &console("r1", "14.5", "15.6", "1001"),
+            Some((14.0, 1000)),
+            &mut j,
+        );
+        assert!(j.report.contains(&("shared_first_run_ms", "3.5".into())));
+    }
+
+    #[test]
+    fn each_broken_promise_is_one_reason() {
+        let r = restored("clone3", "r1", 0);
+        assert_eq!(
+            fails(&r, &console("r2", "14.5", "15.6", "1001")),
+            ["clone3: answered token r2, want r1"]
+        );
+        assert_eq!(
+            fails(&r, &console("r1", "3.0", "4.1", "1001")),
+            ["clone3: uptime went back: 3 s on waking, 14 s when saved"]
+        );
+        assert_eq!(
+            fails(&r, &console("r1", "14.5", "14.9", "1001")),
+            ["clone3: sleep 1 took 0.40 s of guest uptime"]
+        );
+        assert_eq!(
+            fails(&r, &console("r1", "14.5", "15.6", "999")),
+            ["clone3: date went back: 999 on waking, 1000 when saved"]
+        );
+        let booted = format!(
+            "LAB-RESULT name=s stage=init token=x\n{}",
+            console("r1", "14.5", "15.6", "1001")
+        );
+        assert_eq!(
+            fails(&r, &booted),
+            ["clone3: the guest booted again instead of going on"]
+        );
+        let hung = "shmvm: startup: first KVM_RUN at 3.5 ms\nsnap r1\n";
+        assert_eq!(
+            fails(&r, hung),
+            [
+                "clone3: no answer to its console line",
+                "clone3: the guest never powered off"
+            ]
+        );
+        let died = restored("clone3", "r1", 1);
+        let f = fails(&died, &console("r1", "14.5", "15.6", "1001"));
+        assert_eq!(f.len(), 1);
+        assert!(f[0].starts_with("clone3: VMM exit status 1: "), "{f:?}");
+    }
+}
