@@ -43,6 +43,12 @@ impl IrqEvent {
         &self.0
     }
 
+    /// The same line through a duplicated eventfd (an irqfd on it stays
+    /// attached).
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        self.0.try_clone().map(IrqEvent)
+    }
+
     /// Takes a pending interrupt: whether the line was raised since the last call.
     pub fn take(&self) -> std::io::Result<bool> {
         match self.0.read() {
@@ -82,6 +88,14 @@ impl IrqEvent {
     /// The read end, for the VMM's poll loop.
     pub fn consumer(&self) -> &EventConsumer {
         &self.consumer
+    }
+
+    /// The same line through duplicated pipe ends.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(IrqEvent {
+            consumer: self.consumer.try_clone()?,
+            notifier: self.notifier.try_clone()?,
+        })
     }
 
     /// Takes a pending interrupt: whether the line was raised since the last call.
@@ -286,9 +300,7 @@ impl crate::snapshot::Snapshot for Serial {
         let irq = || {
             self.uart
                 .interrupt_evt()
-                .0
                 .try_clone()
-                .map(IrqEvent)
                 .map_err(|_| bad("cannot duplicate the interrupt eventfd"))
         };
         let (irq, spare) = (irq()?, irq()?);
