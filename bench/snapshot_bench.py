@@ -162,6 +162,13 @@ def wait_rounds(p, what, lines=12):
     return (time.perf_counter() - t_first) * 1e3 / n
 
 
+def ended(p):
+    """Kills p if it still runs (a failed step must leave no VMM behind)."""
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+
+
 def compare_save(shmvm, kernel, tmp, mib, mem):
     """Boots snapcount under both VMMs (RAM in the file `mem`, one per VMM)
     and saves each; returns the shmvm snapshot dir, QEMU's state file and
@@ -175,33 +182,35 @@ def compare_save(shmvm, kernel, tmp, mib, mem):
          "-object", obj, "-machine", "memory-backend=mem",
          "-qmp", f"unix:{sock},server=on,wait=off"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    gap_shmvm = wait_rounds(p, "shmvm")
-    s, cmd = qmp(sock)
-    cmd("stop")
-    cmd("x-shmvm-snapshot-save", {"path": snap})
-    p.kill()
-    p.wait()
-    s.close()
+    try:
+        gap_shmvm = wait_rounds(p, "shmvm")
+        s, cmd = qmp(sock)
+        cmd("stop")
+        cmd("x-shmvm-snapshot-save", {"path": snap})
+        s.close()
+    finally:
+        ended(p)
     sock = os.path.join(tmp, "cmp-qemu.sock")
     p = subprocess.Popen(
         qemu_restore_cmd(kernel, mib, mem["qemu"]) + ["-qmp", f"unix:{sock},server=on,wait=off"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    gap_qemu = wait_rounds(p, "QEMU")
-    s, cmd = qmp(sock)
-    cmd("migrate-set-capabilities",
-        {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
-    cmd("migrate", {"uri": f"file:{state}"})
-    deadline = time.time() + 30
-    while True:
-        st = cmd("query-migrate").get("status")
-        if st == "completed":
-            break
-        if st == "failed" or time.time() > deadline:
-            raise SystemExit(f"QEMU migrate to {state}: {st}")
-        time.sleep(0.005)
-    p.kill()
-    p.wait()
-    s.close()
+    try:
+        gap_qemu = wait_rounds(p, "QEMU")
+        s, cmd = qmp(sock)
+        cmd("migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+        cmd("migrate", {"uri": f"file:{state}"})
+        deadline = time.time() + 30
+        while True:
+            st = cmd("query-migrate").get("status")
+            if st == "completed":
+                break
+            if st == "failed" or time.time() > deadline:
+                raise SystemExit(f"QEMU migrate to {state}: {st}")
+            time.sleep(0.005)
+        s.close()
+    finally:
+        ended(p)
     return snap, state, gap_shmvm, gap_qemu
 
 
@@ -223,8 +232,10 @@ def restore_shmvm(shmvm, snap):
     p = subprocess.Popen([shmvm, "--restore", snap, "-serial", "stdio", "-v"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    ms = first_byte(p, t0, "shmvm --restore")
-    p.kill()
+    try:
+        ms = first_byte(p, t0, "shmvm --restore")
+    finally:
+        p.kill()
     m = FIRST_RUN.search(p.communicate()[1])
     if not m:
         raise SystemExit(f"restore of {snap} printed no first KVM_RUN")
@@ -238,14 +249,15 @@ def restore_qemu(kernel, mib, mem_file, state, tmp):
         qemu_restore_cmd(kernel, mib, mem_file)
         + ["-qmp", f"unix:{sock},server=on,wait=off", "-incoming", "defer"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    s, cmd = qmp(sock)
-    cmd("migrate-set-capabilities",
-        {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
-    cmd("migrate-incoming", {"uri": f"file:{state}"})
-    ms = first_byte(p, t0, "QEMU -incoming")
-    s.close()
-    p.kill()
-    p.wait()
+    try:
+        s, cmd = qmp(sock)
+        cmd("migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+        cmd("migrate-incoming", {"uri": f"file:{state}"})
+        ms = first_byte(p, t0, "QEMU -incoming")
+        s.close()
+    finally:
+        ended(p)
     return ms
 
 
