@@ -25,10 +25,16 @@ python_deps() {
         "$VENV/bin/pip" install -q 'qemu.qmp>=0.0.3'
     fi
     echo "deps: qemu.qmp in $VENV"
+    # virtme-ng: its `vng --dry-run` command line is what shmvm must take.
+    "$VENV/bin/vng" --version 2>/dev/null | grep -q 'virtme-ng 1.42' ||
+        "$VENV/bin/pip" install -q 'virtme-ng==1.42'
 }
 
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
-[ ${#need[@]} -eq 0 ] && { echo "deps: all present"; python_deps; exit 0; }
+# The real vhost-user back-ends (virtiofsd, vhost-device-vsock,
+# vhost-device-rng) from crates.io: see scripts/vhost-backends.sh.
+backends() { "$(dirname "$0")/vhost-backends.sh"; }
+[ ${#need[@]} -eq 0 ] && { echo "deps: all present"; python_deps; backends; exit 0; }
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "deps: missing ${need[*]}; run 'make deps' as root" >&2
@@ -60,3 +66,4 @@ apt-get install -y -q --no-install-recommends rustc-web cargo-web rust-web-clipp
 # python3-venv: the project venv for qemu.qmp (above).
 apt-get install -y -q python3-venv
 python_deps
+backends

@@ -35,6 +35,15 @@ if [ -n "$moddir" ]; then
         cp "$f" "$stage/lib/modules/virtio/"
     done
     echo "$order" >"$stage/lib/modules/virtio/order"
+    # The vhost-user fs, vsock and rng drivers (lab.vuser), after virtio.
+    mkdir -p "$stage/lib/modules/vhostuser"
+    order="fuse virtiofs vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio-rng"
+    for m in $order; do
+        f=$(find "$moddir/kernel" -name "$m.ko" | head -n1)
+        [ -n "$f" ] || die "module $m.ko not found under $moddir"
+        cp "$f" "$stage/lib/modules/vhostuser/"
+    done
+    echo "$order" >"$stage/lib/modules/vhostuser/order"
     # The ACPI power button (lab.action=powerdown): both are modules in the
     # Debian cloud kernel (CONFIG_ACPI_BUTTON=m, CONFIG_INPUT_EVDEV=m).
     mkdir -p "$stage/lib/modules/button"

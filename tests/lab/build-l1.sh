@@ -58,6 +58,11 @@ copy_with_libs "$qemu" /usr/bin/qemu-system-x86_64
 # The vhost-user-blk back-end of the vub* scenarios (qemu-utils).
 qsd=$(command -v qemu-storage-daemon) || die "qemu-storage-daemon not installed (qemu-utils; 'make deps')"
 copy_with_libs "$qsd" /usr/bin/qemu-storage-daemon
+# The vuser scenarios' back-ends (scripts/vhost-backends.sh, 'make deps').
+for b in virtiofsd vhost-device-vsock vhost-device-rng; do
+    p=$(command -v "$b" || command -v "$HOME/.cargo/bin/$b") || die "$b not installed ('make deps')"
+    copy_with_libs "$p" "/usr/bin/$b"
+done
 for f in qboot.rom linuxboot_dma.bin pvh.bin kvmvapic.bin; do
     [ -f "/usr/share/qemu/$f" ] && cp "/usr/share/qemu/$f" "$stage/usr/share/qemu/"
 done

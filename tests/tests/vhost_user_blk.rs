@@ -167,3 +167,119 @@ fn kvm_backend_death_is_one_line_and_the_guest_keeps_running() {
         hangups[0]
     );
 }
+
+/// The waiting guest, then: read the PCI device id of bus 0 slot 5 through
+/// 0xcf8/0xcfc and write (device id - 0x1040), the virtio device id, to
+/// isa-debug-exit (exit status (V << 1) | 1):
+/// `mov eax,0x80002800; mov dx,0xcf8; out dx,eax; mov dx,0xcfc; in eax,dx;
+///  shr eax,16; sub eax,0x1040; mov dx,0x501; out dx,al; jmp .`
+fn key_then_virtio_id_of_slot5() -> Vec<u8> {
+    let mut code = WAIT_FOR_KEY[..9].to_vec();
+    code.extend_from_slice(&[
+        0xb8, 0x00, 0x28, 0x00, 0x80, 0x66, 0xba, 0xf8, 0x0c, 0xef, 0x66, 0xba, 0xfc, 0x0c, 0xed,
+        0xc1, 0xe8, 0x10, 0x2d, 0x40, 0x10, 0x00, 0x00, 0x66, 0xba, 0x01, 0x05, 0xee, 0xeb, 0xfe,
+    ]);
+    code
+}
+
+/// Each real back-end: the device is built on it (handshake, memory
+/// table, configuration), sits on PCI slot 5 with its virtio device id
+/// where the guest reads it; killed while the guest runs, it costs one
+/// line naming it and the guest goes on to exit with the same answer.
+#[test]
+fn kvm_each_backend_type_wired_and_its_death_is_one_line() {
+    use shmvm_tests::qsd::VhostBackend;
+    require_kvm();
+    let kinds: [(&str, u16, &str); 3] = [
+        ("vhost-user-rng-pci", 4, "entropy device"),
+        ("vhost-user-fs-pci", 26, "file system"),
+        ("vhost-user-vsock-pci", 19, "vsock device"),
+    ];
+    for (driver, id, noun) in kinds {
+        for kill in [false, true] {
+            let dir = TempDir::new("vu");
+            let sock = dir.0.join("be.sock");
+            let shared = dir.0.join("shared");
+            std::fs::create_dir_all(&shared).expect("shared dir");
+            let mut be = match id {
+                4 => VhostBackend::rng(&sock),
+                26 => VhostBackend::virtiofsd(&shared, &sock),
+                _ => VhostBackend::vsock(&sock, 3, &dir.0.join("vm.vsock")),
+            };
+            let device = match id {
+                26 => format!("{driver},chardev=c0,addr=5,tag=hostfs"),
+                _ => format!("{driver},chardev=c0,addr=5"),
+            };
+            let kernel = dir.tiny_kernel(&key_then_virtio_id_of_slot5());
+            let chardev = format!("socket,id=c0,path={}", be.sock.display());
+            let mut child = Command::new(shmvm_bin())
+                .args(["-kernel", &kernel, "-device", "isa-debug-exit"])
+                .args(["-object", "memory-backend-memfd,id=ram0,size=64M"])
+                .args(["-machine", "memory-backend=ram0"])
+                .args(["-chardev", &chardev, "-device", &device])
+                .args(["-serial", "stdio"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn shmvm");
+            std::thread::sleep(Duration::from_millis(500));
+            if kill {
+                be.kill();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(b"x").expect("key");
+            drop(stdin);
+            let r = wait(child, T);
+            assert_eq!(
+                r.code,
+                Some(i32::from(id) << 1 | 1),
+                "{driver} (kill {kill}): the guest reads virtio id {id} on slot 5: {r:?}"
+            );
+            let hangups: Vec<&str> = r.stderr.lines().filter(|l| l.contains("hung up")).collect();
+            if kill {
+                assert_eq!(hangups.len(), 1, "{driver}: {r:?}");
+                assert!(
+                    hangups[0].ends_with(&format!(
+                        "hung up; its {noun} stops answering, the guest keeps running"
+                    )),
+                    "{}",
+                    hangups[0]
+                );
+            } else {
+                assert!(hangups.is_empty(), "{driver}: {r:?}");
+                assert!(!r.stderr.contains("warn"), "{driver}: {r:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn vhost_user_type_mistakes_are_one_line() {
+    let with = |device: &str| {
+        refused(&[
+            "-kernel",
+            "/nonexistent",
+            "-object",
+            "memory-backend-memfd,id=m,size=64M",
+            "-machine",
+            "memory-backend=m",
+            "-chardev",
+            "socket,id=c0,path=/tmp/none.sock",
+            "-device",
+            device,
+        ])
+    };
+    assert_eq!(
+        with("vhost-user-fs-pci,chardev=c0"),
+        "shmvm: -device: vhost-user-fs-pci: tag= is required (the name the guest mounts)"
+    );
+    assert!(with("vhost-user-fs-pci,chardev=c0,tag=t,queue-size=100").contains("not a power of 2"));
+    assert!(with("vhost-user-vsock-pci,chardev=c0,guest-cid=3").contains("back-end sets the CID"));
+    assert!(with("vhost-user-device-pci,chardev=c0").contains("virtio-id= is required"));
+    assert_eq!(
+        with("vhost-user-rng-pci,chardev=c1"),
+        "shmvm: -device vhost-user-rng-pci: chardev 'c1' is not defined by any -chardev"
+    );
+}

@@ -27,4 +27,4 @@ pub mod stats;
 pub mod teardown;
 pub mod terminal;
 pub mod vcpu;
-pub mod vhost_user_blk;
+pub mod vhost_user;

@@ -229,15 +229,9 @@ impl VirtioPci {
             BAR_SIZE,
         )?;
         let notify_len = u64::from(cfg.queues) * u64::from(NOTIFY_OFF_MULTIPLIER);
-        let caps = [
+        let mut caps = vec![
             virtio_cap(CFG_COMMON, COMMON_CFG_OFFSET, COMMON_CFG_LEN, None),
             virtio_cap(CFG_ISR, ISR_OFFSET, 4, None),
-            virtio_cap(
-                CFG_DEVICE,
-                DEVICE_CFG_OFFSET,
-                u64::from(cfg.device_config_len),
-                None,
-            ),
             virtio_cap(
                 CFG_NOTIFY,
                 NOTIFY_OFFSET,
@@ -245,6 +239,17 @@ impl VirtioPci {
                 Some(NOTIFY_OFF_MULTIPLIER),
             ),
         ];
+        // A device without configuration (virtio-rng) has no device
+        // capability, as in QEMU: Linux refuses one of length 0 ("bad
+        // capability len") and then fails the whole probe.
+        if cfg.device_config_len > 0 {
+            caps.push(virtio_cap(
+                CFG_DEVICE,
+                DEVICE_CFG_OFFSET,
+                u64::from(cfg.device_config_len),
+                None,
+            ));
+        }
         for c in caps {
             // Nothing in these capabilities is guest-writable.
             config.add_capability(&c, &vec![0; c.len()])?;

@@ -331,6 +331,34 @@ fn capabilities_describe_every_region() {
 }
 
 #[test]
+fn a_device_without_configuration_has_no_device_capability() {
+    // Linux fails the whole probe on a device capability of length 0.
+    let owner = Recorder {
+        shared: Arc::new(Mutex::new(Shared::default())),
+        config: Vec::new(),
+    };
+    let dev = VirtioPci::new(
+        VirtioPciConfig {
+            device_type: 4,
+            features: 0,
+            queues: 1,
+            max_queue_size: 4,
+            device_config_len: 0,
+        },
+        Box::new(owner),
+    )
+    .unwrap();
+    let mut d = Driver {
+        dev,
+        caps: Caps::default(),
+    };
+    d.parse_caps();
+    assert_eq!(d.caps.device, None);
+    assert!(d.caps.common.is_some() && d.caps.isr.is_some() && d.caps.notify.is_some());
+    assert_eq!(d.cfg_read(0, 4), 0x1044_1af4, "virtio-rng");
+}
+
+#[test]
 fn full_linux_init_sequence() {
     let (mut d, shared) = driver(2);
     let took = d.init(2, 128);

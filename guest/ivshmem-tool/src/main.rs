@@ -7,6 +7,7 @@ mod doorbell;
 mod parse;
 mod pattern;
 mod region;
+mod vsock;
 
 use std::fs::File;
 use std::io::Write;
@@ -146,6 +147,15 @@ enum Command {
         #[arg(long, default_value_t = 60_000)]
         timeout_ms: u64,
     },
+    /// vsock: listen on PORT, accept one connection, echo one line back
+    /// (prints "vsock-echo listening" once bound, then the line).
+    VsockEcho {
+        #[arg(value_parser = parse::number)]
+        port: u64,
+        /// Give up (exit 1) after this many milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
     /// Play the host side of the test kernel's handshake (guest/protocol):
     /// wait for the guest's P1, verify it, write P2, wait for its verdict.
     Handshake {
@@ -217,6 +227,8 @@ enum ToolError {
     Stdout(std::io::Error),
     #[error(transparent)]
     Doorbell(#[from] doorbell::DoorbellError),
+    #[error(transparent)]
+    Vsock(#[from] vsock::VsockError),
     #[error("{what} {value} is out of range (at most {max})")]
     Range {
         what: &'static str,
@@ -412,6 +424,17 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
                 "wait-irq ok: vector={vector} rings={n} after {} ms",
                 start.elapsed().as_millis()
             ))?;
+        }
+        Command::VsockEcho { port, timeout_ms } => {
+            let port = u32::try_from(*port).map_err(|_| ToolError::Range {
+                what: "port",
+                value: *port,
+                max: u64::from(u32::MAX),
+            })?;
+            let line = vsock::echo(port, Duration::from_millis(*timeout_ms), || {
+                let _ = say("vsock-echo listening".into());
+            })?;
+            say(format!("vsock-echo ok: {line}"))?;
         }
         Command::Handshake { timeout_ms } => {
             let t = open_target(cli)?;

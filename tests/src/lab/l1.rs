@@ -28,6 +28,7 @@ mod doorbell;
 mod judge;
 pub mod qmp;
 mod snapshot;
+mod vuser;
 
 const MODULES: &str = "/lab/modules";
 const L2_KERNEL: &str = "/lab/l2/vmlinuz";
@@ -329,6 +330,8 @@ struct Run<'a> {
     ram_file: Option<PathBuf>,
     region: Option<Region>,
     disk: Option<Disk>,
+    /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser).
+    vuser: Option<vuser::Backends>,
 }
 
 /// What happened while the VMM ran.
@@ -363,7 +366,7 @@ impl Runner {
         let _ = File::create(&console.path);
         let token = format!("t{}-{}", random(), s.name);
         let mut append = self.l2_append(s, vmm, &token);
-        if s.extra.virtio || s.extra.vub.is_some() {
+        if s.extra.virtio || s.extra.vub.is_some() || s.extra.vuser {
             append += " lab.modules=virtio";
         }
         let mem = &s.mem.text;
@@ -481,6 +484,12 @@ impl Runner {
             ]);
             disk = Some(d);
         }
+        let vuser = s.extra.vuser.then(|| {
+            let (b, a) = vuser::Backends::start(&tag, &token, &console);
+            args.extend(a);
+            append += &format!(" lab.vuser={token}");
+            b
+        });
         let run = Run {
             s,
             vmm,
@@ -490,6 +499,7 @@ impl Runner {
             ram_file,
             region,
             disk,
+            vuser,
         };
         (run, args, append)
     }
@@ -644,6 +654,11 @@ impl Runner {
                     pid.unwrap_or(0)
                 ));
             }
+            if let Some(b) = r.vuser.as_mut()
+                && result(&text, "vsock-ready").is_some()
+            {
+                b.vsock_exchange(&r.console);
+            }
             if qmp.is_none()
                 && let Some(ready) = r.s.action.qmp_ready()
                 && result(&text, ready).is_some()
@@ -676,6 +691,9 @@ impl Runner {
         }
         if let Some(d) = r.disk.as_mut() {
             d.stop();
+        }
+        if let Some(b) = r.vuser.as_mut() {
+            b.stop();
         }
         Outcome {
             rc,

@@ -9,8 +9,9 @@
 //!   with 0; the last two speak QMP to the VMM, see `l1/qmp.rs`)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
-//!   mq2, ring64, doorbell, snapshot (tests/lab/scenarios explains each), and expectations that
-//!   override the derived ones: `cpus=N` (default: smp).
+//!   mq2, ring64, doorbell, vuser, snapshot (tests/lab/scenarios explains
+//!   each), and expectations that override the derived ones: `cpus=N`
+//!   (default: smp).
 
 use std::fmt;
 
@@ -182,6 +183,9 @@ pub struct Extra {
     /// One boot snapshotted with its RAM in a named shm object, then
     /// restored as 5 clones at once and once shared (`l1/snapshot.rs`).
     pub snapshot: bool,
+    /// virtiofsd, vhost-device-vsock and vhost-device-rng in L1 serve
+    /// the guest's vhost-user-{fs,vsock,rng}-pci devices.
+    pub vuser: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
 }
@@ -202,7 +206,10 @@ impl Scenario {
     /// run with shmvm only. A doorbell scenario is one run of three guests
     /// (QEMU among them), reported as shmvm's. Snapshots are shmvm's.
     pub fn runs_with(&self, vmm: Vmm) -> bool {
-        (self.extra.vub.is_none() && !self.extra.doorbell && !self.extra.snapshot)
+        (self.extra.vub.is_none()
+            && !self.extra.doorbell
+            && !self.extra.vuser
+            && !self.extra.snapshot)
             || vmm == Vmm::Shmvm
     }
 
@@ -285,6 +292,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "ring64" => x.ring64 = true,
                 "doorbell" => x.doorbell = true,
                 "snapshot" => x.snapshot = true,
+                "vuser" => x.vuser = true,
                 "vub" => vub(&mut x, Vub::Plain)?,
                 "vub-kill" => vub(&mut x, Vub::Kill)?,
                 "vub-private" => vub(&mut x, Vub::Private)?,
@@ -313,10 +321,11 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
             || action != Action::Poweroff
             || ivshmem.is_some()
             || x.vub.is_some()
-            || x.doorbell)
+            || x.doorbell
+            || x.vuser)
     {
         return Err(
-            "extra: snapshot needs backend shm, action poweroff, ivshmem - and no vub or doorbell"
+            "extra: snapshot needs backend shm, action poweroff, ivshmem - and no vub, doorbell or vuser"
                 .into(),
         );
     }
@@ -369,7 +378,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_table_has_27_runs() {
+    fn the_shipped_table_has_28_runs() {
         let text = include_str!("../../lab/scenarios");
         let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
         let runs: usize = all
@@ -381,7 +390,7 @@ mod tests {
                     .count()
             })
             .sum();
-        assert_eq!((all.len(), runs), (17, 27));
+        assert_eq!((all.len(), runs), (18, 28));
     }
 
     #[test]
@@ -457,7 +466,7 @@ mod tests {
         );
         assert_eq!(
             e("a memfd 256M 1 poweroff - snapshot"),
-            "f:1: extra: snapshot needs backend shm, action poweroff, ivshmem - and no vub or doorbell"
+            "f:1: extra: snapshot needs backend shm, action poweroff, ivshmem - and no vub, doorbell or vuser"
         );
         assert_eq!(e("# nothing\n"), "f:0: no scenarios");
     }

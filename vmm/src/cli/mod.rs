@@ -116,7 +116,7 @@ pub struct Args {
     /// No display; without -serial the console is mon:stdio [QEMU: -nographic]
     #[arg(long)]
     pub nographic: bool,
-    /// A device: isa-debug-exit, ivshmem-plain, vhost-user-blk-pci (TYPE,help lists properties) [QEMU: -device]
+    /// A device: isa-debug-exit, ivshmem-plain, vhost-user-{blk,fs,vsock,rng,device}-pci (TYPE,help lists properties) [QEMU: -device]
     #[arg(long, value_name = "PROPS")]
     pub device: Vec<String>,
     /// A character device: socket, stdio, file, null [QEMU: -chardev]

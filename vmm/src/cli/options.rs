@@ -184,7 +184,7 @@ pub const OPTIONS: &[Opt] = &[
         "device",
         Some("TYPE[,PROP=V...]"),
         "device",
-        "isa-debug-exit (iobase=0x501,iosize=2 by default), ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci; `-device help`",
+        "isa-debug-exit (iobase=0x501,iosize=2 by default), ivshmem-plain, ivshmem-doorbell, vhost-user-{blk,fs,vsock,rng,device}-pci; `-device help`",
     ),
     same(
         "chardev",

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use super::{Error, Prop, TypeInfo, invalid};
-use crate::vhost_user_blk::ChardevConfig;
+use crate::vhost_user::ChardevConfig;
 
 /// Where COM1's output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,10 +1,10 @@
 //! `-device TYPE,...`: isa-debug-exit, ivshmem-plain, ivshmem-doorbell,
-//! vhost-user-blk-pci.
+//! vhost-user-{blk,fs,vsock,rng,device}-pci.
 
 use memory::BackendConfig;
 
 use super::{Error, Prop, TypeInfo, invalid, keyval::KeyVal};
-use crate::vhost_user_blk::ChardevConfig;
+use crate::vhost_user::{ChardevConfig, Kind};
 
 /// QEMU's isa-debug-exit defaults (hw/misc/debugexit.c): port 0x501, 2 ports.
 pub const DEBUG_EXIT_IOBASE: u16 = 0x501;
@@ -63,7 +63,64 @@ pub const TYPES: &[TypeInfo] = &[
             Prop::new("num-queues", "uint16", "back-end's", "queues to use"),
         ],
     ),
+    TypeInfo::new(
+        "vhost-user-fs-pci",
+        "a virtio-fs shared directory served by a vhost-user back-end (virtiofsd)",
+        &[ID, ADDR],
+        &[
+            VHOST_CHARDEV,
+            Prop::new(
+                "tag",
+                "string",
+                "(required)",
+                "the name the guest mounts (1..36 bytes)",
+            ),
+            Prop::new("num-request-queues", "uint16", "1", "request queues"),
+            Prop::new(
+                "queue-size",
+                "uint16",
+                "128",
+                "descriptors per queue (power of 2)",
+            ),
+        ],
+    ),
+    TypeInfo::new(
+        "vhost-user-vsock-pci",
+        "a virtio vsock device served by a vhost-user back-end (the CID is the back-end's)",
+        &[ID, ADDR],
+        &[VHOST_CHARDEV],
+    ),
+    TypeInfo::new(
+        "vhost-user-rng-pci",
+        "a virtio entropy device served by a vhost-user back-end",
+        &[ID, ADDR],
+        &[VHOST_CHARDEV],
+    ),
+    TypeInfo::new(
+        "vhost-user-device-pci",
+        "any virtio device type served by a vhost-user back-end",
+        &[ID, ADDR],
+        &[
+            VHOST_CHARDEV,
+            Prop::new("virtio-id", "uint16", "(required)", "virtio device id"),
+            Prop::new("num_vqs", "uint32", "1", "queues"),
+            Prop::new(
+                "vq_size",
+                "uint32",
+                "64",
+                "descriptors per queue (power of 2)",
+            ),
+            Prop::new(
+                "config_size",
+                "uint32",
+                "0",
+                "bytes of configuration read from the back-end",
+            ),
+        ],
+    ),
 ];
+
+const VHOST_CHARDEV: Prop = Prop::new("chardev", "id", "(required)", "a -chardev socket");
 
 /// Devices from `-device`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +133,8 @@ pub enum DeviceConfig {
     IvshmemPlain(crate::ivshmem::IvshmemConfig),
     /// `ivshmem-doorbell,chardev=ID[,vectors=N][,ioeventfd=on|off]`
     IvshmemDoorbell(crate::ivshmem_doorbell::DoorbellConfig),
-    /// `vhost-user-blk-pci,chardev=ID` or `--vhost-user-blk socket=PATH`
-    VhostUserBlk(crate::vhost_user_blk::VhostUserBlkConfig),
+    /// `vhost-user-*-pci,chardev=ID` or `--vhost-user-blk socket=PATH`
+    VhostUser(crate::vhost_user::VhostUserConfig),
 }
 
 fn debug_exit(mut kv: KeyVal) -> Result<DeviceConfig, Error> {
@@ -120,14 +177,14 @@ pub fn parse(spec: &str) -> Result<DeviceConfig, Error> {
         "ivshmem-doorbell" => Ok(DeviceConfig::IvshmemDoorbell(
             crate::ivshmem_doorbell::from_keyval(kv)?,
         )),
-        "vhost-user-blk-pci" => Ok(DeviceConfig::VhostUserBlk(
-            crate::vhost_user_blk::config::from_keyval("-device", kv, "chardev")?,
+        d if let Some(kind) = Kind::from_driver(d) => Ok(DeviceConfig::VhostUser(
+            crate::vhost_user::config::from_keyval("-device", kind, kv, "chardev")?,
         )),
         "" => Err(invalid("-device", "empty device name")),
         other => Err(invalid(
             "-device",
             format!(
-                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-blk-pci; see -device help)"
+                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-{{blk,fs,vsock,rng,device}}-pci; see -device help)"
             ),
         )),
     }
@@ -187,25 +244,26 @@ pub fn check_ivshmem_doorbell(
 
 /// Adds the `--vhost-user-blk` devices, resolves `chardev=` references
 /// against the socket chardevs and checks guest RAM can be shared.
-pub fn check_vhost_user_blk(
+pub fn check_vhost_user(
     devices: &mut Vec<DeviceConfig>,
     short: &[String],
     sockets: &[ChardevConfig],
     ram: &BackendConfig,
 ) -> Result<(), Error> {
-    use crate::vhost_user_blk::config as vub;
+    use crate::vhost_user::config as vub;
     for s in short {
         let kv = super::keyval("--vhost-user-blk", s, None)?;
-        devices.push(DeviceConfig::VhostUserBlk(vub::from_keyval(
+        devices.push(DeviceConfig::VhostUser(vub::from_keyval(
             "--vhost-user-blk",
+            Kind::Blk,
             kv,
             "socket",
         )?));
     }
-    let mut blk: Vec<&mut vub::VhostUserBlkConfig> = devices
+    let mut blk: Vec<&mut vub::VhostUserConfig> = devices
         .iter_mut()
         .filter_map(|d| match d {
-            DeviceConfig::VhostUserBlk(c) => Some(c),
+            DeviceConfig::VhostUser(c) => Some(c),
             _ => None,
         })
         .collect();

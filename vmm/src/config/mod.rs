@@ -143,7 +143,7 @@ pub enum Error {
     #[error("-device: {0}")]
     IvshmemDoorbell(#[from] crate::ivshmem_doorbell::Error),
     #[error(transparent)]
-    VhostUserBlk(#[from] crate::vhost_user_blk::config::Error),
+    VhostUserBlk(#[from] crate::vhost_user::config::Error),
 }
 
 impl Error {
@@ -363,7 +363,7 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         device::check_ivshmem(&mut devices, &ram, &objects)?;
         let sockets = device::check_ivshmem_doorbell(&mut devices, &serial.sockets)?;
-        device::check_vhost_user_blk(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;
+        device::check_vhost_user(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;
         let cmdline = input.append.unwrap_or_default();
         if cmdline.contains('\0') {
             return Err(invalid("-append", "contains a NUL byte"));

@@ -46,7 +46,7 @@ use crate::layout;
 use crate::pci::{Pci, PciPlug};
 use crate::stats::{Stats, StatsFormat};
 use crate::vcpu::{self, VmState};
-use crate::vhost_user_blk;
+use crate::vhost_user;
 
 /// Errors building or running the machine. Each knows its exit class.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,7 @@ pub enum Error {
     #[error(transparent)]
     Ivshmem(#[from] ivshmem::Error),
     #[error(transparent)]
-    VhostUserBlk(#[from] vhost_user_blk::device::Error),
+    VhostUser(#[from] vhost_user::device::Error),
     #[error(transparent)]
     Monitor(#[from] crate::qmp::server::Error),
     #[error(transparent)]
@@ -120,7 +120,7 @@ impl Error {
             Error::Hypervisor(e) => e.exit_code(),
             Error::Legacy(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
-            Error::VhostUserBlk(e) => e.exit_code(),
+            Error::VhostUser(e) => e.exit_code(),
             Error::Monitor(e) => e.exit_code(),
             Error::IvshmemDoorbell(e) => e.exit_code(),
             Error::Snapshot(e) => e.exit_code(),
@@ -467,9 +467,12 @@ impl Machine {
                 DeviceConfig::IvshmemDoorbell(c) => plugs.push(Box::new(
                     ivshmem_doorbell::Doorbell::connect(c, &vm, &interrupts)?,
                 )),
-                DeviceConfig::VhostUserBlk(c) => plugs.push(Box::new(
-                    vhost_user_blk::device::create(c, ram.backend(), &vm, &interrupts)?,
-                )),
+                DeviceConfig::VhostUser(c) => plugs.push(Box::new(vhost_user::device::create(
+                    c,
+                    ram.backend(),
+                    &vm,
+                    &interrupts,
+                )?)),
             }
         }
         let windows = devices::pci::BarWindows {

@@ -59,7 +59,7 @@ pub(crate) fn refusal(cfg: &Config) -> Option<String> {
             "-device {c}: its peer id and interrupt eventfds come from the ivshmem server; \
              reconnecting would make it a new peer, so it cannot be restored as it was"
         )),
-        DeviceConfig::VhostUserBlk(c) => Some(format!(
+        DeviceConfig::VhostUser(c) => Some(format!(
             "-device {c}: the vhost-user back-end holds the device's state (virtqueues, \
              requests in flight), which is not shmvm's to save"
         )),

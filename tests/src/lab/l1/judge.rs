@@ -27,10 +27,10 @@ pub(super) struct Judgement {
 }
 
 impl Judgement {
-    fn fail(&mut self, why: impl Into<String>) {
+    pub(super) fn fail(&mut self, why: impl Into<String>) {
         self.fails.push(why.into());
     }
-    fn want(&mut self, ok: bool, why: impl FnOnce() -> String) {
+    pub(super) fn want(&mut self, ok: bool, why: impl FnOnce() -> String) {
         if !ok {
             self.fails.push(why());
         }
@@ -185,6 +185,9 @@ pub(super) fn judge(r: &Run, out: &Outcome, console: &str, j: &mut Judgement) {
     }
     if let Some(g) = &r.region {
         judge_region(r, g, console, j);
+    }
+    if let Some(b) = &r.vuser {
+        b.judge(console, j);
     }
     if let Some(b) = result(console, "ivshmem-bench").map(fields) {
         j.report(

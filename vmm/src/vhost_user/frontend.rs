@@ -1,9 +1,11 @@
-//! The vhost-user front-end of a block device (vhost-user spec, as in
-//! QEMU's docs/interop/vhost-user.rst), on rust-vmm's `vhost` crate.
+//! The vhost-user front-end of any device type (vhost-user spec, as in
+//! QEMU's docs/interop/vhost-user.rst), on rust-vmm's `vhost` crate; what
+//! differs between types is the [`Spec`] it is given.
 //!
 //! At connect: SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES,
 //! GET_QUEUE_NUM (MQ), SET_FEATURES, SET_MEM_TABLE (one region per guest
-//! RAM region, each an fd and an offset into it) and GET_CONFIG (capacity).
+//! RAM region, each an fd and an offset into it) and GET_CONFIG when the
+//! type's configuration comes from the back-end (a disk's capacity).
 //! When the guest driver starts the device: SET_FEATURES with what it
 //! acknowledged, then per queue SET_VRING_NUM/ADDR/BASE/KICK/CALL and
 //! SET_VRING_ENABLE. A device reset stops the rings (GET_VRING_BASE).
@@ -23,13 +25,21 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{BLK_CONFIG_LEN, BLK_CONFIG_NUM_QUEUES, BLK_CONFIG_SIZE_MAX, blk_features};
+use super::kinds::{ConfigFrom, Kind, Queues, Row, Spec};
+use super::{BLK_CONFIG_NUM_QUEUES, BLK_CONFIG_SIZE_MAX, blk_features};
 use crate::layout::ram_regions;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit in the feature word,
 /// never offered to the guest.
 const PROTOCOL_FEATURES: u64 = 1 << 30;
 const VERSION_1: u64 = devices::virtio::features::VERSION_1;
+/// Transport bits passed from the back-end to the guest: split rings only
+/// (the rings start at index 0, which a packed ring's wrap counter breaks).
+const TRANSPORT_FEATURES: u64 = VERSION_1
+    | devices::virtio::features::RING_INDIRECT_DESC
+    | devices::virtio::features::RING_EVENT_IDX
+    | (1 << 24) // NOTIFY_ON_EMPTY
+    | (1 << 35); // IN_ORDER
 
 /// How long a back-end gets to answer the set-up at connect, and each later
 /// request (starting or stopping the rings). Past it, the socket is shut
@@ -122,10 +132,11 @@ fn ring_lengths(size: u16) -> (u64, u64, u64) {
     (16 * n, 6 + 2 * n, 6 + 8 * n)
 }
 
-/// A connected, configured back-end of one block device.
-pub struct BlkFrontend {
+/// A connected, configured back-end of one device.
+pub struct Link {
     fe: Frontend,
     path: PathBuf,
+    spec: Spec,
     /// The back-end's virtio feature word (PROTOCOL_FEATURES included).
     backend_features: u64,
     protocol: VhostUserProtocolFeatures,
@@ -139,9 +150,10 @@ pub struct BlkFrontend {
     deadline: Deadline,
 }
 
-impl std::fmt::Debug for BlkFrontend {
+impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlkFrontend")
+        f.debug_struct("Link")
+            .field("driver", &self.spec.row.driver)
             .field("path", &self.path)
             .field("features", &format_args!("{:#x}", self.backend_features))
             .field("queues", &self.queues)
@@ -151,21 +163,19 @@ impl std::fmt::Debug for BlkFrontend {
 
 /// Protocol features we use when the back-end has them.
 fn wanted_protocol() -> VhostUserProtocolFeatures {
+    // INFLIGHT_SHMFD (resuming requests after a reconnect) is not asked
+    // for: a back-end that dies fails its device (see Watcher).
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::RESET_DEVICE
 }
 
-impl BlkFrontend {
+impl Link {
     /// Connects to the back-end at `path` and runs the set-up up to the
-    /// device configuration. `regions` is guest RAM; `max_queues` caps the
-    /// queues used (default: the back-end's num_queues).
-    pub fn connect(
-        path: &Path,
-        regions: Vec<MemRegion>,
-        max_queues: Option<u16>,
-    ) -> Result<BlkFrontend, Error> {
+    /// device configuration, for a device as `spec` describes it.
+    /// `regions` is guest RAM.
+    pub fn connect(path: &Path, regions: Vec<MemRegion>, spec: Spec) -> Result<Link, Error> {
         let sock = UnixStream::connect(path).map_err(|err| Error::Connect {
             path: path.to_path_buf(),
             err,
@@ -183,13 +193,14 @@ impl BlkFrontend {
         let dead = Arc::new(AtomicBool::new(false));
         let deadline = Deadline::spawn(cut, path.to_path_buf(), dead.clone())?;
         let fe = Frontend::from_stream(sock, u64::from(devices::virtio::MAX_QUEUES));
-        let mut me = BlkFrontend {
+        let mut me = Link {
             fe,
             path: path.to_path_buf(),
+            spec,
             backend_features: 0,
             protocol: VhostUserProtocolFeatures::empty(),
             queues: 1,
-            config: vec![0; BLK_CONFIG_LEN as usize],
+            config: Vec::new(),
             regions,
             started: Vec::new(),
             hangup: None,
@@ -197,10 +208,15 @@ impl BlkFrontend {
             deadline,
         };
         let armed = me.deadline.arm("the set-up at connect");
-        let r = me.handshake(max_queues);
+        let r = me.handshake();
         me.deadline.disarm(armed);
         r.map_err(|e| me.timed_out_or(e))?;
-        me.hangup = Some(Watcher::spawn(watch, me.path.clone(), me.dead.clone())?);
+        me.hangup = Some(Watcher::spawn(
+            watch,
+            me.path.clone(),
+            me.spec.row,
+            me.dead.clone(),
+        )?);
         Ok(me)
     }
 
@@ -227,7 +243,11 @@ impl BlkFrontend {
         }
     }
 
-    fn handshake(&mut self, max_queues: Option<u16>) -> Result<(), Error> {
+    fn handshake(&mut self) -> Result<(), Error> {
+        let from_backend = match self.spec.config {
+            ConfigFrom::Backend(len) => Some(len),
+            _ => None,
+        };
         let r = self.fe.set_owner();
         self.req("SET_OWNER", r)?;
         let r = self.fe.get_features();
@@ -235,70 +255,101 @@ impl BlkFrontend {
         if self.backend_features & VERSION_1 == 0 {
             return Err(self.unsuitable("it does not offer VIRTIO_F_VERSION_1"));
         }
-        if self.backend_features & PROTOCOL_FEATURES == 0 {
-            return Err(self.unsuitable(
-                "it does not offer VHOST_USER_F_PROTOCOL_FEATURES (needed to read the disk size)",
-            ));
+        let mut backend_queues = 1;
+        if self.backend_features & PROTOCOL_FEATURES != 0 {
+            let r = self.fe.get_protocol_features();
+            let offered = self.req("GET_PROTOCOL_FEATURES", r)?;
+            if from_backend.is_some() && !offered.contains(VhostUserProtocolFeatures::CONFIG) {
+                return Err(self.unsuitable(format!(
+                    "it lacks the CONFIG protocol feature (a {} reads its configuration \
+                     from the back-end)",
+                    self.spec.row.driver
+                )));
+            }
+            self.protocol = offered & wanted_protocol();
+            let r = self.fe.set_protocol_features(self.protocol);
+            self.req("SET_PROTOCOL_FEATURES", r)?;
+            if self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Every request is acknowledged: a refused one fails here, not later.
+                self.fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
+            if self.protocol.contains(VhostUserProtocolFeatures::MQ) {
+                let r = self.fe.get_queue_num();
+                backend_queues = self.req("GET_QUEUE_NUM", r)?;
+            }
+        } else if from_backend.is_some() {
+            return Err(self.unsuitable(format!(
+                "it does not offer VHOST_USER_F_PROTOCOL_FEATURES (a {} reads its \
+                 configuration from the back-end)",
+                self.spec.row.driver
+            )));
         }
-        let r = self.fe.get_protocol_features();
-        let offered = self.req("GET_PROTOCOL_FEATURES", r)?;
-        if !offered.contains(VhostUserProtocolFeatures::CONFIG) {
-            return Err(self.unsuitable(
-                "it lacks the CONFIG protocol feature (needed to read the disk size)",
-            ));
-        }
-        self.protocol = offered & wanted_protocol();
-        let r = self.fe.set_protocol_features(self.protocol);
-        self.req("SET_PROTOCOL_FEATURES", r)?;
-        if self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            // Every request is acknowledged: a refused one fails here, not later.
-            self.fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
-        let backend_queues = if self.protocol.contains(VhostUserProtocolFeatures::MQ) {
-            let r = self.fe.get_queue_num();
-            self.req("GET_QUEUE_NUM", r)?
-        } else {
-            1
-        };
-        let r = self.fe.set_features(VERSION_1 | PROTOCOL_FEATURES);
+        let r = self
+            .fe
+            .set_features(VERSION_1 | (self.backend_features & PROTOCOL_FEATURES));
         self.req("SET_FEATURES", r)?;
         self.set_mem_table()?;
-        let r = self.fe.get_config(
-            0,
-            BLK_CONFIG_LEN,
-            VhostUserConfigFlags::WRITABLE,
-            &self.config,
-        );
-        let (_, config) = self.req("GET_CONFIG", r)?;
-        self.config = config;
-        // With VIRTIO_BLK_F_MQ the configuration says how many queues the
-        // disk has; take at most that, what the back-end serves, and the
-        // user's num-queues.
-        let mut queues = u64::from(u16::from_le_bytes([
-            self.config[BLK_CONFIG_NUM_QUEUES],
-            self.config[BLK_CONFIG_NUM_QUEUES + 1],
-        ]));
-        if self.backend_features & blk_features::MQ == 0 || queues == 0 {
-            queues = 1;
+        self.config = match from_backend {
+            Some(len) => {
+                let r = self.fe.get_config(
+                    0,
+                    len,
+                    VhostUserConfigFlags::WRITABLE,
+                    &vec![0; len as usize],
+                );
+                self.req("GET_CONFIG", r)?.1
+            }
+            None => self.spec.local_config.clone(),
+        };
+        self.queues = self.queue_count(backend_queues)?;
+        if self.spec.row.kind == Kind::Blk {
+            self.config[BLK_CONFIG_NUM_QUEUES..BLK_CONFIG_NUM_QUEUES + 2]
+                .copy_from_slice(&self.queues.to_le_bytes());
         }
-        queues = queues
-            .min(backend_queues.max(1))
-            .min(u64::from(devices::virtio::MAX_QUEUES));
-        if let Some(m) = max_queues {
-            queues = queues.min(u64::from(m));
-        }
-        self.queues = queues as u16;
-        self.config[BLK_CONFIG_NUM_QUEUES..BLK_CONFIG_NUM_QUEUES + 2]
-            .copy_from_slice(&self.queues.to_le_bytes());
         log::info!(
-            "vhost-user back-end {}: features {:#x}, protocol {:#x}, {} queue(s), {} sectors",
+            "vhost-user back-end {} ({}): features {:#x}, protocol {:#x}, {} queue(s), \
+             {} bytes of configuration",
             self.path.display(),
+            self.spec.row.driver,
             self.backend_features,
             self.protocol.bits(),
             self.queues,
-            self.capacity()
+            self.config.len()
         );
         Ok(())
+    }
+
+    /// The queues the device gets. A block device takes at most what its
+    /// configuration says (with VIRTIO_BLK_F_MQ), what the back-end serves
+    /// and the user's num-queues; other types need all their queues served.
+    fn queue_count(&self, backend_queues: u64) -> Result<u16, Error> {
+        let max = u64::from(devices::virtio::MAX_QUEUES);
+        match self.spec.queues {
+            Queues::FromBlkConfig { max: user } => {
+                let mut queues = u64::from(u16::from_le_bytes([
+                    self.config[BLK_CONFIG_NUM_QUEUES],
+                    self.config[BLK_CONFIG_NUM_QUEUES + 1],
+                ]));
+                if self.backend_features & blk_features::MQ == 0 || queues == 0 {
+                    queues = 1;
+                }
+                queues = queues.min(backend_queues.max(1)).min(max);
+                if let Some(m) = user {
+                    queues = queues.min(u64::from(m));
+                }
+                Ok(queues as u16)
+            }
+            Queues::Fixed(n) => {
+                let served = self.protocol.contains(VhostUserProtocolFeatures::MQ);
+                if served && backend_queues < u64::from(n) {
+                    return Err(self.unsuitable(format!(
+                        "it serves {backend_queues} queue(s), the {} needs {n}",
+                        self.spec.row.driver
+                    )));
+                }
+                Ok(n)
+            }
+        }
     }
 
     fn set_mem_table(&mut self) -> Result<(), Error> {
@@ -317,14 +368,7 @@ impl BlkFrontend {
         self.req("SET_MEM_TABLE", r).map(drop)
     }
 
-    /// The disk size in 512-byte sectors.
-    pub fn capacity(&self) -> u64 {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.config[..8]);
-        u64::from_le_bytes(b)
-    }
-
-    /// The block device configuration as the guest reads it.
+    /// The device configuration as the guest reads it.
     pub fn config(&self) -> &[u8] {
         &self.config
     }
@@ -345,7 +389,16 @@ impl BlkFrontend {
     /// Features to offer the guest: the back-end's, less the vhost-user
     /// bit and what we do not support.
     pub fn guest_features(&self) -> u64 {
-        guest_features(self.backend_features, self.queues, &self.config)
+        guest_features(
+            self.spec.row,
+            self.backend_features,
+            self.queues,
+            &self.config,
+        )
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.spec
     }
 
     pub fn socket(&self) -> &Path {
@@ -450,15 +503,20 @@ impl BlkFrontend {
     }
 }
 
-/// Features to offer the guest for a back-end offering `backend` with
-/// `queues` queues and block configuration `config`.
+/// Features to offer the guest of a `row` device whose back-end offers
+/// `backend`, with `queues` queues and configuration `config`: the
+/// transport bits we support and the type's device bits.
 ///
-/// SIZE_MAX with a size_max of 0 is dropped: qemu-storage-daemon offers
-/// the bit with 0 (it has no segment limit), and Linux then clamps every
-/// segment to 4096 bytes ("blk_queue_max_segment_size: set to minimum
-/// 4096"), splitting large requests; without the bit it uses its default.
-fn guest_features(backend: u64, queues: u16, config: &[u8]) -> u64 {
-    let mut f = backend & !PROTOCOL_FEATURES & !blk_features::CONFIG_WCE;
+/// For a block device, SIZE_MAX with a size_max of 0 is dropped:
+/// qemu-storage-daemon offers the bit with 0 (it has no segment limit),
+/// and Linux then clamps every segment to 4096 bytes
+/// ("blk_queue_max_segment_size: set to minimum 4096"), splitting large
+/// requests; without the bit it uses its default.
+fn guest_features(row: &Row, backend: u64, queues: u16, config: &[u8]) -> u64 {
+    let mut f = backend & (TRANSPORT_FEATURES | row.device_features);
+    if row.kind != Kind::Blk {
+        return f;
+    }
     if queues == 1 {
         f &= !blk_features::MQ;
     }
@@ -478,7 +536,12 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn spawn(sock: UnixStream, path: PathBuf, dead: Arc<AtomicBool>) -> Result<Watcher, Error> {
+    fn spawn(
+        sock: UnixStream,
+        path: PathBuf,
+        row: &'static Row,
+        dead: Arc<AtomicBool>,
+    ) -> Result<Watcher, Error> {
         let io = |what, err| Error::Io {
             path: path.clone(),
             what,
@@ -499,11 +562,12 @@ impl Watcher {
                 // Reported once: not again if the deadline already cut it.
                 if wait_hangup(sock.as_raw_fd(), stop2.as_raw_fd()) && !dead.swap(true, Ordering::Relaxed) {
                     log::error!(
-                        "vhost-user back-end {} hung up; its disk stops answering, the guest keeps running",
-                        name.display()
+                        "vhost-user back-end {} hung up; its {} stops answering, the guest keeps running",
+                        name.display(),
+                        row.noun
                     );
                     crate::qmp::control::device_gone(
-                        "vhost-user-blk",
+                        row.driver.trim_end_matches("-pci"),
                         "vhost-user",
                         &name.display().to_string(),
                     );
@@ -781,9 +845,10 @@ mod tests {
     fn guest_features_drop_what_we_or_the_config_cannot_honour() {
         // qemu-storage-daemon 10.0 with one queue: size_max 0, seg_max 126.
         let qsd = 0x1_7500_7e46u64;
-        let mut cfg = vec![0u8; BLK_CONFIG_LEN as usize];
+        let blk = Kind::Blk.row();
+        let mut cfg = vec![0u8; super::super::BLK_CONFIG_LEN as usize];
         cfg[12..16].copy_from_slice(&126u32.to_le_bytes());
-        let f = guest_features(qsd, 1, &cfg);
+        let f = guest_features(blk, qsd, 1, &cfg);
         assert_eq!(f & PROTOCOL_FEATURES, 0);
         assert_eq!(f & blk_features::CONFIG_WCE, 0);
         assert_eq!(f & blk_features::MQ, 0);
@@ -792,9 +857,23 @@ mod tests {
         assert_ne!(f & VERSION_1, 0);
         // A real segment limit and several queues are passed on.
         cfg[BLK_CONFIG_SIZE_MAX..BLK_CONFIG_SIZE_MAX + 4].copy_from_slice(&65536u32.to_le_bytes());
-        let f = guest_features(qsd, 2, &cfg);
+        let f = guest_features(blk, qsd, 2, &cfg);
         assert_ne!(f & blk_features::SIZE_MAX, 0);
         assert_ne!(f & blk_features::MQ, 0);
+        // Other types: transport bits and their own device bits only;
+        // never a packed ring.
+        let packed = devices::virtio::features::RING_PACKED;
+        let all = u64::MAX;
+        assert_eq!(
+            guest_features(Kind::Fs.row(), all, 2, &[]),
+            TRANSPORT_FEATURES,
+            "virtio-fs passes no device bits"
+        );
+        assert_eq!(
+            guest_features(Kind::Vsock.row(), all, 3, &[]) & !TRANSPORT_FEATURES,
+            1 << 1
+        );
+        assert_eq!(guest_features(Kind::Generic.row(), all, 1, &[]) & packed, 0);
     }
 
     #[test]

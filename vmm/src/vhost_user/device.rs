@@ -1,4 +1,4 @@
-//! The owner of a vhost-user-blk virtio-pci function: turns the driver's
+//! The owner of a vhost-user virtio-pci function (any device type): turns the driver's
 //! transport events into back-end requests and KVM wiring.
 //!
 //! - Kicks: one eventfd per queue, registered with KVM as an ioeventfd on
@@ -15,21 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use devices::virtio::{
-    MsixVector, NO_VECTOR, NotifyRegion, QueueConfig, TYPE_BLOCK, TransportEvents, VirtioPci,
-    VirtioPciConfig,
+    MsixVector, NO_VECTOR, NotifyRegion, QueueConfig, TransportEvents, VirtioPci, VirtioPciConfig,
 };
 use memory::Backend;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::frontend::{self, BlkFrontend, MemRegion};
-use super::{BLK_CONFIG_LEN, VhostUserBlkConfig};
+use super::VhostUserConfig;
+use super::frontend::{self, Link, MemRegion};
 use crate::hv::{IoEventAddr, Vm};
 use crate::interrupts::{self, Interrupts, MsiMessage, MsiVectors};
 use crate::pci::{BarBacking, Pci, PciFunction, PciPlug, Placed};
 use crate::stats::{Stats, VhostUserStats};
-
-/// Descriptors per queue the driver may use at most.
-pub const MAX_QUEUE_SIZE: u16 = 256;
 
 /// Errors creating a device; each names it.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +62,7 @@ impl Error {
 
 /// What the device did, for `--stats`.
 #[derive(Debug, Default)]
-pub struct VhostUserBlkStats {
+pub struct VhostUserDeviceStats {
     pub starts: AtomicU64,
     pub resets: AtomicU64,
     /// Kicks that exited to the VMM (no ioeventfd caught them).
@@ -76,9 +72,9 @@ pub struct VhostUserBlkStats {
 }
 
 /// The transport's owner.
-pub struct VhostUserBlk {
+pub struct VhostUser {
     name: String,
-    frontend: BlkFrontend,
+    frontend: Link,
     /// For the kick ioeventfds, which move with the BAR.
     vm: Weak<Vm>,
     /// One MSI vector per queue plus the configuration vector.
@@ -93,14 +89,14 @@ pub struct VhostUserBlk {
     /// Where the kick eventfds are registered as ioeventfds.
     notify: Option<NotifyRegion>,
     acked: u64,
-    stats: Arc<VhostUserBlkStats>,
+    stats: Arc<VhostUserDeviceStats>,
     /// `fail` lines: the guest drives the device into them, so rate-limited.
     warnings: devices::ratelimit::RateLimit,
 }
 
-impl std::fmt::Debug for VhostUserBlk {
+impl std::fmt::Debug for VhostUser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VhostUserBlk")
+        f.debug_struct("VhostUser")
             .field("name", &self.name)
             .field("frontend", &self.frontend)
             .finish()
@@ -113,7 +109,7 @@ pub struct Wired {
     pub name: String,
     pub slot: Option<u8>,
     pub device: Arc<Mutex<VirtioPci>>,
-    pub stats: Arc<VhostUserBlkStats>,
+    pub stats: Arc<VhostUserDeviceStats>,
 }
 
 impl PciPlug for Wired {
@@ -157,7 +153,7 @@ fn eventfds(n: u16) -> std::io::Result<Vec<EventFd>> {
 /// Connects to the back-end of `cfg` with guest RAM `ram` and builds the
 /// PCI function (not yet on a bus).
 pub fn create(
-    cfg: &VhostUserBlkConfig,
+    cfg: &VhostUserConfig,
     ram: &Backend,
     vm: &Arc<Vm>,
     interrupts: &Arc<Interrupts>,
@@ -168,7 +164,7 @@ pub fn create(
         err,
     };
     let regions = MemRegion::from_ram(ram).map_err(fe)?;
-    let frontend = BlkFrontend::connect(&cfg.socket, regions, cfg.num_queues).map_err(fe)?;
+    let frontend = Link::connect(&cfg.socket, regions, cfg.kind.spec()).map_err(fe)?;
     let queues = frontend.queues();
     let msi = interrupts.vectors(queues + 1).map_err(|err| Error::Msi {
         device: name.clone(),
@@ -179,14 +175,14 @@ pub fn create(
         err,
     };
     let transport = VirtioPciConfig {
-        device_type: TYPE_BLOCK,
+        device_type: frontend.spec().virtio_id,
         features: frontend.guest_features(),
         queues,
-        max_queue_size: MAX_QUEUE_SIZE,
-        device_config_len: BLK_CONFIG_LEN,
+        max_queue_size: frontend.spec().queue_size,
+        device_config_len: frontend.config().len() as u32,
     };
-    let stats = Arc::new(VhostUserBlkStats::default());
-    let owner = VhostUserBlk {
+    let stats = Arc::new(VhostUserDeviceStats::default());
+    let owner = VhostUser {
         name: name.clone(),
         frontend,
         vm: Arc::downgrade(vm),
@@ -213,7 +209,7 @@ pub fn create(
     })
 }
 
-impl VhostUserBlk {
+impl VhostUser {
     fn fail(&self, what: &str, e: impl std::fmt::Display) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         devices::warn_limited!(self.warnings, "{}: {what}: {e}", self.name);
@@ -273,7 +269,7 @@ impl VhostUserBlk {
     }
 }
 
-impl TransportEvents for VhostUserBlk {
+impl TransportEvents for VhostUser {
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
         let cfg = self.frontend.config();
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
@@ -284,7 +280,8 @@ impl TransportEvents for VhostUserBlk {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Nothing writable is offered (no CONFIG_WCE).
+        // Nothing writable is offered (no CONFIG_WCE; vsock's and fs's
+        // configurations are read-only).
         log::debug!(
             "{}: ignored config write at {offset:#x} ({data:x?})",
             self.name

@@ -1,13 +1,18 @@
-//! vhost-user-blk: a virtio block device whose queues an external process
-//! (the vhost-user back-end, e.g. `qemu-storage-daemon`) serves straight
-//! from guest RAM, which it maps through the RAM backend's file descriptor.
+//! vhost-user devices: virtio devices whose queues an external process
+//! (the vhost-user back-end: `qemu-storage-daemon` for a disk, `virtiofsd`
+//! for a directory, `vhost-device-vsock`, `vhost-device-rng`, ...) serves
+//! straight from guest RAM, which it maps through the RAM backend's file
+//! descriptor. One front-end serves every type; the types are data.
 //!
-//! - [`config`]: `--device vhost-user-blk-pci,chardev=ID` with
-//!   `--chardev socket,id=ID,path=PATH` (QEMU's spelling), or
+//! - [`kinds`]: the table of device types (virtio id, configuration,
+//!   queues, feature masks, what the user may set).
+//! - [`config`]: `-device vhost-user-{blk,fs,vsock,rng,device}-pci,chardev=ID`
+//!   with `-chardev socket,id=ID,path=PATH` (QEMU's spelling), or
 //!   `--vhost-user-blk socket=PATH`; the shared-RAM requirement.
 //! - [`frontend`]: the vhost-user protocol (rust-vmm `vhost` crate):
-//!   feature negotiation, memory table, configuration, vring set-up, and a
-//!   watcher that reports the back-end hanging up. No KVM here.
+//!   feature negotiation, memory table, configuration, vring set-up, a
+//!   deadline on every wait for the back-end, and a watcher that reports
+//!   the back-end hanging up. No KVM here.
 //! - [`device`]: the virtio-pci transport's owner: on the driver's events
 //!   it starts/stops the back-end's vrings, routes MSI-X vectors through
 //!   the VM's interrupt service with irqfds (the back-end's call eventfds)
@@ -17,10 +22,12 @@
 pub mod config;
 pub mod device;
 pub mod frontend;
+pub mod kinds;
 
-pub use config::{ChardevConfig, VhostUserBlkConfig};
-pub use device::{VhostUserBlk, VhostUserBlkStats, Wired};
-pub use frontend::{BlkFrontend, MemRegion};
+pub use config::{ChardevConfig, VhostUserConfig};
+pub use device::{VhostUser, VhostUserDeviceStats, Wired};
+pub use frontend::{Link, MemRegion};
+pub use kinds::{Kind, KindConfig};
 
 /// virtio-blk feature bits (virtio spec 5.2.3) we look at.
 pub mod blk_features {
