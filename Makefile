@@ -183,6 +183,11 @@ lab: lab-deps shmvm lab-tools ivshmem-db
 
 # --- benchmarks ------------------------------------------------------------
 
+# virtio-blk throughput in the lab, shmvm and QEMU side by side (README).
+.PHONY: bench-blk
+bench-blk:
+	LAB_SCENARIOS=tests/lab/bench-scenarios $(MAKE) lab
+
 # Every benchmark: boot latency, ivshmem bandwidth, doorbell round trips,
 # memory prealloc (README).
 bench: bench-boot bench-ivshmem bench-doorbell bench-memory

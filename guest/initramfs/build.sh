@@ -28,7 +28,7 @@ chmod 755 "$stage/init" "$stage/bin/busybox" "$stage/bin/ivshmem-tool"
 if [ -n "$moddir" ]; then
     mkdir -p "$stage/lib/modules/virtio"
     # Load order (each module's depends= comes before it).
-    order="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_blk"
+    order="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_blk virtio-rng virtio_console"
     for m in $order; do
         f=$(find "$moddir/kernel/drivers" -name "$m.ko" | head -n1)
         [ -n "$f" ] || die "module $m.ko not found under $moddir"

@@ -18,6 +18,24 @@ pub struct Stats {
     pub console: Option<Console>,
     pub ivshmem: Vec<Ivshmem>,
     pub vhost_user: Vec<VhostUser>,
+    /// Built-in virtio devices (absent in older binaries' lines).
+    #[serde(default)]
+    pub virtio: Vec<Virtio>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Virtio {
+    pub name: String,
+    pub starts: u64,
+    pub resets: u64,
+    pub broken: u64,
+    pub errors: u64,
+    pub notify_exits: u64,
+    pub requests: u64,
+    pub bytes_to_guest: u64,
+    pub bytes_from_guest: u64,
+    pub flushes: u64,
+    pub device_errors: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -132,8 +132,9 @@ const CORPUS: &[Line] = &[
         expect: Expect::Refused("shmvm: -fsdev: not supported; shmvm has no 9p"),
     },
     Line {
-        // virtme-ng's console and machine options without its 9p root and
-        // virtio-serial ports: everything shmvm can honour.
+        // virtme-ng's console and machine options and its virtio-serial
+        // ports (one virtio-serial-pci before each port, as vng writes
+        // them), without its 9p root: everything shmvm can honour.
         source: "virtme-ng 1.42 vng --dry-run (console/machine subset)",
         args: &[
             "-name",
@@ -158,6 +159,18 @@ const CORPUS: &[Line] = &[
             "chardev:console",
             "-chardev",
             "file,id=console,path=/dev/null",
+            "-chardev",
+            "file,id=dev_stdout,path=/dev/null",
+            "-device",
+            "virtio-serial-pci",
+            "-device",
+            "virtserialport,name=virtme.dev_stdout,chardev=dev_stdout",
+            "-chardev",
+            "file,id=ret,path={dir}/virtme_ret",
+            "-device",
+            "virtio-serial-pci",
+            "-device",
+            "virtserialport,name=virtme.ret,chardev=ret",
             "-no-reboot",
             "-kernel",
             "{kernel}",
@@ -318,7 +331,7 @@ const CORPUS: &[Line] = &[
             "1024M",
         ],
         expect: Expect::Refused(
-            "shmvm: -hda: not supported; use -device vhost-user-blk-pci with qemu-storage-daemon, see README",
+            "shmvm: -hda: not supported; use -drive file=IMG,if=virtio,format=raw, or -device vhost-user-blk-pci",
         ),
     },
 ];

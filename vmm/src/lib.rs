@@ -28,3 +28,4 @@ pub mod teardown;
 pub mod terminal;
 pub mod vcpu;
 pub mod vhost_user;
+pub mod virtio;

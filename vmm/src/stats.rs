@@ -120,6 +120,28 @@ pub struct VhostUserStats {
     pub notify_exits: u64,
 }
 
+/// One built-in virtio device (virtio-blk, virtio-serial, virtio-rng).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VirtioStats {
+    pub name: String,
+    pub starts: u64,
+    pub resets: u64,
+    /// Times the device found its rings broken and needed a reset.
+    pub broken: u64,
+    /// Wiring failures (ioeventfds, irqfds, MSI routes).
+    pub errors: u64,
+    /// Queue kicks that exited to the VMM (0 with ioeventfds).
+    pub notify_exits: u64,
+    pub requests: u64,
+    /// Bytes the device wrote to the guest (disk reads, entropy, console
+    /// input) and read from it (disk writes, console output).
+    pub bytes_to_guest: u64,
+    pub bytes_from_guest: u64,
+    pub flushes: u64,
+    /// Requests answered with an error status.
+    pub device_errors: u64,
+}
+
 /// Everything, at the end of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stats {
@@ -138,6 +160,7 @@ pub struct Stats {
     pub ivshmem: Vec<IvshmemStats>,
     pub ivshmem_doorbell: Vec<DoorbellStats>,
     pub vhost_user: Vec<VhostUserStats>,
+    pub virtio: Vec<VirtioStats>,
 }
 
 impl Default for Stats {
@@ -153,6 +176,7 @@ impl Default for Stats {
             ivshmem: Vec::new(),
             ivshmem_doorbell: Vec::new(),
             vhost_user: Vec::new(),
+            virtio: Vec::new(),
         }
     }
 }
@@ -246,6 +270,24 @@ impl Stats {
                 v.errors,
                 v.common_reads,
                 v.common_writes,
+                v.notify_exits,
+            ));
+        }
+        for v in &self.virtio {
+            out.push_str(&format!(
+                "  {}: started {} times, {} resets, broken {} times, {} errors; {} requests \
+                 ({} errors), {} bytes to the guest, {} from it, {} flushes; notify exits {} \
+                 (0 with ioeventfds)\n",
+                v.name,
+                v.starts,
+                v.resets,
+                v.broken,
+                v.errors,
+                v.requests,
+                v.device_errors,
+                v.bytes_to_guest,
+                v.bytes_from_guest,
+                v.flushes,
                 v.notify_exits,
             ));
         }

@@ -5,8 +5,9 @@
 //! ISR, device configuration and notification regions, each described by a
 //! vendor-specific capability, plus the MSI-X table and PBA.
 //!
-//! The transport runs no virtqueues. Whoever serves the device (in shmvm: a
-//! vhost-user back-end wired by the VMM) implements [`TransportEvents`] and
+//! The transport runs no virtqueues. Whoever serves the device (a
+//! vhost-user back-end, or a built-in model on a [`worker::Worker`], both
+//! wired by the VMM) implements [`TransportEvents`] and
 //! is told when the driver accepts features, starts the device with given
 //! queues, resets it, reprograms an MSI-X vector, or moves the notification
 //! region (so it can register ioeventfds there). This crate knows nothing
@@ -14,7 +15,15 @@
 
 /// The MSI-X model lives with PCI (ivshmem-doorbell uses it too).
 pub use crate::pci::msix;
+pub mod blk;
+pub mod console;
+pub mod device;
+pub mod queue;
+pub mod rng;
 mod transport;
+/// The worker thread: epoll and eventfds, Linux's.
+#[cfg(target_os = "linux")]
+pub mod worker;
 
 pub use msix::{Msix, MsixVector};
 pub use transport::{
@@ -33,6 +42,8 @@ pub const PCI_REVISION: u8 = 1;
 /// Virtio device types (spec 5).
 pub const TYPE_NET: u16 = 1;
 pub const TYPE_BLOCK: u16 = 2;
+pub const TYPE_CONSOLE: u16 = 3;
+pub const TYPE_RNG: u16 = 4;
 
 /// `device_status` bits (spec 2.1).
 pub mod status {

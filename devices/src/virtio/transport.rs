@@ -301,6 +301,15 @@ impl VirtioPci {
         self.stats
     }
 
+    /// The device broke (its model found the rings unusable): sets
+    /// DEVICE_NEEDS_RESET while the driver runs it (spec 2.1.2); the
+    /// driver's reset clears it.
+    pub fn set_needs_reset(&mut self) {
+        if self.status & status::DRIVER_OK != 0 {
+            self.status |= status::DEVICE_NEEDS_RESET;
+        }
+    }
+
     /// Offset of the MSI-X capability in configuration space.
     pub fn msix_capability(&self) -> usize {
         self.msix_cap

@@ -2,6 +2,7 @@
 //! a Linux guest (through sysfs `resource2`), or the same memory from the host
 //! through its backing file (`--path /dev/shm/NAME`).
 
+mod blkbench;
 mod device;
 mod doorbell;
 mod parse;
@@ -177,6 +178,22 @@ enum Command {
         /// Give up (exit 1) after this many milliseconds.
         #[arg(long, default_value_t = 60_000)]
         timeout_ms: u64,
+    },
+    /// Measure a block device (--path, e.g. /dev/vda): sequential 1 MiB and random
+    /// 4 KiB writes then reads, O_DIRECT at queue depth 1, medians of RUNS. Overwrites the range.
+    Blkbench {
+        /// Start of the range.
+        #[arg(long, value_name = "OFF", default_value = "0", value_parser = parse::number)]
+        offset: u64,
+        /// Length of the range.
+        #[arg(long, value_name = "LEN", value_parser = parse::number)]
+        len: u64,
+        /// Time per run of each pattern, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        millis: u64,
+        /// Runs of each pattern (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Measure write then read bandwidth over a range (MB/s, 10^6 bytes). Overwrites it.
     Bench {
@@ -464,6 +481,31 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
                 source,
             })?;
             say(format!("slots ok: slot={slot} parties={parties}"))?;
+        }
+        Command::Blkbench {
+            offset,
+            len,
+            millis,
+            runs,
+        } => {
+            let path = cli
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/dev/vda"));
+            let r = blkbench::run(&path, *offset, *len, Duration::from_millis(*millis), *runs)
+                .map_err(|source| ToolError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+            say(format!(
+                "blkbench seq_read_MBps={:.1} seq_write_MBps={:.1} rand_read_iops={:.0} rand_write_iops={:.0} rand_read_MBps={:.2} rand_write_MBps={:.2}",
+                r.seq_read.mb_per_s(),
+                r.seq_write.mb_per_s(),
+                r.rand_read.iops(),
+                r.rand_write.iops(),
+                r.rand_read.mb_per_s(),
+                r.rand_write.mb_per_s(),
+            ))?;
         }
         Command::Bench { range: r, millis } => {
             let t = open_target(cli)?;

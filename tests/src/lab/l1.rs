@@ -332,7 +332,13 @@ struct Run<'a> {
     disk: Option<Disk>,
     /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser).
     vuser: Option<vuser::Backends>,
+    /// The file behind the guest's named virtio-serial port.
+    port: Option<PathBuf>,
 }
+
+/// The virtio-serial port the guest writes its token to (as virtme-ng's
+/// guest writes its exit code to `virtme.ret`).
+const PORT_NAME: &str = "lab.verdict";
 
 /// What happened while the VMM ran.
 struct Outcome {
@@ -366,7 +372,7 @@ impl Runner {
         let _ = File::create(&console.path);
         let token = format!("t{}-{}", random(), s.name);
         let mut append = self.l2_append(s, vmm, &token);
-        if s.extra.virtio || s.extra.vub.is_some() || s.extra.vuser {
+        if s.extra.virtio || s.extra.vub.is_some() || s.extra.vuser || s.extra.rng || s.extra.port {
             append += " lab.modules=virtio";
         }
         let mem = &s.mem.text;
@@ -462,7 +468,11 @@ impl Runner {
             if let Err(e) = made {
                 fatal(&format!("host fill of {}: {e}", img.display()));
             }
-            let hold = if mode == Vub::Kill { ":8" } else { "" };
+            let hold = if matches!(mode, Vub::Kill | Vub::BlkTerm) {
+                ":8"
+            } else {
+                ""
+            };
             append += &format!(" lab.vub={host_seed}:{guest_seed}{hold}");
             let mut d = Disk {
                 mode,
@@ -473,15 +483,30 @@ impl Runner {
                 backend: None,
                 error: None,
             };
-            d.start(&console);
-            // -v: the device's info lines (back-end features, queues and ring addresses).
-            args.extend([
-                "-chardev".into(),
-                format!("socket,id=vub0,path={}", d.sock.display()),
-                "-device".into(),
-                "vhost-user-blk-pci,chardev=vub0".into(),
-                "-v".into(),
-            ]);
+            if mode.builtin() {
+                // The built-in virtio-blk: QEMU's two spellings, one each.
+                let img = d.img.display();
+                if vmm == Vmm::Shmvm {
+                    args.extend(["-drive".into(), format!("file={img},if=virtio,format=raw")]);
+                } else {
+                    args.extend([
+                        "-drive".into(),
+                        format!("file={img},if=none,id=d0,format=raw"),
+                        "-device".into(),
+                        "virtio-blk-pci,drive=d0".into(),
+                    ]);
+                }
+            } else {
+                d.start(&console);
+                // -v: the device's info lines (back-end features, queues and ring addresses).
+                args.extend([
+                    "-chardev".into(),
+                    format!("socket,id=vub0,path={}", d.sock.display()),
+                    "-device".into(),
+                    "vhost-user-blk-pci,chardev=vub0".into(),
+                    "-v".into(),
+                ]);
+            }
             disk = Some(d);
         }
         let vuser = s.extra.vuser.then(|| {
@@ -490,6 +515,29 @@ impl Runner {
             append += &format!(" lab.vuser={token}");
             b
         });
+        if s.extra.blkbench {
+            append += " lab.blkbench=1";
+        }
+        if s.extra.rng {
+            append += " lab.rng=1";
+            args.extend(["-device".into(), "virtio-rng-pci".into()]);
+        }
+        let port = s
+            .extra
+            .port
+            .then(|| PathBuf::from(format!("/tmp/lab-port-{tag}")));
+        if let Some(p) = &port {
+            let _ = fs::remove_file(p);
+            append += &format!(" lab.port={PORT_NAME}");
+            args.extend([
+                "-device".into(),
+                "virtio-serial-pci".into(),
+                "-chardev".into(),
+                format!("file,id=verdict,path={}", p.display()),
+                "-device".into(),
+                format!("virtserialport,chardev=verdict,name={PORT_NAME}"),
+            ]);
+        }
         let run = Run {
             s,
             vmm,
@@ -500,6 +548,7 @@ impl Runner {
             region,
             disk,
             vuser,
+            port,
         };
         (run, args, append)
     }
@@ -538,7 +587,8 @@ impl Runner {
         match vmm {
             Vmm::Qemu => {
                 let mut machine = "microvm,acpi=on".to_string();
-                if s.ivshmem.is_some() || s.extra.doorbell {
+                let pci_virtio = s.extra.vub == Some(Vub::Blk) || s.extra.rng || s.extra.port;
+                if s.ivshmem.is_some() || s.extra.doorbell || pci_virtio {
                     machine += ",pcie=on";
                 }
                 cmd.extend(
@@ -659,6 +709,17 @@ impl Runner {
             {
                 b.vsock_exchange(&r.console);
             }
+            if r.disk.as_ref().is_some_and(|d| d.mode == Vub::BlkTerm)
+                && t_kill.is_none()
+                && result(&text, "vub-ready").is_some()
+            {
+                // SIGTERM to the VMM after the guest's flushed write.
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                t_kill = Some(t);
+                r.console
+                    .append("LAB-L1 sent SIGTERM to the VMM after the guest's flushed write");
+            }
             if qmp.is_none()
                 && let Some(ready) = r.s.action.qmp_ready()
                 && result(&text, ready).is_some()
@@ -754,6 +815,9 @@ impl Runner {
         if let Some(d) = &r.disk {
             let _ = fs::remove_file(&d.img);
             let _ = fs::remove_file(&d.sock);
+        }
+        if let Some(p) = &r.port {
+            let _ = fs::remove_file(p);
         }
         // The QEMU runs are the reference, not the product: under nested SVM
         // on TCG, QEMU's L2 has been seen resetting before it reached its

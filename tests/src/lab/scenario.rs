@@ -9,9 +9,9 @@
 //!   with 0; the last two speak QMP to the VMM, see `l1/qmp.rs`)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
-//!   mq2, ring64, doorbell, vuser, snapshot (tests/lab/scenarios explains
-//!   each), and expectations that override the derived ones: `cpus=N`
-//!   (default: smp).
+//!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell, snapshot
+//!   (tests/lab/scenarios explains each), and expectations that
+//!   override the derived ones: `cpus=N` (default: smp).
 
 use std::fmt;
 
@@ -158,6 +158,18 @@ pub enum Vub {
     Kill,
     /// Private guest RAM: shmvm must refuse with exit 2, nothing boots.
     Private,
+    /// No back-end: the VMM's own virtio-blk on the image (`-drive`).
+    Blk,
+    /// The same, then L1 sends the VMM SIGTERM after the guest's flushed
+    /// write: the image must hold it.
+    BlkTerm,
+}
+
+impl Vub {
+    /// The VMM's built-in virtio-blk rather than a vhost-user back-end.
+    pub fn builtin(self) -> bool {
+        matches!(self, Vub::Blk | Vub::BlkTerm)
+    }
 }
 
 impl fmt::Display for Vub {
@@ -166,6 +178,8 @@ impl fmt::Display for Vub {
             Vub::Plain => "vub",
             Vub::Kill => "vub-kill",
             Vub::Private => "vub-private",
+            Vub::Blk => "blk",
+            Vub::BlkTerm => "blk-term",
         })
     }
 }
@@ -186,6 +200,13 @@ pub struct Extra {
     /// virtiofsd, vhost-device-vsock and vhost-device-rng in L1 serve
     /// the guest's vhost-user-{fs,vsock,rng}-pci devices.
     pub vuser: bool,
+    /// With blk: the guest measures /dev/vda (ivshmem-tool blkbench).
+    pub blkbench: bool,
+    /// A virtio-rng device: the guest reads /dev/hwrng.
+    pub rng: bool,
+    /// A virtio-serial port named `lab.verdict` on a file chardev: the
+    /// guest writes its token there, L1 reads it after the run.
+    pub port: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
 }
@@ -206,11 +227,11 @@ impl Scenario {
     /// run with shmvm only. A doorbell scenario is one run of three guests
     /// (QEMU among them), reported as shmvm's. Snapshots are shmvm's.
     pub fn runs_with(&self, vmm: Vmm) -> bool {
-        (self.extra.vub.is_none()
-            && !self.extra.doorbell
-            && !self.extra.vuser
-            && !self.extra.snapshot)
-            || vmm == Vmm::Shmvm
+        let shmvm_only = self.extra.vub.is_some_and(|v| v != Vub::Blk)
+            || self.extra.doorbell
+            || self.extra.vuser
+            || self.extra.snapshot;
+        !shmvm_only || vmm == Vmm::Shmvm
     }
 
     /// The CPU count the guest must see.
@@ -296,6 +317,11 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "vub" => vub(&mut x, Vub::Plain)?,
                 "vub-kill" => vub(&mut x, Vub::Kill)?,
                 "vub-private" => vub(&mut x, Vub::Private)?,
+                "blk" => vub(&mut x, Vub::Blk)?,
+                "blk-term" => vub(&mut x, Vub::BlkTerm)?,
+                "rng" => x.rng = true,
+                "blkbench" => x.blkbench = true,
+                "port" => x.port = true,
                 f => return Err(format!("extra '{f}': unknown flag")),
             },
             Some(("cpus", n)) => {
@@ -307,7 +333,10 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
             Some((k, _)) => return Err(format!("extra '{k}=': unknown expectation (cpus=N)")),
         }
     }
-    if (x.mq2 || x.ring64) && x.vub.is_none() {
+    if x.blkbench && x.vub != Some(Vub::Blk) {
+        return Err("extra: blkbench needs blk".into());
+    }
+    if (x.mq2 || x.ring64) && x.vub.is_none_or(Vub::builtin) {
         return Err("extra: mq2 and ring64 need vub or vub-kill".into());
     }
     if x.doorbell && (ivshmem.is_some() || x.vub.is_some() || backend != Backend::Ram) {
@@ -378,7 +407,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_table_has_28_runs() {
+    fn the_shipped_table_has_33_runs() {
         let text = include_str!("../../lab/scenarios");
         let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
         let runs: usize = all
@@ -390,7 +419,31 @@ mod tests {
                     .count()
             })
             .sum();
-        assert_eq!((all.len(), runs), (18, 28));
+        assert_eq!((all.len(), runs), (21, 33));
+    }
+
+    #[test]
+    fn builtin_virtio_flags() {
+        let one = |l: &str| {
+            parse("f", l)
+                .map(|v| v[0].clone())
+                .map_err(|e| e.to_string())
+        };
+        let s = one("a memfd 256M 1 poweroff - blk,blkbench,rng,port").unwrap();
+        assert_eq!(s.extra.vub, Some(Vub::Blk));
+        assert!(s.extra.blkbench && s.extra.rng && s.extra.port);
+        // The built-in disk runs with QEMU too; blk-term with shmvm only.
+        assert!(s.runs_with(Vmm::Qemu) && s.runs_with(Vmm::Shmvm));
+        let t = one("a ram 256M 1 poweroff - blk-term").unwrap();
+        assert!(!t.runs_with(Vmm::Qemu) && t.runs_with(Vmm::Shmvm));
+        assert_eq!(
+            one("a ram 256M 1 poweroff - blkbench").unwrap_err(),
+            "f:1: extra: blkbench needs blk"
+        );
+        assert_eq!(
+            one("a ram 256M 1 poweroff - blk,mq2").unwrap_err(),
+            "f:1: extra: mq2 and ring64 need vub or vub-kill"
+        );
     }
 
     #[test]

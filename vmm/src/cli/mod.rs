@@ -119,6 +119,9 @@ pub struct Args {
     /// A device: isa-debug-exit, ivshmem-plain, vhost-user-{blk,fs,vsock,rng,device}-pci (TYPE,help lists properties) [QEMU: -device]
     #[arg(long, value_name = "PROPS")]
     pub device: Vec<String>,
+    /// A raw disk image: file=IMG,if=virtio|none,format=raw[,id=ID][,readonly=on][,cache=none] [QEMU: -drive]
+    #[arg(long, value_name = "PROPS")]
+    pub drive: Vec<String>,
     /// A character device: socket, stdio, file, null [QEMU: -chardev]
     #[arg(long, value_name = "PROPS")]
     pub chardev: Vec<String>,
@@ -298,6 +301,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
         serial: args.serial,
         devices: args.device,
         chardevs: args.chardev,
+        drives: args.drive,
         numa: args.numa,
         mon: args.mon,
         qmp: args.qmp,
@@ -314,6 +318,10 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
         },
         verbose: args.verbose,
         sandbox: args.sandbox != Some(OnOffArg::Off),
+        snapshot: n
+            .noops
+            .iter()
+            .any(|o| o.trim_start_matches('-').starts_with("snapshot:")),
     };
     let mut config = Config::build(input).map_err(Error::from)?;
     config.argv = restore::machine_argv(&n.args);

@@ -113,7 +113,7 @@ const fn refused(name: &'static str, value: Option<&'static str>, text: &'static
     }
 }
 
-const DISKS: &str = "use -device vhost-user-blk-pci with qemu-storage-daemon, see README";
+const DISKS: &str = "use -drive file=IMG,if=virtio,format=raw, or -device vhost-user-blk-pci";
 const NO_MONITOR: &str = "shmvm has no monitor but QMP (-qmp) and no gdb stub";
 
 /// Every option, in the order the README lists them.
@@ -184,7 +184,13 @@ pub const OPTIONS: &[Opt] = &[
         "device",
         Some("TYPE[,PROP=V...]"),
         "device",
-        "isa-debug-exit (iobase=0x501,iosize=2 by default), ivshmem-plain, ivshmem-doorbell, vhost-user-{blk,fs,vsock,rng,device}-pci; `-device help`",
+        "isa-debug-exit (iobase=0x501,iosize=2 by default), ivshmem-plain, ivshmem-doorbell, vhost-user-{blk,fs,vsock,rng,device}-pci, virtio-blk-pci, virtio-rng-pci, virtio-serial-pci with virtconsole / virtserialport; `-device help`",
+    ),
+    same(
+        "drive",
+        Some("file=IMG,if=virtio|none,format=raw[,id=ID][,readonly=on][,cache=none]"),
+        "drive",
+        "a raw disk image: if=virtio is a virtio-blk-pci device, if=none one for -device virtio-blk-pci,drive=ID; cache=none is O_DIRECT",
     ),
     same(
         "chardev",
@@ -324,7 +330,11 @@ pub const OPTIONS: &[Opt] = &[
     noop("no-user-config", None, "shmvm reads no configuration files"),
     noop("name", Some("NAME"), "the VM name is not used"),
     noop("no-hpet", None, "shmvm has no HPET"),
-    noop("snapshot", None, "shmvm has no disk images to snapshot"),
+    noop(
+        "snapshot",
+        None,
+        "nothing to discard without writable -drive images; with one, refused (shmvm writes images in place)",
+    ),
     noop_if(
         "monitor",
         "none",
@@ -366,7 +376,6 @@ pub const OPTIONS: &[Opt] = &[
         "shmvm's guest clock is UTC; use -rtc base=utc or drop it",
     ),
     // Class 3: refused.
-    refused("drive", Some("..."), DISKS),
     refused("hda", Some("FILE"), DISKS),
     refused("hdb", Some("FILE"), DISKS),
     refused("hdc", Some("FILE"), DISKS),
@@ -774,12 +783,8 @@ mod tests {
     fn refusals_name_the_whole_option() {
         for (args, want) in [
             (
-                vec!["-drive", "file=x"],
-                "-drive: not supported; use -device vhost-user-blk-pci with qemu-storage-daemon, see README",
-            ),
-            (
                 vec!["-hda", "x"],
-                "-hda: not supported; use -device vhost-user-blk-pci",
+                "-hda: not supported; use -drive file=IMG,if=virtio,format=raw",
             ),
             (vec!["--hda", "x"], "--hda: not supported"),
             (

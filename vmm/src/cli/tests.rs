@@ -365,3 +365,17 @@ fn non_utf8_paths_pass_through() {
     .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(p.config.kernel.as_os_str(), k);
 }
+
+#[test]
+fn snapshot_with_a_writable_drive_is_refused() {
+    let drive = |ro: &str| format!("file=a.img,if=virtio,format=raw{ro}");
+    let w = drive("");
+    let e = parse_args(&["-kernel", "k", "-drive", &w, "-snapshot"]).unwrap_err();
+    assert!(
+        format!("{e:?}")
+            .contains("option: \"-snapshot\", reason: \"shmvm writes -drive images in place"),
+        "{e:?}"
+    );
+    let ro = drive(",readonly=on");
+    assert!(parse_args(&["-kernel", "k", "-drive", &ro, "-snapshot"]).is_ok());
+}

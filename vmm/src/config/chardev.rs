@@ -75,7 +75,7 @@ pub const TYPES: &[TypeInfo] = &[
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     Socket(PathBuf),
     Stdio(StdioOptions),
     File(PathBuf),
@@ -83,12 +83,12 @@ enum Backend {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Chardev {
-    id: String,
-    backend: Backend,
+pub(crate) struct Chardev {
+    pub(crate) id: String,
+    pub(crate) backend: Backend,
 }
 
-fn parse_chardev(spec: &str) -> Result<Chardev, Error> {
+pub(crate) fn parse_chardev(spec: &str) -> Result<Chardev, Error> {
     let mut kv = super::keyval("-chardev", spec, Some("backend"))?;
     let bad = |reason: String| invalid("-chardev", format!("'{spec}': {reason}"));
     let kve = |e: super::keyval::Error| bad(e.to_string());

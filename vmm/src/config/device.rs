@@ -1,5 +1,6 @@
 //! `-device TYPE,...`: isa-debug-exit, ivshmem-plain, ivshmem-doorbell,
-//! vhost-user-{blk,fs,vsock,rng,device}-pci.
+//! vhost-user-{blk,fs,vsock,rng,device}-pci, virtio-blk-pci, virtio-rng-pci,
+//! virtio-serial-pci, virtconsole, virtserialport.
 
 use memory::BackendConfig;
 
@@ -12,6 +13,21 @@ pub const DEBUG_EXIT_IOSIZE: u16 = 2;
 
 const ID: Prop = Prop::new("id", "string", "", "the device's name");
 const ADDR: Prop = Prop::new("addr", "slot[.0]", "first free", "PCI slot on bus 0 (hex)");
+
+/// Properties every virtio-serial port has.
+const PORT_CHARDEV: Prop = Prop::new(
+    "chardev",
+    "id",
+    "(required)",
+    "a -chardev stdio, file or null",
+);
+const PORT_NAME: Prop = Prop::new("name", "string", "", "the port's name (virtme.ret, ...)");
+const PORT_BUS: Prop = Prop::new(
+    "bus",
+    "ID.0",
+    "the first with room",
+    "the virtio-serial-pci",
+);
 
 /// The `-device` types, for help and for checking property names.
 pub const TYPES: &[TypeInfo] = &[
@@ -85,6 +101,20 @@ pub const TYPES: &[TypeInfo] = &[
         ],
     ),
     TypeInfo::new(
+        "virtio-blk-pci",
+        "a virtio block device on a -drive if=none,id=ID raw image",
+        &[ID, ADDR],
+        &[
+            Prop::new("drive", "id", "(required)", "a -drive if=none,id=ID"),
+            Prop::new(
+                "serial",
+                "string",
+                "",
+                "the disk's serial (GET_ID), 20 bytes at most",
+            ),
+        ],
+    ),
+    TypeInfo::new(
         "vhost-user-vsock-pci",
         "a virtio vsock device served by a vhost-user back-end (the CID is the back-end's)",
         &[ID, ADDR],
@@ -118,6 +148,40 @@ pub const TYPES: &[TypeInfo] = &[
             ),
         ],
     ),
+    TypeInfo::new(
+        "virtio-serial-pci",
+        "a virtio console with ports (virtconsole, virtserialport)",
+        &[ID, ADDR],
+        &[Prop::new(
+            "max_ports",
+            "uint32",
+            "31",
+            "ports the guest sets up (1..31)",
+        )],
+    ),
+    TypeInfo::new(
+        "virtconsole",
+        "a console port (hvc0 in the guest) of a virtio-serial-pci",
+        &[ID, PORT_CHARDEV, PORT_NAME, PORT_BUS],
+        &[Prop::new("nr", "uint32", "0 if free", "the port number")],
+    ),
+    TypeInfo::new(
+        "virtserialport",
+        "a named port (/dev/vportNpM, /sys/class/virtio-ports/*/name) of a virtio-serial-pci",
+        &[ID, PORT_CHARDEV, PORT_NAME, PORT_BUS],
+        &[Prop::new(
+            "nr",
+            "uint32",
+            "lowest free from 1",
+            "the port number",
+        )],
+    ),
+    TypeInfo::new(
+        "virtio-rng-pci",
+        "a virtio entropy device fed by the host kernel's random source",
+        &[ID, ADDR],
+        &[],
+    ),
 ];
 
 const VHOST_CHARDEV: Prop = Prop::new("chardev", "id", "(required)", "a -chardev socket");
@@ -135,6 +199,15 @@ pub enum DeviceConfig {
     IvshmemDoorbell(crate::ivshmem_doorbell::DoorbellConfig),
     /// `vhost-user-*-pci,chardev=ID` or `--vhost-user-blk socket=PATH`
     VhostUser(crate::vhost_user::VhostUserConfig),
+    /// `virtio-blk-pci,drive=ID` or `-drive if=virtio`
+    VirtioBlk(crate::virtio::config::BlkConfig),
+    /// `virtio-rng-pci`
+    VirtioRng(crate::virtio::config::RngConfig),
+    /// `virtio-serial-pci` with its ports
+    VirtioSerial(crate::virtio::config::SerialConfig),
+    /// `virtconsole` / `virtserialport`, until [`check_serial`] moves it
+    /// into its virtio-serial-pci
+    VirtioSerialPort(crate::virtio::config::PortConfig),
 }
 
 fn debug_exit(mut kv: KeyVal) -> Result<DeviceConfig, Error> {
@@ -167,6 +240,14 @@ fn debug_exit(mut kv: KeyVal) -> Result<DeviceConfig, Error> {
 
 /// Parses one `-device` value.
 pub fn parse(spec: &str) -> Result<DeviceConfig, Error> {
+    parse_with(spec, &[])
+}
+
+/// Parses one `-device` value; `drives` are the `-drive`s it may name.
+pub fn parse_with(
+    spec: &str,
+    drives: &[crate::virtio::config::DriveConfig],
+) -> Result<DeviceConfig, Error> {
     let mut kv = super::keyval("-device", spec, Some("driver"))?;
     let driver = kv.take("driver").unwrap_or_default();
     match driver.as_str() {
@@ -180,14 +261,72 @@ pub fn parse(spec: &str) -> Result<DeviceConfig, Error> {
         d if let Some(kind) = Kind::from_driver(d) => Ok(DeviceConfig::VhostUser(
             crate::vhost_user::config::from_keyval("-device", kind, kv, "chardev")?,
         )),
+        "virtio-blk-pci" => {
+            let d = crate::virtio::config::parse_blk_device(kv)?;
+            Ok(DeviceConfig::VirtioBlk(crate::virtio::config::bind(
+                drives, d,
+            )?))
+        }
+        "virtio-serial-pci" => Ok(DeviceConfig::VirtioSerial(
+            crate::virtio::config::parse_serial_device(kv)?,
+        )),
+        "virtconsole" | "virtserialport" => Ok(DeviceConfig::VirtioSerialPort(
+            crate::virtio::config::parse_port_device(kv, driver == "virtconsole")?,
+        )),
+        "virtio-rng-pci" => Ok(DeviceConfig::VirtioRng(
+            crate::virtio::config::parse_rng_device(kv)?,
+        )),
         "" => Err(invalid("-device", "empty device name")),
         other => Err(invalid(
             "-device",
             format!(
-                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-{{blk,fs,vsock,rng,device}}-pci; see -device help)"
+                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-{{blk,fs,vsock,rng,device}}-pci, virtio-blk-pci, virtio-rng-pci, virtio-serial-pci, virtconsole, virtserialport; see -device help)"
             ),
         )),
     }
+}
+
+/// Adds a virtio-blk device per `-drive if=virtio` and checks the drives
+/// (see [`crate::virtio::config::check_drives`]).
+pub fn check_drives(
+    devices: &mut Vec<DeviceConfig>,
+    drives: &[crate::virtio::config::DriveConfig],
+) -> Result<(), Error> {
+    let bound: Vec<_> = devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::VirtioBlk(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let own = crate::virtio::config::check_drives(drives, &bound)?;
+    devices.extend(own.into_iter().map(DeviceConfig::VirtioBlk));
+    Ok(())
+}
+
+/// Moves each virtconsole / virtserialport into its virtio-serial-pci,
+/// its chardev (one of `chardevs`) resolved.
+pub fn check_serial(devices: &mut Vec<DeviceConfig>, chardevs: &[String]) -> Result<(), Error> {
+    let mut ports = Vec::new();
+    devices.retain(|d| match d {
+        DeviceConfig::VirtioSerialPort(p) => {
+            ports.push(p.clone());
+            false
+        }
+        _ => true,
+    });
+    let mut serials: Vec<_> = devices
+        .iter_mut()
+        .filter_map(|d| match d {
+            DeviceConfig::VirtioSerial(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let sinks = crate::virtio::config::port_sinks(chardevs)?;
+    crate::virtio::config::attach_ports(&mut serials, ports, &sinks)
 }
 
 /// Numbers the ivshmem devices and checks their memdevs against the

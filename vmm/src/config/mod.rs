@@ -189,6 +189,10 @@ pub struct Input {
     pub smp: Vec<String>,
     pub serial: Vec<String>,
     pub devices: Vec<String>,
+    /// `-drive` values.
+    pub drives: Vec<String>,
+    /// `-snapshot` was given (a no-op without disks).
+    pub snapshot: bool,
     pub chardevs: Vec<String>,
     pub numa: Vec<String>,
     /// `-mon chardev=ID` values: QMP on a listening socket chardev, else
@@ -356,11 +360,25 @@ impl Config {
         )?;
         let serial =
             chardev::resolve_serial(&input.serial, &mon.chardevs, &mon.mon, input.nographic)?;
+        let drives = input
+            .drives
+            .iter()
+            .map(|d| crate::virtio::config::parse_drive(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if input.snapshot && drives.iter().any(|d| !d.readonly) {
+            return Err(invalid(
+                "-snapshot",
+                "shmvm writes -drive images in place (no temporary overlay): drop -snapshot, \
+                 add readonly=on, or give the guest a copy of the image",
+            ));
+        }
         let mut devices = input
             .devices
             .iter()
-            .map(|d| device::parse(d))
+            .map(|d| device::parse_with(d, &drives))
             .collect::<Result<Vec<_>, _>>()?;
+        device::check_drives(&mut devices, &drives)?;
+        device::check_serial(&mut devices, &mon.chardevs)?;
         device::check_ivshmem(&mut devices, &ram, &objects)?;
         let sockets = device::check_ivshmem_doorbell(&mut devices, &serial.sockets)?;
         device::check_vhost_user(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;

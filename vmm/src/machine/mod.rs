@@ -99,6 +99,8 @@ pub enum Error {
     Monitor(#[from] crate::qmp::server::Error),
     #[error(transparent)]
     IvshmemDoorbell(#[from] ivshmem_doorbell::Error),
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::Error),
     #[error("--restore: {0}")]
     Snapshot(#[from] crate::snapshot::Error),
     #[error("--restore: PCI configuration: {0}")]
@@ -123,6 +125,7 @@ impl Error {
             Error::VhostUser(e) => e.exit_code(),
             Error::Monitor(e) => e.exit_code(),
             Error::IvshmemDoorbell(e) => e.exit_code(),
+            Error::Virtio(e) => e.exit_code(),
             Error::Snapshot(e) => e.exit_code(),
             Error::RestorePci(_) => 2,
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) | Error::Sandbox(_) => 1,
@@ -280,6 +283,11 @@ fn name_the_memdev(err: crate::pci::Error, cfg: &Config, objects: &[Arc<Backend>
         }
     }
     Error::Pci(err)
+}
+
+/// Guest RAM as the built-in virtio devices' workers reach it.
+fn virtio_ram(ram: &GuestRam) -> Arc<dyn devices::virtio::queue::GuestMemory> {
+    Arc::new(crate::virtio::memory::Ram(ram.mem().clone()))
 }
 
 /// `mem-path` files this start-up created: removed when it fails (dropped
@@ -473,6 +481,26 @@ impl Machine {
                     &vm,
                     &interrupts,
                 )?)),
+                DeviceConfig::VirtioBlk(c) => plugs.push(Box::new(crate::virtio::blk(
+                    c,
+                    virtio_ram(&ram),
+                    &vm,
+                    &interrupts,
+                )?)),
+                DeviceConfig::VirtioRng(c) => plugs.push(Box::new(crate::virtio::rng(
+                    c,
+                    virtio_ram(&ram),
+                    &vm,
+                    &interrupts,
+                )?)),
+                DeviceConfig::VirtioSerial(c) => plugs.push(Box::new(crate::virtio::serial(
+                    c,
+                    virtio_ram(&ram),
+                    &vm,
+                    &interrupts,
+                )?)),
+                // Moved into its virtio-serial-pci by the configuration.
+                DeviceConfig::VirtioSerialPort(_) => {}
             }
         }
         let windows = devices::pci::BarWindows {

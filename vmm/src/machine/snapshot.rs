@@ -63,6 +63,14 @@ pub(crate) fn refusal(cfg: &Config) -> Option<String> {
             "-device {c}: the vhost-user back-end holds the device's state (virtqueues, \
              requests in flight), which is not shmvm's to save"
         )),
+        DeviceConfig::VirtioBlk(c) => Some(format!(
+            "-device {c}: a built-in virtio device's queues are not saved yet"
+        )),
+        DeviceConfig::VirtioRng(_)
+        | DeviceConfig::VirtioSerial(_)
+        | DeviceConfig::VirtioSerialPort(_) => {
+            Some("a built-in virtio device (virtio-rng-pci, virtio-serial-pci): its queues are not saved yet".into())
+        }
         #[allow(
             unreachable_patterns,
             reason = "devices added later are refused until they save their state"

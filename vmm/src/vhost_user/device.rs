@@ -1,31 +1,29 @@
 //! The owner of a vhost-user virtio-pci function (any device type): turns the driver's
 //! transport events into back-end requests and KVM wiring.
 //!
-//! - Kicks: one eventfd per queue, registered with KVM as an ioeventfd on
-//!   the queue's notify address (re-registered when the BAR moves) and
-//!   handed to the back-end as its kick fd. A guest kick wakes the
-//!   back-end with no exit to the VMM.
-//! - Interrupts: one eventfd per queue (the back-end's call fd), an irqfd
-//!   on the GSI that routes the queue's MSI-X vector. A masked vector has
-//!   no irqfd; KVM delivers a call that arrived meanwhile when the irqfd is
-//!   registered again (the eventfd stays readable), which is the pending
-//!   bit's job.
+//! Kicks and interrupts are [`QueueWiring`]'s (shared with the built-in
+//! virtio devices): one kick eventfd per queue as an ioeventfd on its
+//! notify address, handed to the back-end as its kick fd, and one call
+//! eventfd per queue (the back-end's call fd) as an irqfd on the queue's
+//! MSI-X vector while it is unmasked. A guest kick wakes the back-end and
+//! its call interrupts the guest with no exit to the VMM.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use devices::virtio::{
-    MsixVector, NO_VECTOR, NotifyRegion, QueueConfig, TransportEvents, VirtioPci, VirtioPciConfig,
+    MsixVector, NotifyRegion, QueueConfig, TransportEvents, VirtioPci, VirtioPciConfig,
 };
 use memory::Backend;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::VhostUserConfig;
 use super::frontend::{self, Link, MemRegion};
-use crate::hv::{IoEventAddr, Vm};
-use crate::interrupts::{self, Interrupts, MsiMessage, MsiVectors};
+use crate::hv::Vm;
+use crate::interrupts::{self, Interrupts};
 use crate::pci::{BarBacking, Pci, PciFunction, PciPlug, Placed};
 use crate::stats::{Stats, VhostUserStats};
+use crate::virtio::wiring::QueueWiring;
 
 /// Errors creating a device; each names it.
 #[derive(Debug, thiserror::Error)]
@@ -68,30 +66,17 @@ pub struct VhostUserDeviceStats {
     /// Kicks that exited to the VMM (no ioeventfd caught them).
     pub notify_exits: AtomicU64,
     pub msix_updates: AtomicU64,
-    pub errors: AtomicU64,
+    pub errors: Arc<AtomicU64>,
 }
 
 /// The transport's owner.
 pub struct VhostUser {
     name: String,
     frontend: Link,
-    /// For the kick ioeventfds, which move with the BAR.
-    vm: Weak<Vm>,
-    /// One MSI vector per queue plus the configuration vector.
-    msi: MsiVectors,
-    kicks: Vec<EventFd>,
-    calls: Vec<EventFd>,
-    vectors: Vec<MsixVector>,
-    /// Queues the back-end runs.
-    active: Vec<QueueConfig>,
-    /// Per queue: the vector its call eventfd is attached to.
-    irqfds: Vec<Option<u16>>,
-    /// Where the kick eventfds are registered as ioeventfds.
-    notify: Option<NotifyRegion>,
+    /// The back-end's kick and call eventfds as ioeventfds and irqfds.
+    wiring: QueueWiring,
     acked: u64,
     stats: Arc<VhostUserDeviceStats>,
-    /// `fail` lines: the guest drives the device into them, so rate-limited.
-    warnings: devices::ratelimit::RateLimit,
 }
 
 impl std::fmt::Debug for VhostUser {
@@ -182,20 +167,20 @@ pub fn create(
         device_config_len: frontend.config().len() as u32,
     };
     let stats = Arc::new(VhostUserDeviceStats::default());
+    let wiring = QueueWiring::new(
+        name.clone(),
+        Arc::downgrade(vm),
+        msi,
+        eventfds(queues).map_err(efd)?,
+        eventfds(queues).map_err(efd)?,
+        stats.errors.clone(),
+    );
     let owner = VhostUser {
         name: name.clone(),
         frontend,
-        vm: Arc::downgrade(vm),
-        msi,
-        kicks: eventfds(queues).map_err(efd)?,
-        calls: eventfds(queues).map_err(efd)?,
-        vectors: Vec::new(),
-        active: Vec::new(),
-        irqfds: vec![None; usize::from(queues)],
-        notify: None,
+        wiring,
         acked: 0,
         stats: stats.clone(),
-        warnings: Default::default(),
     };
     let device = VirtioPci::new(transport, Box::new(owner)).map_err(|err| Error::Transport {
         device: name.clone(),
@@ -209,74 +194,9 @@ pub fn create(
     })
 }
 
-impl VhostUser {
-    fn fail(&self, what: &str, e: impl std::fmt::Display) {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        devices::warn_limited!(self.warnings, "{}: {what}: {e}", self.name);
-    }
-
-    /// The vector queue `q` should interrupt on now, if any.
-    fn wanted_vector(&self, q: usize) -> Option<u16> {
-        let queue = self.active.iter().find(|c| usize::from(c.index) == q)?;
-        if queue.vector == NO_VECTOR {
-            return None;
-        }
-        let v = self.vectors.get(usize::from(queue.vector))?;
-        (!v.masked).then_some(queue.vector)
-    }
-
-    /// Attaches/detaches call eventfds so each queue interrupts on its
-    /// vector while that vector is unmasked.
-    fn sync_irqfds(&mut self) {
-        for q in 0..self.irqfds.len() {
-            let want = self.wanted_vector(q);
-            if self.irqfds[q] == want {
-                continue;
-            }
-            if let Some(old) = self.irqfds[q].take()
-                && let Err(e) = self.msi.detach(&self.calls[q], old)
-            {
-                self.fail("removing an irqfd", e);
-            }
-            if let Some(vector) = want {
-                match self.msi.attach(&self.calls[q], vector) {
-                    Ok(()) => self.irqfds[q] = Some(vector),
-                    Err(e) => self.fail("adding an irqfd", e),
-                }
-            }
-        }
-    }
-
-    fn set_ioeventfds(&mut self, region: Option<NotifyRegion>) {
-        let Some(vm) = self.vm.upgrade() else { return };
-        if let Some(old) = self.notify.take() {
-            for (q, kick) in self.kicks.iter().enumerate() {
-                let addr = IoEventAddr::Mmio(old.queue_addr(q as u16));
-                if let Err(e) = vm.unregister_ioeventfd(kick, addr, None) {
-                    self.fail("removing an ioeventfd", e);
-                }
-            }
-        }
-        let Some(new) = region else { return };
-        for (q, kick) in self.kicks.iter().enumerate() {
-            let addr = IoEventAddr::Mmio(new.queue_addr(q as u16));
-            if let Err(e) = vm.register_ioeventfd(kick, addr, None) {
-                // Kicks then exit and reach `queue_notify`: slower, still right.
-                self.fail("adding an ioeventfd", e);
-            }
-        }
-        self.notify = Some(new);
-    }
-}
-
 impl TransportEvents for VhostUser {
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
-        let cfg = self.frontend.config();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match cfg.get(start..start.saturating_add(data.len())) {
-            Some(bytes) => data.copy_from_slice(bytes),
-            None => data.fill(0),
-        }
+        crate::virtio::wiring::read_config(self.frontend.config(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -295,14 +215,13 @@ impl TransportEvents for VhostUser {
 
     fn driver_ok(&mut self, queues: &[QueueConfig]) -> Result<(), String> {
         self.frontend
-            .start(self.acked, queues, &self.kicks, &self.calls)
+            .start(self.acked, queues, self.wiring.kicks(), self.wiring.calls())
             .inspect_err(|_| {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
             })
             .map_err(|e| e.to_string())?;
         self.stats.starts.fetch_add(1, Ordering::Relaxed);
-        self.active = queues.to_vec();
-        self.sync_irqfds();
+        self.wiring.set_active(queues);
         let rings: Vec<String> = queues
             .iter()
             .map(|q| {
@@ -324,47 +243,23 @@ impl TransportEvents for VhostUser {
     fn reset(&mut self) {
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.frontend.stop() {
-            self.fail("stopping the back-end's rings", e);
+            self.wiring.fail("stopping the back-end's rings", e);
         }
-        self.active.clear();
+        self.wiring.set_active(&[]);
         self.acked = 0;
-        self.sync_irqfds();
     }
 
     fn msix_vector(&mut self, vector: u16, state: MsixVector) {
         self.stats.msix_updates.fetch_add(1, Ordering::Relaxed);
-        let v = usize::from(vector);
-        if self.vectors.len() <= v {
-            let masked = MsixVector {
-                address: 0,
-                data: 0,
-                masked: true,
-            };
-            self.vectors.resize(v + 1, masked);
-        }
-        self.vectors[v] = state;
-        if !state.masked {
-            let msg = MsiMessage {
-                address: state.address,
-                data: state.data,
-            };
-            if let Err(e) = self.msi.route(vector, Some(msg)) {
-                self.fail("routing an MSI-X vector", e);
-            }
-        }
-        self.sync_irqfds();
+        self.wiring.msix_vector(vector, state);
     }
 
     fn queue_notify(&mut self, queue: u16) {
         self.stats.notify_exits.fetch_add(1, Ordering::Relaxed);
-        if let Some(k) = self.kicks.get(usize::from(queue))
-            && let Err(e) = k.write(1)
-        {
-            self.fail("forwarding a kick", e);
-        }
+        self.wiring.kick(queue);
     }
 
     fn notify_region(&mut self, region: Option<NotifyRegion>) {
-        self.set_ioeventfds(region);
+        self.wiring.notify_region(region);
     }
 }

@@ -93,7 +93,12 @@ pub(super) fn judge(r: &Run, out: &Outcome, console: &str, j: &mut Judgement) {
         j.fail(e);
     }
     let vub = r.disk.as_ref().map(|d| d.mode);
-    let want_rc = if vub == Some(Vub::Private) { 2 } else { 0 };
+    let want_rc = match vub {
+        Some(Vub::Private) => 2,
+        // Stopped by SIGTERM: 128 + 15.
+        Some(Vub::BlkTerm) => 143,
+        _ => 0,
+    };
     if out.why.is_none() && out.rc != want_rc {
         let mode = vub.map(|v| format!(" for {v}")).unwrap_or_default();
         j.fail(format!(
@@ -162,7 +167,7 @@ pub(super) fn judge(r: &Run, out: &Outcome, console: &str, j: &mut Judgement) {
     } else {
         j.fail(NO_INIT);
     }
-    if init.is_some() && done.is_none() {
+    if init.is_some() && done.is_none() && vub != Some(Vub::BlkTerm) {
         j.fail("L2 init did not finish its scenario");
     }
     let want_events = s.action.qmp_events();
@@ -188,6 +193,26 @@ pub(super) fn judge(r: &Run, out: &Outcome, console: &str, j: &mut Judgement) {
     }
     if let Some(b) = &r.vuser {
         b.judge(console, j);
+    }
+    if s.extra.blkbench {
+        let b = result(console, "blkbench").map(fields).unwrap_or_default();
+        j.want(b.contains_key("seq_read_MBps"), || {
+            "the guest's blkbench did not run".into()
+        });
+        for k in [
+            "seq_read_MBps",
+            "seq_write_MBps",
+            "rand_read_iops",
+            "rand_write_iops",
+        ] {
+            j.report(k, b.get(k).copied().unwrap_or("-"));
+        }
+    }
+    if s.extra.rng {
+        judge_rng(r, console, j);
+    }
+    if let Some(p) = &r.port {
+        judge_port(r, p, console, j);
     }
     if let Some(b) = result(console, "ivshmem-bench").map(fields) {
         j.report(
@@ -261,7 +286,27 @@ fn judge_disk(r: &Run, d: &Disk, out: &Outcome, console: &str, j: &mut Judgement
         });
     }
     match Stats::from_output(console) {
+        // QEMU prints no statistics.
+        _ if r.vmm == Vmm::Qemu => {}
         Err(e) => j.fail(format!("statistics: {e}")),
+        Ok(st) if d.mode.builtin() => match st.virtio.iter().find(|v| v.name.contains("-drive")) {
+            None => j.fail("no virtio-blk device in the statistics"),
+            Some(v) => {
+                j.want(v.notify_exits == 0, || {
+                    format!("{} kicks exited to the VMM (no ioeventfd)", v.notify_exits)
+                });
+                j.want(v.errors + v.broken + v.device_errors == 0, || {
+                    format!(
+                        "virtio-blk: {} wiring errors, broken {} times, {} request errors",
+                        v.errors, v.broken, v.device_errors
+                    )
+                });
+                j.want(v.flushes > 0, || {
+                    "virtio-blk: the guest never flushed".into()
+                });
+                j.report("blk_requests", v.requests.to_string());
+            }
+        },
         Ok(st) => match st.vhost_user.first() {
             None => j.fail("no vhost-user device in the statistics"),
             Some(v) => {
@@ -313,7 +358,57 @@ fn judge_disk(r: &Run, d: &Disk, out: &Outcome, console: &str, j: &mut Judgement
         j.report("killed_at_s", secs(t));
     }
     j.report("vda_queues", get("queues"));
-    j.report("q0_desc", ring.unwrap_or_else(|| "?".into()));
+    if !d.mode.builtin() {
+        j.report("q0_desc", ring.unwrap_or_else(|| "?".into()));
+    }
+}
+
+/// The guest read /dev/hwrng through virtio-rng: 64 bytes, twice, different.
+fn judge_rng(r: &Run, console: &str, j: &mut Judgement) {
+    let res = result(console, "rng").map(fields).unwrap_or_default();
+    let get = |k: &str| res.get(k).copied().unwrap_or("");
+    j.want(get("current").starts_with("virtio_rng"), || {
+        format!(
+            "hw_random's current source is '{}', want virtio_rng",
+            get("current")
+        )
+    });
+    j.want(get("bytes") == "64", || {
+        format!("read {} bytes from /dev/hwrng, want 64", get("bytes"))
+    });
+    j.want(
+        !get("md5a").is_empty() && get("md5a") != get("md5b"),
+        || "two reads of /dev/hwrng gave the same bytes".into(),
+    );
+    if r.vmm == Vmm::Shmvm {
+        let st = Stats::from_output(console);
+        let got = st.as_ref().ok().and_then(|st| {
+            st.virtio
+                .iter()
+                .find(|v| v.name == "virtio-rng-pci")
+                .map(|v| v.bytes_to_guest)
+        });
+        j.want(got.is_some_and(|b| b >= 128), || {
+            format!("virtio-rng gave {got:?} bytes in the statistics, want at least 128")
+        });
+    }
+}
+
+/// The guest wrote `verdict TOKEN` to its named virtio-serial port; the
+/// file chardev behind it must hold exactly that.
+fn judge_port(r: &Run, path: &Path, console: &str, j: &mut Judgement) {
+    let res = result(console, "port").map(fields).unwrap_or_default();
+    j.want(res.get("found") == Some(&"1"), || {
+        format!(
+            "the guest found no virtio-serial port named {}",
+            super::PORT_NAME
+        )
+    });
+    let got = std::fs::read_to_string(path).unwrap_or_default();
+    let want = format!("verdict {}\n", r.token);
+    j.want(got == want, || {
+        format!("{} holds {got:?}, want {want:?}", path.display())
+    });
 }
 
 /// md5sum of `len` bytes at `off` of a file (busybox md5sum).
