@@ -209,7 +209,7 @@ bench-qmp: build
 .PHONY: bench-snapshot
 bench: bench-snapshot
 bench-snapshot: build
-	python3 bench/snapshot_bench.py --shmvm $(SHMVM)
+	python3 bench/snapshot_bench.py --shmvm $(SHMVM) --testkernel $(TESTKERNEL)
 
 # ivshmem: BAR2 vs guest RAM vs host bandwidth (needs /dev/kvm); see README.
 bench-ivshmem: build

@@ -27,6 +27,7 @@ use judge::{Judgement, NO_INIT, judge};
 mod doorbell;
 mod judge;
 pub mod qmp;
+mod snapshot;
 mod vuser;
 
 const MODULES: &str = "/lab/modules";
@@ -370,23 +371,7 @@ impl Runner {
         };
         let _ = File::create(&console.path);
         let token = format!("t{}-{}", random(), s.name);
-        // How a reboot ends each VMM: shmvm exits on the i8042 reset command
-        // (reboot=k); QEMU microvm has no i8042 and exits on a triple fault
-        // because of -no-reboot (reboot=t).
-        let reboot = if vmm == Vmm::Qemu { "t" } else { "k" };
-        let loglevel = if self.o.l2debug {
-            "loglevel=7 lab.dmesg=1"
-        } else {
-            "quiet"
-        };
-        let mut append = format!("console=ttyS0 reboot={reboot} panic=-1 {loglevel}");
-        for x in &self.o.l2extra {
-            append += &format!(" {x}");
-        }
-        append += &format!(
-            " lab.scenario={} lab.token={token} lab.action={}",
-            s.name, s.action
-        );
+        let mut append = self.l2_append(s, vmm, &token);
         if s.extra.virtio || s.extra.vub.is_some() || s.extra.vuser || s.extra.rng || s.extra.port {
             append += " lab.modules=virtio";
         }
@@ -566,6 +551,29 @@ impl Runner {
             port,
         };
         (run, args, append)
+    }
+
+    /// The L2 kernel command line every scenario starts from: console,
+    /// reboot method, log level, `lab.l2extra`, scenario name, token, action.
+    fn l2_append(&self, s: &Scenario, vmm: Vmm, token: &str) -> String {
+        // How a reboot ends each VMM: shmvm exits on the i8042 reset command
+        // (reboot=k); QEMU microvm has no i8042 and exits on a triple fault
+        // because of -no-reboot (reboot=t).
+        let reboot = if vmm == Vmm::Qemu { "t" } else { "k" };
+        let loglevel = if self.o.l2debug {
+            "loglevel=7 lab.dmesg=1"
+        } else {
+            "quiet"
+        };
+        let mut append = format!("console=ttyS0 reboot={reboot} panic=-1 {loglevel}");
+        for x in &self.o.l2extra {
+            append += &format!(" {x}");
+        }
+        append += &format!(
+            " lab.scenario={} lab.token={token} lab.action={}",
+            s.name, s.action
+        );
+        append
     }
 
     fn command(s: &Scenario, vmm: Vmm, mut args: Vec<String>, append: String) -> Vec<String> {
@@ -788,6 +796,9 @@ impl Runner {
         }
         if s.extra.doorbell {
             return doorbell::run(self, s, vmm, &tag);
+        }
+        if s.extra.snapshot {
+            return snapshot::run(self, s, vmm, &tag);
         }
         let (mut r, args, append) = self.prepare(s, vmm);
         let cmd = Self::command(s, vmm, args, append);

@@ -9,8 +9,8 @@
 //!   with 0; the last two speak QMP to the VMM, see `l1/qmp.rs`)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
-//!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell (tests/lab/scenarios
-//!   explains each), and expectations that
+//!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell, snapshot
+//!   (tests/lab/scenarios explains each), and expectations that
 //!   override the derived ones: `cpus=N` (default: smp).
 
 use std::fmt;
@@ -194,6 +194,9 @@ pub struct Extra {
     /// Three L2 guests (two shmvm, one QEMU) on an ivshmem-server in L1
     /// pass a doorbell token around (one run, reported as shmvm's).
     pub doorbell: bool,
+    /// One boot snapshotted with its RAM in a named shm object, then
+    /// restored as 5 clones at once and once shared (`l1/snapshot.rs`).
+    pub snapshot: bool,
     /// virtiofsd, vhost-device-vsock and vhost-device-rng in L1 serve
     /// the guest's vhost-user-{fs,vsock,rng}-pci devices.
     pub vuser: bool,
@@ -222,11 +225,12 @@ pub struct Scenario {
 impl Scenario {
     /// vhost-user-blk needs PCI, which QEMU microvm lacks: those scenarios
     /// run with shmvm only. A doorbell scenario is one run of three guests
-    /// (QEMU among them), reported as shmvm's.
+    /// (QEMU among them), reported as shmvm's. Snapshots are shmvm's.
     pub fn runs_with(&self, vmm: Vmm) -> bool {
         let shmvm_only = self.extra.vub.is_some_and(|v| v != Vub::Blk)
             || self.extra.doorbell
-            || self.extra.vuser;
+            || self.extra.vuser
+            || self.extra.snapshot;
         !shmvm_only || vmm == Vmm::Shmvm
     }
 
@@ -308,6 +312,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "mq2" => x.mq2 = true,
                 "ring64" => x.ring64 = true,
                 "doorbell" => x.doorbell = true,
+                "snapshot" => x.snapshot = true,
                 "vuser" => x.vuser = true,
                 "vub" => vub(&mut x, Vub::Plain)?,
                 "vub-kill" => vub(&mut x, Vub::Kill)?,
@@ -337,6 +342,19 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
     if x.doorbell && (ivshmem.is_some() || x.vub.is_some() || backend != Backend::Ram) {
         return Err(
             "extra: doorbell needs backend ram, ivshmem - and no vub (the server owns the region)"
+                .into(),
+        );
+    }
+    if x.snapshot
+        && (backend != Backend::Shm
+            || action != Action::Poweroff
+            || ivshmem.is_some()
+            || x.vub.is_some()
+            || x.doorbell
+            || x.vuser)
+    {
+        return Err(
+            "extra: snapshot needs backend shm, action poweroff, ivshmem - and no vub, doorbell or vuser"
                 .into(),
         );
     }
@@ -389,7 +407,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_table_has_32_runs() {
+    fn the_shipped_table_has_33_runs() {
         let text = include_str!("../../lab/scenarios");
         let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
         let runs: usize = all
@@ -401,7 +419,7 @@ mod tests {
                     .count()
             })
             .sum();
-        assert_eq!((all.len(), runs), (20, 32));
+        assert_eq!((all.len(), runs), (21, 33));
     }
 
     #[test]
@@ -460,6 +478,8 @@ mod tests {
         assert_eq!(s[0].want_cpus(), 3);
         let d = parse("t", "db ram 256M 1 poweroff - doorbell\n").unwrap();
         assert!(d[0].extra.doorbell && d[0].runs_with(Vmm::Shmvm) && !d[0].runs_with(Vmm::Qemu));
+        let n = parse("t", "sn shm 256M 1 poweroff - snapshot\n").unwrap();
+        assert!(n[0].extra.snapshot && n[0].runs_with(Vmm::Shmvm) && !n[0].runs_with(Vmm::Qemu));
     }
 
     #[test]
@@ -496,6 +516,10 @@ mod tests {
         assert_eq!(
             e("a memfd 256M 1 poweroff - doorbell"),
             "f:1: extra: doorbell needs backend ram, ivshmem - and no vub (the server owns the region)"
+        );
+        assert_eq!(
+            e("a memfd 256M 1 poweroff - snapshot"),
+            "f:1: extra: snapshot needs backend shm, action poweroff, ivshmem - and no vub, doorbell or vuser"
         );
         assert_eq!(e("# nothing\n"), "f:0: no scenarios");
     }

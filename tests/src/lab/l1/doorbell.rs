@@ -38,7 +38,11 @@ struct Peer {
 }
 
 /// Waits until `ok` holds, the child (if any) exits, or `limit` passes.
-fn wait_for(limit: Duration, child: Option<&mut Child>, mut ok: impl FnMut() -> bool) -> bool {
+pub(super) fn wait_for(
+    limit: Duration,
+    child: Option<&mut Child>,
+    mut ok: impl FnMut() -> bool,
+) -> bool {
     let start = Instant::now();
     let mut child = child;
     while start.elapsed() < limit {
@@ -239,22 +243,8 @@ pub(super) fn run(runner: &mut Runner, s: &Scenario, vmm: Vmm, tag: &str) -> Ver
 
 /// A peer's VMM command line.
 fn command(runner: &Runner, s: &Scenario, vmm: Vmm, sock: &str, token: &str) -> Vec<String> {
-    let reboot = if vmm == Vmm::Qemu { "t" } else { "k" };
-    let loglevel = if runner.o.l2debug {
-        "loglevel=7 lab.dmesg=1"
-    } else {
-        "quiet"
-    };
-    let mut append = format!("console=ttyS0 reboot={reboot} panic=-1 {loglevel}");
-    for x in &runner.o.l2extra {
-        append += &format!(" {x}");
-    }
-    append += &format!(
-        " lab.scenario={} lab.token={token} lab.action={} lab.doorbell={}",
-        s.name,
-        s.action,
-        PEERS.len()
-    );
+    let mut append = runner.l2_append(s, vmm, token);
+    append += &format!(" lab.doorbell={}", PEERS.len());
     let args: Vec<String> = vec![
         "-object".into(),
         format!("memory-backend-ram,id=mem,size={}", s.mem.text),
