@@ -25,6 +25,19 @@ python_deps() {
 }
 
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+
+# The aarch64 build and the arm64 lab (README, "aarch64"): Debian's Rust 1.96
+# (/usr/bin/cargo, behind rustup's on PATH) with the arm64 std, the cross
+# linker, qemu-system-aarch64 for the arm64 L1.
+arm64=0
+dpkg --print-foreign-architectures | grep -qx arm64 || arm64=1
+# (arm64 busybox would replace the host's: tests/lab/fetch.sh unpacks it.)
+for p in rustc-web cargo-web rust-web-clippy libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || arm64=1
+done
+command -v qemu-system-aarch64 >/dev/null || arm64=1
+[ $arm64 -eq 1 ] && need+=(arm64-toolchain)
+
 [ ${#need[@]} -eq 0 ] && { echo "deps: all present"; python_deps; exit 0; }
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -52,4 +65,13 @@ apt-get install -y -q acpica-tools
 apt-get install -y -q libc6-dev
 # python3-venv: the project venv for qemu.qmp (above).
 apt-get install -y -q python3-venv
+# aarch64: cross Rust and linker, the arm64 L1's QEMU (no UEFI firmware:
+# the lab boots with -kernel) and its busybox (see above).
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+    apt-get update -q
+fi
+apt-get install -y -q --no-install-recommends rustc-web cargo-web rust-web-clippy libstd-rust-web-dev:arm64 \
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+apt-get install -y -q -t bookworm-backports --no-install-recommends qemu-system-arm
 python_deps

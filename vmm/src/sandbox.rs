@@ -103,8 +103,6 @@ const DENIED_EVERYWHERE: &[libc::c_long] = &[
     libc::SYS_settimeofday,
     libc::SYS_clock_settime,
     libc::SYS_adjtimex,
-    libc::SYS_iopl,
-    libc::SYS_ioperm,
     libc::SYS_open_by_handle_at,
     libc::SYS_name_to_handle_at,
     libc::SYS_quotactl,
@@ -129,12 +127,27 @@ const DENIED_VCPU: &[libc::c_long] = &[
     libc::SYS_listen,
     libc::SYS_accept,
     libc::SYS_accept4,
-    libc::SYS_fork,
-    libc::SYS_vfork,
     libc::SYS_memfd_create,
 ];
 
-const DENIED_WORKER: &[libc::c_long] = &[libc::SYS_fork, libc::SYS_vfork];
+/// Port I/O permissions and the old process-creating calls exist on x86_64
+/// only (aarch64 Linux has neither: clone covers fork).
+#[cfg(target_arch = "x86_64")]
+const DENIED_EVERYWHERE_ARCH: &[libc::c_long] = &[libc::SYS_iopl, libc::SYS_ioperm];
+#[cfg(not(target_arch = "x86_64"))]
+const DENIED_EVERYWHERE_ARCH: &[libc::c_long] = &[];
+#[cfg(target_arch = "x86_64")]
+const DENIED_FORK: &[libc::c_long] = &[libc::SYS_fork, libc::SYS_vfork];
+#[cfg(not(target_arch = "x86_64"))]
+const DENIED_FORK: &[libc::c_long] = &[];
+
+const DENIED_WORKER: &[libc::c_long] = DENIED_FORK;
+
+/// The seccomp filter's architecture: the one shmvm is built for.
+#[cfg(target_arch = "x86_64")]
+const FILTER_ARCH: TargetArch = TargetArch::x86_64;
+#[cfg(target_arch = "aarch64")]
+const FILTER_ARCH: TargetArch = TargetArch::aarch64;
 
 /// The system calls `kind` may not make.
 pub fn denied(kind: ThreadKind) -> Vec<libc::c_long> {
@@ -143,7 +156,17 @@ pub fn denied(kind: ThreadKind) -> Vec<libc::c_long> {
         ThreadKind::Vcpu => DENIED_VCPU,
         ThreadKind::Worker => DENIED_WORKER,
     };
-    DENIED_EVERYWHERE.iter().chain(extra).copied().collect()
+    let fork = match kind {
+        ThreadKind::Vcpu => DENIED_FORK,
+        ThreadKind::Main | ThreadKind::Worker => &[],
+    };
+    DENIED_EVERYWHERE
+        .iter()
+        .chain(DENIED_EVERYWHERE_ARCH)
+        .chain(extra)
+        .chain(fork)
+        .copied()
+        .collect()
 }
 
 /// The BPF program of `kind`'s filter.
@@ -156,7 +179,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, Error> {
         rules,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
-        TargetArch::x86_64,
+        FILTER_ARCH,
     )
     .map_err(|err| Error::Filter { kind, err })?;
     f.try_into().map_err(|err| Error::Filter { kind, err })

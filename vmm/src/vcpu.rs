@@ -4,12 +4,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
+#[cfg(target_arch = "x86_64")]
+use vm_memory::{Bytes, GuestAddress};
 
+#[cfg(target_arch = "aarch64")]
+use crate::arch::aarch64::NoCoalescing as SerialCoalescing;
+#[cfg(target_arch = "x86_64")]
 use crate::boot::{Entry, Topology, cpu};
+#[cfg(target_arch = "x86_64")]
 use crate::coalesce::SerialCoalescing;
 use crate::exit::{Action, VmEnd, handle_exit};
-use crate::hv::{self, Vcpu};
+#[cfg(target_arch = "x86_64")]
+use crate::hv;
+use crate::hv::Vcpu;
 use crate::io::IoBuses;
 use crate::signals::{self, VcpuThreadGuard};
 
@@ -136,7 +144,8 @@ impl VmState {
 }
 
 /// Configures `vcpu` (its id is its APIC ID in `topo`); the boot CPU also
-/// gets the entry state.
+/// gets the entry state. (aarch64: `arch::aarch64::machine`.)
+#[cfg(target_arch = "x86_64")]
 pub fn configure(
     vcpu: &Vcpu,
     host: &hv::HostCpu,
@@ -239,7 +248,24 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
     io.before_exit();
 }
 
+/// "at PC 0x..." for the one-line report.
+#[cfg(target_arch = "aarch64")]
+fn describe_internal_error(vcpu: &Vcpu, _mem: &GuestMemoryMmap, data: &[u64]) -> String {
+    match vcpu.pc() {
+        Ok(pc) => format!("vCPU {} at PC {pc:#x}, data {data:x?}", vcpu.id()),
+        Err(_) => format!("data {data:x?}"),
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+fn log_registers(vcpu: &Vcpu) {
+    if let Ok(pc) = vcpu.pc() {
+        log::info!("vCPU {}: pc={pc:#x}", vcpu.id());
+    }
+}
+
 /// "at RIP 0x... bytes 0f c7 ..." for the one-line report; registers at -v.
+#[cfg(target_arch = "x86_64")]
 fn describe_internal_error(vcpu: &Vcpu, mem: &GuestMemoryMmap, data: &[u64]) -> String {
     let Ok(regs) = vcpu.regs() else {
         return format!("data {data:x?}");
@@ -262,6 +288,7 @@ fn describe_internal_error(vcpu: &Vcpu, mem: &GuestMemoryMmap, data: &[u64]) -> 
     )
 }
 
+#[cfg(target_arch = "x86_64")]
 fn log_registers(vcpu: &Vcpu) {
     if let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs()) {
         log::info!(

@@ -15,11 +15,16 @@
 //!   so neither kicks nor interrupts pass through the VMM.
 
 pub mod config;
+// The device needs PCI and MSI-X routes: x86_64 only for now.
+#[cfg(target_arch = "x86_64")]
 pub mod device;
+#[cfg(target_arch = "x86_64")]
 pub mod frontend;
 
 pub use config::{ChardevConfig, VhostUserBlkConfig};
+#[cfg(target_arch = "x86_64")]
 pub use device::{VhostUserBlk, VhostUserBlkStats, Wired};
+#[cfg(target_arch = "x86_64")]
 pub use frontend::{BlkFrontend, MemRegion};
 
 /// virtio-blk feature bits (virtio spec 5.2.3) we look at.
