@@ -82,7 +82,7 @@ pub fn ram_regions(ram_size: u64) -> Vec<RamRegion> {
 
 /// Why a RAM size does not fit this machine.
 pub fn check_ram_size(ram_size: u64) -> Result<(), String> {
-    if ram_size % RAM_GRANULE != 0 {
+    if !ram_size.is_multiple_of(RAM_GRANULE) {
         return Err(format!(
             "{ram_size:#x} bytes is not a multiple of 64 KiB (the largest arm64 page size)"
         ));
@@ -102,6 +102,8 @@ pub fn gic_redist_size(vcpus: u8) -> u64 {
 
 /// The most vCPUs whose redistributors fit below the UART.
 pub const MAX_VCPUS: u8 = ((UART_ADDR - GIC_REDIST) / GIC_REDIST_SIZE_PER_CPU) as u8;
+// Every vCPU count the configuration accepts has its redistributor.
+const _: () = assert!(MAX_VCPUS >= crate::config::MAX_VCPUS);
 
 #[cfg(test)]
 mod tests {
@@ -121,7 +123,6 @@ mod tests {
                 assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:x?} {b:x?}");
             }
         }
-        assert!(MAX_VCPUS >= crate::config::MAX_VCPUS);
     }
 
     #[test]
