@@ -57,10 +57,6 @@ pub const INITRD_ALIGN: u64 = 64 << 10;
 /// largest arm64 page is 64 KiB (Apple silicon hosts use 16 KiB).
 pub const RAM_GRANULE: u64 = 64 << 10;
 
-/// No huge-page exclusion at the start of the backend on arm64 (x86 keeps
-/// its first 2 MiB on small pages for real-mode structures).
-pub const SMALL_PAGES_END: u64 = 0;
-
 /// One contiguous stretch of guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RamRegion {
