@@ -106,6 +106,111 @@ pub fn judge(s: &Scenario, marker: &str, rc: Option<i32>, console: &str) -> Resu
     }
 }
 
+/// A 4 KiB arm64 `Image` made here (no toolchain needed): its header's
+/// first word branches past the header; the code loads the first word at
+/// x0 (the device tree's magic, if x0 points at it) and stores it to the
+/// debug-exit register. Exit code `((0xedfe0dd0 << 1) | 1) & 0xff` = 161
+/// proves entry at the header's branch, x0 = the device tree, the tree in
+/// RAM, an MMIO write exit and the debug-exit rule.
+pub fn debug_exit_image() -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    let put32 = |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    put32(&mut b, 0, 0x1400_0010); // b +64
+    b[16..24].copy_from_slice(&4096u64.to_le_bytes()); // image_size
+    b[24..32].copy_from_slice(&0b1010u64.to_le_bytes()); // LE, 4 KiB pages
+    put32(&mut b, 56, 0x644d_5241); // "ARM\x64"
+    let code = [
+        0xb940_0001, // ldr w1, [x0]
+        0xd2a1_2020, // movz x0, #0x0901, lsl #16   (0x0901_0000: debug-exit)
+        0xb900_0001, // str w1, [x0]
+        0x1400_0000, // b .
+    ];
+    for (i, insn) in code.iter().enumerate() {
+        put32(&mut b, 64 + 4 * i, *insn);
+    }
+    b
+}
+
+/// The exit code [`debug_exit_image`] must give.
+pub const DEBUG_EXIT_IMAGE_CODE: i32 = ((0xedfe_0dd0_u32 << 1) | 1) as i32 & 0xff;
+
+/// Machine checks beside the scenarios: (name, shmvm arguments, exit code,
+/// what stderr must say).
+fn machine_checks() -> Vec<(&'static str, Vec<String>, i32, &'static str)> {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            "check-image-debug-exit",
+            v(&["-kernel", "/tmp/debug-exit.img", "-m", "64M"]),
+            DEBUG_EXIT_IMAGE_CODE,
+            "",
+        ),
+        (
+            "check-not-an-image",
+            v(&["-kernel", "/lab/l2.cpio.gz", "-m", "64M"]),
+            2,
+            "is not an arm64 Linux Image",
+        ),
+        (
+            "check-isa-debug-exit-refused",
+            v(&[
+                "-kernel",
+                "/tmp/debug-exit.img",
+                "-device",
+                "isa-debug-exit",
+            ]),
+            2,
+            "0x9010000",
+        ),
+        (
+            "check-ram-granule",
+            v(&["-kernel", "/tmp/debug-exit.img", "-m", "65552K"]),
+            2,
+            "64 KiB",
+        ),
+    ]
+}
+
+/// The names [`l1_main`] reports besides the table's.
+pub fn machine_check_names() -> Vec<&'static str> {
+    machine_checks().into_iter().map(|c| c.0).collect()
+}
+
+fn run_machine_checks() {
+    if let Err(e) = fs::write("/tmp/debug-exit.img", debug_exit_image()) {
+        println!("LAB-FATAL /tmp/debug-exit.img: {e}");
+    }
+    for (name, args, want_rc, want_err) in machine_checks() {
+        let out = Command::new("/usr/bin/shmvm")
+            .args(&args)
+            .arg("-nographic")
+            .stdin(Stdio::null())
+            .output();
+        let verdict = match out {
+            Err(e) => Err(format!("cannot start shmvm: {e}")),
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                let rc = o.status.code();
+                if rc != Some(want_rc) {
+                    Err(format!(
+                        "exit code {rc:?}, want {want_rc}; stderr: {}",
+                        err.trim()
+                    ))
+                } else if !err.contains(want_err) {
+                    Err(format!("stderr does not name '{want_err}': {}", err.trim()))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let (result, reason) = match &verdict {
+            Ok(()) => ("PASS", String::new()),
+            Err(why) => ("FAIL", format!(" reason={}", why.replace(' ', "_"))),
+        };
+        println!("LAB-SCENARIO name={name} vmm=shmvm arch=aarch64 result={result}{reason}");
+    }
+}
+
 fn uptime() -> f64 {
     fs::read_to_string("/proc/uptime")
         .ok()
@@ -154,6 +259,7 @@ pub fn l1_main(table: &Path) -> ! {
     if !Path::new("/dev/kvm").exists() {
         println!("LAB-FATAL no /dev/kvm in the arm64 L1");
     }
+    run_machine_checks();
     for s in &all {
         let append = format!(
             "console=ttyS0 quiet panic=-1 lab.name={} lab.action={}",
@@ -311,19 +417,23 @@ pub fn host_main(dir: &Path, table: &Path) -> Result<bool, String> {
         }
     }
     let (mut pass, mut fail) = (0, 0);
-    for s in &all {
-        match results.get(&s.name) {
+    let names = all
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(machine_check_names());
+    let expected = names.clone().count();
+    for name in names {
+        match results.get(name) {
             Some(l) if fields(l).get("result") == Some(&"PASS") => pass += 1,
             Some(l) => {
                 fail += 1;
                 let why = fields(l).get("reason").map_or("", |r| r).replace('_', " ");
-                println!("lab-arm64: FAIL {}.shmvm: {why}", s.name);
+                println!("lab-arm64: FAIL {name}.shmvm: {why}");
             }
             None => {
                 fail += 1;
                 println!(
-                    "lab-arm64: FAIL {}.shmvm: no result (L1 log: {})",
-                    s.name,
+                    "lab-arm64: FAIL {name}.shmvm: no result (L1 log: {})",
                     log_path.display()
                 );
             }
@@ -334,7 +444,7 @@ pub fn host_main(dir: &Path, table: &Path) -> Result<bool, String> {
     }
     println!("lab-arm64: L1 run {:.1} s", start.elapsed().as_secs_f64());
     println!("{pass} passed, {fail} failed");
-    Ok(fail == 0 && pass == all.len() && pass > 0)
+    Ok(fail == 0 && pass == expected && pass > 0)
 }
 
 #[cfg(test)]
@@ -412,6 +522,20 @@ mod tests {
             ram_args(&scenario("a shm 256M 1 poweroff - -"))[1],
             "memory-backend-shm,id=ram0,size=256M"
         );
+    }
+
+    #[test]
+    fn the_debug_exit_image_has_a_valid_header_and_its_exit_code() {
+        let b = debug_exit_image();
+        assert_eq!(&b[56..60], b"ARM\x64");
+        assert_eq!(u64::from_le_bytes(b[16..24].try_into().unwrap()), 4096);
+        // The first word branches to byte 64, where the code starts.
+        assert_eq!(
+            u32::from_le_bytes(b[0..4].try_into().unwrap()) & 0x3ff_ffff,
+            64 / 4
+        );
+        assert_eq!(DEBUG_EXIT_IMAGE_CODE, 0xa1);
+        assert_eq!(machine_check_names().len(), 4);
     }
 
     #[test]
