@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -152,13 +153,21 @@ fn open(option: &'static str, path: &Path) -> Result<(File, u64), Error> {
     Ok((f, meta.len()))
 }
 
+/// The UART's output: stdout (unbuffered) or the `-serial file:` log
+/// (`console_out::create_serial_file`'s rules) behind the queue that never
+/// blocks a vCPU.
 fn serial_output(mode: &SerialMode) -> Result<SerialOutput, Error> {
+    let file_err = |path: String| move |err| Error::SerialFile { path, err };
     let sink: Box<dyn Write + Send> = match mode {
-        SerialMode::Stdio => Box::new(std::io::stdout()),
-        SerialMode::File(p) => Box::new(File::create(p).map_err(|err| Error::SerialFile {
-            path: p.display().to_string(),
-            err,
-        })?),
+        SerialMode::Stdio => Box::new(File::from(
+            std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(file_err("stdout".into()))?,
+        )),
+        SerialMode::File(p) => {
+            Box::new(console_out::create_serial_file(p).map_err(file_err(p.display().to_string()))?)
+        }
         SerialMode::None => return Ok((Box::new(std::io::sink()), None)),
     };
     let (out, dropped) = ConsoleOut::spawn(sink).map_err(Error::Threads)?;
