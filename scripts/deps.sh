@@ -8,7 +8,10 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu)
 # qemu-storage-daemon: the vhost-user-blk back-end of the tests and the lab.
 command -v qemu-storage-daemon >/dev/null || need+=(qemu-utils)
 # libc6-dev: static glibc for the guest tool (make guest-tool, the KVM lab).
-for p in busybox-static cpio lz4 time hyperfine acpica-tools libc6-dev; do
+# rustc-web, cargo-web, rust-web-clippy, rust-web-src: Debian's Rust 1.96 and
+# its std source, for make check-portable (macOS and BSD type-checks).
+for p in busybox-static cpio lz4 time hyperfine acpica-tools libc6-dev \
+    rustc-web cargo-web rust-web-clippy rust-web-src; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
 
@@ -26,12 +29,12 @@ python_deps() {
 
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 
-# The aarch64 build and the arm64 lab (README, "aarch64"): Debian's Rust 1.96
+# The aarch64 build and the arm64 lab (README, "Architectures"): Debian's Rust 1.96
 # (/usr/bin/cargo, behind rustup's on PATH) with the arm64 std, the cross
 # linker, qemu-system-aarch64 for the arm64 L1.
 arm64=0
 dpkg --print-foreign-architectures | grep -qx arm64 || arm64=1
-# (arm64 busybox would replace the host's: tests/lab/fetch.sh unpacks it.)
+# (arm64 busybox would replace the host's: tests/lab/fetch-arm64.sh unpacks it.)
 for p in rustc-web cargo-web rust-web-clippy libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || arm64=1
 done
@@ -63,6 +66,10 @@ apt-get install -y -q busybox-static cpio lz4 time hyperfine
 apt-get install -y -q acpica-tools
 # Static glibc for the guest tool and the KVM lab.
 apt-get install -y -q libc6-dev
+# Debian's Rust 1.96 (bookworm-security) with clippy and the std source:
+# make check-portable builds std for macOS and the BSDs from it. Its binaries
+# land in /usr/bin, behind rustup's on PATH.
+apt-get install -y -q --no-install-recommends rustc-web cargo-web rust-web-clippy rust-web-src
 # python3-venv: the project venv for qemu.qmp (above).
 apt-get install -y -q python3-venv
 # aarch64: cross Rust and linker, the arm64 L1's QEMU (no UEFI firmware:

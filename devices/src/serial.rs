@@ -1,12 +1,17 @@
 //! 16550A UART (COM1-style) on the port I/O bus, built on vm-superio.
 //!
 //! Output goes to any `Write` sink; guest-visible interrupts are raised
-//! through an `EventFd` that the VMM registers as an irqfd for the UART's IRQ.
+//! through an `EventFd` that the VMM registers as an irqfd for the UART's IRQ
+//! (on Linux), or through vmm-sys-util's pipe-based notifier where there is
+//! no eventfd (macOS, the BSDs): the VMM polls its read end.
 
 use std::io::Write;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial as Uart, Trigger};
+#[cfg(not(target_os = "linux"))]
+use vmm_sys_util::event::{self, EventConsumer, EventFlag, EventNotifier};
+#[cfg(target_os = "linux")]
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
@@ -21,9 +26,11 @@ pub enum Error {
 }
 
 /// An interrupt line backed by an eventfd (KVM irqfd).
+#[cfg(target_os = "linux")]
 #[derive(Debug)]
 pub struct IrqEvent(EventFd);
 
+#[cfg(target_os = "linux")]
 impl IrqEvent {
     pub fn new() -> Result<Self, Error> {
         EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
@@ -35,12 +42,70 @@ impl IrqEvent {
     pub fn eventfd(&self) -> &EventFd {
         &self.0
     }
+
+    /// Takes a pending interrupt: whether the line was raised since the last call.
+    pub fn take(&self) -> std::io::Result<bool> {
+        match self.0.read() {
+            Ok(n) => Ok(n > 0),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
+#[cfg(target_os = "linux")]
 impl Trigger for IrqEvent {
     type E = std::io::Error;
     fn trigger(&self) -> std::io::Result<()> {
         self.0.write(1)
+    }
+}
+
+/// An interrupt line where there is no eventfd: a non-blocking pipe
+/// (vmm-sys-util's notifier); the VMM polls [`IrqEvent::consumer`].
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+pub struct IrqEvent {
+    consumer: EventConsumer,
+    notifier: EventNotifier,
+}
+
+#[cfg(not(target_os = "linux"))]
+impl IrqEvent {
+    pub fn new() -> Result<Self, Error> {
+        let (consumer, notifier) =
+            event::new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+                .map_err(Error::EventFd)?;
+        Ok(IrqEvent { consumer, notifier })
+    }
+
+    /// The read end, for the VMM's poll loop.
+    pub fn consumer(&self) -> &EventConsumer {
+        &self.consumer
+    }
+
+    /// Takes a pending interrupt: whether the line was raised since the last call.
+    pub fn take(&self) -> std::io::Result<bool> {
+        let mut raised = false;
+        loop {
+            match self.consumer.consume() {
+                Ok(()) => raised = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(raised),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+impl Trigger for IrqEvent {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        match self.notifier.notify() {
+            // A full pipe holds enough raised edges already.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            r => r,
+        }
     }
 }
 
@@ -202,6 +267,7 @@ impl BusDevice for Serial {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_interrupt_eventfd_is_close_on_exec() {
         use std::os::fd::AsRawFd;
@@ -249,7 +315,11 @@ mod tests {
         // Enable the received-data interrupt (IER bit 0), then queue input.
         s.write(1, &[1]);
         assert_eq!(s.enqueue_input(b"x").unwrap(), 1);
-        assert_eq!(s.irq().eventfd().read().unwrap(), 1);
+        assert!(
+            s.irq().take().unwrap(),
+            "the received-data interrupt was raised"
+        );
+        assert!(!s.irq().take().unwrap(), "and taken");
         let mut lsr = [0u8];
         s.read(5, &mut lsr);
         assert_eq!(lsr[0] & 1, 1, "data ready");

@@ -11,7 +11,7 @@ use crate::config::{
 };
 use crate::error::Error;
 use crate::prealloc::{self, Backing, PopulateMethod};
-use crate::sys::{self, MapRequest, Mapping};
+use crate::sys::{self, FileType, MapRequest, Mapping};
 
 /// Mappings of 2 MiB or more are 2 MiB aligned, so transparent huge pages can back them
 /// (QEMU_VMALLOC_ALIGN on x86_64).
@@ -290,6 +290,12 @@ fn noreserve_ignored(
     accountable && overcommit_memory.map(str::trim) == Some("2")
 }
 
+/// The name of an anonymous shm object (unlinked as soon as it is open): at most
+/// 30 bytes for any pid, within macOS's limit of 31 (PSHMNAMLEN) on every host.
+fn anonymous_shm_name(pid: u32, random: u64) -> String {
+    format!("/shmvm-{pid}-{:012x}", random & 0xffff_ffff_ffff)
+}
+
 /// Error helpers and the per-type steps of `create`.
 struct Ctx<'a> {
     cfg: &'a BackendConfig,
@@ -316,6 +322,7 @@ impl Ctx<'_> {
     }
 
     /// A memfd name (shown in /proc/PID/maps) from the id, within the kernel's limit.
+    #[cfg(target_os = "linux")]
     fn memfd_name(&self, prefix: &str) -> String {
         let mut name = format!("{prefix}{}", self.cfg.id());
         name.truncate(200);
@@ -408,9 +415,9 @@ impl Ctx<'_> {
             .offset
             .checked_add(len)
             .ok_or_else(|| self.invalid("offset", "offset plus size overflows".to_string()))?;
-        let (file_size, mode) = sys::fstat(fd.as_fd())
+        let stat = sys::fstat(fd.as_fd())
             .map_err(|e| self.os("mem-path", format!("can't stat '{}'", path.display()), e))?;
-        let regular = mode & libc::S_IFMT == libc::S_IFREG;
+        let (file_size, regular) = (stat.size, stat.kind == FileType::Regular);
         // A new (or empty) file is sized; an existing one is used as it is, never
         // truncated: its contents are the point of a file backend.
         if fresh || (regular && file_size == 0 && !f.readonly) {
@@ -541,14 +548,14 @@ impl Ctx<'_> {
     /// FIFO, socket or character device) and gives it blocking I/O back.
     fn usable_mem_path(&self, path: &Path, fd: OwnedFd) -> Result<OwnedFd, Error> {
         let shown = path.display();
-        let (_, mode) = sys::fstat(fd.as_fd())
+        let stat = sys::fstat(fd.as_fd())
             .map_err(|e| self.os("mem-path", format!("can't stat '{shown}'"), e))?;
-        let kind = match mode & libc::S_IFMT {
-            libc::S_IFREG | libc::S_IFBLK => None,
-            libc::S_IFIFO => Some("a FIFO"),
-            libc::S_IFCHR => Some("a character device"),
-            libc::S_IFSOCK => Some("a socket"),
-            _ => Some("not a regular file"),
+        let kind = match stat.kind {
+            FileType::Regular | FileType::BlockDevice => None,
+            FileType::Fifo => Some("a FIFO"),
+            FileType::CharDevice => Some("a character device"),
+            FileType::Socket => Some("a socket"),
+            FileType::Directory | FileType::Other => Some("not a regular file"),
         };
         if let Some(kind) = kind {
             return Err(self.invalid(
@@ -606,17 +613,12 @@ impl Ctx<'_> {
 
     #[cfg(not(target_os = "linux"))]
     fn memfd_source(&self, _m: &MemfdOptions) -> Result<Source, Error> {
-        Err(self.invalid(
-            "qom-type",
-            "memfd backends need Linux (memfd_create)".to_string(),
-        ))
+        Err(self.invalid("qom-type", crate::config::MEMFD_UNSUPPORTED.to_string()))
     }
 
     /// shm_open a fresh random name with O_EXCL and mode 0, unlink it at once.
     fn anonymous_shm(&self) -> Result<OwnedFd, Error> {
-        self.anonymous_shm_named(|| {
-            format!("/shmvm-{}-{:016x}", std::process::id(), sys::random_u64())
-        })
+        self.anonymous_shm_named(|| anonymous_shm_name(std::process::id(), sys::random_u64()))
     }
 
     /// [`Ctx::anonymous_shm`] with the name source given (tests pass clashing names).
@@ -733,19 +735,23 @@ impl Ctx<'_> {
     }
 
     /// merge, dump and transparent huge pages; failures here only cost performance
-    /// or dump size, so they are logged, as QEMU ignores them.
+    /// or dump size, so they are logged, as QEMU ignores them. Where the host has
+    /// no such advice (KSM and THP are Linux's; FreeBSD keeps memory out of core
+    /// dumps with MADV_NOCORE, macOS and OpenBSD cannot), it is skipped, as QEMU
+    /// skips it (its qemu_madvise fails and nobody looks).
     fn advise(&self, map: &Mapping, page: u64) {
+        #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+        let advice = |a: libc::c_int, what: &str| {
+            if let Err(e) = sys::madvise(map, a) {
+                log::warn!(
+                    "{} backend '{}': {what}: {e}",
+                    self.cfg.kind(),
+                    self.cfg.id()
+                );
+            }
+        };
         #[cfg(target_os = "linux")]
         {
-            let advice = |a: libc::c_int, what: &str| {
-                if let Err(e) = sys::madvise(map, a) {
-                    log::warn!(
-                        "{} backend '{}': {what}: {e}",
-                        self.cfg.kind(),
-                        self.cfg.id()
-                    );
-                }
-            };
             if self.cfg.merge() {
                 advice(libc::MADV_MERGEABLE, "merge=on (MADV_MERGEABLE)");
             }
@@ -756,8 +762,24 @@ impl Ctx<'_> {
                 advice(libc::MADV_HUGEPAGE, "MADV_HUGEPAGE");
             }
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = (map, page);
+        #[cfg(target_os = "freebsd")]
+        {
+            let _ = page;
+            if !self.cfg.dump() {
+                advice(libc::MADV_NOCORE, "dump=off (MADV_NOCORE)");
+            }
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+        {
+            let _ = (map, page);
+            if !self.cfg.dump() {
+                log::debug!(
+                    "{} backend '{}': dump=off: this host can't keep memory out of core dumps",
+                    self.cfg.kind(),
+                    self.cfg.id()
+                );
+            }
+        }
     }
 
     /// reserve=off (MAP_NORESERVE) only changes anything for private, writable mappings
@@ -828,6 +850,33 @@ impl Ctx<'_> {
     }
 }
 
-#[cfg(test)]
+// The host tests are written against Linux (/dev/shm, /proc, memfd); they run
+// in CI on Linux only. What a macOS or BSD host refuses is tested through
+// `BackendConfig::validate_for` in config.rs.
+#[cfg(all(test, target_os = "linux"))]
 #[path = "backend_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod name_tests {
+    #[test]
+    fn anonymous_shm_names_fit_the_macos_limit() {
+        // PSHMNAMLEN: 31 bytes with the leading slash, for any pid.
+        for (pid, random) in [
+            (0, 0),
+            (u32::MAX, u64::MAX),
+            (4_194_304, 0x0123_4567_89ab_cdef),
+        ] {
+            let name = super::anonymous_shm_name(pid, random);
+            assert!(name.len() <= 31, "{name}: {} bytes", name.len());
+            assert!(
+                name.starts_with("/shmvm-") && !name[1..].contains('/'),
+                "{name}"
+            );
+        }
+        assert_ne!(
+            super::anonymous_shm_name(1, 1),
+            super::anonymous_shm_name(1, 2)
+        );
+    }
+}

@@ -724,7 +724,11 @@ fn anonymous_shm_retries_a_name_that_exists_and_leaves_it_alone() {
         .exists()
     );
     assert_eq!(
-        sys::fstat(fd.as_fd()).expect("fstat").1 & 0o777,
+        fs::File::from(fd.try_clone().expect("dup"))
+            .metadata()
+            .expect("fstat")
+            .mode()
+            & 0o777,
         0,
         "mode 0"
     );

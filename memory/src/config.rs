@@ -172,6 +172,35 @@ impl Default for MemfdOptions {
     }
 }
 
+/// What a memfd backend answers where there is no memfd_create (QEMU builds
+/// `memory-backend-memfd` on Linux only, so it knows no such object type there).
+pub(crate) const MEMFD_UNSUPPORTED: &str = "invalid object type: memory-backend-memfd \
+    (memfd_create is Linux-only; use memory-backend-shm or memory-backend-file)";
+
+/// The host's limits that the configuration rules depend on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HostRules {
+    /// memfd, MAP_NORESERVE (reserve=off) and mbind (host-nodes) exist: Linux.
+    pub linux: bool,
+    /// The longest shm name, its leading '/' included: 31 on macOS
+    /// (PSHMNAMLEN), 255 elsewhere (NAME_MAX).
+    pub shm_name_max: usize,
+}
+
+impl HostRules {
+    /// This host's.
+    pub(crate) const THIS: HostRules = HostRules {
+        linux: cfg!(target_os = "linux"),
+        shm_name_max: if cfg!(target_os = "macos") { 31 } else { 255 },
+    };
+    /// macOS's (for tests on other hosts).
+    #[cfg(test)]
+    pub(crate) const MACOS: HostRules = HostRules {
+        linux: false,
+        shm_name_max: 31,
+    };
+}
+
 /// Options only `memory-backend-shm` takes (`name` and `keep` are shmvm's own).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ShmOptions {
@@ -338,6 +367,12 @@ impl BackendConfig {
     /// Checks every rule that needs no system call. [`crate::Backend::create`] calls it
     /// too, so a config built with [`BackendConfig::set`] is held to the same rules.
     pub fn validate(&self) -> Result<(), Error> {
+        self.validate_for(HostRules::THIS)
+    }
+
+    /// [`BackendConfig::validate`] with another host's rules (unit tests check the
+    /// rules of macOS and the BSDs on Linux).
+    pub(crate) fn validate_for(&self, host: HostRules) -> Result<(), Error> {
         let size = self
             .size
             .ok_or_else(|| self.invalid("size", "size is required (e.g. size=1G)".to_string()))?;
@@ -363,10 +398,12 @@ impl BackendConfig {
                     .to_string(),
             ));
         }
-        if !self.reserve && !cfg!(target_os = "linux") {
+        if !self.reserve && !host.linux {
             return Err(self.invalid(
                 "reserve",
-                "reserve=off is not supported on this host".to_string(),
+                "reserve=off: skipping reservation of swap space is not supported on this \
+                 host (MAP_NORESERVE is Linux-only)"
+                    .to_string(),
             ));
         }
         if self.prealloc && !self.reserve {
@@ -391,17 +428,17 @@ impl BackendConfig {
                 format!("policy={} needs host-nodes", self.policy.name()),
             ));
         }
-        if !self.host_nodes.is_empty() && !cfg!(target_os = "linux") {
+        if !self.host_nodes.is_empty() && !host.linux {
             return Err(self.invalid(
                 "host-nodes",
-                "NUMA binding is not supported on this host".to_string(),
+                "NUMA node binding is not supported on this host (mbind is Linux-only)".to_string(),
             ));
         }
         match &self.opts {
             KindOptions::Ram => {}
             KindOptions::File(f) => self.validate_file(f)?,
-            KindOptions::Memfd(m) => self.validate_memfd(m)?,
-            KindOptions::Shm(s) => self.validate_shm(s)?,
+            KindOptions::Memfd(m) => self.validate_memfd(m, host)?,
+            KindOptions::Shm(s) => self.validate_shm(s, host)?,
         }
         Ok(())
     }
@@ -448,7 +485,7 @@ impl BackendConfig {
         Ok(())
     }
 
-    fn validate_memfd(&self, m: &MemfdOptions) -> Result<(), Error> {
+    fn validate_memfd(&self, m: &MemfdOptions, host: HostRules) -> Result<(), Error> {
         if m.hugetlbsize != 0 && !m.hugetlbsize.is_power_of_two() {
             return Err(self.invalid(
                 "hugetlbsize",
@@ -461,16 +498,13 @@ impl BackendConfig {
                 "hugetlbsize needs hugetlb=on (without it the size would be ignored)".to_string(),
             ));
         }
-        if !cfg!(target_os = "linux") {
-            return Err(self.invalid(
-                "qom-type",
-                "memfd backends need Linux (memfd_create)".to_string(),
-            ));
+        if !host.linux {
+            return Err(self.invalid("qom-type", MEMFD_UNSUPPORTED.to_string()));
         }
         Ok(())
     }
 
-    fn validate_shm(&self, s: &ShmOptions) -> Result<(), Error> {
+    fn validate_shm(&self, s: &ShmOptions, host: HostRules) -> Result<(), Error> {
         if s.reclaim && s.name.is_none() {
             return Err(self.invalid(
                 "reclaim",
@@ -485,7 +519,7 @@ impl BackendConfig {
         }
         if let Some(name) = &s.name {
             let ok = name.len() >= 2
-                && name.len() <= 255
+                && name.len() <= host.shm_name_max
                 && name.starts_with('/')
                 && !name[1..].contains('/')
                 && !name.contains('\0')
@@ -495,8 +529,9 @@ impl BackendConfig {
                 return Err(self.invalid(
                     "name",
                     format!(
-                        "name='{name}' is not a POSIX shm name ('/' then 1 to 254 \
-                         characters without '/')"
+                        "name='{name}' is not a POSIX shm name on this host ('/' then 1 to \
+                         {} characters without '/')",
+                        host.shm_name_max - 1
                     ),
                 ));
             }
@@ -765,5 +800,44 @@ mod tests {
             );
         }
         parse("memory-backend-shm,id=s,size=1M,name=/ok.name-1");
+    }
+
+    /// macOS's rules, checked here: what it lacks is refused with one line
+    /// naming the option, and its shm names are at most 31 bytes (PSHMNAMLEN).
+    #[test]
+    fn macos_rules() {
+        let on_macos = |spec: &str, option: &str, reason: &str| {
+            let e = parse(spec).validate_for(HostRules::MACOS).expect_err(spec);
+            assert_eq!(e.option(), Some(option), "{spec}: {e}");
+            assert!(e.to_string().contains(reason), "{spec}: {e}");
+        };
+        on_macos(
+            "memory-backend-memfd,id=m,size=1M",
+            "qom-type",
+            "invalid object type: memory-backend-memfd",
+        );
+        on_macos(
+            "memory-backend-ram,id=r,size=1M,reserve=off",
+            "reserve",
+            "skipping reservation of swap space is not supported",
+        );
+        on_macos(
+            "memory-backend-ram,id=r,size=1M,host-nodes=0,policy=bind",
+            "host-nodes",
+            "NUMA node binding is not supported",
+        );
+        let name32 = format!("/{}", "n".repeat(31));
+        let spec = format!("memory-backend-shm,id=s,size=1M,name={name32}");
+        on_macos(&spec, "name", "'/' then 1 to 30 characters");
+        parse(&spec).validate().expect("32 bytes are fine on Linux");
+        for ok in [
+            "memory-backend-ram,id=r,size=1M,share=on,dump=off,merge=on",
+            "memory-backend-file,id=f,size=1M,mem-path=/tmp/x,share=on",
+            &format!("memory-backend-shm,id=s,size=1M,name=/{}", "n".repeat(30)),
+        ] {
+            parse(ok)
+                .validate_for(HostRules::MACOS)
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
     }
 }

@@ -90,8 +90,14 @@ pub(crate) fn prealloc_with(
     {
         match sys::allocate(b.fd, b.offset, len as u64) {
             Ok(()) => {}
+            // macOS and OpenBSD have no posix_fallocate at all (QEMU only
+            // touches there too): nothing to warn about.
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                log::warn!("prealloc: the file system can't fallocate; touching pages without it");
+                if cfg!(any(target_os = "linux", target_os = "freebsd")) {
+                    log::warn!(
+                        "prealloc: the file system can't fallocate; touching pages without it"
+                    );
+                }
             }
             Err(e) => return Err(e),
         }

@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::ptr;
 
@@ -24,7 +24,12 @@ fn cstring(s: &[u8]) -> io::Result<CString> {
 pub(crate) fn host_page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    // POSIX requires _SC_PAGESIZE, and no guess is right everywhere (16 KiB
+    // on Apple silicon, 4 KiB or 64 KiB on arm64 Linux).
+    u64::try_from(n)
+        .ok()
+        .filter(|&n| n > 0)
+        .expect("sysconf(_SC_PAGESIZE) gives the page size")
 }
 
 /// Number of online CPUs.
@@ -188,15 +193,15 @@ fn noreserve_flag() -> libc::c_int {
 }
 
 /// madvise(2) over a whole mapping.
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 pub(crate) fn madvise(m: &Mapping, advice: libc::c_int) -> io::Result<()> {
     madvise_range(m.addr, m.len, advice)
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 fn madvise_range(addr: usize, len: usize, advice: libc::c_int) -> io::Result<()> {
     // SAFETY: callers pass a range inside a mapping they own; the advice values used
-    // here (merge, dump, huge pages, populate) do not discard data.
+    // here (merge, dump, huge pages, populate, FreeBSD's nocore) do not discard data.
     cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) }).map(|_| ())
 }
 
@@ -249,6 +254,7 @@ pub(crate) fn touch(m: &Mapping, start: usize, len: usize, step: usize, write: b
 }
 
 /// mincore(2): how many of the pages of [start, start+len) of `m` are resident.
+#[cfg(not(target_os = "openbsd"))]
 pub(crate) fn resident_pages(m: &Mapping, start: usize, len: usize) -> io::Result<usize> {
     assert!(start.checked_add(len).is_some_and(|end| end <= m.len));
     let page = host_page_size() as usize;
@@ -262,6 +268,13 @@ pub(crate) fn resident_pages(m: &Mapping, start: usize, len: usize) -> io::Resul
         )
     })?;
     Ok(vec.iter().filter(|&&b| b & 1 != 0).count())
+}
+
+/// OpenBSD removed mincore(2) (6.5): residency is unknown there.
+#[cfg(target_os = "openbsd")]
+pub(crate) fn resident_pages(m: &Mapping, start: usize, len: usize) -> io::Result<usize> {
+    let _ = (m, start, len);
+    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 /// memfd_create(2) with MFD_CLOEXEC added.
@@ -291,10 +304,12 @@ pub(crate) fn get_seals(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
 /// shm_open(3) with O_CLOEXEC (the O_EXCL etc. flags come from the caller).
 pub(crate) fn shm_open(name: &str, oflag: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
     let name = cstring(name.as_bytes())?;
+    // macOS declares shm_open variadic (the mode is promoted to an unsigned int);
+    // the others take a mode_t.
+    #[cfg(target_os = "macos")]
+    let mode = libc::c_uint::from(mode);
     // SAFETY: name is a valid C string; the returned fd is new and owned by us.
-    let fd = cvt(unsafe {
-        libc::shm_open(name.as_ptr(), oflag | libc::O_CLOEXEC, mode as libc::c_uint)
-    })?;
+    let fd = cvt(unsafe { libc::shm_open(name.as_ptr(), oflag | libc::O_CLOEXEC, mode) })?;
     // SAFETY: fd was just returned by the kernel and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -313,14 +328,46 @@ pub(crate) fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(|_| ())
 }
 
-/// Size and permission bits of an open file.
-pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<(u64, u32)> {
+/// What an open file is (the type bits of `st_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileType {
+    Regular,
+    BlockDevice,
+    CharDevice,
+    Fifo,
+    Socket,
+    Directory,
+    Other,
+}
+
+/// What [`fstat`] tells of an open file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileStat {
+    pub size: u64,
+    pub kind: FileType,
+}
+
+/// fstat(2): size and type of an open file.
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: st points to writable memory of the right size.
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstat succeeded, so it filled st.
     let st = unsafe { st.assume_init() };
-    Ok((u64::try_from(st.st_size).unwrap_or(0), st.st_mode))
+    // mode_t is u16 on macOS and u32 elsewhere: compared as mode_t.
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => FileType::Regular,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFIFO => FileType::Fifo,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFDIR => FileType::Directory,
+        _ => FileType::Other,
+    };
+    Ok(FileStat {
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        kind,
+    })
 }
 
 /// The page size of the file system holding `fd` (the huge page size on hugetlbfs).
@@ -349,6 +396,7 @@ pub(crate) fn fd_page_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
 pub(crate) fn unlinked_temp_file(dir: &Path, prefix: &str) -> io::Result<OwnedFd> {
     #[cfg(target_os = "linux")]
     {
+        use std::os::unix::ffi::OsStrExt;
         let c = cstring(dir.as_os_str().as_bytes())?;
         // SAFETY: c is a valid C string; the returned fd is new and owned by us.
         let fd = unsafe {
@@ -384,8 +432,6 @@ pub(crate) fn unlinked_temp_file(dir: &Path, prefix: &str) -> io::Result<OwnedFd
     Ok(fd)
 }
 
-use std::os::unix::ffi::OsStringExt;
-
 /// fallocate(2) mode 0 (allocate): makes sure the backing store of a file range exists.
 pub(crate) fn allocate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     let off =
@@ -396,13 +442,22 @@ pub(crate) fn allocate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<
         // SAFETY: fallocate on a valid fd, no pointers.
         cvt(unsafe { libc::fallocate(fd.as_raw_fd(), 0, off, len) }).map(|_| ())
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "freebsd")]
     {
         // SAFETY: posix_fallocate on a valid fd, no pointers.
         match unsafe { libc::posix_fallocate(fd.as_raw_fd(), off, len) } {
             0 => Ok(()),
+            // FreeBSD answers EINVAL where the file system can't (ZFS).
+            libc::EINVAL => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
             e => Err(io::Error::from_raw_os_error(e)),
         }
+    }
+    // No posix_fallocate on macOS and OpenBSD (and QEMU allocates nothing there
+    // either: it touches the pages).
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    {
+        let _ = (fd, off, len);
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
 }
 

@@ -1,5 +1,10 @@
 //! Test helpers: a child process (this test binary, re-run) that maps a backend's
 //! memory from an fd passed over a Unix socket (SCM_RIGHTS) or from a shm name.
+//!
+//! Only [`object`] serves the tests that run everywhere; the rest serves the
+//! host tests of `backend_tests.rs`, which run on Linux only.
+
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -60,6 +65,13 @@ pub(crate) fn send_with_fd(
     }
 }
 
+/// Received fds are close-on-exec where recvmsg can make them so (macOS can't;
+/// the test child there inherits them, which it does not mind).
+#[cfg(not(target_os = "macos"))]
+const RECV_FLAGS: libc::c_int = libc::MSG_CMSG_CLOEXEC;
+#[cfg(target_os = "macos")]
+const RECV_FLAGS: libc::c_int = 0;
+
 /// recvmsg of up to `buf.len()` bytes and at most one fd.
 pub(crate) fn recv_with_fd(
     sock: &UnixStream,
@@ -77,7 +89,7 @@ pub(crate) fn recv_with_fd(
     msg.msg_control = cmsg_buf.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
     // SAFETY: msg points to valid, writable buffers that outlive the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, RECV_FLAGS) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

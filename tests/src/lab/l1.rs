@@ -225,6 +225,21 @@ fn result<'a>(console: &'a str, stage: &str) -> Option<&'a str> {
         .find(|l| fields(l).get("stage") == Some(&stage))
 }
 
+/// What a VMM said about why it ended: its last `shmvm: ` or `qemu-system`
+/// line, else the console's last line, cut to fit a report line. A failed
+/// exit status alone does not say what to look at in CI's output.
+fn last_words(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().filter(|l| !l.trim().is_empty()).collect();
+    let said = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("shmvm: ") || l.starts_with("qemu-system"))
+        .or(lines.last())
+        .copied()
+        .unwrap_or("(no output)");
+    said.chars().take(160).collect()
+}
+
 /// A vhost-user-blk back-end (qemu-storage-daemon) for one run.
 struct Disk {
     mode: Vub,
@@ -848,6 +863,17 @@ mod tests {
         assert_eq!(o.l2extra, vec!["x", "y=1"]);
         assert!(o.dump_all && !o.l2debug);
         assert!(options("lab.vmms=kvmtool").is_err());
+    }
+
+    #[test]
+    fn last_words_prefer_the_vmm_line_over_the_guest_tail() {
+        let c = "guest a\nshmvm: guest triple fault (KVM_EXIT_SHUTDOWN)\nguest b\n\n";
+        assert_eq!(
+            last_words(c),
+            "shmvm: guest triple fault (KVM_EXIT_SHUTDOWN)"
+        );
+        assert_eq!(last_words("x\ny\n"), "y");
+        assert_eq!(last_words(""), "(no output)");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     BOOT_TIMEOUT, Console, EXIT_TIMEOUT, Judgement, Outcome, RUN_TIMEOUT, Runner, SERVER, Verdict,
-    exit_code, fields, random, result, secs,
+    exit_code, fields, last_words, random, result, secs,
 };
 use crate::lab::scenario::{Scenario, Vmm};
 
@@ -317,7 +317,10 @@ fn judge(peers: &[Peer], token: &str, j: &mut Judgement, console: &mut String) {
                 j.report.push(("qemu_exit_abort", "1".into()));
                 *console += &format!("{warn}\n");
             }
-            Some(rc) => j.fails.push(format!("{who}: VMM exit status {rc}")),
+            Some(rc) => j.fails.push(format!(
+                "{who}: VMM exit status {rc}: {}",
+                last_words(&text)
+            )),
             None => j.fails.push(format!("{who}: VMM exit status unknown")),
         }
         *console += &format!("--- peer {id} ({})\n{text}\n", p.vmm);

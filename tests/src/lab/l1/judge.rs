@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use protocol::GUEST_DONE;
 
 use super::{
-    Disk, GIB4, MAILBOX_DATA_OFF, Outcome, Region, Run, VUB_DISK_SIZE, fields, result, secs, tool,
+    Disk, GIB4, MAILBOX_DATA_OFF, Outcome, Region, Run, VUB_DISK_SIZE, fields, last_words, result,
+    secs, tool,
 };
 use crate::lab::scenario::{Action, IvshmemKind, Vmm, Vub};
 use crate::stats::Stats;
@@ -96,8 +97,10 @@ pub(super) fn judge(r: &Run, out: &Outcome, console: &str, j: &mut Judgement) {
     if out.why.is_none() && out.rc != want_rc {
         let mode = vub.map(|v| format!(" for {v}")).unwrap_or_default();
         j.fail(format!(
-            "VMM exit status {} (want {want_rc}{mode} after {})",
-            out.rc, s.action
+            "VMM exit status {} (want {want_rc}{mode} after {}): {}",
+            out.rc,
+            s.action,
+            last_words(console)
         ));
     }
     let init = result(console, "init").map(fields);

@@ -1,13 +1,4 @@
-//! Preallocation benchmark (`make bench-memory`).
-//!
-//! Preallocates SIZE (default 4 GiB) with each backend (ram, file on /dev/shm, memfd,
-//! shm) and 1 and 2 threads, and compares, in the same run and interleaved:
-//! - the kernel's limit: one MADV_POPULATE_WRITE over a fresh anonymous mapping;
-//! - QEMU preallocating the same backend (`qemu-system-x86_64 -machine none -object
-//!   memory-backend-...,prealloc=on,prealloc-threads=N -monitor stdio`): the time until
-//!   its monitor prompt appears, minus the same for a QEMU run without prealloc.
-//!
-//! Usage: prealloc [--runs N] [--size SIZE] [--no-qemu]
+//! The Linux benchmark: memfd and MADV_POPULATE_WRITE, QEMU as the reference.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -224,7 +215,7 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
-fn main() {
+pub(crate) fn main() {
     let mut runs = 5;
     let mut size = 4u64 << 30;
     let mut with_qemu = true;
