@@ -57,6 +57,20 @@ PORTABLE_TARGETS ?= aarch64-apple-darwin x86_64-apple-darwin x86_64-unknown-free
 PORTABLE_ENV := env -u RUSTUP_TOOLCHAIN PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1 \
 	CARGO_TARGET_DIR=target/cross
 
+# aarch64 (README, "Architectures"): cross-built with Debian's Rust 1.96
+# (/usr/bin first on PATH: its cargo, rustc and clippy, which have the
+# arm64 std; rustup's have not), linked static by aarch64-linux-gnu-gcc,
+# in its own target dir (another compiler version than the host build).
+AARCH64_TARGET := aarch64-unknown-linux-gnu
+AARCH64_ENV := PATH=/usr/bin:$$PATH CARGO_TARGET_DIR=target/cross \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
+AARCH64_OUT := target/cross/$(AARCH64_TARGET)/release
+SHMVM_AARCH64 := $(BUILD)/aarch64/shmvm
+LAB_AARCH64 := $(BUILD)/aarch64/lab
+LAB_ARM64 := $(BUILD)/lab-arm64
+LAB_ARM64_SCENARIOS ?= tests/lab/arm64/scenarios
+
 DEMO_RAM ?= 256M
 BENCH_RUNS ?= 20
 
@@ -104,6 +118,20 @@ lab-tools: deps
 
 guest-tool: lab-tools
 
+# The aarch64 shmvm and lab runner, static (build/aarch64/).
+.PHONY: aarch64 aarch64-check
+aarch64: deps
+	$(AARCH64_ENV) cargo build --release -p vmm -p shmvm-tests --bin shmvm --bin lab \
+		--target $(AARCH64_TARGET)
+	@mkdir -p $(BUILD)/aarch64
+	cp $(AARCH64_OUT)/shmvm $(SHMVM_AARCH64).tmp && mv -f $(SHMVM_AARCH64).tmp $(SHMVM_AARCH64)
+	cp $(AARCH64_OUT)/lab $(LAB_AARCH64).tmp && mv -f $(LAB_AARCH64).tmp $(LAB_AARCH64)
+	@echo "aarch64: $(SHMVM_AARCH64) $(LAB_AARCH64) (static)"
+
+# Lints of the workspace as built for aarch64.
+aarch64-check: deps
+	$(AARCH64_ENV) cargo clippy --workspace --all-targets --target $(AARCH64_TARGET) -- -D warnings
+
 # --- demos -----------------------------------------------------------------
 
 # The test kernel boots with its RAM in a POSIX shm object (memory-backend-shm,
@@ -130,8 +158,9 @@ demo-ivshmem: build
 test: deps check unit testkernel-check lab
 
 # Lints of every crate: the workspace, and the test kernel with its own flags;
-# then the portable crates for macOS and the BSDs (check-portable).
-check: deps check-portable
+# then the portable crates for macOS and the BSDs (check-portable) and the
+# workspace built for aarch64 (aarch64-check).
+check: deps check-portable aarch64-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd guest/testkernel && $(CARGO) fmt -- --check
@@ -180,6 +209,17 @@ lab: lab-deps shmvm lab-tools ivshmem-db
 	bash tests/lab/build-l1.sh $(LAB)/l1-initrd.lz4 $(LAB)/kernel $(LAB)/l2-initrd.gz \
 		$(GUEST_TOOL) $(LAB_RUNNER) $(LAB_SCENARIOS) $(SHMVM) $(IVSHMEM_SERVER)
 	$(LAB_RUNNER) host --dir $(LAB) --scenarios $(LAB_SCENARIOS)
+	@# The arm64 lab too, unless LAB_ONLY picked x86 scenarios.
+	@if [ -z "$(LAB_ONLY)" ]; then $(MAKE) lab-arm64; fi
+
+# The arm64 lab (README, "The arm64 lab"): an arm64 L1 under
+# qemu-system-aarch64 TCG with EL2 and a real /dev/kvm, the aarch64 shmvm
+# booting the stock Debian arm64 kernel as L2 per line of the table.
+.PHONY: lab-arm64
+lab-arm64: deps aarch64 lab-tools
+	bash tests/lab/fetch-arm64.sh
+	bash tests/lab/arm64/build-l1.sh $(LAB_ARM64) $(SHMVM_AARCH64) $(LAB_AARCH64) $(LAB_ARM64_SCENARIOS)
+	$(LAB_RUNNER) host-arm64 --dir $(LAB_ARM64) --scenarios $(LAB_ARM64_SCENARIOS)
 
 # --- benchmarks ------------------------------------------------------------
 

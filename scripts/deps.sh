@@ -31,6 +31,19 @@ python_deps() {
 }
 
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+
+# The aarch64 build and the arm64 lab (README, "Architectures"): Debian's Rust 1.96
+# (/usr/bin/cargo, behind rustup's on PATH) with the arm64 std, the cross
+# linker, qemu-system-aarch64 for the arm64 L1.
+arm64=0
+dpkg --print-foreign-architectures | grep -qx arm64 || arm64=1
+# (arm64 busybox would replace the host's: tests/lab/fetch-arm64.sh unpacks it.)
+for p in rustc-web cargo-web rust-web-clippy libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || arm64=1
+done
+command -v qemu-system-aarch64 >/dev/null || arm64=1
+[ $arm64 -eq 1 ] && need+=(arm64-toolchain)
+
 # The real vhost-user back-ends (virtiofsd, vhost-device-vsock,
 # vhost-device-rng) from crates.io: see scripts/vhost-backends.sh.
 backends() { "$(dirname "$0")/vhost-backends.sh"; }
@@ -65,5 +78,14 @@ apt-get install -y -q libc6-dev
 apt-get install -y -q --no-install-recommends rustc-web cargo-web rust-web-clippy rust-web-src
 # python3-venv: the project venv for qemu.qmp (above).
 apt-get install -y -q python3-venv
+# aarch64: cross Rust and linker, the arm64 L1's QEMU (no UEFI firmware:
+# the lab boots with -kernel) and its busybox (see above).
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+    apt-get update -q
+fi
+apt-get install -y -q --no-install-recommends rustc-web cargo-web rust-web-clippy libstd-rust-web-dev:arm64 \
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+apt-get install -y -q -t bookworm-backports --no-install-recommends qemu-system-arm
 python_deps
 backends

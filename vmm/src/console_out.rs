@@ -29,6 +29,37 @@ pub const QUEUE_LIMIT: usize = 1 << 20;
 /// How long the end of a run waits for queued output to drain.
 pub const DRAIN_DEADLINE: Duration = Duration::from_millis(500);
 
+/// The `-serial file:` log: created 0600 whatever the umask, truncated, never
+/// through a symbolic link (O_NOFOLLOW), never blocking (O_NONBLOCK: a FIFO
+/// without a reader is refused), and only a regular file or a character device
+/// such as /dev/null.
+pub fn create_serial_file(p: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("is a symbolic link (not followed)")
+            } else {
+                e
+            }
+        })?;
+    let meta = f.metadata()?;
+    let t = meta.file_type();
+    if t.is_file() {
+        f.set_len(0)?;
+    } else if !t.is_char_device() {
+        return Err(std::io::Error::other(
+            "is not a regular file or a character device",
+        ));
+    }
+    Ok(f)
+}
+
 /// Where the writer thread puts the bytes (tests give a stalling one).
 type Sink = Box<dyn FnMut(&[u8]) -> std::io::Result<()> + Send>;
 

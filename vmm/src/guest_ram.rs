@@ -88,6 +88,24 @@ impl GuestRam {
                 .ok_or_else(|| region_err("address overflow".into()))?;
             mmap_regions.push(region);
         }
+        #[cfg(target_arch = "x86_64")]
+        Self::small_pages_low(&backend, &id);
+        let mem = GuestMemoryMmap::from_regions(mmap_regions).map_err(|e| Error::Region {
+            id: id.clone(),
+            gpa: 0,
+            reason: e.to_string(),
+        })?;
+        Ok(GuestRam {
+            mem,
+            regions,
+            backend,
+        })
+    }
+
+    /// x86_64 keeps the first 2 MiB on small pages (real-mode structures);
+    /// aarch64 has nothing there (RAM starts at 1 GiB).
+    #[cfg(target_arch = "x86_64")]
+    fn small_pages_low(backend: &Backend, id: &str) {
         let low = crate::layout::SMALL_PAGES_END.min(backend.size()) as usize;
         // SAFETY: [as_ptr, as_ptr + low) is inside the backend's mapping;
         // MADV_NOHUGEPAGE only changes how the kernel backs it, never its
@@ -99,16 +117,6 @@ impl GuestRam {
                 std::io::Error::last_os_error()
             );
         }
-        let mem = GuestMemoryMmap::from_regions(mmap_regions).map_err(|e| Error::Region {
-            id: id.clone(),
-            gpa: 0,
-            reason: e.to_string(),
-        })?;
-        Ok(GuestRam {
-            mem,
-            regions,
-            backend,
-        })
     }
 
     /// Tells the hypervisor about every region (slots 0, 1).

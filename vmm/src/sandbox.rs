@@ -24,9 +24,11 @@
 //! which runs under the main thread's filter (teardown.rs).
 
 use std::cell::Cell;
+#[cfg(target_arch = "x86_64")]
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+#[cfg(target_arch = "x86_64")]
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch, sock_filter,
@@ -92,394 +94,410 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::SeqCst)
 }
 
-/// An `ioctl` request number: `_IOC(dir, type, nr, size)`.
-const fn ioc(dir: u64, ty: u64, nr: u64, size: u64) -> u64 {
-    (dir << 30) | (size << 16) | (ty << 8) | nr
-}
-const fn kvm_io(nr: u64) -> u64 {
-    ioc(0, 0xae, nr, 0)
-}
-const fn kvm_iow(nr: u64, size: u64) -> u64 {
-    ioc(1, 0xae, nr, size)
-}
-const fn kvm_ior(nr: u64, size: u64) -> u64 {
-    ioc(2, 0xae, nr, size)
-}
+/// The allow lists and their BPF: traced on x86_64; aarch64 has other call
+/// numbers and KVM requests, and its lists are not traced yet (README,
+/// "Security model": there only no_new_privs and the capability drop apply).
+#[cfg(target_arch = "x86_64")]
+mod lists {
+    use super::*;
 
-// The KVM requests made once the guest runs (sizes from <linux/kvm.h>).
-const KVM_RUN: u64 = kvm_io(0x80);
-const KVM_IRQ_LINE: u64 = kvm_iow(0x61, 8);
-const KVM_SET_GSI_ROUTING: u64 = kvm_iow(0x6a, 8);
-const KVM_SET_USER_MEMORY_REGION: u64 = kvm_iow(0x46, 32);
-const KVM_IRQFD: u64 = kvm_iow(0x76, 32);
-const KVM_IOEVENTFD: u64 = kvm_iow(0x79, 64);
-const KVM_SIGNAL_MSI: u64 = kvm_iow(0xa5, 32);
-const KVM_GET_REGS: u64 = kvm_ior(0x81, 144);
-const KVM_GET_SREGS: u64 = kvm_ior(0x83, 312);
-const KVM_TRANSLATE: u64 = ioc(3, 0xae, 0x85, 24);
-const KVM_UNREGISTER_COALESCED_MMIO: u64 = kvm_iow(0x68, 16);
-// Saving a snapshot: each vCPU's state (on its own thread), the VM's
-// interrupt controllers and clock, the MSR list (on the saving thread).
-const KVM_GET_FPU: u64 = kvm_ior(0x8c, 416);
-const KVM_GET_MSRS: u64 = ioc(3, 0xae, 0x88, 8);
-const KVM_GET_LAPIC: u64 = kvm_ior(0x8e, 1024);
-const KVM_GET_XSAVE: u64 = kvm_ior(0xa4, 4096);
-const KVM_GET_XSAVE2: u64 = kvm_ior(0xcf, 4096);
-const KVM_GET_XCRS: u64 = kvm_ior(0xa6, 392);
-const KVM_GET_VCPU_EVENTS: u64 = kvm_ior(0x9f, 64);
-const KVM_GET_MP_STATE: u64 = kvm_ior(0x98, 4);
-const KVM_GET_DEBUGREGS: u64 = kvm_ior(0xa1, 128);
-const KVM_GET_CPUID2: u64 = ioc(3, 0xae, 0x91, 8);
-const KVM_GET_TSC_KHZ: u64 = kvm_io(0xa3);
-const KVM_GET_MSR_INDEX_LIST: u64 = ioc(3, 0xae, 0x02, 4);
-const KVM_GET_IRQCHIP: u64 = ioc(3, 0xae, 0x62, 520);
-const KVM_GET_PIT2: u64 = kvm_ior(0x9f, 112);
-const KVM_GET_CLOCK: u64 = kvm_ior(0x7c, 48);
-const KVM_CHECK_EXTENSION: u64 = kvm_io(0x03);
+    /// An `ioctl` request number: `_IOC(dir, type, nr, size)`.
+    pub(super) const fn ioc(dir: u64, ty: u64, nr: u64, size: u64) -> u64 {
+        (dir << 30) | (size << 16) | (ty << 8) | nr
+    }
+    pub(super) const fn kvm_io(nr: u64) -> u64 {
+        ioc(0, 0xae, nr, 0)
+    }
+    pub(super) const fn kvm_iow(nr: u64, size: u64) -> u64 {
+        ioc(1, 0xae, nr, size)
+    }
+    pub(super) const fn kvm_ior(nr: u64, size: u64) -> u64 {
+        ioc(2, 0xae, nr, size)
+    }
 
-/// A vCPU saving its own state for a snapshot.
-const VCPU_SAVE_IOCTLS: &[u64] = &[
-    KVM_GET_FPU,
-    KVM_GET_MSRS,
-    KVM_GET_LAPIC,
-    KVM_GET_XSAVE,
-    KVM_GET_XSAVE2,
-    KVM_GET_XCRS,
-    KVM_GET_VCPU_EVENTS,
-    KVM_GET_MP_STATE,
-    KVM_GET_DEBUGREGS,
-    KVM_GET_CPUID2,
-    KVM_GET_TSC_KHZ,
-    KVM_CHECK_EXTENSION,
-];
+    // The KVM requests made once the guest runs (sizes from <linux/kvm.h>).
+    pub(super) const KVM_RUN: u64 = kvm_io(0x80);
+    pub(super) const KVM_IRQ_LINE: u64 = kvm_iow(0x61, 8);
+    pub(super) const KVM_SET_GSI_ROUTING: u64 = kvm_iow(0x6a, 8);
+    pub(super) const KVM_SET_USER_MEMORY_REGION: u64 = kvm_iow(0x46, 32);
+    pub(super) const KVM_IRQFD: u64 = kvm_iow(0x76, 32);
+    pub(super) const KVM_IOEVENTFD: u64 = kvm_iow(0x79, 64);
+    pub(super) const KVM_SIGNAL_MSI: u64 = kvm_iow(0xa5, 32);
+    pub(super) const KVM_GET_REGS: u64 = kvm_ior(0x81, 144);
+    pub(super) const KVM_GET_SREGS: u64 = kvm_ior(0x83, 312);
+    pub(super) const KVM_TRANSLATE: u64 = ioc(3, 0xae, 0x85, 24);
+    pub(super) const KVM_UNREGISTER_COALESCED_MMIO: u64 = kvm_iow(0x68, 16);
+    // Saving a snapshot: each vCPU's state (on its own thread), the VM's
+    // interrupt controllers and clock, the MSR list (on the saving thread).
+    pub(super) const KVM_GET_FPU: u64 = kvm_ior(0x8c, 416);
+    pub(super) const KVM_GET_MSRS: u64 = ioc(3, 0xae, 0x88, 8);
+    pub(super) const KVM_GET_LAPIC: u64 = kvm_ior(0x8e, 1024);
+    pub(super) const KVM_GET_XSAVE: u64 = kvm_ior(0xa4, 4096);
+    pub(super) const KVM_GET_XSAVE2: u64 = kvm_ior(0xcf, 4096);
+    pub(super) const KVM_GET_XCRS: u64 = kvm_ior(0xa6, 392);
+    pub(super) const KVM_GET_VCPU_EVENTS: u64 = kvm_ior(0x9f, 64);
+    pub(super) const KVM_GET_MP_STATE: u64 = kvm_ior(0x98, 4);
+    pub(super) const KVM_GET_DEBUGREGS: u64 = kvm_ior(0xa1, 128);
+    pub(super) const KVM_GET_CPUID2: u64 = ioc(3, 0xae, 0x91, 8);
+    pub(super) const KVM_GET_TSC_KHZ: u64 = kvm_io(0xa3);
+    pub(super) const KVM_GET_MSR_INDEX_LIST: u64 = ioc(3, 0xae, 0x02, 4);
+    pub(super) const KVM_GET_IRQCHIP: u64 = ioc(3, 0xae, 0x62, 520);
+    pub(super) const KVM_GET_PIT2: u64 = kvm_ior(0x9f, 112);
+    pub(super) const KVM_GET_CLOCK: u64 = kvm_ior(0x7c, 48);
+    pub(super) const KVM_CHECK_EXTENSION: u64 = kvm_io(0x03);
 
-/// The thread writing a snapshot (the monitor on QMP's
-/// x-shmvm-snapshot-save, the `snapshot` worker on SIGUSR1): the VM's
-/// state, then files in the snapshot directory (created, written, synced,
-/// renamed into place).
-const SNAPSHOT: &[Allow] = &[
-    Arg(
-        libc::SYS_ioctl,
-        1,
-        &[
-            KVM_GET_MSR_INDEX_LIST,
-            KVM_GET_IRQCHIP,
-            KVM_GET_PIT2,
-            KVM_GET_CLOCK,
-            KVM_CHECK_EXTENSION,
-        ],
-    ),
-    Call(libc::SYS_openat),
-    Call(libc::SYS_mkdir),
-    Call(libc::SYS_mkdirat),
-    Call(libc::SYS_rmdir),
-    Call(libc::SYS_rename),
-    Call(libc::SYS_renameat),
-    Call(libc::SYS_renameat2),
-    Call(libc::SYS_unlink),
-    Call(libc::SYS_unlinkat),
-    Call(libc::SYS_fsync),
-    Call(libc::SYS_fdatasync),
-    Call(libc::SYS_ftruncate),
-    Call(libc::SYS_fallocate),
-    Call(libc::SYS_pwrite64),
-    Call(libc::SYS_pread64),
-    Call(libc::SYS_copy_file_range),
-    Call(libc::SYS_fchmod),
-    Call(libc::SYS_getcwd),
-    Call(libc::SYS_rt_sigtimedwait),
-];
-// Terminals (<asm-generic/ioctls.h>): the console's raw mode and its
-// restoration, the window size.
-const TCGETS: u64 = 0x5401;
-const TCSETS: u64 = 0x5402;
-const TCSETSW: u64 = 0x5403;
-const TIOCGWINSZ: u64 = 0x5413;
-const FIONBIO: u64 = 0x5421;
+    /// A vCPU saving its own state for a snapshot.
+    pub(super) const VCPU_SAVE_IOCTLS: &[u64] = &[
+        KVM_GET_FPU,
+        KVM_GET_MSRS,
+        KVM_GET_LAPIC,
+        KVM_GET_XSAVE,
+        KVM_GET_XSAVE2,
+        KVM_GET_XCRS,
+        KVM_GET_VCPU_EVENTS,
+        KVM_GET_MP_STATE,
+        KVM_GET_DEBUGREGS,
+        KVM_GET_CPUID2,
+        KVM_GET_TSC_KHZ,
+        KVM_CHECK_EXTENSION,
+    ];
 
-/// What a thread may do once the guest runs: a system call with any
-/// arguments, or only with argument `arg` among `values`.
-#[derive(Debug, Clone, Copy)]
-pub enum Allow {
-    Call(libc::c_long),
-    Arg(libc::c_long, u8, &'static [u64]),
-}
-use Allow::{Arg, Call};
+    /// The thread writing a snapshot (the monitor on QMP's
+    /// x-shmvm-snapshot-save, the `snapshot` worker on SIGUSR1): the VM's
+    /// state, then files in the snapshot directory (created, written, synced,
+    /// renamed into place).
+    pub(super) const SNAPSHOT: &[Allow] = &[
+        Arg(
+            libc::SYS_ioctl,
+            1,
+            &[
+                KVM_GET_MSR_INDEX_LIST,
+                KVM_GET_IRQCHIP,
+                KVM_GET_PIT2,
+                KVM_GET_CLOCK,
+                KVM_CHECK_EXTENSION,
+            ],
+        ),
+        Call(libc::SYS_openat),
+        Call(libc::SYS_mkdir),
+        Call(libc::SYS_mkdirat),
+        Call(libc::SYS_rmdir),
+        Call(libc::SYS_rename),
+        Call(libc::SYS_renameat),
+        Call(libc::SYS_renameat2),
+        Call(libc::SYS_unlink),
+        Call(libc::SYS_unlinkat),
+        Call(libc::SYS_fsync),
+        Call(libc::SYS_fdatasync),
+        Call(libc::SYS_ftruncate),
+        Call(libc::SYS_fallocate),
+        Call(libc::SYS_pwrite64),
+        Call(libc::SYS_pread64),
+        Call(libc::SYS_copy_file_range),
+        Call(libc::SYS_fchmod),
+        Call(libc::SYS_getcwd),
+        Call(libc::SYS_rt_sigtimedwait),
+    ];
+    // Terminals (<asm-generic/ioctls.h>): the console's raw mode and its
+    // restoration, the window size.
+    pub(super) const TCGETS: u64 = 0x5401;
+    pub(super) const TCSETS: u64 = 0x5402;
+    pub(super) const TCSETSW: u64 = 0x5403;
+    pub(super) const TIOCGWINSZ: u64 = 0x5413;
+    pub(super) const FIONBIO: u64 = 0x5421;
 
-/// Device emulation's requests on the VM fd: BAR moves (memory slots),
-/// MSI-X routes and irqfds, virtio queue notifications (ioeventfds),
-/// legacy interrupt lines.
-const VM_IOCTLS: &[u64] = &[
-    KVM_SET_USER_MEMORY_REGION,
-    KVM_SET_GSI_ROUTING,
-    KVM_IRQFD,
-    KVM_IOEVENTFD,
-    KVM_SIGNAL_MSI,
-    KVM_IRQ_LINE,
-];
-const TTY_IOCTLS: &[u64] = &[TCGETS, TCSETS, TCSETSW, TIOCGWINSZ, FIONBIO];
+    /// What a thread may do once the guest runs: a system call with any
+    /// arguments, or only with argument `arg` among `values`.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Allow {
+        Call(libc::c_long),
+        Arg(libc::c_long, u8, &'static [u64]),
+    }
+    use Allow::{Arg, Call};
 
-/// Every kind: memory, futexes, time, signals, exiting, I/O on the fds it
-/// already has, naming itself, entering a (stricter) filter.
-pub const COMMON: &[Allow] = &[
-    Call(libc::SYS_read),
-    Call(libc::SYS_write),
-    Call(libc::SYS_readv),
-    Call(libc::SYS_writev),
-    Call(libc::SYS_close),
-    Call(libc::SYS_lseek),
-    Call(libc::SYS_fstat),
-    Call(libc::SYS_newfstatat),
-    Call(libc::SYS_statx),
-    Call(libc::SYS_mmap),
-    Call(libc::SYS_munmap),
-    Call(libc::SYS_mprotect),
-    Call(libc::SYS_mremap),
-    Call(libc::SYS_madvise),
-    Call(libc::SYS_brk),
-    Call(libc::SYS_futex),
-    Call(libc::SYS_sched_yield),
-    Call(libc::SYS_sched_getaffinity),
-    Call(libc::SYS_getrandom),
-    Call(libc::SYS_clock_gettime),
-    Call(libc::SYS_clock_nanosleep),
-    Call(libc::SYS_nanosleep),
-    Call(libc::SYS_gettid),
-    Call(libc::SYS_getpid),
-    Call(libc::SYS_rt_sigreturn),
-    Call(libc::SYS_rt_sigprocmask),
-    Call(libc::SYS_sigaltstack),
-    Call(libc::SYS_restart_syscall),
-    Call(libc::SYS_exit),
-    Call(libc::SYS_exit_group),
-    Call(libc::SYS_poll),
-    Call(libc::SYS_ppoll),
-    Call(libc::SYS_eventfd2),
-    Call(libc::SYS_dup),
-    Call(libc::SYS_capget),
-    Call(libc::SYS_seccomp),
-    Arg(
-        libc::SYS_fcntl,
-        1,
-        &[
-            libc::F_GETFD as u64,
-            libc::F_SETFD as u64,
-            libc::F_GETFL as u64,
-            libc::F_SETFL as u64,
-            libc::F_DUPFD_CLOEXEC as u64,
-        ],
-    ),
-    Arg(
-        libc::SYS_prctl,
-        0,
-        &[
-            libc::PR_SET_NAME as u64,
-            libc::PR_GET_NAME as u64,
-            libc::PR_SET_NO_NEW_PRIVS as u64,
-            libc::PR_GET_NO_NEW_PRIVS as u64,
-        ],
-    ),
-    // Kicking a vCPU thread out of KVM_RUN (the VM ends, QMP's stop):
-    // `tgkill` to this process only (its pid is filled in by [`allowed`]).
-    Arg(libc::SYS_tgkill, 0, &[]),
-];
+    /// Device emulation's requests on the VM fd: BAR moves (memory slots),
+    /// MSI-X routes and irqfds, virtio queue notifications (ioeventfds),
+    /// legacy interrupt lines.
+    pub(super) const VM_IOCTLS: &[u64] = &[
+        KVM_SET_USER_MEMORY_REGION,
+        KVM_SET_GSI_ROUTING,
+        KVM_IRQFD,
+        KVM_IOEVENTFD,
+        KVM_SIGNAL_MSI,
+        KVM_IRQ_LINE,
+    ];
+    pub(super) const TTY_IOCTLS: &[u64] = &[TCGETS, TCSETS, TCSETSW, TIOCGWINSZ, FIONBIO];
 
-/// vCPU threads: KVM_RUN and the exit handling (device emulation on the VM
-/// fd, vhost-user messages on the back-end's socket, the console).
-pub const VCPU: &[Allow] = &[
-    // Running, and reporting a failed run (the guest's registers and the
-    // bytes at its RIP).
-    Arg(
-        libc::SYS_ioctl,
-        1,
-        &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE],
-    ),
-    Arg(libc::SYS_ioctl, 1, VCPU_SAVE_IOCTLS),
-    // The console's coalesced port stops coalescing when the guest turns
-    // the UART's transmit interrupt on (coalesce.rs).
-    Arg(libc::SYS_ioctl, 1, &[KVM_UNREGISTER_COALESCED_MMIO]),
-    Arg(libc::SYS_ioctl, 1, VM_IOCTLS),
-    Arg(libc::SYS_ioctl, 1, TTY_IOCTLS),
-    Call(libc::SYS_sendmsg),
-    Call(libc::SYS_recvmsg),
-    Call(libc::SYS_sendto),
-    Call(libc::SYS_recvfrom),
-    Call(libc::SYS_shutdown),
-];
+    /// Every kind: memory, futexes, time, signals, exiting, I/O on the fds it
+    /// already has, naming itself, entering a (stricter) filter.
+    pub const COMMON: &[Allow] = &[
+        Call(libc::SYS_read),
+        Call(libc::SYS_write),
+        Call(libc::SYS_readv),
+        Call(libc::SYS_writev),
+        Call(libc::SYS_close),
+        Call(libc::SYS_lseek),
+        Call(libc::SYS_fstat),
+        Call(libc::SYS_newfstatat),
+        Call(libc::SYS_statx),
+        Call(libc::SYS_mmap),
+        Call(libc::SYS_munmap),
+        Call(libc::SYS_mprotect),
+        Call(libc::SYS_mremap),
+        Call(libc::SYS_madvise),
+        Call(libc::SYS_brk),
+        Call(libc::SYS_futex),
+        Call(libc::SYS_sched_yield),
+        Call(libc::SYS_sched_getaffinity),
+        Call(libc::SYS_getrandom),
+        Call(libc::SYS_clock_gettime),
+        Call(libc::SYS_clock_nanosleep),
+        Call(libc::SYS_nanosleep),
+        Call(libc::SYS_gettid),
+        Call(libc::SYS_getpid),
+        Call(libc::SYS_rt_sigreturn),
+        Call(libc::SYS_rt_sigprocmask),
+        Call(libc::SYS_sigaltstack),
+        Call(libc::SYS_restart_syscall),
+        Call(libc::SYS_exit),
+        Call(libc::SYS_exit_group),
+        Call(libc::SYS_poll),
+        Call(libc::SYS_ppoll),
+        Call(libc::SYS_eventfd2),
+        Call(libc::SYS_dup),
+        Call(libc::SYS_capget),
+        Call(libc::SYS_seccomp),
+        Arg(
+            libc::SYS_fcntl,
+            1,
+            &[
+                libc::F_GETFD as u64,
+                libc::F_SETFD as u64,
+                libc::F_GETFL as u64,
+                libc::F_SETFL as u64,
+                libc::F_DUPFD_CLOEXEC as u64,
+            ],
+        ),
+        Arg(
+            libc::SYS_prctl,
+            0,
+            &[
+                libc::PR_SET_NAME as u64,
+                libc::PR_GET_NAME as u64,
+                libc::PR_SET_NO_NEW_PRIVS as u64,
+                libc::PR_GET_NO_NEW_PRIVS as u64,
+            ],
+        ),
+        // Kicking a vCPU thread out of KVM_RUN (the VM ends, QMP's stop):
+        // `tgkill` to this process only (its pid is filled in by [`allowed`]).
+        Arg(libc::SYS_tgkill, 0, &[]),
+    ];
 
-/// The main thread, besides [`VCPU`]: the console flush timer (vCPU 0),
-/// then taking the machine apart (named shm objects unlinked, backends
-/// unmapped) and handing the VM to the teardown helper (`clone` with
-/// CLONE_VM only, `wait4` for the intermediate; the helper itself closes
-/// fds with `close_range`).
-pub const MAIN: &[Allow] = &[
-    Call(libc::SYS_timer_create),
-    Call(libc::SYS_timer_settime),
-    Call(libc::SYS_timer_delete),
-    Call(libc::SYS_unlink),
-    Call(libc::SYS_unlinkat),
-    Call(libc::SYS_flock),
-    Call(libc::SYS_msync),
-    Call(libc::SYS_fsync),
-    Call(libc::SYS_fdatasync),
-    Call(libc::SYS_pipe2),
-    Call(libc::SYS_prlimit64),
-    Call(libc::SYS_wait4),
-    Call(libc::SYS_close_range),
-    Arg(libc::SYS_clone, 0, &[libc::CLONE_VM as u64]),
-];
+    /// vCPU threads: KVM_RUN and the exit handling (device emulation on the VM
+    /// fd, vhost-user messages on the back-end's socket, the console).
+    pub const VCPU: &[Allow] = &[
+        // Running, and reporting a failed run (the guest's registers and the
+        // bytes at its RIP).
+        Arg(
+            libc::SYS_ioctl,
+            1,
+            &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE],
+        ),
+        Arg(libc::SYS_ioctl, 1, VCPU_SAVE_IOCTLS),
+        // The console's coalesced port stops coalescing when the guest turns
+        // the UART's transmit interrupt on (coalesce.rs).
+        Arg(libc::SYS_ioctl, 1, &[KVM_UNREGISTER_COALESCED_MMIO]),
+        Arg(libc::SYS_ioctl, 1, VM_IOCTLS),
+        Arg(libc::SYS_ioctl, 1, TTY_IOCTLS),
+        Call(libc::SYS_sendmsg),
+        Call(libc::SYS_recvmsg),
+        Call(libc::SYS_sendto),
+        Call(libc::SYS_recvfrom),
+        Call(libc::SYS_shutdown),
+    ];
 
-/// Device and console workers: waiting on their fds, the back-ends'
-/// sockets (with receive deadlines), the doorbell's interrupt wiring on the
-/// VM fd, the terminal; naming a received fd in a message (`readlink` of
-/// /proc/self/fd/N).
-pub const WORKER: &[Allow] = &[
-    // Built-in virtio-blk's I/O threads: the image file.
-    Call(libc::SYS_pread64),
-    Call(libc::SYS_pwrite64),
-    Call(libc::SYS_preadv),
-    Call(libc::SYS_pwritev),
-    Call(libc::SYS_preadv2),
-    Call(libc::SYS_pwritev2),
-    Call(libc::SYS_fdatasync),
-    Call(libc::SYS_fsync),
-    Arg(libc::SYS_ioctl, 1, VM_IOCTLS),
-    Arg(libc::SYS_ioctl, 1, TTY_IOCTLS),
-    Call(libc::SYS_readlink),
-    Call(libc::SYS_setsockopt),
-    Call(libc::SYS_epoll_create1),
-    Call(libc::SYS_epoll_wait),
-    Call(libc::SYS_epoll_pwait),
-    Call(libc::SYS_epoll_ctl),
-    Call(libc::SYS_sendmsg),
-    Call(libc::SYS_recvmsg),
-    Call(libc::SYS_sendto),
-    Call(libc::SYS_recvfrom),
-    Call(libc::SYS_shutdown),
-];
+    /// The main thread, besides [`VCPU`]: the console flush timer (vCPU 0),
+    /// then taking the machine apart (named shm objects unlinked, backends
+    /// unmapped) and handing the VM to the teardown helper (`clone` with
+    /// CLONE_VM only, `wait4` for the intermediate; the helper itself closes
+    /// fds with `close_range`).
+    pub const MAIN: &[Allow] = &[
+        Call(libc::SYS_timer_create),
+        Call(libc::SYS_timer_settime),
+        Call(libc::SYS_timer_delete),
+        Call(libc::SYS_unlink),
+        Call(libc::SYS_unlinkat),
+        Call(libc::SYS_flock),
+        Call(libc::SYS_msync),
+        Call(libc::SYS_fsync),
+        Call(libc::SYS_fdatasync),
+        Call(libc::SYS_pipe2),
+        Call(libc::SYS_prlimit64),
+        Call(libc::SYS_wait4),
+        Call(libc::SYS_close_range),
+        Arg(libc::SYS_clone, 0, &[libc::CLONE_VM as u64]),
+    ];
 
-/// The QMP monitor: its listening sockets (made on its own thread, off
-/// the boot path: a Unix socket, bound under a umask, then listening) and
-/// clients (one epoll set), pausing and resuming vCPUs (kicks), the power
-/// button's interrupt (an irqfd on the first `system_powerdown`), the
-/// queries (query-cpus-fast reads /proc/self/task/*/comm: read-only opens).
-pub const MONITOR: &[Allow] = &[
-    Arg(libc::SYS_socket, 0, &[libc::AF_UNIX as u64]),
-    Call(libc::SYS_bind),
-    Call(libc::SYS_listen),
-    Call(libc::SYS_umask),
-    Arg(
-        libc::SYS_openat,
-        2,
-        &[
-            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-            (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_DIRECTORY) as u64,
-        ],
-    ),
-    Call(libc::SYS_getdents64),
-    Arg(libc::SYS_ioctl, 1, &[FIONBIO, KVM_IRQFD]),
-    Call(libc::SYS_epoll_create1),
-    Call(libc::SYS_epoll_wait),
-    Call(libc::SYS_epoll_pwait),
-    Call(libc::SYS_epoll_ctl),
-    Call(libc::SYS_accept4),
-    Call(libc::SYS_sendmsg),
-    Call(libc::SYS_recvmsg),
-    Call(libc::SYS_sendto),
-    Call(libc::SYS_recvfrom),
-    Call(libc::SYS_shutdown),
-    Call(libc::SYS_unlink),
-];
+    /// Device and console workers: waiting on their fds, the back-ends'
+    /// sockets (with receive deadlines), the doorbell's interrupt wiring on the
+    /// VM fd, the terminal; naming a received fd in a message (`readlink` of
+    /// /proc/self/fd/N).
+    pub const WORKER: &[Allow] = &[
+        // Built-in virtio-blk's I/O threads: the image file.
+        Call(libc::SYS_pread64),
+        Call(libc::SYS_pwrite64),
+        Call(libc::SYS_preadv),
+        Call(libc::SYS_pwritev),
+        Call(libc::SYS_preadv2),
+        Call(libc::SYS_pwritev2),
+        Call(libc::SYS_fdatasync),
+        Call(libc::SYS_fsync),
+        Arg(libc::SYS_ioctl, 1, VM_IOCTLS),
+        Arg(libc::SYS_ioctl, 1, TTY_IOCTLS),
+        Call(libc::SYS_readlink),
+        Call(libc::SYS_setsockopt),
+        Call(libc::SYS_epoll_create1),
+        Call(libc::SYS_epoll_wait),
+        Call(libc::SYS_epoll_pwait),
+        Call(libc::SYS_epoll_ctl),
+        Call(libc::SYS_sendmsg),
+        Call(libc::SYS_recvmsg),
+        Call(libc::SYS_sendto),
+        Call(libc::SYS_recvfrom),
+        Call(libc::SYS_shutdown),
+    ];
 
-/// `kind`'s allow list: [`COMMON`] and its own (the main thread's includes
-/// the vCPU list: it runs vCPU 0).
-pub fn allowed(kind: ThreadKind) -> Vec<Allow> {
-    let own: &[&[Allow]] = match kind {
-        ThreadKind::Main => &[VCPU, MAIN],
-        ThreadKind::Vcpu => &[VCPU],
-        ThreadKind::Worker => &[WORKER, SNAPSHOT],
-        ThreadKind::Monitor => &[MONITOR, SNAPSHOT],
-    };
-    let mut all = COMMON.to_vec();
-    own.iter().for_each(|l| all.extend_from_slice(l));
-    all
-}
+    /// The QMP monitor: its listening sockets (made on its own thread, off
+    /// the boot path: a Unix socket, bound under a umask, then listening) and
+    /// clients (one epoll set), pausing and resuming vCPUs (kicks), the power
+    /// button's interrupt (an irqfd on the first `system_powerdown`), the
+    /// queries (query-cpus-fast reads /proc/self/task/*/comm: read-only opens).
+    pub const MONITOR: &[Allow] = &[
+        Arg(libc::SYS_socket, 0, &[libc::AF_UNIX as u64]),
+        Call(libc::SYS_bind),
+        Call(libc::SYS_listen),
+        Call(libc::SYS_umask),
+        Arg(
+            libc::SYS_openat,
+            2,
+            &[
+                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_DIRECTORY) as u64,
+            ],
+        ),
+        Call(libc::SYS_getdents64),
+        Arg(libc::SYS_ioctl, 1, &[FIONBIO, KVM_IRQFD]),
+        Call(libc::SYS_epoll_create1),
+        Call(libc::SYS_epoll_wait),
+        Call(libc::SYS_epoll_pwait),
+        Call(libc::SYS_epoll_ctl),
+        Call(libc::SYS_accept4),
+        Call(libc::SYS_sendmsg),
+        Call(libc::SYS_recvmsg),
+        Call(libc::SYS_sendto),
+        Call(libc::SYS_recvfrom),
+        Call(libc::SYS_shutdown),
+        Call(libc::SYS_unlink),
+    ];
 
-/// The seccomp rules of `kind`'s allow list, merged per call.
-fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
-    let pid = u64::from(std::process::id());
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    // A call allowed with any arguments has no rules; merged with
-    // argument rules it stays unconditional.
-    let mut any = std::collections::BTreeSet::new();
-    for a in allowed(kind) {
-        match a {
-            Call(nr) => {
-                any.insert(nr);
-            }
-            Arg(nr, arg, values) => {
-                let values: Vec<u64> = if nr == libc::SYS_tgkill {
-                    vec![pid]
-                } else {
-                    values.to_vec()
-                };
-                for v in values {
-                    // 32-bit compare where the kernel takes an int (the
-                    // fcntl command, prctl option, tgkill's pid, clone's
-                    // flags are read as such; ioctl's request is an
-                    // unsigned int too).
-                    let c =
-                        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)?;
-                    rules
-                        .entry(nr)
-                        .or_default()
-                        .push(SeccompRule::new(vec![c])?);
+    /// `kind`'s allow list: [`COMMON`] and its own (the main thread's includes
+    /// the vCPU list: it runs vCPU 0).
+    pub fn allowed(kind: ThreadKind) -> Vec<Allow> {
+        let own: &[&[Allow]] = match kind {
+            ThreadKind::Main => &[VCPU, MAIN],
+            ThreadKind::Vcpu => &[VCPU],
+            ThreadKind::Worker => &[WORKER, SNAPSHOT],
+            ThreadKind::Monitor => &[MONITOR, SNAPSHOT],
+        };
+        let mut all = COMMON.to_vec();
+        own.iter().for_each(|l| all.extend_from_slice(l));
+        all
+    }
+
+    /// The seccomp rules of `kind`'s allow list, merged per call.
+    pub(super) fn rules(
+        kind: ThreadKind,
+    ) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+        let pid = u64::from(std::process::id());
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        // A call allowed with any arguments has no rules; merged with
+        // argument rules it stays unconditional.
+        let mut any = std::collections::BTreeSet::new();
+        for a in allowed(kind) {
+            match a {
+                Call(nr) => {
+                    any.insert(nr);
+                }
+                Arg(nr, arg, values) => {
+                    let values: Vec<u64> = if nr == libc::SYS_tgkill {
+                        vec![pid]
+                    } else {
+                        values.to_vec()
+                    };
+                    for v in values {
+                        // 32-bit compare where the kernel takes an int (the
+                        // fcntl command, prctl option, tgkill's pid, clone's
+                        // flags are read as such; ioctl's request is an
+                        // unsigned int too).
+                        let c = SeccompCondition::new(
+                            arg,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::Eq,
+                            v,
+                        )?;
+                        rules
+                            .entry(nr)
+                            .or_default()
+                            .push(SeccompRule::new(vec![c])?);
+                    }
                 }
             }
         }
+        for nr in any {
+            rules.insert(nr, Vec::new());
+        }
+        Ok(rules)
     }
-    for nr in any {
-        rules.insert(nr, Vec::new());
+
+    /// The BPF program of `kind`'s filter.
+    pub fn filter(kind: ThreadKind) -> Result<BpfProgram, Error> {
+        let rules = rules(kind).map_err(|err| Error::Filter { kind, err })?;
+        let f = SeccompFilter::new(
+            rules,
+            SeccompAction::Trap,
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .map_err(|err| Error::Filter { kind, err })?;
+        let prog: BpfProgram = f.try_into().map_err(|err| Error::Filter { kind, err })?;
+        Ok(clone3_fails_plainly(prog))
     }
-    Ok(rules)
-}
 
-/// The BPF program of `kind`'s filter.
-pub fn filter(kind: ThreadKind) -> Result<BpfProgram, Error> {
-    let rules = rules(kind).map_err(|err| Error::Filter { kind, err })?;
-    let f = SeccompFilter::new(
-        rules,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|err| Error::Filter { kind, err })?;
-    let prog: BpfProgram = f.try_into().map_err(|err| Error::Filter { kind, err })?;
-    Ok(clone3_fails_plainly(prog))
+    /// Puts "clone3 fails with EPERM" in front of `prog`. glibc's
+    /// `pthread_create` makes clone3 with every signal blocked, and a trap
+    /// with SIGSYS blocked kills the process: starting a thread from a
+    /// sandboxed one must fail like any other error instead. (Classic BPF
+    /// jumps are relative: prepending leaves `prog` intact; the call number
+    /// is compared before the architecture check, which still follows for
+    /// every other call.)
+    pub(super) fn clone3_fails_plainly(prog: BpfProgram) -> BpfProgram {
+        const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+        const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+        const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+        const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+        let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+        let mut out = vec![
+            // seccomp_data.nr is at offset 0.
+            op(LD_W_ABS, 0, 0, 0),
+            op(JEQ_K, 0, 1, libc::SYS_clone3 as u32),
+            op(RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        ];
+        out.extend(prog);
+        out
+    }
 }
-
-/// Puts "clone3 fails with EPERM" in front of `prog`. glibc's
-/// `pthread_create` makes clone3 with every signal blocked, and a trap
-/// with SIGSYS blocked kills the process: starting a thread from a
-/// sandboxed one must fail like any other error instead. (Classic BPF
-/// jumps are relative: prepending leaves `prog` intact; the call number
-/// is compared before the architecture check, which still follows for
-/// every other call.)
-fn clone3_fails_plainly(prog: BpfProgram) -> BpfProgram {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
-    let mut out = vec![
-        // seccomp_data.nr is at offset 0.
-        op(LD_W_ABS, 0, 0, 0),
-        op(JEQ_K, 0, 1, libc::SYS_clone3 as u32),
-        op(RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::EPERM as u32),
-    ];
-    out.extend(prog);
-    out
-}
+#[cfg(target_arch = "x86_64")]
+pub use lists::*;
 
 /// System calls the filters stopped, all threads.
 static BLOCKED: AtomicU64 = AtomicU64::new(0);
@@ -550,7 +568,15 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     let uc = ctx.cast::<libc::ucontext_t>();
     // SAFETY: the kernel passes the interrupted context for SA_SIGINFO
     // handlers; rax is the system call's return value on x86_64.
-    unsafe { (*uc).uc_mcontext.gregs[libc::REG_RAX as usize] = -i64::from(libc::EPERM) };
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        (*uc).uc_mcontext.gregs[libc::REG_RAX as usize] = -i64::from(libc::EPERM)
+    };
+    // SAFETY: as above; x0 is the return value on aarch64.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        (*uc).uc_mcontext.regs[0] = (-i64::from(libc::EPERM)) as u64
+    };
 }
 
 /// Installs [`on_sigsys`] (process-wide; idempotent).
@@ -653,12 +679,15 @@ pub fn enter(kind: ThreadKind) -> Result<(), Error> {
 
 /// [`enter`] whatever the switch says (tests).
 pub fn enter_now(kind: ThreadKind) -> Result<(), Error> {
+    #[cfg(target_arch = "x86_64")]
     let prog = filter(kind)?;
     install_sigsys()?;
     no_new_privs()?;
     drop_capabilities()?;
     KIND.with(|k| k.set(Some(kind)));
-    seccompiler::apply_filter(&prog).map_err(|err| Error::Install { kind, err })
+    #[cfg(target_arch = "x86_64")]
+    seccompiler::apply_filter(&prog).map_err(|err| Error::Install { kind, err })?;
+    Ok(())
 }
 
 /// [`enter`] for a worker thread's first line: a failure is logged, the
@@ -675,8 +704,9 @@ pub fn enter_thread(kind: ThreadKind) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
+    use super::lists::*;
     use super::*;
 
     /// errno of a raw system call, 0 when it succeeded.

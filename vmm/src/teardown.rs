@@ -77,6 +77,7 @@ const CLOSE_WAIT: Duration = Duration::from_millis(200);
 ///
 /// # Safety
 /// The arguments must be valid for system call `nr`.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn raw_syscall(nr: libc::c_long, a1: usize, a2: usize, a3: usize) -> isize {
     let ret: isize;
@@ -92,6 +93,30 @@ unsafe fn raw_syscall(nr: libc::c_long, a1: usize, a2: usize, a3: usize) -> isiz
             in("rdx") a3,
             lateout("rcx") _,
             lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Raw `svc #0` for the helper (aarch64): no errno, no TLS, no libc.
+///
+/// # Safety
+/// The arguments must be valid for system call `nr`.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn raw_syscall(nr: libc::c_long, a1: usize, a2: usize, a3: usize) -> isize {
+    let ret: isize;
+    // SAFETY: the aarch64 Linux system call ABI: number in x8, arguments in
+    // x0/x1/x2, result in x0, nothing else clobbered; the caller vouches
+    // for the arguments.
+    unsafe {
+        std::arch::asm!(
+            "svc #0",
+            in("x8") nr,
+            inlateout("x0") a1 as isize => ret,
+            in("x1") a2,
+            in("x2") a3,
             options(nostack),
         );
     }

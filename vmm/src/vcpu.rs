@@ -4,12 +4,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
+#[cfg(target_arch = "x86_64")]
+use vm_memory::{Bytes, GuestAddress};
 
+#[cfg(target_arch = "aarch64")]
+use crate::arch::aarch64::NoCoalescing as SerialCoalescing;
+#[cfg(target_arch = "x86_64")]
 use crate::boot::{Entry, Topology, cpu};
+#[cfg(target_arch = "x86_64")]
 use crate::coalesce::SerialCoalescing;
 use crate::exit::{Action, VmEnd, handle_exit};
-use crate::hv::{self, Vcpu};
+#[cfg(target_arch = "x86_64")]
+use crate::hv;
+use crate::hv::Vcpu;
 use crate::io::IoBuses;
 use crate::signals::{self, VcpuThreadGuard};
 
@@ -31,10 +39,13 @@ struct Pause {
     requested: bool,
     running: usize,
     parked: usize,
-    /// A snapshot's request for every parked vCPU's state.
+    /// A snapshot's request for every parked vCPU's state (snapshots are
+    /// x86_64-only for now).
+    #[cfg(target_arch = "x86_64")]
     save: Option<SaveRequest>,
 }
 
+#[cfg(target_arch = "x86_64")]
 /// What a snapshot asks of the parked vCPUs: their state, read on their
 /// own threads (each vCPU fd belongs to its thread).
 #[derive(Debug)]
@@ -97,6 +108,7 @@ impl VmState {
     /// Reads every vCPU's state while all are parked (after [`VmState::pause`]):
     /// each parked vCPU reads its own, ordered by vCPU id. `msrs` are the
     /// MSR indices to try.
+    #[cfg(target_arch = "x86_64")]
     pub fn save_vcpus(
         &self,
         msrs: Vec<u32>,
@@ -159,21 +171,29 @@ impl VmState {
         self.parked_changed.notify_all();
     }
 
+    /// Answers a snapshot's request for this parked vCPU's state, once.
+    #[cfg(target_arch = "x86_64")]
+    fn serve_save(&self, p: &mut Pause, vcpu: &mut Vcpu) {
+        if let Some(req) = p.save.as_mut()
+            && !req.answered.contains(&vcpu.id())
+        {
+            req.answered.push(vcpu.id());
+            let r = save_one(vcpu, &req.msrs).map_err(|e| format!("vCPU {}: {e}", vcpu.id()));
+            req.done.push(r);
+            self.parked_changed.notify_all();
+        }
+    }
+
     /// Parks the calling vCPU while a pause is requested (and the VM is
     /// not stopping).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn park(&self, vcpu: &mut Vcpu) {
         let mut p = self.pause_lock();
         p.parked += 1;
         self.parked_changed.notify_all();
         while p.requested && !self.stopping() && signals::stop_signal().is_none() {
-            if let Some(req) = p.save.as_mut()
-                && !req.answered.contains(&vcpu.id())
-            {
-                req.answered.push(vcpu.id());
-                let r = save_one(vcpu, &req.msrs).map_err(|e| format!("vCPU {}: {e}", vcpu.id()));
-                req.done.push(r);
-                self.parked_changed.notify_all();
-            }
+            #[cfg(target_arch = "x86_64")]
+            self.serve_save(&mut p, vcpu);
             p = self
                 .parked_changed
                 .wait_timeout(p, PARKED_POLL)
@@ -198,7 +218,9 @@ impl VmState {
 }
 
 /// Configures `vcpu` (its id is its APIC ID in `topo`); the boot CPU also
-/// gets the entry state. Returns the CPUID it was given.
+/// gets the entry state (aarch64: `arch::aarch64::machine`). Returns the
+/// CPUID it was given.
+#[cfg(target_arch = "x86_64")]
 pub fn configure(
     vcpu: &Vcpu,
     host: &hv::HostCpu,
@@ -226,6 +248,7 @@ pub fn configure(
 /// first (KVM finishes it on the next KVM_RUN, which `immediate_exit`
 /// makes return before any guest instruction), so the registers are
 /// consistent.
+#[cfg(target_arch = "x86_64")]
 fn save_one(vcpu: &mut Vcpu, msrs: &[u32]) -> Result<hv::VcpuState, hv::Error> {
     vcpu.complete_pending_io()?;
     vcpu.save_state(msrs)
@@ -315,7 +338,24 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
     io.before_exit();
 }
 
+/// "at PC 0x..." for the one-line report.
+#[cfg(target_arch = "aarch64")]
+fn describe_internal_error(vcpu: &Vcpu, _mem: &GuestMemoryMmap, data: &[u64]) -> String {
+    match vcpu.pc() {
+        Ok(pc) => format!("vCPU {} at PC {pc:#x}, data {data:x?}", vcpu.id()),
+        Err(_) => format!("data {data:x?}"),
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+fn log_registers(vcpu: &Vcpu) {
+    if let Ok(pc) = vcpu.pc() {
+        log::info!("vCPU {}: pc={pc:#x}", vcpu.id());
+    }
+}
+
 /// "at RIP 0x... bytes 0f c7 ..." for the one-line report; registers at -v.
+#[cfg(target_arch = "x86_64")]
 fn describe_internal_error(vcpu: &Vcpu, mem: &GuestMemoryMmap, data: &[u64]) -> String {
     let Ok(regs) = vcpu.regs() else {
         return format!("data {data:x?}");
@@ -338,6 +378,7 @@ fn describe_internal_error(vcpu: &Vcpu, mem: &GuestMemoryMmap, data: &[u64]) -> 
     )
 }
 
+#[cfg(target_arch = "x86_64")]
 fn log_registers(vcpu: &Vcpu) {
     if let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs()) {
         log::info!(

@@ -6,6 +6,8 @@
 //! Needs `qemu-storage-daemon` on PATH; fails loudly without it.
 
 #![allow(clippy::unwrap_used)]
+// The front-end is built with the x86_64 machine only (no PCI on aarch64 yet).
+#![cfg(target_arch = "x86_64")]
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

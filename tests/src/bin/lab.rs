@@ -5,6 +5,10 @@
 //!       an L1 death, reports; exit 0 only if every expected run passed
 //!   lab l1 /lab/scenarios
 //!       inside L1, exec'd by its init: runs and judges every scenario
+//!   lab host-arm64 --dir DIR --scenarios FILE
+//!       the arm64 lab on the development machine (`make lab-arm64`)
+//!   lab l1-arm64 /lab/scenarios
+//!       inside the arm64 L1 (the runner built for aarch64)
 //!   lab check FILE
 //!       parses a scenario table and lists its runs
 //!
@@ -16,8 +20,7 @@ use std::process::ExitCode;
 
 use shmvm_tests::lab::{self, scenario};
 
-const USAGE: &str =
-    "usage: lab host --dir DIR --scenarios FILE | lab l1 SCENARIOS | lab check SCENARIOS";
+const USAGE: &str = "usage: lab host --dir DIR --scenarios FILE | lab l1 SCENARIOS | lab check SCENARIOS\n       lab host-arm64 --dir DIR --scenarios FILE | lab l1-arm64 SCENARIOS";
 
 fn usage(why: &str) -> ExitCode {
     eprintln!("lab: {why}\n{USAGE}");
@@ -30,6 +33,10 @@ fn main() -> ExitCode {
         Some("l1") => match args.get(1) {
             Some(f) => lab::l1::main(&PathBuf::from(f)),
             None => usage("l1 needs the scenario file"),
+        },
+        Some("l1-arm64") => match args.get(1) {
+            Some(f) => lab::arm64::l1_main(&PathBuf::from(f)),
+            None => usage("l1-arm64 needs the scenario file"),
         },
         Some("check") => {
             let Some(f) = args.get(1) else {
@@ -55,7 +62,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some("host") => {
+        Some(half @ ("host" | "host-arm64")) => {
             let (mut dir, mut scenarios) = (None, None);
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
@@ -68,6 +75,17 @@ fn main() -> ExitCode {
             let (Some(dir), Some(scenarios)) = (dir, scenarios) else {
                 return usage("host needs --dir and --scenarios");
             };
+            if half == "host-arm64" {
+                return match lab::arm64::host_main(&dir, &scenarios) {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::FAILURE,
+                    Err(e) => {
+                        println!("lab-arm64: FAIL: {e}");
+                        println!("0 passed, 0 failed");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             match lab::host::main(&dir, &scenarios) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,

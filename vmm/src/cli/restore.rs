@@ -3,9 +3,11 @@
 
 use std::ffi::OsString;
 use std::path::Path;
+#[cfg(target_arch = "x86_64")]
 use std::sync::Arc;
 
 use super::{Error, ParseOutcome, Parsed, RestoreRamArg};
+#[cfg(target_arch = "x86_64")]
 use crate::snapshot::{RamMode, Restore, State};
 
 /// Options that are the host's plumbing, not the machine: a snapshot does
@@ -75,6 +77,21 @@ fn refused(msg: String) -> ParseOutcome {
     ParseOutcome::Error(Error::Restore(msg))
 }
 
+/// `--restore DIR` where snapshots do not exist yet (aarch64: its vCPU
+/// state is not saved): refused, naming the option.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn parse(
+    dir: &Path,
+    _ram: Option<RestoreRamArg>,
+    _args: &[OsString],
+) -> Result<Parsed, ParseOutcome> {
+    Err(refused(format!(
+        "--restore {}: snapshots are x86_64-only in this build (the aarch64 vCPU state is not saved yet)",
+        dir.display()
+    )))
+}
+
+#[cfg(target_arch = "x86_64")]
 /// Parses a `--restore DIR` command line (`args`, normalized, program name
 /// first): checks what else was given, reads and checks the snapshot, and
 /// builds the saved machine's configuration with this line's plumbing.
@@ -132,7 +149,7 @@ pub fn parse(
     Ok(parsed)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
     use crate::config::Config;

@@ -214,6 +214,14 @@ pub struct Input {
     pub verbose: u8,
 }
 
+/// The snapshot a `--restore` machine comes from. Snapshots are x86_64-only
+/// for now (the aarch64 vCPU state is not saved yet): there it is a type
+/// with no values, so `restore` is always None.
+#[cfg(target_arch = "x86_64")]
+pub type Restoring = std::sync::Arc<crate::snapshot::Restore>;
+#[cfg(not(target_arch = "x86_64"))]
+pub type Restoring = std::convert::Infallible;
+
 /// The validated configuration of one VM.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -250,7 +258,7 @@ pub struct Config {
     pub argv: Vec<String>,
     /// `--restore DIR`: the snapshot the build pass restores instead of
     /// booting the kernel.
-    pub restore: Option<std::sync::Arc<crate::snapshot::Restore>>,
+    pub restore: Option<Restoring>,
     /// `--snapshot-on-signal DIR`: SIGUSR1 saves a snapshot to DIR, then
     /// the VM ends.
     pub snapshot_on_signal: Option<PathBuf>,

@@ -1,7 +1,7 @@
 //! The hypervisor boundary: everything the rest of the VMM asks of "a VM"
 //! and "a vCPU", and the exits a vCPU reports, in our own types.
 //!
-//! Only `kvm.rs` talks to KVM (a test checks that no other file imports
+//! Only `kvm.rs` (x86_64) and `kvm_aarch64.rs` talk to KVM (a test checks that no other file imports
 //! KVM's crates). Another accelerator (HVF) would add a sibling module with
 //! the same surface: [`Vm`], [`Vcpu`], [`VmExit`], and the state types of
 //! `x86.rs` (an aarch64 twin for arm64). Devices never see a `Vm`: they
@@ -11,10 +11,22 @@
 //! speed-up: an accelerator without them reports `false` and every write
 //! simply exits.
 
+// Plain types: built (and unit-tested) on every host.
+pub mod aarch64;
+#[cfg(target_arch = "x86_64")]
 pub mod kvm;
+#[cfg(target_arch = "aarch64")]
+pub mod kvm_aarch64;
+#[cfg(target_arch = "x86_64")]
 pub mod x86;
 
+#[cfg(target_arch = "aarch64")]
+pub use aarch64::{CoreRegs, GicConfig, VcpuInit};
+#[cfg(target_arch = "x86_64")]
 pub use kvm::{CoalescedRing, CoalescedWrite, Error, HostCpu, Vcpu, Vm};
+#[cfg(target_arch = "aarch64")]
+pub use kvm_aarch64::{Error, Vcpu, Vm};
+#[cfg(target_arch = "x86_64")]
 pub use x86::{
     CpuidEntry, DescriptorTable, Fpu, GsiRoute, IrqChip, LapicState, MsrEntry, Regs, Segment,
     SpecialRegs, VcpuState, VmIrqState,

@@ -223,43 +223,16 @@ fn serial_file(mode: &SerialMode) -> Result<Option<File>, Error> {
                     err: e,
                 })?,
         )),
-        SerialMode::File(p) => Some(create_serial_file(p).map_err(|err| Error::SerialFile {
-            path: p.display().to_string(),
-            err,
-        })?),
+        SerialMode::File(p) => {
+            Some(
+                console_out::create_serial_file(p).map_err(|err| Error::SerialFile {
+                    path: p.display().to_string(),
+                    err,
+                })?,
+            )
+        }
         SerialMode::None => None,
     })
-}
-
-/// The `-serial file:` log: created 0600 whatever the umask, truncated, never
-/// through a symbolic link (O_NOFOLLOW), never blocking (O_NONBLOCK: a FIFO
-/// without a reader is refused), and only a regular file or a character device
-/// such as /dev/null.
-fn create_serial_file(p: &std::path::Path) -> std::io::Result<File> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(p)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                std::io::Error::other("is a symbolic link (not followed)")
-            } else {
-                e
-            }
-        })?;
-    let meta = f.metadata()?;
-    let t = meta.file_type();
-    if t.is_file() {
-        f.set_len(0)?;
-    } else if !t.is_char_device() {
-        return Err(std::io::Error::other(
-            "is not a regular file or a character device",
-        ));
-    }
-    Ok(f)
 }
 
 /// A BAR that does not fit the windows, when it is an ivshmem device's BAR2:

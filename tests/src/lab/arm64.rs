@@ -1,0 +1,546 @@
+//! The arm64 lab (README, "The arm64 lab"): the same scenario table format
+//! and verdict lines as the x86 KVM lab, for an arm64 L1 Linux under
+//! `qemu-system-aarch64` TCG with EL2, whose in-kernel KVM runs the aarch64
+//! shmvm booting the stock Debian arm64 kernel as L2.
+//! - [`l1_main`] (`lab l1-arm64 /lab/scenarios`, exec'd by the L1 init):
+//!   runs every scenario, judges the L2's `L2-INIT` line and shmvm's exit
+//!   code, prints one `LAB-SCENARIO` line per run, powers L1 off.
+//! - [`host_main`] (`lab host-arm64 --dir DIR --scenarios FILE`): boots L1,
+//!   checks every scenario reported, prints `N passed, N failed` last.
+//!
+//! What the arm64 machine has today limits the table: guest RAM from
+//! ram, file-tmpfs, memfd or shm; poweroff (PSCI SYSTEM_OFF) or reboot
+//! (SYSTEM_RESET); no ivshmem or extras yet (`check` refuses them).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::fields;
+use super::scenario::{self, Action, Backend, Scenario};
+
+/// One L2 boot at most this long (a hang is a failure, not a stuck lab).
+const L2_TIMEOUT: Duration = Duration::from_secs(180);
+/// The whole L1 run at most this long unless LAB_ARM64_TIMEOUT says.
+const L1_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Why a scenario cannot run on the arm64 machine (None: it can).
+pub fn unsupported(s: &Scenario) -> Option<String> {
+    if s.backend == Backend::FileDisk {
+        return Some("backend file-disk (no disk in the arm64 L1)".into());
+    }
+    if !matches!(s.action, Action::Poweroff | Action::Reboot) {
+        return Some(format!("action {} (no QMP on aarch64 yet)", s.action));
+    }
+    if s.ivshmem.is_some() || s.extra != scenario::Extra::default() {
+        return Some("ivshmem and extras (no PCI on aarch64 yet)".into());
+    }
+    None
+}
+
+/// Parses an arm64 scenario table and refuses what the machine lacks.
+pub fn parse(file: &str, text: &str) -> Result<Vec<Scenario>, String> {
+    let all = scenario::parse(file, text).map_err(|e| e.to_string())?;
+    for s in &all {
+        if let Some(why) = unsupported(s) {
+            return Err(format!("{file}: {}: {why} is not in the arm64 lab", s.name));
+        }
+    }
+    Ok(all)
+}
+
+/// shmvm's RAM options for a scenario's backend.
+fn ram_args(s: &Scenario) -> Vec<String> {
+    let size = &s.mem.text;
+    let object = match s.backend {
+        Backend::Ram => return vec!["-m".into(), size.clone()],
+        Backend::Memfd => format!("memory-backend-memfd,id=ram0,size={size}"),
+        Backend::Shm => format!("memory-backend-shm,id=ram0,size={size}"),
+        Backend::FileTmpfs | Backend::FileDisk => format!(
+            "memory-backend-file,id=ram0,size={size},mem-path=/dev/shm/{}.ram,share=on",
+            s.name
+        ),
+    };
+    vec![
+        "-object".into(),
+        object,
+        "-machine".into(),
+        "memory-backend=ram0".into(),
+    ]
+}
+
+/// The verdict on one run: shmvm's exit code and its console.
+pub fn judge(s: &Scenario, marker: &str, rc: Option<i32>, console: &str) -> Result<(), String> {
+    let init = console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("L2-INIT "))
+        .ok_or("the guest never reached its init")?;
+    let f = fields(init);
+    let want_cmdline = format!("lab.name={} lab.action={}", s.name, s.action);
+    if !init.contains(&want_cmdline) {
+        return Err(format!("command line lost: want '{want_cmdline}'"));
+    }
+    if f.get("initrd") != Some(&marker) {
+        return Err(format!(
+            "initrd marker {:?}, want {marker}",
+            f.get("initrd")
+        ));
+    }
+    let cpus: u32 = f.get("cpus").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if cpus != s.want_cpus() {
+        return Err(format!("guest sees {cpus} CPUs, want {}", s.want_cpus()));
+    }
+    // MemTotal is RAM less the kernel's own reservations: most of it.
+    let mem_kb: u64 = f.get("memkb").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let want_kb = s.mem.bytes >> 10;
+    if mem_kb > want_kb || mem_kb < want_kb * 3 / 4 {
+        return Err(format!("MemTotal {mem_kb} kB for {} of RAM", s.mem.text));
+    }
+    match rc {
+        Some(0) => Ok(()),
+        Some(c) => Err(format!("shmvm exit code {c} after {}, want 0", s.action)),
+        None => Err(format!("shmvm did not end in {} s", L2_TIMEOUT.as_secs())),
+    }
+}
+
+/// A 4 KiB arm64 `Image` made here (no toolchain needed): its header's
+/// first word branches past the header; the code loads the first word at
+/// x0 (the device tree's magic, if x0 points at it) and stores it to the
+/// debug-exit register. Exit code `((0xedfe0dd0 << 1) | 1) & 0xff` = 161
+/// proves entry at the header's branch, x0 = the device tree, the tree in
+/// RAM, an MMIO write exit and the debug-exit rule.
+pub fn debug_exit_image() -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    let put32 = |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    put32(&mut b, 0, 0x1400_0010); // b +64
+    b[16..24].copy_from_slice(&4096u64.to_le_bytes()); // image_size
+    b[24..32].copy_from_slice(&0b1010u64.to_le_bytes()); // LE, 4 KiB pages
+    put32(&mut b, 56, 0x644d_5241); // "ARM\x64"
+    let code = [
+        0xb940_0001, // ldr w1, [x0]
+        0xd2a1_2020, // movz x0, #0x0901, lsl #16   (0x0901_0000: debug-exit)
+        0xb900_0001, // str w1, [x0]
+        0x1400_0000, // b .
+    ];
+    for (i, insn) in code.iter().enumerate() {
+        put32(&mut b, 64 + 4 * i, *insn);
+    }
+    b
+}
+
+/// The exit code [`debug_exit_image`] must give.
+pub const DEBUG_EXIT_IMAGE_CODE: i32 = ((0xedfe_0dd0_u32 << 1) | 1) as i32 & 0xff;
+
+/// Machine checks beside the scenarios: (name, shmvm arguments, exit code,
+/// what stderr must say).
+fn machine_checks() -> Vec<(&'static str, Vec<String>, i32, &'static str)> {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            "check-image-debug-exit",
+            v(&["-kernel", "/tmp/debug-exit.img", "-m", "64M"]),
+            DEBUG_EXIT_IMAGE_CODE,
+            "",
+        ),
+        (
+            "check-not-an-image",
+            v(&["-kernel", "/lab/l2.cpio.gz", "-m", "64M"]),
+            2,
+            "is not an arm64 Linux Image",
+        ),
+        (
+            "check-isa-debug-exit-refused",
+            v(&[
+                "-kernel",
+                "/tmp/debug-exit.img",
+                "-device",
+                "isa-debug-exit",
+            ]),
+            2,
+            "0x9010000",
+        ),
+        (
+            "check-ram-granule",
+            v(&["-kernel", "/tmp/debug-exit.img", "-m", "65552K"]),
+            2,
+            "64 KiB",
+        ),
+    ]
+}
+
+/// The names [`l1_main`] reports besides the table's.
+pub fn machine_check_names() -> Vec<&'static str> {
+    machine_checks().into_iter().map(|c| c.0).collect()
+}
+
+fn run_machine_checks() {
+    if let Err(e) = fs::write("/tmp/debug-exit.img", debug_exit_image()) {
+        println!("LAB-FATAL /tmp/debug-exit.img: {e}");
+    }
+    for (name, args, want_rc, want_err) in machine_checks() {
+        let out = Command::new("/usr/bin/shmvm")
+            .args(&args)
+            .arg("-nographic")
+            .stdin(Stdio::null())
+            .output();
+        let verdict = match out {
+            Err(e) => Err(format!("cannot start shmvm: {e}")),
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                let rc = o.status.code();
+                if rc != Some(want_rc) {
+                    Err(format!(
+                        "exit code {rc:?}, want {want_rc}; stderr: {}",
+                        err.trim()
+                    ))
+                } else if !err.contains(want_err) {
+                    Err(format!("stderr does not name '{want_err}': {}", err.trim()))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let (result, reason) = match &verdict {
+            Ok(()) => ("PASS", String::new()),
+            Err(why) => ("FAIL", format!(" reason={}", why.replace(' ', "_"))),
+        };
+        println!("LAB-SCENARIO name={name} vmm=shmvm arch=aarch64 result={result}{reason}");
+    }
+}
+
+fn uptime() -> f64 {
+    fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st.code().unwrap_or(128)),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+fn power_off() -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = Command::new("sync").status();
+    let _ = Command::new("poweroff").arg("-f").status();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Inside the arm64 L1: every scenario with the aarch64 shmvm, one
+/// `LAB-SCENARIO` line each, then `LAB-END` and power-off.
+pub fn l1_main(table: &Path) -> ! {
+    let text = fs::read_to_string(table).unwrap_or_default();
+    let marker = fs::read_to_string("/lab/l2-marker").unwrap_or_default();
+    let marker = marker.trim();
+    let all = match parse(&table.display().to_string(), &text) {
+        Ok(a) => a,
+        Err(e) => {
+            println!("LAB-FATAL {e}");
+            println!("LAB-END");
+            power_off()
+        }
+    };
+    if !Path::new("/dev/kvm").exists() {
+        println!("LAB-FATAL no /dev/kvm in the arm64 L1");
+    }
+    run_machine_checks();
+    for s in &all {
+        let append = format!(
+            "console=ttyS0 quiet panic=-1 lab.name={} lab.action={}",
+            s.name, s.action
+        );
+        let mut args = vec![
+            "-kernel".to_string(),
+            "/lab/vmlinuz".into(),
+            "-initrd".into(),
+            "/lab/l2.cpio.gz".into(),
+            "-smp".into(),
+            s.smp.to_string(),
+            "-append".into(),
+            append,
+            "-nographic".into(),
+        ];
+        args.extend(ram_args(s));
+        let console_path = format!("/tmp/{}.console", s.name);
+        let t0 = uptime();
+        let started = fs::File::create(&console_path).and_then(|out| {
+            let err = out.try_clone()?;
+            Command::new("/usr/bin/shmvm")
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+        });
+        let rc = match started {
+            Ok(mut child) => wait_with_timeout(&mut child, L2_TIMEOUT),
+            Err(e) => {
+                println!("LAB-FATAL cannot start shmvm: {e}");
+                Some(127)
+            }
+        };
+        let wall = uptime() - t0;
+        let console = fs::read_to_string(&console_path).unwrap_or_default();
+        let init_at = console
+            .lines()
+            .find_map(|l| l.strip_prefix("L2-INIT "))
+            .and_then(|l| fields(l).get("uptime").map(|v| v.to_string()))
+            .unwrap_or_else(|| "-".into());
+        let verdict = judge(s, marker, rc, &console);
+        if verdict.is_err() {
+            for l in console
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .iter()
+                .rev()
+            {
+                println!("[{}] {l}", s.name);
+            }
+        }
+        let (result, reason) = match &verdict {
+            Ok(()) => ("PASS", String::new()),
+            Err(why) => ("FAIL", format!(" reason={}", why.replace(' ', "_"))),
+        };
+        println!(
+            "LAB-SCENARIO name={} vmm=shmvm arch=aarch64 result={result} wall={wall:.2} guest_init={init_at}{reason}",
+            s.name
+        );
+    }
+    println!("LAB-END");
+    power_off()
+}
+
+/// On the host: boots the arm64 L1 from DIR (vmlinuz, l1.cpio.lz4), follows
+/// its console into DIR/l1-console.log, reports every scenario.
+pub fn host_main(dir: &Path, table: &Path) -> Result<bool, String> {
+    let text = fs::read_to_string(table).map_err(|e| format!("{}: {e}", table.display()))?;
+    let all = parse(&table.display().to_string(), &text)?;
+    let timeout = match std::env::var("LAB_ARM64_TIMEOUT") {
+        Ok(v) => Duration::from_secs(
+            v.parse()
+                .map_err(|_| format!("LAB_ARM64_TIMEOUT={v}: a number of seconds"))?,
+        ),
+        Err(_) => L1_TIMEOUT,
+    };
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("l1.cpio.lz4"));
+    for f in [&kernel, &initrd] {
+        if !f.exists() {
+            return Err(format!(
+                "{} missing ('make lab-arm64' builds it)",
+                f.display()
+            ));
+        }
+    }
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-aarch64")
+        .args([
+            "-M",
+            "virt,virtualization=on,gic-version=3",
+            "-cpu",
+            "max",
+            "-accel",
+            "tcg,thread=multi",
+            "-smp",
+            "2",
+            "-m",
+            "2048",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-append",
+            "console=ttyAMA0 panic=-1 quiet",
+        ])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-aarch64: {e} (run 'make deps')"))?;
+    let log_path = dir.join("l1-console.log");
+    let mut log =
+        fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let mut stdout = child.stdout.take().ok_or("no L1 console")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf).map(|_| ());
+        let _ = tx.send(buf);
+    });
+    let bytes = match rx.recv_timeout(timeout) {
+        Ok(b) => b,
+        Err(_) => {
+            let _ = child.kill();
+            rx.recv().unwrap_or_default()
+        }
+    };
+    let _ = child.wait();
+    let _ = log.write_all(&bytes);
+    let console = String::from_utf8_lossy(&bytes);
+    let mut results: HashMap<String, String> = HashMap::new();
+    for line in BufReader::new(console.as_bytes())
+        .lines()
+        .map_while(Result::ok)
+    {
+        let line = line.trim_end_matches('\r').to_string();
+        if line.starts_with("LAB-FATAL") || line.starts_with("[") {
+            println!("{line}");
+        }
+        if line.starts_with("LAB-SCENARIO ") {
+            println!("{line}");
+            if let Some(n) = fields(&line).get("name") {
+                results.insert(n.to_string(), line.clone());
+            }
+        }
+    }
+    let (mut pass, mut fail) = (0, 0);
+    let names = all
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(machine_check_names());
+    let expected = names.clone().count();
+    for name in names {
+        match results.get(name) {
+            Some(l) if fields(l).get("result") == Some(&"PASS") => pass += 1,
+            Some(l) => {
+                fail += 1;
+                let why = fields(l).get("reason").map_or("", |r| r).replace('_', " ");
+                println!("lab-arm64: FAIL {name}.shmvm: {why}");
+            }
+            None => {
+                fail += 1;
+                println!(
+                    "lab-arm64: FAIL {name}.shmvm: no result (L1 log: {})",
+                    log_path.display()
+                );
+            }
+        }
+    }
+    if !console.contains("LAB-END") {
+        println!("lab-arm64: L1 did not finish in {} s", timeout.as_secs());
+    }
+    println!("lab-arm64: L1 run {:.1} s", start.elapsed().as_secs_f64());
+    println!("{pass} passed, {fail} failed");
+    Ok(fail == 0 && pass == expected && pass > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(line: &str) -> Scenario {
+        parse("t", line).unwrap().remove(0)
+    }
+
+    const GOOD: &str = "L2-INIT uptime=1.49 cpus=2 memkb=234264 initrd=m1 cmdline=console=ttyS0 quiet panic=-1 lab.name=a lab.action=poweroff\r\n";
+
+    #[test]
+    fn a_good_run_passes_and_each_difference_fails() {
+        let s = scenario("a memfd 256M 2 poweroff - -");
+        assert_eq!(judge(&s, "m1", Some(0), GOOD), Ok(()));
+        assert!(
+            judge(&s, "m2", Some(0), GOOD)
+                .unwrap_err()
+                .contains("marker")
+        );
+        assert!(
+            judge(&s, "m1", Some(1), GOOD)
+                .unwrap_err()
+                .contains("exit code 1")
+        );
+        assert!(
+            judge(&s, "m1", None, GOOD)
+                .unwrap_err()
+                .contains("did not end")
+        );
+        assert!(judge(&s, "m1", Some(0), "boot log only").is_err());
+        let one = scenario("a memfd 256M 1 poweroff - -");
+        assert!(
+            judge(&one, "m1", Some(0), GOOD)
+                .unwrap_err()
+                .contains("CPUs")
+        );
+        let big = scenario("a memfd 1G 2 poweroff - -");
+        assert!(
+            judge(&big, "m1", Some(0), GOOD)
+                .unwrap_err()
+                .contains("MemTotal")
+        );
+        let reboot = scenario("a memfd 256M 2 reboot - -");
+        assert!(
+            judge(&reboot, "m1", Some(0), GOOD)
+                .unwrap_err()
+                .contains("command line")
+        );
+    }
+
+    #[test]
+    fn what_the_arm64_machine_lacks_is_refused_by_name() {
+        assert!(
+            parse("t", "a file-disk 256M 1 poweroff - -")
+                .unwrap_err()
+                .contains("file-disk")
+        );
+        assert!(
+            parse("t", "a ram 256M 1 powerdown - -")
+                .unwrap_err()
+                .contains("QMP")
+        );
+        assert!(
+            parse("t", "a ram 256M 1 poweroff shm:16M -")
+                .unwrap_err()
+                .contains("PCI")
+        );
+        assert_eq!(
+            ram_args(&scenario("a ram 256M 1 poweroff - -")),
+            ["-m", "256M"]
+        );
+        assert_eq!(
+            ram_args(&scenario("a shm 256M 1 poweroff - -"))[1],
+            "memory-backend-shm,id=ram0,size=256M"
+        );
+    }
+
+    #[test]
+    fn the_debug_exit_image_has_a_valid_header_and_its_exit_code() {
+        let b = debug_exit_image();
+        assert_eq!(&b[56..60], b"ARM\x64");
+        assert_eq!(u64::from_le_bytes(b[16..24].try_into().unwrap()), 4096);
+        // The first word branches to byte 64, where the code starts.
+        assert_eq!(
+            u32::from_le_bytes(b[0..4].try_into().unwrap()) & 0x3ff_ffff,
+            64 / 4
+        );
+        assert_eq!(DEBUG_EXIT_IMAGE_CODE, 0xa1);
+        assert_eq!(machine_check_names().len(), 4);
+    }
+
+    #[test]
+    fn the_lab_table_parses() {
+        let text = include_str!("../../lab/arm64/scenarios");
+        assert!(parse("scenarios", text).unwrap().len() >= 3);
+    }
+}

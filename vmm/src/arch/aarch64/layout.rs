@@ -1,0 +1,132 @@
+//! The aarch64 guest-physical memory map (QEMU `virt`'s low addresses, so
+//! guests and tools that know `virt` find familiar places). Everything
+//! below RAM is MMIO; RAM starts at 1 GiB.
+//!
+//! ```text
+//! 0x0800_0000  GICv3 distributor (64 KiB)
+//! 0x080a_0000  GICv3 redistributors (128 KiB per vCPU, up to 0x0900_0000)
+//! 0x0900_0000  16550 UART (ns16550a, 8 byte registers, SPI 1)
+//! 0x0901_0000  debug-exit (4 bytes: a write of v ends shmvm with (v << 1) | 1)
+//! 0x4000_0000  RAM: kernel at +2 MiB, initrd and device tree at the top
+//! ```
+
+/// Guest RAM's base.
+pub const RAM_BASE: u64 = 0x4000_0000;
+/// The highest guest-physical address KVM gives a VM by default (40-bit
+/// IPA space): RAM must end below it.
+pub const IPA_LIMIT: u64 = 1 << 40;
+
+pub const GIC_DIST: u64 = 0x0800_0000;
+pub const GIC_DIST_SIZE: u64 = 0x1_0000;
+pub const GIC_REDIST: u64 = 0x080a_0000;
+/// Two 64 KiB frames (RD_base, SGI_base) per vCPU.
+pub const GIC_REDIST_SIZE_PER_CPU: u64 = 0x2_0000;
+/// Interrupt IDs the GIC has: 32 private plus 96 SPIs.
+pub const GIC_NR_IRQS: u32 = 128;
+
+pub const UART_ADDR: u64 = 0x0900_0000;
+/// The UART's register window in the device tree (`reg`); the bus claims
+/// the 8 registers.
+pub const UART_SIZE: u64 = 0x1000;
+/// The UART's shared peripheral interrupt (INTID 32 + 1), as on `virt`.
+pub const UART_SPI: u32 = 1;
+
+/// The debug-exit register for test kernels (there is no port I/O on
+/// arm64): a 1-4 byte write of `v` ends shmvm with exit code
+/// `(v << 1) | 1`, as QEMU's isa-debug-exit does; reads see all-ones.
+pub const DEBUG_EXIT_ADDR: u64 = 0x0901_0000;
+pub const DEBUG_EXIT_SIZE: u64 = 4;
+
+/// The architected timer's PPIs (INTID - 16): secure and non-secure
+/// physical, virtual, hypervisor.
+pub const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
+
+/// arm64 Linux's COMMAND_LINE_SIZE (with its NUL).
+pub const CMDLINE_MAX: u64 = 2048;
+
+/// Where the kernel `Image` goes: RAM_BASE + 2 MiB (text_offset is 0 on
+/// every kernel since 5.8; older images say otherwise in their header).
+pub const KERNEL_ALIGN: u64 = 2 << 20;
+/// The device tree: at most 2 MiB (the kernel maps one 2 MiB block for
+/// it), 2 MiB aligned at the top of RAM.
+pub const FDT_MAX: u64 = 2 << 20;
+/// The initrd's alignment: the largest page size (64 KiB), so 4, 16 and
+/// 64 KiB page kernels all see it page-aligned.
+pub const INITRD_ALIGN: u64 = 64 << 10;
+/// Guest RAM size granule: a memory slot must be whole host pages, and the
+/// largest arm64 page is 64 KiB (Apple silicon hosts use 16 KiB).
+pub const RAM_GRANULE: u64 = 64 << 10;
+
+/// One contiguous stretch of guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRegion {
+    /// Guest physical address.
+    pub gpa: u64,
+    /// Offset into the RAM backend's mapping.
+    pub backend_offset: u64,
+    pub size: u64,
+}
+
+/// RAM is one region at [`RAM_BASE`] (no hole on arm64).
+pub fn ram_regions(ram_size: u64) -> Vec<RamRegion> {
+    vec![RamRegion {
+        gpa: RAM_BASE,
+        backend_offset: 0,
+        size: ram_size,
+    }]
+}
+
+/// Why a RAM size does not fit this machine.
+pub fn check_ram_size(ram_size: u64) -> Result<(), String> {
+    if !ram_size.is_multiple_of(RAM_GRANULE) {
+        return Err(format!(
+            "{ram_size:#x} bytes is not a multiple of 64 KiB (the largest arm64 page size)"
+        ));
+    }
+    if ram_size > IPA_LIMIT - RAM_BASE {
+        return Err(format!(
+            "{ram_size:#x} bytes does not fit below the 1 TiB guest-physical limit"
+        ));
+    }
+    Ok(())
+}
+
+/// Redistributor space for `vcpus` vCPUs.
+pub fn gic_redist_size(vcpus: u8) -> u64 {
+    u64::from(vcpus) * GIC_REDIST_SIZE_PER_CPU
+}
+
+/// The most vCPUs whose redistributors fit below the UART.
+pub const MAX_VCPUS: u8 = ((UART_ADDR - GIC_REDIST) / GIC_REDIST_SIZE_PER_CPU) as u8;
+// Every vCPU count the configuration accepts has its redistributor.
+const _: () = assert!(MAX_VCPUS >= crate::config::MAX_VCPUS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_do_not_overlap_and_sit_below_ram() {
+        let ranges = [
+            (GIC_DIST, GIC_DIST_SIZE),
+            (GIC_REDIST, gic_redist_size(MAX_VCPUS)),
+            (UART_ADDR, UART_SIZE),
+            (DEBUG_EXIT_ADDR, DEBUG_EXIT_SIZE),
+        ];
+        for (i, a) in ranges.iter().enumerate() {
+            assert!(a.0 + a.1 <= RAM_BASE);
+            for b in &ranges[i + 1..] {
+                assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:x?} {b:x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ram_sizes_must_suit_every_page_size() {
+        assert!(check_ram_size(256 << 20).is_ok());
+        // 16 KiB pages (Apple silicon) but not 64 KiB: refused.
+        assert!(check_ram_size((256 << 20) + (16 << 10)).is_err());
+        assert!(check_ram_size(IPA_LIMIT).is_err());
+        assert_eq!(ram_regions(1 << 30)[0].gpa, RAM_BASE);
+    }
+}

@@ -1,0 +1,388 @@
+//! The aarch64 machine: built from a [`Config`] in one pass, run to its end
+//! with the shared vCPU loop, taken apart in the same order as on x86_64
+//! (devices, memory, then the VM off the exit path).
+//!
+//! Build order (KVM's rules): memory slots; vCPUs created and initialized
+//! (KVM_ARM_VCPU_INIT: PSCI 0.2, secondaries powered off); the GICv3
+//! created, placed and initialized after them; the UART's irqfd once the
+//! GIC exists; the device tree from the vCPUs' MPIDRs; the boot CPU's
+//! registers.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use devices::debug_exit::{DebugExit, ExitHook};
+use devices::serial::{IrqEvent, Serial};
+use memory::Backend;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::{fdt, image, layout};
+use crate::config::{Config, DeviceConfig, SerialMode};
+use crate::console_out::{self, ConsoleOut};
+use crate::exit::VmEnd;
+use crate::guest_ram::{self, GuestRam};
+use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
+use crate::io::{BusKind, IoBuses};
+use crate::stats::{Stats, StatsFormat};
+use crate::vcpu::{self, VmState};
+
+/// Errors building or running the aarch64 machine. Each knows its exit
+/// class.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{option}: {err}")]
+    Backend {
+        option: &'static str,
+        #[source]
+        err: Box<memory::Error>,
+    },
+    #[error("{option}: guest RAM of {detail}")]
+    RamSize {
+        option: &'static str,
+        detail: String,
+    },
+    #[error("{option} {path}: {err}")]
+    File {
+        option: &'static str,
+        path: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("-kernel {path}: {err}")]
+    Image {
+        path: String,
+        #[source]
+        err: image::Error,
+    },
+    #[error("{0} is not supported on aarch64 yet (README, \"Architectures\")")]
+    Unsupported(String),
+    #[error(transparent)]
+    Ram(#[from] guest_ram::Error),
+    #[error(transparent)]
+    Hypervisor(#[from] hv::Error),
+    #[error(transparent)]
+    Fdt(#[from] fdt::Error),
+    #[error("guest memory: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+    #[error("{device} at {addr:#x}: {err}")]
+    Bus {
+        device: &'static str,
+        addr: u64,
+        #[source]
+        err: devices::bus::Error,
+    },
+    #[error("--serial file:{path}: {err}")]
+    SerialFile {
+        path: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("serial: {0}")]
+    Serial(#[from] devices::serial::Error),
+    #[error("starting vCPU threads: {0}")]
+    Threads(#[source] std::io::Error),
+    #[error(transparent)]
+    Signals(#[from] crate::signals::Error),
+}
+
+impl Error {
+    /// 2 for anything the user can fix on the command line, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Backend { .. }
+            | Error::RamSize { .. }
+            | Error::File { .. }
+            | Error::Image { .. }
+            | Error::Unsupported(_)
+            | Error::SerialFile { .. } => 2,
+            Error::Ram(e) => e.exit_code(),
+            Error::Hypervisor(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+/// What this machine does not have yet: refused up front with exit code 2
+/// rather than ignored.
+fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
+    if let Some(d) = cfg.devices.first() {
+        let what = match d {
+            DeviceConfig::DebugExit { .. } => {
+                "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
+                    .to_string()
+            }
+            other => format!("-device {}", device_kind(other)),
+        };
+        return Err(Error::Unsupported(what));
+    }
+    if !cfg.monitors.is_empty() {
+        return Err(Error::Unsupported("-qmp/-mon".into()));
+    }
+    if cfg.boot.is_some() {
+        return Err(Error::Unsupported(
+            "--boot (aarch64 boots a Linux Image)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn device_kind(d: &DeviceConfig) -> &'static str {
+    match d {
+        DeviceConfig::DebugExit { .. } => "isa-debug-exit",
+        DeviceConfig::IvshmemPlain(_) => "ivshmem-plain (no PCI on aarch64 yet)",
+        DeviceConfig::IvshmemDoorbell(_) => "ivshmem-doorbell (no PCI on aarch64 yet)",
+        DeviceConfig::VhostUser(_) => "vhost-user-*-pci (no PCI on aarch64 yet)",
+        DeviceConfig::VirtioBlk(_) => "virtio-blk-pci (no PCI on aarch64 yet)",
+        DeviceConfig::VirtioRng(_) => "virtio-rng-pci (no PCI on aarch64 yet)",
+        DeviceConfig::VirtioSerial(_) | DeviceConfig::VirtioSerialPort(_) => {
+            "virtio-serial-pci (no PCI on aarch64 yet)"
+        }
+    }
+}
+
+fn open(option: &'static str, path: &Path) -> Result<(File, u64), Error> {
+    let err = |err| Error::File {
+        option,
+        path: path.display().to_string(),
+        err,
+    };
+    let f = File::open(path).map_err(err)?;
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::other("is not a regular file")));
+    }
+    Ok((f, meta.len()))
+}
+
+/// The UART's output: stdout (unbuffered) or the `-serial file:` log
+/// (`console_out::create_serial_file`'s rules) behind the queue that never
+/// blocks a vCPU.
+fn serial_output(mode: &SerialMode) -> Result<SerialOutput, Error> {
+    let file_err = |path: String| move |err| Error::SerialFile { path, err };
+    let sink: File = match mode {
+        SerialMode::Stdio => File::from(
+            std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(file_err("stdout".into()))?,
+        ),
+        SerialMode::File(p) => {
+            console_out::create_serial_file(p).map_err(file_err(p.display().to_string()))?
+        }
+        SerialMode::None => return Ok((Box::new(std::io::sink()), None)),
+    };
+    let (out, dropped) = ConsoleOut::spawn(sink).map_err(Error::Threads)?;
+    Ok((Box::new(out), Some(dropped)))
+}
+
+type SerialOutput = (Box<dyn Write + Send>, Option<console_out::Dropped>);
+
+/// The kernel, initrd and device tree in guest RAM; returns the boot CPU's
+/// entry point and the tree's address.
+fn load(
+    cfg: &Config,
+    ram: &GuestRam,
+    kernel: (File, u64),
+    initrd: Option<(File, u64)>,
+    mpidrs: &[u64],
+) -> Result<(u64, u64), Error> {
+    let path = cfg.kernel.display().to_string();
+    let file_err = |path: &str| {
+        let path = path.to_string();
+        move |err| Error::File {
+            option: "-kernel",
+            path,
+            err,
+        }
+    };
+    let (mut kf, klen) = kernel;
+    let mut hdr = [0u8; image::HEADER_LEN];
+    kf.read_exact(&mut hdr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::Image {
+                path: path.clone(),
+                err: image::Error::NotImage,
+            }
+        } else {
+            file_err(&path)(e)
+        }
+    })?;
+    let h = image::parse_header(&hdr, klen).map_err(|err| Error::Image {
+        path: path.clone(),
+        err,
+    })?;
+    let p =
+        image::place(&h, initrd.as_ref().map(|i| i.1), ram.size()).map_err(|err| Error::Image {
+            path: path.clone(),
+            err,
+        })?;
+    log::info!("arm64 Image: {h:?}, placed {p:x?}");
+    kf.seek(SeekFrom::Start(0)).map_err(file_err(&path))?;
+    let klen_usize = usize::try_from(klen).unwrap_or(usize::MAX);
+    ram.mem()
+        .read_exact_volatile_from(GuestAddress(p.kernel), &mut kf, klen_usize)?;
+    let mut initrd_range = None;
+    if let (Some((mut f, len)), Some(at)) = (initrd, p.initrd) {
+        let ipath = cfg
+            .initrd
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+        ram.mem()
+            .read_exact_volatile_from(GuestAddress(at), &mut f, len_usize)
+            .map_err(|e| Error::File {
+                option: "-initrd",
+                path: ipath,
+                err: std::io::Error::other(e.to_string()),
+            })?;
+        initrd_range = Some((at, at + len));
+    }
+    let blob = fdt::build(&fdt::Spec {
+        ram_size: ram.size(),
+        mpidrs,
+        cmdline: &cfg.cmdline,
+        initrd: initrd_range,
+    })?;
+    ram.mem().write_slice(&blob, GuestAddress(p.fdt))?;
+    Ok((p.kernel, p.fdt))
+}
+
+/// Builds the VM `cfg` describes, runs it, and says how it ended.
+pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
+    crate::signals::install()?;
+    crate::sandbox::set_enabled(cfg.sandbox);
+    refuse_unsupported(cfg)?;
+    let ram_option = if cfg.ram_from_object {
+        "--object"
+    } else {
+        "-m"
+    };
+    layout::check_ram_size(cfg.ram.size()).map_err(|detail| Error::RamSize {
+        option: ram_option,
+        detail,
+    })?;
+    // Every user-named file is opened before anything is created.
+    let kernel = open("-kernel", &cfg.kernel)?;
+    let initrd = cfg
+        .initrd
+        .as_deref()
+        .map(|p| open("-initrd", p))
+        .transpose()?;
+    let backend = Backend::create(&cfg.ram).map_err(|err| Error::Backend {
+        option: ram_option,
+        err: Box::new(err),
+    })?;
+    let ram = GuestRam::new(backend)?;
+    let vm = Arc::new(Vm::new()?);
+    ram.register(&vm)?;
+
+    let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
+    let mut mpidrs = Vec::with_capacity(cfg.vcpus.into());
+    for index in 0..cfg.vcpus {
+        let v = vm.create_vcpu(index)?;
+        v.init(
+            &vm,
+            VcpuInit {
+                psci_0_2: true,
+                powered_off: index != 0,
+            },
+        )?;
+        mpidrs.push(v.mpidr()?);
+        vcpus.push(v);
+    }
+    vm.create_gic(&GicConfig {
+        dist_addr: layout::GIC_DIST,
+        redist_addr: layout::GIC_REDIST,
+        nr_irqs: layout::GIC_NR_IRQS,
+    })?;
+    vm.finalize_gic()?;
+
+    let state = Arc::new(VmState::default());
+    let io = Arc::new(IoBuses::new());
+    let hook: ExitHook = {
+        let state = state.clone();
+        Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
+    };
+    let (out, dropped) = serial_output(&cfg.serial)?;
+    let serial = Serial::new(IrqEvent::new()?, out);
+    vm.register_irqfd(serial.irq().eventfd(), layout::UART_SPI)?;
+    let serial = Arc::new(Mutex::new(serial));
+    io.add_shared(
+        BusKind::Mmio,
+        "serial0",
+        serial.clone(),
+        layout::UART_ADDR,
+        Serial::PORTS,
+    )
+    .map_err(|err| Error::Bus {
+        device: "serial0",
+        addr: layout::UART_ADDR,
+        err,
+    })?;
+    io.add(
+        BusKind::Mmio,
+        "debug-exit",
+        DebugExit::new(hook),
+        layout::DEBUG_EXIT_ADDR,
+        layout::DEBUG_EXIT_SIZE,
+    )
+    .map_err(|err| Error::Bus {
+        device: "debug-exit",
+        addr: layout::DEBUG_EXIT_ADDR,
+        err,
+    })?;
+
+    let (entry, fdt_addr) = load(cfg, &ram, kernel, initrd, &mpidrs)?;
+    vcpus[0].set_core_regs(&CoreRegs::linux_boot(entry, fdt_addr))?;
+    log::info!(
+        "startup: {:.3} ms to the first KVM_RUN",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+
+    let _console = crate::serial_mux::attach(&cfg.serial, cfg.stdio, serial.clone(), state.clone());
+    let shared = vcpu::Shared {
+        io: &io,
+        state: &state,
+        mem: ram.mem(),
+        coalesced: None,
+    };
+    let ran = vcpu::run_all(vcpus, shared, &|| {});
+    serial
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .flush_output();
+    if let Some(d) = &dropped {
+        d.settle(console_out::DRAIN_DEADLINE);
+    }
+    ran.map_err(Error::Threads)?;
+    let end = state
+        .take_end()
+        .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
+    let stats = Stats {
+        buses: io.bus_stats(),
+        unclaimed: io.unclaimed_counts(),
+        console_dropped_bytes: dropped.as_ref().map_or(0, |d| d.bytes()),
+        ..Stats::default()
+    };
+    match cfg.stats {
+        StatsFormat::Json => eprintln!("{}", stats.json()),
+        StatsFormat::Text => eprint!("{}", stats.text()),
+        StatsFormat::Off => {}
+    }
+    log::info!(
+        "VM ended after {:.3} ms: {end:?}",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    drop((serial, io, state));
+    drop(ram);
+    match Arc::try_unwrap(vm) {
+        Ok(vm) => crate::teardown::detach(vm),
+        Err(vm) => drop(vm),
+    }
+    Ok(end)
+}

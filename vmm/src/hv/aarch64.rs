@@ -1,0 +1,69 @@
+//! The boundary's state types for arm64 (the aarch64 twin of `x86.rs`):
+//! what the machine asks of a vCPU and of the interrupt controller, in our
+//! own types. `kvm_aarch64.rs` maps them onto KVM; an HVF sibling would map
+//! them onto Hypervisor.framework (`hv_vcpu_set_reg`, `hv_gic_create`).
+
+/// A vCPU's start: which CPU model KVM should present (the host's preferred
+/// target) and the features it starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuInit {
+    /// PSCI 0.2 or later in the hypervisor (CPU_ON, SYSTEM_OFF,
+    /// SYSTEM_RESET as system events).
+    pub psci_0_2: bool,
+    /// Start powered off: a secondary CPU waits for PSCI CPU_ON.
+    pub powered_off: bool,
+}
+
+/// The registers the boot protocol sets (Linux `Documentation/arch/arm64/
+/// booting.rst`): the entry point, x0 = the device tree's address, x1-x3 =
+/// 0, EL1h with D, A, I, F masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreRegs {
+    pub pc: u64,
+    pub x0: u64,
+    pub pstate: u64,
+}
+
+impl CoreRegs {
+    /// PSTATE at entry: EL1 with SP_EL1 (EL1h), debug, SError, IRQ and FIQ
+    /// masked.
+    pub const PSTATE_EL1H_MASKED: u64 = 0x3c5;
+
+    /// The boot CPU's registers for a kernel entered at `pc` with its device
+    /// tree at `fdt`.
+    pub fn linux_boot(pc: u64, fdt: u64) -> CoreRegs {
+        CoreRegs {
+            pc,
+            x0: fdt,
+            pstate: Self::PSTATE_EL1H_MASKED,
+        }
+    }
+}
+
+/// The in-kernel GICv3: its register frames and how many interrupt lines
+/// it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GicConfig {
+    /// Distributor (GICD), 64 KiB.
+    pub dist_addr: u64,
+    /// First redistributor (GICR); each vCPU has two 64 KiB frames.
+    pub redist_addr: u64,
+    /// Interrupt IDs: 32 private (SGIs, PPIs) plus the SPIs; a multiple
+    /// of 32.
+    pub nr_irqs: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linux_boot_registers_follow_the_arm64_boot_protocol() {
+        let r = CoreRegs::linux_boot(0x4020_0000, 0x4800_0000);
+        assert_eq!(r.pc, 0x4020_0000);
+        assert_eq!(r.x0, 0x4800_0000);
+        // M[3:0] = 0b0101 (EL1h), DAIF all set.
+        assert_eq!(r.pstate & 0xf, 0b0101);
+        assert_eq!(r.pstate & 0x3c0, 0x3c0);
+    }
+}
