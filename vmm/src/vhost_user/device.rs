@@ -21,7 +21,7 @@ use super::VhostUserConfig;
 use super::frontend::{self, Link, MemRegion};
 use crate::hv::Vm;
 use crate::interrupts::{self, Interrupts};
-use crate::pci::{BarBacking, Pci, PciFunction, PciPlug, Placed};
+use crate::pci::{Pci, PciFunction, PciPlug, Placed};
 use crate::stats::{Stats, VhostUserStats};
 use crate::virtio::wiring::QueueWiring;
 
@@ -100,12 +100,7 @@ pub struct Wired {
 impl PciPlug for Wired {
     /// BAR0 holds the transport's registers.
     fn function(&self) -> PciFunction {
-        PciFunction {
-            name: self.name.clone(),
-            slot: self.slot,
-            device: self.device.clone(),
-            bars: vec![(devices::virtio::BAR_INDEX, BarBacking::Registers)],
-        }
+        crate::virtio::wiring::function(&self.name, self.slot, &self.device)
     }
 
     fn add_stats(&self, _placed: &Placed, _pci: &Pci, stats: &mut Stats) {

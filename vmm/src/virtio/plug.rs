@@ -17,7 +17,7 @@ use super::config;
 use super::wiring::{self, QueueWiring};
 use crate::hv::Vm;
 use crate::interrupts::{self, Interrupts};
-use crate::pci::{BarBacking, Pci, PciFunction, PciPlug, Placed};
+use crate::pci::{Pci, PciFunction, PciPlug, Placed};
 use crate::stats::{Stats, VirtioStats};
 
 /// Errors creating a device; each names it.
@@ -195,12 +195,7 @@ impl<D: VirtioDevice + Counted> std::fmt::Debug for Wired<D> {
 
 impl<D: VirtioDevice + Counted> PciPlug for Wired<D> {
     fn function(&self) -> PciFunction {
-        PciFunction {
-            name: self.name.clone(),
-            slot: self.slot,
-            device: self.device.clone(),
-            bars: vec![(devices::virtio::BAR_INDEX, BarBacking::Registers)],
-        }
+        crate::virtio::wiring::function(&self.name, self.slot, &self.device)
     }
 
     fn add_stats(&self, _placed: &Placed, _pci: &Pci, stats: &mut Stats) {

@@ -181,6 +181,24 @@ impl QueueWiring {
     }
 }
 
+/// A virtio-pci function as the PCI layer places it: its registers in BAR0
+/// (built-in and vhost-user devices alike).
+pub fn function(
+    name: &str,
+    slot: Option<u8>,
+    device: &std::sync::Arc<std::sync::Mutex<devices::virtio::VirtioPci>>,
+) -> crate::pci::PciFunction {
+    crate::pci::PciFunction {
+        name: name.to_string(),
+        slot,
+        device: device.clone(),
+        bars: vec![(
+            devices::virtio::BAR_INDEX,
+            crate::pci::BarBacking::Registers,
+        )],
+    }
+}
+
 /// A driver's read of device configuration `config` at `offset`: the
 /// bytes, or zeros past its end.
 pub fn read_config(config: &[u8], offset: u64, data: &mut [u8]) {
