@@ -68,6 +68,7 @@ AARCH64_ENV := PATH=/usr/bin:$$PATH CARGO_TARGET_DIR=target/cross \
 AARCH64_OUT := target/cross/$(AARCH64_TARGET)/release
 SHMVM_AARCH64 := $(BUILD)/aarch64/shmvm
 LAB_AARCH64 := $(BUILD)/aarch64/lab
+TOOL_AARCH64 := $(BUILD)/aarch64/ivshmem-tool
 LAB_ARM64 := $(BUILD)/lab-arm64
 LAB_ARM64_SCENARIOS ?= tests/lab/arm64/scenarios
 
@@ -121,12 +122,13 @@ guest-tool: lab-tools
 # The aarch64 shmvm and lab runner, static (build/aarch64/).
 .PHONY: aarch64 aarch64-check
 aarch64: deps
-	$(AARCH64_ENV) cargo build --release -p vmm -p shmvm-tests --bin shmvm --bin lab \
-		--target $(AARCH64_TARGET)
+	$(AARCH64_ENV) cargo build --release -p vmm -p shmvm-tests -p ivshmem-tool --bin shmvm --bin lab \
+		--bin ivshmem-tool --target $(AARCH64_TARGET)
 	@mkdir -p $(BUILD)/aarch64
 	cp $(AARCH64_OUT)/shmvm $(SHMVM_AARCH64).tmp && mv -f $(SHMVM_AARCH64).tmp $(SHMVM_AARCH64)
 	cp $(AARCH64_OUT)/lab $(LAB_AARCH64).tmp && mv -f $(LAB_AARCH64).tmp $(LAB_AARCH64)
-	@echo "aarch64: $(SHMVM_AARCH64) $(LAB_AARCH64) (static)"
+	cp $(AARCH64_OUT)/ivshmem-tool $(TOOL_AARCH64).tmp && mv -f $(TOOL_AARCH64).tmp $(TOOL_AARCH64)
+	@echo "aarch64: $(SHMVM_AARCH64) $(LAB_AARCH64) $(TOOL_AARCH64) (static)"
 
 # Lints of the workspace as built for aarch64.
 aarch64-check: deps
@@ -218,7 +220,7 @@ lab: lab-deps shmvm lab-tools ivshmem-db
 .PHONY: lab-arm64
 lab-arm64: deps aarch64 lab-tools
 	bash tests/lab/fetch-arm64.sh
-	bash tests/lab/arm64/build-l1.sh $(LAB_ARM64) $(SHMVM_AARCH64) $(LAB_AARCH64) $(LAB_ARM64_SCENARIOS)
+	bash tests/lab/arm64/build-l1.sh $(LAB_ARM64) $(SHMVM_AARCH64) $(LAB_AARCH64) $(LAB_ARM64_SCENARIOS) $(TOOL_AARCH64)
 	$(LAB_RUNNER) host-arm64 --dir $(LAB_ARM64) --scenarios $(LAB_ARM64_SCENARIOS)
 
 # --- benchmarks ------------------------------------------------------------

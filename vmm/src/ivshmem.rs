@@ -13,6 +13,8 @@ use std::fmt;
 
 use crate::config::keyval::KeyVal;
 
+pub mod plug;
+
 /// Smallest region: one page (a KVM memory slot is page granular).
 pub const MIN_SIZE: u64 = 4096;
 

@@ -31,7 +31,6 @@ pub mod ivshmem_doorbell;
 pub mod layout;
 #[cfg(target_arch = "x86_64")]
 pub mod machine;
-#[cfg(target_arch = "x86_64")]
 pub mod pci;
 pub mod qmp;
 pub mod ratelimit;

@@ -1,4 +1,6 @@
-//! The VMM side of PCI: the root bus on the PIO bus at 0xCF8, a
+//! The VMM side of PCI: the root bus, reached through configuration
+//! mechanism #1 on the PIO bus at 0xCF8 (x86_64) or through ECAM on the
+//! MMIO bus (aarch64's `pci-host-ecam-generic`), a
 //! [`BarMapper`](devices::pci::BarMapper) that places register BARs on the
 //! MMIO/PIO buses and memory-backed BARs as hypervisor memory slots, the
 //! ivshmem-plain devices, and their counters printed at exit.
@@ -18,7 +20,7 @@ use crate::io::{BusKind, IoBuses};
 use devices::bus::{AccessCounters, Bus, SharedDevice};
 use devices::pci::{
     BarKind, BarRegion, BarRegisters, BarSpace, BarWindows, MapError, PCI_CONFIG_IO_BASE,
-    PCI_CONFIG_IO_LEN, PciAddress, PciConfigIo, PciRoot, SharedPciRoot,
+    PCI_CONFIG_IO_LEN, PciAddress, PciConfigIo, PciConfigMmio, PciRoot, SharedPciRoot,
 };
 
 /// What the mapper needs of the hypervisor: one memory slot set or cleared.
@@ -122,8 +124,8 @@ pub enum Error {
     },
     #[error("{device}: has no BAR{index} to back")]
     NoSuchBar { device: String, index: usize },
-    #[error("PCI configuration ports: {0}")]
-    ConfigPorts(devices::bus::Error),
+    #[error("PCI configuration space access: {0}")]
+    ConfigAccess(devices::bus::Error),
 }
 
 impl Error {
@@ -132,7 +134,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Slot { .. } | Error::NoRoom { .. } | Error::Assign(_) => 2,
-            Error::ConfigPorts(_) | Error::Duplicate { .. } | Error::NoSuchBar { .. } => 1,
+            Error::ConfigAccess(_) | Error::Duplicate { .. } | Error::NoSuchBar { .. } => 1,
         }
     }
 }
@@ -374,6 +376,26 @@ pub struct BarInfo {
     pub address: Option<u64>,
 }
 
+/// How the guest reaches bus 0's configuration space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigAccess {
+    /// Configuration mechanism #1: ports 0xCF8..0xCFF (x86_64).
+    Ports,
+    /// ECAM on the MMIO bus at `base`, bus 0 only (1 MiB): what a device
+    /// tree's `pci-host-ecam-generic` node describes.
+    Ecam { base: u64 },
+}
+
+/// Where bus 0 sits in a machine's map (from its `layout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciHost {
+    pub config: ConfigAccess,
+    /// The windows BARs are assigned from.
+    pub windows: BarWindows,
+    /// Memory BARs get memory slots from this number on.
+    pub first_slot: u32,
+}
+
 /// The PCI root and its functions, as wired into one VM.
 pub struct Pci {
     root: SharedPciRoot,
@@ -401,20 +423,19 @@ fn bus_kind(kind: BarKind) -> BusKind {
 impl Pci {
     /// Builds bus 0: the host bridge and `functions` (each in its slot or
     /// the first free one, its BARs backed as it says, memory BARs in
-    /// memory slots from `first_slot` on), assigns BAR addresses from
-    /// `windows` as firmware would, and puts configuration mechanism #1 on
-    /// the PIO bus.
+    /// memory slots from `host.first_slot` on), assigns BAR addresses from
+    /// `host.windows` as firmware would, and puts the configuration space
+    /// where `host.config` says.
     pub fn build(
         slots: &Arc<dyn MemorySlots>,
         io: &Arc<IoBuses>,
         functions: &[PciFunction],
-        windows: &BarWindows,
-        first_slot: u32,
+        host: &PciHost,
     ) -> Result<Pci, Error> {
         let mapper = Arc::new(VmBarMapper::new(slots, io));
         let root: SharedPciRoot = Arc::new(Mutex::new(PciRoot::new(mapper.clone())));
         let mut placed = Vec::new();
-        let mut next_slot = first_slot;
+        let mut next_slot = host.first_slot;
         for f in functions {
             let address = lock(&root)
                 .add_device(f.slot, f.device.clone())
@@ -468,29 +489,40 @@ impl Pci {
                 memory_maps,
             });
         }
-        lock(&root).assign_bars(windows).map_err(|e| match e {
-            devices::pci::Error::Allocate {
-                device,
-                index,
-                source,
-            } => Error::NoRoom {
-                device: placed
-                    .iter()
-                    .find(|p| p.address == device)
-                    .map_or_else(|| device.to_string(), |p| p.name.clone()),
-                index,
-                source,
-            },
-            other => Error::Assign(other),
-        })?;
-        io.add(
-            BusKind::Pio,
-            "pci-config",
-            PciConfigIo::new(root.clone()),
-            PCI_CONFIG_IO_BASE,
-            PCI_CONFIG_IO_LEN,
-        )
-        .map_err(Error::ConfigPorts)?;
+        lock(&root)
+            .assign_bars(&host.windows)
+            .map_err(|e| match e {
+                devices::pci::Error::Allocate {
+                    device,
+                    index,
+                    source,
+                } => Error::NoRoom {
+                    device: placed
+                        .iter()
+                        .find(|p| p.address == device)
+                        .map_or_else(|| device.to_string(), |p| p.name.clone()),
+                    index,
+                    source,
+                },
+                other => Error::Assign(other),
+            })?;
+        match host.config {
+            ConfigAccess::Ports => io.add(
+                BusKind::Pio,
+                "pci-config",
+                PciConfigIo::new(root.clone()),
+                PCI_CONFIG_IO_BASE,
+                PCI_CONFIG_IO_LEN,
+            ),
+            ConfigAccess::Ecam { base } => io.add(
+                BusKind::Mmio,
+                "pci-ecam",
+                PciConfigMmio::new(root.clone()),
+                base,
+                PciConfigMmio::BUS0_SIZE,
+            ),
+        }
+        .map_err(Error::ConfigAccess)?;
         Ok(Pci { root, placed })
     }
 
@@ -725,14 +757,18 @@ mod tests {
         let cfg = crate::config::object::parse("memory-backend-memfd,id=sh,size=1M").unwrap();
         let backend = Arc::new(memory::Backend::create(&cfg).unwrap());
         let dev = crate::ivshmem::parse("memdev=sh,addr=3", 0).unwrap();
-        let plug = crate::machine::ivshmem::Ivshmem::new(&dev, backend).unwrap();
-        let windows = BarWindows {
-            io: None,
-            mmio32: 0xc000_0000..0xfec0_0000,
-            mmio64: Some(0x1_0000_0000..0x11_0000_0000),
+        let plug = crate::ivshmem::plug::Ivshmem::new(&dev, backend).unwrap();
+        let host = PciHost {
+            config: ConfigAccess::Ports,
+            windows: BarWindows {
+                io: None,
+                mmio32: 0xc000_0000..0xfec0_0000,
+                mmio64: Some(0x1_0000_0000..0x11_0000_0000),
+            },
+            first_slot: 8,
         };
         let dyn_slots: Arc<dyn MemorySlots> = slots.clone();
-        let pci = Pci::build(&dyn_slots, &io, &[plug.function()], &windows, 8).unwrap();
+        let pci = Pci::build(&dyn_slots, &io, &[plug.function()], &host).unwrap();
         assert_eq!(
             *slots.0.lock().unwrap(),
             ["set 8 0x100000000+0x100000 ro=false"]

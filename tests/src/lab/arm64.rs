@@ -10,7 +10,9 @@
 //!
 //! What the arm64 machine has today limits the table: guest RAM from
 //! ram, file-tmpfs, memfd or shm; poweroff (PSCI SYSTEM_OFF) or reboot
-//! (SYSTEM_RESET); no ivshmem or extras yet (`check` refuses them).
+//! (SYSTEM_RESET); ivshmem-plain on a file in L1's /dev/shm (the x86 lab's
+//! region protocol: the L1 host process and the guest each verify the
+//! other's pattern through BAR2); no extras yet (`parse` refuses them).
 
 use std::collections::HashMap;
 use std::fs;
@@ -20,7 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::fields;
-use super::scenario::{self, Action, Backend, Scenario};
+use super::l1::{MAILBOX_DATA_OFF, host_prepare, random, tool};
+use super::scenario::{self, Action, Backend, IvshmemKind, Scenario};
 
 /// One L2 boot at most this long (a hang is a failure, not a stuck lab).
 const L2_TIMEOUT: Duration = Duration::from_secs(180);
@@ -35,8 +38,14 @@ pub fn unsupported(s: &Scenario) -> Option<String> {
     if !matches!(s.action, Action::Poweroff | Action::Reboot) {
         return Some(format!("action {} (no QMP on aarch64 yet)", s.action));
     }
-    if s.ivshmem.is_some() || s.extra != scenario::Extra::default() {
-        return Some("ivshmem and extras (no PCI on aarch64 yet)".into());
+    if s.ivshmem
+        .as_ref()
+        .is_some_and(|iv| iv.kind != IvshmemKind::File)
+    {
+        return Some("ivshmem shm: (the arm64 lab shares a file: region)".into());
+    }
+    if s.extra != scenario::Extra::default() {
+        return Some("extras (no MSI-X, so no virtio or doorbells, on aarch64 yet)".into());
     }
     None
 }
@@ -106,6 +115,122 @@ pub fn judge(s: &Scenario, marker: &str, rc: Option<i32>, console: &str) -> Resu
     }
 }
 
+/// An ivshmem region of one run: a file on L1's /dev/shm shared by the
+/// guest's BAR2 and the lab runner, and the two patterns' seeds.
+struct Region {
+    file: String,
+    size: u64,
+    host_seed: u64,
+    guest_seed: u64,
+}
+
+impl Region {
+    /// Creates the file and puts the host's pattern and HOSTRDY! in it.
+    fn prepare(s: &Scenario) -> Option<Result<Region, String>> {
+        let iv = s.ivshmem.as_ref()?;
+        let r = Region {
+            file: format!("/dev/shm/lab-iv-{}", s.name),
+            size: iv.size.bytes,
+            host_seed: u64::from(random()),
+            guest_seed: u64::from(random()),
+        };
+        let made = fs::File::create(&r.file)
+            .and_then(|f| f.set_len(r.size))
+            .map_err(|e| format!("{}: {e}", r.file))
+            .and_then(|()| host_prepare(Path::new(&r.file), r.host_seed));
+        Some(made.map(|()| r))
+    }
+
+    /// shmvm's arguments and the guest's command line word.
+    fn args(&self) -> (Vec<String>, String) {
+        let args = vec![
+            "-object".into(),
+            format!(
+                "memory-backend-file,id=ivm,size={},mem-path={},share=on",
+                self.size, self.file
+            ),
+            "-device".into(),
+            "ivshmem-plain,memdev=ivm".into(),
+            "--stats=json".into(),
+        ];
+        (
+            args,
+            format!(" lab.ivshmem={}:{}", self.host_seed, self.guest_seed),
+        )
+    }
+
+    /// The host's side after the run: the guest's GUESTDN! and its
+    /// pattern, read back through the file.
+    fn check_host_side(&self) -> Result<(), String> {
+        let mut mailbox = [0u8; 8];
+        fs::File::open(&self.file)
+            .and_then(|mut f| f.read_exact(&mut mailbox))
+            .map_err(|e| format!("{}: {e}", self.file))?;
+        if &mailbox != protocol::GUEST_DONE {
+            return Err("host did not find the guest's GUESTDN! mailbox".into());
+        }
+        tool(&[
+            "--path",
+            &self.file,
+            "verify",
+            "--seed",
+            &self.guest_seed.to_string(),
+            "--offset",
+            MAILBOX_DATA_OFF,
+        ])
+        .map(drop)
+        .map_err(|e| format!("host verify of the guest's pattern: {e}"))
+    }
+}
+
+/// The guest's side of an ivshmem run, from its console: the device in
+/// sysfs (1af4:1110), BAR2 of the region's size, both patterns; and
+/// shmvm's statistics (`--stats=json`): BAR2 mapped where the guest's
+/// kernel put it, and no BAR2 access exited (it is a memory slot).
+pub fn judge_ivshmem(size: u64, console: &str) -> Result<(), String> {
+    let line = console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("L2-IVSHMEM "))
+        .ok_or("the guest reported no ivshmem result")?;
+    let f = fields(line);
+    let get = |k: &str| f.get(k).copied().unwrap_or("-");
+    if !get("pci").split(',').any(|d| d.ends_with("/0x1af4/0x1110")) {
+        return Err(format!(
+            "no 1af4:1110 in the guest's /sys/bus/pci: {}",
+            get("pci")
+        ));
+    }
+    let want_size = format!("{size:#x}");
+    if get("bar2_size") != want_size {
+        return Err(format!("BAR2 size {}, want {want_size}", get("bar2_size")));
+    }
+    if get("host_ready") != "1" {
+        return Err("guest never saw the host's HOSTRDY! mailbox".into());
+    }
+    for k in ["verify_host", "fill_guest", "verify_guest"] {
+        if get(k) != "ok" {
+            return Err(format!("guest {k}={}", get(k)));
+        }
+    }
+    let stats: serde_json::Value = console
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .find_map(|l| serde_json::from_str(l.trim_end_matches('\r')).ok())
+        .ok_or("no --stats=json line from shmvm")?;
+    let iv = &stats["ivshmem"][0];
+    let bar2 = iv["bar2_addr"].as_u64().map(|a| format!("{a:#x}"));
+    if bar2.as_deref() != Some(get("bar2_addr")) {
+        return Err(format!(
+            "guest sees BAR2 at {}, shmvm mapped it at {bar2:?}",
+            get("bar2_addr")
+        ));
+    }
+    if iv["bar2_exits"].as_u64() != Some(0) {
+        return Err(format!("{} BAR2 accesses exited", iv["bar2_exits"]));
+    }
+    Ok(())
+}
+
 /// A 4 KiB arm64 `Image` made here (no toolchain needed): its header's
 /// first word branches past the header; the code loads the first word at
 /// x0 (the device tree's magic, if x0 points at it) and stores it to the
@@ -161,6 +286,17 @@ fn machine_checks() -> Vec<(&'static str, Vec<String>, i32, &'static str)> {
             ]),
             2,
             "0x9010000",
+        ),
+        (
+            "check-msix-device-refused",
+            v(&[
+                "-kernel",
+                "/tmp/debug-exit.img",
+                "-device",
+                "virtio-rng-pci",
+            ]),
+            2,
+            "no MSI-X on aarch64 yet",
         ),
         (
             "check-ram-granule",
@@ -261,8 +397,17 @@ pub fn l1_main(table: &Path) -> ! {
     }
     run_machine_checks();
     for s in &all {
+        let region = match Region::prepare(s) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                println!("LAB-FATAL {}: host side of the ivshmem region: {e}", s.name);
+                None
+            }
+            None => None,
+        };
+        let (region_args, region_word) = region.as_ref().map(Region::args).unwrap_or_default();
         let append = format!(
-            "console=ttyS0 quiet panic=-1 lab.name={} lab.action={}",
+            "console=ttyS0 quiet panic=-1 lab.name={} lab.action={}{region_word}",
             s.name, s.action
         );
         let mut args = vec![
@@ -277,6 +422,7 @@ pub fn l1_main(table: &Path) -> ! {
             "-nographic".into(),
         ];
         args.extend(ram_args(s));
+        args.extend(region_args);
         let console_path = format!("/tmp/{}.console", s.name);
         let t0 = uptime();
         let started = fs::File::create(&console_path).and_then(|out| {
@@ -302,7 +448,16 @@ pub fn l1_main(table: &Path) -> ! {
             .find_map(|l| l.strip_prefix("L2-INIT "))
             .and_then(|l| fields(l).get("uptime").map(|v| v.to_string()))
             .unwrap_or_else(|| "-".into());
-        let verdict = judge(s, marker, rc, &console);
+        let verdict = judge(s, marker, rc, &console).and_then(|()| match (&s.ivshmem, &region) {
+            (None, _) => Ok(()),
+            (Some(_), None) => Err("the ivshmem region could not be prepared".into()),
+            (Some(_), Some(r)) => {
+                judge_ivshmem(r.size, &console).and_then(|()| r.check_host_side())
+            }
+        });
+        if let Some(r) = &region {
+            let _ = fs::remove_file(&r.file);
+        }
         if verdict.is_err() {
             for l in console
                 .lines()
@@ -512,8 +667,14 @@ mod tests {
         assert!(
             parse("t", "a ram 256M 1 poweroff shm:16M -")
                 .unwrap_err()
-                .contains("PCI")
+                .contains("shm:")
         );
+        assert!(
+            parse("t", "a ram 256M 1 poweroff - rng")
+                .unwrap_err()
+                .contains("MSI-X")
+        );
+        assert!(parse("t", "a ram 256M 1 poweroff file:16M -").is_ok());
         assert_eq!(
             ram_args(&scenario("a ram 256M 1 poweroff - -")),
             ["-m", "256M"]
@@ -521,6 +682,33 @@ mod tests {
         assert_eq!(
             ram_args(&scenario("a shm 256M 1 poweroff - -"))[1],
             "memory-backend-shm,id=ram0,size=256M"
+        );
+    }
+
+    const IVSHMEM_OK: &str = "L2-INIT uptime=1 cpus=1\r\n\
+        L2-IVSHMEM pci=0000:00:00.0/0x1b36/0x0008,0000:00:01.0/0x1af4/0x1110 host_ready=1 \
+        verify_host=ok fill_guest=ok verify_guest=ok bdf=0000:00:01.0 vendor=0x1af4 \
+        device=0x1110 bar2_addr=0x80000000 bar2_size=0x1000000\r\n\
+        {\"ivshmem\":[{\"bar2_addr\":2147483648,\"bar2_maps\":2,\"bar2_exits\":0}]}\n";
+
+    #[test]
+    fn an_ivshmem_run_passes_and_each_difference_fails() {
+        assert_eq!(judge_ivshmem(16 << 20, IVSHMEM_OK), Ok(()));
+        let bad = |from: &str, to: &str| {
+            judge_ivshmem(16 << 20, &IVSHMEM_OK.replacen(from, to, 1)).unwrap_err()
+        };
+        assert!(bad("0x1af4/0x1110", "0x1af4/0x1000").contains("1af4:1110"));
+        assert!(bad("host_ready=1", "host_ready=0").contains("HOSTRDY"));
+        assert!(bad("verify_host=ok", "verify_host=fail").contains("verify_host"));
+        assert!(bad("fill_guest=ok", "fill_guest=fail").contains("fill_guest"));
+        assert!(bad("bar2_size=0x1000000", "bar2_size=0x800000").contains("size"));
+        assert!(bad("2147483648", "2147487744").contains("mapped it at"));
+        assert!(bad("\"bar2_exits\":0", "\"bar2_exits\":3").contains("exited"));
+        assert!(bad("{", "x").contains("stats"));
+        assert!(
+            judge_ivshmem(16 << 20, "L2-INIT\n")
+                .unwrap_err()
+                .contains("no ivshmem")
         );
     }
 
@@ -535,7 +723,7 @@ mod tests {
             64 / 4
         );
         assert_eq!(DEBUG_EXIT_IMAGE_CODE, 0xa1);
-        assert_eq!(machine_check_names().len(), 4);
+        assert_eq!(machine_check_names().len(), 5);
     }
 
     #[test]

@@ -43,7 +43,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 const VUB_DISK_SIZE: u64 = 64 << 20;
 /// The region protocol's pattern area (the mailbox is at 0).
-const MAILBOX_DATA_OFF: &str = "4K";
+pub(super) const MAILBOX_DATA_OFF: &str = "4K";
 const GIB4: u64 = 1 << 32;
 
 /// What the kernel command line asks for.
@@ -89,7 +89,7 @@ fn secs(d: Duration) -> String {
 }
 
 /// A random number from the kernel (seeds, the cmdline token).
-fn random() -> u32 {
+pub(super) fn random() -> u32 {
     let mut b = [0u8; 4];
     let _ = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
     u32::from_le_bytes(b)
@@ -151,7 +151,7 @@ fn setup() {
 }
 
 /// Runs ivshmem-tool; Err carries its output.
-fn tool(args: &[&str]) -> Result<String, String> {
+pub(super) fn tool(args: &[&str]) -> Result<String, String> {
     match Command::new(TOOL).args(args).output() {
         Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
         Ok(o) => Err(format!(
@@ -167,7 +167,7 @@ fn tool(args: &[&str]) -> Result<String, String> {
 
 /// The L1 host process's side of the ivshmem mailbox protocol: its pattern,
 /// then HOSTRDY!.
-fn host_prepare(file: &Path, seed: u64) -> Result<(), String> {
+pub(super) fn host_prepare(file: &Path, seed: u64) -> Result<(), String> {
     let f = file.to_string_lossy();
     tool(&[
         "--path",

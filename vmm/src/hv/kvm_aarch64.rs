@@ -120,6 +120,18 @@ impl Vm {
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 
+    /// Deletes memory slot `slot` (a PCI memory BAR the guest moved or
+    /// turned off).
+    pub fn remove_memory_slot(&self, slot: u32) -> Result<(), Error> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            ..Default::default()
+        };
+        // SAFETY: a zero-sized region maps no host memory; it deletes the slot.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
+    }
+
     /// Connects `evt` to SPI `spi` of the GIC (irqfd): a write to it raises
     /// the line without an exit. Needs the GIC.
     pub fn register_irqfd(&self, evt: &EventFd, spi: u32) -> Result<(), Error> {

@@ -13,7 +13,7 @@
 )]
 
 mod control;
-pub mod ivshmem;
+pub use crate::ivshmem::plug as ivshmem;
 pub mod ivshmem_doorbell;
 pub mod legacy;
 pub mod power_button;
@@ -473,24 +473,22 @@ impl Machine {
                 DeviceConfig::VirtioSerialPort(_) => {}
             }
         }
-        let windows = devices::pci::BarWindows {
-            io: Some(layout::PCI_IO_START..layout::PCI_IO_END),
-            mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
-            mmio64: {
-                let start = layout::pci_mmio64_start(cfg.ram.size());
-                Some(start..start + layout::PCI_MMIO64_SIZE)
+        let host = crate::pci::PciHost {
+            config: crate::pci::ConfigAccess::Ports,
+            windows: devices::pci::BarWindows {
+                io: Some(layout::PCI_IO_START..layout::PCI_IO_END),
+                mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
+                mmio64: {
+                    let start = layout::pci_mmio64_start(cfg.ram.size());
+                    Some(start..start + layout::PCI_MMIO64_SIZE)
+                },
             },
+            first_slot: layout::PCI_BAR_FIRST_SLOT,
         };
         let functions: Vec<_> = plugs.iter().map(|p| p.function()).collect();
         let slots: Arc<dyn crate::pci::MemorySlots> = vm.clone();
-        let pci = Pci::build(
-            &slots,
-            &io,
-            &functions,
-            &windows,
-            layout::PCI_BAR_FIRST_SLOT,
-        )
-        .map_err(|err| name_the_memdev(err, cfg, &objects))?;
+        let pci = Pci::build(&slots, &io, &functions, &host)
+            .map_err(|err| name_the_memdev(err, cfg, &objects))?;
         legacy::place_debug_exits(&io, &hook, &debug_exits)?;
         t.mark("PCI root and devices");
         if let Some(r) = restore {

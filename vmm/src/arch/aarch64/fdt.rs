@@ -1,7 +1,8 @@
 //! The device tree the aarch64 machine hands its kernel (rust-vmm
 //! `vm-fdt`): memory, CPUs with PSCI, the GICv3, the architected timer,
-//! the UART, the debug-exit register, and `chosen` (command line, initrd,
-//! console). Addresses and interrupts come from `layout.rs` only.
+//! the UART, the debug-exit register, the PCI host bridge (generic ECAM),
+//! and `chosen` (command line, initrd, console). Addresses and interrupts
+//! come from `layout.rs` only.
 
 use vm_fdt::FdtWriter;
 
@@ -19,6 +20,32 @@ const IRQ_TYPE_LEVEL_HIGH: u32 = 4;
 const GIC_MAINTENANCE_PPI: u32 = 9;
 /// The 16550's input clock (the PC's 1.8432 MHz: divisor 1 = 115200 baud).
 const UART_CLOCK_HZ: u32 = 1_843_200;
+
+/// PCI address space codes (the first cell of a `ranges` child address,
+/// IEEE 1275 PCI binding): 32-bit and 64-bit memory.
+const PCI_SPACE_MEM32: u32 = 0x0200_0000;
+const PCI_SPACE_MEM64: u32 = 0x0300_0000;
+
+fn hi(v: u64) -> u32 {
+    (v >> 32) as u32
+}
+
+fn lo(v: u64) -> u32 {
+    v as u32
+}
+
+/// One `ranges` entry: PCI memory at the same CPU address (identity).
+fn pci_range(space: u32, start: u64, size: u64) -> [u32; 7] {
+    [
+        space,
+        hi(start),
+        lo(start),
+        hi(start),
+        lo(start),
+        hi(size),
+        lo(size),
+    ]
+}
 
 /// What the tree describes.
 #[derive(Debug, Clone)]
@@ -151,6 +178,28 @@ pub fn build(spec: &Spec<'_>) -> Result<Vec<u8>, Error> {
         },
     )?;
 
+    // Bus 0 behind a generic ECAM host bridge (Linux `pci-host-generic`);
+    // the kernel assigns BARs from the two windows itself.
+    node(&mut fdt, &format!("pcie@{:x}", layout::PCI_ECAM), |f| {
+        f.property_string("compatible", "pci-host-ecam-generic")?;
+        f.property_string("device_type", "pci")?;
+        f.property_u32("#address-cells", 3)?;
+        f.property_u32("#size-cells", 2)?;
+        f.property_array_u64("reg", &[layout::PCI_ECAM, layout::PCI_ECAM_SIZE])?;
+        f.property_array_u32("bus-range", &[0, 0])?;
+        f.property_u32("linux,pci-domain", 0)?;
+        f.property_null("dma-coherent")?;
+        let mmio64 = layout::pci_mmio64_start(spec.ram_size);
+        let mut ranges = pci_range(
+            PCI_SPACE_MEM32,
+            layout::PCI_MMIO32_START,
+            layout::PCI_MMIO32_END - layout::PCI_MMIO32_START,
+        )
+        .to_vec();
+        ranges.extend(pci_range(PCI_SPACE_MEM64, mmio64, layout::PCI_MMIO64_SIZE));
+        f.property_array_u32("ranges", &ranges)
+    })?;
+
     fdt.end_node(root)?;
     let blob = fdt.finish()?;
     if blob.len() as u64 > layout::FDT_MAX {
@@ -195,6 +244,8 @@ mod tests {
             b"debug-exit@9010000\0",
             b"linux,initrd-start\0",
             b"/uart@9000000\0",
+            b"pcie@3f000000\0",
+            b"pci-host-ecam-generic\0",
         ] {
             assert!(contains(&b, s), "{:?} missing", String::from_utf8_lossy(s));
         }
@@ -203,6 +254,17 @@ mod tests {
         reg.extend_from_slice(&layout::RAM_BASE.to_be_bytes());
         reg.extend_from_slice(&(256u64 << 20).to_be_bytes());
         assert!(contains(&b, &reg));
+        // The 64-bit window's range: at 2 GiB (above 256 MiB of RAM at
+        // 1 GiB), identity-mapped, 64 GiB.
+        let range: Vec<u8> = pci_range(PCI_SPACE_MEM64, 2 << 30, 64 << 30)
+            .iter()
+            .flat_map(|c| c.to_be_bytes())
+            .collect();
+        assert!(contains(&b, &range));
+        assert_eq!(
+            pci_range(PCI_SPACE_MEM32, 0x1000_0000, 0x2eff_0000),
+            [0x0200_0000, 0, 0x1000_0000, 0, 0x1000_0000, 0, 0x2eff_0000]
+        );
     }
 
     #[test]

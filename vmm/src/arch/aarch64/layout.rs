@@ -7,7 +7,10 @@
 //! 0x080a_0000  GICv3 redistributors (128 KiB per vCPU, up to 0x0900_0000)
 //! 0x0900_0000  16550 UART (ns16550a, 8 byte registers, SPI 1)
 //! 0x0901_0000  debug-exit (4 bytes: a write of v ends shmvm with (v << 1) | 1)
+//! 0x1000_0000  PCI 32-bit BAR window (up to 0x3eff_0000)
+//! 0x3f00_0000  PCI ECAM, bus 0 (1 MiB; pci-host-ecam-generic)
 //! 0x4000_0000  RAM: kernel at +2 MiB, initrd and device tree at the top
+//!   ...        PCI 64-bit BAR window (64 GiB), 1 GiB aligned above RAM
 //! ```
 
 /// Guest RAM's base.
@@ -36,6 +39,26 @@ pub const UART_SPI: u32 = 1;
 /// `(v << 1) | 1`, as QEMU's isa-debug-exit does; reads see all-ones.
 pub const DEBUG_EXIT_ADDR: u64 = 0x0901_0000;
 pub const DEBUG_EXIT_SIZE: u64 = 4;
+
+/// The PCI host bridge's configuration space (ECAM, bus 0 only), where
+/// QEMU `virt` has its ECAM.
+pub const PCI_ECAM: u64 = 0x3f00_0000;
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+/// 32-bit PCI BAR window (`virt`'s VIRT_PCIE_MMIO).
+pub const PCI_MMIO32_START: u64 = 0x1000_0000;
+pub const PCI_MMIO32_END: u64 = 0x3eff_0000;
+/// Size of the 64-bit PCI BAR window above RAM (as on x86_64).
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+const GIB: u64 = 1 << 30;
+/// Memory slots from this number on belong to memory-backed PCI BARs
+/// (RAM is slot 0).
+pub const PCI_BAR_FIRST_SLOT: u32 = 8;
+
+/// Start of the 64-bit PCI BAR window: the first 1 GiB boundary at or
+/// above the end of RAM.
+pub fn pci_mmio64_start(ram_size: u64) -> u64 {
+    (RAM_BASE + ram_size).div_ceil(GIB) * GIB
+}
 
 /// The architected timer's PPIs (INTID - 16): secure and non-secure
 /// physical, virtual, hypervisor.
@@ -83,9 +106,9 @@ pub fn check_ram_size(ram_size: u64) -> Result<(), String> {
             "{ram_size:#x} bytes is not a multiple of 64 KiB (the largest arm64 page size)"
         ));
     }
-    if ram_size > IPA_LIMIT - RAM_BASE {
+    if ram_size > IPA_LIMIT - RAM_BASE || pci_mmio64_start(ram_size) + PCI_MMIO64_SIZE > IPA_LIMIT {
         return Err(format!(
-            "{ram_size:#x} bytes does not fit below the 1 TiB guest-physical limit"
+            "{ram_size:#x} bytes does not fit below the 1 TiB guest-physical limit with the 64 GiB PCI window above it"
         ));
     }
     Ok(())
@@ -112,6 +135,8 @@ mod tests {
             (GIC_REDIST, gic_redist_size(MAX_VCPUS)),
             (UART_ADDR, UART_SIZE),
             (DEBUG_EXIT_ADDR, DEBUG_EXIT_SIZE),
+            (PCI_MMIO32_START, PCI_MMIO32_END - PCI_MMIO32_START),
+            (PCI_ECAM, PCI_ECAM_SIZE),
         ];
         for (i, a) in ranges.iter().enumerate() {
             assert!(a.0 + a.1 <= RAM_BASE);
@@ -128,5 +153,16 @@ mod tests {
         assert!(check_ram_size((256 << 20) + (16 << 10)).is_err());
         assert!(check_ram_size(IPA_LIMIT).is_err());
         assert_eq!(ram_regions(1 << 30)[0].gpa, RAM_BASE);
+    }
+
+    #[test]
+    fn the_64_bit_pci_window_sits_above_ram_below_the_ipa_limit() {
+        assert_eq!(pci_mmio64_start(256 << 20), 2 * GIB);
+        assert_eq!(pci_mmio64_start(GIB), 2 * GIB);
+        assert_eq!(pci_mmio64_start(GIB + (64 << 10)), 3 * GIB);
+        let most = IPA_LIMIT - RAM_BASE - PCI_MMIO64_SIZE;
+        assert!(check_ram_size(most).is_ok());
+        assert_eq!(pci_mmio64_start(most) + PCI_MMIO64_SIZE, IPA_LIMIT);
+        assert!(check_ram_size(most + RAM_GRANULE).is_err());
     }
 }

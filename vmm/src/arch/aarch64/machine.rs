@@ -5,8 +5,9 @@
 //! Build order (KVM's rules): memory slots; vCPUs created and initialized
 //! (KVM_ARM_VCPU_INIT: PSCI 0.2, secondaries powered off); the GICv3
 //! created, placed and initialized after them; the UART's irqfd once the
-//! GIC exists; the device tree from the vCPUs' MPIDRs; the boot CPU's
-//! registers.
+//! GIC exists; the PCI root (ECAM) with its functions, placed by the one
+//! PCI path shared with x86_64 (`pci.rs`); the device tree from the vCPUs'
+//! MPIDRs; the boot CPU's registers.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -27,8 +28,11 @@ use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
 use crate::io::{BusKind, IoBuses};
+use crate::ivshmem::plug::Ivshmem;
+use crate::pci::{ConfigAccess, MemorySlots, Pci, PciHost, PciPlug};
 use crate::stats::{Stats, StatsFormat};
 use crate::vcpu::{self, VmState};
+use devices::pci::BarWindows;
 
 /// Errors building or running the aarch64 machine. Each knows its exit
 /// class.
@@ -60,6 +64,12 @@ pub enum Error {
     },
     #[error("{0} is not supported on aarch64 yet (README, \"Architectures\")")]
     Unsupported(String),
+    #[error("-device: memdev '{id}' is not defined by any -object")]
+    NoObject { id: String },
+    #[error(transparent)]
+    Ivshmem(#[from] crate::ivshmem::plug::Error),
+    #[error(transparent)]
+    Pci(#[from] crate::pci::Error),
     #[error(transparent)]
     Ram(#[from] guest_ram::Error),
     #[error(transparent)]
@@ -98,7 +108,10 @@ impl Error {
             | Error::File { .. }
             | Error::Image { .. }
             | Error::Unsupported(_)
+            | Error::NoObject { .. }
+            | Error::Ivshmem(_)
             | Error::SerialFile { .. } => 2,
+            Error::Pci(e) => e.exit_code(),
             Error::Ram(e) => e.exit_code(),
             Error::Hypervisor(e) => e.exit_code(),
             _ => 1,
@@ -109,8 +122,9 @@ impl Error {
 /// What this machine does not have yet: refused up front with exit code 2
 /// rather than ignored.
 fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
-    if let Some(d) = cfg.devices.first() {
+    for d in &cfg.devices {
         let what = match d {
+            DeviceConfig::IvshmemPlain(_) => continue,
             DeviceConfig::DebugExit { .. } => {
                 "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
                     .to_string()
@@ -133,14 +147,49 @@ fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
 fn device_kind(d: &DeviceConfig) -> &'static str {
     match d {
         DeviceConfig::DebugExit { .. } => "isa-debug-exit",
-        DeviceConfig::IvshmemPlain(_) => "ivshmem-plain (no PCI on aarch64 yet)",
-        DeviceConfig::IvshmemDoorbell(_) => "ivshmem-doorbell (no PCI on aarch64 yet)",
-        DeviceConfig::VhostUser(_) => "vhost-user-*-pci (no PCI on aarch64 yet)",
-        DeviceConfig::VirtioBlk(_) => "virtio-blk-pci (no PCI on aarch64 yet)",
-        DeviceConfig::VirtioRng(_) => "virtio-rng-pci (no PCI on aarch64 yet)",
+        DeviceConfig::IvshmemPlain(_) => "ivshmem-plain",
+        DeviceConfig::IvshmemDoorbell(_) => "ivshmem-doorbell (no MSI-X on aarch64 yet)",
+        DeviceConfig::VhostUser(_) => "vhost-user-*-pci (no MSI-X on aarch64 yet)",
+        DeviceConfig::VirtioBlk(_) => "virtio-blk-pci (no MSI-X on aarch64 yet)",
+        DeviceConfig::VirtioRng(_) => "virtio-rng-pci (no MSI-X on aarch64 yet)",
         DeviceConfig::VirtioSerial(_) | DeviceConfig::VirtioSerialPort(_) => {
-            "virtio-serial-pci (no PCI on aarch64 yet)"
+            "virtio-serial-pci (no MSI-X on aarch64 yet)"
         }
+    }
+}
+
+/// The PCI functions `cfg` asks for, each with the `-object` backend it
+/// shares (the configuration layer checked every `memdev=`).
+fn pci_plugs(cfg: &Config, objects: &[Arc<Backend>]) -> Result<Vec<Box<dyn PciPlug>>, Error> {
+    let mut plugs: Vec<Box<dyn PciPlug>> = Vec::new();
+    for d in &cfg.devices {
+        if let DeviceConfig::IvshmemPlain(c) = d {
+            let memdev = objects
+                .iter()
+                .find(|b| b.id() == c.memdev)
+                .cloned()
+                .ok_or_else(|| Error::NoObject {
+                    id: c.memdev.clone(),
+                })?;
+            plugs.push(Box::new(Ivshmem::new(c, memdev)?));
+        }
+    }
+    Ok(plugs)
+}
+
+/// Bus 0 on ECAM with the windows of `layout.rs`.
+fn pci_host(ram_size: u64) -> PciHost {
+    let mmio64 = layout::pci_mmio64_start(ram_size);
+    PciHost {
+        config: ConfigAccess::Ecam {
+            base: layout::PCI_ECAM,
+        },
+        windows: BarWindows {
+            io: None,
+            mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
+            mmio64: Some(mmio64..mmio64 + layout::PCI_MMIO64_SIZE),
+        },
+        first_slot: layout::PCI_BAR_FIRST_SLOT,
     }
 }
 
@@ -278,6 +327,19 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         err: Box::new(err),
     })?;
     let ram = GuestRam::new(backend)?;
+    let objects = cfg
+        .objects
+        .iter()
+        .map(|o| {
+            Backend::create(o)
+                .map(Arc::new)
+                .map_err(|err| Error::Backend {
+                    option: "--object",
+                    err: Box::new(err),
+                })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let plugs = pci_plugs(cfg, &objects)?;
     let vm = Arc::new(Vm::new()?);
     ram.register(&vm)?;
 
@@ -337,6 +399,10 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         err,
     })?;
 
+    let functions: Vec<_> = plugs.iter().map(|p| p.function()).collect();
+    let slots: Arc<dyn MemorySlots> = vm.clone();
+    let pci = Pci::build(&slots, &io, &functions, &pci_host(ram.size()))?;
+
     let (entry, fdt_addr) = load(cfg, &ram, kernel, initrd, &mpidrs)?;
     vcpus[0].set_core_regs(&CoreRegs::linux_boot(entry, fdt_addr))?;
     log::info!(
@@ -363,12 +429,15 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let end = state
         .take_end()
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
-    let stats = Stats {
+    let mut stats = Stats {
         buses: io.bus_stats(),
         unclaimed: io.unclaimed_counts(),
         console_dropped_bytes: dropped.as_ref().map_or(0, |d| d.bytes()),
         ..Stats::default()
     };
+    for (plug, placed) in plugs.iter().zip(pci.placed()) {
+        plug.add_stats(placed, &pci, &mut stats);
+    }
     match cfg.stats {
         StatsFormat::Json => eprintln!("{}", stats.json()),
         StatsFormat::Text => eprint!("{}", stats.text()),
@@ -378,8 +447,9 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         "VM ended after {:.3} ms: {end:?}",
         start.elapsed().as_secs_f64() * 1e3
     );
-    drop((serial, io, state));
+    drop((serial, pci, plugs, io, state));
     drop(ram);
+    drop(objects);
     match Arc::try_unwrap(vm) {
         Ok(vm) => crate::teardown::detach(vm),
         Err(vm) => drop(vm),

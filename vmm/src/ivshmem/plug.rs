@@ -1,6 +1,7 @@
 //! `-device ivshmem-plain`: the device model (`devices::ivshmem`) as a PCI
 //! function whose BAR0 holds its registers and whose BAR2 is its memdev's
-//! mapping, a memory slot.
+//! mapping, a memory slot. Shared by both machines (x86_64 `machine/`,
+//! aarch64 `arch/aarch64/machine.rs`).
 
 #![deny(
     clippy::cast_possible_truncation,
