@@ -212,6 +212,18 @@ impl Console {
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::null())
     }
+
+    /// Starts a VMM's command line with its output in this console, after
+    /// a `LAB-RUN name=N WHO cmd=...` line (WHO: `vmm=V`, `peer=I vmm=V`).
+    fn start_vmm(&self, name: &str, who: &str, cmd: &[String]) -> std::io::Result<Child> {
+        self.append(&format!("LAB-RUN name={name} {who} cmd={}", cmd.join(" ")));
+        Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(self.sink())
+            .stderr(self.sink())
+            .spawn()
+    }
 }
 
 /// The QMP socket of a run (`-qmp unix:PATH,server=on,wait=off`).
@@ -664,19 +676,10 @@ impl Runner {
 
     /// Runs the VMM, playing the host side while it runs.
     fn execute(r: &mut Run, cmd: &[String]) -> Outcome {
-        r.console.append(&format!(
-            "LAB-RUN name={} vmm={} cmd={}",
-            r.s.name,
-            r.vmm,
-            cmd.join(" ")
-        ));
         let start = Instant::now();
-        let child = Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .stdin(Stdio::null())
-            .stdout(r.console.sink())
-            .stderr(r.console.sink())
-            .spawn();
+        let child = r
+            .console
+            .start_vmm(&r.s.name, &format!("vmm={}", r.vmm), cmd);
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
