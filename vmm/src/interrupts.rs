@@ -7,9 +7,12 @@
 //! Devices never see the hypervisor: the service holds the VM.
 //!
 //! The hypervisor's routing call replaces the whole table, so the default
-//! irqchip routes (GSI 0-15 to both PICs and the IOAPIC, 16-23 to the
-//! IOAPIC: what the in-kernel irqchip starts with on x86) are always part
-//! of it; legacy interrupts such as COM1's irqfd on GSI 4 keep working.
+//! irqchip routes (x86: GSI 0-15 to both PICs and the IOAPIC, 16-23 to the
+//! IOAPIC; aarch64: GSI n to SPI n) are always part of it; legacy
+//! interrupts such as the UART's irqfd keep working. On aarch64 an MSI
+//! also names its requester (the device ID the GICv3 ITS translates by):
+//! the function's PCI BDF, which [`Requester`] carries from the PCI
+//! placement to the routes.
 
 #![deny(
     clippy::cast_possible_truncation,
@@ -18,12 +21,13 @@
 )]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::hv::{GsiRoute, IrqChip, Vm};
-use crate::layout::IOAPIC_PINS;
+use crate::hv::{GsiRoute, Vm};
+use crate::layout::IRQCHIP_GSIS;
 
 /// The hypervisor's limit on routes (KVM_MAX_IRQ_ROUTES).
 const MAX_GSI: u32 = 4096;
@@ -50,11 +54,26 @@ pub struct MsiMessage {
     pub data: u32,
 }
 
+/// The PCI requester ID (bus << 8 | devfn) of a block of vectors, set
+/// when its function is placed on the bus (0 until then).
+#[derive(Debug, Clone, Default)]
+pub struct Requester(Arc<AtomicU32>);
+
+impl Requester {
+    pub fn set(&self, bdf: u32) {
+        self.0.store(bdf, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug)]
 struct Table {
     next: u32,
-    /// GSI -> its MSI message.
-    msi: BTreeMap<u32, MsiMessage>,
+    /// GSI -> its MSI message and requester.
+    msi: BTreeMap<u32, (MsiMessage, u32)>,
 }
 
 /// The interrupt routing of one VM.
@@ -64,38 +83,17 @@ pub struct Interrupts {
     table: Mutex<Table>,
 }
 
-/// The routes the in-kernel irqchip starts with on x86.
+/// The routes the in-kernel irqchip starts with.
 fn default_routes() -> Vec<GsiRoute> {
-    let mut v = Vec::new();
-    for gsi in 0..u32::from(IOAPIC_PINS) {
-        if gsi < 16 {
-            let chip = if gsi < 8 {
-                IrqChip::PicMaster
-            } else {
-                IrqChip::PicSlave
-            };
-            v.push(GsiRoute::Irqchip {
-                gsi,
-                chip,
-                pin: gsi % 8,
-            });
-        }
-        v.push(GsiRoute::Irqchip {
-            gsi,
-            chip: IrqChip::Ioapic,
-            pin: gsi,
-        });
-    }
-    v
+    GsiRoute::irqchip_defaults(IRQCHIP_GSIS)
 }
 
-fn table_routes(msi: &BTreeMap<u32, MsiMessage>) -> Vec<GsiRoute> {
+fn table_routes(msi: &BTreeMap<u32, (MsiMessage, u32)>) -> Vec<GsiRoute> {
     let mut t = default_routes();
-    t.extend(msi.iter().map(|(&gsi, m)| GsiRoute::Msi {
-        gsi,
-        address: m.address,
-        data: m.data,
-    }));
+    t.extend(
+        msi.iter()
+            .map(|(&gsi, (m, devid))| GsiRoute::msi(gsi, m.address, m.data, *devid)),
+    );
     t
 }
 
@@ -110,7 +108,7 @@ impl Interrupts {
         Interrupts {
             vm,
             table: Mutex::new(Table {
-                next: u32::from(IOAPIC_PINS),
+                next: IRQCHIP_GSIS,
                 msi: BTreeMap::new(),
             }),
         }
@@ -136,12 +134,13 @@ impl Interrupts {
             service: self.clone(),
             first_gsi: first,
             count,
+            requester: Requester::default(),
         })
     }
 
-    /// Routes `gsi` to `msg` (or removes its route); the table is only
-    /// rewritten when it changes.
-    fn set_route(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), Error> {
+    /// Routes `gsi` to `msg` from `devid` (or removes its route); the
+    /// table is only rewritten when it changes.
+    fn set_route(&self, gsi: u32, msg: Option<(MsiMessage, u32)>) -> Result<(), Error> {
         let mut t = self.lock();
         let changed = match msg {
             Some(m) => t.msi.insert(gsi, m) != Some(m),
@@ -162,6 +161,7 @@ pub struct MsiVectors {
     service: Arc<Interrupts>,
     first_gsi: u32,
     count: u16,
+    requester: Requester,
 }
 
 impl MsiVectors {
@@ -179,7 +179,14 @@ impl MsiVectors {
     /// Routes `vector` to the MSI message the guest programmed, or removes
     /// the route (`None`).
     pub fn route(&self, vector: u16, msg: Option<MsiMessage>) -> Result<(), Error> {
-        self.service.set_route(self.gsi(vector)?, msg)
+        let devid = self.requester.get();
+        self.service
+            .set_route(self.gsi(vector)?, msg.map(|m| (m, devid)))
+    }
+
+    /// Where the PCI layer writes the function's requester ID.
+    pub fn requester(&self) -> Requester {
+        self.requester.clone()
     }
 
     /// Makes a write to `evt` raise `vector` (irqfd). A write that came
@@ -213,8 +220,10 @@ impl MsiVectors {
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn default_table_matches_the_irqchip_and_msi_routes_follow() {
+        use crate::hv::IrqChip;
         let t = default_routes();
         assert_eq!(t.len(), 16 * 2 + 8);
         let gsi4: Vec<_> = t.iter().filter(|r| r.gsi() == 4).collect();
@@ -238,7 +247,7 @@ mod tests {
             address: 0x1_fee0_1000,
             data: 0x4041,
         };
-        msi.insert(25, m);
+        msi.insert(25, (m, 0x18));
         assert_eq!(
             table_routes(&msi).last(),
             Some(&GsiRoute::Msi {
@@ -250,11 +259,18 @@ mod tests {
     }
 
     #[test]
-    fn vectors_start_after_the_ioapic_and_are_bounded() {
+    fn vectors_start_after_the_irqchip_routes_and_are_bounded() {
         let s = Arc::new(Interrupts::with_vm(Weak::new()));
         let a = s.vectors(3).unwrap();
         let b = s.vectors(2).unwrap();
-        assert_eq!((a.gsi(0), b.gsi(1)), (Ok(24), Ok(28)));
+        let first = IRQCHIP_GSIS;
+        assert_eq!((a.gsi(0), b.gsi(1)), (Ok(first), Ok(first + 4)));
+        assert_eq!(
+            default_routes().iter().map(GsiRoute::gsi).max(),
+            Some(first - 1)
+        );
+        a.requester().set(0x18);
+        assert_eq!(a.requester.get(), 0x18);
         assert_eq!(
             a.gsi(3),
             Err(Error::NoVector {
@@ -272,6 +288,7 @@ mod tests {
         assert_eq!(a.route(0, Some(m)), Err(Error::Gone));
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn kvm_accepts_routes_and_irqfds() {
         let vm = match Vm::new() {

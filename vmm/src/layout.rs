@@ -103,6 +103,9 @@ pub const PCI_CONFIG_PORTS: u64 = 8;
 
 /// Number of IOAPIC pins KVM's in-kernel IOAPIC provides.
 pub const IOAPIC_PINS: u8 = 24;
+/// GSIs the in-kernel irqchip routes (one per IOAPIC pin); MSI routes
+/// take the GSIs after them.
+pub const IRQCHIP_GSIS: u32 = IOAPIC_PINS as u32;
 
 /// One contiguous stretch of guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

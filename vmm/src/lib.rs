@@ -22,7 +22,6 @@ pub mod cpuid;
 pub mod exit;
 pub mod guest_ram;
 pub mod hv;
-#[cfg(target_arch = "x86_64")]
 pub mod interrupts;
 pub mod io;
 pub mod ivshmem;

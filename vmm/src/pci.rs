@@ -326,6 +326,9 @@ pub struct PciFunction {
     pub device: devices::pci::SharedPciDevice,
     /// Every BAR the device has, with what backs it.
     pub bars: Vec<(usize, BarBacking)>,
+    /// Where its MSI vectors learn the function's requester ID (None: it
+    /// has no MSIs).
+    pub requester: Option<crate::interrupts::Requester>,
 }
 
 impl std::fmt::Debug for PciFunction {
@@ -481,6 +484,9 @@ impl Pci {
                         memory_maps.push((*index, maps));
                     }
                 }
+            }
+            if let Some(r) = &f.requester {
+                r.set(u32::from(address.devfn()));
             }
             log::info!("{}: PCI {address}", f.name);
             placed.push(Placed {

@@ -4,7 +4,7 @@
 #   DIR      from tests/lab/fetch-arm64.sh (vmlinuz, busybox); gets l1.cpio.lz4
 #   SHMVM_AARCH64, LAB_AARCH64, TOOL_AARCH64   static aarch64 shmvm, lab
 #            runner and ivshmem-tool
-# L2: busybox, ivshmem-tool, tests/lab/arm64/l2-init as /init and a random
+# L2: busybox, ivshmem-tool, the virtio modules, tests/lab/arm64/l2-init as /init and a random
 # marker the guest must read back (proves the initrd arrived). L1: busybox,
 # l1-init as /init, shmvm, the lab runner, ivshmem-tool (the host side of
 # the ivshmem scenarios), the L2 kernel and initramfs, the marker and the
@@ -24,6 +24,9 @@ marker="initrd-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
 mkdir -p "$stage/l2/bin" "$stage/l1/bin" "$stage/l1/usr/bin" "$stage/l1/lab"
 cp "$dir/busybox" "$stage/l2/bin/busybox"
 install -m 755 "$tool" "$stage/l2/bin/ivshmem-tool"
+[ -f "$dir/modules/virtio/order" ] || die "$dir/modules/virtio: run tests/lab/fetch-arm64.sh"
+mkdir -p "$stage/l2/lib/modules"
+cp -r "$dir/modules/virtio" "$stage/l2/lib/modules/virtio"
 install -m 755 "$here/l2-init" "$stage/l2/init"
 echo "$marker" >"$stage/l2/lab-initrd-marker"
 (cd "$stage/l2" && find . | sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 >"$stage/l1/lab/l2.cpio.gz"

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::fields;
 use super::l1::{MAILBOX_DATA_OFF, host_prepare, random, tool};
-use super::scenario::{self, Action, Backend, IvshmemKind, Scenario};
+use super::scenario::{self, Action, Backend, IvshmemKind, Scenario, Vub};
 
 /// One L2 boot at most this long (a hang is a failure, not a stuck lab).
 const L2_TIMEOUT: Duration = Duration::from_secs(180);
@@ -44,8 +44,15 @@ pub fn unsupported(s: &Scenario) -> Option<String> {
     {
         return Some("ivshmem shm: (the arm64 lab shares a file: region)".into());
     }
-    if s.extra != scenario::Extra::default() {
-        return Some("extras (no MSI-X, so no virtio or doorbells, on aarch64 yet)".into());
+    let supported = scenario::Extra {
+        rng: s.extra.rng,
+        vub: s.extra.vub.filter(|v| *v == Vub::Blk),
+        ..Default::default()
+    };
+    if s.extra != supported {
+        return Some(
+            "extras other than rng and blk (no vhost-user or doorbells on aarch64 yet)".into(),
+        );
     }
     None
 }
@@ -231,6 +238,120 @@ pub fn judge_ivshmem(size: u64, console: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The built-in virtio devices of one run: virtio-rng, and virtio-blk on
+/// an image whose first bytes are the host's token (the guest writes its
+/// own at 4 KiB).
+struct Virtio {
+    rng: bool,
+    blk: Option<(String, String, String)>,
+}
+
+impl Virtio {
+    fn prepare(s: &Scenario) -> Option<Result<Virtio, String>> {
+        let blk = s.extra.vub == Some(Vub::Blk);
+        if !s.extra.rng && !blk {
+            return None;
+        }
+        let mut v = Virtio {
+            rng: s.extra.rng,
+            blk: None,
+        };
+        if blk {
+            let img = format!("/tmp/lab-blk-{}.img", s.name);
+            let host = format!("hostblk-{}", random());
+            let made = fs::File::create(&img).and_then(|mut f| {
+                f.write_all(host.as_bytes())?;
+                f.set_len(16 << 20)
+            });
+            if let Err(e) = made {
+                return Some(Err(format!("{img}: {e}")));
+            }
+            v.blk = Some((img, host, format!("guestblk-{}", random())));
+        }
+        Some(Ok(v))
+    }
+
+    fn args(&self) -> (Vec<String>, String) {
+        let (mut args, mut word) = (Vec::new(), String::new());
+        if self.rng {
+            args.extend(["-device".to_string(), "virtio-rng-pci".into()]);
+            word.push_str(" lab.rng=1");
+        }
+        if let Some((img, host, guest)) = &self.blk {
+            args.extend([
+                "-drive".to_string(),
+                format!("file={img},if=virtio,format=raw"),
+            ]);
+            word.push_str(&format!(" lab.blk={host}:{guest}"));
+        }
+        (args, word)
+    }
+
+    /// The guest's report: the modules loaded, MSIs through the ITS, the
+    /// virtio-rng bytes, the host's token read from the disk; then the
+    /// guest's token in the image.
+    fn judge(&self, console: &str) -> Result<(), String> {
+        let line = console
+            .lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix("L2-VIRTIO "))
+            .ok_or("the guest reported no virtio result")?;
+        let f = fields(line);
+        let get = |k: &str| f.get(k).copied().unwrap_or("-");
+        let msi: u32 = get("msi").parse().unwrap_or(0);
+        if msi == 0 {
+            return Err("no ITS-MSI interrupt in the guest's /proc/interrupts".into());
+        }
+        if self.rng && (get("rng_current") != "virtio_rng.0" || get("rng_bytes") != "64") {
+            return Err(format!(
+                "virtio-rng: current {}, {} bytes read",
+                get("rng_current"),
+                get("rng_bytes")
+            ));
+        }
+        if let Some((img, host, guest)) = &self.blk {
+            if get("blk_read") != host {
+                return Err(format!("disk: guest read {}, want {host}", get("blk_read")));
+            }
+            let mut b = vec![0u8; guest.len()];
+            fs::File::open(img)
+                .and_then(|mut f| {
+                    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(4096))?;
+                    f.read_exact(&mut b)
+                })
+                .map_err(|e| format!("{img}: {e}"))?;
+            if b != guest.as_bytes() {
+                return Err(format!(
+                    "disk: image has {:?} at 4 KiB, want {guest}",
+                    String::from_utf8_lossy(&b)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self) {
+        if let Some((img, ..)) = &self.blk {
+            let _ = fs::remove_file(img);
+        }
+    }
+}
+
+/// What the scenario line shows of a run's PCI devices: where the guest's
+/// kernel put ivshmem's BAR2, how many ITS MSIs the virtio drivers took.
+fn facts(console: &str) -> String {
+    let mut out = String::new();
+    for (prefix, key) in [("L2-IVSHMEM ", "bar2_addr"), ("L2-VIRTIO ", "msi")] {
+        let value = console
+            .lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix(prefix))
+            .and_then(|l| fields(l).get(key).map(|v| v.to_string()));
+        if let Some(v) = value {
+            out.push_str(&format!(" {key}={v}"));
+        }
+    }
+    out
+}
+
 /// A 4 KiB arm64 `Image` made here (no toolchain needed): its header's
 /// first word branches past the header; the code loads the first word at
 /// x0 (the device tree's magic, if x0 points at it) and stores it to the
@@ -288,15 +409,21 @@ fn machine_checks() -> Vec<(&'static str, Vec<String>, i32, &'static str)> {
             "0x9010000",
         ),
         (
-            "check-msix-device-refused",
+            "check-vhost-user-refused",
             v(&[
                 "-kernel",
                 "/tmp/debug-exit.img",
+                "-object",
+                "memory-backend-memfd,id=m,size=64M",
+                "-machine",
+                "memory-backend=m",
+                "-chardev",
+                "socket,id=c0,path=/tmp/no-such.sock",
                 "-device",
-                "virtio-rng-pci",
+                "vhost-user-rng-pci,chardev=c0",
             ]),
             2,
-            "no MSI-X on aarch64 yet",
+            "vhost-user-*-pci is not supported on aarch64 yet",
         ),
         (
             "check-ram-granule",
@@ -405,9 +532,18 @@ pub fn l1_main(table: &Path) -> ! {
             }
             None => None,
         };
+        let virtio = match Virtio::prepare(s) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                println!("LAB-FATAL {}: host side of the virtio disk: {e}", s.name);
+                None
+            }
+            None => None,
+        };
         let (region_args, region_word) = region.as_ref().map(Region::args).unwrap_or_default();
+        let (virtio_args, virtio_word) = virtio.as_ref().map(Virtio::args).unwrap_or_default();
         let append = format!(
-            "console=ttyS0 quiet panic=-1 lab.name={} lab.action={}{region_word}",
+            "console=ttyS0 quiet panic=-1 lab.name={} lab.action={}{region_word}{virtio_word}",
             s.name, s.action
         );
         let mut args = vec![
@@ -423,6 +559,7 @@ pub fn l1_main(table: &Path) -> ! {
         ];
         args.extend(ram_args(s));
         args.extend(region_args);
+        args.extend(virtio_args);
         let console_path = format!("/tmp/{}.console", s.name);
         let t0 = uptime();
         let started = fs::File::create(&console_path).and_then(|out| {
@@ -455,8 +592,18 @@ pub fn l1_main(table: &Path) -> ! {
                 judge_ivshmem(r.size, &console).and_then(|()| r.check_host_side())
             }
         });
+        let verdict = verdict.and_then(|()| match &virtio {
+            Some(v) => v.judge(&console),
+            None if s.extra.rng || s.extra.vub.is_some() => {
+                Err("the virtio disk could not be prepared".into())
+            }
+            None => Ok(()),
+        });
         if let Some(r) = &region {
             let _ = fs::remove_file(&r.file);
+        }
+        if let Some(v) = &virtio {
+            v.remove();
         }
         if verdict.is_err() {
             for l in console
@@ -475,8 +622,9 @@ pub fn l1_main(table: &Path) -> ! {
             Err(why) => ("FAIL", format!(" reason={}", why.replace(' ', "_"))),
         };
         println!(
-            "LAB-SCENARIO name={} vmm=shmvm arch=aarch64 result={result} wall={wall:.2} guest_init={init_at}{reason}",
-            s.name
+            "LAB-SCENARIO name={} vmm=shmvm arch=aarch64 result={result} wall={wall:.2} guest_init={init_at}{}{reason}",
+            s.name,
+            facts(&console)
         );
     }
     println!("LAB-END");
@@ -670,10 +818,11 @@ mod tests {
                 .contains("shm:")
         );
         assert!(
-            parse("t", "a ram 256M 1 poweroff - rng")
+            parse("t", "a ram 256M 1 poweroff - vub")
                 .unwrap_err()
-                .contains("MSI-X")
+                .contains("vhost-user")
         );
+        assert!(parse("t", "a ram 256M 1 poweroff - rng,blk").is_ok());
         assert!(parse("t", "a ram 256M 1 poweroff file:16M -").is_ok());
         assert_eq!(
             ram_args(&scenario("a ram 256M 1 poweroff - -")),
@@ -710,6 +859,52 @@ mod tests {
                 .unwrap_err()
                 .contains("no ivshmem")
         );
+    }
+
+    #[test]
+    fn a_virtio_run_needs_msis_rng_bytes_and_both_disk_tokens() {
+        let v = Virtio {
+            rng: true,
+            blk: None,
+        };
+        let ok = "L2-VIRTIO modules=8 msi=3 rng_current=virtio_rng.0 rng_bytes=64 blk_read=- blk_write=fail\n";
+        assert_eq!(v.judge(ok), Ok(()));
+        assert!(
+            v.judge(&ok.replace("msi=3", "msi=0"))
+                .unwrap_err()
+                .contains("ITS-MSI")
+        );
+        assert!(
+            v.judge(&ok.replace("rng_bytes=64", "rng_bytes=0"))
+                .unwrap_err()
+                .contains("virtio-rng")
+        );
+        assert!(v.judge("L2-INIT\n").unwrap_err().contains("no virtio"));
+        assert_eq!(facts(ok), " msi=3");
+
+        let img = std::env::temp_dir().join(format!("arm64-judge-{}.img", std::process::id()));
+        let mut b = vec![0u8; 8192];
+        b[4096..4106].copy_from_slice(b"guestblk-7");
+        fs::write(&img, &b).unwrap();
+        let d = Virtio {
+            rng: false,
+            blk: Some((
+                img.display().to_string(),
+                "hostblk-1".into(),
+                "guestblk-7".into(),
+            )),
+        };
+        let ok = "L2-VIRTIO msi=2 blk_read=hostblk-1\n";
+        assert_eq!(d.judge(ok), Ok(()));
+        assert!(
+            d.judge(&ok.replace("hostblk-1", "hostblk-2"))
+                .unwrap_err()
+                .contains("guest read")
+        );
+        fs::write(&img, vec![0u8; 8192]).unwrap();
+        assert!(d.judge(ok).unwrap_err().contains("at 4 KiB"));
+        d.remove();
+        assert!(!img.exists());
     }
 
     #[test]

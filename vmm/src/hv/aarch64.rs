@@ -51,6 +51,52 @@ pub struct GicConfig {
     /// Interrupt IDs: 32 private (SGIs, PPIs) plus the SPIs; a multiple
     /// of 32.
     pub nr_irqs: u32,
+    /// The ITS's 128 KiB frame (GITS), which turns MSI writes into LPIs;
+    /// None: no MSIs.
+    pub its_addr: Option<u64>,
+}
+
+/// One entry of the VM's interrupt routing table (the aarch64 twin of
+/// `x86.rs`'s): a GSI raises an SPI, or sends an MSI to the ITS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GsiRoute {
+    /// `gsi` raises SPI `spi` (INTID 32 + `spi`).
+    Spi { gsi: u32, spi: u32 },
+    /// `gsi` writes `data` to `address` (the ITS's GITS_TRANSLATER) as
+    /// device `devid`: the ITS translates by the device ID, which is the
+    /// requester's PCI BDF (the device tree's `msi-map` is the identity).
+    Msi {
+        gsi: u32,
+        address: u64,
+        data: u32,
+        devid: u32,
+    },
+}
+
+impl GsiRoute {
+    pub fn gsi(&self) -> u32 {
+        match *self {
+            GsiRoute::Spi { gsi, .. } | GsiRoute::Msi { gsi, .. } => gsi,
+        }
+    }
+
+    /// The routes the in-kernel GIC starts with: GSI n raises SPI n, for
+    /// `spis` SPIs (a routing table replaces them, so it keeps them).
+    pub fn irqchip_defaults(spis: u32) -> Vec<GsiRoute> {
+        (0..spis)
+            .map(|n| GsiRoute::Spi { gsi: n, spi: n })
+            .collect()
+    }
+
+    /// An MSI route from requester `devid`.
+    pub fn msi(gsi: u32, address: u64, data: u32, devid: u32) -> GsiRoute {
+        GsiRoute::Msi {
+            gsi,
+            address,
+            data,
+            devid,
+        }
+    }
 }
 
 #[cfg(test)]

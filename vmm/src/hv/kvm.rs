@@ -6,18 +6,19 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use kvm_bindings::{
-    CpuId, KVM_COALESCED_MMIO_PAGE_OFFSET, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN, KvmIrqRouting, Msrs, kvm_coalesced_mmio, kvm_coalesced_mmio_ring,
-    kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_irq_routing_entry, kvm_lapic_state, kvm_msr_entry,
-    kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region,
+    CpuId, KVM_COALESCED_MMIO_PAGE_OFFSET, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, Msrs,
+    kvm_coalesced_mmio, kvm_coalesced_mmio_ring, kvm_cpuid_entry2, kvm_dtable, kvm_fpu,
+    kvm_irq_routing_entry, kvm_lapic_state, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment,
+    kvm_sregs, kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::FileOffset;
 use vm_memory::mmap::MmapRegion;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::kvm_shared::{Assign, RoutingError, ioeventfd, msi_entry, set_gsi_routing};
 use super::x86::{
     CpuidEntry, DescriptorTable, Fpu, GsiRoute, IrqChip, LapicState, MsrEntry, Regs, Segment,
     SpecialRegs,
@@ -207,12 +208,7 @@ impl Vm {
         addr: IoEventAddr,
         datamatch: Option<u32>,
     ) -> Result<(), Error> {
-        let a = ioevent_address(addr);
-        match datamatch {
-            Some(v) => self.fd.register_ioevent(evt, &a, v),
-            None => self.fd.register_ioevent(evt, &a, NoDatamatch),
-        }
-        .map_err(ioctl("KVM_IOEVENTFD"))
+        ioeventfd(&self.fd, evt, addr, datamatch, Assign::Add).map_err(ioctl("KVM_IOEVENTFD"))
     }
 
     /// Undoes [`Vm::register_ioeventfd`] (same arguments).
@@ -222,12 +218,8 @@ impl Vm {
         addr: IoEventAddr,
         datamatch: Option<u32>,
     ) -> Result<(), Error> {
-        let a = ioevent_address(addr);
-        match datamatch {
-            Some(v) => self.fd.unregister_ioevent(evt, &a, v),
-            None => self.fd.unregister_ioevent(evt, &a, NoDatamatch),
-        }
-        .map_err(ioctl("KVM_IOEVENTFD (deassign)"))
+        ioeventfd(&self.fd, evt, addr, datamatch, Assign::Remove)
+            .map_err(ioctl("KVM_IOEVENTFD (deassign)"))
     }
 
     /// The MSR indices KVM can save for a vCPU (KVM_GET_MSR_INDEX_LIST);
@@ -242,13 +234,13 @@ impl Vm {
     /// Replaces the VM's whole interrupt routing table.
     pub fn set_gsi_routing(&self, routes: &[GsiRoute]) -> Result<(), Error> {
         let entries: Vec<kvm_irq_routing_entry> = routes.iter().map(route_to_kvm).collect();
-        let table = KvmIrqRouting::from_entries(&entries).map_err(|_| Error::TooMany {
-            what: "GSI routes",
-            count: entries.len(),
-        })?;
-        self.fd
-            .set_gsi_routing(&table)
-            .map_err(ioctl("KVM_SET_GSI_ROUTING"))
+        set_gsi_routing(&self.fd, &entries).map_err(|e| match e {
+            RoutingError::TooMany(count) => Error::TooMany {
+                what: "GSI routes",
+                count,
+            },
+            RoutingError::Ioctl(err) => ioctl("KVM_SET_GSI_ROUTING")(err),
+        })
     }
 
     pub fn create_vcpu(&self, id: u8) -> Result<Vcpu, Error> {
@@ -288,13 +280,6 @@ impl Vm {
     }
 }
 
-fn ioevent_address(a: IoEventAddr) -> IoEventAddress {
-    match a {
-        IoEventAddr::Pio(p) => IoEventAddress::Pio(p),
-        IoEventAddr::Mmio(m) => IoEventAddress::Mmio(m),
-    }
-}
-
 fn route_to_kvm(r: &GsiRoute) -> kvm_irq_routing_entry {
     let mut e = kvm_irq_routing_entry {
         gsi: r.gsi(),
@@ -310,12 +295,7 @@ fn route_to_kvm(r: &GsiRoute) -> kvm_irq_routing_entry {
             };
             e.u.irqchip.pin = pin;
         }
-        GsiRoute::Msi { address, data, .. } => {
-            e.type_ = KVM_IRQ_ROUTING_MSI;
-            e.u.msi.address_lo = address as u32;
-            e.u.msi.address_hi = (address >> 32) as u32;
-            e.u.msi.data = data;
-        }
+        GsiRoute::Msi { gsi, address, data } => e = msi_entry(gsi, address, data),
     }
     e
 }

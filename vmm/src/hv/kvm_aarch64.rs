@@ -11,15 +11,18 @@ use std::sync::Mutex;
 use kvm_bindings::{
     KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_DEV_ARM_VGIC_CTRL_INIT,
     KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
-    KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_SIZE_U64,
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
-    KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST, kvm_create_device, kvm_device_attr,
-    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_userspace_memory_region, kvm_vcpu_init,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_MSI_VALID_DEVID, KVM_REG_ARM_CORE, KVM_REG_ARM64,
+    KVM_REG_ARM64_SYSREG, KVM_REG_SIZE_U64, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN, KVM_VGIC_ITS_ADDR_TYPE, KVM_VGIC_V3_ADDR_TYPE_DIST,
+    KVM_VGIC_V3_ADDR_TYPE_REDIST, kvm_create_device, kvm_device_attr,
+    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
+    kvm_irq_routing_entry, kvm_userspace_memory_region, kvm_vcpu_init,
 };
-use kvm_ioctls::{DeviceFd, IoEventAddress, Kvm, NoDatamatch, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{DeviceFd, Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::aarch64::{CoreRegs, GicConfig, VcpuInit};
+use super::aarch64::{CoreRegs, GicConfig, GsiRoute, VcpuInit};
+use super::kvm_shared::{Assign, RoutingError, ioeventfd, msi_entry, set_gsi_routing};
 use super::{IoEventAddr, SystemEvent, VmExit};
 
 /// Errors from KVM calls, naming the operation.
@@ -36,6 +39,8 @@ pub enum Error {
     },
     #[error("KVM: the GICv3 was finalized before it was created")]
     NoGic,
+    #[error("KVM: too many {what} ({count})")]
+    TooMany { what: &'static str, count: usize },
 }
 
 impl Error {
@@ -65,11 +70,18 @@ fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |err| Error::Ioctl { op, err }
 }
 
+/// The in-kernel interrupt controller: the GICv3 and its ITS, if any.
+#[derive(Debug)]
+struct Gic {
+    gic: DeviceFd,
+    its: Option<DeviceFd>,
+}
+
 /// A KVM VM with, once created, its in-kernel GICv3.
 #[derive(Debug)]
 pub struct Vm {
     fd: VmFd,
-    gic: Mutex<Option<DeviceFd>>,
+    gic: Mutex<Option<Gic>>,
     _kvm: Kvm,
 }
 
@@ -145,15 +157,7 @@ impl Vm {
         addr: IoEventAddr,
         datamatch: Option<u32>,
     ) -> Result<(), Error> {
-        let a = match addr {
-            IoEventAddr::Pio(p) => IoEventAddress::Pio(p),
-            IoEventAddr::Mmio(m) => IoEventAddress::Mmio(m),
-        };
-        match datamatch {
-            Some(v) => self.fd.register_ioevent(evt, &a, v),
-            None => self.fd.register_ioevent(evt, &a, NoDatamatch),
-        }
-        .map_err(ioctl("KVM_IOEVENTFD"))
+        ioeventfd(&self.fd, evt, addr, datamatch, Assign::Add).map_err(ioctl("KVM_IOEVENTFD"))
     }
 
     /// Creates vCPU `id` (not yet initialized: see [`Vcpu::init`]).
@@ -214,27 +218,109 @@ impl Vm {
             &raw const nr_irqs as u64,
         )
         .map_err(ioctl("KVM_SET_DEVICE_ATTR (GICv3 NR_IRQS)"))?;
-        *self.gic.lock().unwrap_or_else(|e| e.into_inner()) = Some(gic);
+        let its = match cfg.its_addr {
+            None => None,
+            Some(addr) => {
+                let mut dev = kvm_create_device {
+                    type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS,
+                    fd: 0,
+                    flags: 0,
+                };
+                let its = self
+                    .fd
+                    .create_device(&mut dev)
+                    .map_err(ioctl("KVM_CREATE_DEVICE (GICv3 ITS)"))?;
+                set_attr(
+                    &its,
+                    KVM_DEV_ARM_VGIC_GRP_ADDR,
+                    u64::from(KVM_VGIC_ITS_ADDR_TYPE),
+                    &raw const addr as u64,
+                )
+                .map_err(ioctl("KVM_SET_DEVICE_ATTR (ITS address)"))?;
+                Some(its)
+            }
+        };
+        *self.gic.lock().unwrap_or_else(|e| e.into_inner()) = Some(Gic { gic, its });
         Ok(())
     }
 
-    /// Initializes the GIC (KVM_DEV_ARM_VGIC_CTRL_INIT): after every vCPU
-    /// is created and initialized, before the first KVM_RUN.
+    /// Initializes the GIC, then its ITS (KVM_DEV_ARM_VGIC_CTRL_INIT):
+    /// after every vCPU is created and initialized, before the first
+    /// KVM_RUN.
     pub fn finalize_gic(&self) -> Result<(), Error> {
         let gic = self.gic.lock().unwrap_or_else(|e| e.into_inner());
         let gic = gic.as_ref().ok_or(Error::NoGic)?;
-        set_attr(
-            gic,
-            KVM_DEV_ARM_VGIC_GRP_CTRL,
-            u64::from(KVM_DEV_ARM_VGIC_CTRL_INIT),
-            0,
-        )
-        .map_err(ioctl("KVM_SET_DEVICE_ATTR (GICv3 CTRL_INIT)"))
+        let init = u64::from(KVM_DEV_ARM_VGIC_CTRL_INIT);
+        set_attr(&gic.gic, KVM_DEV_ARM_VGIC_GRP_CTRL, init, 0)
+            .map_err(ioctl("KVM_SET_DEVICE_ATTR (GICv3 CTRL_INIT)"))?;
+        if let Some(its) = &gic.its {
+            set_attr(its, KVM_DEV_ARM_VGIC_GRP_CTRL, init, 0)
+                .map_err(ioctl("KVM_SET_DEVICE_ATTR (ITS CTRL_INIT)"))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the VM's interrupt routing table (KVM_SET_GSI_ROUTING).
+    pub fn set_gsi_routing(&self, routes: &[GsiRoute]) -> Result<(), Error> {
+        let entries: Vec<kvm_irq_routing_entry> = routes.iter().map(route_to_kvm).collect();
+        set_gsi_routing(&self.fd, &entries).map_err(|e| match e {
+            RoutingError::TooMany(count) => Error::TooMany {
+                what: "GSI routes",
+                count,
+            },
+            RoutingError::Ioctl(err) => ioctl("KVM_SET_GSI_ROUTING")(err),
+        })
+    }
+
+    /// Undoes [`Vm::register_irqfd`].
+    pub fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
+        self.fd
+            .unregister_irqfd(evt, gsi)
+            .map_err(ioctl("KVM_IRQFD (deassign)"))
+    }
+
+    /// Undoes [`Vm::register_ioeventfd`].
+    pub fn unregister_ioeventfd(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddr,
+        datamatch: Option<u32>,
+    ) -> Result<(), Error> {
+        ioeventfd(&self.fd, evt, addr, datamatch, Assign::Remove)
+            .map_err(ioctl("KVM_IOEVENTFD (deassign)"))
     }
 
     /// The VM fd, for the teardown hand-off only.
     pub fn teardown_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+/// An SPI route names the GIC (irqchip 0) and the SPI; an MSI route
+/// carries its device ID for the ITS.
+fn route_to_kvm(r: &GsiRoute) -> kvm_irq_routing_entry {
+    match *r {
+        GsiRoute::Spi { gsi, spi } => {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_IRQCHIP,
+                ..Default::default()
+            };
+            e.u.irqchip.irqchip = 0;
+            e.u.irqchip.pin = spi;
+            e
+        }
+        GsiRoute::Msi {
+            gsi,
+            address,
+            data,
+            devid,
+        } => {
+            let mut e = msi_entry(gsi, address, data);
+            e.flags = KVM_MSI_VALID_DEVID;
+            e.u.msi.__bindgen_anon_1.devid = devid;
+            e
+        }
     }
 }
 

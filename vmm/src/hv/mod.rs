@@ -1,7 +1,8 @@
 //! The hypervisor boundary: everything the rest of the VMM asks of "a VM"
 //! and "a vCPU", and the exits a vCPU reports, in our own types.
 //!
-//! Only `kvm.rs` (x86_64) and `kvm_aarch64.rs` talk to KVM (a test checks that no other file imports
+//! Only `kvm.rs` (x86_64) and `kvm_aarch64.rs` (with `kvm_shared.rs`, the
+//! plumbing both use alike) talk to KVM (a test checks that no other file imports
 //! KVM's crates). Another accelerator (HVF) would add a sibling module with
 //! the same surface: [`Vm`], [`Vcpu`], [`VmExit`], and the state types of
 //! `x86.rs` (an aarch64 twin for arm64). Devices never see a `Vm`: they
@@ -17,11 +18,13 @@ pub mod aarch64;
 pub mod kvm;
 #[cfg(target_arch = "aarch64")]
 pub mod kvm_aarch64;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod kvm_shared;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
 #[cfg(target_arch = "aarch64")]
-pub use aarch64::{CoreRegs, GicConfig, VcpuInit};
+pub use aarch64::{CoreRegs, GicConfig, GsiRoute, VcpuInit};
 #[cfg(target_arch = "x86_64")]
 pub use kvm::{CoalescedRing, CoalescedWrite, Error, HostCpu, Vcpu, Vm};
 #[cfg(target_arch = "aarch64")]

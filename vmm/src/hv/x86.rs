@@ -152,6 +152,38 @@ impl GsiRoute {
             GsiRoute::Irqchip { gsi, .. } | GsiRoute::Msi { gsi, .. } => gsi,
         }
     }
+
+    /// The routes the in-kernel irqchip starts with on x86 for `pins`
+    /// IOAPIC pins: GSI 0-15 to both PICs and the IOAPIC, the rest to the
+    /// IOAPIC (a routing table replaces them, so it keeps them).
+    pub fn irqchip_defaults(pins: u32) -> Vec<GsiRoute> {
+        let mut v = Vec::new();
+        for gsi in 0..pins {
+            if gsi < 16 {
+                let chip = if gsi < 8 {
+                    IrqChip::PicMaster
+                } else {
+                    IrqChip::PicSlave
+                };
+                v.push(GsiRoute::Irqchip {
+                    gsi,
+                    chip,
+                    pin: gsi % 8,
+                });
+            }
+            v.push(GsiRoute::Irqchip {
+                gsi,
+                chip: IrqChip::Ioapic,
+                pin: gsi,
+            });
+        }
+        v
+    }
+
+    /// An MSI route (x86 MSIs carry no requester ID: `_devid` is unused).
+    pub fn msi(gsi: u32, address: u64, data: u32, _devid: u32) -> GsiRoute {
+        GsiRoute::Msi { gsi, address, data }
+    }
 }
 
 /// Debug registers DR0-3, DR6, DR7 (KVM_GET_DEBUGREGS).

@@ -71,6 +71,7 @@ impl PciPlug for Ivshmem {
                 (REGISTER_BAR, BarBacking::Registers),
                 (MEMORY_BAR, BarBacking::Memory(region)),
             ],
+            requester: None,
         }
     }
 

@@ -38,7 +38,7 @@ use vm_memory::{FileOffset, VolatileMemory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::hv::{IoEventAddr, Vm};
-use crate::interrupts::{Interrupts, MsiMessage, MsiVectors};
+use crate::interrupts::{Interrupts, MsiMessage, MsiVectors, Requester};
 use crate::ivshmem_doorbell::DoorbellConfig;
 use crate::pci::{BarBacking, HostRegion, Pci, PciFunction, PciPlug, Placed};
 use crate::ratelimit::RateLimit;
@@ -366,6 +366,7 @@ pub struct Doorbell {
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    requester: Requester,
 }
 
 impl std::fmt::Debug for Doorbell {
@@ -423,6 +424,7 @@ impl Doorbell {
             device: name.clone(),
             err,
         })?;
+        let requester = msi.requester();
         let counters = Arc::new(Counters::default());
         let masked = MsixVector {
             address: 0,
@@ -472,6 +474,7 @@ impl Doorbell {
             cfg.vectors
         );
         Ok(Doorbell {
+            requester,
             name,
             slot: cfg.slot,
             id: setup.id,
@@ -561,6 +564,7 @@ impl PciPlug for Doorbell {
                 (MSIX_BAR, BarBacking::Registers),
                 (MEMORY_BAR, BarBacking::Memory(region)),
             ],
+            requester: Some(self.requester.clone()),
         }
     }
 

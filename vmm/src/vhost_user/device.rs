@@ -95,12 +95,13 @@ pub struct Wired {
     pub slot: Option<u8>,
     pub device: Arc<Mutex<VirtioPci>>,
     pub stats: Arc<VhostUserDeviceStats>,
+    pub requester: crate::interrupts::Requester,
 }
 
 impl PciPlug for Wired {
     /// BAR0 holds the transport's registers.
     fn function(&self) -> PciFunction {
-        crate::virtio::wiring::function(&self.name, self.slot, &self.device)
+        crate::virtio::wiring::function(&self.name, self.slot, &self.device, &self.requester)
     }
 
     fn add_stats(&self, _placed: &Placed, _pci: &Pci, stats: &mut Stats) {
@@ -150,6 +151,7 @@ pub fn create(
         device: name.clone(),
         err,
     })?;
+    let requester = msi.requester();
     let efd = |err| Error::EventFd {
         device: name.clone(),
         err,
@@ -186,6 +188,7 @@ pub fn create(
         slot: cfg.slot,
         device: Arc::new(Mutex::new(device)),
         stats,
+        requester,
     })
 }
 

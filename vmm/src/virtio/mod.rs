@@ -13,9 +13,6 @@
 
 pub mod config;
 pub mod memory;
-#[cfg(target_arch = "x86_64")]
 mod plug;
-#[cfg(target_arch = "x86_64")]
 pub mod wiring;
-#[cfg(target_arch = "x86_64")]
 pub use plug::*;

@@ -1,6 +1,6 @@
 //! The built-in virtio devices as PCI functions: their worker threads,
-//! MSI-X vectors and queue notifications (x86_64: PCI and MSI routes are
-//! x86-only for now).
+//! MSI-X vectors and queue notifications (both machines: MSIs through
+//! `interrupts.rs`, on aarch64 to the GICv3 ITS).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::config;
 use super::wiring::{self, QueueWiring};
 use crate::hv::Vm;
-use crate::interrupts::{self, Interrupts};
+use crate::interrupts::{self, Interrupts, Requester};
 use crate::pci::{Pci, PciFunction, PciPlug, Placed};
 use crate::stats::{Stats, VirtioStats};
 
@@ -185,6 +185,7 @@ pub struct Wired<D: VirtioDevice + Counted> {
     pub device: Arc<Mutex<VirtioPci>>,
     worker: Arc<Worker<D>>,
     stats: Arc<OwnerStats>,
+    requester: Requester,
 }
 
 impl<D: VirtioDevice + Counted> std::fmt::Debug for Wired<D> {
@@ -195,7 +196,7 @@ impl<D: VirtioDevice + Counted> std::fmt::Debug for Wired<D> {
 
 impl<D: VirtioDevice + Counted> PciPlug for Wired<D> {
     fn function(&self) -> PciFunction {
-        crate::virtio::wiring::function(&self.name, self.slot, &self.device)
+        crate::virtio::wiring::function(&self.name, self.slot, &self.device, &self.requester)
     }
 
     fn add_stats(&self, _placed: &Placed, _pci: &Pci, stats: &mut Stats) {
@@ -241,6 +242,7 @@ pub fn create<D: VirtioDevice + Counted>(
         device: name.clone(),
         err,
     })?;
+    let requester = msi.requester();
     // The transport to mark NEEDS_RESET when the worker finds the rings
     // broken; set once the transport exists.
     let pci: Arc<OnceLock<Weak<Mutex<VirtioPci>>>> = Arc::new(OnceLock::new());
@@ -304,6 +306,7 @@ pub fn create<D: VirtioDevice + Counted>(
         device,
         worker,
         stats,
+        requester,
     })
 }
 

@@ -187,6 +187,7 @@ pub fn function(
     name: &str,
     slot: Option<u8>,
     device: &std::sync::Arc<std::sync::Mutex<devices::virtio::VirtioPci>>,
+    requester: &crate::interrupts::Requester,
 ) -> crate::pci::PciFunction {
     crate::pci::PciFunction {
         name: name.to_string(),
@@ -196,6 +197,7 @@ pub fn function(
             devices::virtio::BAR_INDEX,
             crate::pci::BarBacking::Registers,
         )],
+        requester: Some(requester.clone()),
     }
 }
 

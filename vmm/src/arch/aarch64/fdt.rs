@@ -1,6 +1,7 @@
 //! The device tree the aarch64 machine hands its kernel (rust-vmm
 //! `vm-fdt`): memory, CPUs with PSCI, the GICv3, the architected timer,
-//! the UART, the debug-exit register, the PCI host bridge (generic ECAM),
+//! the UART, the debug-exit register, the PCI host bridge (generic ECAM,
+//! MSIs through the GICv3 ITS),
 //! and `chosen` (command line, initrd, console). Addresses and interrupts
 //! come from `layout.rs` only.
 
@@ -11,6 +12,10 @@ use super::layout;
 /// The GIC's phandle (every interrupt names it through the root's
 /// `interrupt-parent`).
 const GIC_PHANDLE: u32 = 1;
+/// The ITS's phandle (the PCI host bridge's `msi-map` names it).
+const ITS_PHANDLE: u32 = 2;
+/// Requester IDs the PCI host bridge maps to ITS device IDs (one bus).
+const PCI_RIDS: u32 = 0x100;
 /// Interrupt specifier cells: type, number, flags.
 const GIC_SPI: u32 = 0;
 const GIC_PPI: u32 = 1;
@@ -145,7 +150,18 @@ pub fn build(spec: &Spec<'_>) -> Result<Vec<u8>, Error> {
             "interrupts",
             &[GIC_PPI, GIC_MAINTENANCE_PPI, IRQ_TYPE_LEVEL_HIGH],
         )?;
-        f.property_u32("phandle", GIC_PHANDLE)
+        f.property_u32("phandle", GIC_PHANDLE)?;
+        // The ITS as the GIC's child, at its own address.
+        f.property_u32("#address-cells", 2)?;
+        f.property_u32("#size-cells", 2)?;
+        f.property_null("ranges")?;
+        node(f, &format!("its@{:x}", layout::GIC_ITS), |its| {
+            its.property_string("compatible", "arm,gic-v3-its")?;
+            its.property_null("msi-controller")?;
+            its.property_u32("#msi-cells", 1)?;
+            its.property_array_u64("reg", &[layout::GIC_ITS, layout::GIC_ITS_SIZE])?;
+            its.property_u32("phandle", ITS_PHANDLE)
+        })
     })?;
 
     node(&mut fdt, "timer", |f| {
@@ -189,6 +205,8 @@ pub fn build(spec: &Spec<'_>) -> Result<Vec<u8>, Error> {
         f.property_array_u32("bus-range", &[0, 0])?;
         f.property_u32("linux,pci-domain", 0)?;
         f.property_null("dma-coherent")?;
+        // MSIs go to the ITS with the requester ID (BDF) as device ID.
+        f.property_array_u32("msi-map", &[0, ITS_PHANDLE, 0, PCI_RIDS])?;
         let mmio64 = layout::pci_mmio64_start(spec.ram_size);
         let mut ranges = pci_range(
             PCI_SPACE_MEM32,
@@ -246,6 +264,8 @@ mod tests {
             b"/uart@9000000\0",
             b"pcie@3f000000\0",
             b"pci-host-ecam-generic\0",
+            b"arm,gic-v3-its\0",
+            b"msi-map\0",
         ] {
             assert!(contains(&b, s), "{:?} missing", String::from_utf8_lossy(s));
         }

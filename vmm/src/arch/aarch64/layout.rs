@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! 0x0800_0000  GICv3 distributor (64 KiB)
+//! 0x0808_0000  GICv3 ITS (128 KiB)
 //! 0x080a_0000  GICv3 redistributors (128 KiB per vCPU, up to 0x0900_0000)
 //! 0x0900_0000  16550 UART (ns16550a, 8 byte registers, SPI 1)
 //! 0x0901_0000  debug-exit (4 bytes: a write of v ends shmvm with (v << 1) | 1)
@@ -26,6 +27,13 @@ pub const GIC_REDIST: u64 = 0x080a_0000;
 pub const GIC_REDIST_SIZE_PER_CPU: u64 = 0x2_0000;
 /// Interrupt IDs the GIC has: 32 private plus 96 SPIs.
 pub const GIC_NR_IRQS: u32 = 128;
+/// GSIs routed to SPIs (GSI n raises SPI n); MSI routes take the GSIs
+/// after them.
+pub const IRQCHIP_GSIS: u32 = GIC_NR_IRQS - 32;
+/// The GICv3 ITS (GITS_CTLR..., GITS_TRANSLATER in its second 64 KiB
+/// frame), where QEMU `virt` has it: MSIs from PCI devices.
+pub const GIC_ITS: u64 = 0x0808_0000;
+pub const GIC_ITS_SIZE: u64 = 0x2_0000;
 
 pub const UART_ADDR: u64 = 0x0900_0000;
 /// The UART's register window in the device tree (`reg`); the bus claims
@@ -132,6 +140,7 @@ mod tests {
     fn devices_do_not_overlap_and_sit_below_ram() {
         let ranges = [
             (GIC_DIST, GIC_DIST_SIZE),
+            (GIC_ITS, GIC_ITS_SIZE),
             (GIC_REDIST, gic_redist_size(MAX_VCPUS)),
             (UART_ADDR, UART_SIZE),
             (DEBUG_EXIT_ADDR, DEBUG_EXIT_SIZE),

@@ -27,6 +27,7 @@ use crate::console_out::{self, ConsoleOut};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
+use crate::interrupts::Interrupts;
 use crate::io::{BusKind, IoBuses};
 use crate::ivshmem::plug::Ivshmem;
 use crate::pci::{ConfigAccess, MemorySlots, Pci, PciHost, PciPlug};
@@ -71,6 +72,8 @@ pub enum Error {
     #[error(transparent)]
     Pci(#[from] crate::pci::Error),
     #[error(transparent)]
+    Virtio(#[from] crate::virtio::Error),
+    #[error(transparent)]
     Ram(#[from] guest_ram::Error),
     #[error(transparent)]
     Hypervisor(#[from] hv::Error),
@@ -112,6 +115,7 @@ impl Error {
             | Error::Ivshmem(_)
             | Error::SerialFile { .. } => 2,
             Error::Pci(e) => e.exit_code(),
+            Error::Virtio(e) => e.exit_code(),
             Error::Ram(e) => e.exit_code(),
             Error::Hypervisor(e) => e.exit_code(),
             _ => 1,
@@ -124,7 +128,11 @@ impl Error {
 fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
     for d in &cfg.devices {
         let what = match d {
-            DeviceConfig::IvshmemPlain(_) => continue,
+            DeviceConfig::IvshmemPlain(_)
+            | DeviceConfig::VirtioBlk(_)
+            | DeviceConfig::VirtioRng(_)
+            | DeviceConfig::VirtioSerial(_)
+            | DeviceConfig::VirtioSerialPort(_) => continue,
             DeviceConfig::DebugExit { .. } => {
                 "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
                     .to_string()
@@ -148,30 +156,52 @@ fn device_kind(d: &DeviceConfig) -> &'static str {
     match d {
         DeviceConfig::DebugExit { .. } => "isa-debug-exit",
         DeviceConfig::IvshmemPlain(_) => "ivshmem-plain",
-        DeviceConfig::IvshmemDoorbell(_) => "ivshmem-doorbell (no MSI-X on aarch64 yet)",
-        DeviceConfig::VhostUser(_) => "vhost-user-*-pci (no MSI-X on aarch64 yet)",
-        DeviceConfig::VirtioBlk(_) => "virtio-blk-pci (no MSI-X on aarch64 yet)",
-        DeviceConfig::VirtioRng(_) => "virtio-rng-pci (no MSI-X on aarch64 yet)",
-        DeviceConfig::VirtioSerial(_) | DeviceConfig::VirtioSerialPort(_) => {
-            "virtio-serial-pci (no MSI-X on aarch64 yet)"
-        }
+        DeviceConfig::IvshmemDoorbell(_) => "ivshmem-doorbell",
+        DeviceConfig::VhostUser(_) => "vhost-user-*-pci",
+        DeviceConfig::VirtioBlk(_) => "virtio-blk-pci",
+        DeviceConfig::VirtioRng(_) => "virtio-rng-pci",
+        DeviceConfig::VirtioSerial(_) | DeviceConfig::VirtioSerialPort(_) => "virtio-serial-pci",
     }
 }
 
-/// The PCI functions `cfg` asks for, each with the `-object` backend it
-/// shares (the configuration layer checked every `memdev=`).
-fn pci_plugs(cfg: &Config, objects: &[Arc<Backend>]) -> Result<Vec<Box<dyn PciPlug>>, Error> {
+/// The PCI functions `cfg` asks for: ivshmem-plain with the `-object`
+/// backend it shares (the configuration layer checked every `memdev=`),
+/// the built-in virtio devices with their MSI-X vectors from `interrupts`.
+fn pci_plugs(
+    cfg: &Config,
+    objects: &[Arc<Backend>],
+    ram: &GuestRam,
+    vm: &Arc<Vm>,
+    interrupts: &Arc<Interrupts>,
+) -> Result<Vec<Box<dyn PciPlug>>, Error> {
+    let mem = || -> Arc<dyn devices::virtio::queue::GuestMemory> {
+        Arc::new(crate::virtio::memory::Ram(ram.mem().clone()))
+    };
     let mut plugs: Vec<Box<dyn PciPlug>> = Vec::new();
     for d in &cfg.devices {
-        if let DeviceConfig::IvshmemPlain(c) = d {
-            let memdev = objects
-                .iter()
-                .find(|b| b.id() == c.memdev)
-                .cloned()
-                .ok_or_else(|| Error::NoObject {
-                    id: c.memdev.clone(),
-                })?;
-            plugs.push(Box::new(Ivshmem::new(c, memdev)?));
+        match d {
+            DeviceConfig::IvshmemPlain(c) => {
+                let memdev = objects
+                    .iter()
+                    .find(|b| b.id() == c.memdev)
+                    .cloned()
+                    .ok_or_else(|| Error::NoObject {
+                        id: c.memdev.clone(),
+                    })?;
+                plugs.push(Box::new(Ivshmem::new(c, memdev)?));
+            }
+            DeviceConfig::VirtioBlk(c) => {
+                plugs.push(Box::new(crate::virtio::blk(c, mem(), vm, interrupts)?))
+            }
+            DeviceConfig::VirtioRng(c) => {
+                plugs.push(Box::new(crate::virtio::rng(c, mem(), vm, interrupts)?))
+            }
+            DeviceConfig::VirtioSerial(c) => {
+                plugs.push(Box::new(crate::virtio::serial(c, mem(), vm, interrupts)?))
+            }
+            // Refused up front (refuse_unsupported), or moved into its
+            // virtio-serial-pci by the configuration.
+            _ => {}
         }
     }
     Ok(plugs)
@@ -339,7 +369,6 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
                 })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let plugs = pci_plugs(cfg, &objects)?;
     let vm = Arc::new(Vm::new()?);
     ram.register(&vm)?;
 
@@ -361,8 +390,11 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         dist_addr: layout::GIC_DIST,
         redist_addr: layout::GIC_REDIST,
         nr_irqs: layout::GIC_NR_IRQS,
+        its_addr: Some(layout::GIC_ITS),
     })?;
     vm.finalize_gic()?;
+    let interrupts = Interrupts::new(&vm);
+    let plugs = pci_plugs(cfg, &objects, &ram, &vm, &interrupts)?;
 
     let state = Arc::new(VmState::default());
     let io = Arc::new(IoBuses::new());
