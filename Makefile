@@ -52,7 +52,7 @@ LAB_SCENARIOS ?= tests/lab/scenarios
 # make check-portable: the crates that must build on macOS and the BSDs, the
 # targets, and Debian's toolchain for them (its cargo, rustc and clippy come
 # before rustup's on PATH; RUSTC_BOOTSTRAP for -Z build-std on a stable rustc).
-PORTABLE_CRATES := -p memory -p devices -p shmvm-protocol -p aarch64-exits
+PORTABLE_CRATES := -p memory -p devices -p shmvm-protocol -p aarch64-exits -p hv-boundary -p hv-hvf
 PORTABLE_TARGETS ?= aarch64-apple-darwin x86_64-apple-darwin x86_64-unknown-freebsd x86_64-unknown-openbsd
 PORTABLE_ENV := env -u RUSTUP_TOOLCHAIN PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1 \
 	CARGO_TARGET_DIR=target/cross
