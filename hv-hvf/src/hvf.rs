@@ -11,7 +11,7 @@
 //! local, destroyed on that thread when the `Vcpu` is dropped there or the
 //! thread ends). A secondary CPU's first `run` waits for PSCI CPU_ON.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::ThreadId;
@@ -29,7 +29,7 @@ use hv_boundary::aarch64::{CoreRegs, GicConfig, VcpuInit};
 
 use crate::memmap::{self, Change, MapError, MemoryMap, Region};
 use crate::power::{self, Outcome, PowerTable, Wake};
-use crate::relay::IrqRelay;
+use crate::relay::{IrqRelay, spi_intid};
 use crate::step::{self, Pending, Step};
 use crate::wfi::{self, Timebase};
 
@@ -209,7 +209,7 @@ impl Vm {
         Ok(Vcpu {
             id,
             shared: self.shared.clone(),
-            boot: None,
+            boot: Cell::new(None),
             owner: None,
             pending: None,
             buf: [0; 8],
@@ -304,12 +304,14 @@ impl Drop for Vm {
     }
 }
 
-/// Raises SPI `spi` as an edge and wakes vCPUs sleeping in WFI.
+/// Raises SPI `spi` (numbered from 0, as KVM's irqfd and the device
+/// tree number them) as an edge and wakes vCPUs sleeping in WFI.
 fn raise_spi(shared: &Shared, spi: u32) {
+    let intid = spi_intid(spi);
     for level in [true, false] {
         // SAFETY: a plain call on the VM's GIC; no memory is passed.
         let r = sys("hv_gic_set_spi", unsafe {
-            applevisor_sys::hv_gic_set_spi(spi, level)
+            applevisor_sys::hv_gic_set_spi(intid, level)
         });
         if let Err(e) = r {
             log::warn!("SPI {spi}: {e}");
@@ -400,7 +402,7 @@ pub struct Vcpu {
     id: u8,
     shared: Arc<Shared>,
     /// The boot CPU's entry registers, set when it first runs.
-    boot: Option<CoreRegs>,
+    boot: Cell<Option<CoreRegs>>,
     /// The thread that created the HVF vCPU (its first `run`).
     owner: Option<ThreadId>,
     /// An exit the VMM handles: completed on the next `run`.
@@ -427,8 +429,8 @@ impl Vcpu {
 
     /// The boot CPU's entry registers (applied when it first runs, on its
     /// own thread).
-    pub fn set_core_regs(&mut self, r: &CoreRegs) -> Result<(), Error> {
-        self.boot = Some(*r);
+    pub fn set_core_regs(&self, r: &CoreRegs) -> Result<(), Error> {
+        self.boot.set(Some(*r));
         Ok(())
     }
 
@@ -441,7 +443,7 @@ impl Vcpu {
     /// The program counter (for reports); 0 before the vCPU first ran.
     pub fn pc(&self) -> Result<u64, Error> {
         if self.owner.is_none() {
-            return Ok(self.boot.map_or(0, |b| b.pc));
+            return Ok(self.boot.get().map_or(0, |b| b.pc));
         }
         self.with(|v| v.get_reg(Reg::PC).map_err(hv("hv_vcpu_get_reg")))
     }
@@ -505,6 +507,11 @@ impl Vcpu {
         }
         self.complete_pending()?;
         loop {
+            // HVF masked the timer when it fired; unmask it once the guest
+            // has dealt with it (checked before every entry, as QEMU does).
+            if self.vtimer_masked {
+                self.maybe_unmask_vtimer()?;
+            }
             let exit = self.with(|v| {
                 v.run().map_err(hv("hv_vcpu_run"))?;
                 Ok(HvfExit::new(&v.get_exit_info()))
@@ -588,7 +595,7 @@ impl Vcpu {
     fn started_here(&mut self) -> Result<bool, Error> {
         if self.shared.power.started(self.id) {
             if self.owner.is_none() {
-                let b = self.boot.unwrap_or(CoreRegs::linux_boot(0, 0));
+                let b = self.boot.get().unwrap_or(CoreRegs::linux_boot(0, 0));
                 self.start(b.pc, b.x0, b.pstate)?;
             }
             return Ok(true);
@@ -623,11 +630,7 @@ impl Vcpu {
         if let Some((reg, val)) = c.load {
             self.with(|v| v.set_reg(xreg(reg), val).map_err(hv("hv_vcpu_set_reg")))?;
         }
-        self.advance(c.pc_advance)?;
-        if self.vtimer_masked {
-            self.maybe_unmask_vtimer()?;
-        }
-        Ok(())
+        self.advance(c.pc_advance)
     }
 
     /// A PSCI call: answered in x0, or a system event, or CPU_OFF.
@@ -693,9 +696,6 @@ impl Vcpu {
 
     /// WFI: sleep until the virtual timer's deadline or a kick.
     fn wait_for_interrupt(&mut self) -> Result<(), Error> {
-        if self.vtimer_masked {
-            self.maybe_unmask_vtimer()?;
-        }
         let (ctl, cval, offset) = self.with(|v| {
             let get = |r| v.get_sys_reg(r).map_err(hv("hv_vcpu_get_sys_reg"));
             Ok((
