@@ -27,9 +27,10 @@ use applevisor_sys::{hv_error_t, hv_return_t};
 use hv_boundary::VmExit;
 use hv_boundary::aarch64::{CoreRegs, GicConfig, VcpuInit};
 
+use crate::gic::{check_spi_range, spi_intid};
 use crate::memmap::{self, Change, MapError, MemoryMap, Region};
 use crate::power::{self, Outcome, PowerTable, Wake};
-use crate::relay::{IrqRelay, spi_intid};
+use crate::relay::IrqRelay;
 use crate::step::{self, Pending, Step};
 use crate::wfi::{self, Timebase};
 
@@ -98,6 +99,15 @@ fn sys(op: &'static str, ret: hv_return_t) -> Result<(), Error> {
         })
     }
 }
+
+// The boundary's use: a `Vm` shared by every vCPU thread, a `Vcpu` moved
+// to its own thread before it first runs.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    fn moved<T: Send>() {}
+    shared::<Vm>();
+    moved::<Vcpu>();
+};
 
 /// What the VM and its vCPUs share.
 #[derive(Debug)]
@@ -224,11 +234,11 @@ impl Vm {
     pub fn create_gic(&self, cfg: &GicConfig) -> Result<(), Error> {
         let (base, count) = applevisor::gic::GicConfig::get_spi_interrupt_range()
             .map_err(hv("hv_gic_get_spi_interrupt_range"))?;
-        let want = cfg.nr_irqs.saturating_sub(1);
-        let end = base.saturating_add(count);
-        if cfg.nr_irqs > 32 && (base > 32 || want >= end) {
-            return Err(Error::GicRange { want, base, end });
-        }
+        check_spi_range(cfg.nr_irqs, base, count).map_err(|(want, base, end)| Error::GicRange {
+            want,
+            base,
+            end,
+        })?;
         // SAFETY: creates a configuration object, released below.
         let gc = unsafe { applevisor_sys::hv_gic_config_create() };
         let r = (|| {

@@ -18,6 +18,8 @@
 //!   system register read-as-zero), and an MMIO read completed into its
 //!   register on the next run;
 //! - [`wfi`]: how long a vCPU in WFI sleeps (its virtual timer's deadline);
+//! - [`gic`]: SPI numbers to GIC INTIDs, and the machine's SPIs against
+//!   HVF's range;
 //! - [`relay`]: interrupt lines without irqfd: a thread that waits on the
 //!   devices' notifiers (pipes off Linux) and raises the GIC's SPI.
 //!
@@ -25,6 +27,7 @@
 //! (the calls into Hypervisor.framework) only on aarch64 macOS, where
 //! `make check-portable` type-checks it. None of it has run on a Mac.
 
+pub mod gic;
 pub mod memmap;
 pub mod power;
 pub mod relay;

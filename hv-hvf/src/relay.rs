@@ -10,12 +10,6 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::thread::JoinHandle;
 
-/// The GIC's INTID of SPI `spi`: SPIs are numbered from 0 in KVM's irqfd
-/// and the device tree, from INTID 32 in the GIC (and `hv_gic_set_spi`).
-pub fn spi_intid(spi: u32) -> u32 {
-    32 + spi
-}
-
 /// A running relay; dropping it stops its thread.
 #[derive(Debug)]
 pub struct IrqRelay {
@@ -130,12 +124,6 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
     use std::time::Duration;
-
-    #[test]
-    fn spis_start_at_intid_32() {
-        assert_eq!(spi_intid(0), 32);
-        assert_eq!(spi_intid(1), 33);
-    }
 
     #[test]
     fn a_write_to_a_line_raises_its_spi_once_per_wakeup() {
