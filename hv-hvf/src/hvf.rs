@@ -24,10 +24,11 @@ use applevisor::gic::GicRedistributorReg;
 use applevisor::vcpu::{Reg, SysReg, Vcpu as HvVcpu, VcpuHandle};
 use applevisor::vm::{GicDisabled, VirtualMachine, VirtualMachineInstance};
 use applevisor_sys::{hv_error_t, hv_return_t};
-use hv_boundary::VmExit;
 use hv_boundary::aarch64::{CoreRegs, GicConfig, VcpuInit};
+use hv_boundary::{IoEventAddr, VmExit};
 
 use crate::gic::{check_spi_range, spi_intid};
+use crate::ioevent::{self, IoEvents};
 use crate::memmap::{self, Change, MapError, MemoryMap, Region};
 use crate::power::{self, Outcome, PowerTable, Wake};
 use crate::relay::IrqRelay;
@@ -56,6 +57,8 @@ pub enum Error {
     GicRange { want: u32, base: u32, end: u32 },
     #[error("starting the interrupt relay: {0}")]
     Relay(#[source] std::io::Error),
+    #[error("ioeventfd at port {0:#x}: arm64 has no port I/O")]
+    PioEvent(u64),
 }
 
 impl Error {
@@ -117,6 +120,8 @@ struct Shared {
     /// Every started vCPU, for `hv_vcpus_exit`.
     handles: Mutex<Vec<VcpuHandle>>,
     gic: Mutex<Option<GicConfig>>,
+    /// MMIO writes that only signal a notifier (ioeventfd).
+    ioevents: Mutex<IoEvents>,
 }
 
 impl Shared {
@@ -153,6 +158,7 @@ impl Vm {
                 power: PowerTable::default(),
                 handles: Mutex::new(Vec::new()),
                 gic: Mutex::new(None),
+                ioevents: Mutex::new(IoEvents::default()),
             }),
             slots: Mutex::new(MemoryMap::default()),
             page: memmap::host_page_size(),
@@ -287,6 +293,27 @@ impl Vm {
         *relay = Some(
             IrqRelay::spawn(copies, move |spi| raise_spi(&shared, spi)).map_err(Error::Relay)?,
         );
+        Ok(())
+    }
+
+    /// Makes guest writes to MMIO `addr` signal `notifier` (the write end
+    /// of an eventfd or pipe) in the vCPU thread instead of exiting to the
+    /// VMM, with KVM's ioeventfd rules (`ioevent.rs`).
+    pub fn register_ioevent(
+        &self,
+        notifier: OwnedFd,
+        addr: IoEventAddr,
+        datamatch: Option<u32>,
+    ) -> Result<(), Error> {
+        let addr = match addr {
+            IoEventAddr::Mmio(a) => a,
+            IoEventAddr::Pio(p) => return Err(Error::PioEvent(p)),
+        };
+        self.shared
+            .ioevents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(addr, datamatch, notifier);
         Ok(())
     }
 
@@ -560,6 +587,10 @@ impl Vcpu {
                             })?
                         };
                         let (b, n) = step::write_data(&access, reg);
+                        if self.ioevent(addr, &b[..n]) {
+                            self.advance(pc_advance)?;
+                            continue;
+                        }
                         self.buf = b;
                         self.pending = Some(Pending {
                             read: None,
@@ -618,6 +649,22 @@ impl Vcpu {
             }
             Wake::Again => Ok(false),
         }
+    }
+
+    /// Signals the ioevent a write of `data` to `addr` matches, if any.
+    fn ioevent(&self, addr: u64, data: &[u8]) -> bool {
+        let events = self
+            .shared
+            .ioevents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(fd) = events.find(addr, data) else {
+            return false;
+        };
+        if let Err(e) = ioevent::signal(fd) {
+            log::warn!("ioeventfd at {addr:#x}: {e}");
+        }
+        true
     }
 
     fn advance(&self, by: u64) -> Result<(), Error> {

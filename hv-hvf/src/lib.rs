@@ -20,6 +20,8 @@
 //! - [`wfi`]: how long a vCPU in WFI sleeps (its virtual timer's deadline);
 //! - [`gic`]: SPI numbers to GIC INTIDs, and the machine's SPIs against
 //!   HVF's range;
+//! - [`ioevent`]: ioeventfd without KVM: MMIO writes matched in the vCPU
+//!   thread and signalled there;
 //! - [`relay`]: interrupt lines without irqfd: a thread that waits on the
 //!   devices' notifiers (pipes off Linux) and raises the GIC's SPI.
 //!
@@ -28,6 +30,7 @@
 //! `make check-portable` type-checks it. None of it has run on a Mac.
 
 pub mod gic;
+pub mod ioevent;
 pub mod memmap;
 pub mod power;
 pub mod relay;
