@@ -708,11 +708,8 @@ impl Vcpu {
                 Ok(None)
             }
             Outcome::Event(e) => Ok(Some(VmExit::SystemEvent(e))),
-            Outcome::Off => {
-                // Back to waiting for CPU_ON; the next run starts over.
-                self.shared.power.kick();
-                Ok(Some(VmExit::Interrupted))
-            }
+            // Back to waiting for CPU_ON: the next run starts over.
+            Outcome::Off => Ok(Some(VmExit::Interrupted)),
         }
     }
 
