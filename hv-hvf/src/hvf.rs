@@ -57,6 +57,8 @@ pub enum Error {
     GicRange { want: u32, base: u32, end: u32 },
     #[error("starting the interrupt relay: {0}")]
     Relay(#[source] std::io::Error),
+    #[error("vCPU {0}: this thread already runs another vCPU (HVF: one vCPU a thread)")]
+    SharedThread(u8),
     #[error("ioeventfd at port {0:#x}: arm64 has no port I/O")]
     PioEvent(u64),
 }
@@ -488,7 +490,7 @@ impl Vcpu {
     /// What the last `VmExit::InternalError` was: no KVM suberror here
     /// (0), the description in the report.
     pub fn internal_error(&mut self) -> (u32, Vec<u64>) {
-        if let Some(e) = self.error.take() {
+        if let Some(e) = &self.error {
             log::error!("vCPU {}: {e}", self.id);
         }
         (0, Vec::new())
@@ -516,6 +518,9 @@ impl Vcpu {
     /// registers (x0 = `x0`, EL1h with interrupts masked).
     fn start(&mut self, pc: u64, x0: u64, pstate: u64) -> Result<(), Error> {
         if self.owner.is_none() {
+            if HV_VCPU.with_borrow(Option::is_some) {
+                return Err(Error::SharedThread(self.id));
+            }
             let v = self
                 .shared
                 .instance
