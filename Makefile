@@ -171,8 +171,9 @@ check: deps check-portable aarch64-check
 # aarch64-exits, hv-boundary, and hv-hvf: the HVF backend), type-checked
 # and clippy-checked for macOS (Apple silicon and Intel), FreeBSD and
 # OpenBSD: Debian's Rust 1.96 (/usr/bin, installed by make deps) builds their
-# std from rust-web-src (-Z build-std, type-checking only, no linker). Own target dir: ~70 s of CPU a target cold, 10 s for all warm
-# (README, "macOS and the BSDs"). PORTABLE_TARGETS=... checks fewer.
+# std from rust-web-src (-Z build-std, type-checking only, no linker). Own
+# target dir: ~70 s of CPU a target cold, 10 s for all warm (README, "macOS
+# and the BSDs"). PORTABLE_TARGETS=... checks fewer.
 check-portable: deps
 	@for t in $(PORTABLE_TARGETS); do \
 		echo "check-portable: $$t"; \
