@@ -375,6 +375,15 @@ pub const OPTIONS: &[Opt] = &[
         "the guest clock is UTC",
         "shmvm's guest clock is UTC; use -rtc base=utc or drop it",
     ),
+    noop_if(
+        "echr",
+        "1",
+        // QEMU reads the value with strtol(.., 0): 1 in any base is Ctrl-A,
+        // its default (virtme-ng's interactive line passes `-echr 1`).
+        &["1", "01", "0x1", "0x01", "0X1", "0X01"],
+        "the mux escape key is Ctrl-A (1), QEMU's default",
+        "the mux escape key is always Ctrl-A; use -echr 1 or drop it",
+    ),
     // Class 3: refused.
     refused("hda", Some("FILE"), DISKS),
     refused("hdb", Some("FILE"), DISKS),
@@ -447,7 +456,6 @@ pub const OPTIONS: &[Opt] = &[
         Some("..."),
         "use -vv or -vvv for shmvm's debug log",
     ),
-    refused("echr", Some("CHAR"), "the mux escape is always Ctrl-A"),
     refused(
         "overcommit",
         Some("..."),
@@ -804,6 +812,10 @@ mod tests {
             (vec!["disk.img"], "'disk.img': a bare argument"),
             (vec!["-kernel"], "-kernel: needs a value (PATH)"),
             (vec!["--boot", "efi"], "--boot efi: not supported"),
+            (
+                vec!["-echr", "0x14"],
+                "-echr 0x14: not supported; the mux escape key is always Ctrl-A",
+            ),
         ] {
             let e = norm(&args).unwrap_err();
             assert!(e.starts_with(want), "{args:?}: {e}");
