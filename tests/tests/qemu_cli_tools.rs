@@ -308,10 +308,10 @@ fn kvm_make_install_with_prefix_and_the_qemu_symlink() {
 /// `setup` (a shell snippet; `$D` is a scratch directory), optionally as
 /// `nobody`.
 fn in_mount_namespace(setup: &str, as_nobody: bool) -> std::process::Output {
-    // SAFETY: geteuid has no preconditions.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "this test needs root (a private mount namespace hides /dev/kvm)"
     );
     let d = TempDir::new("nokvm");

@@ -337,6 +337,14 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
     })
 }
 
+/// The `-v` count of a command line (0 when it does not parse), so that
+/// logging is set up before parsing: what the configuration layer says
+/// while it parses (`-machine accel=kvm:tcg: ... no-op`) reaches `-v`.
+pub fn verbosity(argv: &[OsString]) -> u8 {
+    options::normalize(argv.iter().cloned())
+        .map_or(0, |n| u8::try_from(n.verbose).unwrap_or(u8::MAX))
+}
+
 /// Whether a property list asks for help: `help`, `?`, or `TYPE,help`.
 fn wants_help(v: &str) -> Option<Option<&str>> {
     let mut parts = v.split(',');

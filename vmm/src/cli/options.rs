@@ -503,6 +503,8 @@ pub struct Normalized {
     pub args: Vec<OsString>,
     /// The no-op options given, as written, with the reason (for `-v`).
     pub noops: Vec<String>,
+    /// How many `-v` (`-vv` counts 2, `--verbose` 1).
+    pub verbose: usize,
 }
 
 /// The closest known option name, for "did you mean" (edit distance <= 2).
@@ -547,6 +549,7 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
         }
         // -v, -vv, -vvv: shmvm's verbosity (QEMU has no -v).
         if s.len() > 1 && s[1..].chars().all(|c| c == 'v') {
+            out.verbose += s.len() - 1;
             out.args.push(a);
             continue;
         }
@@ -565,6 +568,7 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
         let Some(opt) = find(name) else {
             return Err(Error::Unknown(s.clone(), suggest(name)));
         };
+        out.verbose += usize::from(opt.name == "verbose" && inline.is_none());
         // The raw value (a path need not be UTF-8), and its text for checks.
         let mut raw_value = || -> Result<OsString, Error> {
             match &inline {
@@ -604,7 +608,7 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
                                 .any(|k| p.starts_with(k))
                         }) {
                             out.noops.push(format!(
-                                "{s} {v}: QEMU's boot order; shmvm boots -kernel directly"
+                                "{s} {v}: no-op (QEMU's boot order; shmvm boots -kernel directly)"
                             ));
                             continue;
                         }

@@ -522,3 +522,20 @@ fn readme_command_extraction() {
         ["shmvm", "-append", "a b", ""]
     );
 }
+
+#[test]
+fn verbosity_is_known_before_parsing() {
+    let v = |a: &[&str]| {
+        let argv: Vec<OsString> = std::iter::once("shmvm")
+            .chain(a.iter().copied())
+            .map(OsString::from)
+            .collect();
+        verbosity(&argv)
+    };
+    assert_eq!(v(&["-kernel", "k", "-vv"]), 2);
+    assert_eq!(v(&["-v", "--verbose", "-kernel", "k", "-v"]), 3);
+    // A value is never an option: `-append -vvv` is a command line.
+    assert_eq!(v(&["-append", "-vvv", "-kernel", "k"]), 0);
+    assert_eq!(v(&["-kernel", "k"]), 0);
+    assert_eq!(v(&["-bogus", "-v"]), 0);
+}
