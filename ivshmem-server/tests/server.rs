@@ -498,3 +498,31 @@ fn wire_transcript_is_qemus_byte_for_byte() {
     (&second).read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "then peer 1's socket closes: {rest:?}");
 }
+
+/// `-M`: an existing shm object is never taken over (O_EXCL), one line
+/// naming it; `--keep` leaves the object behind at exit, mode 0600.
+#[test]
+fn shm_object_is_exclusive_and_kept_on_request() {
+    let dir = tmp("shmkeep");
+    let mut c = cfg(&dir, "shmkeep", 1);
+    let ShmSource::Name(name) = c.shm.clone() else {
+        unreachable!()
+    };
+    let path = PathBuf::from(format!("/dev/shm{name}"));
+    std::fs::write(&path, b"someone else's").unwrap();
+    let e = Server::start(c.clone()).unwrap_err().to_string();
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains(&name[1..]), "names the object: {e}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"someone else's",
+        "untouched"
+    );
+    std::fs::remove_file(&path).unwrap();
+    c.keep = true;
+    drop(serve(c));
+    let meta = std::fs::metadata(&path).expect("kept at exit");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 1 << 20);
+    std::fs::remove_file(&path).unwrap();
+}

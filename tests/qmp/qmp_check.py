@@ -161,6 +161,19 @@ async def compare(args):
     try:
         mode = stat.S_IMODE(os.stat(s.sock).st_mode)
         check(mode == 0o600, f"shmvm socket mode {mode:o} is 600")
+        # Before and after negotiation, on plain sockets: the same errors.
+        # (First: QEMU's -qmp socket serves one client at a time.)
+        seen = []
+        for vm in (s, q):
+            r, f = raw(vm.sock, negotiate=False)
+            before = ask(r, f, '{"execute":"query-status","id":"b"}')
+            first = ask(r, f, '{"execute":"qmp_capabilities","id":"n1"}')
+            again = ask(r, f, '{"execute":"qmp_capabilities","id":"n2"}')
+            f.close()  # the makefile holds the fd open too
+            r.close()
+            seen.append((before, first, again))
+        check(seen[0] == seen[1] and seen[0][0]["error"]["class"] == "CommandNotFound",
+              f"before qmp_capabilities / negotiated twice: {seen[0]} as QEMU")
         cs, cq = await client(s), await client(q)
         gs, gq = cs.greeting._raw, cq.greeting._raw
         check(set(gs["QMP"]) == set(gq["QMP"]) and shape(gs["QMP"]["version"]) == shape(gq["QMP"]["version"]),
@@ -278,7 +291,15 @@ async def compare(args):
 def raw(sock_path, negotiate=True):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(5)
-    s.connect(sock_path)
+    deadline = time.time() + 5
+    while True:  # the socket file exists a moment before it listens
+        try:
+            s.connect(sock_path)
+            break
+        except ConnectionRefusedError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.01)
     f = s.makefile("rb")
     greeting = json.loads(f.readline())
     assert "QMP" in greeting

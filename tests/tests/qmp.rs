@@ -307,7 +307,7 @@ fn kvm_ivshmem_peer_leaving_is_an_event() {
         .args(["-kernel", &kernel, "-m", "32M", "-serial", "none"])
         .arg("-chardev")
         .arg(format!("socket,path={},id=iv", socket.display()))
-        .args(["-device", "ivshmem-doorbell,chardev=iv,vectors=1"])
+        .args(["-device", "ivshmem-doorbell,chardev=iv,vectors=1,addr=5"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
         .stdout(std::process::Stdio::null())
@@ -316,6 +316,45 @@ fn kvm_ivshmem_peer_leaving_is_an_event() {
         .expect("spawn shmvm");
     let mut q = RawQmp::connect(&sock);
     q.negotiate().expect("negotiate");
+    // The device as QEMU's query-pci shows QEMU's ivshmem-doorbell: at
+    // addr=5, 1af4:1110 class 0x0500, BAR0 256 bytes of registers, BAR1
+    // the MSI-X table and PBA (4 KiB), BAR2 the server's 1 MiB, 64-bit
+    // prefetchable.
+    let pci: serde_json::Value =
+        serde_json::from_str(&q.ask(r#"{"execute":"query-pci"}"#)).expect("query-pci JSON");
+    let devs = pci["return"][0]["devices"].as_array().expect("devices");
+    let d = devs
+        .iter()
+        .find(|d| d["id"]["device"] == 0x1110)
+        .unwrap_or_else(|| panic!("no 1af4:1110 in {pci}"));
+    assert_eq!(
+        (&d["slot"], &d["id"]["vendor"], &d["class_info"]["class"]),
+        (
+            &serde_json::json!(5),
+            &serde_json::json!(0x1af4),
+            &serde_json::json!(0x0500)
+        ),
+        "{d}"
+    );
+    let region = |bar: u64| {
+        d["regions"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["bar"] == bar))
+            .unwrap_or_else(|| panic!("no BAR{bar} in {d}"))
+            .clone()
+    };
+    assert_eq!(region(0)["size"], 256, "{d}");
+    assert_eq!(region(1)["size"], 4096, "{d}");
+    let bar2 = region(2);
+    assert_eq!(
+        (&bar2["size"], &bar2["prefetch"], &bar2["mem_type_64"]),
+        (
+            &serde_json::json!(1 << 20),
+            &serde_json::json!(true),
+            &serde_json::json!(true)
+        ),
+        "{d}"
+    );
     // shmvm joined at start (peer 0); a host peer comes and goes.
     let host = ivshmem_server::Peer::connect(&socket, Duration::from_secs(10))
         .expect("host peer connects");
