@@ -337,7 +337,7 @@ struct Wire {
 fn wire(stream: &UnixStream) -> Wire {
     use std::os::fd::{FromRawFd, RawFd};
     use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-    stream.set_read_timeout(Some(T)).unwrap();
+    stream.set_read_timeout(Some(T)).expect("socket timeout");
     let mut bytes = [0u8; 8];
     let mut have = 0;
     let mut fds = Vec::new();
