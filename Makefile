@@ -230,7 +230,9 @@ lab-arm64: deps aarch64 lab-tools
 # says why each is there).
 .PHONY: lab-pending
 lab-pending:
-	LAB_SCENARIOS=tests/lab/pending-scenarios $(MAKE) lab
+	@if grep -qv -e '^[[:space:]]*#' -e '^[[:space:]]*$$' tests/lab/pending-scenarios; then \
+		LAB_SCENARIOS=tests/lab/pending-scenarios $(MAKE) lab; \
+	else echo "lab-pending: no pending scenarios (tests/lab/pending-scenarios)"; fi
 
 # virtio-blk throughput in the lab, shmvm and QEMU side by side (README).
 .PHONY: bench-blk
