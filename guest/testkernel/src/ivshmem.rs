@@ -563,7 +563,7 @@ pub fn bench() -> Result<(), &'static str> {
 }
 
 /// A page-aligned piece of free RAM (not kernel, not initrd) of `bytes`.
-pub fn free_ram(bytes: u64) -> Option<u64> {
+fn free_ram(bytes: u64) -> Option<u64> {
     // SAFETY: single CPU, CPL0 only; FREE was computed at boot.
     let free = unsafe { &*jobs::FREE.ptr() };
     free.as_slice().iter().find_map(|&(s, t)| {
