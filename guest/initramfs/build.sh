@@ -35,9 +35,10 @@ if [ -n "$moddir" ]; then
         cp "$f" "$stage/lib/modules/virtio/"
     done
     echo "$order" >"$stage/lib/modules/virtio/order"
-    # The vhost-user fs, vsock and rng drivers (lab.vuser), after virtio.
+    # The vhost-user fs and vsock drivers (lab.vuser), after virtio (whose
+    # list has virtio-rng, which the vhost-user-rng device binds to).
     mkdir -p "$stage/lib/modules/vhostuser"
-    order="fuse virtiofs vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio-rng"
+    order="fuse virtiofs vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
     for m in $order; do
         f=$(find "$moddir/kernel" -name "$m.ko" | head -n1)
         [ -n "$f" ] || die "module $m.ko not found under $moddir"

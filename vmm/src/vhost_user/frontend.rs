@@ -8,7 +8,9 @@
 //! type's configuration comes from the back-end (a disk's capacity).
 //! When the guest driver starts the device: SET_FEATURES with what it
 //! acknowledged, then per queue SET_VRING_NUM/ADDR/BASE/KICK/CALL and
-//! SET_VRING_ENABLE. A device reset stops the rings (GET_VRING_BASE).
+//! SET_VRING_ENABLE, then (without REPLY_ACK) GET_FEATURES as a barrier
+//! so the rings run before the guest's next instruction, and one kick per
+//! ring. A device reset stops the rings (GET_VRING_BASE).
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -477,7 +479,42 @@ impl Link {
             let r = self.fe.set_vring_enable(usize::from(q.index), true);
             self.req("SET_VRING_ENABLE", r)?;
         }
+        // The guest runs on when this returns, and a driver kicks right
+        // after DRIVER_OK (Linux's virtio-rng queues its one request in
+        // probe and waits for it). The rings must be enabled by then.
+        self.sync()?;
+        // A kick the back-end read before its SET_VRING_ENABLE (one the
+        // guest sent before DRIVER_OK, already pending when the kick fd
+        // was registered) was dropped: rust-vmm's back-ends discard kicks
+        // on a disabled ring. One more kick per queue replays it; a kick
+        // with nothing new on the ring is harmless.
+        for q in queues {
+            if let Some(kick) = kicks.get(usize::from(q.index))
+                && let Err(err) = kick.write(1)
+            {
+                return Err(Error::Io {
+                    path: self.path.clone(),
+                    what: "kicking a started ring",
+                    err,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Returns once the back-end has processed every request sent so far.
+    /// With REPLY_ACK each request already waited for its acknowledgement;
+    /// without it (vhost-device-rng 0.1 offers only MQ) requests are
+    /// fire-and-forget, so GET_FEATURES, which every back-end answers and
+    /// which it handles after the requests before it, is the barrier (as
+    /// QEMU does since 8.2 for SET_VRING_ENABLE).
+    fn sync(&mut self) -> Result<(), Error> {
+        if self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            return Ok(());
+        }
+        let r = self.fe.get_features();
+        self.req("GET_FEATURES (waiting for the rings to start)", r)
+            .map(drop)
     }
 
     /// Stops every started ring (the driver reset the device).

@@ -107,6 +107,12 @@ impl<'a> Queue<'a> {
     /// Waits for the used index to reach the avail index and the back-end's
     /// interrupt (its call eventfd); returns the last used length.
     pub fn wait_used(&mut self) -> u32 {
+        self.wait_used_within(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Queue::wait_used`] for at most `limit`; the error says what was seen.
+    pub fn wait_used_within(&mut self, limit: Duration) -> Result<u32, String> {
         let m = self.mem();
         let t = Instant::now();
         let mut called = false;
@@ -115,15 +121,16 @@ impl<'a> Queue<'a> {
             let used_idx: u16 = m.read_obj(GuestAddress(self.base + 0x2000 + 2)).unwrap();
             if used_idx == self.avail_idx && called {
                 let slot = u64::from(used_idx.wrapping_sub(1) % QSIZE);
-                return m
+                return Ok(m
                     .read_obj(GuestAddress(self.base + 0x2000 + 4 + 8 * slot + 4))
-                    .unwrap();
+                    .unwrap());
             }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "no completion from the back-end on queue {} (used index {used_idx}, interrupt {called})",
-                self.index
-            );
+            if t.elapsed() > limit {
+                return Err(format!(
+                    "no completion from the back-end on queue {} in {limit:?} (used index {used_idx}, interrupt {called})",
+                    self.index
+                ));
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
