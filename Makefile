@@ -224,6 +224,33 @@ lab-arm64: deps aarch64 lab-tools
 	bash tests/lab/arm64/build-l1.sh $(LAB_ARM64) $(SHMVM_AARCH64) $(LAB_AARCH64) $(LAB_ARM64_SCENARIOS) $(TOOL_AARCH64)
 	$(LAB_RUNNER) host-arm64 --dir $(LAB_ARM64) --scenarios $(LAB_ARM64_SCENARIOS)
 
+# cargo-fuzz (libFuzzer with coverage feedback, nightly Rust): every target
+# of fuzz/ for FUZZ_SECS seconds (default 30; 7 targets), starting from its
+# seed corpus fuzz/corpus/<target>; what libFuzzer finds worth keeping goes
+# to build/fuzz/<target> (copy small, interesting inputs into the seed
+# corpus), a crashing input to fuzz/artifacts/<target>/. Needs the nightly
+# toolchain (rustup's, present on these machines) and cargo-fuzz (installed
+# here from crates.io, ~8 min the first time); the first build of the
+# instrumented targets takes ~10 min on 2 cores. Not part of make test: the
+# same target functions replay the seed corpus plus mutations on stable in
+# `cargo test` (fuzz-targets/tests/corpus.rs, ~3 s). Each target's log:
+# build/fuzz/<target>.log.
+FUZZ_SECS ?= 30
+FUZZ_TARGETS ?= keyval cmdline snapshot_state virtio_chain pci_config ivshmem_protocol vhost_user_replies
+.PHONY: fuzz
+fuzz:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "fuzz: needs rustup's nightly toolchain (rustup toolchain list); on stable, cargo test -p shmvm-fuzz-targets replays the corpus" >&2; exit 1; }
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && cargo +nightly fuzz build -O
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(BUILD)/fuzz/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECS) s"; \
+		(cd fuzz && cargo +nightly fuzz run -O $$t ../$(BUILD)/fuzz/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECS) -timeout=10 -print_final_stats=1) \
+			> $(BUILD)/fuzz/$$t.log 2>&1 || { tail -40 $(BUILD)/fuzz/$$t.log; exit 1; }; \
+		grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' $(BUILD)/fuzz/$$t.log; \
+	done
+
 # --- benchmarks ------------------------------------------------------------
 
 # Lab scenarios that fail on main, kept out of make test (tests/lab/pending-scenarios

@@ -21,6 +21,12 @@ pub struct Stats {
     /// Built-in virtio devices (absent in older binaries' lines).
     #[serde(default)]
     pub virtio: Vec<Virtio>,
+    /// Guest-triggered log lines asked for, and those the rate limit left
+    /// out (absent in older binaries' lines).
+    #[serde(default)]
+    pub guest_log_lines: u64,
+    #[serde(default)]
+    pub guest_log_suppressed: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -95,6 +95,8 @@ pub struct Block {
     id: [u8; ID_LEN],
     bounce: Vec<u8>,
     stats: BlockStats,
+    /// Failed flushes, one line per guest request otherwise.
+    warnings: crate::ratelimit::RateLimit,
 }
 
 impl std::fmt::Debug for Block {
@@ -136,6 +138,7 @@ impl Block {
             id,
             bounce: vec![0; CHUNK + ALIGN],
             stats: BlockStats::default(),
+            warnings: Default::default(),
         })
     }
 
@@ -303,7 +306,7 @@ impl Block {
                 match self.file.sync_data() {
                     Ok(()) => Ok(Done::status(S_OK)),
                     Err(e) => {
-                        log::warn!("virtio-blk: flush failed: {e}");
+                        crate::warn_limited!(self.warnings, "virtio-blk: flush failed: {e}");
                         Ok(Done::status(S_IOERR))
                     }
                 }

@@ -91,6 +91,8 @@ pub struct Console {
     /// Control messages waiting for a buffer on the control receive queue.
     pending: VecDeque<Vec<u8>>,
     stats: ConsoleStats,
+    /// A guest can send any number of failed DEVICE_READY messages.
+    warnings: crate::ratelimit::RateLimit,
 }
 
 fn control(id: u32, event: u16, value: u16) -> Vec<u8> {
@@ -110,6 +112,7 @@ impl Console {
             multiport: false,
             pending: VecDeque::new(),
             stats: ConsoleStats::default(),
+            warnings: Default::default(),
         }
     }
 
@@ -185,7 +188,10 @@ impl Console {
                 }
             }
             event::DEVICE_READY => {
-                log::warn!("virtio-serial: the guest driver failed to set up the device");
+                crate::warn_limited!(
+                    self.warnings,
+                    "virtio-serial: the guest driver failed to set up the device"
+                );
             }
             event::PORT_READY if value == 1 => self.port_ready(id),
             event::PORT_READY => {

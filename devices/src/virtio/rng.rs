@@ -28,6 +28,8 @@ pub struct Rng {
     source: File,
     buf: Vec<u8>,
     stats: RngStats,
+    /// A failing source would give one line per guest request.
+    warnings: crate::ratelimit::RateLimit,
 }
 
 impl Rng {
@@ -36,6 +38,7 @@ impl Rng {
             source,
             buf: vec![0; MAX_REQUEST],
             stats: RngStats::default(),
+            warnings: Default::default(),
         }
     }
 
@@ -79,7 +82,10 @@ impl VirtioDevice for Rng {
                     n as u32
                 }
                 Err(e) => {
-                    log::warn!("virtio-rng: the entropy source failed: {e}");
+                    crate::warn_limited!(
+                        self.warnings,
+                        "virtio-rng: the entropy source failed: {e}"
+                    );
                     self.stats.errors += 1;
                     0
                 }

@@ -136,6 +136,8 @@ pub struct VirtioPci {
     stats: TransportStats,
     /// The driver's mistakes are the guest's to make: rate-limited.
     warnings: crate::ratelimit::RateLimit,
+    /// Names the function in those warnings (the `-device` value).
+    name: String,
 }
 
 impl std::fmt::Debug for VirtioPci {
@@ -280,7 +282,15 @@ impl VirtioPci {
             owner,
             stats: TransportStats::default(),
             warnings: Default::default(),
+            name: "virtio-pci".into(),
         })
+    }
+
+    /// Names the function in the driver-error warnings (default
+    /// `virtio-pci`): with several virtio devices a line must say which.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// The features offered to the driver.
@@ -491,7 +501,8 @@ impl VirtioPci {
         {
             crate::warn_limited!(
                 self.warnings,
-                "virtio-pci: features {:#x} refused: {e}",
+                "{}: features {:#x} refused: {e}",
+                self.name,
                 self.driver_features
             );
             new &= !status::FEATURES_OK;
@@ -500,7 +511,11 @@ impl VirtioPci {
             match self.activate(new) {
                 Ok(()) => self.stats.driver_ok += 1,
                 Err(e) => {
-                    crate::warn_limited!(self.warnings, "virtio-pci: cannot start the device: {e}");
+                    crate::warn_limited!(
+                        self.warnings,
+                        "{}: cannot start the device: {e}",
+                        self.name
+                    );
                     new |= status::DEVICE_NEEDS_RESET;
                 }
             }

@@ -22,6 +22,7 @@ mod params;
 mod pci;
 mod ranges;
 mod snapcount;
+mod storm;
 mod tables;
 mod timer;
 
@@ -121,6 +122,7 @@ extern "C" fn kmain(entry: u32, info: u64) -> ! {
             Test::DoorbellMasked => doorbell::masked_ring(),
             Test::Snapcount => snapcount::run().map(|_| ()),
             Test::SnapcountIvshmem => snapcount::run_with_ivshmem(),
+            Test::Storm => storm::run(),
         };
         if let Err(why) = r {
             note_failure(why);

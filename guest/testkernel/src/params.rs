@@ -19,6 +19,7 @@ pub enum Test {
     DoorbellMasked,
     Snapcount,
     SnapcountIvshmem,
+    Storm,
 }
 
 pub const MAX_TESTS: usize = 16;
@@ -43,6 +44,8 @@ pub struct Params {
     pub halt: u64,
     /// MiB of RAM `snapcount` counts over.
     pub snap_mib: u64,
+    /// Operations of the `storm` test.
+    pub storm_ops: u64,
     /// First problem found: (reason, offset of the offending word in the
     /// command line).
     pub error: Option<(&'static str, usize)>,
@@ -69,6 +72,7 @@ impl Params {
         rounds: 1000,
         halt: 0,
         snap_mib: 4,
+        storm_ops: 2000,
         error: None,
     };
 
@@ -134,6 +138,7 @@ fn test_by_name(s: &[u8]) -> Option<Test> {
         b"doorbell-masked" => Test::DoorbellMasked,
         b"snapcount" => Test::Snapcount,
         b"snapcount-ivshmem" => Test::SnapcountIvshmem,
+        b"storm" => Test::Storm,
         _ => return None,
     })
 }
@@ -199,6 +204,7 @@ fn parse(line: &[u8], p: &mut Params) {
             b"rounds" => &mut p.rounds,
             b"halt" => &mut p.halt,
             b"snap_mib" => &mut p.snap_mib,
+            b"storm_ops" => &mut p.storm_ops,
             _ => continue,
         };
         match parse_num(val) {
@@ -267,6 +273,14 @@ mod tests {
         assert_eq!(p.tests(), &[Test::Snapcount, Test::SnapcountIvshmem]);
         assert_eq!((p.snap_mib, p.rounds), (8, 600));
         assert_eq!(parsed("").snap_mib, 4);
+    }
+
+    #[test]
+    fn storm_and_its_operations() {
+        let p = parsed("shmvm.test=storm shmvm.seed=7 shmvm.storm_ops=5000");
+        assert_eq!(p.tests(), &[Test::Storm]);
+        assert_eq!((p.seed, p.storm_ops), (7, 5000));
+        assert_eq!(parsed("").storm_ops, 2000);
     }
 
     #[test]

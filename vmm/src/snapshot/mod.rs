@@ -144,12 +144,11 @@ impl State {
             .map_err(io(format!("writing {}", dir.join(STATE_FILE).display())))
     }
 
-    /// Reads and checks `dir`'s state file: header, checksum, shmvm
-    /// version, and that every memory image it names is there.
-    pub fn read(dir: &Path) -> Result<State, Error> {
-        let path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
-        let payload = format::decode(&bytes)?;
+    /// A state file's bytes, checked (header, checksum, shmvm version, at
+    /// least one vCPU and some RAM). Untrusted input: the fuzz target
+    /// `snapshot_state` (fuzz/) drives it.
+    pub fn parse(bytes: &[u8]) -> Result<State, Error> {
+        let payload = format::decode(bytes)?;
         let state: State = serde_json::from_slice(payload)
             .map_err(|e| Error::Corrupt(format!("the state does not parse: {e}")))?;
         if state.shmvm_version != SHMVM_VERSION {
@@ -161,6 +160,15 @@ impl State {
         if state.vcpus.is_empty() || state.memory.is_empty() {
             return Err(Error::Corrupt("no vCPUs or no guest RAM".into()));
         }
+        Ok(state)
+    }
+
+    /// Reads and checks `dir`'s state file: header, checksum, shmvm
+    /// version, and that every memory image it names is there.
+    pub fn read(dir: &Path) -> Result<State, Error> {
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+        let state = State::parse(&bytes)?;
         for m in &state.memory {
             m.source.check(dir, m.size)?;
         }

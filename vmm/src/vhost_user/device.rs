@@ -179,10 +179,12 @@ pub fn create(
         acked: 0,
         stats: stats.clone(),
     };
-    let device = VirtioPci::new(transport, Box::new(owner)).map_err(|err| Error::Transport {
-        device: name.clone(),
-        err,
-    })?;
+    let device = VirtioPci::new(transport, Box::new(owner))
+        .map_err(|err| Error::Transport {
+            device: name.clone(),
+            err,
+        })?
+        .with_name(name.clone());
     Ok(Wired {
         name,
         slot: cfg.slot,

@@ -294,10 +294,12 @@ pub fn create<D: VirtioDevice + Counted>(
         wiring,
         stats: stats.clone(),
     };
-    let device = VirtioPci::new(transport, Box::new(owner)).map_err(|err| Error::Transport {
-        device: name.clone(),
-        err,
-    })?;
+    let device = VirtioPci::new(transport, Box::new(owner))
+        .map_err(|err| Error::Transport {
+            device: name.clone(),
+            err,
+        })?
+        .with_name(name.clone());
     let device = Arc::new(Mutex::new(device));
     pci.set(Arc::downgrade(&device)).ok();
     Ok(Wired {
