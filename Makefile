@@ -234,9 +234,10 @@ lab-pending:
 bench-blk:
 	LAB_SCENARIOS=tests/lab/bench-scenarios $(MAKE) lab
 
-# Every benchmark: boot latency, ivshmem bandwidth, doorbell round trips,
-# memory prealloc (README).
-bench: bench-boot bench-ivshmem bench-doorbell bench-memory
+# Every benchmark on the host (README): boot latency, ivshmem bandwidth,
+# doorbell round trips, memory prealloc, QMP round trips, snapshots. The
+# lab's disk benchmark is bench-blk.
+bench: bench-boot bench-ivshmem bench-doorbell bench-memory bench-qmp bench-snapshot
 
 # Boot latency and peak RSS of shmvm against QEMU microvm + qboot.
 # BENCH_BASELINE=path/to/older/shmvm adds an older build to the same runs.
@@ -246,14 +247,12 @@ bench-boot: build
 
 # QMP: query-status round trip against QEMU's; boot with and without -qmp.
 .PHONY: bench-qmp
-bench: bench-qmp
 bench-qmp: build
 	python3 bench/qmp_bench.py --shmvm $(SHMVM)
 
 # Snapshots: save time without RAM, restore to the first KVM_RUN, by RAM
 # size (named shm) and vCPUs; see docs/SNAPSHOT.md.
 .PHONY: bench-snapshot
-bench: bench-snapshot
 bench-snapshot: build
 	python3 bench/snapshot_bench.py --shmvm $(SHMVM) --testkernel $(TESTKERNEL)
 

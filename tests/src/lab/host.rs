@@ -462,14 +462,12 @@ pub fn main(dir: &Path, scenarios: &Path) -> Result<bool, HostError> {
         let line = last[key];
         println!("{line}");
         let f = fields(line);
-        if f.get("result") == Some(&"PASS") {
-            passed += 1;
-        } else {
-            failed += 1;
-            let reason = line
-                .split_once(" reason=")
-                .map_or("(no reason given)", |(_, r)| r);
-            failures.push(format!("lab: FAIL {}.{}: {reason}", key.0, key.1));
+        match failure_line(&key.0, &key.1, line) {
+            None => passed += 1,
+            Some(why) => {
+                failed += 1;
+                failures.push(why);
+            }
         }
         if let Some(t) = f.get("init_s").and_then(|v| v.parse().ok()) {
             init_s.entry(key.1.clone()).or_default().push(t);
@@ -535,6 +533,18 @@ pub fn main(dir: &Path, scenarios: &Path) -> Result<bool, HostError> {
     );
     println!("{passed} passed, {failed} failed");
     Ok(failed == 0 && problems.is_empty())
+}
+
+/// The one summary line of a failed run (`lab: FAIL NAME.VMM: reason`), or
+/// None when its LAB-SCENARIO line says PASS.
+pub(crate) fn failure_line(name: &str, vmm: &str, scenario_line: &str) -> Option<String> {
+    if fields(scenario_line).get("result") == Some(&"PASS") {
+        return None;
+    }
+    let reason = scenario_line
+        .split_once(" reason=")
+        .map_or("(no reason given)", |(_, r)| r);
+    Some(format!("lab: FAIL {name}.{vmm}: {reason}"))
 }
 
 #[cfg(test)]

@@ -212,6 +212,18 @@ impl Console {
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::null())
     }
+
+    /// Starts a VMM's command line with its output in this console, after
+    /// a `LAB-RUN name=N WHO cmd=...` line (WHO: `vmm=V`, `peer=I vmm=V`).
+    fn start_vmm(&self, name: &str, who: &str, cmd: &[String]) -> std::io::Result<Child> {
+        self.append(&format!("LAB-RUN name={name} {who} cmd={}", cmd.join(" ")));
+        Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(self.sink())
+            .stderr(self.sink())
+            .spawn()
+    }
 }
 
 /// The QMP socket of a run (`-qmp unix:PATH,server=on,wait=off`).
@@ -349,6 +361,26 @@ struct Outcome {
     end: Duration,
     /// powerdown / stopcont: the QMP events seen, or what went wrong.
     qmp: Option<Result<Vec<String>, String>>,
+}
+
+/// A run's one machine-readable line, which `lab host` reads back.
+fn scenario_line(s: &Scenario, vmm: Vmm, out: &Outcome, j: &Judgement) -> String {
+    let pass = j.fails.is_empty();
+    let t_init = out.t_init.map(secs).unwrap_or_else(|| "-".into());
+    let mut line = format!(
+        "LAB-SCENARIO name={} vmm={vmm} result={} init_s={t_init} exit_s={} rc={}",
+        s.name,
+        if pass { "PASS" } else { "FAIL" },
+        secs(out.end),
+        out.rc
+    );
+    for (k, v) in &j.report {
+        line += &format!(" {k}={v}");
+    }
+    if !pass {
+        line += &format!(" reason={}", j.fails.join("; "));
+    }
+    line
 }
 
 /// Whether a run was reported, or is a reference run to repeat once.
@@ -644,19 +676,10 @@ impl Runner {
 
     /// Runs the VMM, playing the host side while it runs.
     fn execute(r: &mut Run, cmd: &[String]) -> Outcome {
-        r.console.append(&format!(
-            "LAB-RUN name={} vmm={} cmd={}",
-            r.s.name,
-            r.vmm,
-            cmd.join(" ")
-        ));
         let start = Instant::now();
-        let child = Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .stdin(Stdio::null())
-            .stdout(r.console.sink())
-            .stderr(r.console.sink())
-            .spawn();
+        let child = r
+            .console
+            .start_vmm(&r.s.name, &format!("vmm={}", r.vmm), cmd);
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
@@ -848,21 +871,7 @@ impl Runner {
         console: &str,
     ) -> Verdict {
         let pass = j.fails.is_empty();
-        let t_init = out.t_init.map(secs).unwrap_or_else(|| "-".into());
-        let mut line = format!(
-            "LAB-SCENARIO name={} vmm={vmm} result={} init_s={t_init} exit_s={} rc={}",
-            s.name,
-            if pass { "PASS" } else { "FAIL" },
-            secs(out.end),
-            out.rc
-        );
-        for (k, v) in &j.report {
-            line += &format!(" {k}={v}");
-        }
-        if !pass {
-            line += &format!(" reason={}", j.fails.join("; "));
-        }
-        println!("{line}");
+        println!("{}", scenario_line(s, vmm, out, j));
         if pass {
             self.passed += 1;
         } else {
@@ -956,6 +965,49 @@ mod tests {
         assert_eq!(o.l2extra, vec!["x", "y=1"]);
         assert!(o.dump_all && !o.l2debug);
         assert!(options("lab.vmms=kvmtool").is_err());
+    }
+
+    /// What `make test` prints for a scenario whose table line expects
+    /// what the guest does not do: one `lab: FAIL NAME.VMM: reason` line.
+    #[test]
+    fn a_wrong_expectation_fails_in_one_line_naming_the_run() {
+        let console = "LAB-RESULT name=two stage=init cpus=1 online=0 e820_ram_kb=261500 \
+                       token=T initrd=ok uptime_s=0.9\nLAB-RESULT name=two stage=done\n";
+        let judged = |table: &str| {
+            let s = scenario::parse("t", table).expect("table");
+            let path = std::env::temp_dir().join(format!("lab-judge-{}", std::process::id()));
+            let r = Run {
+                s: &s[0],
+                vmm: Vmm::Shmvm,
+                tag: "two.shmvm".into(),
+                token: "T".into(),
+                console: Console { path },
+                ram_file: None,
+                region: None,
+                disk: None,
+                vuser: None,
+                port: None,
+            };
+            let out = Outcome {
+                rc: 0,
+                why: None,
+                t_init: Some(Duration::from_millis(900)),
+                t_kill: None,
+                end: Duration::from_secs(2),
+                qmp: None,
+            };
+            let mut j = Judgement::default();
+            judge(&r, &out, console, &mut j);
+            let line = scenario_line(&s[0], Vmm::Shmvm, &out, &j);
+            crate::lab::host::failure_line("two", "shmvm", &line)
+        };
+        // The table as the guest behaves: a pass.
+        assert_eq!(judged("two ram 256M 1 poweroff - -"), None);
+        // The same guest against a table that expects 2 vCPUs.
+        assert_eq!(
+            judged("two ram 256M 2 poweroff - -").as_deref(),
+            Some("lab: FAIL two.shmvm: guest sees 1 CPUs, want 2; online CPUs '0', want 0-1")
+        );
     }
 
     #[test]

@@ -200,7 +200,7 @@ pub struct Extra {
     /// virtiofsd, vhost-device-vsock and vhost-device-rng in L1 serve
     /// the guest's vhost-user-{fs,vsock,rng}-pci devices.
     pub vuser: bool,
-    /// With blk: the guest measures /dev/vda (ivshmem-tool blkbench).
+    /// With blk or vub: the guest measures /dev/vda (ivshmem-tool blkbench).
     pub blkbench: bool,
     /// A virtio-rng device: the guest reads /dev/hwrng.
     pub rng: bool,
@@ -333,8 +333,8 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
             Some((k, _)) => return Err(format!("extra '{k}=': unknown expectation (cpus=N)")),
         }
     }
-    if x.blkbench && x.vub != Some(Vub::Blk) {
-        return Err("extra: blkbench needs blk".into());
+    if x.blkbench && !matches!(x.vub, Some(Vub::Blk | Vub::Plain)) {
+        return Err("extra: blkbench needs blk or vub".into());
     }
     if (x.mq2 || x.ring64) && x.vub.is_none_or(Vub::builtin) {
         return Err("extra: mq2 and ring64 need vub or vub-kill".into());
@@ -438,8 +438,10 @@ mod tests {
         assert!(!t.runs_with(Vmm::Qemu) && t.runs_with(Vmm::Shmvm));
         assert_eq!(
             one("a ram 256M 1 poweroff - blkbench").unwrap_err(),
-            "f:1: extra: blkbench needs blk"
+            "f:1: extra: blkbench needs blk or vub"
         );
+        let v = one("a memfd 256M 1 poweroff - vub,blkbench").unwrap();
+        assert!(v.extra.blkbench && v.extra.vub == Some(Vub::Plain));
         assert_eq!(
             one("a ram 256M 1 poweroff - blk,mq2").unwrap_err(),
             "f:1: extra: mq2 and ring64 need vub or vub-kill"

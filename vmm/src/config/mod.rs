@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use memory::{BackendConfig, BackendKind};
 
-pub use chardev::{SerialMode, StdioOptions};
+pub use chardev::{MonitorConfig, SerialMode, StdioOptions};
 pub use device::DeviceConfig;
 pub use machine::Topology;
 
@@ -252,7 +252,7 @@ pub struct Config {
     /// Threads enter the sandbox (sandbox.rs) after start-up.
     pub sandbox: bool,
     /// QMP sockets (`-qmp`, `-mon` on a `-chardev socket,server=on`).
-    pub monitors: Vec<crate::qmp::MonitorConfig>,
+    pub monitors: Vec<MonitorConfig>,
     /// The normalized command line (program name excluded) that a
     /// snapshot records to rebuild this machine (set by the CLI).
     pub argv: Vec<String>,
@@ -359,15 +359,13 @@ impl Config {
             );
         }
         let smp = machine::parse_smp(&input.smp)?;
-        let mon = crate::qmp::config::monitors(&input.qmp, &input.mon, &input.chardevs).map_err(
-            |crate::qmp::config::Error::Invalid {
-                 option,
-                 spec,
-                 reason,
-             }| { invalid(option, format!("'{spec}': {reason}")) },
+        let serial = chardev::resolve_serial(
+            &input.serial,
+            &input.chardevs,
+            &input.mon,
+            &input.qmp,
+            input.nographic,
         )?;
-        let serial =
-            chardev::resolve_serial(&input.serial, &mon.chardevs, &mon.mon, input.nographic)?;
         let drives = input
             .drives
             .iter()
@@ -386,7 +384,7 @@ impl Config {
             .map(|d| device::parse_with(d, &drives))
             .collect::<Result<Vec<_>, _>>()?;
         device::check_drives(&mut devices, &drives)?;
-        device::check_serial(&mut devices, &mon.chardevs)?;
+        device::check_serial(&mut devices, &input.chardevs)?;
         device::check_ivshmem(&mut devices, &ram, &objects)?;
         let sockets = device::check_ivshmem_doorbell(&mut devices, &serial.sockets)?;
         device::check_vhost_user(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;
@@ -417,7 +415,7 @@ impl Config {
             pidfile: input.pidfile,
             verbose: input.verbose,
             sandbox: input.sandbox,
-            monitors: mon.sockets,
+            monitors: serial.monitors,
             argv: Vec::new(),
             restore: None,
             snapshot_on_signal: None,

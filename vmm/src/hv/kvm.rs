@@ -320,126 +320,36 @@ fn route_to_kvm(r: &GsiRoute) -> kvm_irq_routing_entry {
     e
 }
 
-fn cpuid_from(e: kvm_cpuid_entry2) -> CpuidEntry {
-    CpuidEntry {
-        function: e.function,
-        index: e.index,
-        flags: e.flags,
-        eax: e.eax,
-        ebx: e.ebx,
-        ecx: e.ecx,
-        edx: e.edx,
-    }
+/// The field-for-field conversions between one of KVM's structs and the
+/// boundary's own: `$from` reads KVM's, `$to` builds KVM's with its padding
+/// and reserved fields zeroed.
+macro_rules! mirror {
+    ($from:ident, $to:ident, $kvm:ty, $ours:ident { $($f:ident),* $(,)? }) => {
+        fn $from(k: $kvm) -> $ours {
+            $ours { $($f: k.$f),* }
+        }
+
+        fn $to(o: &$ours) -> $kvm {
+            let mut k = <$kvm>::default();
+            $(k.$f = o.$f;)*
+            k
+        }
+    };
 }
 
-fn cpuid_to(e: &CpuidEntry) -> kvm_cpuid_entry2 {
-    kvm_cpuid_entry2 {
-        function: e.function,
-        index: e.index,
-        flags: e.flags,
-        eax: e.eax,
-        ebx: e.ebx,
-        ecx: e.ecx,
-        edx: e.edx,
-        ..Default::default()
-    }
-}
-
-fn regs_from(r: kvm_regs) -> Regs {
-    Regs {
-        rax: r.rax,
-        rbx: r.rbx,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        rsp: r.rsp,
-        rbp: r.rbp,
-        r8: r.r8,
-        r9: r.r9,
-        r10: r.r10,
-        r11: r.r11,
-        r12: r.r12,
-        r13: r.r13,
-        r14: r.r14,
-        r15: r.r15,
-        rip: r.rip,
-        rflags: r.rflags,
-    }
-}
-
-fn regs_to(r: &Regs) -> kvm_regs {
-    kvm_regs {
-        rax: r.rax,
-        rbx: r.rbx,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        rsp: r.rsp,
-        rbp: r.rbp,
-        r8: r.r8,
-        r9: r.r9,
-        r10: r.r10,
-        r11: r.r11,
-        r12: r.r12,
-        r13: r.r13,
-        r14: r.r14,
-        r15: r.r15,
-        rip: r.rip,
-        rflags: r.rflags,
-    }
-}
-
-fn segment_from(s: kvm_segment) -> Segment {
-    Segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present,
-        dpl: s.dpl,
-        db: s.db,
-        s: s.s,
-        l: s.l,
-        g: s.g,
-        avl: s.avl,
-        unusable: s.unusable,
-    }
-}
-
-fn segment_to(s: &Segment) -> kvm_segment {
-    kvm_segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present,
-        dpl: s.dpl,
-        db: s.db,
-        s: s.s,
-        l: s.l,
-        g: s.g,
-        avl: s.avl,
-        unusable: s.unusable,
-        padding: 0,
-    }
-}
-
-fn dtable_from(d: kvm_dtable) -> DescriptorTable {
-    DescriptorTable {
-        base: d.base,
-        limit: d.limit,
-    }
-}
-
-fn dtable_to(d: &DescriptorTable) -> kvm_dtable {
-    kvm_dtable {
-        base: d.base,
-        limit: d.limit,
-        ..Default::default()
-    }
-}
+mirror! { cpuid_from, cpuid_to, kvm_cpuid_entry2, CpuidEntry {
+    function, index, flags, eax, ebx, ecx, edx,
+} }
+mirror! { regs_from, regs_to, kvm_regs, Regs {
+    rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8, r9, r10, r11, r12, r13, r14, r15, rip, rflags,
+} }
+mirror! { segment_from, segment_to, kvm_segment, Segment {
+    base, limit, selector, type_, present, dpl, db, s, l, g, avl, unusable,
+} }
+mirror! { dtable_from, dtable_to, kvm_dtable, DescriptorTable { base, limit } }
+mirror! { fpu_from, fpu_to, kvm_fpu, Fpu {
+    fpr, fcw, fsw, ftwx, last_opcode, last_ip, last_dp, xmm, mxcsr,
+} }
 
 fn sregs_from(s: kvm_sregs) -> SpecialRegs {
     SpecialRegs {
@@ -484,35 +394,6 @@ fn sregs_to(s: &SpecialRegs) -> kvm_sregs {
         efer: s.efer,
         apic_base: s.apic_base,
         interrupt_bitmap: s.interrupt_bitmap,
-    }
-}
-
-fn fpu_from(f: &kvm_fpu) -> Fpu {
-    Fpu {
-        fpr: f.fpr,
-        fcw: f.fcw,
-        fsw: f.fsw,
-        ftwx: f.ftwx,
-        last_opcode: f.last_opcode,
-        last_ip: f.last_ip,
-        last_dp: f.last_dp,
-        xmm: f.xmm,
-        mxcsr: f.mxcsr,
-    }
-}
-
-fn fpu_to(f: &Fpu) -> kvm_fpu {
-    kvm_fpu {
-        fpr: f.fpr,
-        fcw: f.fcw,
-        fsw: f.fsw,
-        ftwx: f.ftwx,
-        last_opcode: f.last_opcode,
-        last_ip: f.last_ip,
-        last_dp: f.last_dp,
-        xmm: f.xmm,
-        mxcsr: f.mxcsr,
-        ..Default::default()
     }
 }
 
@@ -573,7 +454,7 @@ impl Vcpu {
     pub fn fpu(&self) -> Result<Fpu, Error> {
         self.fd
             .get_fpu()
-            .map(|f| fpu_from(&f))
+            .map(fpu_from)
             .map_err(ioctl("KVM_GET_FPU"))
     }
 

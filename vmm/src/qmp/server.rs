@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::config::MonitorConfig;
 use super::control::{self, EventSink, EventSource};
 use super::protocol::{self, Machine, Session};
+use crate::config::MonitorConfig;
 
 /// Largest single input message (QEMU allows more, but nothing it accepts
 /// needs more than a few hundred bytes).

@@ -347,7 +347,7 @@ pub fn port_sinks(chardevs: &[String]) -> Result<Vec<(String, PortSink)>, Error>
             Backend::Stdio(_) => PortSink::Stdout,
             Backend::File(p) => PortSink::File(p),
             Backend::Null => PortSink::Null,
-            Backend::Socket(_) => continue,
+            Backend::Socket(_) | Backend::Server(_) => continue,
         };
         out.push((c.id, sink));
     }

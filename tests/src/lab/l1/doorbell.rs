@@ -111,18 +111,8 @@ pub(super) fn run(runner: &mut Runner, s: &Scenario, vmm: Vmm, tag: &str) -> Ver
         };
         let _ = File::create(&console.path);
         let cmd = command(runner, s, pvmm, &sock_s, &token);
-        console.append(&format!(
-            "LAB-RUN name={} peer={id} vmm={pvmm} cmd={}",
-            s.name,
-            cmd.join(" ")
-        ));
         let started = Instant::now();
-        let child = Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .stdin(Stdio::null())
-            .stdout(console.sink())
-            .stderr(console.sink())
-            .spawn();
+        let child = console.start_vmm(&s.name, &format!("peer={id} vmm={pvmm}"), &cmd);
         let mut peer = Peer {
             vmm: pvmm,
             console,

@@ -156,18 +156,8 @@ fn boot_and_save(
         format!("unix:{},server=on,wait=off", sock.display()),
     ];
     let cmd = Runner::command(s, vmm, args, append);
-    console.append(&format!(
-        "LAB-RUN name={} vmm={vmm} cmd={}",
-        s.name,
-        cmd.join(" ")
-    ));
     let started = Instant::now();
-    let child = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .stdout(console.sink())
-        .stderr(console.sink())
-        .spawn();
+    let child = console.start_vmm(&s.name, &format!("vmm={vmm}"), &cmd);
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {

@@ -185,7 +185,7 @@ impl Vcpu {
             regs: regs_from(regs),
             sregs: sregs_from(sregs),
             xsave: xsave.region.to_vec(),
-            fpu: fpu_from(&fpu),
+            fpu: fpu_from(fpu),
             xcrs: xcrs.xcrs[..nr]
                 .iter()
                 .map(|x| Xcr {
