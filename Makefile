@@ -52,7 +52,7 @@ LAB_SCENARIOS ?= tests/lab/scenarios
 # make check-portable: the crates that must build on macOS and the BSDs, the
 # targets, and Debian's toolchain for them (its cargo, rustc and clippy come
 # before rustup's on PATH; RUSTC_BOOTSTRAP for -Z build-std on a stable rustc).
-PORTABLE_CRATES := -p memory -p devices -p shmvm-protocol -p aarch64-exits
+PORTABLE_CRATES := -p memory -p devices -p shmvm-protocol -p aarch64-exits -p hv-boundary -p hv-hvf
 PORTABLE_TARGETS ?= aarch64-apple-darwin x86_64-apple-darwin x86_64-unknown-freebsd x86_64-unknown-openbsd
 PORTABLE_ENV := env -u RUSTUP_TOOLCHAIN PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1 \
 	CARGO_TARGET_DIR=target/cross
@@ -168,11 +168,12 @@ check: deps check-portable aarch64-check
 	cd guest/testkernel && $(CARGO) clippy --release --quiet -- -D warnings
 
 # The crates that must build off Linux (memory, devices, shmvm-protocol,
-# aarch64-exits), type-checked and clippy-checked for macOS (Apple silicon and
-# Intel), FreeBSD and OpenBSD: Debian's Rust 1.96 (/usr/bin, installed by make
-# deps) builds their std from rust-web-src (-Z build-std, type-checking only,
-# no linker). Own target dir: ~70 s of CPU a target cold, 10 s for all warm
-# (README, "macOS and the BSDs"). PORTABLE_TARGETS=... checks fewer.
+# aarch64-exits, hv-boundary, and hv-hvf: the HVF backend), type-checked
+# and clippy-checked for macOS (Apple silicon and Intel), FreeBSD and
+# OpenBSD: Debian's Rust 1.96 (/usr/bin, installed by make deps) builds their
+# std from rust-web-src (-Z build-std, type-checking only, no linker). Own
+# target dir: ~70 s of CPU a target cold, 10 s for all warm (README, "macOS
+# and the BSDs"). PORTABLE_TARGETS=... checks fewer.
 check-portable: deps
 	@for t in $(PORTABLE_TARGETS); do \
 		echo "check-portable: $$t"; \

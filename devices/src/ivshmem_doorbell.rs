@@ -367,6 +367,17 @@ mod tests {
         d.write_bar(0, REG_IV_POSITION, &9u32.to_le_bytes());
         d.read_bar(0, REG_IV_POSITION, &mut b);
         assert_eq!(u32::from_le_bytes(b), 7, "read-only");
+        // IntrMask and IntrStatus as QEMU has them (INTx-only state, but
+        // read and written alike): the mask reads back, a status read
+        // returns the value and clears it.
+        d.write_bar(0, REG_INTR_MASK, &0xffff_ffffu32.to_le_bytes());
+        d.read_bar(0, REG_INTR_MASK, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0xffff_ffff, "IntrMask reads back");
+        d.write_bar(0, REG_INTR_STATUS, &5u32.to_le_bytes());
+        d.read_bar(0, REG_INTR_STATUS, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 5, "IntrStatus as written");
+        d.read_bar(0, REG_INTR_STATUS, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0, "IntrStatus clears on read");
         d.write_bar(0, REG_DOORBELL, &doorbell_value(3, 1).to_le_bytes());
         d.write_bar(0, REG_DOORBELL, &0x0002_0301u32.to_le_bytes());
         d.write_bar(0, REG_DOORBELL, &[1, 0]);

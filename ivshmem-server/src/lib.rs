@@ -15,8 +15,9 @@
 //! memory fd; every existing peer gets the new id once per vector with the
 //! new peer's eventfd for that vector; the new peer gets each existing
 //! peer's id once per vector with its eventfds, then its own id once per
-//! vector with its own eventfds. When a peer leaves, the others get its id
-//! with no fd.
+//! vector with its own eventfds. When a peer leaves (or sends anything,
+//! which drops it), the others get its id with no fd. At exit the server
+//! frees its peers in connection order, each remaining one told of each.
 
 pub mod peer;
 pub mod pingpong;

@@ -426,6 +426,15 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // As QEMU's server closes: the peers are freed in connection order,
+        // each socket closed and the remaining peers told it left, so a
+        // peer's last messages are the same whichever server it talks to.
+        while !self.clients.is_empty() {
+            let c = self.clients.remove(0);
+            let id = c.id;
+            drop(c);
+            self.announce_gone(id);
+        }
         if let Err(e) = std::fs::remove_file(&self.cfg.socket) {
             log::warn!("can't remove {}: {e}", self.cfg.socket.display());
         }

@@ -291,8 +291,10 @@ fn binary_file_backend_umask_keep_and_daemon() {
     assert!(err.contains("already exists"), "{err}");
 }
 
-/// When the server goes, peers keep the doorbells they know; a wait then
-/// sleeps until its deadline instead of spinning on the dead socket.
+/// When the server goes (freeing its peers in connection order, as
+/// QEMU's does: b hears that a left, a hears nothing), peers keep the
+/// doorbells they still know; a wait then sleeps until its deadline
+/// instead of spinning on the dead socket.
 #[test]
 fn peers_outlive_the_server() {
     let dir = tmp("gone");
@@ -309,12 +311,218 @@ fn peers_outlive_the_server() {
     ));
     assert!(t0.elapsed() >= Duration::from_millis(300));
     assert!(a.server_gone());
-    b.ring(a.id(), 0).unwrap();
-    assert_eq!(a.wait(0, T).unwrap(), 1);
-    // b learnt of a at connect; nothing after that.
+    a.ring(b.id(), 0).unwrap();
+    assert_eq!(b.wait(0, T).unwrap(), 1);
+    // b learnt of a at connect, then that a left; nothing after that.
     assert_eq!(b.next_event(T).unwrap(), PeerEvent::Joined(a.id()));
+    assert_eq!(b.next_event(T).unwrap(), PeerEvent::Left(a.id()));
+    assert!(b.ring(a.id(), 0).is_err(), "a's doorbell went with it");
     assert!(matches!(
         b.next_event(Duration::from_millis(100)),
         Err(ivshmem_server::peer::PeerError::Timeout(_))
     ));
+    assert_eq!(a.peers(), vec![b.id()], "a heard nothing");
+}
+
+/// One message exactly as it crossed the socket: its 8 bytes and every fd
+/// that came with them (room is left for more than one, so a server that
+/// attached two would show it).
+struct Wire {
+    bytes: [u8; 8],
+    fds: Vec<std::fs::File>,
+}
+
+/// Reads one 8-byte message with one `recvmsg` per call; a stream socket
+/// never merges the bytes of a message carrying fds with the next one.
+fn wire(stream: &UnixStream) -> Wire {
+    use std::os::fd::{FromRawFd, RawFd};
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    stream.set_read_timeout(Some(T)).expect("socket timeout");
+    let mut bytes = [0u8; 8];
+    let mut have = 0;
+    let mut fds = Vec::new();
+    while have < 8 {
+        let mut raw: [RawFd; 4] = [-1; 4];
+        let mut iov = [libc::iovec {
+            iov_base: bytes[have..].as_mut_ptr().cast(),
+            iov_len: 8 - have,
+        }];
+        // SAFETY: the iovec points into `bytes`, which outlives the call
+        // and has room for `8 - have` bytes; the fds received are new and
+        // owned by this function (each wrapped in a File just below).
+        let (n, nfds) = unsafe { stream.recv_with_fds(&mut iov, &mut raw) }.expect("recvmsg");
+        assert!(n > 0, "the server closed the connection mid-transcript");
+        for &fd in &raw[..nfds] {
+            // SAFETY: a descriptor just received, owned by nobody else.
+            fds.push(unsafe { std::fs::File::from_raw_fd(fd) });
+        }
+        have += n;
+    }
+    Wire { bytes, fds }
+}
+
+fn link(f: &std::fs::File) -> String {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The transcript of one connection, as (little-endian bytes, fd kinds).
+fn transcript(stream: &UnixStream, n: usize) -> Vec<Wire> {
+    (0..n).map(|_| wire(stream)).collect()
+}
+
+fn kinds(w: &[Wire]) -> Vec<(i64, Vec<String>)> {
+    w.iter()
+        .map(|m| {
+            let kind = m
+                .fds
+                .iter()
+                .map(|f| {
+                    let l = link(f);
+                    if l == "anon_inode:[eventfd]" {
+                        "eventfd".to_string()
+                    } else if l.starts_with("/dev/shm/") {
+                        "shm".to_string()
+                    } else {
+                        l
+                    }
+                })
+                .collect();
+            (i64::from_le_bytes(m.bytes), kind)
+        })
+        .collect()
+}
+
+/// Byte for byte what QEMU's contrib/ivshmem-server sends (facts from its
+/// source: each message one `sendmsg` of an int64 in little-endian with at
+/// most one SCM_RIGHTS fd; version 0, id, -1 with the shm fd; the
+/// newcomer's vectors to the others, the others' to it, its own to it; a
+/// leaving peer's id without fd to the rest; a peer that sends anything is
+/// dropped; at exit the peers are freed in connection order, the rest told
+/// of each). The fds are the real objects: the eventfd peer 1 got for peer
+/// 0's vector v is the one peer 0 got as its own vector v, and the shared
+/// memory is one object of the configured size.
+#[test]
+fn wire_transcript_is_qemus_byte_for_byte() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    let dir = tmp("wire");
+    let c = cfg(&dir, "wire", 2);
+    let sock = c.socket.clone();
+    let running = serve(c);
+    let ev = || vec!["eventfd".to_string()];
+    let first = UnixStream::connect(&sock).unwrap();
+    let t0 = transcript(&first, 5);
+    assert_eq!(t0[0].bytes, [0; 8], "version 0, 8 bytes little-endian");
+    assert_eq!(t0[2].bytes, [0xff; 8], "-1 as 8 bytes of 0xff");
+    assert_eq!(
+        kinds(&t0),
+        vec![
+            (0, vec![]),
+            (0, vec![]),
+            (-1, vec!["shm".to_string()]),
+            (0, ev()),
+            (0, ev())
+        ]
+    );
+    let shm0 = t0[2].fds[0].metadata().unwrap();
+    assert_eq!(shm0.len(), 1 << 20, "the shm fd has the configured size");
+
+    let second = UnixStream::connect(&sock).unwrap();
+    let t1 = transcript(&second, 7);
+    assert_eq!(t1[1].bytes, [1, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        kinds(&t1),
+        vec![
+            (0, vec![]),
+            (1, vec![]),
+            (-1, vec!["shm".to_string()]),
+            (0, ev()),
+            (0, ev()),
+            (1, ev()),
+            (1, ev())
+        ]
+    );
+    let shm1 = t1[2].fds[0].metadata().unwrap();
+    assert_eq!(
+        (shm1.dev(), shm1.ino()),
+        (shm0.dev(), shm0.ino()),
+        "both peers get the same shared memory object"
+    );
+    let told = transcript(&first, 2);
+    assert_eq!(kinds(&told), vec![(1, ev()), (1, ev())]);
+    // Identity, vector by vector (never crossed): write through one
+    // peer's copy, read through the owner's.
+    let efd = |f: &std::fs::File| f.try_clone().unwrap();
+    for v in 0..2 {
+        efd(&t1[3 + v].fds[0])
+            .write_all(&(10 + v as u64).to_ne_bytes())
+            .unwrap();
+        let mut got = [0u8; 8];
+        efd(&t0[3 + v].fds[0]).read_exact(&mut got).unwrap();
+        assert_eq!(u64::from_ne_bytes(got), 10 + v as u64, "peer 0 vector {v}");
+        efd(&told[v].fds[0])
+            .write_all(&(20 + v as u64).to_ne_bytes())
+            .unwrap();
+        efd(&t1[5 + v].fds[0]).read_exact(&mut got).unwrap();
+        assert_eq!(u64::from_ne_bytes(got), 20 + v as u64, "peer 1 vector {v}");
+    }
+
+    // A peer that sends anything is dropped, as in QEMU's server; the
+    // others get its id, 8 bytes, no fd.
+    let mut third = UnixStream::connect(&sock).unwrap();
+    let _ = transcript(&third, 9);
+    let _ = transcript(&first, 2);
+    let _ = transcript(&second, 2);
+    third.write_all(&[0u8; 8]).unwrap();
+    for s in [&first, &second] {
+        let m = wire(s);
+        assert_eq!((m.bytes, m.fds.len()), ([2, 0, 0, 0, 0, 0, 0, 0], 0));
+    }
+    let mut rest = Vec::new();
+    third.set_read_timeout(Some(T)).unwrap();
+    third.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "the dropped peer's socket is closed");
+
+    // At exit: peer 0 is freed first (its socket closes with nothing
+    // more), peer 1 hears that 0 left, then its socket closes.
+    drop(running);
+    let mut rest = Vec::new();
+    (&first).read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "peer 0 gets nothing more: {rest:?}");
+    let m = wire(&second);
+    assert_eq!((m.bytes, m.fds.len()), ([0; 8], 0), "peer 1: peer 0 left");
+    let mut rest = Vec::new();
+    (&second).read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "then peer 1's socket closes: {rest:?}");
+}
+
+/// `-M`: an existing shm object is never taken over (O_EXCL), one line
+/// naming it; `--keep` leaves the object behind at exit, mode 0600.
+#[test]
+fn shm_object_is_exclusive_and_kept_on_request() {
+    let dir = tmp("shmkeep");
+    let mut c = cfg(&dir, "shmkeep", 1);
+    let ShmSource::Name(name) = c.shm.clone() else {
+        unreachable!()
+    };
+    let path = PathBuf::from(format!("/dev/shm{name}"));
+    std::fs::write(&path, b"someone else's").unwrap();
+    let e = Server::start(c.clone()).unwrap_err().to_string();
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains(&name[1..]), "names the object: {e}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"someone else's",
+        "untouched"
+    );
+    std::fs::remove_file(&path).unwrap();
+    c.keep = true;
+    drop(serve(c));
+    let meta = std::fs::metadata(&path).expect("kept at exit");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 1 << 20);
+    std::fs::remove_file(&path).unwrap();
 }

@@ -51,10 +51,11 @@ def check(cond, what):
 class Vm:
     """One VMM process with a QMP socket."""
 
-    def __init__(self, kind, binary, kernel, sock, smp=2, extra=(), umask=None):
+    def __init__(self, kind, binary, kernel, sock, smp=2, extra=(), umask=None,
+                 backend="memory-backend-ram"):
         self.kind, self.sock = kind, sock
         common = ["-kernel", kernel, "-smp", str(smp),
-                  "-object", f"memory-backend-ram,id=mem0,size={RAM}",
+                  "-object", f"{backend},id=mem0,size={RAM}",
                   "-machine", "memory-backend=mem0",
                   "-qmp", f"unix:{sock},server=on,wait=off", *extra]
         if kind == "qemu":
@@ -160,6 +161,19 @@ async def compare(args):
     try:
         mode = stat.S_IMODE(os.stat(s.sock).st_mode)
         check(mode == 0o600, f"shmvm socket mode {mode:o} is 600")
+        # Before and after negotiation, on plain sockets: the same errors.
+        # (First: QEMU's -qmp socket serves one client at a time.)
+        seen = []
+        for vm in (s, q):
+            r, f = raw(vm.sock, negotiate=False)
+            before = ask(r, f, '{"execute":"query-status","id":"b"}')
+            first = ask(r, f, '{"execute":"qmp_capabilities","id":"n1"}')
+            again = ask(r, f, '{"execute":"qmp_capabilities","id":"n2"}')
+            f.close()  # the makefile holds the fd open too
+            r.close()
+            seen.append((before, first, again))
+        check(seen[0] == seen[1] and seen[0][0]["error"]["class"] == "CommandNotFound",
+              f"before qmp_capabilities / negotiated twice: {seen[0]} as QEMU")
         cs, cq = await client(s), await client(q)
         gs, gq = cs.greeting._raw, cq.greeting._raw
         check(set(gs["QMP"]) == set(gq["QMP"]) and shape(gs["QMP"]["version"]) == shape(gq["QMP"]["version"]),
@@ -236,22 +250,36 @@ async def compare(args):
         for c in (cs, cq):
             await close(c)
 
-        # system_reset (-no-reboot for QEMU: shmvm never reboots) and SIGTERM.
-        for how, reason in [("system_reset", "host-qmp-system-reset"), ("SIGTERM", "host-signal")]:
-            s = Vm("shmvm", args.shmvm, args.kernel, f"{tmp}/shmvm.sock")
-            q = Vm("qemu", args.qemu, args.kernel, f"{tmp}/qemu.sock")
+        # system_reset (-no-reboot for QEMU: shmvm never reboots), SIGTERM,
+        # and HMP quit / q; the HMP runs on other backends, whose
+        # query-memdev must match QEMU's too.
+        for how, reason, backend in [
+                ("system_reset", "host-qmp-system-reset", "memory-backend-ram"),
+                ("SIGTERM", "host-signal", "memory-backend-ram"),
+                ("quit", "host-qmp-quit", "memory-backend-memfd,share=on,prealloc=on"),
+                ("q", "host-qmp-quit", "memory-backend-ram,share=on,merge=off,dump=off")]:
+            s = Vm("shmvm", args.shmvm, args.kernel, f"{tmp}/shmvm.sock", backend=backend)
+            q = Vm("qemu", args.qemu, args.kernel, f"{tmp}/qemu.sock", backend=backend)
             cs, cq = await client(s), await client(q)
+            if backend != "memory-backend-ram":
+                ms, mq = await cs.execute("query-memdev"), await cq.execute("query-memdev")
+                check(ms == mq, f"query-memdev of {backend}: {json.dumps(ms)} as QEMU")
             for c, vm in ((cs, s), (cq, q)):
                 if how == "SIGTERM":
                     # Paused first: parked vCPUs must still see the signal.
                     await c.execute("stop")
                     vm.proc.send_signal(signal.SIGTERM)
+                elif how in ("quit", "q"):
+                    await c.execute("human-monitor-command", {"command-line": how})
                 else:
                     await c.execute(how)
             es, eq = await next_event(cs, "SHUTDOWN"), await next_event(cq, "SHUTDOWN")
             check(es["data"] == eq["data"] == {"guest": False, "reason": reason},
                   f"{how}{' while paused' if how == 'SIGTERM' else ''}: SHUTDOWN {es['data']} as QEMU")
-            s.wait(), q.wait()
+            rc = s.wait()
+            q.wait()
+            if how != "SIGTERM":
+                check(rc == 0, f"{how}: shmvm exits 0")
             check(not os.path.exists(s.sock), f"{how}: shmvm removed its socket")
             for c in (cs, cq):
                 await close(c)
@@ -263,7 +291,15 @@ async def compare(args):
 def raw(sock_path, negotiate=True):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(5)
-    s.connect(sock_path)
+    deadline = time.time() + 5
+    while True:  # the socket file exists a moment before it listens
+        try:
+            s.connect(sock_path)
+            break
+        except ConnectionRefusedError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.01)
     f = s.makefile("rb")
     greeting = json.loads(f.readline())
     assert "QMP" in greeting

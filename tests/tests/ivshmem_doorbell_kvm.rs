@@ -284,37 +284,62 @@ fn kvm_doorbell_interop_with_qemu_both_directions() {
     assert_eq!(u(&st, "bar0_writes"), 0, "no ring exited: {st}");
 }
 
-/// Two shmvm guests and a host program: one guest leaves mid-run; the host
-/// and the other guest hear it and keep ringing each other.
+/// Two shmvm guests and a host program: while the host and guest A ping
+/// each other, guest B is killed (SIGKILL: its socket closes with no
+/// goodbye); the host and A hear that B left and finish every round.
 #[test]
-fn kvm_doorbell_three_peers_one_leaves() {
+fn kvm_doorbell_three_peers_one_leaves_mid_run() {
     require_kvm();
     let s = serve("db-three", 1);
     let mut host = Peer::connect(&s.socket, T).expect("host peer connects");
     assert_eq!(host.id(), 0);
-    let rounds: u32 = 200;
+    let rounds: u32 = 5000;
     let a = shmvm_guest(&s.socket, 1, &append("doorbell-pong", 1, 0, rounds));
     expect_event(&mut host, PeerEvent::Joined(1));
-    let b = shmvm_guest(&s.socket, 1, &append("doorbell-self", 2, 0, 1));
+    // B answers a peer 3 that never comes: it waits until killed.
+    let mut b = shmvm_guest(&s.socket, 1, &append("doorbell-pong", 2, 3, 1));
     expect_event(&mut host, PeerEvent::Joined(2));
-    let b = harness::wait(b, T);
-    b.assert_pass();
-    expect_event(&mut host, PeerEvent::Left(2));
-    assert_eq!(host.peers(), vec![1]);
-    // The host pings guest A (which saw B come and go).
-    let lat = pingpong::ping(&mut host, 1, u64::from(rounds), T).expect("host pings guest A");
+    let region = host.memory();
+    let pinger = std::thread::spawn(move || {
+        let lat = pingpong::ping(&mut host, 1, u64::from(rounds), T);
+        (host, lat)
+    });
+    let a_seq = || {
+        region
+            .as_volatile_slice()
+            .read_obj::<u64>(SEQ_OFF + 8)
+            .expect("A's round")
+    };
+    let deadline = Instant::now() + T;
+    while a_seq() < 100 {
+        assert!(Instant::now() < deadline, "A never got to round 100");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    b.kill().expect("kill B");
+    b.wait().expect("reap B");
+    let at = a_seq();
+    assert!(
+        at < u64::from(rounds),
+        "B was gone only after the run (round {at}): make rounds larger"
+    );
+    let (mut host, lat) = pinger.join().expect("pinger thread");
+    let lat = lat.expect("the host pings guest A to the end after B left");
     let a = harness::wait(a, T);
     a.assert_pass();
     eprintln!(
-        "host<->guest round trip: median {:?} p99 {:?}",
+        "B killed at round {at} of {rounds}; host<->guest round trip: median {:?} p99 {:?}",
         lat.percentile(50),
         lat.percentile(99)
     );
+    expect_event(&mut host, PeerEvent::Left(2));
+    expect_event(&mut host, PeerEvent::Left(1));
+    assert!(host.peers().is_empty());
     let st = doorbell_stats(&a);
     assert_eq!(u(&st, "peers_joined"), 2, "host and B: {st}");
     assert_eq!(u(&st, "peers_left"), 1, "B: {st}");
     assert_eq!(u(&st, "peers"), 1, "{st}");
     assert_eq!(u(&st, "doorbell_exits"), 0, "{st}");
+    assert_eq!(u(&st, "errors"), 0, "{st}");
 }
 
 /// A fake server that runs `script` on the first connection.

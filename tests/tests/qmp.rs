@@ -307,7 +307,7 @@ fn kvm_ivshmem_peer_leaving_is_an_event() {
         .args(["-kernel", &kernel, "-m", "32M", "-serial", "none"])
         .arg("-chardev")
         .arg(format!("socket,path={},id=iv", socket.display()))
-        .args(["-device", "ivshmem-doorbell,chardev=iv,vectors=1"])
+        .args(["-device", "ivshmem-doorbell,chardev=iv,vectors=1,addr=5"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
         .stdout(std::process::Stdio::null())
@@ -316,6 +316,45 @@ fn kvm_ivshmem_peer_leaving_is_an_event() {
         .expect("spawn shmvm");
     let mut q = RawQmp::connect(&sock);
     q.negotiate().expect("negotiate");
+    // The device as QEMU's query-pci shows QEMU's ivshmem-doorbell: at
+    // addr=5, 1af4:1110 class 0x0500, BAR0 256 bytes of registers, BAR1
+    // the MSI-X table and PBA (4 KiB), BAR2 the server's 1 MiB, 64-bit
+    // prefetchable.
+    let pci: serde_json::Value =
+        serde_json::from_str(&q.ask(r#"{"execute":"query-pci"}"#)).expect("query-pci JSON");
+    let devs = pci["return"][0]["devices"].as_array().expect("devices");
+    let d = devs
+        .iter()
+        .find(|d| d["id"]["device"] == 0x1110)
+        .unwrap_or_else(|| panic!("no 1af4:1110 in {pci}"));
+    assert_eq!(
+        (&d["slot"], &d["id"]["vendor"], &d["class_info"]["class"]),
+        (
+            &serde_json::json!(5),
+            &serde_json::json!(0x1af4),
+            &serde_json::json!(0x0500)
+        ),
+        "{d}"
+    );
+    let region = |bar: u64| {
+        d["regions"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["bar"] == bar))
+            .unwrap_or_else(|| panic!("no BAR{bar} in {d}"))
+            .clone()
+    };
+    assert_eq!(region(0)["size"], 256, "{d}");
+    assert_eq!(region(1)["size"], 4096, "{d}");
+    let bar2 = region(2);
+    assert_eq!(
+        (&bar2["size"], &bar2["prefetch"], &bar2["mem_type_64"]),
+        (
+            &serde_json::json!(1 << 20),
+            &serde_json::json!(true),
+            &serde_json::json!(true)
+        ),
+        "{d}"
+    );
     // shmvm joined at start (peer 0); a host peer comes and goes.
     let host = ivshmem_server::Peer::connect(&socket, Duration::from_secs(10))
         .expect("host peer connects");
@@ -343,4 +382,76 @@ fn kvm_ivshmem_peer_leaving_is_an_event() {
     );
     stop.store(true, Ordering::SeqCst);
     let _ = served.join();
+}
+
+/// `stop` parks every vCPU before it answers and `cont` lets them go on:
+/// the guest counts in shared RAM the test reads, and the count must not
+/// move between the reply to `stop` and `cont`, and move again after.
+#[test]
+fn kvm_stop_freezes_the_guest_and_cont_resumes_it() {
+    use std::os::unix::fs::FileExt;
+
+    vm::require_kvm();
+    let dir = TempDir::new("qmp-stopcont");
+    // 1: inc dword [0x200000]; jmp 1b (32-bit protected mode, no paging).
+    let code = [0xff, 0x05, 0x00, 0x00, 0x20, 0x00, 0xeb, 0xf8];
+    const COUNTER: u64 = 0x20_0000;
+    let kernel = dir.tiny_kernel(&code);
+    let ram = dir.0.join("ram");
+    let sock = dir.0.join("q.sock");
+    let child = Command::new(vm::shmvm_bin())
+        .args(["-kernel", &kernel, "-serial", "none", "-smp", "2"])
+        .arg("-object")
+        .arg(format!(
+            "memory-backend-file,id=m,size=16M,mem-path={},share=on",
+            ram.display()
+        ))
+        .args(["-machine", "memory-backend=m"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm");
+    let mut q = RawQmp::connect(&sock);
+    q.negotiate().expect("negotiate");
+    let file = std::fs::File::open(&ram).expect("the guest RAM file");
+    let count = || {
+        let mut b = [0u8; 4];
+        file.read_exact_at(&mut b, COUNTER)
+            .expect("read the counter");
+        u32::from_le_bytes(b)
+    };
+    let moves = |what: &str| {
+        let c0 = count();
+        let t0 = std::time::Instant::now();
+        while count() == c0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{what}: the guest's counter stays at {c0}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    moves("at start");
+    for round in 0..3 {
+        let r = q.ask(r#"{"execute":"stop","id":"s"}"#);
+        assert!(r.contains("\"return\""), "{r}");
+        let frozen = count();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            count(),
+            frozen,
+            "round {round}: the guest ran while stopped"
+        );
+        let r = q.ask(r#"{"execute":"query-status"}"#);
+        assert!(r.contains("\"status\":\"paused\""), "{r}");
+        let r = q.ask(r#"{"execute":"cont"}"#);
+        assert!(r.contains("\"return\""), "{r}");
+        moves("after cont");
+    }
+    let quit = q.try_ask(r#"{"execute":"quit"}"#);
+    let r = vm::wait(child, Duration::from_secs(10));
+    assert!(quit.is_ok(), "quit: {quit:?}; {}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
 }

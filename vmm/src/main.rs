@@ -67,7 +67,9 @@ fn code(c: i32) -> ExitCode {
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    let parsed = match vmm::cli::parse(std::env::args_os()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    init_logging(vmm::cli::verbosity(&argv));
+    let parsed = match vmm::cli::parse(argv) {
         Ok(p) => p,
         Err(ParseOutcome::Info(text)) => {
             print!("{text}");
@@ -79,7 +81,6 @@ fn main() -> ExitCode {
         }
     };
     let cfg = parsed.config;
-    init_logging(cfg.verbose);
     let _pidfile = match cfg.pidfile.as_deref().map(PidFile::create).transpose() {
         Ok(p) => p,
         Err(e) => {

@@ -33,6 +33,9 @@ pub enum Error {
     Config(#[from] config::Error),
     #[error("{0}")]
     Restore(String),
+    /// `-device TYPE,help` for a type shmvm does not have.
+    #[error("{0} {1}: unknown type '{2}' (try {0} help)")]
+    HelpType(&'static str, String, String),
 }
 
 impl Error {
@@ -77,7 +80,9 @@ pub const VERSION: &str = concat!(
     name = "shmvm",
     version = VERSION,
     about = "A small KVM VMM with shareable guest RAM and QEMU's command line",
-    after_help = EXAMPLES
+    after_help = EXAMPLES,
+    // QEMU: a repeated option is never an error; the last one wins.
+    args_override_self = true
 )]
 pub struct Args {
     /// Kernel to boot: 64-bit or 32-bit ELF (PVH note or 64-bit entry), bzImage, Multiboot v1 [QEMU: -kernel]
@@ -277,7 +282,7 @@ pub fn one_line(msg: &str) -> String {
 pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseOutcome> {
     let n = options::normalize(argv).map_err(Error::from)?;
     let args = Args::try_parse_from(&n.args).map_err(clap_error)?;
-    if let Some(text) = introspect(&args) {
+    if let Some(text) = introspect(&args)? {
         return Err(ParseOutcome::Info(text));
     }
     if let Some(dir) = args.restore.last() {
@@ -332,6 +337,14 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
     })
 }
 
+/// The `-v` count of a command line (0 when it does not parse), so that
+/// logging is set up before parsing: what the configuration layer says
+/// while it parses (`-machine accel=kvm:tcg: ... no-op`) reaches `-v`.
+pub fn verbosity(argv: &[OsString]) -> u8 {
+    options::normalize(argv.iter().cloned())
+        .map_or(0, |n| u8::try_from(n.verbose).unwrap_or(u8::MAX))
+}
+
 /// Whether a property list asks for help: `help`, `?`, or `TYPE,help`.
 fn wants_help(v: &str) -> Option<Option<&str>> {
     let mut parts = v.split(',');
@@ -352,16 +365,23 @@ fn list(title: &str, types: &[config::TypeInfo]) -> String {
     s
 }
 
-fn describe(option: &str, ty: &str, types: &[config::TypeInfo]) -> String {
+/// `OPTION TYPE,help`: the type's properties; an unknown type is an error
+/// (QEMU: "Device 'TYPE' not found", exit 1), never help text and exit 0.
+fn describe(
+    option: &'static str,
+    value: &str,
+    ty: &str,
+    types: &[config::TypeInfo],
+) -> Result<String, Error> {
     match types.iter().find(|t| t.name == ty) {
-        Some(t) => t.describe(),
-        None => format!("{option}: unknown type '{ty}' (try {option} help)\n"),
+        Some(t) => Ok(t.describe()),
+        None => Err(Error::HelpType(option, value.to_string(), ty.to_string())),
     }
 }
 
 /// `-device help`, `-device TYPE,help`, `-object help`, `-object TYPE,help`,
 /// `-machine help`, `-chardev help`: the text to print, if asked.
-fn introspect(a: &Args) -> Option<String> {
+fn introspect(a: &Args) -> Result<Option<String>, Error> {
     let groups: [(&str, &[String], &[config::TypeInfo], &str); 4] = [
         ("-device", &a.device, config::device::TYPES, "Devices:"),
         ("-object", &a.object, config::object::TYPES, "Objects:"),
@@ -381,13 +401,13 @@ fn introspect(a: &Args) -> Option<String> {
     for (option, values, types, title) in groups {
         for v in values {
             match wants_help(v) {
-                Some(None) => return Some(list(title, types)),
-                Some(Some(ty)) => return Some(describe(option, ty, types)),
+                Some(None) => return Ok(Some(list(title, types))),
+                Some(Some(ty)) => return describe(option, v, ty, types).map(Some),
                 None => {}
             }
         }
     }
-    None
+    Ok(None)
 }
 
 #[cfg(test)]

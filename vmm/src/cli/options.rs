@@ -375,6 +375,15 @@ pub const OPTIONS: &[Opt] = &[
         "the guest clock is UTC",
         "shmvm's guest clock is UTC; use -rtc base=utc or drop it",
     ),
+    noop_if(
+        "echr",
+        "1",
+        // QEMU reads the value with strtol(.., 0): 1 in any base is Ctrl-A,
+        // its default (virtme-ng's interactive line passes `-echr 1`).
+        &["1", "01", "0x1", "0x01", "0X1", "0X01"],
+        "the mux escape key is Ctrl-A (1), QEMU's default",
+        "the mux escape key is always Ctrl-A; use -echr 1 or drop it",
+    ),
     // Class 3: refused.
     refused("hda", Some("FILE"), DISKS),
     refused("hdb", Some("FILE"), DISKS),
@@ -447,7 +456,6 @@ pub const OPTIONS: &[Opt] = &[
         Some("..."),
         "use -vv or -vvv for shmvm's debug log",
     ),
-    refused("echr", Some("CHAR"), "the mux escape is always Ctrl-A"),
     refused(
         "overcommit",
         Some("..."),
@@ -495,6 +503,8 @@ pub struct Normalized {
     pub args: Vec<OsString>,
     /// The no-op options given, as written, with the reason (for `-v`).
     pub noops: Vec<String>,
+    /// How many `-v` (`-vv` counts 2, `--verbose` 1).
+    pub verbose: usize,
 }
 
 /// The closest known option name, for "did you mean" (edit distance <= 2).
@@ -539,6 +549,7 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
         }
         // -v, -vv, -vvv: shmvm's verbosity (QEMU has no -v).
         if s.len() > 1 && s[1..].chars().all(|c| c == 'v') {
+            out.verbose += s.len() - 1;
             out.args.push(a);
             continue;
         }
@@ -557,6 +568,7 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
         let Some(opt) = find(name) else {
             return Err(Error::Unknown(s.clone(), suggest(name)));
         };
+        out.verbose += usize::from(opt.name == "verbose" && inline.is_none());
         // The raw value (a path need not be UTF-8), and its text for checks.
         let mut raw_value = || -> Result<OsString, Error> {
             match &inline {
@@ -596,7 +608,7 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
                                 .any(|k| p.starts_with(k))
                         }) {
                             out.noops.push(format!(
-                                "{s} {v}: QEMU's boot order; shmvm boots -kernel directly"
+                                "{s} {v}: no-op (QEMU's boot order; shmvm boots -kernel directly)"
                             ));
                             continue;
                         }
@@ -804,6 +816,10 @@ mod tests {
             (vec!["disk.img"], "'disk.img': a bare argument"),
             (vec!["-kernel"], "-kernel: needs a value (PATH)"),
             (vec!["--boot", "efi"], "--boot efi: not supported"),
+            (
+                vec!["-echr", "0x14"],
+                "-echr 0x14: not supported; the mux escape key is always Ctrl-A",
+            ),
         ] {
             let e = norm(&args).unwrap_err();
             assert!(e.starts_with(want), "{args:?}: {e}");

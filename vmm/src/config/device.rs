@@ -277,12 +277,13 @@ pub fn parse_with(
             crate::virtio::config::parse_rng_device(kv)?,
         )),
         "" => Err(invalid("-device", "empty device name")),
-        other => Err(invalid(
-            "-device",
-            format!(
+        other => Err(Error::Unsupported {
+            option: "-device",
+            spec: spec.to_string(),
+            reason: format!(
                 "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-{{blk,fs,vsock,rng,device}}-pci, virtio-blk-pci, virtio-rng-pci, virtio-serial-pci, virtconsole, virtserialport; see -device help)"
             ),
-        )),
+        }),
     }
 }
 
@@ -433,11 +434,16 @@ mod tests {
             ("isa-debug-exit,iosize=9", "not 1..4 ports"),
             ("isa-debug-exit,iobase=zz", "iobase='zz': expected a number"),
             ("isa-debug-exit,port=1", "unknown property 'port'"),
-            ("e1000", "unknown device 'e1000'"),
         ] {
             let e = parse(v).unwrap_err().to_string();
             assert!(e.starts_with("-device: ") && e.contains(why), "{v}: {e}");
         }
+        // A device shmvm does not have: the whole option as written.
+        let e = parse("i6300esb,id=watchdog0").unwrap_err().to_string();
+        assert!(
+            e.starts_with("-device i6300esb,id=watchdog0: unknown device 'i6300esb' (known: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -101,6 +101,7 @@ pub fn parse_machine(values: &[String]) -> Result<MachineOptions, Error> {
                     format!("unknown machine type '{t}' (see -machine help)"),
                 ));
             }
+            log::info!("-machine {t}: shmvm's machine provides its devices (no-op)");
             m.machine_type = Some(t);
         }
         if let Some(id) = kv.take("memory-backend") {

@@ -129,6 +129,14 @@ pub enum Error {
         option: &'static str,
         reason: String,
     },
+    /// A value shmvm does not have, naming the whole option as written
+    /// (`-device i6300esb,id=watchdog0: unknown device 'i6300esb' ...`).
+    #[error("{option} {spec}: {reason}")]
+    Unsupported {
+        option: &'static str,
+        spec: String,
+        reason: String,
+    },
     #[error("{option} '{spec}': {source}")]
     KeyVal {
         option: &'static str,

@@ -1,14 +1,16 @@
-//! The boundary's state types for arm64 (the aarch64 twin of `x86.rs`):
-//! what the machine asks of a vCPU and of the interrupt controller, in our
-//! own types. `kvm_aarch64.rs` maps them onto KVM; an HVF sibling would map
-//! them onto Hypervisor.framework (`hv_vcpu_set_reg`, `hv_gic_create`).
+//! The boundary's state types for arm64 (the aarch64 twin of the vmm's
+//! `hv/x86.rs`): what the machine asks of a vCPU and of the interrupt
+//! controller, in our own types. `vmm/src/hv/kvm_aarch64.rs` maps them onto
+//! KVM; `hv-hvf` onto Hypervisor.framework (`hv_vcpu_set_reg`,
+//! `hv_gic_create`).
 
-/// A vCPU's start: which CPU model KVM should present (the host's preferred
-/// target) and the features it starts with.
+/// A vCPU's start: the features it starts with (KVM adds the host's
+/// preferred CPU model; HVF has one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VcpuInit {
-    /// PSCI 0.2 or later in the hypervisor (CPU_ON, SYSTEM_OFF,
-    /// SYSTEM_RESET as system events).
+    /// PSCI 0.2 or later (CPU_ON, SYSTEM_OFF, SYSTEM_RESET as system
+    /// events): KVM's own under KVM, the backend's under HVF (which has
+    /// none).
     pub psci_0_2: bool,
     /// Start powered off: a secondary CPU waits for PSCI CPU_ON.
     pub powered_off: bool,
