@@ -15,6 +15,12 @@
 //! thread hand-over (the first line of a boot is on the boot's critical
 //! path); a slow or stalled reader makes the fd not ready, and everything
 //! goes through the queue as before.
+//!
+//! Output that never waits for a reader (a regular file, /dev/null) has no
+//! queue and no writer thread at all: the vCPU writes it, and what a
+//! failing write does not take is dropped and counted. The writer thread
+//! allocates its buffer on its first write, so a thread that never writes
+//! (the reader keeps up) costs no heap arena either.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -135,6 +141,9 @@ pub struct ConsoleOut {
     limit: usize,
     /// The fd the fast path writes to (the writer thread's too).
     direct: Option<Arc<File>>,
+    /// The fd never waits for a reader: every write is direct, and there
+    /// is no writer thread.
+    always_ready: bool,
 }
 
 /// At most this much is written directly: a pipe with room takes it whole
@@ -160,10 +169,48 @@ fn try_write_now(f: &File, data: &[u8]) -> usize {
     usize::try_from(r).unwrap_or(0)
 }
 
+/// Whether writes to `meta`'s file never wait for a reader: a regular
+/// file, or /dev/null.
+fn never_waits(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let t = meta.file_type();
+    t.is_file() || (t.is_char_device() && meta.rdev() == libc::makedev(1, 3))
+}
+
+/// Writes `data` to a file that never waits for a reader; returns how
+/// much it took before an error (a full disk, say).
+fn write_fully(mut f: &File, mut data: &[u8]) -> usize {
+    let all = data.len();
+    while !data.is_empty() {
+        match f.write(data) {
+            Ok(0) => break,
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::debug!("serial: output lost: {e}");
+                break;
+            }
+        }
+    }
+    all - data.len()
+}
+
 impl ConsoleOut {
-    /// Starts the writer thread over `file` (stdout or the serial file);
-    /// the vCPU writes to it directly when that cannot block.
+    /// The console over `file` (stdout or the serial file): written by the
+    /// vCPU directly when that cannot block, through a queue and a writer
+    /// thread (started here) otherwise.
     pub fn spawn(file: File) -> Result<(ConsoleOut, Dropped), std::io::Error> {
+        let meta = file.metadata()?;
+        if never_waits(&meta) {
+            let shared = Arc::new(Shared::default());
+            let out = ConsoleOut {
+                shared: shared.clone(),
+                limit: 0,
+                direct: Some(Arc::new(file)),
+                always_ready: true,
+            };
+            return Ok((out, Dropped(shared)));
+        }
         let file = Arc::new(file);
         let f = file.clone();
         let (mut out, dropped) = ConsoleOut::spawn_with_limit(
@@ -171,13 +218,11 @@ impl ConsoleOut {
             QUEUE_LIMIT,
         )?;
         // Only where a ready fd takes the whole write: a pipe with a free
-        // page takes up to PIPE_BUF bytes, a regular file waits for no
-        // reader. A terminal's "ready" only means some room (a write
-        // larger than it would block), so terminals, sockets and devices
-        // always go through the queue.
+        // page takes up to PIPE_BUF bytes. A terminal's "ready" only means
+        // some room (a write larger than it would block), so terminals,
+        // sockets and other devices always go through the queue.
         use std::os::unix::fs::FileTypeExt;
-        let kind = file.metadata()?.file_type();
-        if kind.is_fifo() || kind.is_file() {
+        if meta.file_type().is_fifo() {
             out.direct = Some(file);
         }
         Ok((out, dropped))
@@ -199,7 +244,9 @@ impl ConsoleOut {
             .stack_size(64 << 10)
             .spawn(move || {
                 crate::sandbox::enter_worker();
-                let mut chunk = Vec::with_capacity(4096);
+                // Allocated on the first write: until then the thread has
+                // touched no heap (no arena of its own).
+                let mut chunk = Vec::new();
                 loop {
                     {
                         let mut q = s.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -230,6 +277,7 @@ impl ConsoleOut {
                 shared,
                 limit,
                 direct: None,
+                always_ready: false,
             },
             dropped,
         ))
@@ -239,6 +287,18 @@ impl ConsoleOut {
 impl Write for ConsoleOut {
     fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
         let all = data.len();
+        if self.always_ready
+            && let Some(f) = &self.direct
+        {
+            let written = write_fully(f, data);
+            self.shared
+                .direct
+                .fetch_add(written as u64, Ordering::Relaxed);
+            self.shared
+                .dropped
+                .fetch_add((all - written) as u64, Ordering::Relaxed);
+            return Ok(all);
+        }
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         // The fast path, only with nothing ahead of these bytes (the lock
         // keeps the writer thread from taking any meanwhile).
@@ -378,6 +438,39 @@ mod tests {
         }
         assert_eq!(&all[filled..], b"abcdef");
         assert_eq!(dropped.bytes(), 0);
+    }
+
+    #[test]
+    fn a_file_or_dev_null_is_written_by_the_vcpu_without_a_thread() {
+        let dir = std::env::temp_dir().join(format!("shmvm-console-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("log");
+        let (mut out, dropped) =
+            ConsoleOut::spawn(File::create(&path).expect("create")).expect("console");
+        assert!(out.always_ready, "a regular file got a writer thread");
+        for _ in 0..100 {
+            out.write_all(b"line\n").expect("never fails");
+        }
+        // In the file when write() returned.
+        assert_eq!(std::fs::read(&path).expect("read").len(), 500);
+        assert_eq!((out.direct_bytes(), dropped.bytes()), (500, 0));
+        drop(out);
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .expect("/dev/null");
+        let (out, _) = ConsoleOut::spawn(null).expect("console");
+        assert!(out.always_ready, "/dev/null got a writer thread");
+        // A pipe can fill up: it keeps its thread.
+        let (_rd, wr) = pipe();
+        let (out, _) = ConsoleOut::spawn(wr).expect("console");
+        assert!(!out.always_ready);
+        // What a failing write does not take is dropped and counted.
+        let (mut out, dropped) =
+            ConsoleOut::spawn(File::open(&path).expect("open read-only")).expect("console");
+        out.write_all(b"lost").expect("never fails");
+        assert_eq!((out.direct_bytes(), dropped.bytes()), (0, 4));
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The sandbox: once the machine is built, every thread runs with
 //! `no_new_privs`, without capabilities (when started as root), and under a
-//! seccomp filter for its kind, built with rust-vmm's `seccompiler`. On by
-//! default; `--sandbox=off` turns it off.
+//! seccomp filter for its kind, compiled into the binary ([`bpf`]: a binary
+//! search over the allowed calls, built by `const fn`s at compile time). On
+//! by default; `--sandbox=off` turns it off.
 //!
 //! The filters are allow lists, one per thread kind, all in this file
-//! ([`allowed`]: [`COMMON`] plus the kind's own list, `ioctl` limited to the
+//! ([`lists`]: [`COMMON`] plus the kind's own list, `ioctl` limited to the
 //! kind's request numbers, `prctl`, `fcntl`, `clone` and `tgkill` to the
 //! argument values they are made with). Any other system call traps
 //! (SECCOMP_RET_TRAP): [`on_sigsys`] makes it fail with EPERM and prints
@@ -23,16 +24,10 @@
 //! runs, workers while the machine is built), except the teardown helper,
 //! which runs under the main thread's filter (teardown.rs).
 
-use std::cell::Cell;
-#[cfg(target_arch = "x86_64")]
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+pub mod bpf;
 
-#[cfg(target_arch = "x86_64")]
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch, sock_filter,
-};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Whether threads enter the sandbox (set once from `--sandbox`).
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -67,15 +62,10 @@ impl ThreadKind {
 /// Errors entering the sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("--sandbox: building the {kind:?} seccomp filter: {err}")]
-    Filter {
-        kind: ThreadKind,
-        err: seccompiler::BackendError,
-    },
     #[error("--sandbox: installing the {kind:?} seccomp filter: {err}")]
     Install {
         kind: ThreadKind,
-        err: seccompiler::Error,
+        err: std::io::Error,
     },
     #[error("--sandbox: {what}: {err}")]
     Os {
@@ -206,14 +196,8 @@ mod lists {
     pub(super) const TIOCGWINSZ: u64 = 0x5413;
     pub(super) const FIONBIO: u64 = 0x5421;
 
-    /// What a thread may do once the guest runs: a system call with any
-    /// arguments, or only with argument `arg` among `values`.
-    #[derive(Debug, Clone, Copy)]
-    pub enum Allow {
-        Call(libc::c_long),
-        Arg(libc::c_long, u8, &'static [u64]),
-    }
-    use Allow::{Arg, Call};
+    pub use super::bpf::Allow;
+    use Allow::{Arg, Call, OwnPid};
 
     /// Device emulation's requests on the VM fd: BAR moves (memory slots),
     /// MSI-X routes and irqfds, virtio queue notifications (ioeventfds),
@@ -289,8 +273,9 @@ mod lists {
             ],
         ),
         // Kicking a vCPU thread out of KVM_RUN (the VM ends, QMP's stop):
-        // `tgkill` to this process only (its pid is filled in by [`allowed`]).
-        Arg(libc::SYS_tgkill, 0, &[]),
+        // `tgkill` to this process only (its pid is filled in when the
+        // filter is installed).
+        OwnPid(libc::SYS_tgkill, 0),
     ];
 
     /// vCPU threads: KVM_RUN and the exit handling (device emulation on the VM
@@ -400,100 +385,58 @@ mod lists {
         Call(libc::SYS_unlink),
     ];
 
-    /// `kind`'s allow list: [`COMMON`] and its own (the main thread's includes
-    /// the vCPU list: it runs vCPU 0).
-    pub fn allowed(kind: ThreadKind) -> Vec<Allow> {
-        let own: &[&[Allow]] = match kind {
-            ThreadKind::Main => &[VCPU, MAIN],
-            ThreadKind::Vcpu => &[VCPU],
-            ThreadKind::Worker => &[WORKER, SNAPSHOT],
-            ThreadKind::Monitor => &[MONITOR, SNAPSHOT],
+    /// `kind`'s allow lists: [`COMMON`] and its own (the main thread's
+    /// include the vCPU list: it runs vCPU 0).
+    pub const fn lists(kind: ThreadKind) -> &'static [&'static [Allow]] {
+        match kind {
+            ThreadKind::Main => &[COMMON, VCPU, MAIN],
+            ThreadKind::Vcpu => &[COMMON, VCPU],
+            ThreadKind::Worker => &[COMMON, WORKER, SNAPSHOT],
+            ThreadKind::Monitor => &[COMMON, MONITOR, SNAPSHOT],
+        }
+    }
+
+    /// Each kind's program, compiled with shmvm (bpf.rs): `PROGRAM_*`
+    /// while compiling, only the used instructions kept in the binary.
+    macro_rules! program {
+        ($prog:ident, $len:ident, $compiled:ident, $kind:expr) => {
+            const $compiled: super::bpf::Program =
+                super::bpf::compile(lists($kind), libc::SYS_clone3);
+            const $len: usize = $compiled.len;
+            static $prog: [libc::sock_filter; $len] = super::bpf::exact(&$compiled);
         };
-        let mut all = COMMON.to_vec();
-        own.iter().for_each(|l| all.extend_from_slice(l));
-        all
     }
-
-    /// The seccomp rules of `kind`'s allow list, merged per call.
-    pub(super) fn rules(
-        kind: ThreadKind,
-    ) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
-        let pid = u64::from(std::process::id());
-        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-        // A call allowed with any arguments has no rules; merged with
-        // argument rules it stays unconditional.
-        let mut any = std::collections::BTreeSet::new();
-        for a in allowed(kind) {
-            match a {
-                Call(nr) => {
-                    any.insert(nr);
-                }
-                Arg(nr, arg, values) => {
-                    let values: Vec<u64> = if nr == libc::SYS_tgkill {
-                        vec![pid]
-                    } else {
-                        values.to_vec()
-                    };
-                    for v in values {
-                        // 32-bit compare where the kernel takes an int (the
-                        // fcntl command, prctl option, tgkill's pid, clone's
-                        // flags are read as such; ioctl's request is an
-                        // unsigned int too).
-                        let c = SeccompCondition::new(
-                            arg,
-                            SeccompCmpArgLen::Dword,
-                            SeccompCmpOp::Eq,
-                            v,
-                        )?;
-                        rules
-                            .entry(nr)
-                            .or_default()
-                            .push(SeccompRule::new(vec![c])?);
-                    }
-                }
+    program!(MAIN_BPF, MAIN_LEN, MAIN_COMPILED, ThreadKind::Main);
+    program!(VCPU_BPF, VCPU_LEN, VCPU_COMPILED, ThreadKind::Vcpu);
+    program!(WORKER_BPF, WORKER_LEN, WORKER_COMPILED, ThreadKind::Worker);
+    program!(
+        MONITOR_BPF,
+        MONITOR_LEN,
+        MONITOR_COMPILED,
+        ThreadKind::Monitor
+    );
+    /// The longest of them (the stack copy that gets the pid).
+    pub(super) const MAX_LEN: usize = {
+        let mut m = MAIN_LEN;
+        let others = [VCPU_LEN, WORKER_LEN, MONITOR_LEN];
+        let mut i = 0;
+        while i < others.len() {
+            if others[i] > m {
+                m = others[i];
             }
+            i += 1;
         }
-        for nr in any {
-            rules.insert(nr, Vec::new());
+        m
+    };
+
+    /// `kind`'s compiled program and the instruction that gets the pid.
+    pub fn program(kind: ThreadKind) -> (&'static [libc::sock_filter], Option<usize>) {
+        match kind {
+            ThreadKind::Main => (&MAIN_BPF, MAIN_COMPILED.pid_at),
+            ThreadKind::Vcpu => (&VCPU_BPF, VCPU_COMPILED.pid_at),
+            ThreadKind::Worker => (&WORKER_BPF, WORKER_COMPILED.pid_at),
+            ThreadKind::Monitor => (&MONITOR_BPF, MONITOR_COMPILED.pid_at),
         }
-        Ok(rules)
-    }
-
-    /// The BPF program of `kind`'s filter.
-    pub fn filter(kind: ThreadKind) -> Result<BpfProgram, Error> {
-        let rules = rules(kind).map_err(|err| Error::Filter { kind, err })?;
-        let f = SeccompFilter::new(
-            rules,
-            SeccompAction::Trap,
-            SeccompAction::Allow,
-            TargetArch::x86_64,
-        )
-        .map_err(|err| Error::Filter { kind, err })?;
-        let prog: BpfProgram = f.try_into().map_err(|err| Error::Filter { kind, err })?;
-        Ok(clone3_fails_plainly(prog))
-    }
-
-    /// Puts "clone3 fails with EPERM" in front of `prog`. glibc's
-    /// `pthread_create` makes clone3 with every signal blocked, and a trap
-    /// with SIGSYS blocked kills the process: starting a thread from a
-    /// sandboxed one must fail like any other error instead. (Classic BPF
-    /// jumps are relative: prepending leaves `prog` intact; the call number
-    /// is compared before the architecture check, which still follows for
-    /// every other call.)
-    pub(super) fn clone3_fails_plainly(prog: BpfProgram) -> BpfProgram {
-        const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-        const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-        const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-        const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-        let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
-        let mut out = vec![
-            // seccomp_data.nr is at offset 0.
-            op(LD_W_ABS, 0, 0, 0),
-            op(JEQ_K, 0, 1, libc::SYS_clone3 as u32),
-            op(RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::EPERM as u32),
-        ];
-        out.extend(prog);
-        out
     }
 }
 #[cfg(target_arch = "x86_64")]
@@ -679,14 +622,50 @@ pub fn enter(kind: ThreadKind) -> Result<(), Error> {
 
 /// [`enter`] whatever the switch says (tests).
 pub fn enter_now(kind: ThreadKind) -> Result<(), Error> {
-    #[cfg(target_arch = "x86_64")]
-    let prog = filter(kind)?;
     install_sigsys()?;
     no_new_privs()?;
     drop_capabilities()?;
     KIND.with(|k| k.set(Some(kind)));
     #[cfg(target_arch = "x86_64")]
-    seccompiler::apply_filter(&prog).map_err(|err| Error::Install { kind, err })?;
+    install_filter(kind)?;
+    Ok(())
+}
+
+/// Installs `kind`'s compiled program on the calling thread, with this
+/// process's id written in (one copy on the stack, one system call).
+#[cfg(target_arch = "x86_64")]
+fn install_filter(kind: ThreadKind) -> Result<(), Error> {
+    let (prog, pid_at) = program(kind);
+    let mut insns = [libc::sock_filter {
+        code: 0,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }; MAX_LEN];
+    insns[..prog.len()].copy_from_slice(prog);
+    if let Some(at) = pid_at {
+        insns[at].k = std::process::id();
+    }
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).unwrap_or(u16::MAX),
+        filter: insns.as_mut_ptr(),
+    };
+    // SAFETY: seccomp copies the program (`prog.len()` valid instructions
+    // on our stack) and reads nothing else; no_new_privs is set above.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return Err(Error::Install {
+            kind,
+            err: std::io::Error::last_os_error(),
+        });
+    }
     Ok(())
 }
 
@@ -923,10 +902,134 @@ mod tests {
         assert_eq!((own, other), (0, libc::EPERM));
     }
 
+    /// The same lists through rust-vmm's seccompiler, as the filters were
+    /// built before they were compiled into the binary (a 32-bit compare
+    /// per argument value, trap otherwise), with clone3's EPERM in front.
+    fn seccompiler_program(kind: ThreadKind) -> Vec<libc::sock_filter> {
+        use seccompiler::{
+            BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+            SeccompFilter, SeccompRule, TargetArch,
+        };
+        use std::collections::{BTreeMap, BTreeSet};
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        let mut any = BTreeSet::new();
+        for a in lists(kind).iter().flat_map(|l| l.iter()) {
+            let (nr, arg, values) = match *a {
+                Allow::Call(nr) => {
+                    any.insert(nr);
+                    continue;
+                }
+                Allow::Arg(nr, arg, values) => (nr, arg, values.to_vec()),
+                Allow::OwnPid(nr, arg) => (nr, arg, vec![u64::from(std::process::id())]),
+            };
+            for v in values {
+                let c = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)
+                    .expect("condition");
+                rules
+                    .entry(nr)
+                    .or_default()
+                    .push(SeccompRule::new(vec![c]).expect("rule"));
+            }
+        }
+        for nr in any {
+            rules.insert(nr, Vec::new());
+        }
+        let f = SeccompFilter::new(
+            rules,
+            SeccompAction::Trap,
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .expect("filter");
+        let prog: BpfProgram = f.try_into().expect("program");
+        let mut out = vec![
+            libc::sock_filter {
+                code: 0x20,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            libc::sock_filter {
+                code: 0x15,
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_clone3 as u32,
+            },
+            libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: bpf::RET_ERRNO | libc::EPERM as u32,
+            },
+        ];
+        out.extend(prog.into_iter().map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        }));
+        out
+    }
+
+    /// The program as installed: the compiled one with our pid written in.
+    fn installed(kind: ThreadKind) -> Vec<libc::sock_filter> {
+        let (prog, pid_at) = program(kind);
+        let mut p = prog.to_vec();
+        p[pid_at.expect("every kind may tgkill its own threads")].k = std::process::id();
+        p
+    }
+
     #[test]
-    fn every_list_compiles_to_a_filter() {
+    fn compiled_programs_decide_every_call_as_seccompiler_did() {
+        let pid = u64::from(std::process::id());
         for kind in KINDS {
-            filter(kind).expect("filter");
+            let ours = installed(kind);
+            let theirs = seccompiler_program(kind);
+            // Every argument value the lists name, its neighbours, the pid,
+            // and the same values with high bits set (compared on 32 bits).
+            let mut values: Vec<u64> = vec![0, 1, pid, pid + 1, u64::from(u32::MAX)];
+            for a in lists(kind).iter().flat_map(|l| l.iter()) {
+                if let Allow::Arg(_, _, vs) = a {
+                    for &v in *vs {
+                        values.extend([v, v.wrapping_add(1), v.wrapping_sub(1), v | 1 << 40]);
+                    }
+                }
+            }
+            let mut calls = 0;
+            for nr in (0..480).chain([libc::SYS_clone3, 0x4000_0000, 0x4000_0010]) {
+                for arg in 0..3u8 {
+                    for &v in &values {
+                        let mut args = [0u64; 6];
+                        args[usize::from(arg)] = v;
+                        for arch in [bpf::AUDIT_ARCH_X86_64, 0x4000_0003] {
+                            // The old program looked at clone3 before the
+                            // architecture; the new one kills any call made
+                            // through another ABI first.
+                            let want = if nr == libc::SYS_clone3 && arch != bpf::AUDIT_ARCH_X86_64 {
+                                bpf::RET_KILL_PROCESS
+                            } else {
+                                bpf::run(&theirs, nr as u32, arch, args).0
+                            };
+                            let (got, steps) = bpf::run(&ours, nr as u32, arch, args);
+                            assert_eq!(
+                                got, want,
+                                "{kind:?}: call {nr} args {args:x?} arch {arch:#x}"
+                            );
+                            // A binary search: a call is decided in a few
+                            // comparisons plus its argument block.
+                            assert!(steps <= 64, "{kind:?}: call {nr} took {steps} steps");
+                            calls += 1;
+                        }
+                    }
+                }
+            }
+            assert!(calls > 10_000);
+            assert!(
+                ours.len() < theirs.len() * 2 / 3,
+                "{kind:?}: {} instructions against seccompiler's {}",
+                ours.len(),
+                theirs.len()
+            );
         }
     }
 

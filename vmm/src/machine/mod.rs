@@ -649,15 +649,14 @@ impl Machine {
             vcpus,
             snap,
         } = self;
+        // The helper starts on another CPU while the rest goes.
+        let handoff = crate::teardown::begin(&vm);
         drop((console, pci, plugs, io, state, vcpus, snap));
         drop((ram, objects));
-        match Arc::try_unwrap(vm) {
-            Ok(vm) => crate::teardown::detach(vm),
-            Err(vm) => {
-                log::debug!("teardown: VM still shared, closing it here");
-                drop(vm);
-            }
+        if Arc::strong_count(&vm) > 1 {
+            log::debug!("teardown: VM still shared, closed by its last holder");
         }
+        handoff.complete(move || drop(vm));
     }
 }
 
