@@ -25,6 +25,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("keyval", keyval),
     ("cmdline", cmdline),
     #[cfg(target_arch = "x86_64")]
+    ("kernel_image", kernel_image),
+    #[cfg(target_arch = "x86_64")]
     ("snapshot_state", snapshot_state),
     ("virtio_chain", virtio_chain),
     ("pci_config", pci_config),
@@ -110,6 +112,38 @@ pub fn cmdline(data: &[u8]) {
     }
     if let Err(vmm::cli::ParseOutcome::Error(e)) = vmm::cli::parse(argv) {
         let line = vmm::cli::one_line(&e.to_string());
+        assert!(!line.contains('\n'), "multi-line error: {line:?}");
+    }
+}
+
+/// A `-kernel` image (64- or 32-bit ELF, bzImage, Multiboot: whatever the
+/// bytes claim) loaded into 16 MiB of guest RAM with the boot data: it
+/// loads or fails in one line, bounded by the file and RAM, never by a
+/// header's claim.
+#[cfg(target_arch = "x86_64")]
+pub fn kernel_image(data: &[u8]) {
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vmm::boot::{BootFiles, BootSpec, load};
+    const RAM: u64 = 16 << 20;
+    let path = std::env::temp_dir().join(format!(
+        "shmvm-fuzz-kernel-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&path, data).expect("write the image");
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).expect("guest RAM");
+    let spec = BootSpec {
+        kernel: &path,
+        initrd: None,
+        cmdline: "console=ttyS0",
+        protocol: None,
+        vcpus: 1,
+    };
+    let r = BootFiles::open(&path, None).and_then(|mut f| load(&mem, RAM, &spec, &mut f));
+    let _ = std::fs::remove_file(&path);
+    if let Err(e) = r {
+        let line = e.to_string();
         assert!(!line.contains('\n'), "multi-line error: {line:?}");
     }
 }

@@ -11,6 +11,7 @@ pub mod mptable;
 mod multiboot;
 pub mod power_button;
 mod pvh;
+pub mod samples;
 mod topology;
 
 use std::fs::File;
