@@ -530,14 +530,16 @@ impl Runner {
                 }
             } else {
                 d.start(&console);
-                // -v: the device's info lines (back-end features, queues and ring addresses).
                 args.extend([
                     "-chardev".into(),
                     format!("socket,id=vub0,path={}", d.sock.display()),
                     "-device".into(),
                     "vhost-user-blk-pci,chardev=vub0".into(),
-                    "-v".into(),
                 ]);
+                if vmm == Vmm::Shmvm {
+                    // The device's info lines (back-end features, queues and ring addresses).
+                    args.push("-v".into());
+                }
             }
             disk = Some(d);
         }
@@ -619,7 +621,7 @@ impl Runner {
         match vmm {
             Vmm::Qemu => {
                 let mut machine = "microvm,acpi=on".to_string();
-                let pci_virtio = s.extra.vub == Some(Vub::Blk) || s.extra.rng || s.extra.port;
+                let pci_virtio = s.extra.vub.is_some() || s.extra.rng || s.extra.port;
                 if s.ivshmem.is_some() || s.extra.doorbell || pci_virtio {
                     machine += ",pcie=on";
                 }

@@ -227,7 +227,10 @@ impl Scenario {
     /// run with shmvm only. A doorbell scenario is one run of three guests
     /// (QEMU among them), reported as shmvm's. Snapshots are shmvm's.
     pub fn runs_with(&self, vmm: Vmm) -> bool {
-        let shmvm_only = self.extra.vub.is_some_and(|v| v != Vub::Blk)
+        // vhost-user-blk runs with QEMU too when it is measured (the same
+        // qemu-storage-daemon serving both VMMs: bench-scenarios).
+        let vub_shmvm_only = |v: Vub| v != Vub::Blk && !(v == Vub::Plain && self.extra.blkbench);
+        let shmvm_only = self.extra.vub.is_some_and(vub_shmvm_only)
             || self.extra.doorbell
             || self.extra.vuser
             || self.extra.snapshot;
@@ -442,6 +445,9 @@ mod tests {
         );
         let v = one("a memfd 256M 1 poweroff - vub,blkbench").unwrap();
         assert!(v.extra.blkbench && v.extra.vub == Some(Vub::Plain));
+        assert!(v.runs_with(Vmm::Qemu) && v.runs_with(Vmm::Shmvm));
+        let v = one("a memfd 256M 1 poweroff - vub").unwrap();
+        assert!(!v.runs_with(Vmm::Qemu) && v.runs_with(Vmm::Shmvm));
         assert_eq!(
             one("a ram 256M 1 poweroff - blk,mq2").unwrap_err(),
             "f:1: extra: mq2 and ring64 need vub or vub-kill"
