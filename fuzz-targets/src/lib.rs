@@ -123,24 +123,16 @@ pub fn cmdline(data: &[u8]) {
 #[cfg(target_arch = "x86_64")]
 pub fn kernel_image(data: &[u8]) {
     use vm_memory::{GuestAddress, GuestMemoryMmap};
-    use vmm::boot::{BootFiles, BootSpec, load};
-    const RAM: u64 = 16 << 20;
+    use vmm::boot::samples::{SCRATCH_RAM, load_image};
     let path = std::env::temp_dir().join(format!(
         "shmvm-fuzz-kernel-{}-{:?}",
         std::process::id(),
         std::thread::current().id()
     ));
     std::fs::write(&path, data).expect("write the image");
-    let mem =
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).expect("guest RAM");
-    let spec = BootSpec {
-        kernel: &path,
-        initrd: None,
-        cmdline: "console=ttyS0",
-        protocol: None,
-        vcpus: 1,
-    };
-    let r = BootFiles::open(&path, None).and_then(|mut f| load(&mem, RAM, &spec, &mut f));
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), SCRATCH_RAM as usize)])
+        .expect("guest RAM");
+    let r = load_image(&mem, &path);
     let _ = std::fs::remove_file(&path);
     if let Err(e) = r {
         let line = e.to_string();

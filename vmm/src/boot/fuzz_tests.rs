@@ -14,10 +14,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::samples::{bzimage, elf64, multiboot};
-use super::{BootFiles, BootSpec, load};
-
-const RAM: u64 = 16 << 20;
+use super::samples::{SCRATCH_RAM, bzimage, elf64, load_image, multiboot};
 
 struct Rng(u64);
 
@@ -85,7 +82,7 @@ fn kernel_image_parsers_survive_a_bounded_fuzz_loop() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(5),
     );
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)])
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), SCRATCH_RAM as usize)])
         .expect("guest memory");
     let path = std::env::temp_dir().join(format!("shmvm-fuzz-{}", std::process::id()));
     let corpus = [elf64(), bzimage(), multiboot()];
@@ -97,15 +94,7 @@ fn kernel_image_parsers_survive_a_bounded_fuzz_loop() {
         let img = mutate(&mut rng, base);
         std::fs::write(&path, &img).expect("write image");
         let c0 = Instant::now();
-        let spec = BootSpec {
-            kernel: &path,
-            initrd: None,
-            cmdline: "console=ttyS0",
-            protocol: None,
-            vcpus: 1,
-        };
-        let r = BootFiles::open(&path, None).and_then(|mut f| load(&mem, RAM, &spec, &mut f));
-        if let Err(e) = &r {
+        if let Err(e) = &load_image(&mem, &path) {
             assert!(
                 !e.to_string().contains('\n'),
                 "seed {seed} case {cases}: {e}"

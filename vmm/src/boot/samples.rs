@@ -1,7 +1,31 @@
 //! Small valid kernel images of each format `-kernel` takes (64-bit ELF
 //! with a PVH note, bzImage, Multiboot v1): the seeds of the image parsers'
 //! fuzzing (`fuzz_tests.rs`, and the `kernel_image` target in
-//! `fuzz-targets/`).
+//! `fuzz-targets/`), and the one way both fuzzers load an image.
+
+use std::path::Path;
+
+use vm_memory::GuestMemoryMmap;
+
+use super::{BootFiles, BootSpec, Error, load};
+
+/// The guest RAM the fuzzers load images into.
+pub const SCRATCH_RAM: u64 = 16 << 20;
+
+/// Loads the image at `path` into `mem` (`SCRATCH_RAM` bytes) as `-kernel`
+/// would, with a console command line, no initrd and one vCPU.
+pub fn load_image(mem: &GuestMemoryMmap, path: &Path) -> Result<(), Error> {
+    let spec = BootSpec {
+        kernel: path,
+        initrd: None,
+        cmdline: "console=ttyS0",
+        protocol: None,
+        vcpus: 1,
+    };
+    BootFiles::open(path, None)
+        .and_then(|mut f| load(mem, SCRATCH_RAM, &spec, &mut f))
+        .map(|_| ())
+}
 
 /// A 64-bit ELF: one PT_LOAD at 1 MiB and a PVH note (as the e2e tests').
 pub fn elf64() -> Vec<u8> {
