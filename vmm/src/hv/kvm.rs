@@ -11,14 +11,14 @@ use kvm_bindings::{
     KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, Msrs,
     kvm_coalesced_mmio, kvm_coalesced_mmio_ring, kvm_cpuid_entry2, kvm_dtable, kvm_fpu,
     kvm_irq_routing_entry, kvm_lapic_state, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment,
-    kvm_sregs, kvm_userspace_memory_region,
+    kvm_sregs,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::FileOffset;
 use vm_memory::mmap::MmapRegion;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::kvm_shared::{Assign, RoutingError, ioeventfd, msi_entry, set_gsi_routing};
+use super::kvm_shared::{Assign, RoutingError, ioeventfd, memory_slot, msi_entry, set_gsi_routing};
 use super::x86::{
     CpuidEntry, DescriptorTable, Fpu, GsiRoute, IrqChip, LapicState, MsrEntry, Regs, Segment,
     SpecialRegs,
@@ -158,31 +158,15 @@ impl Vm {
         size: u64,
         readonly: bool,
     ) -> Result<(), Error> {
-        let region = kvm_userspace_memory_region {
-            slot,
-            flags: if readonly {
-                kvm_bindings::KVM_MEM_READONLY
-            } else {
-                0
-            },
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the caller guarantees the host range is a live mapping for
-        // as long as the slot is set.
-        unsafe { self.fd.set_user_memory_region(region) }
+        // SAFETY: the caller's guarantee, passed on.
+        unsafe { memory_slot(&self.fd, slot, gpa, host, size, readonly) }
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 
     /// Deletes memory slot `slot` (a zero-sized region).
     pub fn remove_memory_slot(&self, slot: u32) -> Result<(), Error> {
-        let region = kvm_userspace_memory_region {
-            slot,
-            ..Default::default()
-        };
         // SAFETY: a zero-sized region maps no host memory; it deletes the slot.
-        unsafe { self.fd.set_user_memory_region(region) }
+        unsafe { memory_slot(&self.fd, slot, 0, std::ptr::null_mut(), 0, false) }
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 

@@ -16,13 +16,13 @@ use kvm_bindings::{
     KVM_SYSTEM_EVENT_SHUTDOWN, KVM_VGIC_ITS_ADDR_TYPE, KVM_VGIC_V3_ADDR_TYPE_DIST,
     KVM_VGIC_V3_ADDR_TYPE_REDIST, kvm_create_device, kvm_device_attr,
     kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
-    kvm_irq_routing_entry, kvm_userspace_memory_region, kvm_vcpu_init,
+    kvm_irq_routing_entry, kvm_vcpu_init,
 };
 use kvm_ioctls::{DeviceFd, Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::aarch64::{CoreRegs, GicConfig, GsiRoute, VcpuInit};
-use super::kvm_shared::{Assign, RoutingError, ioeventfd, msi_entry, set_gsi_routing};
+use super::kvm_shared::{Assign, RoutingError, ioeventfd, memory_slot, msi_entry, set_gsi_routing};
 use super::{IoEventAddr, SystemEvent, VmExit};
 
 /// Errors from KVM calls, naming the operation.
@@ -115,32 +115,16 @@ impl Vm {
         size: u64,
         readonly: bool,
     ) -> Result<(), Error> {
-        let region = kvm_userspace_memory_region {
-            slot,
-            flags: if readonly {
-                kvm_bindings::KVM_MEM_READONLY
-            } else {
-                0
-            },
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the caller guarantees the host range is a live mapping for
-        // as long as the slot is set.
-        unsafe { self.fd.set_user_memory_region(region) }
+        // SAFETY: the caller's guarantee, passed on.
+        unsafe { memory_slot(&self.fd, slot, gpa, host, size, readonly) }
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 
     /// Deletes memory slot `slot` (a PCI memory BAR the guest moved or
     /// turned off).
     pub fn remove_memory_slot(&self, slot: u32) -> Result<(), Error> {
-        let region = kvm_userspace_memory_region {
-            slot,
-            ..Default::default()
-        };
         // SAFETY: a zero-sized region maps no host memory; it deletes the slot.
-        unsafe { self.fd.set_user_memory_region(region) }
+        unsafe { memory_slot(&self.fd, slot, 0, std::ptr::null_mut(), 0, false) }
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 

@@ -1,12 +1,43 @@
 //! KVM plumbing both architectures' backends (`kvm.rs`, `kvm_aarch64.rs`)
-//! use the same way: ioeventfds, MSI routing entries, the routing table.
+//! use the same way: memory slots, ioeventfds, MSI routing entries, the
+//! routing table.
 //! Each backend maps the errors onto its own `Error`.
 
-use kvm_bindings::{KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry};
+use kvm_bindings::{
+    KVM_IRQ_ROUTING_MSI, KVM_MEM_READONLY, KvmIrqRouting, kvm_irq_routing_entry,
+    kvm_userspace_memory_region,
+};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::IoEventAddr;
+
+/// KVM_SET_USER_MEMORY_REGION: slot `slot` maps `[host, host + size)` at
+/// `gpa` (read-only for the guest when `readonly`); a `size` of 0 deletes
+/// the slot.
+///
+/// # Safety
+/// Unless `size` is 0, `host` must point to a mapping of at least `size`
+/// bytes that stays mapped while the slot is set.
+pub(super) unsafe fn memory_slot(
+    fd: &VmFd,
+    slot: u32,
+    gpa: u64,
+    host: *mut u8,
+    size: u64,
+    readonly: bool,
+) -> Result<(), kvm_ioctls::Error> {
+    let region = kvm_userspace_memory_region {
+        slot,
+        flags: if readonly { KVM_MEM_READONLY } else { 0 },
+        guest_phys_addr: gpa,
+        memory_size: size,
+        userspace_addr: host as u64,
+    };
+    // SAFETY: the caller guarantees the host range is a live mapping for as
+    // long as the slot is set; a zero-sized region maps nothing.
+    unsafe { fd.set_user_memory_region(region) }
+}
 
 /// Whether an ioeventfd is added or removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
