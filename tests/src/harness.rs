@@ -362,3 +362,52 @@ pub fn tiny_kernel(code: &[u8]) -> Vec<u8> {
     debug_assert_eq!(f.len(), total);
     f
 }
+
+/// kunit.py's x86_64 QEMU line (Linux tools/testing/kunit: kunit_kernel.py's
+/// LinuxSourceTreeOperationsQemu.start() with qemu_configs/x86_64.py), the
+/// arguments after the program name; `{kernel}` stands for the kernel.
+/// Since Linux 6.x its x86_64 config adds [`KUNIT_X86_64_QBOOT`].
+pub const KUNIT_X86_64: &[&str] = &[
+    "-nodefaults",
+    "-m",
+    "1024",
+    "-kernel",
+    "{kernel}",
+    "-append",
+    "kunit.enable=1 console=ttyS0 kunit_shutdown=reboot",
+    "-no-reboot",
+    "-nographic",
+    "-accel",
+    "kvm",
+    "-accel",
+    "hvf",
+    "-accel",
+    "tcg",
+    "-serial",
+    "stdio",
+];
+
+/// The qboot firmware kunit's x86_64 config asks for
+/// (`extra_qemu_params=['-bios', 'qboot.rom']`).
+pub const KUNIT_X86_64_QBOOT: &[&str] = &["-bios", "qboot.rom"];
+
+/// `a` then `b`, in a constant (command lines built from shared parts);
+/// `N` must be their total length.
+pub const fn concat_args<const N: usize>(
+    a: &[&'static str],
+    b: &[&'static str],
+) -> [&'static str; N] {
+    assert!(a.len() + b.len() == N, "N must be the total length");
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < b.len() {
+        out[a.len() + j] = b[j];
+        j += 1;
+    }
+    out
+}

@@ -17,7 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shmvm_tests::harness::{
-    Run, TempDir, repo_root, require_kvm, run, shmvm_bin, testkernel, wait,
+    KUNIT_X86_64, KUNIT_X86_64_QBOOT, Run, TempDir, concat_args, repo_root, require_kvm, run,
+    shmvm_bin, testkernel, wait,
 };
 use shmvm_tests::qsd::Qsd;
 
@@ -66,55 +67,13 @@ struct Line {
 
 const CORPUS: &[Line] = &[
     Line {
-        // tools/testing/kunit/kunit_kernel.py, LinuxSourceTreeOperationsQemu.start(),
-        // with qemu_configs/x86_64.py (kernel_command_line "console=ttyS0", serial "stdio").
         source: "kunit.py run --arch=x86_64 (Linux tools/testing/kunit)",
-        args: &[
-            "-nodefaults",
-            "-m",
-            "1024",
-            "-kernel",
-            "{kernel}",
-            "-append",
-            "kunit.enable=1 console=ttyS0 kunit_shutdown=reboot",
-            "-no-reboot",
-            "-nographic",
-            "-accel",
-            "kvm",
-            "-accel",
-            "hvf",
-            "-accel",
-            "tcg",
-            "-serial",
-            "stdio",
-        ],
+        args: KUNIT_X86_64,
         expect: Expect::Boots,
     },
     Line {
-        // The same, as Linux 6.x kunit writes it since its x86_64 config asks for qboot
-        // (qemu_configs/x86_64.py: extra_qemu_params=['-bios', 'qboot.rom']).
         source: "kunit.py run --arch=x86_64, qboot (Linux tools/testing/kunit)",
-        args: &[
-            "-nodefaults",
-            "-m",
-            "1024",
-            "-kernel",
-            "{kernel}",
-            "-append",
-            "kunit.enable=1 console=ttyS0 kunit_shutdown=reboot",
-            "-no-reboot",
-            "-nographic",
-            "-accel",
-            "kvm",
-            "-accel",
-            "hvf",
-            "-accel",
-            "tcg",
-            "-serial",
-            "stdio",
-            "-bios",
-            "qboot.rom",
-        ],
+        args: &concat_args::<19>(KUNIT_X86_64, KUNIT_X86_64_QBOOT),
         expect: Expect::Boots,
     },
     Line {

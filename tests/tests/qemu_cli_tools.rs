@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use shmvm_tests::harness::{Run, TempDir, repo_root, require_kvm, shmvm_bin, testkernel, wait};
+use shmvm_tests::harness::{
+    KUNIT_X86_64, KUNIT_X86_64_QBOOT, Run, TempDir, repo_root, require_kvm, shmvm_bin, testkernel,
+    wait,
+};
 use shmvm_tests::qsd::Qsd;
 
 const T: Duration = Duration::from_secs(30);
@@ -259,25 +262,14 @@ fn kvm_make_install_with_prefix_and_the_qemu_symlink() {
     // kunit.py's line (Linux tools/testing/kunit, kunit_kernel.py with
     // qemu_configs/x86_64.py), through the installed qemu-system-x86_64.
     let k = testkernel();
+    let k = k.to_str().expect("a UTF-8 path");
     let child = Command::new(prefix.join("bin/qemu-system-x86_64"))
-        .args(["-nodefaults", "-m", "1024", "-kernel"])
-        .arg(&k)
-        .args([
-            "-append",
-            "kunit.enable=1 console=ttyS0 kunit_shutdown=reboot",
-            "-no-reboot",
-            "-nographic",
-            "-accel",
-            "kvm",
-            "-accel",
-            "hvf",
-            "-accel",
-            "tcg",
-            "-serial",
-            "stdio",
-            "-bios",
-            "qboot.rom",
-        ])
+        .args(
+            KUNIT_X86_64
+                .iter()
+                .chain(KUNIT_X86_64_QBOOT)
+                .map(|a| a.replace("{kernel}", k)),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
