@@ -35,6 +35,55 @@ pub const QUEUE_LIMIT: usize = 1 << 20;
 /// How long the end of a run waits for queued output to drain.
 pub const DRAIN_DEADLINE: Duration = Duration::from_millis(500);
 
+/// Why the UART's output could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// stdout could not be duplicated, or the `-serial file:` log opened.
+    #[error("--serial file:{path}: {err}")]
+    File {
+        path: String,
+        #[source]
+        err: std::io::Error,
+    },
+    /// The writer thread did not start.
+    #[error("starting the console writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl OutputError {
+    /// 2 for the user's file, 1 for the host.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            OutputError::File { .. } => 2,
+            OutputError::Thread(_) => 1,
+        }
+    }
+}
+
+/// The UART's output for `mode`: stdout (unbuffered: every byte the guest
+/// sends is visible at once) or the `-serial file:` log
+/// ([`create_serial_file`]'s rules) through [`ConsoleOut`], with the handle
+/// that counts drops; a sink for `none`. Both machines' 16550 take it.
+pub fn serial_output(
+    mode: &crate::config::SerialMode,
+) -> Result<(Box<dyn Write + Send>, Option<Dropped>), OutputError> {
+    use crate::config::SerialMode;
+    use std::os::fd::AsFd;
+    let file = |path: String| move |err| OutputError::File { path, err };
+    let sink: File = match mode {
+        SerialMode::Stdio => File::from(
+            std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(file("stdout".into()))?,
+        ),
+        SerialMode::File(p) => create_serial_file(p).map_err(file(p.display().to_string()))?,
+        SerialMode::None => return Ok((Box::new(std::io::sink()), None)),
+    };
+    let (out, dropped) = ConsoleOut::spawn(sink).map_err(OutputError::Thread)?;
+    Ok((Box::new(out), Some(dropped)))
+}
+
 /// The `-serial file:` log: created 0600 whatever the umask, truncated, never
 /// through a symbolic link (O_NOFOLLOW), never blocking (O_NONBLOCK: a FIFO
 /// without a reader is refused), and only a regular file or a character device

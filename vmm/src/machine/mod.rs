@@ -23,9 +23,6 @@ mod snapshot;
 #[cfg(test)]
 pub(crate) use snapshot::refusal as snapshot_refusal;
 
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +33,7 @@ use memory::Backend;
 use crate::boot::{self, BootFiles, BootSpec};
 use crate::coalesce::SerialCoalescing;
 use crate::config::{Config, DeviceConfig, SerialMode, StdioOptions};
-use crate::console_out::{self, ConsoleOut};
+use crate::console_out;
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, Vm};
@@ -66,12 +63,8 @@ pub enum Error {
     Boot(#[from] boot::Error),
     #[error(transparent)]
     Hypervisor(#[from] hv::Error),
-    #[error("--serial file:{path}: {err}")]
-    SerialFile {
-        path: String,
-        #[source]
-        err: std::io::Error,
-    },
+    #[error(transparent)]
+    Console(#[from] console_out::OutputError),
     #[error("serial: {0}")]
     Serial(#[from] devices::serial::Error),
     #[error(transparent)]
@@ -115,8 +108,8 @@ impl Error {
             Error::Backend { .. }
             | Error::MemdevTooLarge { .. }
             | Error::NoObject { .. }
-            | Error::SerialFile { .. }
             | Error::Ivshmem(_) => 2,
+            Error::Console(e) => e.exit_code(),
             Error::Ram(e) => e.exit_code(),
             Error::Boot(e) => e.exit_code(),
             Error::Hypervisor(e) => e.exit_code(),
@@ -197,42 +190,6 @@ pub struct Machine {
     console: Console,
     vcpus: Vec<hv::Vcpu>,
     snap: snapshot::SnapshotParts,
-}
-
-/// The UART's output: stdout or the serial file behind a queue that never
-/// blocks a vCPU (console_out.rs), with the handle that counts drops.
-type SerialOutput = (Box<dyn Write + Send>, Option<console_out::Dropped>);
-
-fn serial_output(mode: &SerialMode) -> Result<SerialOutput, Error> {
-    let Some(file) = serial_file(mode)? else {
-        return Ok((Box::new(std::io::sink()), None));
-    };
-    let (out, dropped) = ConsoleOut::spawn(file).map_err(Error::Threads)?;
-    Ok((Box::new(out), Some(dropped)))
-}
-
-fn serial_file(mode: &SerialMode) -> Result<Option<File>, Error> {
-    Ok(match mode {
-        // Unbuffered: every byte the guest sends is visible at once.
-        SerialMode::Stdio => Some(File::from(
-            std::io::stdout()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| Error::SerialFile {
-                    path: "stdout".into(),
-                    err: e,
-                })?,
-        )),
-        SerialMode::File(p) => {
-            Some(
-                console_out::create_serial_file(p).map_err(|err| Error::SerialFile {
-                    path: p.display().to_string(),
-                    err,
-                })?,
-            )
-        }
-        SerialMode::None => None,
-    })
 }
 
 /// A BAR that does not fit the windows, when it is an ivshmem device's BAR2:
@@ -371,7 +328,7 @@ impl Machine {
             let state = state.clone();
             Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
         };
-        let (out, console_dropped) = serial_output(&cfg.serial)?;
+        let (out, console_dropped) = console_out::serial_output(&cfg.serial)?;
         let serial = Serial::new(IrqEvent::new()?, out);
         vm.register_irqfd(serial.irq().eventfd(), layout::COM1_IRQ)?;
         let serial = Arc::new(Mutex::new(serial));

@@ -10,8 +10,7 @@
 //! MPIDRs; the boot CPU's registers.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsFd;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,8 +21,8 @@ use memory::Backend;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{fdt, image, layout};
-use crate::config::{Config, DeviceConfig, SerialMode};
-use crate::console_out::{self, ConsoleOut};
+use crate::config::{Config, DeviceConfig};
+use crate::console_out;
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
@@ -88,12 +87,8 @@ pub enum Error {
         #[source]
         err: devices::bus::Error,
     },
-    #[error("--serial file:{path}: {err}")]
-    SerialFile {
-        path: String,
-        #[source]
-        err: std::io::Error,
-    },
+    #[error(transparent)]
+    Console(#[from] console_out::OutputError),
     #[error("serial: {0}")]
     Serial(#[from] devices::serial::Error),
     #[error("starting vCPU threads: {0}")]
@@ -112,10 +107,10 @@ impl Error {
             | Error::Image { .. }
             | Error::Unsupported(_)
             | Error::NoObject { .. }
-            | Error::Ivshmem(_)
-            | Error::SerialFile { .. } => 2,
+            | Error::Ivshmem(_) => 2,
             Error::Pci(e) => e.exit_code(),
             Error::Virtio(e) => e.exit_code(),
+            Error::Console(e) => e.exit_code(),
             Error::Ram(e) => e.exit_code(),
             Error::Hypervisor(e) => e.exit_code(),
             _ => 1,
@@ -236,29 +231,6 @@ fn open(option: &'static str, path: &Path) -> Result<(File, u64), Error> {
     }
     Ok((f, meta.len()))
 }
-
-/// The UART's output: stdout (unbuffered) or the `-serial file:` log
-/// (`console_out::create_serial_file`'s rules) behind the queue that never
-/// blocks a vCPU.
-fn serial_output(mode: &SerialMode) -> Result<SerialOutput, Error> {
-    let file_err = |path: String| move |err| Error::SerialFile { path, err };
-    let sink: File = match mode {
-        SerialMode::Stdio => File::from(
-            std::io::stdout()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(file_err("stdout".into()))?,
-        ),
-        SerialMode::File(p) => {
-            console_out::create_serial_file(p).map_err(file_err(p.display().to_string()))?
-        }
-        SerialMode::None => return Ok((Box::new(std::io::sink()), None)),
-    };
-    let (out, dropped) = ConsoleOut::spawn(sink).map_err(Error::Threads)?;
-    Ok((Box::new(out), Some(dropped)))
-}
-
-type SerialOutput = (Box<dyn Write + Send>, Option<console_out::Dropped>);
 
 /// The kernel, initrd and device tree in guest RAM; returns the boot CPU's
 /// entry point and the tree's address.
@@ -402,7 +374,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         let state = state.clone();
         Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
     };
-    let (out, dropped) = serial_output(&cfg.serial)?;
+    let (out, dropped) = console_out::serial_output(&cfg.serial)?;
     let serial = Serial::new(IrqEvent::new()?, out);
     vm.register_irqfd(serial.irq().eventfd(), layout::UART_SPI)?;
     let serial = Arc::new(Mutex::new(serial));
