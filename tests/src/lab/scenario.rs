@@ -9,7 +9,8 @@
 //!   with 0; the last two speak QMP to the VMM, see `l1/qmp.rs`)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
-//!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell, snapshot
+//!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell, snapshot,
+//!   rootfs
 //!   (tests/lab/scenarios explains each), and expectations that
 //!   override the derived ones: `cpus=N` (default: smp).
 
@@ -207,6 +208,10 @@ pub struct Extra {
     /// A virtio-serial port named `lab.verdict` on a file chardev: the
     /// guest writes its token there, L1 reads it after the run.
     pub port: bool,
+    /// The root filesystem is a directory of L1 served by virtiofsd
+    /// (`rootfstype=virtiofs root=ROOTFS`), booted as virtme-ng boots one;
+    /// the root's init writes `uname -r` to the port `virtme.ret`.
+    pub rootfs: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
 }
@@ -325,6 +330,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "rng" => x.rng = true,
                 "blkbench" => x.blkbench = true,
                 "port" => x.port = true,
+                "rootfs" => x.rootfs = true,
                 f => return Err(format!("extra '{f}': unknown flag")),
             },
             Some(("cpus", n)) => {
@@ -358,6 +364,12 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
     {
         return Err(
             "extra: snapshot needs backend shm, action poweroff, ivshmem - and no vub, doorbell or vuser"
+                .into(),
+        );
+    }
+    if x.rootfs && (backend != Backend::Memfd || x.vuser || x.snapshot || x.doorbell) {
+        return Err(
+            "extra: rootfs needs backend memfd (shared with virtiofsd) and no vuser, snapshot or doorbell"
                 .into(),
         );
     }
@@ -410,7 +422,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_table_has_33_runs() {
+    fn the_shipped_table_has_35_runs() {
         let text = include_str!("../../lab/scenarios");
         let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
         let runs: usize = all
@@ -422,7 +434,7 @@ mod tests {
                     .count()
             })
             .sum();
-        assert_eq!((all.len(), runs), (21, 33));
+        assert_eq!((all.len(), runs), (22, 35));
     }
 
     #[test]
