@@ -29,6 +29,7 @@ mod judge;
 pub mod qmp;
 mod rootfs;
 mod snapshot;
+mod vng;
 mod vuser;
 
 const MODULES: &str = "/lab/modules";
@@ -855,6 +856,9 @@ impl Runner {
         if s.extra.snapshot {
             return snapshot::run(self, s, vmm, &tag);
         }
+        if s.extra.vng {
+            return vng::run(self, s, vmm, &tag);
+        }
         let (mut r, args, append) = self.prepare(s, vmm);
         let cmd = Self::command(s, vmm, args, append);
         let out = Self::execute(&mut r, &cmd);
@@ -941,6 +945,10 @@ pub fn main(scenarios: &Path) -> ! {
         if !Path::new(bin).exists() {
             fatal(&format!("{bin} not in the L1 initramfs"));
         }
+    }
+    let picked = |s: &&Scenario| o.only.is_empty() || o.only.contains(&s.name);
+    if all.iter().filter(picked).any(|s| s.extra.vng) && !Path::new("/usr/bin/vng").exists() {
+        fatal("a vng scenario, but no /usr/bin/vng in the L1 initramfs (build-l1.sh without VNG_VENV)");
     }
     let _ = fs::create_dir_all("/tmp/lab");
     let _ = fs::create_dir_all("/mnt/disk");

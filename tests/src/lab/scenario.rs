@@ -10,7 +10,7 @@
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
 //!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell, snapshot,
-//!   rootfs
+//!   rootfs, vng
 //!   (tests/lab/scenarios explains each), and expectations that
 //!   override the derived ones: `cpus=N` (default: smp).
 
@@ -212,6 +212,10 @@ pub struct Extra {
     /// (`rootfstype=virtiofs root=ROOTFS`), booted as virtme-ng boots one;
     /// the root's init writes `uname -r` to the port `virtme.ret`.
     pub rootfs: bool,
+    /// virtme-ng itself in L1 runs the lab kernel with the VMM
+    /// (`vng --qemu VMM --exec 'uname -r; exit 7'`, `l1/vng.rs`); the other
+    /// columns are vng's to choose.
+    pub vng: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
 }
@@ -331,6 +335,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "blkbench" => x.blkbench = true,
                 "port" => x.port = true,
                 "rootfs" => x.rootfs = true,
+                "vng" => x.vng = true,
                 f => return Err(format!("extra '{f}': unknown flag")),
             },
             Some(("cpus", n)) => {
@@ -372,6 +377,9 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
             "extra: rootfs needs backend memfd (shared with virtiofsd) and no vuser, snapshot or doorbell"
                 .into(),
         );
+    }
+    if x.vng && (x != Extra { vng: true, ..Extra::default() } || ivshmem.is_some()) {
+        return Err("extra: vng stands alone (vng chooses the machine)".into());
     }
     if x.bar64 && ivshmem.is_none() {
         return Err("extra: bar64 needs an ivshmem region".into());
