@@ -948,7 +948,9 @@ pub fn main(scenarios: &Path) -> ! {
     }
     let picked = |s: &&Scenario| o.only.is_empty() || o.only.contains(&s.name);
     if all.iter().filter(picked).any(|s| s.extra.vng) && !Path::new("/usr/bin/vng").exists() {
-        fatal("a vng scenario, but no /usr/bin/vng in the L1 initramfs (build-l1.sh without VNG_VENV)");
+        fatal(
+            "a vng scenario, but no /usr/bin/vng in the L1 initramfs (build-l1.sh without VNG_VENV)",
+        );
     }
     let _ = fs::create_dir_all("/tmp/lab");
     let _ = fs::create_dir_all("/mnt/disk");

@@ -378,7 +378,14 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 .into(),
         );
     }
-    if x.vng && (x != Extra { vng: true, ..Extra::default() } || ivshmem.is_some()) {
+    if x.vng
+        && (x
+            != Extra {
+                vng: true,
+                ..Extra::default()
+            }
+            || ivshmem.is_some())
+    {
         return Err("extra: vng stands alone (vng chooses the machine)".into());
     }
     if x.bar64 && ivshmem.is_none() {

@@ -49,7 +49,11 @@ fn populate(root: &Path) -> std::io::Result<()> {
 impl RootDir {
     /// Prepares the directory and starts virtiofsd on it; returns it, the
     /// VMM's device arguments and the kernel command line's additions.
-    pub(super) fn start(tag: &str, token: &str, console: &Console) -> (RootDir, Vec<String>, String) {
+    pub(super) fn start(
+        tag: &str,
+        token: &str,
+        console: &Console,
+    ) -> (RootDir, Vec<String>, String) {
         let dir = PathBuf::from(format!("/tmp/lab-rootfs-{tag}"));
         let _ = fs::remove_dir_all(&dir);
         let root = dir.join("root");
@@ -104,8 +108,9 @@ impl RootDir {
             format!("virtserialport,name={RET_PORT},chardev=ret"),
         ]
         .to_vec();
-        let append =
-            format!(" rootfstype=virtiofs root={ROOT_TAG} rw init=/sbin/init lab.retport={RET_PORT}");
+        let append = format!(
+            " rootfstype=virtiofs root={ROOT_TAG} rw init=/sbin/init lab.retport={RET_PORT}"
+        );
         (r, args, append)
     }
 
@@ -124,7 +129,9 @@ impl RootDir {
         if let Some(e) = &self.error {
             j.fail(e.clone());
         }
-        let sw = result(console, "switch-root").map(fields).unwrap_or_default();
+        let sw = result(console, "switch-root")
+            .map(fields)
+            .unwrap_or_default();
         j.want(
             sw.get("root") == Some(&ROOT_TAG) && !sw.contains_key("mounted"),
             || {
@@ -147,7 +154,10 @@ impl RootDir {
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let release = release.trim();
         j.want(get("uname") == release, || {
-            format!("the guest's uname -r is '{}', want '{release}'", get("uname"))
+            format!(
+                "the guest's uname -r is '{}', want '{release}'",
+                get("uname")
+            )
         });
         let got = fs::read_to_string(&self.ret).unwrap_or_default();
         let want = format!("rc=0 uname={release} token={}\n", self.token);

@@ -72,7 +72,13 @@ fn vng(args: &[String], out: &Path, console: &Console) -> (i32, Duration, Option
     });
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return (-1, start.elapsed(), Some(format!("{VNG} did not start: {e}"))),
+        Err(e) => {
+            return (
+                -1,
+                start.elapsed(),
+                Some(format!("{VNG} did not start: {e}")),
+            );
+        }
     };
     loop {
         if let Ok(Some(st)) = child.try_wait() {
@@ -109,7 +115,12 @@ pub(super) fn run(runner: &mut Runner, s: &Scenario, vmm: Vmm, tag: &str) -> Ver
     if let Some(w) = why {
         j.fail(format!("vng --dry-run: {w}"));
     }
-    for want in ["vhost-user-fs-pci", "tag=ROOTFS", "name=virtme.ret", "-initrd"] {
+    for want in [
+        "vhost-user-fs-pci",
+        "tag=ROOTFS",
+        "name=virtme.ret",
+        "-initrd",
+    ] {
         j.want(line.contains(want), || {
             format!("vng --dry-run's command line has no {want}")
         });
