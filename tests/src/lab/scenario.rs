@@ -212,9 +212,10 @@ pub struct Extra {
     /// (`rootfstype=virtiofs root=ROOTFS`), booted as virtme-ng boots one;
     /// the root's init writes `uname -r` to the port `virtme.ret`.
     pub rootfs: bool,
-    /// virtme-ng itself in L1 runs the lab kernel with the VMM
-    /// (`vng --qemu VMM --exec 'uname -r; exit 7'`, `l1/vng.rs`); the other
-    /// columns are vng's to choose.
+    /// virtme-ng itself in L1 runs the lab kernel with shmvm
+    /// (`vng --qemu shmvm --exec 'uname -r; exit 7'`, `l1/vng.rs`); the
+    /// other columns are vng's to choose. shmvm only: QEMU's run (vng's
+    /// own VMM) passed when this was built but costs ~100 s of L1 time.
     pub vng: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
@@ -242,7 +243,8 @@ impl Scenario {
         let shmvm_only = self.extra.vub.is_some_and(vub_shmvm_only)
             || self.extra.doorbell
             || self.extra.vuser
-            || self.extra.snapshot;
+            || self.extra.snapshot
+            || self.extra.vng;
         !shmvm_only || vmm == Vmm::Shmvm
     }
 
@@ -478,6 +480,27 @@ mod tests {
         assert_eq!(
             one("a ram 256M 1 poweroff - blk,mq2").unwrap_err(),
             "f:1: extra: mq2 and ring64 need vub or vub-kill"
+        );
+    }
+
+    #[test]
+    fn virtiofs_root_and_vng_lines() {
+        let one = |l: &str| {
+            parse("f", l)
+                .map(|v| v[0].clone())
+                .map_err(|e| e.to_string())
+        };
+        let r = one("r memfd 256M 1 poweroff - rootfs").unwrap();
+        assert!(r.extra.rootfs && r.runs_with(Vmm::Qemu) && r.runs_with(Vmm::Shmvm));
+        assert_eq!(
+            one("r ram 256M 1 poweroff - rootfs").unwrap_err(),
+            "f:1: extra: rootfs needs backend memfd (shared with virtiofsd) and no vuser, snapshot or doorbell"
+        );
+        let v = one("v memfd 1G 2 poweroff - vng").unwrap();
+        assert!(v.extra.vng && !v.runs_with(Vmm::Qemu) && v.runs_with(Vmm::Shmvm));
+        assert_eq!(
+            one("v memfd 1G 2 poweroff - vng,rng").unwrap_err(),
+            "f:1: extra: vng stands alone (vng chooses the machine)"
         );
     }
 
