@@ -358,7 +358,10 @@ fn help_and_introspection() {
     // -cpu and -accel list what they accept, as QEMU's do.
     for a in [["-cpu", "help"], ["-cpu", "?"]] {
         let t = info(&a);
-        assert!(t.starts_with("Available CPUs:") && t.contains("host"), "{t}");
+        assert!(
+            t.starts_with("Available CPUs:") && t.contains("host"),
+            "{t}"
+        );
     }
     let t = info(&["-accel", "help"]);
     assert!(t.lines().any(|l| l == "kvm"), "{t}");
