@@ -323,7 +323,14 @@ fn kvm_watchdog_matches_qemu() {
     let kernel = dir.tiny_kernel(&debug_kernel().0);
     let t0 = Instant::now();
     let child = std::process::Command::new("qemu-system-x86_64")
-        .args(["-M", "q35", "-accel", "kvm", "-cpu", "host,-arch-capabilities"])
+        .args([
+            "-M",
+            "q35",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+        ])
         .args(["-m", "128M", "-nodefaults", "-no-user-config", "-nographic"])
         .args(["-serial", "none", "-watchdog-action", "debug"])
         .args(["-device", &format!("i6300esb,addr={SLOT}")])
@@ -337,8 +344,16 @@ fn kvm_watchdog_matches_qemu() {
     let q = vm::wait(child, Duration::from_secs(60));
     let took = t0.elapsed();
     assert_eq!(q.code, Some(11), "QEMU: {q:?}");
-    assert_eq!(q.stderr.matches("watchdog: timer fired").count(), 1, "{}", q.stderr);
-    assert!(took >= 2 * Duration::from_nanos(0xf_ffff * TICK_NS), "QEMU: {took:?}");
+    assert_eq!(
+        q.stderr.matches("watchdog: timer fired").count(),
+        1,
+        "{}",
+        q.stderr
+    );
+    assert!(
+        took >= 2 * Duration::from_nanos(0xf_ffff * TICK_NS),
+        "QEMU: {took:?}"
+    );
     let (s, _) = run(&dir, &debug_kernel(), &device("debug"));
     assert_eq!(s.code, q.code, "shmvm: {s:?}");
 }
