@@ -30,7 +30,7 @@ tmp=$(mktemp -d); chmod 755 "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/deb" "$tmp/pkg"
 
-# Downloads and unpacks packages (NAME or NAME=VERSION) into pkg/NAME/.
+# Downloads and unpacks packages (NAME:arm64, NAME:arm64=VERSION) into pkg/NAME/.
 fetch() {
     local p
     (cd "$tmp/deb" && apt-get download -q "$@" >/dev/null 2>"$tmp/apt.err") ||
