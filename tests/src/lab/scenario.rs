@@ -10,9 +10,8 @@
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
 //!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell, snapshot,
-//!   rootfs, vng
-//!   (tests/lab/scenarios explains each), and expectations that
-//!   override the derived ones: `cpus=N` (default: smp).
+//!   rootfs, vng, shmvm-only (tests/lab/scenarios explains each), and
+//!   expectations that override the derived ones: `cpus=N` (default: smp).
 
 use std::fmt;
 
@@ -217,6 +216,10 @@ pub struct Extra {
     /// other columns are vng's to choose. shmvm only: QEMU's run (vng's
     /// own VMM) passed when this was built but costs ~100 s of L1 time.
     pub vng: bool,
+    /// No QEMU reference run of this line (`shmvm-only`): what the
+    /// reference adds to a lab's wall time is not worth it here (the arm64
+    /// lab runs QEMU on a few plain boots only).
+    pub shmvm_only: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
 }
@@ -241,6 +244,7 @@ impl Scenario {
         // qemu-storage-daemon serving both VMMs: bench-scenarios).
         let vub_shmvm_only = |v: Vub| v != Vub::Blk && !(v == Vub::Plain && self.extra.blkbench);
         let shmvm_only = self.extra.vub.is_some_and(vub_shmvm_only)
+            || self.extra.shmvm_only
             || self.extra.doorbell
             || self.extra.vuser
             || self.extra.snapshot
@@ -338,6 +342,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "port" => x.port = true,
                 "rootfs" => x.rootfs = true,
                 "vng" => x.vng = true,
+                "shmvm-only" => x.shmvm_only = true,
                 f => return Err(format!("extra '{f}': unknown flag")),
             },
             Some(("cpus", n)) => {
@@ -477,6 +482,8 @@ mod tests {
         assert!(v.runs_with(Vmm::Qemu) && v.runs_with(Vmm::Shmvm));
         let v = one("a memfd 256M 1 poweroff - vub").unwrap();
         assert!(!v.runs_with(Vmm::Qemu) && v.runs_with(Vmm::Shmvm));
+        let o = one("a memfd 256M 1 poweroff - rng,shmvm-only").unwrap();
+        assert!(o.extra.shmvm_only && !o.runs_with(Vmm::Qemu) && o.runs_with(Vmm::Shmvm));
         assert_eq!(
             one("a ram 256M 1 poweroff - blk,mq2").unwrap_err(),
             "f:1: extra: mq2 and ring64 need vub or vub-kill"
