@@ -467,6 +467,28 @@ mod tests {
     }
 
     #[test]
+    fn guest_time_stands_still_while_paused() {
+        let s = VmState::default();
+        let t0 = std::time::Instant::now();
+        let a = s.guest_ns();
+        // No vCPU runs: the pause is in effect at once.
+        assert!(s.pause(Duration::from_secs(1)));
+        let p = s.guest_ns();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(s.guest_ns(), p, "guest time moved while paused");
+        s.resume();
+        std::thread::sleep(Duration::from_millis(5));
+        let b = s.guest_ns();
+        let wall = t0.elapsed();
+        assert!(b > p, "guest time stopped after resume");
+        assert!(
+            Duration::from_nanos(b - a) + Duration::from_millis(30) <= wall,
+            "the pause was counted: guest {:?}, wall {wall:?}",
+            Duration::from_nanos(b - a)
+        );
+    }
+
+    #[test]
     fn device_properties() {
         let kv = |s: &str| KeyVal::parse(s, None).unwrap();
         assert_eq!(
