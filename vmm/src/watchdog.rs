@@ -321,6 +321,7 @@ impl Error {
 pub struct Watchdog {
     name: String,
     slot: Option<u8>,
+    qdev_id: Option<String>,
     action: WatchdogAction,
     device: Arc<Mutex<I6300esb>>,
     timer: Arc<Timer>,
@@ -367,6 +368,7 @@ impl Watchdog {
         Ok(Watchdog {
             name,
             slot: cfg.slot,
+            qdev_id: cfg.id.clone(),
             action,
             device,
             timer,
@@ -392,6 +394,7 @@ impl PciPlug for Watchdog {
         PciFunction {
             name: self.name.clone(),
             slot: self.slot,
+            qdev_id: self.qdev_id.clone(),
             device: self.device.clone(),
             bars: vec![(REGISTER_BAR, BarBacking::Registers)],
             requester: None,
