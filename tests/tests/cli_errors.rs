@@ -42,6 +42,10 @@ fn usage_errors_exit_2_with_one_line() {
         (vec!["-kernel", k, "-serial", "pty"], "-serial"),
         (vec!["-kernel", k, "-device", "e1000"], "-device"),
         (
+            vec!["-kernel", k, "-S"],
+            "-S: needs a QMP monitor (-qmp or -mon)",
+        ),
+        (
             vec!["-kernel", k, "-device", "i6300esb,addr=0x40"],
             "-device: i6300esb: addr='0x40'",
         ),

@@ -276,14 +276,21 @@ fn kvm_watchdog_pause_stops_the_vm_and_tells_the_monitor() {
     k.hang();
     let kernel = dir.tiny_kernel(&k.0);
     let sock = dir.0.join("q.sock");
-    let args = device("pause");
+    // -S: the guest runs (and the watchdog fires) only once the monitor
+    // is connected, so no event can go out before it listens.
+    let mut args = device("pause");
+    args.push("-S".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (child, mut q) = RawQmp::start(&kernel, &sock, &args);
+    let status = q.ask(r#"{"execute":"query-status"}"#);
+    assert!(status.contains(r#""status":"prelaunch""#), "{status}");
+    let r = q.ask(r#"{"execute":"cont"}"#);
+    assert!(r.contains("return"), "{r}");
     let mut events = Vec::new();
     while !events.iter().any(|e: &String| e.contains("\"STOP\"")) {
         let l = q.line();
         assert!(!l.is_empty(), "monitor closed; events so far {events:?}");
-        if l.contains("\"event\"") {
+        if l.contains("\"event\"") && !l.contains("\"RESUME\"") {
             events.push(l);
         }
     }
@@ -293,7 +300,8 @@ fn kvm_watchdog_pause_stops_the_vm_and_tells_the_monitor() {
     );
     assert!(events[0].contains("pause"), "{events:?}");
     let status = q.ask(r#"{"execute":"query-status"}"#);
-    assert!(status.contains("paused"), "{status}");
+    // QEMU's run state for a watchdog's pause.
+    assert!(status.contains(r#""status":"watchdog""#), "{status}");
     let pci: serde_json::Value =
         serde_json::from_str(&q.ask(r#"{"execute":"query-pci"}"#)).expect("query-pci JSON");
     let devs = pci["return"][0]["devices"].as_array().expect("devices");

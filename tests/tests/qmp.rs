@@ -460,3 +460,64 @@ fn kvm_query_pci_shows_each_devices_id() {
     assert!(quit.is_ok(), "quit: {quit:?}; {}", r.stderr);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
+
+/// `-S`: the guest does not run before the first `cont` (its counter in
+/// shared RAM stays 0, `query-status` says QEMU's `prelaunch`); after it,
+/// it runs and the status is `running`.
+#[test]
+fn kvm_dash_s_holds_the_guest_until_cont() {
+    use std::os::unix::fs::FileExt;
+
+    vm::require_kvm();
+    let dir = TempDir::new("qmp-dash-s");
+    // 1: inc dword [0x200000]; jmp 1b (32-bit protected mode, no paging).
+    let kernel = dir.tiny_kernel(&[0xff, 0x05, 0x00, 0x00, 0x20, 0x00, 0xeb, 0xf8]);
+    let ram = dir.0.join("ram");
+    let sock = dir.0.join("q.sock");
+    let child = Command::new(vm::shmvm_bin())
+        .args(["-kernel", &kernel, "-serial", "none", "-S"])
+        .arg("-object")
+        .arg(format!(
+            "memory-backend-file,id=m,size=16M,mem-path={},share=on",
+            ram.display()
+        ))
+        .args(["-machine", "memory-backend=m"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm");
+    let mut q = RawQmp::connect(&sock);
+    q.negotiate().expect("negotiate");
+    let file = std::fs::File::open(&ram).expect("the guest RAM file");
+    let count = || {
+        let mut b = [0u8; 4];
+        file.read_exact_at(&mut b, 0x20_0000)
+            .expect("read the counter");
+        u32::from_le_bytes(b)
+    };
+    let r = q.ask(r#"{"execute":"query-status"}"#);
+    assert!(
+        r.contains(r#""running":false"#) && r.contains(r#""status":"prelaunch""#),
+        "{r}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(), 0, "the guest ran before cont");
+    let r = q.ask(r#"{"execute":"cont"}"#);
+    assert!(r.contains("\"return\""), "{r}");
+    let t0 = std::time::Instant::now();
+    while count() == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the guest never ran after cont"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = q.ask(r#"{"execute":"query-status"}"#);
+    assert!(r.contains(r#""status":"running""#), "{r}");
+    let quit = q.try_ask(r#"{"execute":"quit"}"#);
+    let r = vm::wait(child, Duration::from_secs(10));
+    assert!(quit.is_ok(), "quit: {quit:?}; {}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+}

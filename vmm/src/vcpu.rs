@@ -1,6 +1,6 @@
 //! vCPU set-up (CPUID, MSRs, FPU, LAPIC, entry registers) and run loop.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,10 +29,24 @@ pub struct VmState {
     end: Mutex<Option<VmEnd>>,
     /// Fast check for the run loop; the truth is in `pause`.
     pause_requested: AtomicBool,
+    /// Why the VM is paused ([`PauseReason`] as u8), while it is.
+    pause_reason: AtomicU8,
     pause: Mutex<Pause>,
     parked_changed: Condvar,
     /// Guest time (QEMU's virtual clock): stands still while paused.
     guest_time: Mutex<GuestTime>,
+}
+
+/// Why the vCPUs are parked: QEMU's run states for a paused VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PauseReason {
+    /// QMP `stop` (or a snapshot being saved): `paused`.
+    Stop,
+    /// A watchdog's `pause` action: `watchdog`.
+    Watchdog,
+    /// `-S`, until the first `cont`: `prelaunch`.
+    Prelaunch,
 }
 
 /// Host monotonic time minus the time the VM spent paused.
@@ -198,12 +212,33 @@ impl VmState {
         let mut p = self.pause_lock();
         p.requested = false;
         self.pause_requested.store(false, Ordering::SeqCst);
+        self.pause_reason
+            .store(PauseReason::Stop as u8, Ordering::SeqCst);
         self.parked_changed.notify_all();
     }
 
     /// Whether `stop` is in effect.
     pub fn paused(&self) -> bool {
         self.pause_requested.load(Ordering::SeqCst)
+    }
+
+    /// [`VmState::pause`] for `reason`, which the VM's run state names
+    /// until it is resumed.
+    pub fn pause_for(&self, reason: PauseReason, timeout: Duration) -> bool {
+        self.pause_reason.store(reason as u8, Ordering::SeqCst);
+        self.pause(timeout)
+    }
+
+    /// Why the VM is paused, if it is.
+    pub fn pause_reason(&self) -> Option<PauseReason> {
+        if !self.paused() {
+            return None;
+        }
+        Some(match self.pause_reason.load(Ordering::SeqCst) {
+            r if r == PauseReason::Watchdog as u8 => PauseReason::Watchdog,
+            r if r == PauseReason::Prelaunch as u8 => PauseReason::Prelaunch,
+            _ => PauseReason::Stop,
+        })
     }
 
     /// Counts the calling vCPU in or out of the running set.

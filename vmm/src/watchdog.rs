@@ -27,7 +27,7 @@ use crate::exit::VmEnd;
 use crate::pci::{BarBacking, Pci, PciFunction, PciPlug, Placed};
 use crate::qmp::{self, Event};
 use crate::stats::{Stats, WatchdogStats};
-use crate::vcpu::VmState;
+use crate::vcpu::{PauseReason, VmState};
 
 /// What an expired watchdog does: QEMU's `WatchdogAction`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -247,7 +247,7 @@ impl Actions {
                 Err(e) => log::warn!("{}: {e}", self.name),
             },
             WatchdogAction::Pause => {
-                if self.state.pause(PAUSE_TIMEOUT) {
+                if self.state.pause_for(PauseReason::Watchdog, PAUSE_TIMEOUT) {
                     qmp::control::device_event(Event::Stop);
                 } else {
                     self.state.resume();

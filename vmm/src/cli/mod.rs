@@ -169,6 +169,9 @@ pub struct Args {
     /// On SIGUSR1: stop the VM, save a snapshot to DIR (as QMP x-shmvm-snapshot-save), and end (exit 0)
     #[arg(long, value_name = "DIR")]
     pub snapshot_on_signal: Vec<PathBuf>,
+    /// Start with the vCPUs stopped until QMP cont; needs -qmp or -mon [QEMU: -S]
+    #[arg(long = "S")]
+    pub start_paused: bool,
     /// More logging (-v info, -vv debug, -vvv trace)
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -291,9 +294,13 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
     if let Some(text) = introspect(&args)? {
         return Err(ParseOutcome::Info(text));
     }
+    let run = RunOptions {
+        snapshot_on_signal: args.snapshot_on_signal.last().cloned(),
+        start_paused: args.start_paused,
+    };
     if let Some(dir) = args.restore.last() {
         let mut parsed = restore::parse(dir, args.restore_ram, &n.args)?;
-        parsed.config.snapshot_on_signal = args.snapshot_on_signal.last().cloned();
+        run_options(&mut parsed.config, run)?;
         return Ok(parsed);
     }
     if args.restore_ram.is_some() {
@@ -337,11 +344,32 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
     };
     let mut config = Config::build(input).map_err(Error::from)?;
     config.argv = restore::machine_argv(&n.args);
-    config.snapshot_on_signal = args.snapshot_on_signal.last().cloned();
+    run_options(&mut config, run)?;
     Ok(Parsed {
         config,
         noops: n.noops,
     })
+}
+
+/// The options of [`run_options`], taken from the arguments.
+struct RunOptions {
+    snapshot_on_signal: Option<PathBuf>,
+    start_paused: bool,
+}
+
+/// What a booted and a restored machine both take: `--snapshot-on-signal`
+/// and `-S` (which needs a monitor: nothing else could start the VM).
+fn run_options(config: &mut Config, run: RunOptions) -> Result<(), Error> {
+    config.snapshot_on_signal = run.snapshot_on_signal;
+    config.start_paused = run.start_paused;
+    if config.start_paused && config.monitors.is_empty() {
+        return Err(config::invalid(
+            "-S",
+            "needs a QMP monitor (-qmp or -mon) to continue the VM",
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// The `-v` count of a command line (0 when it does not parse), so that

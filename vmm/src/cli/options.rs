@@ -424,10 +424,11 @@ pub const OPTIONS: &[Opt] = &[
     refused("qmp-pretty", Some("DEV"), NO_MONITOR),
     refused("gdb", Some("DEV"), NO_MONITOR),
     refused("s", None, NO_MONITOR),
-    refused(
+    same(
         "S",
         None,
-        "shmvm starts the vCPUs at once (no monitor to continue them)",
+        "S",
+        "start with the vCPUs stopped (query-status: prelaunch) until QMP cont; needs -qmp or -mon",
     ),
     refused(
         "daemonize",
@@ -435,7 +436,11 @@ pub const OPTIONS: &[Opt] = &[
         "run shmvm in the background from the shell or a service manager",
     ),
     refused("incoming", Some("URI"), "shmvm has no migration"),
-    refused("loadvm", Some("NAME"), "shmvm has no snapshots"),
+    refused(
+        "loadvm",
+        Some("NAME"),
+        "shmvm has no named snapshots in disk images; its snapshots are directories: --restore DIR",
+    ),
     refused("no-shutdown", None, "shmvm exits when the guest shuts down"),
     refused("usb", None, "shmvm has no USB"),
     refused("usbdevice", Some("DEV"), "shmvm has no USB"),

@@ -274,6 +274,8 @@ pub struct Config {
     /// `--snapshot-on-signal DIR`: SIGUSR1 saves a snapshot to DIR, then
     /// the VM ends.
     pub snapshot_on_signal: Option<PathBuf>,
+    /// `-S`: the vCPUs wait for QMP `cont` (set by the CLI).
+    pub start_paused: bool,
 }
 
 fn check_ram_size(option: &'static str, size: u64) -> Result<(), Error> {
@@ -433,6 +435,7 @@ impl Config {
             argv: Vec::new(),
             restore: None,
             snapshot_on_signal: None,
+            start_paused: false,
         })
     }
 }

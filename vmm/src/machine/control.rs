@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::exit::{MonitorEnd, VmEnd};
 use crate::qmp::control::Reply;
 use crate::qmp::{self, Event, EventSink, Request, RunState, ShutdownCause};
+use crate::vcpu::PauseReason;
 use crate::watchdog::WatchdogAction;
 use devices::debug_exit::GuestExit;
 
@@ -78,10 +79,13 @@ impl<'a> Control<'a> {
         let s = &self.machine.state;
         if s.stopping() {
             RunState::Shutdown
-        } else if s.paused() {
-            RunState::Paused
         } else {
-            RunState::Running
+            match s.pause_reason() {
+                None => RunState::Running,
+                Some(PauseReason::Stop) => RunState::Paused,
+                Some(PauseReason::Watchdog) => RunState::Watchdog,
+                Some(PauseReason::Prelaunch) => RunState::Prelaunch,
+            }
         }
     }
 

@@ -343,6 +343,10 @@ impl Machine {
         };
 
         let state = Arc::new(VmState::default());
+        if cfg.start_paused {
+            // No vCPU runs yet: each parks on entering its loop.
+            state.pause_for(vcpu::PauseReason::Prelaunch, Duration::ZERO);
+        }
         let io = Arc::new(IoBuses::new());
         let hook: ExitHook = {
             let state = state.clone();

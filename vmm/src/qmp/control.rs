@@ -39,6 +39,10 @@ pub type Reply = Result<Value, String>;
 pub enum RunState {
     Running,
     Paused,
+    /// Paused by a watchdog's `pause` action.
+    Watchdog,
+    /// `-S`: not started yet (the first `cont` starts it).
+    Prelaunch,
     Shutdown,
 }
 
@@ -47,6 +51,8 @@ impl RunState {
         match self {
             RunState::Running => "running",
             RunState::Paused => "paused",
+            RunState::Watchdog => "watchdog",
+            RunState::Prelaunch => "prelaunch",
             RunState::Shutdown => "shutdown",
         }
     }
