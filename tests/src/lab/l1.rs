@@ -342,7 +342,8 @@ struct Run<'a> {
     ram_file: Option<PathBuf>,
     region: Option<Region>,
     disk: Option<Disk>,
-    /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser).
+    /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser),
+    /// or virtiofsd alone (extra fsbench).
     vuser: Option<vuser::Backends>,
     /// The file behind the guest's named virtio-serial port.
     port: Option<PathBuf>,
@@ -404,7 +405,13 @@ impl Runner {
         let _ = File::create(&console.path);
         let token = format!("t{}-{}", random(), s.name);
         let mut append = self.l2_append(s, vmm, &token);
-        if s.extra.virtio || s.extra.vub.is_some() || s.extra.vuser || s.extra.rng || s.extra.port {
+        if s.extra.virtio
+            || s.extra.vub.is_some()
+            || s.extra.vuser
+            || s.extra.fsbench
+            || s.extra.rng
+            || s.extra.port
+        {
             append += " lab.modules=virtio";
         }
         let mem = &s.mem.text;
@@ -543,12 +550,22 @@ impl Runner {
             }
             disk = Some(d);
         }
-        let vuser = s.extra.vuser.then(|| {
-            let (b, a) = vuser::Backends::start(&tag, &token, &console);
+        let vuser = if s.extra.vuser {
+            let (b, a) = vuser::Backends::start(&tag, &token, &console, vuser::Set::All);
             args.extend(a);
             append += &format!(" lab.vuser={token}");
-            b
-        });
+            Some(b)
+        } else if s.extra.fsbench {
+            let set = vuser::Set::FsBench {
+                seed: u64::from(random()),
+            };
+            let (b, a) = vuser::Backends::start(&tag, &token, &console, set);
+            args.extend(a);
+            append += &b.fsbench_param().unwrap_or_default();
+            Some(b)
+        } else {
+            None
+        };
         if s.extra.blkbench {
             append += " lab.blkbench=1";
         }
@@ -621,7 +638,8 @@ impl Runner {
         match vmm {
             Vmm::Qemu => {
                 let mut machine = "microvm,acpi=on".to_string();
-                let pci_virtio = s.extra.vub.is_some() || s.extra.rng || s.extra.port;
+                let pci_virtio =
+                    s.extra.vub.is_some() || s.extra.fsbench || s.extra.rng || s.extra.port;
                 if s.ivshmem.is_some() || s.extra.doorbell || pci_virtio {
                     machine += ",pcie=on";
                 }
