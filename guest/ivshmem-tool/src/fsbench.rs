@@ -101,6 +101,17 @@ impl Tree {
         }
         Ok(())
     }
+    /// Removes the tree under `root` by name (a readdir-driven removal
+    /// can miss entries on FUSE while it unlinks: ENOTEMPTY on virtio-fs).
+    fn remove(&self, root: &Path) -> std::io::Result<()> {
+        for i in 0..self.files {
+            fs::remove_file(root.join(self.rel_path(i)))?;
+        }
+        for d in 0..self.dirs() {
+            fs::remove_dir(root.join(format!("d{d:03}")))?;
+        }
+        fs::remove_dir(root)
+    }
 }
 
 /// Files, bytes and the checksum of a walk (each file's relative path, a
@@ -187,6 +198,8 @@ pub struct Results {
     pub sum: Sum,
     /// Where the last run's tree stays (for the host's check).
     pub last_tree: PathBuf,
+    /// Every run's four rates, in run order.
+    pub runs: Vec<[f64; 4]>,
 }
 
 fn syncfs(dir: &Path) -> std::io::Result<()> {
@@ -293,6 +306,7 @@ pub fn run(
     let mut rates: [Vec<f64>; 4] = Default::default();
     let mut sum = Sum::default();
     let mut last_tree = PathBuf::new();
+    let mut all = Vec::new();
     for k in 0..runs {
         let root = dir.join(format!("run{k}"));
         let big = dir.join(format!("big{k}"));
@@ -300,9 +314,10 @@ pub fn run(
         for (v, x) in rates.iter_mut().zip(r) {
             v.push(x);
         }
+        all.push(r);
         sum = s;
         if k + 1 < runs {
-            fs::remove_dir_all(&root)?;
+            tree.remove(&root)?;
         }
         last_tree = root;
     }
@@ -314,6 +329,7 @@ pub fn run(
         seq_read_mbps: rb,
         sum,
         last_tree,
+        runs: all,
     })
 }
 
@@ -368,6 +384,7 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["run2"]);
+        assert_eq!(r.runs.len(), 3);
         assert_eq!(walk(&r.last_tree).unwrap(), tree.expected());
         // One flipped byte changes the sum.
         let f = r.last_tree.join(tree.rel_path(77));

@@ -563,8 +563,14 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
                     source,
                 }
             })?;
+            // Each run's rates too: create,read,write,read per run, runs split by '/'.
+            let each: Vec<String> = r
+                .runs
+                .iter()
+                .map(|x| format!("{:.0},{:.0},{:.1},{:.1}", x[0], x[1], x[2], x[3]))
+                .collect();
             say(format!(
-                "fsbench create_fps={:.0} read_fps={:.0} seq_write_MBps={:.1} seq_read_MBps={:.1} files={} bytes={} sum={:016x} tree={}",
+                "fsbench create_fps={:.0} read_fps={:.0} seq_write_MBps={:.1} seq_read_MBps={:.1} files={} bytes={} sum={:016x} tree={} runs={}",
                 r.create_fps,
                 r.read_fps,
                 r.seq_write_mbps,
@@ -572,7 +578,8 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
                 r.sum.files,
                 r.sum.bytes,
                 r.sum.fnv,
-                r.last_tree.display()
+                r.last_tree.display(),
+                each.join("/")
             ))?;
         }
         Command::Fstree { dir, seed, files } => {

@@ -26,8 +26,8 @@ const GUEST_CID: u32 = 3;
 /// both VMMs.
 pub(super) const FSBENCH_CACHE: &str = "auto";
 /// Small files in the fsbench tree (1-16 KiB each) and its large file.
-const FSBENCH_FILES: u32 = 1024;
-const FSBENCH_BIG: &str = "32M";
+const FSBENCH_FILES: u32 = 256;
+const FSBENCH_BIG: &str = "16M";
 /// Runs of each fsbench step (the median is reported).
 const FSBENCH_RUNS: u32 = 3;
 
@@ -231,6 +231,8 @@ impl Backends {
             &res,
             &["create_fps", "read_fps", "seq_write_MBps", "seq_read_MBps"],
         );
+        j.report("clocksource", get("clocksource"));
+        j.report("fs_runs", get("runs"));
         if !res.contains_key("sum") {
             return;
         }
