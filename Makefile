@@ -271,7 +271,7 @@ bench-fs:
 
 # Every benchmark on the host (README): boot latency, ivshmem bandwidth,
 # doorbell round trips, memory prealloc, QMP round trips, snapshots. The
-# lab's disk benchmark is bench-blk.
+# lab's disk and virtio-fs benchmarks are bench-blk and bench-fs.
 bench: bench-boot bench-ivshmem bench-doorbell bench-memory bench-qmp bench-snapshot
 
 # Boot latency and peak RSS of shmvm against QEMU microvm + qboot.
