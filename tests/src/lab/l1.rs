@@ -27,7 +27,9 @@ use judge::{Judgement, NO_INIT, judge};
 mod doorbell;
 mod judge;
 pub mod qmp;
+mod rootfs;
 mod snapshot;
+mod vng;
 mod vuser;
 
 const MODULES: &str = "/lab/modules";
@@ -345,6 +347,8 @@ struct Run<'a> {
     /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser),
     /// or virtiofsd alone (extra fsbench).
     vuser: Option<vuser::Backends>,
+    /// The virtio-fs root directory and its virtiofsd (extra rootfs).
+    rootfs: Option<rootfs::RootDir>,
     /// The file behind the guest's named virtio-serial port.
     port: Option<PathBuf>,
 }
@@ -411,6 +415,7 @@ impl Runner {
             || s.extra.fsbench
             || s.extra.rng
             || s.extra.port
+            || s.extra.rootfs
         {
             append += " lab.modules=virtio";
         }
@@ -432,14 +437,24 @@ impl Runner {
                 ram_file = Some(f);
                 obj
             }
+            // virtme-ng's spelling: a shared memfd (QEMU's default, said).
+            Backend::Memfd if s.extra.rootfs => {
+                format!("memory-backend-memfd,id=mem,size={mem},share=on")
+            }
             Backend::Memfd => format!("memory-backend-memfd,id=mem,size={mem}"),
             Backend::Shm => format!("memory-backend-shm,id=mem,size={mem}"),
+        };
+        // A virtme-ng boot puts guest RAM on a NUMA node (-numa node,memdev=).
+        let (ram_opt, ram_use) = if s.extra.rootfs {
+            ("-numa", "node,memdev=mem")
+        } else {
+            ("-machine", "memory-backend=mem")
         };
         let mut args: Vec<String> = vec![
             "-object".into(),
             ram_obj,
-            "-machine".into(),
-            "memory-backend=mem".into(),
+            ram_opt.into(),
+            ram_use.into(),
             "-smp".into(),
             s.smp.to_string(),
         ];
@@ -566,6 +581,12 @@ impl Runner {
         } else {
             None
         };
+        let rootfs = s.extra.rootfs.then(|| {
+            let (r, a, more) = rootfs::RootDir::start(&tag, &token, &console);
+            args.extend(a);
+            append += &more;
+            r
+        });
         if s.extra.blkbench {
             append += " lab.blkbench=1";
         }
@@ -599,6 +620,7 @@ impl Runner {
             region,
             disk,
             vuser,
+            rootfs,
             port,
         };
         (run, args, append)
@@ -638,8 +660,11 @@ impl Runner {
         match vmm {
             Vmm::Qemu => {
                 let mut machine = "microvm,acpi=on".to_string();
-                let pci_virtio =
-                    s.extra.vub.is_some() || s.extra.fsbench || s.extra.rng || s.extra.port;
+                let pci_virtio = s.extra.vub.is_some()
+                    || s.extra.fsbench
+                    || s.extra.rng
+                    || s.extra.port
+                    || s.extra.rootfs;
                 if s.ivshmem.is_some() || s.extra.doorbell || pci_virtio {
                     machine += ",pcie=on";
                 }
@@ -799,6 +824,9 @@ impl Runner {
         if let Some(b) = r.vuser.as_mut() {
             b.stop();
         }
+        if let Some(b) = r.rootfs.as_mut() {
+            b.stop();
+        }
         Outcome {
             rc,
             why,
@@ -842,6 +870,9 @@ impl Runner {
         }
         if s.extra.snapshot {
             return snapshot::run(self, s, vmm, &tag);
+        }
+        if s.extra.vng {
+            return vng::run(self, s, vmm, &tag);
         }
         let (mut r, args, append) = self.prepare(s, vmm);
         let cmd = Self::command(s, vmm, args, append);
@@ -930,6 +961,12 @@ pub fn main(scenarios: &Path) -> ! {
             fatal(&format!("{bin} not in the L1 initramfs"));
         }
     }
+    let picked = |s: &&Scenario| o.only.is_empty() || o.only.contains(&s.name);
+    if all.iter().filter(picked).any(|s| s.extra.vng) && !Path::new("/usr/bin/vng").exists() {
+        fatal(
+            "a vng scenario, but no /usr/bin/vng in the L1 initramfs (build-l1.sh without VNG_VENV)",
+        );
+    }
     let _ = fs::create_dir_all("/tmp/lab");
     let _ = fs::create_dir_all("/mnt/disk");
     setup();
@@ -1006,6 +1043,7 @@ mod tests {
                 region: None,
                 disk: None,
                 vuser: None,
+                rootfs: None,
                 port: None,
             };
             let out = Outcome {

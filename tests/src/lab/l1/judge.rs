@@ -206,6 +206,9 @@ pub(super) fn judge(r: &Run, out: &Outcome, console: &str, j: &mut Judgement) {
     if let Some(b) = &r.vuser {
         b.judge(console, j);
     }
+    if let Some(b) = &r.rootfs {
+        b.judge(console, j);
+    }
     if s.extra.blkbench {
         let b = result(console, "blkbench").map(fields).unwrap_or_default();
         j.want(b.contains_key("seq_read_MBps"), || {
