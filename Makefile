@@ -263,14 +263,17 @@ lab-pending:
 		LAB_SCENARIOS=tests/lab/pending-scenarios $(MAKE) lab; \
 	else echo "lab-pending: no pending scenarios (tests/lab/pending-scenarios)"; fi
 
-# virtio-blk throughput in the lab, shmvm and QEMU side by side (README).
-.PHONY: bench-blk
+# virtio-blk, vhost-user-blk and virtio-fs throughput in the lab, shmvm and
+# QEMU side by side (README); bench-fs: virtio-fs (virtiofsd) alone.
+.PHONY: bench-blk bench-fs
 bench-blk:
 	LAB_SCENARIOS=tests/lab/bench-scenarios $(MAKE) lab
+bench-fs:
+	LAB_ONLY=fs-bench $(MAKE) bench-blk
 
 # Every benchmark on the host (README): boot latency, ivshmem bandwidth,
 # doorbell round trips, memory prealloc, QMP round trips, snapshots. The
-# lab's disk benchmark is bench-blk.
+# lab's disk and virtio-fs benchmarks are bench-blk and bench-fs.
 bench: bench-boot bench-ivshmem bench-doorbell bench-memory bench-qmp bench-snapshot
 
 # Boot latency and peak RSS of shmvm against QEMU microvm + qboot.

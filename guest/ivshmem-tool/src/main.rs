@@ -5,6 +5,7 @@
 mod blkbench;
 mod device;
 mod doorbell;
+mod fsbench;
 mod parse;
 mod pattern;
 mod region;
@@ -194,6 +195,43 @@ enum Command {
         /// Runs of each pattern (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// Measure a file system (e.g. a virtio-fs mount): unpack a deterministic tree of
+    /// small files (1-16 KiB) into DIR/runK and sync it, drop the caches, read it all
+    /// back through a directory walk (its checksum must be the generator's), then
+    /// write, sync and read back one large file; medians of RUNS. The last tree stays.
+    Fsbench {
+        /// Directory to work in (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Seed of the tree's contents.
+        #[arg(long, default_value = DEFAULT_SEED, value_parser = parse::number)]
+        seed: u64,
+        /// Small files in the tree.
+        #[arg(long, default_value_t = 1024)]
+        files: u32,
+        /// Size of the large file.
+        #[arg(long, value_name = "LEN", default_value = "32M", value_parser = parse::number)]
+        big: u64,
+        /// Runs (the median of each rate is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Do not write /proc/sys/vm/drop_caches between writing and reading.
+        #[arg(long)]
+        no_drop_caches: bool,
+    },
+    /// The checksum fsbench's tree of SEED and FILES must have, and with --dir that of
+    /// the tree found there (each file's path, length and bytes, in sorted order).
+    Fstree {
+        /// A tree to walk and sum.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Seed of the tree's contents.
+        #[arg(long, default_value = DEFAULT_SEED, value_parser = parse::number)]
+        seed: u64,
+        /// Small files in the tree.
+        #[arg(long, default_value_t = 1024)]
+        files: u32,
     },
     /// Measure write then read bandwidth over a range (MB/s, 10^6 bytes). Overwrites it.
     Bench {
@@ -506,6 +544,62 @@ fn run(cli: &Cli) -> Result<(), ToolError> {
                 r.rand_read.mb_per_s(),
                 r.rand_write.mb_per_s(),
             ))?;
+        }
+        Command::Fsbench {
+            dir,
+            seed,
+            files,
+            big,
+            runs,
+            no_drop_caches,
+        } => {
+            let tree = fsbench::Tree {
+                seed: *seed,
+                files: *files,
+            };
+            let r = fsbench::run(dir, tree, *big, *runs, !no_drop_caches).map_err(|source| {
+                ToolError::File {
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
+            // Each run's rates too: create,read,write,read per run, runs split by '/'.
+            let each: Vec<String> = r
+                .runs
+                .iter()
+                .map(|x| format!("{:.0},{:.0},{:.1},{:.1}", x[0], x[1], x[2], x[3]))
+                .collect();
+            say(format!(
+                "fsbench create_fps={:.0} read_fps={:.0} seq_write_MBps={:.1} seq_read_MBps={:.1} files={} bytes={} sum={:016x} tree={} runs={}",
+                r.create_fps,
+                r.read_fps,
+                r.seq_write_mbps,
+                r.seq_read_mbps,
+                r.sum.files,
+                r.sum.bytes,
+                r.sum.fnv,
+                r.last_tree.display(),
+                each.join("/")
+            ))?;
+        }
+        Command::Fstree { dir, seed, files } => {
+            let want = fsbench::Tree {
+                seed: *seed,
+                files: *files,
+            }
+            .expected();
+            let mut line = format!("fstree expected_sum={:016x}", want.fnv);
+            if let Some(d) = dir {
+                let got = fsbench::walk(d).map_err(|source| ToolError::File {
+                    path: d.clone(),
+                    source,
+                })?;
+                line += &format!(
+                    " files={} bytes={} sum={:016x}",
+                    got.files, got.bytes, got.fnv
+                );
+            }
+            say(line)?;
         }
         Command::Bench { range: r, millis } => {
             let t = open_target(cli)?;

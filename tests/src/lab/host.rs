@@ -363,6 +363,52 @@ fn last_results(lines: &[String]) -> (Vec<RunKey>, HashMap<RunKey, &str>) {
     (order, last)
 }
 
+/// How a run's line names a benchmark's rate (higher is better): MB/s,
+/// I/O per second, files per second (blkbench, fsbench).
+const RATE_SUFFIXES: [&str; 3] = ["_MBps", "_iops", "_fps"];
+
+/// For every scenario whose QEMU and shmvm runs both passed: one line per
+/// rate on both run lines, with shmvm's over QEMU's (`make bench-blk`,
+/// `make bench-fs`).
+fn bench_ratios(order: &[RunKey], last: &HashMap<RunKey, &str>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (name, _) in order {
+        if !seen.insert(name) {
+            continue;
+        }
+        let pass = |vmm: Vmm| {
+            last.get(&(name.clone(), vmm.to_string()))
+                .map(|l| fields(l))
+                .filter(|f| f.get("result") == Some(&"PASS"))
+        };
+        let (Some(q), Some(m)) = (pass(Vmm::Qemu), pass(Vmm::Shmvm)) else {
+            continue;
+        };
+        let line = last[&(name.clone(), Vmm::Qemu.to_string())];
+        for k in line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('=').map(|(k, _)| k))
+        {
+            if !RATE_SUFFIXES.iter().any(|x| k.ends_with(x)) {
+                continue;
+            }
+            let num = |f: &HashMap<&str, &str>| f.get(k).and_then(|v| v.parse::<f64>().ok());
+            if let (Some(a), Some(b)) = (num(&q), num(&m)) {
+                let ratio = if a > 0.0 {
+                    format!("{:.2}", b / a)
+                } else {
+                    "-".into()
+                };
+                out.push(format!(
+                    "lab: bench {name} {k}: qemu {a} shmvm {b} shmvm/qemu {ratio}"
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The scenarios with a run that has not reported yet, each once, in
 /// table order: what a fresh L1 must run.
 fn unfinished<'a>(expected: &'a [(String, Vmm)], lines: &[String]) -> Vec<&'a str> {
@@ -527,6 +573,9 @@ pub fn main(dir: &Path, scenarios: &Path) -> Result<bool, HostError> {
             }
         }
     }
+    for r in bench_ratios(&order, &last) {
+        println!("{r}");
+    }
     if passed + failed != expected.len() {
         let missing: Vec<String> = expected
             .iter()
@@ -645,5 +694,23 @@ mod tests {
         let (order, last) = last_results(&all);
         assert_eq!(order.len(), 3);
         assert!(last[&("a".to_string(), "qemu".to_string())].contains("result=PASS"));
+    }
+
+    #[test]
+    fn bench_rates_of_two_passed_runs_get_a_ratio() {
+        let all = lines(
+            "LAB-SCENARIO name=fs vmm=qemu result=PASS init_s=9.1 create_fps=200 read_fps=- seq_read_MBps=100.0 cache=auto\n\
+             LAB-SCENARIO name=fs vmm=shmvm result=PASS init_s=8.0 create_fps=190 read_fps=400 seq_read_MBps=125.5\n\
+             LAB-SCENARIO name=blk vmm=qemu result=PASS rand_read_iops=100\n\
+             LAB-SCENARIO name=blk vmm=shmvm result=FAIL rand_read_iops=300 reason=x",
+        );
+        let (order, last) = last_results(&all);
+        assert_eq!(
+            bench_ratios(&order, &last),
+            [
+                "lab: bench fs create_fps: qemu 200 shmvm 190 shmvm/qemu 0.95",
+                "lab: bench fs seq_read_MBps: qemu 100 shmvm 125.5 shmvm/qemu 1.25",
+            ]
+        );
     }
 }

@@ -344,7 +344,8 @@ struct Run<'a> {
     ram_file: Option<PathBuf>,
     region: Option<Region>,
     disk: Option<Disk>,
-    /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser).
+    /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser),
+    /// or virtiofsd alone (extra fsbench).
     vuser: Option<vuser::Backends>,
     /// The virtio-fs root directory and its virtiofsd (extra rootfs).
     rootfs: Option<rootfs::RootDir>,
@@ -411,6 +412,7 @@ impl Runner {
         if s.extra.virtio
             || s.extra.vub.is_some()
             || s.extra.vuser
+            || s.extra.fsbench
             || s.extra.rng
             || s.extra.port
             || s.extra.rootfs
@@ -563,12 +565,22 @@ impl Runner {
             }
             disk = Some(d);
         }
-        let vuser = s.extra.vuser.then(|| {
-            let (b, a) = vuser::Backends::start(&tag, &token, &console);
+        let vuser = if s.extra.vuser {
+            let (b, a) = vuser::Backends::start(&tag, &token, &console, vuser::Set::All);
             args.extend(a);
             append += &format!(" lab.vuser={token}");
-            b
-        });
+            Some(b)
+        } else if s.extra.fsbench {
+            let set = vuser::Set::FsBench {
+                seed: u64::from(random()),
+            };
+            let (b, a) = vuser::Backends::start(&tag, &token, &console, set);
+            args.extend(a);
+            append += &b.fsbench_param().unwrap_or_default();
+            Some(b)
+        } else {
+            None
+        };
         let rootfs = s.extra.rootfs.then(|| {
             let (r, a, more) = rootfs::RootDir::start(&tag, &token, &console);
             args.extend(a);
@@ -648,8 +660,11 @@ impl Runner {
         match vmm {
             Vmm::Qemu => {
                 let mut machine = "microvm,acpi=on".to_string();
-                let pci_virtio =
-                    s.extra.vub.is_some() || s.extra.rng || s.extra.port || s.extra.rootfs;
+                let pci_virtio = s.extra.vub.is_some()
+                    || s.extra.fsbench
+                    || s.extra.rng
+                    || s.extra.port
+                    || s.extra.rootfs;
                 if s.ivshmem.is_some() || s.extra.doorbell || pci_virtio {
                     machine += ",pcie=on";
                 }

@@ -9,9 +9,10 @@
 //!   with 0; the last two speak QMP to the VMM, see `l1/qmp.rs`)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
-//!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell, snapshot,
-//!   rootfs, vng, shmvm-only (tests/lab/scenarios explains each), and
-//!   expectations that override the derived ones: `cpus=N` (default: smp).
+//!   blk, blk-term, blkbench, fsbench, rng, port, mq2, ring64, doorbell,
+//!   snapshot, vuser, rootfs, vng, shmvm-only (tests/lab/scenarios explains
+//!   each), and expectations that override the derived ones: `cpus=N`
+//!   (default: smp).
 
 use std::fmt;
 
@@ -202,6 +203,9 @@ pub struct Extra {
     pub vuser: bool,
     /// With blk or vub: the guest measures /dev/vda (ivshmem-tool blkbench).
     pub blkbench: bool,
+    /// A fresh virtiofsd in L1 per run (the same for both VMMs): the guest
+    /// measures the virtio-fs mount (ivshmem-tool fsbench).
+    pub fsbench: bool,
     /// A virtio-rng device: the guest reads /dev/hwrng.
     pub rng: bool,
     /// A virtio-serial port named `lab.verdict` on a file chardev: the
@@ -339,6 +343,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "blk-term" => vub(&mut x, Vub::BlkTerm)?,
                 "rng" => x.rng = true,
                 "blkbench" => x.blkbench = true,
+                "fsbench" => x.fsbench = true,
                 "port" => x.port = true,
                 "rootfs" => x.rootfs = true,
                 "vng" => x.vng = true,
@@ -356,6 +361,11 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
     }
     if x.blkbench && !matches!(x.vub, Some(Vub::Blk | Vub::Plain)) {
         return Err("extra: blkbench needs blk or vub".into());
+    }
+    if x.fsbench && (x.vuser || !matches!(backend, Backend::Memfd | Backend::Shm)) {
+        return Err(
+            "extra: fsbench needs backend memfd or shm (vhost-user shares RAM) and no vuser".into(),
+        );
     }
     if (x.mq2 || x.ring64) && x.vub.is_none_or(Vub::builtin) {
         return Err("extra: mq2 and ring64 need vub or vub-kill".into());
@@ -480,6 +490,12 @@ mod tests {
         let v = one("a memfd 256M 1 poweroff - vub,blkbench").unwrap();
         assert!(v.extra.blkbench && v.extra.vub == Some(Vub::Plain));
         assert!(v.runs_with(Vmm::Qemu) && v.runs_with(Vmm::Shmvm));
+        let f = one("a memfd 256M 1 poweroff - fsbench").unwrap();
+        assert!(f.extra.fsbench && f.runs_with(Vmm::Qemu) && f.runs_with(Vmm::Shmvm));
+        assert_eq!(
+            one("a ram 256M 1 poweroff - fsbench").unwrap_err(),
+            "f:1: extra: fsbench needs backend memfd or shm (vhost-user shares RAM) and no vuser"
+        );
         let v = one("a memfd 256M 1 poweroff - vub").unwrap();
         assert!(!v.runs_with(Vmm::Qemu) && v.runs_with(Vmm::Shmvm));
         let o = one("a memfd 256M 1 poweroff - rng,shmvm-only").unwrap();

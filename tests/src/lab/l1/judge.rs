@@ -38,6 +38,18 @@ impl Judgement {
     pub(super) fn report(&mut self, key: &'static str, value: impl Into<String>) {
         self.report.push((key, value.into()));
     }
+    /// A benchmark's rates, from its guest `LAB-RESULT` line onto the run's
+    /// line (`-` where missing); `lab host` puts each beside the other VMM's
+    /// ([`crate::lab::host`], `bench_ratios`).
+    pub(super) fn report_rates(
+        &mut self,
+        guest: &std::collections::HashMap<&str, &str>,
+        keys: &[&'static str],
+    ) {
+        for k in keys {
+            self.report(k, guest.get(k).copied().unwrap_or("-"));
+        }
+    }
 }
 
 /// powerdown / stopcont: the guest was ready, the QMP side went through,
@@ -202,14 +214,15 @@ pub(super) fn judge(r: &Run, out: &Outcome, console: &str, j: &mut Judgement) {
         j.want(b.contains_key("seq_read_MBps"), || {
             "the guest's blkbench did not run".into()
         });
-        for k in [
-            "seq_read_MBps",
-            "seq_write_MBps",
-            "rand_read_iops",
-            "rand_write_iops",
-        ] {
-            j.report(k, b.get(k).copied().unwrap_or("-"));
-        }
+        j.report_rates(
+            &b,
+            &[
+                "seq_read_MBps",
+                "seq_write_MBps",
+                "rand_read_iops",
+                "rand_write_iops",
+            ],
+        );
     }
     if s.extra.rng {
         judge_rng(r, console, j);

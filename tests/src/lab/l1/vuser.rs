@@ -3,7 +3,10 @@
 //! `mount -t virtiofs labfs`, runs the script L1 put there and writes a
 //! file back, which L1 reads after the VM ends), vhost-device-vsock (the
 //! guest's vsock driver binds to it) and vhost-device-rng (the guest reads
-//! /dev/hwrng from it).
+//! /dev/hwrng from it). The `fsbench` scenarios run virtiofsd alone, for
+//! QEMU and shmvm alike (a fresh one per run, same options): the guest
+//! measures the mount with `ivshmem-tool fsbench` and L1 checks the tree
+//! it left behind.
 
 use std::fs;
 use std::path::PathBuf;
@@ -19,8 +22,27 @@ const FS_TAG: &str = "labfs";
 /// The guest's vsock CID, set on vhost-device-vsock's command line.
 const GUEST_CID: u32 = 3;
 
+/// virtiofsd's cache mode in the fsbench runs (its default), the same for
+/// both VMMs.
+pub(super) const FSBENCH_CACHE: &str = "auto";
+/// Small files in the fsbench tree (1-16 KiB each) and its large file.
+const FSBENCH_FILES: u32 = 256;
+const FSBENCH_BIG: &str = "16M";
+/// Runs of each fsbench step (the median is reported).
+const FSBENCH_RUNS: u32 = 3;
+
+/// What the back-ends are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Set {
+    /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser).
+    All,
+    /// virtiofsd alone; the guest runs fsbench with this seed.
+    FsBench { seed: u64 },
+}
+
 /// The back-ends of one run.
 pub(super) struct Backends {
+    set: Set,
     dir: PathBuf,
     token: String,
     children: Vec<(&'static str, Child)>,
@@ -30,13 +52,19 @@ pub(super) struct Backends {
 }
 
 impl Backends {
-    /// Starts the three back-ends for run `tag`; returns them and the
-    /// shmvm arguments of their devices.
-    pub(super) fn start(tag: &str, token: &str, console: &Console) -> (Backends, Vec<String>) {
+    /// Starts the back-ends of `set` for run `tag`; returns them and the
+    /// VMM arguments of their devices (the same spelling for QEMU and shmvm).
+    pub(super) fn start(
+        tag: &str,
+        token: &str,
+        console: &Console,
+        set: Set,
+    ) -> (Backends, Vec<String>) {
         let dir = PathBuf::from(format!("/tmp/lab-vu-{tag}"));
         let _ = fs::remove_dir_all(&dir);
         let shared = dir.join("shared");
         let mut b = Backends {
+            set,
             dir: dir.clone(),
             token: token.to_string(),
             children: Vec::new(),
@@ -54,13 +82,17 @@ impl Backends {
         let vsock_sock = dir.join("vsock.sock");
         let rng_prefix = dir.join("rng.sock");
         let rng_sock = dir.join("rng.sock0");
+        let cache = match set {
+            Set::All => "never",
+            Set::FsBench { .. } => FSBENCH_CACHE,
+        };
         let mut virtiofsd = Command::new("virtiofsd");
         virtiofsd
             .arg("--socket-path")
             .arg(&fs_sock)
             .arg("--shared-dir")
             .arg(&shared)
-            .args(["--sandbox", "none", "--cache", "never"]);
+            .args(["--sandbox", "none", "--cache", cache]);
         let mut vsock = Command::new("vhost-device-vsock");
         vsock.arg("--vm").arg(format!(
             "guest-cid={GUEST_CID},socket={},uds-path={}",
@@ -69,11 +101,12 @@ impl Backends {
         ));
         let mut rng = Command::new("vhost-device-rng");
         rng.arg("--socket-path").arg(&rng_prefix);
-        for (name, mut cmd, sock) in [
-            ("virtiofsd", virtiofsd, &fs_sock),
-            ("vhost-device-vsock", vsock, &vsock_sock),
-            ("vhost-device-rng", rng, &rng_sock),
-        ] {
+        let mut backends = vec![("virtiofsd", virtiofsd, &fs_sock)];
+        if set == Set::All {
+            backends.push(("vhost-device-vsock", vsock, &vsock_sock));
+            backends.push(("vhost-device-rng", rng, &rng_sock));
+        }
+        for (name, mut cmd, sock) in backends {
             match cmd
                 .stdin(Stdio::null())
                 .stdout(console.sink())
@@ -98,11 +131,16 @@ impl Backends {
             }
         }
         let sock = |p: &PathBuf| p.display().to_string();
-        let args = [
+        let mut args = vec![
             "-chardev".to_string(),
             format!("socket,id=vufs,path={}", sock(&fs_sock)),
             "-device".into(),
             format!("vhost-user-fs-pci,chardev=vufs,tag={FS_TAG}"),
+        ];
+        if let Set::FsBench { .. } = set {
+            return (b, args);
+        }
+        args.extend([
             "-chardev".into(),
             format!("socket,id=vuvsock,path={}", sock(&vsock_sock)),
             "-device".into(),
@@ -111,9 +149,18 @@ impl Backends {
             format!("socket,id=vurng,path={}", sock(&rng_sock)),
             "-device".into(),
             "vhost-user-rng-pci,chardev=vurng".into(),
-        ]
-        .to_vec();
+        ]);
         (b, args)
+    }
+
+    /// The guest's kernel command line parameter of an fsbench run.
+    pub(super) fn fsbench_param(&self) -> Option<String> {
+        match self.set {
+            Set::All => None,
+            Set::FsBench { seed } => Some(format!(
+                " lab.fsbench={seed}:{FSBENCH_FILES}:{FSBENCH_BIG}:{FSBENCH_RUNS}"
+            )),
+        }
     }
 
     /// Once the guest listens on vsock port 1234: connect through
@@ -156,11 +203,75 @@ impl Backends {
         self.children.clear();
     }
 
-    /// The guest's report and the file it wrote into the shared directory.
+    /// The guest's report and what it left in the shared directory.
     pub(super) fn judge(&self, console: &str, j: &mut Judgement) {
         if let Some(e) = &self.error {
             j.fail(e.clone());
         }
+        match self.set {
+            Set::All => self.judge_all(console, j),
+            Set::FsBench { seed } => self.judge_fsbench(seed, console, j),
+        }
+    }
+
+    /// fsbench: the guest's walk of its last tree, L1's walk of the same
+    /// tree in the shared directory and the generator must agree; the
+    /// rates go on the run's line.
+    fn judge_fsbench(&self, seed: u64, console: &str, j: &mut Judgement) {
+        let res = result(console, "fsbench").map(fields).unwrap_or_default();
+        let get = |k: &str| res.get(k).copied().unwrap_or("");
+        j.want(get("mounted") == "1", || {
+            format!("the guest could not mount virtiofs tag {FS_TAG}")
+        });
+        j.want(res.contains_key("sum"), || {
+            "the guest's fsbench did not run".into()
+        });
+        j.report("cache", FSBENCH_CACHE);
+        j.report_rates(
+            &res,
+            &["create_fps", "read_fps", "seq_write_MBps", "seq_read_MBps"],
+        );
+        j.report("clocksource", get("clocksource"));
+        j.report("fs_runs", get("runs"));
+        if !res.contains_key("sum") {
+            return;
+        }
+        // The guest names its tree under its mount point /mnt/host.
+        let tree = get("tree").strip_prefix("/mnt/host/").unwrap_or("");
+        let host = self.dir.join("shared").join(tree);
+        let (seed, files) = (seed.to_string(), FSBENCH_FILES.to_string());
+        let mut args = vec!["fstree", "--seed", &seed, "--files", &files];
+        let h = host.to_string_lossy();
+        if !tree.is_empty() {
+            args.extend(["--dir", &h]);
+        }
+        let l1 = match super::tool(&args) {
+            Ok(out) => out,
+            Err(e) => {
+                j.fail(format!("L1's fstree of {}: {e}", host.display()));
+                return;
+            }
+        };
+        let l1 = fields(&l1);
+        let want = l1.get("expected_sum").copied().unwrap_or("?");
+        j.want(get("sum") == want && get("files") == files, || {
+            format!(
+                "the guest read back {} files with sum {}, want {files} with the generator's {want}",
+                get("files"),
+                get("sum")
+            )
+        });
+        j.want(l1.get("sum") == Some(&want), || {
+            format!(
+                "L1 found the tree '{}' in the shared directory with sum {}, want {want}",
+                host.display(),
+                l1.get("sum").copied().unwrap_or("- (no tree)")
+            )
+        });
+    }
+
+    /// vuser: the modules, the host's script, the guest's file, hwrng, vsock.
+    fn judge_all(&self, console: &str, j: &mut Judgement) {
         let res = result(console, "vuser").map(fields).unwrap_or_default();
         let get = |k: &str| res.get(k).copied().unwrap_or("");
         j.want(!res.is_empty(), || {
