@@ -12,7 +12,9 @@
 //! ram, file-tmpfs, memfd or shm; poweroff (PSCI SYSTEM_OFF) or reboot
 //! (SYSTEM_RESET); ivshmem-plain on a file in L1's /dev/shm (the x86 lab's
 //! region protocol: the L1 host process and the guest each verify the
-//! other's pattern through BAR2); no extras yet (`parse` refuses them).
+//! other's pattern through BAR2); extras rng and blk (the built-in virtio
+//! devices) and doorbell (two shmvm guests on an ivshmem-server in L1, the
+//! x86 lab's run through `l1/doorbell.rs`); `parse` refuses the rest.
 
 use std::collections::HashMap;
 use std::fs;
@@ -22,8 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::fields;
+use super::l1::doorbell;
 use super::l1::{MAILBOX_DATA_OFF, host_prepare, random, tool};
-use super::scenario::{self, Action, Backend, IvshmemKind, Scenario, Vub};
+use super::scenario::{self, Action, Backend, IvshmemKind, Scenario, Vmm, Vub};
 
 /// One L2 boot at most this long (a hang is a failure, not a stuck lab).
 const L2_TIMEOUT: Duration = Duration::from_secs(180);
@@ -46,12 +49,14 @@ pub fn unsupported(s: &Scenario) -> Option<String> {
     }
     let supported = scenario::Extra {
         rng: s.extra.rng,
+        doorbell: s.extra.doorbell,
+        vurng: s.extra.vurng,
         vub: s.extra.vub.filter(|v| *v == Vub::Blk),
         ..Default::default()
     };
     if s.extra != supported {
         return Some(
-            "extras other than rng and blk (no vhost-user or doorbells on aarch64 yet)".into(),
+            "extras other than rng, blk, vurng and doorbell (the x86 lab's vhost-user extras need back-ends not built for aarch64)".into(),
         );
     }
     None
@@ -244,17 +249,86 @@ pub fn judge_ivshmem(size: u64, console: &str) -> Result<(), String> {
 struct Virtio {
     rng: bool,
     blk: Option<(String, String, String)>,
+    /// Extra vurng: the rng is vhost-user-rng-pci on this back-end.
+    vurng: Option<VuRng>,
+}
+
+/// vhost-device-rng (aarch64, from crates.io) serving one run's
+/// vhost-user-rng-pci device from L1.
+struct VuRng {
+    dir: String,
+    child: Option<Child>,
+}
+
+/// Where build-l1.sh puts the aarch64 vhost-device-rng.
+const VHOST_DEVICE_RNG: &str = "/usr/bin/vhost-device-rng";
+
+impl VuRng {
+    /// The back-end's socket (it appends the instance number, 0, to
+    /// `--socket-path`).
+    fn socket(&self) -> String {
+        format!("{}/rng.sock0", self.dir)
+    }
+
+    /// Starts the back-end and waits for its socket.
+    fn start(s: &Scenario) -> Result<VuRng, String> {
+        let dir = format!("/tmp/lab-vurng-{}", s.name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|e| format!("{dir}: {e}"))?;
+        let log = fs::File::create(format!("{dir}/backend.log")).map_err(|e| e.to_string())?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(VHOST_DEVICE_RNG)
+            .arg("--socket-path")
+            .arg(format!("{dir}/rng.sock"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("{VHOST_DEVICE_RNG} did not start: {e}"))?;
+        let mut r = VuRng {
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Path::new(&r.socket()).exists() {
+            let exited = r.child.as_mut().map(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited != Some(false) || Instant::now() > deadline {
+                return Err(format!(
+                    "{VHOST_DEVICE_RNG} did not create {}: {}",
+                    r.socket(),
+                    fs::read_to_string(format!("{}/backend.log", r.dir)).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for VuRng {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Virtio {
     fn prepare(s: &Scenario) -> Option<Result<Virtio, String>> {
         let blk = s.extra.vub == Some(Vub::Blk);
-        if !s.extra.rng && !blk {
+        if !s.extra.rng && !blk && !s.extra.vurng {
             return None;
         }
+        let vurng = match s.extra.vurng.then(|| VuRng::start(s)).transpose() {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
         let mut v = Virtio {
-            rng: s.extra.rng,
+            rng: s.extra.rng || s.extra.vurng,
             blk: None,
+            vurng,
         };
         if blk {
             let img = format!("/tmp/lab-blk-{}.img", s.name);
@@ -273,7 +347,15 @@ impl Virtio {
 
     fn args(&self) -> (Vec<String>, String) {
         let (mut args, mut word) = (Vec::new(), String::new());
-        if self.rng {
+        if let Some(vu) = &self.vurng {
+            args.extend([
+                "-chardev".to_string(),
+                format!("socket,id=vurng,path={}", vu.socket()),
+                "-device".into(),
+                "vhost-user-rng-pci,chardev=vurng".into(),
+            ]);
+            word.push_str(" lab.rng=1");
+        } else if self.rng {
             args.extend(["-device".to_string(), "virtio-rng-pci".into()]);
             word.push_str(" lab.rng=1");
         }
@@ -288,8 +370,10 @@ impl Virtio {
     }
 
     /// The guest's report: the modules loaded, MSIs through the ITS, the
-    /// virtio-rng bytes, the host's token read from the disk; then the
-    /// guest's token in the image.
+    /// virtio-rng bytes (with vurng the device is vhost-user-rng-pci, whose
+    /// queue only the back-end serves: shmvm has no virtio-rng of its own
+    /// in that run), the host's token read from the disk; then the guest's
+    /// token in the image.
     fn judge(&self, console: &str) -> Result<(), String> {
         let line = console
             .lines()
@@ -409,7 +493,7 @@ fn machine_checks() -> Vec<(&'static str, Vec<String>, i32, &'static str)> {
             "0x9010000",
         ),
         (
-            "check-vhost-user-refused",
+            "check-vhost-user-no-backend",
             v(&[
                 "-kernel",
                 "/tmp/debug-exit.img",
@@ -423,7 +507,7 @@ fn machine_checks() -> Vec<(&'static str, Vec<String>, i32, &'static str)> {
                 "vhost-user-rng-pci,chardev=c0",
             ]),
             2,
-            "vhost-user-*-pci is not supported on aarch64 yet",
+            "/tmp/no-such.sock",
         ),
         (
             "check-ram-granule",
@@ -505,6 +589,196 @@ fn power_off() -> ! {
     }
 }
 
+/// The last `n` lines of each part of a console (a doorbell run's has a
+/// `--- peer N` part per guest and the server's), each part's header kept.
+fn console_tail(console: &str, n: usize) -> Vec<&str> {
+    let mut parts: Vec<Vec<&str>> = vec![Vec::new()];
+    for l in console.lines() {
+        if l.starts_with("--- ") {
+            parts.push(Vec::new());
+        }
+        if let Some(p) = parts.last_mut() {
+            p.push(l);
+        }
+    }
+    let mut out = Vec::new();
+    for p in parts.iter().filter(|p| !p.is_empty()) {
+        let header = p[0].starts_with("--- ");
+        if header {
+            out.push(p[0]);
+        }
+        let body = &p[usize::from(header)..];
+        out.extend(&body[body.len().saturating_sub(n)..]);
+    }
+    out
+}
+
+/// One scenario's result: the verdict, the console(s) kept for a failure,
+/// the guest's own clock at its init, the run's wall time in L1.
+struct Run {
+    verdict: Result<(), String>,
+    console: String,
+    init_at: String,
+    wall: f64,
+}
+
+/// One guest: shmvm with the scenario's RAM, ivshmem region and virtio
+/// devices.
+fn run_one(s: &Scenario, marker: &str) -> Run {
+    let region = match Region::prepare(s) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            println!("LAB-FATAL {}: host side of the ivshmem region: {e}", s.name);
+            None
+        }
+        None => None,
+    };
+    let virtio = match Virtio::prepare(s) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            println!("LAB-FATAL {}: host side of the virtio disk: {e}", s.name);
+            None
+        }
+        None => None,
+    };
+    let (region_args, region_word) = region.as_ref().map(Region::args).unwrap_or_default();
+    let (virtio_args, virtio_word) = virtio.as_ref().map(Virtio::args).unwrap_or_default();
+    let mut args = l2_args(s, &format!("{region_word}{virtio_word}"));
+    args.extend(region_args);
+    args.extend(virtio_args);
+    let console_path = format!("/tmp/{}.console", s.name);
+    let t0 = uptime();
+    let started = fs::File::create(&console_path).and_then(|out| {
+        let err = out.try_clone()?;
+        Command::new("/usr/bin/shmvm")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+    });
+    let rc = match started {
+        Ok(mut child) => wait_with_timeout(&mut child, L2_TIMEOUT),
+        Err(e) => {
+            println!("LAB-FATAL cannot start shmvm: {e}");
+            Some(127)
+        }
+    };
+    let wall = uptime() - t0;
+    let console = fs::read_to_string(&console_path).unwrap_or_default();
+    let verdict = judge(s, marker, rc, &console).and_then(|()| match (&s.ivshmem, &region) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err("the ivshmem region could not be prepared".into()),
+        (Some(_), Some(r)) => judge_ivshmem(r.size, &console).and_then(|()| r.check_host_side()),
+    });
+    let verdict = verdict.and_then(|()| match &virtio {
+        Some(v) => v.judge(&console),
+        None if s.extra.rng || s.extra.vub.is_some() => {
+            Err("the virtio disk could not be prepared".into())
+        }
+        None => Ok(()),
+    });
+    if let Some(r) = &region {
+        let _ = fs::remove_file(&r.file);
+    }
+    if let Some(v) = &virtio {
+        v.remove();
+    }
+    Run {
+        init_at: init_uptime(&console),
+        verdict,
+        console,
+        wall,
+    }
+}
+
+/// The guest's own clock at its init (`L2-INIT uptime=`), or "-".
+fn init_uptime(console: &str) -> String {
+    console
+        .lines()
+        .find_map(|l| l.strip_prefix("L2-INIT "))
+        .and_then(|l| fields(l).get("uptime").map(|v| v.to_string()))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// shmvm's arguments for the lab's L2 with the scenario's CPUs and RAM;
+/// `words` are added to the guest's command line.
+fn l2_args(s: &Scenario, words: &str) -> Vec<String> {
+    let append = format!(
+        "console=ttyS0 quiet panic=-1 lab.name={} lab.action={}{words}",
+        s.name, s.action
+    );
+    let mut args = vec![
+        "-kernel".to_string(),
+        "/lab/vmlinuz".into(),
+        "-initrd".into(),
+        "/lab/l2.cpio.gz".into(),
+        "-smp".into(),
+        s.smp.to_string(),
+        "-append".into(),
+        append,
+        "-nographic".into(),
+    ];
+    args.extend(ram_args(s));
+    args
+}
+
+/// The doorbell peers here: two shmvm guests (no QEMU in this L1).
+const DOORBELL_PEERS: [Vmm; 2] = [Vmm::Shmvm, Vmm::Shmvm];
+
+/// The doorbell scenario (`extra` doorbell): the x86 lab's run
+/// (`l1/doorbell.rs`: one ivshmem-server in L1, the guests started in
+/// peer-id order, a token passed 0 -> 1 -> 0 by MSI-X interrupts through
+/// the ITS, judged the same way), with [`DOORBELL_PEERS`]; each guest must
+/// also pass this lab's own checks of its boot ([`judge`]).
+fn run_doorbell(s: &Scenario, marker: &str) -> Run {
+    let tag = format!("{}.shmvm", s.name);
+    let token = format!("t{}-{}", random(), s.name);
+    let sock = doorbell::socket(&tag);
+    let t0 = uptime();
+    let session = doorbell::run_peers(s, &tag, &DOORBELL_PEERS, |_, _| {
+        let words = format!(" lab.token={token} lab.doorbell={}", DOORBELL_PEERS.len());
+        let mut cmd = vec!["/usr/bin/shmvm".to_string()];
+        cmd.extend(l2_args(s, &words));
+        cmd.extend(doorbell::device_args(&sock));
+        cmd
+    });
+    let rc = session.rc();
+    let (j, console) = session.judge(&token, DOORBELL_PEERS.len());
+    let wall = uptime() - t0;
+    let mut verdict = match j.fails.first() {
+        Some(_) => Err(j.fails.join("; ")),
+        None => Ok(()),
+    };
+    // Each peer's boot, as every other scenario's (its console is one
+    // `--- peer N` part of the whole).
+    let parts: Vec<&str> = console.split("--- peer ").skip(1).collect();
+    for (id, part) in parts.iter().enumerate() {
+        if verdict.is_ok() {
+            let rc = Some(if rc == 0 { 0 } else { -1 });
+            verdict = judge(s, marker, rc, part).map_err(|e| format!("peer {id}: {e}"));
+        }
+    }
+    if verdict.is_ok() && parts.len() != DOORBELL_PEERS.len() {
+        verdict = Err(format!(
+            "{} peer consoles, want {}",
+            parts.len(),
+            DOORBELL_PEERS.len()
+        ));
+    }
+    let init_at = parts
+        .iter()
+        .map(|p| init_uptime(p))
+        .collect::<Vec<_>>()
+        .join(",");
+    Run {
+        verdict,
+        console,
+        init_at,
+        wall,
+    }
+}
+
 /// Inside the arm64 L1: every scenario with the aarch64 shmvm, one
 /// `LAB-SCENARIO` line each, then `LAB-END` and power-off.
 pub fn l1_main(table: &Path) -> ! {
@@ -524,96 +798,19 @@ pub fn l1_main(table: &Path) -> ! {
     }
     run_machine_checks();
     for s in &all {
-        let region = match Region::prepare(s) {
-            Some(Ok(r)) => Some(r),
-            Some(Err(e)) => {
-                println!("LAB-FATAL {}: host side of the ivshmem region: {e}", s.name);
-                None
-            }
-            None => None,
+        let r = if s.extra.doorbell {
+            run_doorbell(s, marker)
+        } else {
+            run_one(s, marker)
         };
-        let virtio = match Virtio::prepare(s) {
-            Some(Ok(v)) => Some(v),
-            Some(Err(e)) => {
-                println!("LAB-FATAL {}: host side of the virtio disk: {e}", s.name);
-                None
-            }
-            None => None,
-        };
-        let (region_args, region_word) = region.as_ref().map(Region::args).unwrap_or_default();
-        let (virtio_args, virtio_word) = virtio.as_ref().map(Virtio::args).unwrap_or_default();
-        let append = format!(
-            "console=ttyS0 quiet panic=-1 lab.name={} lab.action={}{region_word}{virtio_word}",
-            s.name, s.action
-        );
-        let mut args = vec![
-            "-kernel".to_string(),
-            "/lab/vmlinuz".into(),
-            "-initrd".into(),
-            "/lab/l2.cpio.gz".into(),
-            "-smp".into(),
-            s.smp.to_string(),
-            "-append".into(),
-            append,
-            "-nographic".into(),
-        ];
-        args.extend(ram_args(s));
-        args.extend(region_args);
-        args.extend(virtio_args);
-        let console_path = format!("/tmp/{}.console", s.name);
-        let t0 = uptime();
-        let started = fs::File::create(&console_path).and_then(|out| {
-            let err = out.try_clone()?;
-            Command::new("/usr/bin/shmvm")
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-        });
-        let rc = match started {
-            Ok(mut child) => wait_with_timeout(&mut child, L2_TIMEOUT),
-            Err(e) => {
-                println!("LAB-FATAL cannot start shmvm: {e}");
-                Some(127)
-            }
-        };
-        let wall = uptime() - t0;
-        let console = fs::read_to_string(&console_path).unwrap_or_default();
-        let init_at = console
-            .lines()
-            .find_map(|l| l.strip_prefix("L2-INIT "))
-            .and_then(|l| fields(l).get("uptime").map(|v| v.to_string()))
-            .unwrap_or_else(|| "-".into());
-        let verdict = judge(s, marker, rc, &console).and_then(|()| match (&s.ivshmem, &region) {
-            (None, _) => Ok(()),
-            (Some(_), None) => Err("the ivshmem region could not be prepared".into()),
-            (Some(_), Some(r)) => {
-                judge_ivshmem(r.size, &console).and_then(|()| r.check_host_side())
-            }
-        });
-        let verdict = verdict.and_then(|()| match &virtio {
-            Some(v) => v.judge(&console),
-            None if s.extra.rng || s.extra.vub.is_some() => {
-                Err("the virtio disk could not be prepared".into())
-            }
-            None => Ok(()),
-        });
-        if let Some(r) = &region {
-            let _ = fs::remove_file(&r.file);
-        }
-        if let Some(v) = &virtio {
-            v.remove();
-        }
+        let Run {
+            verdict,
+            console,
+            init_at,
+            wall,
+        } = r;
         if verdict.is_err() {
-            for l in console
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .iter()
-                .rev()
-            {
+            for l in console_tail(&console, 20) {
                 println!("[{}] {l}", s.name);
             }
         }
@@ -820,7 +1017,7 @@ mod tests {
         assert!(
             parse("t", "a ram 256M 1 poweroff - vub")
                 .unwrap_err()
-                .contains("vhost-user")
+                .contains("vhost-user extras")
         );
         assert!(parse("t", "a ram 256M 1 poweroff - rng,blk").is_ok());
         assert!(parse("t", "a ram 256M 1 poweroff file:16M -").is_ok());
@@ -866,6 +1063,7 @@ mod tests {
         let v = Virtio {
             rng: true,
             blk: None,
+            vurng: None,
         };
         let ok = "L2-VIRTIO modules=8 msi=3 rng_current=virtio_rng.0 rng_bytes=64 blk_read=- blk_write=fail\n";
         assert_eq!(v.judge(ok), Ok(()));
@@ -893,6 +1091,7 @@ mod tests {
                 "hostblk-1".into(),
                 "guestblk-7".into(),
             )),
+            vurng: None,
         };
         let ok = "L2-VIRTIO msi=2 blk_read=hostblk-1\n";
         assert_eq!(d.judge(ok), Ok(()));

@@ -24,8 +24,8 @@ use super::fields;
 use super::scenario::{self, Action, Backend, IvshmemKind, Scenario, Vmm, Vub};
 use judge::{Judgement, NO_INIT, judge};
 
-mod doorbell;
-mod judge;
+pub(super) mod doorbell;
+pub(super) mod judge;
 pub mod qmp;
 mod snapshot;
 mod vuser;
@@ -542,6 +542,12 @@ impl Runner {
                 }
             }
             disk = Some(d);
+        }
+        if s.extra.vurng {
+            fatal(&format!(
+                "{}: extra vurng is the arm64 lab's (here: vuser)",
+                s.name
+            ));
         }
         let vuser = s.extra.vuser.then(|| {
             let (b, a) = vuser::Backends::start(&tag, &token, &console);

@@ -13,8 +13,8 @@
 )]
 
 mod control;
+pub use crate::ivshmem::doorbell as ivshmem_doorbell;
 pub use crate::ivshmem::plug as ivshmem;
-pub mod ivshmem_doorbell;
 pub mod legacy;
 pub mod power_button;
 mod snapshot;

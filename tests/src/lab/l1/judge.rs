@@ -21,9 +21,9 @@ pub(super) const NO_INIT: &str = "L2 never reached its init";
 
 /// The failures of a run, and the values its LAB-SCENARIO line reports.
 #[derive(Default)]
-pub(super) struct Judgement {
-    pub(super) fails: Vec<String>,
-    pub(super) report: Vec<(&'static str, String)>,
+pub(crate) struct Judgement {
+    pub(crate) fails: Vec<String>,
+    pub(crate) report: Vec<(&'static str, String)>,
 }
 
 impl Judgement {

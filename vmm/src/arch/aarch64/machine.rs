@@ -28,6 +28,7 @@ use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
 use crate::interrupts::Interrupts;
 use crate::io::{BusKind, IoBuses};
+use crate::ivshmem::doorbell::Doorbell;
 use crate::ivshmem::plug::Ivshmem;
 use crate::pci::{ConfigAccess, MemorySlots, Pci, PciHost, PciPlug};
 use crate::stats::{Stats, StatsFormat};
@@ -69,6 +70,10 @@ pub enum Error {
     #[error(transparent)]
     Ivshmem(#[from] crate::ivshmem::plug::Error),
     #[error(transparent)]
+    IvshmemDoorbell(#[from] crate::ivshmem::doorbell::Error),
+    #[error(transparent)]
+    VhostUser(#[from] crate::vhost_user::device::Error),
+    #[error(transparent)]
     Pci(#[from] crate::pci::Error),
     #[error(transparent)]
     Virtio(#[from] crate::virtio::Error),
@@ -108,6 +113,8 @@ impl Error {
             | Error::Unsupported(_)
             | Error::NoObject { .. }
             | Error::Ivshmem(_) => 2,
+            Error::IvshmemDoorbell(e) => e.exit_code(),
+            Error::VhostUser(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
             Error::Virtio(e) => e.exit_code(),
             Error::Console(e) => e.exit_code(),
@@ -121,20 +128,15 @@ impl Error {
 /// What this machine does not have yet: refused up front with exit code 2
 /// rather than ignored.
 fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
-    for d in &cfg.devices {
-        let what = match d {
-            DeviceConfig::IvshmemPlain(_)
-            | DeviceConfig::VirtioBlk(_)
-            | DeviceConfig::VirtioRng(_)
-            | DeviceConfig::VirtioSerial(_)
-            | DeviceConfig::VirtioSerialPort(_) => continue,
-            DeviceConfig::DebugExit { .. } => {
-                "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
-                    .to_string()
-            }
-            other => format!("-device {}", device_kind(other)),
-        };
-        return Err(Error::Unsupported(what));
+    if cfg
+        .devices
+        .iter()
+        .any(|d| matches!(d, DeviceConfig::DebugExit { .. }))
+    {
+        return Err(Error::Unsupported(
+            "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
+                .into(),
+        ));
     }
     if !cfg.monitors.is_empty() {
         return Err(Error::Unsupported("-qmp/-mon".into()));
@@ -147,21 +149,11 @@ fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-fn device_kind(d: &DeviceConfig) -> &'static str {
-    match d {
-        DeviceConfig::DebugExit { .. } => "isa-debug-exit",
-        DeviceConfig::IvshmemPlain(_) => "ivshmem-plain",
-        DeviceConfig::IvshmemDoorbell(_) => "ivshmem-doorbell",
-        DeviceConfig::VhostUser(_) => "vhost-user-*-pci",
-        DeviceConfig::VirtioBlk(_) => "virtio-blk-pci",
-        DeviceConfig::VirtioRng(_) => "virtio-rng-pci",
-        DeviceConfig::VirtioSerial(_) | DeviceConfig::VirtioSerialPort(_) => "virtio-serial-pci",
-    }
-}
-
 /// The PCI functions `cfg` asks for: ivshmem-plain with the `-object`
 /// backend it shares (the configuration layer checked every `memdev=`),
-/// the built-in virtio devices with their MSI-X vectors from `interrupts`.
+/// ivshmem-doorbell connected to its server, vhost-user devices connected
+/// to their back-ends over guest RAM's fd, the built-in virtio devices;
+/// MSI-X vectors from `interrupts` (routed through the ITS).
 fn pci_plugs(
     cfg: &Config,
     objects: &[Arc<Backend>],
@@ -185,6 +177,15 @@ fn pci_plugs(
                     })?;
                 plugs.push(Box::new(Ivshmem::new(c, memdev)?));
             }
+            DeviceConfig::IvshmemDoorbell(c) => {
+                plugs.push(Box::new(Doorbell::connect(c, vm, interrupts)?))
+            }
+            DeviceConfig::VhostUser(c) => plugs.push(Box::new(crate::vhost_user::device::create(
+                c,
+                ram.backend(),
+                vm,
+                interrupts,
+            )?)),
             DeviceConfig::VirtioBlk(c) => {
                 plugs.push(Box::new(crate::virtio::blk(c, mem(), vm, interrupts)?))
             }
