@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::fields;
-use super::l1::doorbell;
+use super::l1::{self, doorbell};
 use super::l1::{MAILBOX_DATA_OFF, host_prepare, random, tool};
 use super::scenario::{self, Action, Backend, IvshmemKind, Scenario, Vmm, Vub};
 
@@ -38,8 +38,10 @@ pub fn unsupported(s: &Scenario) -> Option<String> {
     if s.backend == Backend::FileDisk {
         return Some("backend file-disk (no disk in the arm64 L1)".into());
     }
-    if !matches!(s.action, Action::Poweroff | Action::Reboot) {
-        return Some(format!("action {} (no QMP on aarch64 yet)", s.action));
+    if s.action == Action::Powerdown {
+        return Some(
+            "action powerdown (system_powerdown is refused on aarch64: no power button yet)".into(),
+        );
     }
     if s.ivshmem
         .as_ref()
@@ -565,12 +567,24 @@ fn uptime() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
+/// Waits for `child` at most `limit`, calling `meanwhile` every 50 ms.
+fn wait_with_timeout(
+    child: &mut Child,
+    limit: Duration,
+    mut meanwhile: impl FnMut(),
+) -> Option<i32> {
     let deadline = Instant::now() + limit;
+    let mut next = Instant::now();
     loop {
         match child.try_wait() {
             Ok(Some(st)) => return Some(st.code().unwrap_or(128)),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) if Instant::now() < deadline => {
+                if Instant::now() >= next {
+                    meanwhile();
+                    next = Instant::now() + Duration::from_millis(50);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -588,6 +602,58 @@ fn power_off() -> ! {
         std::thread::sleep(Duration::from_secs(60));
     }
 }
+
+/// The QMP side of a `stopcont` run, once the guest reported
+/// `stopcont-ready`: the x86 lab's client (`l1/qmp.rs`: stop, STOP,
+/// query-status paused, a console quiet for a second, cont, RESUME,
+/// query-status running), system_powerdown refused (no power button on
+/// aarch64), then the events until shmvm closes the socket.
+fn stopcont(sock: &Path, console: &l1::Console) -> Result<Vec<String>, String> {
+    let mut q = l1::qmp::stopcont(sock, console).map_err(|e| e.to_string())?;
+    // No power button on aarch64 yet: refused in one line, the VM runs on.
+    match q.execute("system_powerdown") {
+        Err(l1::qmp::QmpError::Command { reply, .. })
+            if reply.contains("not supported on aarch64") => {}
+        other => {
+            return Err(format!(
+                "system_powerdown: {other:?}, want the aarch64 refusal"
+            ));
+        }
+    }
+    let drained = q.drain(Duration::from_secs(60));
+    console.append(&format!(
+        "LAB-L1 qmp stopcont events={}",
+        q.events.join(",")
+    ));
+    drained.map_err(|e| format!("{e} (events {})", q.events.join(",")))?;
+    Ok(q.events)
+}
+
+/// A QMP run's verdict: the guest was ready, the QMP side went through,
+/// the events came in order, and the guest ran on after `cont` to its
+/// last tick.
+fn judge_qmp(
+    s: &Scenario,
+    qmp: Option<Result<Vec<String>, String>>,
+    console: &str,
+) -> Result<(), String> {
+    let Some(ready) = s.action.qmp_ready() else {
+        return Ok(());
+    };
+    if l1::result(console, ready).is_none() {
+        return Err(format!("the guest never reported {ready}"));
+    }
+    let events = qmp.ok_or("the L1 never spoke QMP")??;
+    l1::qmp::events_in_order(&events, s.action.qmp_events())?;
+    if !console.contains(&format!("lab-tick {}", STOPCONT_TICKS - 1)) {
+        return Err("the guest did not tick to its end after cont".into());
+    }
+    Ok(())
+}
+
+/// The ticks tests/lab/arm64/l2-init prints (0.2 s apart) after
+/// `stopcont-ready`.
+const STOPCONT_TICKS: u32 = 25;
 
 /// The last `n` lines of each part of a console (a doorbell run's has a
 /// `--- peer N` part per guest and the server's), each part's header kept.
@@ -646,6 +712,10 @@ fn run_one(s: &Scenario, marker: &str) -> Run {
     let mut args = l2_args(s, &format!("{region_word}{virtio_word}"));
     args.extend(region_args);
     args.extend(virtio_args);
+    let qmp_sock = format!("/tmp/{}.qmp", s.name);
+    if s.action.qmp_ready().is_some() {
+        args.extend(["-qmp".into(), format!("unix:{qmp_sock},server=on,wait=off")]);
+    }
     let console_path = format!("/tmp/{}.console", s.name);
     let t0 = uptime();
     let started = fs::File::create(&console_path).and_then(|out| {
@@ -657,20 +727,37 @@ fn run_one(s: &Scenario, marker: &str) -> Run {
             .stderr(err)
             .spawn()
     });
+    let console = l1::Console {
+        path: console_path.into(),
+    };
+    let mut qmp = None;
     let rc = match started {
-        Ok(mut child) => wait_with_timeout(&mut child, L2_TIMEOUT),
+        Ok(mut child) => wait_with_timeout(&mut child, L2_TIMEOUT, || {
+            if qmp.is_none()
+                && let Some(ready) = s.action.qmp_ready()
+                && l1::result(&console.text(), ready).is_some()
+            {
+                qmp = Some(stopcont(Path::new(&qmp_sock), &console));
+            }
+        }),
         Err(e) => {
             println!("LAB-FATAL cannot start shmvm: {e}");
             Some(127)
         }
     };
     let wall = uptime() - t0;
-    let console = fs::read_to_string(&console_path).unwrap_or_default();
-    let verdict = judge(s, marker, rc, &console).and_then(|()| match (&s.ivshmem, &region) {
-        (None, _) => Ok(()),
-        (Some(_), None) => Err("the ivshmem region could not be prepared".into()),
-        (Some(_), Some(r)) => judge_ivshmem(r.size, &console).and_then(|()| r.check_host_side()),
-    });
+    let _ = fs::remove_file(&qmp_sock);
+    let console = console.text();
+    let verdict = judge_qmp(s, qmp, &console);
+    let verdict = verdict
+        .and_then(|()| judge(s, marker, rc, &console))
+        .and_then(|()| match (&s.ivshmem, &region) {
+            (None, _) => Ok(()),
+            (Some(_), None) => Err("the ivshmem region could not be prepared".into()),
+            (Some(_), Some(r)) => {
+                judge_ivshmem(r.size, &console).and_then(|()| r.check_host_side())
+            }
+        });
     let verdict = verdict.and_then(|()| match &virtio {
         Some(v) => v.judge(&console),
         None if s.extra.rng || s.extra.vub.is_some() => {

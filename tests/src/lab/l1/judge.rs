@@ -67,15 +67,9 @@ fn judge_qmp(action: Action, want: &[&str], out: &Outcome, console: &str, j: &mu
         Some(Err(e)) => j.fail(e.clone()),
         Some(Ok(events)) => {
             j.report("events", events.join(","));
-            let mut it = events.iter();
-            let in_order = want.iter().all(|w| it.any(|e| e == w));
-            j.want(in_order, || {
-                format!(
-                    "QMP events {}, want {} in order",
-                    events.join(","),
-                    want.join(",")
-                )
-            });
+            if let Err(e) = super::qmp::events_in_order(events, want) {
+                j.fail(e);
+            }
         }
     }
 }

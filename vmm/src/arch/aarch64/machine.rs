@@ -23,6 +23,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::{fdt, image, layout};
 use crate::config::{Config, DeviceConfig};
 use crate::console_out;
+use crate::control::{Controlled, Monitor, PowerKey};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
@@ -31,6 +32,7 @@ use crate::io::{BusKind, IoBuses};
 use crate::ivshmem::doorbell::Doorbell;
 use crate::ivshmem::plug::Ivshmem;
 use crate::pci::{ConfigAccess, MemorySlots, Pci, PciHost, PciPlug};
+use crate::qmp::control::Reply;
 use crate::stats::{Stats, StatsFormat};
 use crate::vcpu::{self, VmState};
 use devices::pci::BarWindows;
@@ -100,6 +102,8 @@ pub enum Error {
     Threads(#[source] std::io::Error),
     #[error(transparent)]
     Signals(#[from] crate::signals::Error),
+    #[error(transparent)]
+    Monitor(#[from] crate::qmp::server::Error),
 }
 
 impl Error {
@@ -120,6 +124,7 @@ impl Error {
             Error::Console(e) => e.exit_code(),
             Error::Ram(e) => e.exit_code(),
             Error::Hypervisor(e) => e.exit_code(),
+            Error::Monitor(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -137,9 +142,6 @@ fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
             "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
                 .into(),
         ));
-    }
-    if !cfg.monitors.is_empty() {
-        return Err(Error::Unsupported("-qmp/-mon".into()));
     }
     if cfg.boot.is_some() {
         return Err(Error::Unsupported(
@@ -304,11 +306,80 @@ fn load(
     Ok((p.kernel, p.fdt))
 }
 
+/// The parts of a running machine the monitor and the statistics read.
+struct Running<'a> {
+    state: &'a VmState,
+    ram: &'a GuestRam,
+    objects: &'a [Arc<Backend>],
+    plugs: &'a [Box<dyn PciPlug>],
+    pci: &'a Pci,
+    io: &'a IoBuses,
+    dropped: Option<&'a console_out::Dropped>,
+}
+
+impl Running<'_> {
+    fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            buses: self.io.bus_stats(),
+            unclaimed: self.io.unclaimed_counts(),
+            console_dropped_bytes: self.dropped.map_or(0, |d| d.bytes()),
+            guest_log_lines: crate::ratelimit::totals().0,
+            guest_log_suppressed: crate::ratelimit::totals().1,
+            ..Stats::default()
+        };
+        for (plug, placed) in self.plugs.iter().zip(self.pci.placed()) {
+            plug.add_stats(placed, self.pci, &mut stats);
+        }
+        stats
+    }
+}
+
+impl Controlled for Running<'_> {
+    fn state(&self) -> &VmState {
+        self.state
+    }
+
+    fn backends(&self) -> Vec<&Backend> {
+        std::iter::once(self.ram.backend())
+            .chain(self.objects.iter().map(|b| &**b))
+            .collect()
+    }
+
+    fn pci(&self) -> &Pci {
+        self.pci
+    }
+
+    fn stats(&self) -> Stats {
+        Running::stats(self)
+    }
+
+    /// No power button on this machine yet: QEMU `virt` gives a device-tree
+    /// guest a gpio-keys key on a PL061 GPIO controller, which shmvm does
+    /// not model.
+    fn power_button(&self) -> Result<Box<dyn PowerKey>, String> {
+        Err(
+            "system_powerdown is not supported on aarch64 yet: the machine has no power \
+             button (QEMU virt's gpio-keys on a PL061 is not modelled; README, \"Architectures\")"
+                .into(),
+        )
+    }
+
+    fn snapshot_save(&self, _path: &str) -> Reply {
+        Err(
+            "x-shmvm-snapshot-save is not supported on aarch64 yet: the arm64 vCPU and \
+             GIC state are not saved (README, \"Architectures\")"
+                .into(),
+        )
+    }
+}
+
 /// Builds the VM `cfg` describes, runs it, and says how it ended.
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     crate::signals::install()?;
     crate::sandbox::set_enabled(cfg.sandbox);
     refuse_unsupported(cfg)?;
+    // Before the machine: a path that cannot be a socket fails first.
+    let monitor = crate::qmp::Server::new(&cfg.monitors)?;
     let ram_option = if cfg.ram_from_object {
         "--object"
     } else {
@@ -422,7 +493,22 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         mem: ram.mem(),
         coalesced: None,
     };
-    let ran = vcpu::run_all(vcpus, shared, &|| {});
+    let running = Running {
+        state: &state,
+        ram: &ram,
+        objects: &objects,
+        plugs: &plugs,
+        pci: &pci,
+        io: &io,
+        dropped: dropped.as_ref(),
+    };
+    let mon = Monitor::new(&running, vcpus.len(), monitor.as_ref());
+    let ran = std::thread::scope(|s| {
+        mon.spawn(s, monitor);
+        let ran = vcpu::run_all(vcpus, shared, &|| {});
+        mon.finished(&state);
+        ran
+    });
     serial
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -434,15 +520,9 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let end = state
         .take_end()
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
-    let mut stats = Stats {
-        buses: io.bus_stats(),
-        unclaimed: io.unclaimed_counts(),
-        console_dropped_bytes: dropped.as_ref().map_or(0, |d| d.bytes()),
-        ..Stats::default()
-    };
-    for (plug, placed) in plugs.iter().zip(pci.placed()) {
-        plug.add_stats(placed, &pci, &mut stats);
-    }
+    let stats = running.stats();
+    drop(mon);
+    drop(running);
     match cfg.stats {
         StatsFormat::Json => eprintln!("{}", stats.json()),
         StatsFormat::Text => eprint!("{}", stats.text()),
