@@ -614,7 +614,8 @@ fn power_off() -> ! {
 /// `stopcont-ready`: the x86 lab's client (`l1/qmp.rs`: stop, STOP,
 /// query-status paused, a console quiet for a second, cont, RESUME,
 /// query-status running), system_powerdown refused (no power button on
-/// aarch64), then the events until shmvm closes the socket.
+/// aarch64), then the events until shmvm closes the socket. (Before it,
+/// the run checks that every shmvm thread is under its seccomp filter.)
 fn stopcont(sock: &Path, console: &l1::Console) -> Result<Vec<String>, String> {
     let mut q = l1::qmp::stopcont(sock, console).map_err(|e| e.to_string())?;
     // No power button on aarch64 yet: refused in one line, the VM runs on.
@@ -634,6 +635,24 @@ fn stopcont(sock: &Path, console: &l1::Console) -> Result<Vec<String>, String> {
     ));
     drained.map_err(|e| format!("{e} (events {})", q.events.join(",")))?;
     Ok(q.events)
+}
+
+/// (threads of process `pid`, how many of them run under a seccomp
+/// filter: `Seccomp: 2` in their /proc status).
+fn seccomp_threads(pid: u32) -> (usize, usize) {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    let modes: Vec<bool> = tasks
+        .flatten()
+        .map(|t| {
+            fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"])
+        })
+        .collect();
+    (modes.len(), modes.iter().filter(|&&m| m).count())
 }
 
 /// A QMP run's verdict: the guest was ready, the QMP side went through,
@@ -738,15 +757,21 @@ fn run_one(s: &Scenario, marker: &str) -> Run {
         path: console_path.into(),
     };
     let mut qmp = None;
+    let mut filtered = None;
     let rc = match started {
-        Ok(mut child) => wait_with_timeout(&mut child, L2_TIMEOUT, || {
-            if qmp.is_none()
-                && let Some(ready) = s.action.qmp_ready()
-                && l1::result(&console.text(), ready).is_some()
-            {
-                qmp = Some(stopcont(Path::new(&qmp_sock), &console));
-            }
-        }),
+        Ok(mut child) => {
+            let pid = child.id();
+            wait_with_timeout(&mut child, L2_TIMEOUT, || {
+                if qmp.is_none()
+                    && let Some(ready) = s.action.qmp_ready()
+                    && l1::result(&console.text(), ready).is_some()
+                {
+                    // Every thread is up (vCPUs, workers, the monitor).
+                    filtered = Some(seccomp_threads(pid));
+                    qmp = Some(stopcont(Path::new(&qmp_sock), &console));
+                }
+            })
+        }
         Err(e) => {
             println!("LAB-FATAL cannot start shmvm: {e}");
             Some(127)
@@ -755,7 +780,12 @@ fn run_one(s: &Scenario, marker: &str) -> Run {
     let wall = uptime() - t0;
     let _ = fs::remove_file(&qmp_sock);
     let console = console.text();
-    let verdict = judge_qmp(s, qmp, &console);
+    let verdict = judge_qmp(s, qmp, &console).and_then(|()| match filtered {
+        Some((all, filtered)) if all == 0 || filtered != all => Err(format!(
+            "sandbox: {filtered} of shmvm's {all} threads under a seccomp filter"
+        )),
+        _ => Ok(()),
+    });
     let verdict = verdict
         .and_then(|()| judge(s, marker, rc, &console))
         .and_then(|()| match (&s.ivshmem, &region) {
