@@ -521,8 +521,8 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         .take_end()
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
     let stats = running.stats();
+    // The monitor's control borrows the parts taken apart below.
     drop(mon);
-    drop(running);
     match cfg.stats {
         StatsFormat::Json => eprintln!("{}", stats.json()),
         StatsFormat::Text => eprint!("{}", stats.text()),
