@@ -4,7 +4,6 @@
 //! the monitor reads and does through [`Controlled`] (x86_64:
 //! `machine/mod.rs`; aarch64: `arch/aarch64/machine.rs`).
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -13,17 +12,12 @@ use serde_json::{Value, json};
 use crate::exit::{MonitorEnd, VmEnd};
 use crate::qmp::control::Reply;
 use crate::qmp::{self, Event, EventSink, Request, RunState, ShutdownCause};
+use crate::watchdog::WatchdogAction;
 use devices::debug_exit::GuestExit;
 
 use crate::pci::Pci;
 use crate::stats::Stats;
 use crate::vcpu::VmState;
-
-/// A power button the monitor can press.
-pub trait PowerKey: Send + Sync {
-    /// The event, then the interrupt.
-    fn press(&self) -> std::io::Result<()>;
-}
 
 /// What the monitor sees of a machine and asks of it.
 pub trait Controlled: Sync {
@@ -33,9 +27,9 @@ pub trait Controlled: Sync {
     fn pci(&self) -> &Pci;
     /// What every device did so far.
     fn stats(&self) -> Stats;
-    /// Places the machine's power button (called once, at the first
-    /// `system_powerdown`); Err: why there is none, the reply's text.
-    fn power_button(&self) -> Result<Box<dyn PowerKey>, String>;
+    /// Presses the machine's power button (`system_powerdown`); Err: why
+    /// it could not, the reply's text.
+    fn press_power_button(&self) -> Result<(), String>;
     /// `x-shmvm-snapshot-save`.
     fn snapshot_save(&self, path: &str) -> Reply;
 }
@@ -51,9 +45,6 @@ pub struct Control<'a> {
     /// SHUTDOWN already sent (quit and system_reset send it at once, as
     /// QEMU does before their reply).
     shutdown_sent: AtomicBool,
-    /// Placed at the first press: nothing reads the GED before its
-    /// interrupt, and boot does not pay for it.
-    power_button: OnceLock<Result<Box<dyn PowerKey>, String>>,
 }
 
 impl std::fmt::Debug for Control<'_> {
@@ -67,8 +58,10 @@ impl std::fmt::Debug for Control<'_> {
 /// QEMU's cause for how the VM ended.
 pub fn shutdown_cause(end: &VmEnd) -> ShutdownCause {
     match end {
-        VmEnd::Guest(GuestExit::Reset) | VmEnd::TripleFault => ShutdownCause::GuestReset,
-        VmEnd::Guest(_) | VmEnd::Poweroff => ShutdownCause::GuestShutdown,
+        VmEnd::Guest(GuestExit::Reset)
+        | VmEnd::TripleFault
+        | VmEnd::Watchdog(WatchdogAction::Reset) => ShutdownCause::GuestReset,
+        VmEnd::Guest(_) | VmEnd::Poweroff | VmEnd::Watchdog(_) => ShutdownCause::GuestShutdown,
         VmEnd::SystemEvent(crate::hv::SystemEvent::Crash) => ShutdownCause::GuestPanic,
         VmEnd::Signal(_) => ShutdownCause::HostSignal,
         VmEnd::Monitor(MonitorEnd::Quit) => ShutdownCause::HostQmpQuit,
@@ -84,7 +77,6 @@ impl<'a> Control<'a> {
             vcpus,
             events,
             shutdown_sent: AtomicBool::new(false),
-            power_button: OnceLock::new(),
         }
     }
 
@@ -301,17 +293,9 @@ impl qmp::protocol::Machine for Control<'_> {
                 Ok(json!({}))
             }
             Request::Powerdown => {
-                let button = self
-                    .power_button
-                    .get_or_init(|| self.machine.power_button());
-                match button.as_ref().map(|b| b.press()) {
-                    Ok(Ok(())) => {
-                        self.events.emit(Event::Powerdown);
-                        Ok(json!({}))
-                    }
-                    Ok(Err(e)) => Err(format!("cannot press the power button: {e}")),
-                    Err(why) => Err(why.clone()),
-                }
+                self.machine.press_power_button()?;
+                self.events.emit(Event::Powerdown);
+                Ok(json!({}))
             }
             Request::Reset => self.end(MonitorEnd::Reset),
             Request::Quit => self.end(MonitorEnd::Quit),

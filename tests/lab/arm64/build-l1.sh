@@ -11,14 +11,17 @@
 # marker the guest must read back (proves the initrd arrived). L1: busybox,
 # l1-init as /init, shmvm, the lab runner, ivshmem-tool (the host side of
 # the ivshmem scenarios), ivshmem-server (the doorbell scenario's),
-# vhost-device-rng (the vhost-user scenario's back-end), the L2
-# kernel and initramfs, the marker and the scenario table.
+# vhost-device-rng (the vhost-user scenario's back-end), QEMU (the reference
+# L2 VMM: DIR/qemu/ from tests/lab/arm64/fetch-qemu.sh, the binary with its
+# loader and libraries at their own paths), the L2 kernel and initramfs,
+# the marker and the scenario table.
 set -euo pipefail
 dir=${1:?usage: build-l1.sh DIR SHMVM_AARCH64 LAB_AARCH64 SCENARIOS TOOL_AARCH64 SERVER_AARCH64 DB_KO VHOST_RNG}
 shmvm=${2:?} runner=${3:?} scenarios=${4:?} tool=${5:?} server=${6:?} dbko=${7:?} vhost_rng=${8:?}
 here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "lab-arm64: $*" >&2; exit 1; }
 [ -f "$dir/vmlinuz" ] && [ -x "$dir/busybox" ] || die "$dir: run tests/lab/fetch-arm64.sh"
+[ -x "$dir/qemu/usr/bin/qemu-system-aarch64" ] || die "$dir/qemu: run tests/lab/fetch-arm64.sh"
 for b in "$shmvm" "$runner" "$tool" "$server" "$vhost_rng"; do
     file -L "$b" | grep -q "ARM aarch64.*statically linked" || die "$b is not a static aarch64 binary"
 done
@@ -38,6 +41,7 @@ install -D -m 644 "$here/../../../guest/initramfs/doorbell.sh" "$stage/l2/lib/la
 echo "$marker" >"$stage/l2/lab-initrd-marker"
 (cd "$stage/l2" && find . | sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 >"$stage/l1/lab/l2.cpio.gz"
 cp "$dir/busybox" "$stage/l1/bin/busybox"
+(cd "$dir/qemu" && find . ! -name '.*' | cpio -pdm --quiet "$stage/l1")
 install -m 755 "$here/l1-init" "$stage/l1/init"
 install -m 755 "$shmvm" "$stage/l1/usr/bin/shmvm"
 install -m 755 "$runner" "$stage/l1/usr/bin/lab"

@@ -3,19 +3,12 @@
 
 use serde_json::json;
 
-use crate::control::{Controlled, PowerKey};
+use crate::control::Controlled;
 use crate::qmp::control::Reply;
 use crate::stats::Stats;
 use crate::vcpu::VmState;
 
 use super::Machine;
-use super::power_button::PowerButton;
-
-impl PowerKey for PowerButton {
-    fn press(&self) -> std::io::Result<()> {
-        PowerButton::press(self)
-    }
-}
 
 impl Controlled for Machine {
     fn state(&self) -> &VmState {
@@ -36,10 +29,8 @@ impl Controlled for Machine {
         Machine::stats(self)
     }
 
-    fn power_button(&self) -> Result<Box<dyn PowerKey>, String> {
-        PowerButton::place(&self.vm, &self.io)
-            .map(|b| Box::new(b) as Box<dyn PowerKey>)
-            .ok_or_else(|| "this machine has no ACPI power button".into())
+    fn press_power_button(&self) -> Result<(), String> {
+        self.power_button.press().map_err(|e| e.to_string())
     }
 
     fn snapshot_save(&self, path: &str) -> Reply {

@@ -23,7 +23,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::{fdt, image, layout};
 use crate::config::{Config, DeviceConfig};
 use crate::console_out;
-use crate::control::{Controlled, Monitor, PowerKey};
+use crate::control::{Controlled, Monitor};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
@@ -142,6 +142,13 @@ fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
             "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
                 .into(),
         ));
+    }
+    if cfg
+        .devices
+        .iter()
+        .any(|d| matches!(d, DeviceConfig::Watchdog(_)))
+    {
+        return Err(Error::Unsupported("-device i6300esb".into()));
     }
     if cfg.boot.is_some() {
         return Err(Error::Unsupported(
@@ -356,7 +363,7 @@ impl Controlled for Running<'_> {
     /// No power button on this machine yet: QEMU `virt` gives a device-tree
     /// guest a gpio-keys key on a PL061 GPIO controller, which shmvm does
     /// not model.
-    fn power_button(&self) -> Result<Box<dyn PowerKey>, String> {
+    fn press_power_button(&self) -> Result<(), String> {
         Err(
             "system_powerdown is not supported on aarch64 yet: the machine has no power \
              button (QEMU virt's gpio-keys on a PL061 is not modelled; README, \"Architectures\")"
