@@ -21,6 +21,7 @@ pub mod control;
 #[cfg(target_arch = "x86_64")]
 pub mod cpuid;
 pub mod exit;
+pub mod fd_limit;
 pub mod guest_ram;
 pub mod hv;
 pub mod interrupts;
