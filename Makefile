@@ -69,6 +69,9 @@ AARCH64_OUT := target/cross/$(AARCH64_TARGET)/release
 SHMVM_AARCH64 := $(BUILD)/aarch64/shmvm
 LAB_AARCH64 := $(BUILD)/aarch64/lab
 TOOL_AARCH64 := $(BUILD)/aarch64/ivshmem-tool
+SERVER_AARCH64 := $(BUILD)/aarch64/ivshmem-server
+IVSHMEM_DB_KO_ARM64 := $(BUILD)/guest/arm64/ivshmem_db.ko
+VHOST_RNG_AARCH64 := $(BUILD)/aarch64/vhost/bin/vhost-device-rng
 LAB_ARM64 := $(BUILD)/lab-arm64
 LAB_ARM64_SCENARIOS ?= tests/lab/arm64/scenarios
 
@@ -122,13 +125,14 @@ guest-tool: lab-tools
 # The aarch64 shmvm and lab runner, static (build/aarch64/).
 .PHONY: aarch64 aarch64-check
 aarch64: deps
-	$(AARCH64_ENV) cargo build --release -p vmm -p shmvm-tests -p ivshmem-tool --bin shmvm --bin lab \
-		--bin ivshmem-tool --target $(AARCH64_TARGET)
+	$(AARCH64_ENV) cargo build --release -p vmm -p shmvm-tests -p ivshmem-tool -p ivshmem-server \
+		--bin shmvm --bin lab --bin ivshmem-tool --bin ivshmem-server --target $(AARCH64_TARGET)
 	@mkdir -p $(BUILD)/aarch64
 	cp $(AARCH64_OUT)/shmvm $(SHMVM_AARCH64).tmp && mv -f $(SHMVM_AARCH64).tmp $(SHMVM_AARCH64)
 	cp $(AARCH64_OUT)/lab $(LAB_AARCH64).tmp && mv -f $(LAB_AARCH64).tmp $(LAB_AARCH64)
 	cp $(AARCH64_OUT)/ivshmem-tool $(TOOL_AARCH64).tmp && mv -f $(TOOL_AARCH64).tmp $(TOOL_AARCH64)
-	@echo "aarch64: $(SHMVM_AARCH64) $(LAB_AARCH64) $(TOOL_AARCH64) (static)"
+	cp $(AARCH64_OUT)/ivshmem-server $(SERVER_AARCH64).tmp && mv -f $(SERVER_AARCH64).tmp $(SERVER_AARCH64)
+	@echo "aarch64: $(SHMVM_AARCH64) $(LAB_AARCH64) $(TOOL_AARCH64) $(SERVER_AARCH64) (static)"
 
 # Lints of the workspace as built for aarch64.
 aarch64-check: deps
@@ -221,9 +225,11 @@ lab: lab-deps shmvm lab-tools ivshmem-db
 # qemu-system-aarch64 TCG with EL2 and a real /dev/kvm, the aarch64 shmvm
 # booting the stock Debian arm64 kernel as L2 per line of the table.
 .PHONY: lab-arm64
-lab-arm64: deps aarch64 lab-tools
+lab-arm64: deps aarch64 lab-tools ivshmem-db-arm64
+	bash scripts/vhost-backends-arm64.sh
 	bash tests/lab/fetch-arm64.sh
-	bash tests/lab/arm64/build-l1.sh $(LAB_ARM64) $(SHMVM_AARCH64) $(LAB_AARCH64) $(LAB_ARM64_SCENARIOS) $(TOOL_AARCH64)
+	bash tests/lab/arm64/build-l1.sh $(LAB_ARM64) $(SHMVM_AARCH64) $(LAB_AARCH64) $(LAB_ARM64_SCENARIOS) $(TOOL_AARCH64) \
+		$(SERVER_AARCH64) $(IVSHMEM_DB_KO_ARM64) $(VHOST_RNG_AARCH64)
 	$(LAB_RUNNER) host-arm64 --dir $(LAB_ARM64) --scenarios $(LAB_ARM64_SCENARIOS)
 
 # cargo-fuzz (libFuzzer with coverage feedback, nightly Rust): every target
@@ -300,9 +306,13 @@ bench-ivshmem: build
 # The Linux guest side of ivshmem-doorbell: the ivshmem_db module built
 # against the lab kernel's headers, and a smoke test under QEMU TCG (no
 # /dev/kvm needed) with QEMU's ivshmem-doorbell on shmvm's server.
-.PHONY: ivshmem-db ivshmem-db-check
+.PHONY: ivshmem-db ivshmem-db-arm64 ivshmem-db-check
 ivshmem-db:
 	bash guest/ivshmem-db/build.sh
+
+# The same module cross-built for the arm64 lab's kernel.
+ivshmem-db-arm64: deps
+	bash guest/ivshmem-db/build.sh arm64
 
 ivshmem-db-check: ivshmem-db guest-tool
 	$(CARGO) build --release -p ivshmem-server

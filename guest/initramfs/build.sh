@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the L2 initramfs of the KVM lab: busybox-static, ivshmem-tool and the
-# scenario init (./init), plus a payload whose checksum proves the initrd
+# scenario init (./init) with the doorbell steps it sources (./doorbell.sh), plus a payload whose checksum proves the initrd
 # arrived intact.  Usage: build.sh OUT.cpio.gz IVSHMEM_TOOL [KERNEL_MODULES_DIR [IVSHMEM_DB_KO]]
 # With KERNEL_MODULES_DIR (lib/modules/<version> of the L2 kernel), the virtio
 # modules go to /lib/modules/virtio/, loaded by the init on lab.modules=virtio.
@@ -24,6 +24,7 @@ mkdir -p "$stage"/{bin,lab,proc,sys,dev,tmp}
 cp "$busybox" "$stage/bin/busybox"
 cp "$tool" "$stage/bin/ivshmem-tool"
 cp "$here/init" "$stage/init"
+install -D -m 644 "$here/doorbell.sh" "$stage/lib/lab/doorbell.sh"
 chmod 755 "$stage/init" "$stage/bin/busybox" "$stage/bin/ivshmem-tool"
 if [ -n "$moddir" ]; then
     mkdir -p "$stage/lib/modules/virtio"

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod console_out;
+pub mod control;
 #[cfg(target_arch = "x86_64")]
 pub mod cpuid;
 pub mod exit;

@@ -84,10 +84,11 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::SeqCst)
 }
 
-/// The allow lists and their BPF: traced on x86_64; aarch64 has other call
-/// numbers and KVM requests, and its lists are not traced yet (README,
-/// "Security model": there only no_new_privs and the capability drop apply).
-#[cfg(target_arch = "x86_64")]
+/// The allow lists and their BPF, for x86_64 and aarch64. The lists were
+/// traced on x86_64; aarch64 has no legacy calls (`poll`, `epoll_wait`,
+/// `readlink`, `unlink`, ...: its libc makes the `*at`/`p*` ones, which
+/// the lists have for both), other KVM requests on the vCPU (KVM_GET_ONE_REG
+/// instead of the x86 register and snapshot requests), and no snapshots.
 mod lists {
     use super::*;
 
@@ -101,6 +102,7 @@ mod lists {
     pub(super) const fn kvm_iow(nr: u64, size: u64) -> u64 {
         ioc(1, 0xae, nr, size)
     }
+    #[cfg(target_arch = "x86_64")]
     pub(super) const fn kvm_ior(nr: u64, size: u64) -> u64 {
         ioc(2, 0xae, nr, size)
     }
@@ -113,30 +115,54 @@ mod lists {
     pub(super) const KVM_IRQFD: u64 = kvm_iow(0x76, 32);
     pub(super) const KVM_IOEVENTFD: u64 = kvm_iow(0x79, 64);
     pub(super) const KVM_SIGNAL_MSI: u64 = kvm_iow(0xa5, 32);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_REGS: u64 = kvm_ior(0x81, 144);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_SREGS: u64 = kvm_ior(0x83, 312);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_TRANSLATE: u64 = ioc(3, 0xae, 0x85, 24);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_UNREGISTER_COALESCED_MMIO: u64 = kvm_iow(0x68, 16);
     // Saving a snapshot: each vCPU's state (on its own thread), the VM's
     // interrupt controllers and clock, the MSR list (on the saving thread).
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_FPU: u64 = kvm_ior(0x8c, 416);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_MSRS: u64 = ioc(3, 0xae, 0x88, 8);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_LAPIC: u64 = kvm_ior(0x8e, 1024);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_XSAVE: u64 = kvm_ior(0xa4, 4096);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_XSAVE2: u64 = kvm_ior(0xcf, 4096);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_XCRS: u64 = kvm_ior(0xa6, 392);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_VCPU_EVENTS: u64 = kvm_ior(0x9f, 64);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_MP_STATE: u64 = kvm_ior(0x98, 4);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_DEBUGREGS: u64 = kvm_ior(0xa1, 128);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_CPUID2: u64 = ioc(3, 0xae, 0x91, 8);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_TSC_KHZ: u64 = kvm_io(0xa3);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_MSR_INDEX_LIST: u64 = ioc(3, 0xae, 0x02, 4);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_IRQCHIP: u64 = ioc(3, 0xae, 0x62, 520);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_PIT2: u64 = kvm_ior(0x9f, 112);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_GET_CLOCK: u64 = kvm_ior(0x7c, 48);
+    #[cfg(target_arch = "x86_64")]
     pub(super) const KVM_CHECK_EXTENSION: u64 = kvm_io(0x03);
+    /// aarch64: reading a vCPU register (the PC of a failed run).
+    #[cfg(target_arch = "aarch64")]
+    pub(super) const KVM_GET_ONE_REG: u64 = kvm_iow(0xab, 16);
 
     /// A vCPU saving its own state for a snapshot.
+    #[cfg(target_arch = "x86_64")]
     pub(super) const VCPU_SAVE_IOCTLS: &[u64] = &[
         KVM_GET_FPU,
         KVM_GET_MSRS,
@@ -157,6 +183,7 @@ mod lists {
     /// state, then files in the snapshot directory (created, written, synced,
     /// renamed into place).
     pub(super) const SNAPSHOT: &[Allow] = &[
+        #[cfg(target_arch = "x86_64")]
         Arg(
             libc::SYS_ioctl,
             1,
@@ -169,12 +196,17 @@ mod lists {
             ],
         ),
         Call(libc::SYS_openat),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_mkdir),
         Call(libc::SYS_mkdirat),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_rmdir),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_rename),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_renameat),
         Call(libc::SYS_renameat2),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_unlink),
         Call(libc::SYS_unlinkat),
         Call(libc::SYS_fsync),
@@ -245,6 +277,7 @@ mod lists {
         Call(libc::SYS_restart_syscall),
         Call(libc::SYS_exit),
         Call(libc::SYS_exit_group),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_poll),
         Call(libc::SYS_ppoll),
         Call(libc::SYS_eventfd2),
@@ -283,14 +316,19 @@ mod lists {
     pub const VCPU: &[Allow] = &[
         // Running, and reporting a failed run (the guest's registers and the
         // bytes at its RIP).
+        #[cfg(target_arch = "x86_64")]
         Arg(
             libc::SYS_ioctl,
             1,
             &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE],
         ),
+        #[cfg(target_arch = "aarch64")]
+        Arg(libc::SYS_ioctl, 1, &[KVM_RUN, KVM_GET_ONE_REG]),
+        #[cfg(target_arch = "x86_64")]
         Arg(libc::SYS_ioctl, 1, VCPU_SAVE_IOCTLS),
         // The console's coalesced port stops coalescing when the guest turns
         // the UART's transmit interrupt on (coalesce.rs).
+        #[cfg(target_arch = "x86_64")]
         Arg(libc::SYS_ioctl, 1, &[KVM_UNREGISTER_COALESCED_MMIO]),
         Arg(libc::SYS_ioctl, 1, VM_IOCTLS),
         Arg(libc::SYS_ioctl, 1, TTY_IOCTLS),
@@ -310,6 +348,7 @@ mod lists {
         Call(libc::SYS_timer_create),
         Call(libc::SYS_timer_settime),
         Call(libc::SYS_timer_delete),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_unlink),
         Call(libc::SYS_unlinkat),
         Call(libc::SYS_flock),
@@ -339,9 +378,12 @@ mod lists {
         Call(libc::SYS_fsync),
         Arg(libc::SYS_ioctl, 1, VM_IOCTLS),
         Arg(libc::SYS_ioctl, 1, TTY_IOCTLS),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_readlink),
+        Call(libc::SYS_readlinkat),
         Call(libc::SYS_setsockopt),
         Call(libc::SYS_epoll_create1),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_epoll_wait),
         Call(libc::SYS_epoll_pwait),
         Call(libc::SYS_epoll_ctl),
@@ -373,6 +415,7 @@ mod lists {
         Call(libc::SYS_getdents64),
         Arg(libc::SYS_ioctl, 1, &[FIONBIO, KVM_IRQFD]),
         Call(libc::SYS_epoll_create1),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_epoll_wait),
         Call(libc::SYS_epoll_pwait),
         Call(libc::SYS_epoll_ctl),
@@ -382,6 +425,7 @@ mod lists {
         Call(libc::SYS_sendto),
         Call(libc::SYS_recvfrom),
         Call(libc::SYS_shutdown),
+        #[cfg(target_arch = "x86_64")]
         Call(libc::SYS_unlink),
     ];
 
@@ -439,7 +483,6 @@ mod lists {
         }
     }
 }
-#[cfg(target_arch = "x86_64")]
 pub use lists::*;
 
 /// System calls the filters stopped, all threads.
@@ -484,8 +527,9 @@ fn put(buf: &mut [u8], at: &mut usize, s: &[u8]) {
 /// Async-signal-safe: atomics, a const thread-local, a stack buffer and
 /// `write`.
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // The x86_64 siginfo of SIGSYS: `_sigsys { void *_call_addr; int
-    // _syscall; unsigned _arch; }` at offset 16, so the call is at 24.
+    // The 64-bit siginfo of SIGSYS (x86_64 and aarch64 alike): `_sigsys {
+    // void *_call_addr; int _syscall; unsigned _arch; }` at offset 16, so
+    // the call is at 24.
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read() };
     BLOCKED.fetch_add(1, Ordering::Relaxed);
@@ -626,14 +670,12 @@ pub fn enter_now(kind: ThreadKind) -> Result<(), Error> {
     no_new_privs()?;
     drop_capabilities()?;
     KIND.with(|k| k.set(Some(kind)));
-    #[cfg(target_arch = "x86_64")]
     install_filter(kind)?;
     Ok(())
 }
 
 /// Installs `kind`'s compiled program on the calling thread, with this
 /// process's id written in (one copy on the stack, one system call).
-#[cfg(target_arch = "x86_64")]
 fn install_filter(kind: ThreadKind) -> Result<(), Error> {
     let (prog, pid_at) = program(kind);
     let mut insns = [libc::sock_filter {
@@ -1001,11 +1043,11 @@ mod tests {
                     for &v in &values {
                         let mut args = [0u64; 6];
                         args[usize::from(arg)] = v;
-                        for arch in [bpf::AUDIT_ARCH_X86_64, 0x4000_0003] {
+                        for arch in [bpf::AUDIT_ARCH, 0x4000_0003] {
                             // The old program looked at clone3 before the
                             // architecture; the new one kills any call made
                             // through another ABI first.
-                            let want = if nr == libc::SYS_clone3 && arch != bpf::AUDIT_ARCH_X86_64 {
+                            let want = if nr == libc::SYS_clone3 && arch != bpf::AUDIT_ARCH {
                                 bpf::RET_KILL_PROCESS
                             } else {
                                 bpf::run(&theirs, nr as u32, arch, args).0

@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # Builds the arm64 lab's two initramfs images (README, "The arm64 lab").
-# Usage: build-l1.sh DIR SHMVM_AARCH64 LAB_AARCH64 SCENARIOS TOOL_AARCH64
+# Usage: build-l1.sh DIR SHMVM_AARCH64 LAB_AARCH64 SCENARIOS TOOL_AARCH64 SERVER_AARCH64 DB_KO VHOST_RNG
 #   DIR      from tests/lab/fetch-arm64.sh (vmlinuz, busybox); gets l1.cpio.lz4
-#   SHMVM_AARCH64, LAB_AARCH64, TOOL_AARCH64   static aarch64 shmvm, lab
-#            runner and ivshmem-tool
-# L2: busybox, ivshmem-tool, the virtio modules, tests/lab/arm64/l2-init as /init and a random
+#   SHMVM_AARCH64, LAB_AARCH64, TOOL_AARCH64, SERVER_AARCH64   static aarch64
+#            shmvm, lab runner, ivshmem-tool and ivshmem-server
+#   DB_KO    ivshmem_db.ko built for the arm64 kernel (make ivshmem-db-arm64)
+#   VHOST_RNG  static aarch64 vhost-device-rng (scripts/vhost-backends-arm64.sh)
+# L2: busybox, ivshmem-tool, the virtio modules, ivshmem_db.ko and the
+# doorbell steps (guest/initramfs/doorbell.sh), tests/lab/arm64/l2-init as /init and a random
 # marker the guest must read back (proves the initrd arrived). L1: busybox,
 # l1-init as /init, shmvm, the lab runner, ivshmem-tool (the host side of
-# the ivshmem scenarios), QEMU (the reference L2 VMM: DIR/qemu/ from
-# tests/lab/arm64/fetch-qemu.sh, the binary with its loader and libraries at
-# their own paths), the L2 kernel and initramfs, the marker and the
-# scenario table.
+# the ivshmem scenarios), ivshmem-server (the doorbell scenario's),
+# vhost-device-rng (the vhost-user scenario's back-end), QEMU (the reference
+# L2 VMM: DIR/qemu/ from tests/lab/arm64/fetch-qemu.sh, the binary with its
+# loader and libraries at their own paths), the L2 kernel and initramfs,
+# the marker and the scenario table.
 set -euo pipefail
-dir=${1:?usage: build-l1.sh DIR SHMVM_AARCH64 LAB_AARCH64 SCENARIOS TOOL_AARCH64}
-shmvm=${2:?} runner=${3:?} scenarios=${4:?} tool=${5:?}
+dir=${1:?usage: build-l1.sh DIR SHMVM_AARCH64 LAB_AARCH64 SCENARIOS TOOL_AARCH64 SERVER_AARCH64 DB_KO VHOST_RNG}
+shmvm=${2:?} runner=${3:?} scenarios=${4:?} tool=${5:?} server=${6:?} dbko=${7:?} vhost_rng=${8:?}
 here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "lab-arm64: $*" >&2; exit 1; }
 [ -f "$dir/vmlinuz" ] && [ -x "$dir/busybox" ] || die "$dir: run tests/lab/fetch-arm64.sh"
 [ -x "$dir/qemu/usr/bin/qemu-system-aarch64" ] || die "$dir/qemu: run tests/lab/fetch-arm64.sh"
-for b in "$shmvm" "$runner" "$tool"; do
+for b in "$shmvm" "$runner" "$tool" "$server" "$vhost_rng"; do
     file -L "$b" | grep -q "ARM aarch64.*statically linked" || die "$b is not a static aarch64 binary"
 done
 stage=$(mktemp -d)
@@ -31,6 +35,9 @@ install -m 755 "$tool" "$stage/l2/bin/ivshmem-tool"
 mkdir -p "$stage/l2/lib/modules"
 cp -r "$dir/modules/virtio" "$stage/l2/lib/modules/virtio"
 install -m 755 "$here/l2-init" "$stage/l2/init"
+file "$dbko" | grep -q "ELF 64-bit LSB relocatable, ARM aarch64" || die "$dbko is not an arm64 module (make ivshmem-db-arm64)"
+install -D -m 644 "$dbko" "$stage/l2/lib/modules/ivshmem_db.ko"
+install -D -m 644 "$here/../../../guest/initramfs/doorbell.sh" "$stage/l2/lib/lab/doorbell.sh"
 echo "$marker" >"$stage/l2/lab-initrd-marker"
 (cd "$stage/l2" && find . | sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 >"$stage/l1/lab/l2.cpio.gz"
 cp "$dir/busybox" "$stage/l1/bin/busybox"
@@ -39,6 +46,8 @@ install -m 755 "$here/l1-init" "$stage/l1/init"
 install -m 755 "$shmvm" "$stage/l1/usr/bin/shmvm"
 install -m 755 "$runner" "$stage/l1/usr/bin/lab"
 install -m 755 "$tool" "$stage/l1/usr/bin/ivshmem-tool"
+install -m 755 "$server" "$stage/l1/usr/bin/ivshmem-server"
+install -m 755 "$vhost_rng" "$stage/l1/usr/bin/vhost-device-rng"
 cp "$dir/vmlinuz" "$stage/l1/lab/vmlinuz"
 echo "$marker" >"$stage/l1/lab/l2-marker"
 cp "$scenarios" "$stage/l1/lab/scenarios"

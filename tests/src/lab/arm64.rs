@@ -21,9 +21,10 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::l1::{self, doorbell};
 use super::l1::{MAILBOX_DATA_OFF, host_prepare, random, tool};
 use super::scenario::{self, Action, Backend, IvshmemKind, Scenario, Vmm, Vub};
 use super::{fields, tag};
@@ -40,8 +41,10 @@ pub fn unsupported(s: &Scenario) -> Option<String> {
     if s.backend == Backend::FileDisk {
         return Some("backend file-disk (no disk in the arm64 L1)".into());
     }
-    if !matches!(s.action, Action::Poweroff | Action::Reboot) {
-        return Some(format!("action {} (no QMP on aarch64 yet)", s.action));
+    if s.action == Action::Powerdown {
+        return Some(
+            "action powerdown (system_powerdown is refused on aarch64: no power button yet)".into(),
+        );
     }
     if s.ivshmem
         .as_ref()
@@ -51,13 +54,15 @@ pub fn unsupported(s: &Scenario) -> Option<String> {
     }
     let supported = scenario::Extra {
         rng: s.extra.rng,
+        doorbell: s.extra.doorbell,
+        vurng: s.extra.vurng,
         vub: s.extra.vub.filter(|v| *v == Vub::Blk),
         shmvm_only: s.extra.shmvm_only,
         ..Default::default()
     };
     if s.extra != supported {
         return Some(
-            "extras other than rng, blk and shmvm-only (no vhost-user or doorbells on aarch64 yet)"
+            "extras other than rng, blk, vurng, doorbell and shmvm-only (the x86 lab's vhost-user extras need back-ends not built for aarch64)"
                 .into(),
         );
     }
@@ -75,8 +80,16 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Scenario>, String> {
     Ok(all)
 }
 
-/// The verdict on one run: shmvm's exit code and its console.
+/// What shmvm prints when its seccomp filter stopped a call (sandbox.rs).
+const SANDBOX_BLOCKED: &str = "which its allow list does not have";
+
+/// The verdict on one run: shmvm's exit code and its console; no system
+/// call stopped by the sandbox (on in every run: the aarch64 allow lists).
 pub fn judge(s: &Scenario, marker: &str, rc: Option<i32>, console: &str) -> Result<(), String> {
+    if let Some(l) = console.lines().find(|l| l.contains(SANDBOX_BLOCKED)) {
+        return Err(format!("sandbox: {}", l.trim()));
+    }
+
     let init = console
         .lines()
         .find_map(|l| l.trim_end_matches('\r').strip_prefix("L2-INIT "))
@@ -237,17 +250,86 @@ pub fn judge_ivshmem(size: u64, console: &str, vmm: Vmm) -> Result<(), String> {
 struct Virtio {
     rng: bool,
     blk: Option<(String, String, String)>,
+    /// Extra vurng: the rng is vhost-user-rng-pci on this back-end.
+    vurng: Option<VuRng>,
+}
+
+/// vhost-device-rng (aarch64, from crates.io) serving one run's
+/// vhost-user-rng-pci device from L1.
+struct VuRng {
+    dir: String,
+    child: Option<Child>,
+}
+
+/// Where build-l1.sh puts the aarch64 vhost-device-rng.
+const VHOST_DEVICE_RNG: &str = "/usr/bin/vhost-device-rng";
+
+impl VuRng {
+    /// The back-end's socket (it appends the instance number, 0, to
+    /// `--socket-path`).
+    fn socket(&self) -> String {
+        format!("{}/rng.sock0", self.dir)
+    }
+
+    /// Starts the back-end and waits for its socket.
+    fn start(s: &Scenario) -> Result<VuRng, String> {
+        let dir = format!("/tmp/lab-vurng-{}", s.name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|e| format!("{dir}: {e}"))?;
+        let log = fs::File::create(format!("{dir}/backend.log")).map_err(|e| e.to_string())?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(VHOST_DEVICE_RNG)
+            .arg("--socket-path")
+            .arg(format!("{dir}/rng.sock"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("{VHOST_DEVICE_RNG} did not start: {e}"))?;
+        let mut r = VuRng {
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Path::new(&r.socket()).exists() {
+            let exited = r.child.as_mut().map(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited != Some(false) || Instant::now() > deadline {
+                return Err(format!(
+                    "{VHOST_DEVICE_RNG} did not create {}: {}",
+                    r.socket(),
+                    fs::read_to_string(format!("{}/backend.log", r.dir)).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for VuRng {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Virtio {
     fn prepare(s: &Scenario, vmm: Vmm) -> Option<Result<Virtio, String>> {
         let blk = s.extra.vub == Some(Vub::Blk);
-        if !s.extra.rng && !blk {
+        if !s.extra.rng && !blk && !s.extra.vurng {
             return None;
         }
+        let vurng = match s.extra.vurng.then(|| VuRng::start(s)).transpose() {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
         let mut v = Virtio {
-            rng: s.extra.rng,
+            rng: s.extra.rng || s.extra.vurng,
             blk: None,
+            vurng,
         };
         if blk {
             let img = format!("/tmp/lab-blk-{}.img", tag(&s.name, vmm));
@@ -266,7 +348,15 @@ impl Virtio {
 
     fn args(&self) -> (Vec<String>, String) {
         let (mut args, mut word) = (Vec::new(), String::new());
-        if self.rng {
+        if let Some(vu) = &self.vurng {
+            args.extend([
+                "-chardev".to_string(),
+                format!("socket,id=vurng,path={}", vu.socket()),
+                "-device".into(),
+                "vhost-user-rng-pci,chardev=vurng".into(),
+            ]);
+            word.push_str(" lab.rng=1");
+        } else if self.rng {
             args.extend(["-device".to_string(), "virtio-rng-pci".into()]);
             word.push_str(" lab.rng=1");
         }
@@ -281,8 +371,10 @@ impl Virtio {
     }
 
     /// The guest's report: the modules loaded, MSIs through the ITS, the
-    /// virtio-rng bytes, the host's token read from the disk; then the
-    /// guest's token in the image.
+    /// virtio-rng bytes (with vurng the device is vhost-user-rng-pci, whose
+    /// queue only the back-end serves: shmvm has no virtio-rng of its own
+    /// in that run), the host's token read from the disk; then the guest's
+    /// token in the image.
     fn judge(&self, console: &str) -> Result<(), String> {
         let line = console
             .lines()
@@ -402,7 +494,7 @@ fn machine_checks() -> Vec<(&'static str, Vec<String>, i32, &'static str)> {
             "0x9010000",
         ),
         (
-            "check-vhost-user-refused",
+            "check-vhost-user-no-backend",
             v(&[
                 "-kernel",
                 "/tmp/debug-exit.img",
@@ -416,7 +508,7 @@ fn machine_checks() -> Vec<(&'static str, Vec<String>, i32, &'static str)> {
                 "vhost-user-rng-pci,chardev=c0",
             ]),
             2,
-            "vhost-user-*-pci is not supported on aarch64 yet",
+            "/tmp/no-such.sock",
         ),
         (
             "check-ram-granule",
@@ -487,7 +579,160 @@ fn l1_vmms(cmdline: &str) -> Result<Vec<Vmm>, String> {
 /// One scenario with one VMM: the host side of its devices, the run, the
 /// verdict; prints its `LAB-SCENARIO` line (after the console's last lines
 /// if it failed).
+/// One scenario's result: the verdict, the console(s) kept for a failure,
+/// VMM start to the guest's init as L1 saw it, the run's wall time, the
+/// guest's own clock at its init.
+struct Run {
+    verdict: Result<(), String>,
+    console: String,
+    init: Option<Duration>,
+    wall: Option<Duration>,
+    guest_init: String,
+}
+
+/// The QMP side of a `stopcont` run, once the guest reported
+/// `stopcont-ready`: the x86 lab's client (`l1/qmp.rs`: stop, STOP,
+/// query-status paused, a console quiet for a second, cont, RESUME,
+/// query-status running), system_powerdown refused (no power button on
+/// aarch64), then the events until shmvm closes the socket. (Before it,
+/// the run checks that every shmvm thread is under its seccomp filter.)
+fn stopcont(sock: &Path, console: &l1::Console) -> Result<Vec<String>, String> {
+    let mut q = l1::qmp::stopcont(sock, console).map_err(|e| e.to_string())?;
+    // No power button on aarch64 yet: refused in one line, the VM runs on.
+    match q.execute("system_powerdown") {
+        Err(l1::qmp::QmpError::Command { reply, .. })
+            if reply.contains("not supported on aarch64") => {}
+        other => {
+            return Err(format!(
+                "system_powerdown: {other:?}, want the aarch64 refusal"
+            ));
+        }
+    }
+    let drained = q.drain(Duration::from_secs(60));
+    console.append(&format!(
+        "LAB-L1 qmp stopcont events={}",
+        q.events.join(",")
+    ));
+    drained.map_err(|e| format!("{e} (events {})", q.events.join(",")))?;
+    Ok(q.events)
+}
+
+/// (threads of process `pid`, how many of them run under a seccomp
+/// filter: `Seccomp: 2` in their /proc status).
+fn seccomp_threads(pid: u32) -> (usize, usize) {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    let modes: Vec<bool> = tasks
+        .flatten()
+        .map(|t| {
+            fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"])
+        })
+        .collect();
+    (modes.len(), modes.iter().filter(|&&m| m).count())
+}
+
+/// A QMP run's verdict: the guest was ready, the QMP side went through,
+/// the events came in order, and the guest ran on after `cont` to its
+/// last tick.
+fn judge_qmp(
+    s: &Scenario,
+    qmp: Option<Result<Vec<String>, String>>,
+    console: &str,
+) -> Result<(), String> {
+    let Some(ready) = s.action.qmp_ready() else {
+        return Ok(());
+    };
+    if l1::result(console, ready).is_none() {
+        return Err(format!("the guest never reported {ready}"));
+    }
+    let events = qmp.ok_or("the L1 never spoke QMP")??;
+    l1::qmp::events_in_order(&events, s.action.qmp_events())?;
+    if !console.contains(&format!("lab-tick {}", STOPCONT_TICKS - 1)) {
+        return Err("the guest did not tick to its end after cont".into());
+    }
+    Ok(())
+}
+
+/// The ticks tests/lab/arm64/l2-init prints (0.2 s apart) after
+/// `stopcont-ready`.
+const STOPCONT_TICKS: u32 = 25;
+
+/// The last `n` lines of each part of a console (a doorbell run's has a
+/// `--- peer N` part per guest and the server's), each part's header kept.
+fn console_tail(console: &str, n: usize) -> Vec<&str> {
+    let mut parts: Vec<Vec<&str>> = vec![Vec::new()];
+    for l in console.lines() {
+        if l.starts_with("--- ") {
+            parts.push(Vec::new());
+        }
+        if let Some(p) = parts.last_mut() {
+            p.push(l);
+        }
+    }
+    let mut out = Vec::new();
+    for p in parts.iter().filter(|p| !p.is_empty()) {
+        let header = p[0].starts_with("--- ");
+        if header {
+            out.push(p[0]);
+        }
+        let body = &p[usize::from(header)..];
+        out.extend(&body[body.len().saturating_sub(n)..]);
+    }
+    out
+}
+
+/// One run of a scenario with `vmm`: a doorbell run (its own peers), or
+/// one guest; one `LAB-SCENARIO` line.
 fn run_one(s: &Scenario, vmm: Vmm, marker: &str) {
+    let name = tag(&s.name, vmm);
+    let r = if s.extra.doorbell {
+        run_doorbell(s, marker)
+    } else {
+        run_single(s, vmm, marker)
+    };
+    let Run {
+        verdict,
+        console,
+        init,
+        wall,
+        guest_init,
+    } = r;
+    if verdict.is_err() {
+        for l in console_tail(&console, 20) {
+            println!("[{name}] {l}");
+        }
+    }
+    let (result, reason) = match &verdict {
+        Ok(()) => ("PASS", String::new()),
+        Err(why) => ("FAIL", format!(" reason={}", why.replace(' ', "_"))),
+    };
+    let secs = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64()));
+    println!(
+        "LAB-SCENARIO name={} vmm={vmm} arch=aarch64 result={result} init_s={} wall={} guest_init={guest_init}{}{reason}",
+        s.name,
+        secs(init),
+        secs(wall),
+        facts(&console)
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// The guest's own clock at its init (`L2-INIT uptime=`), or "-".
+fn init_uptime(console: &str) -> String {
+    console
+        .lines()
+        .find_map(|l| l.strip_prefix(run::INIT_PREFIX))
+        .and_then(|l| fields(l).get("uptime").map(|v| v.to_string()))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// One guest with `vmm`: the scenario's RAM, ivshmem region, virtio
+/// devices; with a QMP action, the L1's QMP side once the guest is ready.
+fn run_single(s: &Scenario, vmm: Vmm, marker: &str) -> Run {
     let name = tag(&s.name, vmm);
     let region = match Region::prepare(s, vmm) {
         Some(Ok(r)) => Some(r),
@@ -508,12 +753,31 @@ fn run_one(s: &Scenario, vmm: Vmm, marker: &str) {
     let (mut devices, region_word) = region.as_ref().map(|r| r.args(vmm)).unwrap_or_default();
     let (virtio_args, virtio_word) = virtio.as_ref().map(Virtio::args).unwrap_or_default();
     devices.extend(virtio_args);
+    let qmp_sock = format!("/tmp/{name}.qmp");
+    if s.action.qmp_ready().is_some() {
+        devices.extend(["-qmp".into(), format!("unix:{qmp_sock},server=on,wait=off")]);
+    }
     let append = format!(
         "quiet panic=-1 lab.name={} lab.action={}{region_word}{virtio_word}",
         s.name, s.action
     );
     let cmd = run::command(s, vmm, &append, devices);
-    let out = run::execute(&cmd, &format!("/tmp/{name}.console"), L2_TIMEOUT);
+    let console_path = format!("/tmp/{name}.console");
+    let console_file = l1::Console {
+        path: console_path.clone().into(),
+    };
+    let (mut qmp, mut filtered) = (None, None);
+    let out = run::execute_with(&cmd, &console_path, L2_TIMEOUT, &mut |pid| {
+        if qmp.is_none()
+            && let Some(ready) = s.action.qmp_ready()
+            && l1::result(&console_file.text(), ready).is_some()
+        {
+            // Every thread is up (vCPUs, workers, the monitor).
+            filtered = Some(seccomp_threads(pid));
+            qmp = Some(stopcont(Path::new(&qmp_sock), &console_file));
+        }
+    });
+    let _ = fs::remove_file(&qmp_sock);
     let (verdict, init, wall, console) = match out {
         Err(e) => (Err(e), None, None, String::new()),
         Ok(o) => (
@@ -523,11 +787,15 @@ fn run_one(s: &Scenario, vmm: Vmm, marker: &str) {
             o.console,
         ),
     };
-    let guest_init = console
-        .lines()
-        .find_map(|l| l.strip_prefix(run::INIT_PREFIX))
-        .and_then(|l| fields(l).get("uptime").map(|v| v.to_string()))
-        .unwrap_or_else(|| "-".into());
+    let verdict =
+        verdict
+            .and_then(|()| judge_qmp(s, qmp, &console))
+            .and_then(|()| match filtered {
+                Some((all, filtered)) if all == 0 || filtered != all => Err(format!(
+                    "sandbox: {filtered} of shmvm's {all} threads under a seccomp filter"
+                )),
+                _ => Ok(()),
+            });
     let verdict = verdict.and_then(|()| match (&s.ivshmem, &region) {
         (None, _) => Ok(()),
         (Some(_), None) => Err("the ivshmem region could not be prepared".into()),
@@ -537,7 +805,7 @@ fn run_one(s: &Scenario, vmm: Vmm, marker: &str) {
     });
     let verdict = verdict.and_then(|()| match &virtio {
         Some(v) => v.judge(&console),
-        None if s.extra.rng || s.extra.vub.is_some() => {
+        None if s.extra.rng || s.extra.vub.is_some() || s.extra.vurng => {
             Err("the virtio disk could not be prepared".into())
         }
         None => Ok(()),
@@ -551,25 +819,72 @@ fn run_one(s: &Scenario, vmm: Vmm, marker: &str) {
     if s.backend == Backend::FileTmpfs {
         let _ = fs::remove_file(run::ram_file(s, vmm));
     }
-    if verdict.is_err() {
-        let lines: Vec<&str> = console.lines().collect();
-        for l in &lines[lines.len().saturating_sub(20)..] {
-            println!("[{name}] {l}");
+    Run {
+        guest_init: init_uptime(&console),
+        verdict,
+        console,
+        init,
+        wall,
+    }
+}
+
+/// The doorbell peers here: two shmvm guests.
+const DOORBELL_PEERS: [Vmm; 2] = [Vmm::Shmvm, Vmm::Shmvm];
+
+/// The doorbell scenario (`extra` doorbell): the x86 lab's run
+/// (`l1/doorbell.rs`: one ivshmem-server in L1, the guests started in
+/// peer-id order, a token passed 0 -> 1 -> 0 by MSI-X interrupts through
+/// the ITS, judged the same way), with [`DOORBELL_PEERS`]; each guest must
+/// also pass this lab's own checks of its boot ([`judge`]).
+fn run_doorbell(s: &Scenario, marker: &str) -> Run {
+    let name = tag(&s.name, Vmm::Shmvm);
+    let token = format!("t{}-{}", random(), s.name);
+    let sock = doorbell::socket(&name);
+    let start = Instant::now();
+    let session = doorbell::run_peers(s, &name, &DOORBELL_PEERS, |_, vmm| {
+        let append = format!(
+            "quiet panic=-1 lab.name={} lab.action={} lab.token={token} lab.doorbell={}",
+            s.name,
+            s.action,
+            DOORBELL_PEERS.len()
+        );
+        run::command(s, vmm, &append, doorbell::device_args(&sock))
+    });
+    let rc = session.rc();
+    let (j, console) = session.judge(&token, DOORBELL_PEERS.len());
+    let wall = start.elapsed();
+    let mut verdict = match j.fails.first() {
+        Some(_) => Err(j.fails.join("; ")),
+        None => Ok(()),
+    };
+    // Each peer's boot, as every other scenario's (its console is one
+    // `--- peer N` part of the whole).
+    let parts: Vec<&str> = console.split("--- peer ").skip(1).collect();
+    for (id, part) in parts.iter().enumerate() {
+        if verdict.is_ok() {
+            let rc = Some(if rc == 0 { 0 } else { -1 });
+            verdict = judge(s, marker, rc, part).map_err(|e| format!("peer {id}: {e}"));
         }
     }
-    let (result, reason) = match &verdict {
-        Ok(()) => ("PASS", String::new()),
-        Err(why) => ("FAIL", format!(" reason={}", why.replace(' ', "_"))),
-    };
-    let secs = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64()));
-    println!(
-        "LAB-SCENARIO name={} vmm={vmm} arch=aarch64 result={result} init_s={} wall={} guest_init={guest_init}{}{reason}",
-        s.name,
-        secs(init),
-        secs(wall),
-        facts(&console)
-    );
-    let _ = std::io::stdout().flush();
+    if verdict.is_ok() && parts.len() != DOORBELL_PEERS.len() {
+        verdict = Err(format!(
+            "{} peer consoles, want {}",
+            parts.len(),
+            DOORBELL_PEERS.len()
+        ));
+    }
+    let guest_init = parts
+        .iter()
+        .map(|p| init_uptime(p))
+        .collect::<Vec<_>>()
+        .join(",");
+    Run {
+        verdict,
+        console,
+        init: None,
+        wall: Some(wall),
+        guest_init,
+    }
 }
 
 /// Inside the arm64 L1: the machine checks, then every scenario with
@@ -791,6 +1106,14 @@ mod tests {
                 .contains("did not end")
         );
         assert!(judge(&s, "m1", Some(0), "boot log only").is_err());
+        let blocked = format!(
+            "{GOOD}shmvm: sandbox: worker thread made system call 78, {SANDBOX_BLOCKED}: it failed with EPERM\n"
+        );
+        assert!(
+            judge(&s, "m1", Some(0), &blocked)
+                .unwrap_err()
+                .contains("call 78")
+        );
         let one = scenario("a memfd 256M 1 poweroff - -");
         assert!(
             judge(&one, "m1", Some(0), GOOD)
@@ -821,7 +1144,7 @@ mod tests {
         assert!(
             parse("t", "a ram 256M 1 powerdown - -")
                 .unwrap_err()
-                .contains("QMP")
+                .contains("no power button")
         );
         assert!(
             parse("t", "a ram 256M 1 poweroff shm:16M -")
@@ -831,9 +1154,11 @@ mod tests {
         assert!(
             parse("t", "a ram 256M 1 poweroff - vub")
                 .unwrap_err()
-                .contains("vhost-user")
+                .contains("vhost-user extras")
         );
         assert!(parse("t", "a ram 256M 1 poweroff - rng,blk").is_ok());
+        assert!(parse("t", "a ram 256M 1 stopcont - doorbell").is_ok());
+        assert!(parse("t", "a memfd 256M 1 poweroff - vurng").is_ok());
         assert!(parse("t", "a ram 256M 1 poweroff file:16M -").is_ok());
     }
 
@@ -888,6 +1213,7 @@ mod tests {
         let v = Virtio {
             rng: true,
             blk: None,
+            vurng: None,
         };
         let ok = "L2-VIRTIO modules=8 msi=3 rng_current=virtio_rng.0 rng_bytes=64 blk_read=- blk_write=fail\n";
         assert_eq!(v.judge(ok), Ok(()));
@@ -915,6 +1241,7 @@ mod tests {
                 "hostblk-1".into(),
                 "guestblk-7".into(),
             )),
+            vurng: None,
         };
         let ok = "L2-VIRTIO msi=2 blk_read=hostblk-1\n";
         assert_eq!(d.judge(ok), Ok(()));

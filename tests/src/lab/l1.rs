@@ -24,8 +24,8 @@ use super::fields;
 use super::scenario::{self, Action, Backend, IvshmemKind, Scenario, Vmm, Vub};
 use judge::{Judgement, NO_INIT, judge};
 
-mod doorbell;
-mod judge;
+pub(super) mod doorbell;
+pub(super) mod judge;
 pub mod qmp;
 mod rootfs;
 mod snapshot;
@@ -190,18 +190,18 @@ fn exit_code(s: ExitStatus) -> i32 {
 }
 
 /// The console of a run: the L2's serial output and the VMM's stderr.
-struct Console {
-    path: PathBuf,
+pub(crate) struct Console {
+    pub(crate) path: PathBuf,
 }
 
 impl Console {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         fs::read(&self.path)
             .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
             .unwrap_or_default()
     }
 
-    fn append(&self, line: &str) {
+    pub(crate) fn append(&self, line: &str) {
         if let Ok(mut f) = OpenOptions::new().append(true).open(&self.path) {
             let _ = writeln!(f, "{line}");
         }
@@ -234,7 +234,7 @@ fn qmp_socket(tag: &str) -> PathBuf {
 }
 
 /// The first `LAB-RESULT` line of `stage` in a console.
-fn result<'a>(console: &'a str, stage: &str) -> Option<&'a str> {
+pub(crate) fn result<'a>(console: &'a str, stage: &str) -> Option<&'a str> {
     console
         .lines()
         .filter(|l| l.starts_with("LAB-RESULT "))
@@ -564,6 +564,12 @@ impl Runner {
                 }
             }
             disk = Some(d);
+        }
+        if s.extra.vurng {
+            fatal(&format!(
+                "{}: extra vurng is the arm64 lab's (here: vuser)",
+                s.name
+            ));
         }
         let vuser = if s.extra.vuser {
             let (b, a) = vuser::Backends::start(&tag, &token, &console, vuser::Set::All);

@@ -208,6 +208,10 @@ pub struct Extra {
     pub fsbench: bool,
     /// A virtio-rng device: the guest reads /dev/hwrng.
     pub rng: bool,
+    /// The arm64 lab's vhost-user run: vhost-user-rng-pci served by
+    /// vhost-device-rng (built for aarch64) in L1; the guest reads
+    /// /dev/hwrng from it. (The x86 lab's `vuser` has fs, vsock and rng.)
+    pub vurng: bool,
     /// A virtio-serial port named `lab.verdict` on a file chardev: the
     /// guest writes its token there, L1 reads it after the run.
     pub port: bool,
@@ -342,6 +346,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "blk" => vub(&mut x, Vub::Blk)?,
                 "blk-term" => vub(&mut x, Vub::BlkTerm)?,
                 "rng" => x.rng = true,
+                "vurng" => x.vurng = true,
                 "blkbench" => x.blkbench = true,
                 "fsbench" => x.fsbench = true,
                 "port" => x.port = true,

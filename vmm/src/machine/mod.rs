@@ -13,8 +13,8 @@
 )]
 
 mod control;
+pub use crate::ivshmem::doorbell as ivshmem_doorbell;
 pub use crate::ivshmem::plug as ivshmem;
-pub mod ivshmem_doorbell;
 pub mod legacy;
 pub mod power_button;
 mod snapshot;
@@ -548,25 +548,9 @@ impl Machine {
             mem: self.ram.mem(),
             coalesced: self.console.coalesced.as_deref(),
         };
-        let control = monitor
-            .as_ref()
-            .map(|m| control::Control::new(&self, vcpus.len(), m.events()));
-        let stop = monitor.as_ref().map(crate::qmp::Server::stop_handle);
+        let mon = crate::control::Monitor::new(&self, vcpus.len(), monitor.as_ref());
         let ran = std::thread::scope(|s| {
-            if let (Some(server), Some(c)) = (monitor, control.as_ref()) {
-                let r = std::thread::Builder::new()
-                    .name("qmp".into())
-                    .stack_size(256 << 10)
-                    .spawn_scoped(s, move || {
-                        crate::sandbox::enter_thread(crate::sandbox::ThreadKind::Monitor);
-                        if let Err(e) = server.serve(c) {
-                            c.failed(e);
-                        }
-                    });
-                if let Err(e) = r {
-                    log::error!("QMP: cannot start the monitor thread: {e}");
-                }
-            }
+            mon.spawn(s, monitor);
             if let Some(dir) = self.snap.on_signal.as_deref() {
                 let m = &self;
                 let r = std::thread::Builder::new()
@@ -581,12 +565,7 @@ impl Machine {
                 }
             }
             let ran = vcpu::run_all(vcpus, shared, &|| t.log());
-            if let (Some(c), Some(end)) = (&control, self.state.end()) {
-                c.shutdown(control::shutdown_cause(&end));
-            }
-            if let Some(stop) = &stop {
-                stop.stop();
-            }
+            mon.finished(&self.state);
             ran
         });
         self.console

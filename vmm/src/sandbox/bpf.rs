@@ -51,8 +51,13 @@ pub(crate) const RET_ALLOW: u32 = 0x7fff_0000;
 pub(crate) const RET_TRAP: u32 = 0x0003_0000;
 pub(crate) const RET_ERRNO: u32 = 0x0005_0000;
 pub(crate) const RET_KILL_PROCESS: u32 = 0x8000_0000;
-/// `AUDIT_ARCH_X86_64` (<linux/audit.h>).
-pub(crate) const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+/// The architecture the programs allow, the one shmvm is built for
+/// (<linux/audit.h>): `AUDIT_ARCH`,
+#[cfg(target_arch = "x86_64")]
+pub(crate) const AUDIT_ARCH: u32 = 0xc000_003e;
+/// `AUDIT_ARCH_AARCH64`.
+#[cfg(target_arch = "aarch64")]
+pub(crate) const AUDIT_ARCH: u32 = 0xc000_00b7;
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
 /// `seccomp_data.args[i]` is at 16 + 8 i; its low half comes first
@@ -313,8 +318,8 @@ const fn emit_tree(p: &mut Program, lists: &[&[Allow]], c: &Calls, lo: usize, hi
     emit_tree(p, lists, c, mid, hi);
 }
 
-/// The program for the union of `lists`: x86_64 only (kills a call made
-/// through another ABI's entry), clone3 fails with EPERM, the listed calls
+/// The program for the union of `lists`: the build's architecture only
+/// (kills a call made through another ABI's entry), clone3 fails with EPERM, the listed calls
 /// are allowed, anything else traps (SIGSYS).
 pub const fn compile(lists: &[&[Allow]], clone3: libc::c_long) -> Program {
     let mut p = Program {
@@ -323,7 +328,7 @@ pub const fn compile(lists: &[&[Allow]], clone3: libc::c_long) -> Program {
         pid_at: None,
     };
     p.push(op(LD_W_ABS, 0, 0, DATA_ARCH));
-    p.push(op(JEQ_K, 1, 0, AUDIT_ARCH_X86_64));
+    p.push(op(JEQ_K, 1, 0, AUDIT_ARCH));
     p.push(op(RET_K, 0, 0, RET_KILL_PROCESS));
     p.push(op(LD_W_ABS, 0, 0, DATA_NR));
     p.push(op(JEQ_K, 0, 1, clone3 as u32));
@@ -405,12 +410,7 @@ mod tests {
     }
 
     fn verdict(p: &Program, nr: u32, arg1: u64) -> (u32, usize) {
-        run(
-            &p.insns[..p.len],
-            nr,
-            AUDIT_ARCH_X86_64,
-            [0, arg1, 0, 0, 0, 0],
-        )
+        run(&p.insns[..p.len], nr, AUDIT_ARCH, [0, arg1, 0, 0, 0, 0])
     }
 
     #[test]
@@ -451,8 +451,8 @@ mod tests {
         p.insns[at].k = 4242;
         let run_with =
             |p: &Program, a0: u64, arch| run(&p.insns[..p.len], 234, arch, [a0, 0, 0, 0, 0, 0]).0;
-        assert_eq!(run_with(&p, 4242, AUDIT_ARCH_X86_64), RET_ALLOW);
-        assert_eq!(run_with(&p, 1, AUDIT_ARCH_X86_64), RET_TRAP);
+        assert_eq!(run_with(&p, 4242, AUDIT_ARCH), RET_ALLOW);
+        assert_eq!(run_with(&p, 1, AUDIT_ARCH), RET_TRAP);
         assert_eq!(run_with(&p, 4242, 0x4000_0003), RET_KILL_PROCESS);
     }
 

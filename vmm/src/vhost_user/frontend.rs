@@ -841,6 +841,7 @@ mod tests {
         assert!(d.cut_reason().is_none());
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn regions_split_around_the_hole_over_one_fd() {
         let cfg = crate::config::object::parse("memory-backend-memfd,id=m,size=3328M,reserve=off")
@@ -864,6 +865,21 @@ mod tests {
         assert_eq!(
             MemRegion::translate(&r, crate::layout::FOUR_GIB, 16),
             Some(r[1].host)
+        );
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn aarch64_ram_is_one_region_at_its_base() {
+        let cfg = crate::config::object::parse("memory-backend-memfd,id=m,size=64M").unwrap();
+        let b = Backend::create(&cfg).unwrap();
+        let r = MemRegion::from_ram(&b).unwrap();
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!((r[0].gpa, r[0].size), (crate::layout::RAM_BASE, b.size()));
+        assert_eq!(MemRegion::translate(&r, 0x1000, 16), None);
+        assert_eq!(
+            MemRegion::translate(&r, crate::layout::RAM_BASE + 0x1000, 16),
+            Some(r[0].host + 0x1000)
         );
     }
 

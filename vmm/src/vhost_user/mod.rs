@@ -20,17 +20,12 @@
 //!   so neither kicks nor interrupts pass through the VMM.
 
 pub mod config;
-// The device needs PCI and MSI-X routes: x86_64 only for now.
-#[cfg(target_arch = "x86_64")]
 pub mod device;
-#[cfg(target_arch = "x86_64")]
 pub mod frontend;
 pub mod kinds;
 
 pub use config::{ChardevConfig, VhostUserConfig};
-#[cfg(target_arch = "x86_64")]
 pub use device::{VhostUser, VhostUserDeviceStats, Wired};
-#[cfg(target_arch = "x86_64")]
 pub use frontend::{Link, MemRegion};
 pub use kinds::{Kind, KindConfig};
 

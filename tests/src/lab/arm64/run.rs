@@ -126,7 +126,14 @@ pub struct Outcome {
 /// Runs `cmd` with stdin closed, its stdout and stderr in `console_path`,
 /// for at most `limit`; a line beginning with `prefix` on its stdout is
 /// timed as it arrives.
-pub fn execute(cmd: &[String], console_path: &str, limit: Duration) -> Result<Outcome, String> {
+/// `meanwhile` is called with the VMM's pid every 50 ms while it runs
+/// (the QMP side of a run, say).
+pub fn execute_with(
+    cmd: &[String],
+    console_path: &str,
+    limit: Duration,
+    meanwhile: &mut dyn FnMut(u32),
+) -> Result<Outcome, String> {
     let (bin, args) = cmd.split_first().ok_or("empty command")?;
     // Both streams append: neither overwrites what the other wrote.
     let append = || {
@@ -157,7 +164,8 @@ pub fn execute(cmd: &[String], console_path: &str, limit: Duration) -> Result<Ou
         }
         init
     });
-    let rc = wait_with_timeout(&mut child, limit);
+    let pid = child.id();
+    let rc = wait_with_timeout(&mut child, limit, &mut || meanwhile(pid));
     let wall = start.elapsed();
     let init = reader.join().unwrap_or(None);
     let console = fs::read(console_path)
@@ -171,14 +179,26 @@ pub fn execute(cmd: &[String], console_path: &str, limit: Duration) -> Result<Ou
     })
 }
 
-/// The child's exit code (128 + signal), or None after killing it at `limit`.
-pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
+/// The child's exit code (128 + signal), or None after killing it at
+/// `limit`; `meanwhile` is called every 50 ms while it runs.
+pub fn wait_with_timeout(
+    child: &mut Child,
+    limit: Duration,
+    meanwhile: &mut dyn FnMut(),
+) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
     let deadline = Instant::now() + limit;
+    let mut next = Instant::now();
     loop {
         match child.try_wait() {
             Ok(Some(st)) => return Some(st.code().or(st.signal().map(|n| 128 + n)).unwrap_or(128)),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) if Instant::now() < deadline => {
+                if Instant::now() >= next {
+                    meanwhile();
+                    next = Instant::now() + Duration::from_millis(50);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -252,7 +272,7 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let o = execute(&cmd, &path, Duration::from_secs(30)).unwrap();
+        let o = execute_with(&cmd, &path, Duration::from_secs(30), &mut |_| {}).unwrap();
         assert_eq!(o.rc, Some(3));
         let init = o.init.unwrap();
         assert!(
@@ -264,9 +284,17 @@ mod tests {
             assert!(o.console.lines().any(|c| c == l), "{l} in {:?}", o.console);
         }
         let slow = ["sleep", "30"].map(String::from).to_vec();
-        let o = execute(&slow, &path, Duration::from_millis(200)).unwrap();
+        let o = execute_with(&slow, &path, Duration::from_millis(200), &mut |_| {}).unwrap();
         assert_eq!((o.rc, o.init), (None, None));
-        assert!(execute(&["/nonexistent".to_string()], &path, Duration::from_secs(1)).is_err());
+        assert!(
+            execute_with(
+                &["/nonexistent".to_string()],
+                &path,
+                Duration::from_secs(1),
+                &mut |_| {}
+            )
+            .is_err()
+        );
         let _ = fs::remove_file(&path);
     }
 }

@@ -8,6 +8,11 @@
 //! 0 -> 1 -> 2 -> 0; it reports `LAB-RESULT stage=doorbell id=N result=ok`.
 //! The run passes when every guest reports ok with its own id, reached its
 //! init with the token the command line carried and its VMM exited with 0.
+//!
+//! [`run_peers`] and [`Session::judge`] are the lab-independent core: the
+//! arm64 lab runs its two-shmvm doorbell scenario through them
+//! (`lab/arm64.rs`), its L2 init sourcing the same guest side
+//! (guest/initramfs/doorbell.sh).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -70,7 +75,61 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-pub(super) fn run(runner: &mut Runner, s: &Scenario, vmm: Vmm, tag: &str) -> Verdict {
+/// What a doorbell run left: its peers, the first thing that went wrong
+/// (if any), its length and the server's log.
+pub(crate) struct Session {
+    peers: Vec<Peer>,
+    why: Option<String>,
+    end: Duration,
+    server_log: String,
+}
+
+impl Session {
+    /// Every peer's exit status: the first one that is not 0, else 0.
+    pub(crate) fn rc(&self) -> i32 {
+        self.peers
+            .iter()
+            .map(|p| p.rc.unwrap_or(-1))
+            .find(|&rc| rc != 0)
+            .unwrap_or(0)
+    }
+
+    /// The verdict on the run (each peer booted with `token`, reported
+    /// `result=ok` under its own id of `want` peers and exited with 0) and
+    /// every console, the server's last. Each peer's console file is
+    /// removed: its text is in the returned one.
+    pub(crate) fn judge(self, token: &str, want: usize) -> (Judgement, String) {
+        let mut j = Judgement::default();
+        let mut console = String::new();
+        judge(&self.peers, token, want, &mut j, &mut console);
+        if let Some(w) = self.why {
+            j.fails.insert(0, w);
+        }
+        console += &format!("--- ivshmem-server\n{}", self.server_log);
+        let vmms: Vec<String> = self.peers.iter().map(|p| p.vmm.to_string()).collect();
+        j.report.push(("peers", vmms.join(",")));
+        for (id, p) in self.peers.iter().enumerate() {
+            let _ = fs::remove_file(&p.console.path);
+            if let Some(t) = p.t_init {
+                j.report
+                    .push((["init0_s", "init1_s", "init2_s"][id % 3], secs(t)));
+            }
+        }
+        (j, console)
+    }
+}
+
+/// Runs one guest per entry of `vmms` on one `ivshmem-server` this starts
+/// (in L1, for the x86 and the arm64 lab alike): guest N is started once
+/// guest N-1 connected, so it is peer N; `command(id, vmm)` is its VMM's
+/// command line. Returns when every VMM ended (or was killed on a timeout).
+pub(crate) fn run_peers(
+    s: &Scenario,
+    tag: &str,
+    vmms: &[Vmm],
+    command: impl Fn(usize, Vmm) -> Vec<String>,
+) -> Session {
+    let _ = fs::create_dir_all("/tmp/lab");
     let sock = PathBuf::from(format!("/tmp/lab/{tag}.sock"));
     let server_log = Console {
         path: PathBuf::from(format!("/tmp/lab/{tag}.server.log")),
@@ -100,9 +159,8 @@ pub(super) fn run(runner: &mut Runner, s: &Scenario, vmm: Vmm, tag: &str) -> Ver
         why = Some(format!("{SERVER} did not create {sock_s}"));
     }
 
-    let token = format!("t{}-{}", random(), s.name);
     let mut peers: Vec<Peer> = Vec::new();
-    for (id, &pvmm) in PEERS.iter().enumerate() {
+    for (id, &pvmm) in vmms.iter().enumerate() {
         if why.is_some() {
             break;
         }
@@ -110,7 +168,7 @@ pub(super) fn run(runner: &mut Runner, s: &Scenario, vmm: Vmm, tag: &str) -> Ver
             path: PathBuf::from(format!("/tmp/lab/{tag}.peer{id}.log")),
         };
         let _ = File::create(&console.path);
-        let cmd = command(runner, s, pvmm, &sock_s, &token);
+        let cmd = command(id, pvmm);
         let started = Instant::now();
         let child = console.start_vmm(&s.name, &format!("peer={id} vmm={pvmm}"), &cmd);
         let mut peer = Peer {
@@ -195,39 +253,38 @@ pub(super) fn run(runner: &mut Runner, s: &Scenario, vmm: Vmm, tag: &str) -> Ver
     }
     let _ = fs::remove_file(&sock);
     let _ = fs::remove_file(Path::new("/dev/shm").join(SHM_NAME));
-
-    let mut j = Judgement::default();
-    let mut console = String::new();
-    judge(&peers, &token, &mut j, &mut console);
-    if let Some(w) = why {
-        j.fails.insert(0, w);
+    let log = server_log.text();
+    let _ = fs::remove_file(&server_log.path);
+    Session {
+        peers,
+        why,
+        end,
+        server_log: log,
     }
-    console += &format!("--- ivshmem-server\n{}", server_log.text());
-    let vmms: Vec<String> = peers.iter().map(|p| p.vmm.to_string()).collect();
-    j.report.push(("peers", vmms.join(",")));
-    let rc = peers
-        .iter()
-        .map(|p| p.rc.unwrap_or(-1))
-        .find(|&rc| rc != 0)
-        .unwrap_or(0);
+}
+
+/// The socket `run_peers` serves for a run tagged `tag`.
+pub(crate) fn socket(tag: &str) -> String {
+    format!("/tmp/lab/{tag}.sock")
+}
+
+pub(super) fn run(runner: &mut Runner, s: &Scenario, vmm: Vmm, tag: &str) -> Verdict {
+    let token = format!("t{}-{}", random(), s.name);
+    let sock = socket(tag);
+    let session = run_peers(s, tag, &PEERS, |_, pvmm| {
+        command(runner, s, pvmm, &sock, &token)
+    });
     // Three guests boot at once: their boot times (each from its own VMM's
     // start, initN_s) are not the lab's single-guest boot median (init_s=-).
     let out = Outcome {
-        rc,
+        rc: session.rc(),
         why: None,
         t_init: None,
         t_kill: None,
-        end,
+        end: session.end,
         qmp: None,
     };
-    for (id, p) in peers.iter().enumerate() {
-        let _ = fs::remove_file(&p.console.path);
-        if let Some(t) = p.t_init {
-            j.report
-                .push((["init0_s", "init1_s", "init2_s"][id % 3], secs(t)));
-        }
-    }
-    let _ = fs::remove_file(&server_log.path);
+    let (j, console) = session.judge(&token, PEERS.len());
     runner.report(s, vmm, tag, &out, &j, &console)
 }
 
@@ -235,27 +292,35 @@ pub(super) fn run(runner: &mut Runner, s: &Scenario, vmm: Vmm, tag: &str) -> Ver
 fn command(runner: &Runner, s: &Scenario, vmm: Vmm, sock: &str, token: &str) -> Vec<String> {
     let mut append = runner.l2_append(s, vmm, token);
     append += &format!(" lab.doorbell={}", PEERS.len());
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "-object".into(),
         format!("memory-backend-ram,id=mem,size={}", s.mem.text),
         "-machine".into(),
         "memory-backend=mem".into(),
         "-smp".into(),
         s.smp.to_string(),
+    ];
+    args.extend(device_args(sock));
+    Runner::command(s, vmm, args, append)
+}
+
+/// The ivshmem-doorbell device on the server at `sock` (QEMU's spelling,
+/// the same for every VMM and architecture).
+pub(crate) fn device_args(sock: &str) -> Vec<String> {
+    vec![
         "-chardev".into(),
         format!("socket,path={sock},id=iv"),
         "-device".into(),
         "ivshmem-doorbell,chardev=iv".into(),
-    ];
-    Runner::command(s, vmm, args, append)
+    ]
 }
 
 /// Every peer must have booted with the token, reported `result=ok` under
 /// its own id and exited with 0.
-fn judge(peers: &[Peer], token: &str, j: &mut Judgement, console: &mut String) {
-    if peers.len() < PEERS.len() {
+fn judge(peers: &[Peer], token: &str, want: usize, j: &mut Judgement, console: &mut String) {
+    if peers.len() < want {
         j.fails
-            .push(format!("{} of {} peers started", peers.len(), PEERS.len()));
+            .push(format!("{} of {want} peers started", peers.len()));
     }
     for (id, p) in peers.iter().enumerate() {
         let text = p.console.text();

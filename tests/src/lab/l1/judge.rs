@@ -21,9 +21,9 @@ pub(super) const NO_INIT: &str = "L2 never reached its init";
 
 /// The failures of a run, and the values its LAB-SCENARIO line reports.
 #[derive(Default)]
-pub(super) struct Judgement {
-    pub(super) fails: Vec<String>,
-    pub(super) report: Vec<(&'static str, String)>,
+pub(crate) struct Judgement {
+    pub(crate) fails: Vec<String>,
+    pub(crate) report: Vec<(&'static str, String)>,
 }
 
 impl Judgement {
@@ -79,15 +79,9 @@ fn judge_qmp(action: Action, want: &[&str], out: &Outcome, console: &str, j: &mu
         Some(Err(e)) => j.fail(e.clone()),
         Some(Ok(events)) => {
             j.report("events", events.join(","));
-            let mut it = events.iter();
-            let in_order = want.iter().all(|w| it.any(|e| e == w));
-            j.want(in_order, || {
-                format!(
-                    "QMP events {}, want {} in order",
-                    events.join(","),
-                    want.join(",")
-                )
-            });
+            if let Err(e) = super::qmp::events_in_order(events, want) {
+                j.fail(e);
+            }
         }
     }
 }

@@ -153,7 +153,7 @@ impl Qmp {
 
     /// Reads events until the VMM closes the socket (it exits) or the
     /// deadline passes; the close itself is not an error.
-    pub(super) fn drain(&mut self, within: Duration) -> Result<(), QmpError> {
+    pub(crate) fn drain(&mut self, within: Duration) -> Result<(), QmpError> {
         let deadline = Instant::now() + within;
         loop {
             match self.read(deadline) {
@@ -176,7 +176,7 @@ pub(super) fn powerdown(sock: &Path) -> Result<Qmp, QmpError> {
 }
 
 /// `stopcont`: stop, check paused and a quiet console, continue.
-pub(super) fn stopcont(sock: &Path, console: &Console) -> Result<Qmp, QmpError> {
+pub(crate) fn stopcont(sock: &Path, console: &Console) -> Result<Qmp, QmpError> {
     let mut q = Qmp::connect(sock)?;
     q.execute("stop")?;
     q.wait_event("STOP")?;
@@ -208,4 +208,19 @@ pub(super) fn stopcont(sock: &Path, console: &Console) -> Result<Qmp, QmpError> 
         )));
     }
     Ok(q)
+}
+
+/// Whether `want` occur in `events` in this order (others may come
+/// between); Err names both lists.
+pub(crate) fn events_in_order(events: &[String], want: &[&str]) -> Result<(), String> {
+    let mut it = events.iter();
+    if want.iter().all(|w| it.any(|e| e == w)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "QMP events {}, want {} in order",
+            events.join(","),
+            want.join(",")
+        ))
+    }
 }

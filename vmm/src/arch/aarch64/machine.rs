@@ -23,13 +23,16 @@ use vm_memory::{Bytes, GuestAddress};
 use super::{fdt, image, layout};
 use crate::config::{Config, DeviceConfig};
 use crate::console_out;
+use crate::control::{Controlled, Monitor};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
 use crate::interrupts::Interrupts;
 use crate::io::{BusKind, IoBuses};
+use crate::ivshmem::doorbell::Doorbell;
 use crate::ivshmem::plug::Ivshmem;
 use crate::pci::{ConfigAccess, MemorySlots, Pci, PciHost, PciPlug};
+use crate::qmp::control::Reply;
 use crate::stats::{Stats, StatsFormat};
 use crate::vcpu::{self, VmState};
 use devices::pci::BarWindows;
@@ -69,6 +72,10 @@ pub enum Error {
     #[error(transparent)]
     Ivshmem(#[from] crate::ivshmem::plug::Error),
     #[error(transparent)]
+    IvshmemDoorbell(#[from] crate::ivshmem::doorbell::Error),
+    #[error(transparent)]
+    VhostUser(#[from] crate::vhost_user::device::Error),
+    #[error(transparent)]
     Pci(#[from] crate::pci::Error),
     #[error(transparent)]
     Virtio(#[from] crate::virtio::Error),
@@ -95,6 +102,8 @@ pub enum Error {
     Threads(#[source] std::io::Error),
     #[error(transparent)]
     Signals(#[from] crate::signals::Error),
+    #[error(transparent)]
+    Monitor(#[from] crate::qmp::server::Error),
 }
 
 impl Error {
@@ -108,11 +117,14 @@ impl Error {
             | Error::Unsupported(_)
             | Error::NoObject { .. }
             | Error::Ivshmem(_) => 2,
+            Error::IvshmemDoorbell(e) => e.exit_code(),
+            Error::VhostUser(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
             Error::Virtio(e) => e.exit_code(),
             Error::Console(e) => e.exit_code(),
             Error::Ram(e) => e.exit_code(),
             Error::Hypervisor(e) => e.exit_code(),
+            Error::Monitor(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -121,23 +133,22 @@ impl Error {
 /// What this machine does not have yet: refused up front with exit code 2
 /// rather than ignored.
 fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
-    for d in &cfg.devices {
-        let what = match d {
-            DeviceConfig::IvshmemPlain(_)
-            | DeviceConfig::VirtioBlk(_)
-            | DeviceConfig::VirtioRng(_)
-            | DeviceConfig::VirtioSerial(_)
-            | DeviceConfig::VirtioSerialPort(_) => continue,
-            DeviceConfig::DebugExit { .. } => {
-                "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
-                    .to_string()
-            }
-            other => format!("-device {}", device_kind(other)),
-        };
-        return Err(Error::Unsupported(what));
+    if cfg
+        .devices
+        .iter()
+        .any(|d| matches!(d, DeviceConfig::DebugExit { .. }))
+    {
+        return Err(Error::Unsupported(
+            "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
+                .into(),
+        ));
     }
-    if !cfg.monitors.is_empty() {
-        return Err(Error::Unsupported("-qmp/-mon".into()));
+    if cfg
+        .devices
+        .iter()
+        .any(|d| matches!(d, DeviceConfig::Watchdog(_)))
+    {
+        return Err(Error::Unsupported("-device i6300esb".into()));
     }
     if cfg.boot.is_some() {
         return Err(Error::Unsupported(
@@ -147,22 +158,11 @@ fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-fn device_kind(d: &DeviceConfig) -> &'static str {
-    match d {
-        DeviceConfig::DebugExit { .. } => "isa-debug-exit",
-        DeviceConfig::IvshmemPlain(_) => "ivshmem-plain",
-        DeviceConfig::IvshmemDoorbell(_) => "ivshmem-doorbell",
-        DeviceConfig::VhostUser(_) => "vhost-user-*-pci",
-        DeviceConfig::VirtioBlk(_) => "virtio-blk-pci",
-        DeviceConfig::VirtioRng(_) => "virtio-rng-pci",
-        DeviceConfig::VirtioSerial(_) | DeviceConfig::VirtioSerialPort(_) => "virtio-serial-pci",
-        DeviceConfig::Watchdog(_) => "i6300esb",
-    }
-}
-
 /// The PCI functions `cfg` asks for: ivshmem-plain with the `-object`
 /// backend it shares (the configuration layer checked every `memdev=`),
-/// the built-in virtio devices with their MSI-X vectors from `interrupts`.
+/// ivshmem-doorbell connected to its server, vhost-user devices connected
+/// to their back-ends over guest RAM's fd, the built-in virtio devices;
+/// MSI-X vectors from `interrupts` (routed through the ITS).
 fn pci_plugs(
     cfg: &Config,
     objects: &[Arc<Backend>],
@@ -186,6 +186,15 @@ fn pci_plugs(
                     })?;
                 plugs.push(Box::new(Ivshmem::new(c, memdev)?));
             }
+            DeviceConfig::IvshmemDoorbell(c) => {
+                plugs.push(Box::new(Doorbell::connect(c, vm, interrupts)?))
+            }
+            DeviceConfig::VhostUser(c) => plugs.push(Box::new(crate::vhost_user::device::create(
+                c,
+                ram.backend(),
+                vm,
+                interrupts,
+            )?)),
             DeviceConfig::VirtioBlk(c) => {
                 plugs.push(Box::new(crate::virtio::blk(c, mem(), vm, interrupts)?))
             }
@@ -304,11 +313,80 @@ fn load(
     Ok((p.kernel, p.fdt))
 }
 
+/// The parts of a running machine the monitor and the statistics read.
+struct Running<'a> {
+    state: &'a VmState,
+    ram: &'a GuestRam,
+    objects: &'a [Arc<Backend>],
+    plugs: &'a [Box<dyn PciPlug>],
+    pci: &'a Pci,
+    io: &'a IoBuses,
+    dropped: Option<&'a console_out::Dropped>,
+}
+
+impl Running<'_> {
+    fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            buses: self.io.bus_stats(),
+            unclaimed: self.io.unclaimed_counts(),
+            console_dropped_bytes: self.dropped.map_or(0, |d| d.bytes()),
+            guest_log_lines: crate::ratelimit::totals().0,
+            guest_log_suppressed: crate::ratelimit::totals().1,
+            ..Stats::default()
+        };
+        for (plug, placed) in self.plugs.iter().zip(self.pci.placed()) {
+            plug.add_stats(placed, self.pci, &mut stats);
+        }
+        stats
+    }
+}
+
+impl Controlled for Running<'_> {
+    fn state(&self) -> &VmState {
+        self.state
+    }
+
+    fn backends(&self) -> Vec<&Backend> {
+        std::iter::once(self.ram.backend())
+            .chain(self.objects.iter().map(|b| &**b))
+            .collect()
+    }
+
+    fn pci(&self) -> &Pci {
+        self.pci
+    }
+
+    fn stats(&self) -> Stats {
+        Running::stats(self)
+    }
+
+    /// No power button on this machine yet: QEMU `virt` gives a device-tree
+    /// guest a gpio-keys key on a PL061 GPIO controller, which shmvm does
+    /// not model.
+    fn press_power_button(&self) -> Result<(), String> {
+        Err(
+            "system_powerdown is not supported on aarch64 yet: the machine has no power \
+             button (QEMU virt's gpio-keys on a PL061 is not modelled; README, \"Architectures\")"
+                .into(),
+        )
+    }
+
+    fn snapshot_save(&self, _path: &str) -> Reply {
+        Err(
+            "x-shmvm-snapshot-save is not supported on aarch64 yet: the arm64 vCPU and \
+             GIC state are not saved (README, \"Architectures\")"
+                .into(),
+        )
+    }
+}
+
 /// Builds the VM `cfg` describes, runs it, and says how it ended.
 pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     crate::signals::install()?;
     crate::sandbox::set_enabled(cfg.sandbox);
     refuse_unsupported(cfg)?;
+    // Before the machine: a path that cannot be a socket fails first.
+    let monitor = crate::qmp::Server::new(&cfg.monitors)?;
     let ram_option = if cfg.ram_from_object {
         "--object"
     } else {
@@ -422,7 +500,22 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         mem: ram.mem(),
         coalesced: None,
     };
-    let ran = vcpu::run_all(vcpus, shared, &|| {});
+    let running = Running {
+        state: &state,
+        ram: &ram,
+        objects: &objects,
+        plugs: &plugs,
+        pci: &pci,
+        io: &io,
+        dropped: dropped.as_ref(),
+    };
+    let mon = Monitor::new(&running, vcpus.len(), monitor.as_ref());
+    let ran = std::thread::scope(|s| {
+        mon.spawn(s, monitor);
+        let ran = vcpu::run_all(vcpus, shared, &|| {});
+        mon.finished(&state);
+        ran
+    });
     serial
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -434,15 +527,9 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let end = state
         .take_end()
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
-    let mut stats = Stats {
-        buses: io.bus_stats(),
-        unclaimed: io.unclaimed_counts(),
-        console_dropped_bytes: dropped.as_ref().map_or(0, |d| d.bytes()),
-        ..Stats::default()
-    };
-    for (plug, placed) in plugs.iter().zip(pci.placed()) {
-        plug.add_stats(placed, &pci, &mut stats);
-    }
+    let stats = running.stats();
+    // The monitor's control borrows the parts taken apart below.
+    drop(mon);
     match cfg.stats {
         StatsFormat::Json => eprintln!("{}", stats.json()),
         StatsFormat::Text => eprint!("{}", stats.text()),
