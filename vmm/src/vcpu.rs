@@ -118,6 +118,17 @@ impl VmState {
         self.guest_time.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The state of a VM about to start; with `start_paused` (`-S`) its
+    /// vCPUs park as they enter their loops, until `cont` (`prelaunch`).
+    pub fn new(start_paused: bool) -> VmState {
+        let s = VmState::default();
+        if start_paused {
+            // No vCPU runs yet: nothing to wait for.
+            s.pause_for(PauseReason::Prelaunch, Duration::ZERO);
+        }
+        s
+    }
+
     /// Guest time in nanoseconds since the VM was set up: the host's
     /// monotonic clock, standing still while the VM is paused (QMP
     /// `stop`, a snapshot being saved), as QEMU's virtual clock does.

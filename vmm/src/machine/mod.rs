@@ -342,11 +342,7 @@ impl Machine {
             None => None,
         };
 
-        let state = Arc::new(VmState::default());
-        if cfg.start_paused {
-            // No vCPU runs yet: each parks on entering its loop.
-            state.pause_for(vcpu::PauseReason::Prelaunch, Duration::ZERO);
-        }
+        let state = Arc::new(VmState::new(cfg.start_paused));
         let io = Arc::new(IoBuses::new());
         let hook: ExitHook = {
             let state = state.clone();

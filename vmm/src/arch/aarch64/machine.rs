@@ -447,7 +447,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let interrupts = Interrupts::new(&vm);
     let plugs = pci_plugs(cfg, &objects, &ram, &vm, &interrupts)?;
 
-    let state = Arc::new(VmState::default());
+    let state = Arc::new(VmState::new(cfg.start_paused));
     let io = Arc::new(IoBuses::new());
     let hook: ExitHook = {
         let state = state.clone();
