@@ -20,6 +20,8 @@ pub enum Test {
     Snapcount,
     SnapcountIvshmem,
     Storm,
+    /// aarch64: start the secondary CPUs with PSCI CPU_ON.
+    Smp,
 }
 
 pub const MAX_TESTS: usize = 16;
@@ -139,6 +141,7 @@ fn test_by_name(s: &[u8]) -> Option<Test> {
         b"snapcount" => Test::Snapcount,
         b"snapcount-ivshmem" => Test::SnapcountIvshmem,
         b"storm" => Test::Storm,
+        b"smp" => Test::Smp,
         _ => return None,
     })
 }

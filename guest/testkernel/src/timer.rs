@@ -3,7 +3,8 @@
 //! leaf 0x16 (base MHz); 1 GHz is assumed (and said) if all fail.
 
 use crate::cpu::{cpuid, inb, outb, rdtsc};
-use crate::{Dec, Global, say};
+use crate::console::Dec;
+use crate::{Global, say};
 
 static KHZ: Global<u64> = Global::new(0);
 
