@@ -18,9 +18,9 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::Global;
+use crate::cpu::{self, inb, outb, outsb};
 use crate::line::render_into;
 pub use crate::line::{Dec, Digits, Hex, Hex16, Piece};
-use crate::cpu::{self, inb, outb, outsb};
 
 const COM1: u16 = 0x3f8;
 const LSR: u16 = COM1 + 5;

@@ -81,4 +81,3 @@ pub fn note_failure(why: &'static str) {
         }
     }
 }
-

@@ -8,8 +8,8 @@ use crate::console::{Dec, Hex, Hex16};
 use crate::params::{PARAMS, Test};
 use crate::ranges::E820_RAM;
 use crate::{
-    FAILURE, boot, bootinfo, console, cpu, doorbell, ivshmem, jobs, note_failure, paging, say, snapcount,
-    storm, tables,
+    FAILURE, boot, bootinfo, console, cpu, doorbell, ivshmem, jobs, note_failure, paging, say,
+    snapcount, storm, tables,
 };
 
 const EXIT_PORT: u16 = 0xf4;

@@ -481,7 +481,7 @@ fn uptime() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
+pub(super) fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
@@ -523,6 +523,7 @@ pub fn l1_main(table: &Path) -> ! {
         println!("LAB-FATAL no /dev/kvm in the arm64 L1");
     }
     run_machine_checks();
+    super::arm64_testkernel::main();
     for s in &all {
         let region = match Region::prepare(s) {
             Some(Ok(r)) => Some(r),
@@ -723,7 +724,8 @@ pub fn host_main(dir: &Path, table: &Path) -> Result<bool, String> {
     let names = all
         .iter()
         .map(|s| s.name.as_str())
-        .chain(machine_check_names());
+        .chain(machine_check_names())
+        .chain(super::arm64_testkernel::names());
     let expected = names.clone().count();
     for name in names {
         match results.get(name) {

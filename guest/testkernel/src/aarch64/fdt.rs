@@ -91,7 +91,8 @@ pub fn read(addr: u64) -> Result<BootInfo, &'static str> {
         return Err("fdt_bad_size");
     }
     // SAFETY: the tree's own totalsize (checked above) from its start.
-    let blob: &'static [u8] = unsafe { core::slice::from_raw_parts(addr as *const u8, size as usize) };
+    let blob: &'static [u8] =
+        unsafe { core::slice::from_raw_parts(addr as *const u8, size as usize) };
     let (off_struct, off_strings) = (be32(blob, 8) as usize, be32(blob, 12) as usize);
     let mut info = BootInfo {
         fdt: addr,
@@ -132,12 +133,19 @@ pub fn read(addr: u64) -> Result<BootInfo, &'static str> {
                     return Err("fdt_unbalanced");
                 }
                 depth -= 1;
-                let parent = if depth > 0 { stack[depth - 1].name } else { b"" };
+                let parent = if depth > 0 {
+                    stack[depth - 1].name
+                } else {
+                    b""
+                };
                 take(&mut info, &stack[depth], depth, parent);
             }
             PROP => {
                 let len = be32(blob, p) as usize;
-                let name = string(blob.get(off_strings + be32(blob, p + 4) as usize..).ok_or("fdt_truncated")?);
+                let name = string(
+                    blob.get(off_strings + be32(blob, p + 4) as usize..)
+                        .ok_or("fdt_truncated")?,
+                );
                 let value = blob.get(p + 8..p + 8 + len).ok_or("fdt_truncated")?;
                 p += 8 + ((len + 3) & !3);
                 if depth == 0 {

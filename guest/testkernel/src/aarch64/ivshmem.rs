@@ -132,10 +132,8 @@ fn probe() -> Result<Bar2, &'static str> {
     let ivpos = u64::from(unsafe { read_volatile((bar0 + IVPOSITION) as *const u32) });
     say!("shmvm: ivshmem ivposition=", Hex(ivpos));
     // SAFETY: PARAMS is no longer written.
-    fail_if(
-        ivpos != unsafe { (*PARAMS.ptr()).ivposition },
-        "ivshmem_ivposition",
-    )?;
+    let want_ivpos = unsafe { (*PARAMS.ptr()).ivposition };
+    fail_if(ivpos != want_ivpos, "ivshmem_ivposition")?;
     Ok(Bar2 {
         base: bar2,
         size: size2,

@@ -197,12 +197,7 @@ fn report() {
     // SAFETY: PARAMS is no longer written.
     let p = unsafe { &*PARAMS.ptr() };
     say!("shmvm: cmdline=", i.cmdline);
-    say!(
-        "shmvm: memory start=",
-        Hex(i.ram.0),
-        " end=",
-        Hex(i.ram.1)
-    );
+    say!("shmvm: memory start=", Hex(i.ram.0), " end=", Hex(i.ram.1));
     let ram = i.ram.1 - i.ram.0;
     say!("shmvm: ram_bytes=", Dec(ram));
     let (k0, k1) = boot::kernel_range();
@@ -289,12 +284,7 @@ fn memtest() -> Result<(), &'static str> {
             let got = unsafe { read_volatile(a as *const u64) };
             let want = protocol::memtest_pattern(a, seed);
             if got != want {
-                say!(
-                    "shmvm: memtest bytes=",
-                    Dec(f.bytes),
-                    " failed at ",
-                    Hex(a)
-                );
+                say!("shmvm: memtest bytes=", Dec(f.bytes), " failed at ", Hex(a));
                 say!("shmvm: memtest got=", Hex(got), " want=", Hex(want));
                 return Err("memtest");
             }
@@ -352,7 +342,12 @@ fn smp() -> Result<(), &'static str> {
             continue;
         }
         let t0 = counter().1;
-        let on = psci(PSCI_CPU_ON, target, boot::secondary_entry as *const () as u64, n as u64);
+        let on = psci(
+            PSCI_CPU_ON,
+            target,
+            boot::secondary_entry as *const () as u64,
+            n as u64,
+        );
         let mut clock = Deadline::after_ms(timeout);
         let seen = loop {
             // SAFETY: the secondary writes its own word once; volatile read.
@@ -389,12 +384,21 @@ fn smp() -> Result<(), &'static str> {
             result = Err("smp_secondary");
         }
     }
-    let again = psci(PSCI_CPU_ON, me, boot::secondary_entry as *const () as u64, 0);
+    let again = psci(
+        PSCI_CPU_ON,
+        me,
+        boot::secondary_entry as *const () as u64,
+        0,
+    );
     say!(
         "shmvm: smp started=",
         Dec(started),
         " boot_cpu_on=",
-        if again == PSCI_ALREADY_ON { "already_on" } else { "wrong" }
+        if again == PSCI_ALREADY_ON {
+            "already_on"
+        } else {
+            "wrong"
+        }
     );
     if again != PSCI_ALREADY_ON {
         return Err("smp_cpu_on_boot_cpu");
