@@ -337,7 +337,8 @@ fn smp() -> Result<(), &'static str> {
     let timeout = unsafe { (*PARAMS.ptr()).timeout_ms };
     let mut started = 0u64;
     let mut result = Ok(());
-    for (n, &target) in i.cpus[..i.ncpus].iter().enumerate() {
+    for (n, &reg) in i.cpus[..i.ncpus].iter().enumerate() {
+        let target = reg & MPIDR_AFF;
         if target == me {
             continue;
         }
@@ -362,7 +363,7 @@ fn smp() -> Result<(), &'static str> {
                 break a;
             }
         };
-        let ok = on == 0 && seen == target | MAILBOX_SEEN && off == AFFINITY_OFF;
+        let ok = on == 0 && seen == (target | MAILBOX_SEEN) && off == AFFINITY_OFF;
         say!(
             "shmvm: smp cpu=",
             Dec(n as u64),
