@@ -287,6 +287,14 @@ mod tests {
     }
 
     #[test]
+    fn smp_is_a_test_name() {
+        assert_eq!(
+            parsed("shmvm.test=boot,smp").tests(),
+            &[Test::Boot, Test::Smp]
+        );
+    }
+
+    #[test]
     fn errors_name_the_first_bad_word() {
         let p = parsed("a=b shmvm.test=boot,bogus shmvm.seed=zz");
         assert_eq!(p.error, Some(("unknown_test", 4)));

@@ -1,4 +1,6 @@
-//! The arm64 entry (Linux `Image` header, Documentation/arch/arm64/booting.rst),
+//! The arm64 entry (Linux `Image` header, Documentation/arch/arm64/booting.rst;
+//! linked for RAM_BASE + text_offset = 0x4000_0000, where shmvm puts it:
+//! the code is not position-independent, so flags bit 3 stays clear),
 //! the secondary CPUs' entry for PSCI CPU_ON, per-CPU stacks and the
 //! exception vectors. The VMM enters at the header's first word at EL1
 //! with the MMU and caches off, DAIF masked, x0 = the device tree. The MMU
@@ -20,13 +22,24 @@ _head:
     .long   0                       // code1
     .quad   0                       // text_offset: at the 2 MiB-aligned base
     .quad   __image_size            // image_size: file plus .bss and stacks
-    .quad   0xa                     // flags: little-endian, 4 KiB pages, anywhere
+    .quad   0x2                     // flags: little-endian, 4 KiB pages, near DRAM's base
     .quad   0, 0, 0                 // reserved
     .ascii  "ARM\x64"               // magic
     .long   0                       // PE header offset: none
 
 primary_entry:
     mov     x19, x0
+    // Not where it was linked: nothing but this position-independent code
+    // can run; say so through the debug-exit register (exit code 39).
+    adr     x1, _head
+    ldr     x2, =_head
+    cmp     x1, x2
+    b.eq    0f
+    mov     x1, #{misplaced}
+    ldr     x2, ={debug_exit}
+    str     w1, [x2]
+    b       .
+0:
     ldr     x1, =__bss_start
     ldr     x2, =__bss_end
 1:  cmp     x1, x2
@@ -80,6 +93,8 @@ exception_common:
     secondary = sym super::secondary_main,
     exception = sym super::exception_handler,
     stack = const STACK_SIZE,
+    misplaced = const super::EXIT_MISPLACED,
+    debug_exit = const super::DEBUG_EXIT,
 );
 
 unsafe extern "C" {

@@ -3,7 +3,8 @@
 //! VMM gave it in the x86_64 kernel's lines, runs the tests named on its
 //! command line that make sense here (boot, memtest, initrd, ivshmem,
 //! smp) and ends through the debug-exit register (exit code 33 pass, 35
-//! fail), falling back to PSCI SYSTEM_OFF. The x86_64-only tests (BAR
+//! fail; 39 if it was loaded anywhere but its link address 0x4000_0000),
+//! falling back to PSCI SYSTEM_OFF. The x86_64-only tests (BAR
 //! moves, slots, the bandwidth bench, doorbells, snapcount, storm) fail
 //! with `reason=not_on_aarch64`.
 
@@ -25,6 +26,8 @@ use fdt::BootInfo;
 /// `(v << 1) | 1`, 33 and 35, as with isa-debug-exit on x86_64.
 const EXIT_PASS: u32 = 0x10;
 const EXIT_FAIL: u32 = 0x11;
+/// Written by the entry when the kernel is not at its link address (39).
+const EXIT_MISPLACED: u32 = 0x13;
 /// shmvm's debug-exit register when the device tree names none.
 const DEBUG_EXIT: u64 = 0x0901_0000;
 
