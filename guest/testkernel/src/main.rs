@@ -71,9 +71,11 @@ impl<T> Global<T> {
 /// First failure reason (None: all passed so far).
 pub static FAILURE: Global<Option<&'static str>> = Global::new(None);
 
-/// Records a failure (x86_64: at CPL0 or in a ring-3 job).
+/// Records a failure (x86_64: at CPL0 or in a ring-3 job; aarch64: on
+/// the boot CPU).
 pub fn note_failure(why: &'static str) {
-    // SAFETY: single CPU; CPL0 and ring-3 jobs never run at the same time.
+    // SAFETY: x86_64: single CPU, CPL0 and ring-3 jobs never run at the
+    // same time; aarch64: only the boot CPU calls this.
     unsafe {
         let f = FAILURE.ptr();
         if (*f).is_none() {

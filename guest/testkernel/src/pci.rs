@@ -8,13 +8,13 @@ use crate::cpu::{inl, outl};
 #[cfg(target_arch = "x86_64")]
 use core::arch::asm;
 
-#[cfg(target_arch = "x86_64")]
 /// Port accesses to 0xCF8..0xCFF made so far (the storm test reports
 /// them, to compare with the VMM's count for the PCI configuration ports).
+#[cfg(target_arch = "x86_64")]
 pub static PORT_ACCESSES: Global<u64> = Global::new(0);
 
-#[cfg(target_arch = "x86_64")]
 /// Counts `n` accesses to the configuration ports.
+#[cfg(target_arch = "x86_64")]
 pub fn count(n: u64) {
     // SAFETY: single CPU; CPL0 and ring-3 jobs never run at the same time.
     unsafe { *PORT_ACCESSES.ptr() += n }
