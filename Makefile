@@ -236,7 +236,9 @@ lab: lab-deps shmvm lab-tools ivshmem-db
 	$(LAB_RUNNER) check $(LAB_SCENARIOS) >/dev/null
 	bash guest/initramfs/build.sh $(LAB)/l2-initrd.gz $(GUEST_TOOL) $(LAB)/kernel/modules \
 		$(IVSHMEM_DB_KO)
-	bash tests/lab/build-l1.sh $(LAB)/l1-initrd.lz4 $(LAB)/kernel $(LAB)/l2-initrd.gz \
+	@# virtme-ng in L1 only for a table with a vng scenario (~10 MB more image).
+	VNG_VENV=$$([ "$$($(LAB_RUNNER) check-vng $(LAB_SCENARIOS))" = yes ] && echo $(BUILD)/venv) \
+		bash tests/lab/build-l1.sh $(LAB)/l1-initrd.lz4 $(LAB)/kernel $(LAB)/l2-initrd.gz \
 		$(GUEST_TOOL) $(LAB_RUNNER) $(LAB_SCENARIOS) $(SHMVM) $(IVSHMEM_SERVER)
 	$(LAB_RUNNER) host --dir $(LAB) --scenarios $(LAB_SCENARIOS)
 	@# The arm64 lab too, unless LAB_ONLY picked x86 scenarios.

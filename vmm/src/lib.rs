@@ -20,6 +20,7 @@ pub mod console_out;
 #[cfg(target_arch = "x86_64")]
 pub mod cpuid;
 pub mod exit;
+pub mod fd_limit;
 pub mod guest_ram;
 pub mod hv;
 pub mod interrupts;
