@@ -266,7 +266,7 @@ lab-arm64: deps aarch64 lab-tools testkernel-aarch64
 # `cargo test` (fuzz-targets/tests/corpus.rs, ~3 s). Each target's log:
 # build/fuzz/<target>.log.
 FUZZ_SECS ?= 30
-FUZZ_TARGETS ?= keyval cmdline kernel_image snapshot_state virtio_chain pci_config ivshmem_protocol vhost_user_replies
+FUZZ_TARGETS ?= keyval cmdline kernel_image snapshot_state virtio_chain pci_config watchdog ivshmem_protocol vhost_user_replies
 .PHONY: fuzz
 fuzz:
 	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "fuzz: needs rustup's nightly toolchain (rustup toolchain list); on stable, cargo test -p shmvm-fuzz-targets replays the corpus" >&2; exit 1; }
