@@ -73,6 +73,17 @@ SERVER_AARCH64 := $(BUILD)/aarch64/ivshmem-server
 IVSHMEM_DB_KO_ARM64 := $(BUILD)/guest/arm64/ivshmem_db.ko
 VHOST_RNG_AARCH64 := $(BUILD)/aarch64/vhost/bin/vhost-device-rng
 LAB_ARM64 := $(BUILD)/lab-arm64
+# The test kernel built for aarch64 (README, "Architectures"): the same
+# crate as an arm64 Image, for the bare-metal softfloat target (strict
+# alignment, no FP/SIMD: it runs with the MMU off) with core built from
+# Debian's rust-web-src (-Z build-std on Debian's 1.96 under RUSTC_BOOTSTRAP,
+# as check-portable does), linked by aarch64-linux-gnu-ld, objcopy'd flat.
+TESTKERNEL_AARCH64 := $(BUILD)/aarch64/testkernel.img
+TESTKERNEL_AARCH64_TARGET := aarch64-unknown-none-softfloat
+TESTKERNEL_AARCH64_ENV := env -u RUSTUP_TOOLCHAIN PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1
+TESTKERNEL_AARCH64_ARGS := --release --quiet --target $(TESTKERNEL_AARCH64_TARGET) \
+	-Z build-std=core -Z build-std-features=compiler-builtins-mem
+TESTKERNEL_AARCH64_ELF := guest/testkernel/target/$(TESTKERNEL_AARCH64_TARGET)/release/testkernel
 LAB_ARM64_SCENARIOS ?= tests/lab/arm64/scenarios
 
 DEMO_RAM ?= 256M
@@ -96,6 +107,21 @@ workspace: deps
 	$(CARGO) build --release --workspace
 
 testkernel: $(TESTKERNEL)
+
+# The aarch64 test kernel; the objdump check keeps FP/SIMD registers and
+# exclusive (atomic) instructions out: with the MMU off every access is
+# Device memory, where exclusives need not work.
+.PHONY: testkernel-aarch64
+testkernel-aarch64: $(TESTKERNEL_AARCH64)
+
+$(TESTKERNEL_AARCH64): $(TESTKERNEL_SRC) $(wildcard guest/testkernel/src/aarch64/*.rs) \
+		guest/testkernel/link-aarch64.ld $(DEPS_STAMP)
+	cd guest/testkernel && $(TESTKERNEL_AARCH64_ENV) cargo build $(TESTKERNEL_AARCH64_ARGS)
+	@if aarch64-linux-gnu-objdump -d --no-show-raw-insn $(TESTKERNEL_AARCH64_ELF) | sed 's|//.*||; s|<[^>]*>||g' \
+		| grep -qE '\b(ld|st)a?xr|\b[bhsdqv][0-9]+\b'; then \
+		echo "testkernel-aarch64: FP/SIMD register or exclusive access found (objdump -d)" >&2; exit 1; fi
+	@mkdir -p $(dir $@)
+	aarch64-linux-gnu-objcopy -O binary $(TESTKERNEL_AARCH64_ELF) $@.tmp && mv -f $@.tmp $@
 
 # The objdump check keeps SSE/AVX out of the kernel: CPL0 code is emulated
 # on PVM hosts.
@@ -172,6 +198,7 @@ check: deps check-portable aarch64-check
 	cd guest/testkernel && $(CARGO) fmt -- --check
 	@# The test kernel's rustc warning about sse2 and the ABI is not a lint.
 	cd guest/testkernel && $(CARGO) clippy --release --quiet -- -D warnings
+	cd guest/testkernel && $(TESTKERNEL_AARCH64_ENV) cargo clippy $(TESTKERNEL_AARCH64_ARGS) -- -D warnings
 
 # The crates that must build off Linux (memory, devices, shmvm-protocol,
 # aarch64-exits, hv-boundary, and hv-hvf: the HVF backend), type-checked
@@ -225,11 +252,11 @@ lab: lab-deps shmvm lab-tools ivshmem-db
 # qemu-system-aarch64 TCG with EL2 and a real /dev/kvm, the aarch64 shmvm
 # booting the stock Debian arm64 kernel as L2 per line of the table.
 .PHONY: lab-arm64
-lab-arm64: deps aarch64 lab-tools ivshmem-db-arm64
+lab-arm64: deps aarch64 lab-tools ivshmem-db-arm64 testkernel-aarch64
 	bash scripts/vhost-backends-arm64.sh
 	bash tests/lab/fetch-arm64.sh
 	bash tests/lab/arm64/build-l1.sh $(LAB_ARM64) $(SHMVM_AARCH64) $(LAB_AARCH64) $(LAB_ARM64_SCENARIOS) $(TOOL_AARCH64) \
-		$(SERVER_AARCH64) $(IVSHMEM_DB_KO_ARM64) $(VHOST_RNG_AARCH64)
+		$(SERVER_AARCH64) $(IVSHMEM_DB_KO_ARM64) $(VHOST_RNG_AARCH64) $(TESTKERNEL_AARCH64)
 	$(LAB_RUNNER) host-arm64 --dir $(LAB_ARM64) --scenarios $(LAB_ARM64_SCENARIOS)
 
 # cargo-fuzz (libFuzzer with coverage feedback, nightly Rust): every target

@@ -325,6 +325,24 @@ mod tests {
     }
 
     #[test]
+    fn the_guest_half_against_the_host_half() {
+        let m = Mem::new(0x4000);
+        let g = m.clone();
+        let t = std::thread::spawn(move || {
+            crate::guest_handshake(&g, 0x77, &mut Deadline::after(10_000))
+        });
+        assert_eq!(host_handshake(&m, &mut Deadline::after(10_000)), Ok(0x3000));
+        assert_eq!(t.join().unwrap(), Ok(()));
+        let lonely = Mem::new(0x2000);
+        assert_eq!(
+            crate::guest_handshake(&lonely, 1, &mut Deadline::after(20)),
+            Err(crate::GuestError::Timeout {
+                state: STATE_GUEST_WROTE
+            })
+        );
+    }
+
+    #[test]
     fn handshake_reports_a_wrong_pattern() {
         let m = Mem::new(0x2000);
         let g = m.clone();

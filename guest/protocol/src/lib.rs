@@ -6,15 +6,18 @@
 //! runner all use this crate, so a pattern cannot drift between a guest and
 //! its host peer. guest/testkernel/README.md describes the protocols.
 //!
-//! The host halves ([`host_handshake`], [`slots`]) are generic over
+//! The host halves ([`host_handshake`], [`slots`]) and the guest half of
+//! the handshake ([`guest_handshake`]) are generic over
 //! [`Shared`], a region accessed with volatile loads and stores, and over a
 //! [`Clock`], so they run unchanged over a host mapping in `shm-peer` and
 //! `ivshmem-tool` and in unit tests here.
 
 #![cfg_attr(not(test), no_std)]
 
+mod guest;
 mod host;
 
+pub use guest::{GuestError, guest_handshake};
 pub use host::{Clock, Error, Shared, host_handshake, slots};
 
 /// Handshake header, at offset 0 of the region (BAR2).

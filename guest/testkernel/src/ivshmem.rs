@@ -178,52 +178,64 @@ fn wr64(a: u64, v: u64) {
     unsafe { write_volatile(a as *mut u64, v) }
 }
 
-/// Ring-3 job: the guest half of the handshake. 0 ok, 1 timeout, 2 host
-/// reported a P1 mismatch, 3 P2 mismatch (details in JOB).
+/// BAR2 as the protocol's shared region (ring 3: identity-mapped, user).
+struct Region {
+    base: u64,
+    size: u64,
+}
+
+impl Shared for Region {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read32(&self, off: u64) -> u32 {
+        rd32(self.base + off)
+    }
+    fn write32(&self, off: u64, v: u32) {
+        wr32(self.base + off, v)
+    }
+    fn read64(&self, off: u64) -> u64 {
+        rd64(self.base + off)
+    }
+    fn write64(&self, off: u64, v: u64) {
+        wr64(self.base + off, v)
+    }
+}
+
+/// A deadline in TSC ticks, the protocol's `Clock`.
+struct TscDeadline(u64);
+
+impl Clock for TscDeadline {
+    fn expired(&mut self) -> bool {
+        rdtsc() > self.0
+    }
+    fn pause(&mut self) {
+        core::hint::spin_loop();
+    }
+}
+
+/// Ring-3 job: the guest half of the handshake (`protocol::guest_handshake`).
+/// 0 ok, 1 timeout, 2 host reported a P1 mismatch, 3 P2 mismatch (details
+/// in JOB).
 extern "C" fn handshake_job(_: u64, _: u64, _: u64) -> u64 {
     // SAFETY: CPL0 is suspended; sole user of JOB.
     let j = unsafe { &mut *JOB.ptr() };
-    let b = j.base;
-    wr32(b + HDR_STATE, STATE_IDLE);
-    wr32(b + HDR_MAGIC, MAGIC);
-    wr32(b + HDR_VERSION, 1);
-    wr64(b + HDR_SEED, j.seed);
-    wr64(b + HDR_DATA_OFF, DATA_OFF);
-    wr64(b + HDR_DATA_LEN, j.size - DATA_OFF);
-    let mut o = DATA_OFF;
-    while o < j.size {
-        wr64(b + o, p1(o, j.seed));
-        o += 8;
+    let r = Region {
+        base: j.base,
+        size: j.size,
+    };
+    match guest_handshake(&r, j.seed, &mut TscDeadline(j.deadline)) {
+        Ok(()) => 0,
+        Err(GuestError::Timeout { state }) => {
+            j.state = u64::from(state);
+            1
+        }
+        Err(GuestError::HostSawBadP1) => 2,
+        Err(GuestError::P2Mismatch { at, got, want }) => {
+            (j.bad_off, j.got, j.want) = (at, got, want);
+            3
+        }
     }
-    wr32(b + HDR_STATE, STATE_GUEST_WROTE);
-    loop {
-        let s = rd32(b + HDR_STATE);
-        j.state = u64::from(s);
-        if s == STATE_HOST_WROTE {
-            break;
-        }
-        if s == STATE_HOST_BAD {
-            return 2;
-        }
-        if rdtsc() > j.deadline {
-            return 1;
-        }
-        core::hint::spin_loop();
-    }
-    let mut o = DATA_OFF;
-    while o < j.size {
-        let (v, w) = (rd64(b + o), p2(o, j.seed));
-        if v != w {
-            j.bad_off = o;
-            j.got = v;
-            j.want = w;
-            wr32(b + HDR_STATE, STATE_GUEST_BAD);
-            return 3;
-        }
-        o += 8;
-    }
-    wr32(b + HDR_STATE, STATE_GUEST_OK);
-    0
 }
 
 pub fn handshake() -> Result<(), &'static str> {

@@ -20,6 +20,8 @@ pub enum Test {
     Snapcount,
     SnapcountIvshmem,
     Storm,
+    /// aarch64: start the secondary CPUs with PSCI CPU_ON.
+    Smp,
 }
 
 pub const MAX_TESTS: usize = 16;
@@ -139,6 +141,7 @@ fn test_by_name(s: &[u8]) -> Option<Test> {
         b"snapcount" => Test::Snapcount,
         b"snapcount-ivshmem" => Test::SnapcountIvshmem,
         b"storm" => Test::Storm,
+        b"smp" => Test::Smp,
         _ => return None,
     })
 }
@@ -281,6 +284,14 @@ mod tests {
         assert_eq!(p.tests(), &[Test::Storm]);
         assert_eq!((p.seed, p.storm_ops), (7, 5000));
         assert_eq!(parsed("").storm_ops, 2000);
+    }
+
+    #[test]
+    fn smp_is_a_test_name() {
+        assert_eq!(
+            parsed("shmvm.test=boot,smp").tests(),
+            &[Test::Boot, Test::Smp]
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! 0x15 (TSC/crystal ratio), then a 10 ms PIT channel-2 calibration, then
 //! leaf 0x16 (base MHz); 1 GHz is assumed (and said) if all fail.
 
+use crate::console::Dec;
 use crate::cpu::{cpuid, inb, outb, rdtsc};
-use crate::{Dec, Global, say};
+use crate::{Global, say};
 
 static KHZ: Global<u64> = Global::new(0);
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the arm64 lab's two initramfs images (README, "The arm64 lab").
-# Usage: build-l1.sh DIR SHMVM_AARCH64 LAB_AARCH64 SCENARIOS TOOL_AARCH64 SERVER_AARCH64 DB_KO VHOST_RNG
+# Usage: build-l1.sh DIR SHMVM_AARCH64 LAB_AARCH64 SCENARIOS TOOL_AARCH64 SERVER_AARCH64 DB_KO VHOST_RNG TESTKERNEL_IMG
 #   DIR      from tests/lab/fetch-arm64.sh (vmlinuz, busybox); gets l1.cpio.lz4
 #   SHMVM_AARCH64, LAB_AARCH64, TOOL_AARCH64, SERVER_AARCH64   static aarch64
 #            shmvm, lab runner, ivshmem-tool and ivshmem-server
 #   DB_KO    ivshmem_db.ko built for the arm64 kernel (make ivshmem-db-arm64)
 #   VHOST_RNG  static aarch64 vhost-device-rng (scripts/vhost-backends-arm64.sh)
+#   TESTKERNEL_IMG   the test kernel built for aarch64 (an arm64 Image)
 # L2: busybox, ivshmem-tool, the virtio modules, ivshmem_db.ko and the
 # doorbell steps (guest/initramfs/doorbell.sh), tests/lab/arm64/l2-init as /init and a random
 # marker the guest must read back (proves the initrd arrived). L1: busybox,
@@ -14,10 +15,10 @@
 # vhost-device-rng (the vhost-user scenario's back-end), QEMU (the reference
 # L2 VMM: DIR/qemu/ from tests/lab/arm64/fetch-qemu.sh, the binary with its
 # loader and libraries at their own paths), the L2 kernel and initramfs,
-# the marker and the scenario table.
+# the marker, the scenario table and the test kernel (/lab/testkernel.img).
 set -euo pipefail
-dir=${1:?usage: build-l1.sh DIR SHMVM_AARCH64 LAB_AARCH64 SCENARIOS TOOL_AARCH64 SERVER_AARCH64 DB_KO VHOST_RNG}
-shmvm=${2:?} runner=${3:?} scenarios=${4:?} tool=${5:?} server=${6:?} dbko=${7:?} vhost_rng=${8:?}
+dir=${1:?usage: build-l1.sh DIR SHMVM_AARCH64 LAB_AARCH64 SCENARIOS TOOL_AARCH64 SERVER_AARCH64 DB_KO VHOST_RNG TESTKERNEL_IMG}
+shmvm=${2:?} runner=${3:?} scenarios=${4:?} tool=${5:?} server=${6:?} dbko=${7:?} vhost_rng=${8:?} testkernel=${9:?}
 here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "lab-arm64: $*" >&2; exit 1; }
 [ -f "$dir/vmlinuz" ] && [ -x "$dir/busybox" ] || die "$dir: run tests/lab/fetch-arm64.sh"
@@ -25,6 +26,7 @@ die() { echo "lab-arm64: $*" >&2; exit 1; }
 for b in "$shmvm" "$runner" "$tool" "$server" "$vhost_rng"; do
     file -L "$b" | grep -q "ARM aarch64.*statically linked" || die "$b is not a static aarch64 binary"
 done
+[ "$(od -An -j56 -N4 -c "$testkernel" | tr -d ' ')" = 'ARMd' ] || die "$testkernel is not an arm64 Image"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 marker="initrd-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
@@ -51,6 +53,7 @@ install -m 755 "$vhost_rng" "$stage/l1/usr/bin/vhost-device-rng"
 cp "$dir/vmlinuz" "$stage/l1/lab/vmlinuz"
 echo "$marker" >"$stage/l1/lab/l2-marker"
 cp "$scenarios" "$stage/l1/lab/scenarios"
+cp "$testkernel" "$stage/l1/lab/testkernel.img"
 # lz4 (legacy frame): fast to unpack under TCG.
 (cd "$stage/l1" && find . | sort | cpio -o -H newc --quiet -R 0:0) | lz4 -l -1 -q >"$dir/l1.cpio.lz4.tmp"
 mv "$dir/l1.cpio.lz4.tmp" "$dir/l1.cpio.lz4"

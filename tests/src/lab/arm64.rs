@@ -31,6 +31,8 @@ use super::{fields, tag};
 
 mod run;
 
+pub(super) use run::wait_with_timeout;
+
 /// One L2 boot at most this long (a hang is a failure, not a stuck lab).
 const L2_TIMEOUT: Duration = Duration::from_secs(180);
 /// The whole L1 run at most this long unless LAB_ARM64_TIMEOUT says.
@@ -924,6 +926,7 @@ pub fn l1_main(table: &Path) -> ! {
         println!("LAB-FATAL no /dev/kvm in the arm64 L1");
     }
     run_machine_checks();
+    super::arm64_testkernel::main();
     for s in &all {
         for vmm in vmms.iter().filter(|v| s.runs_with(**v)) {
             run_one(s, *vmm, marker);
@@ -1045,6 +1048,7 @@ pub fn host_main(dir: &Path, table: &Path) -> Result<bool, String> {
         .chain(
             machine_check_names()
                 .into_iter()
+                .chain(super::arm64_testkernel::names())
                 .map(|n| tag(n, Vmm::Shmvm)),
         )
         .collect();

@@ -14,6 +14,7 @@
 //! Scenarios are data: `tests/lab/scenarios`, one line each ([`scenario`]).
 
 pub mod arm64;
+pub mod arm64_testkernel;
 pub mod host;
 pub mod l1;
 pub mod scenario;
