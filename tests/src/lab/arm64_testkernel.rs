@@ -389,7 +389,7 @@ fn run_and_judge(r: &Run, initrd_fnv: Option<u64>) -> Result<(), String> {
             .map_err(|e| format!("{region}: {e}"))
             .and_then(|reg| shm::handshake(&reg, HANDSHAKE_TIMEOUT).map_err(|e| e.to_string()))
     });
-    let rc = wait_with_timeout(&mut child, RUN_TIMEOUT);
+    let rc = wait_with_timeout(&mut child, RUN_TIMEOUT, &mut || {});
     let out = fs::read_to_string(&out_path).unwrap_or_default();
     let err = fs::read_to_string(&err_path).unwrap_or_default();
     let e = Expect {
