@@ -13,6 +13,7 @@ use std::fmt;
 
 use crate::config::keyval::KeyVal;
 
+#[cfg(any(kvm, hvf))]
 pub mod plug;
 
 /// Smallest region: one page (a KVM memory slot is page granular).

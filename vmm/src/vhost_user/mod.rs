@@ -21,16 +21,16 @@
 
 pub mod config;
 // The device needs PCI and MSI-X routes: x86_64 only for now.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub mod device;
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub mod frontend;
 pub mod kinds;
 
 pub use config::{ChardevConfig, VhostUserConfig};
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use device::{VhostUser, VhostUserDeviceStats, Wired};
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use frontend::{Link, MemRegion};
 pub use kinds::{Kind, KindConfig};
 

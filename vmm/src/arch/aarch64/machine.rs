@@ -8,6 +8,12 @@
 //! GIC exists; the PCI root (ECAM) with its functions, placed by the one
 //! PCI path shared with x86_64 (`pci.rs`); the device tree from the vCPUs'
 //! MPIDRs; the boot CPU's registers.
+//!
+//! Under HVF (macOS on Apple silicon, `hv/hvf.rs`) the same order builds
+//! the same machine, with what that host has: the UART's line is a pipe
+//! that `hv-hvf` relays to the GIC's SPI, the GIC has no ITS (no MSIs: the
+//! virtio devices, whose workers need Linux's epoll and eventfd, are
+//! refused there), no seccomp sandbox, and the VM is closed in place.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -26,6 +32,7 @@ use crate::console_out;
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
+#[cfg(target_os = "linux")]
 use crate::interrupts::Interrupts;
 use crate::io::{BusKind, IoBuses};
 use crate::ivshmem::plug::Ivshmem;
@@ -70,6 +77,7 @@ pub enum Error {
     Ivshmem(#[from] crate::ivshmem::plug::Error),
     #[error(transparent)]
     Pci(#[from] crate::pci::Error),
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Virtio(#[from] crate::virtio::Error),
     #[error(transparent)]
@@ -95,6 +103,8 @@ pub enum Error {
     Threads(#[source] std::io::Error),
     #[error(transparent)]
     Signals(#[from] crate::signals::Error),
+    #[error("{0} is not available on this host (README, \"macOS and the BSDs\")")]
+    NotOnHost(String),
 }
 
 impl Error {
@@ -106,9 +116,11 @@ impl Error {
             | Error::File { .. }
             | Error::Image { .. }
             | Error::Unsupported(_)
+            | Error::NotOnHost(_)
             | Error::NoObject { .. }
             | Error::Ivshmem(_) => 2,
             Error::Pci(e) => e.exit_code(),
+            #[cfg(target_os = "linux")]
             Error::Virtio(e) => e.exit_code(),
             Error::Console(e) => e.exit_code(),
             Error::Ram(e) => e.exit_code(),
@@ -122,6 +134,18 @@ impl Error {
 /// rather than ignored.
 fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
     for d in &cfg.devices {
+        // The virtio models' worker threads wait in epoll on eventfds.
+        if cfg!(not(target_os = "linux"))
+            && matches!(
+                d,
+                DeviceConfig::VirtioBlk(_)
+                    | DeviceConfig::VirtioRng(_)
+                    | DeviceConfig::VirtioSerial(_)
+                    | DeviceConfig::VirtioSerialPort(_)
+            )
+        {
+            return Err(Error::NotOnHost(format!("-device {}", device_kind(d))));
+        }
         let what = match d {
             DeviceConfig::IvshmemPlain(_)
             | DeviceConfig::VirtioBlk(_)
@@ -165,10 +189,11 @@ fn device_kind(d: &DeviceConfig) -> &'static str {
 fn pci_plugs(
     cfg: &Config,
     objects: &[Arc<Backend>],
-    ram: &GuestRam,
-    vm: &Arc<Vm>,
-    interrupts: &Arc<Interrupts>,
+    #[cfg(target_os = "linux")] ram: &GuestRam,
+    #[cfg(target_os = "linux")] vm: &Arc<Vm>,
+    #[cfg(target_os = "linux")] interrupts: &Arc<Interrupts>,
 ) -> Result<Vec<Box<dyn PciPlug>>, Error> {
+    #[cfg(target_os = "linux")]
     let mem = || -> Arc<dyn devices::virtio::queue::GuestMemory> {
         Arc::new(crate::virtio::memory::Ram(ram.mem().clone()))
     };
@@ -185,12 +210,15 @@ fn pci_plugs(
                     })?;
                 plugs.push(Box::new(Ivshmem::new(c, memdev)?));
             }
+            #[cfg(target_os = "linux")]
             DeviceConfig::VirtioBlk(c) => {
                 plugs.push(Box::new(crate::virtio::blk(c, mem(), vm, interrupts)?))
             }
+            #[cfg(target_os = "linux")]
             DeviceConfig::VirtioRng(c) => {
                 plugs.push(Box::new(crate::virtio::rng(c, mem(), vm, interrupts)?))
             }
+            #[cfg(target_os = "linux")]
             DeviceConfig::VirtioSerial(c) => {
                 plugs.push(Box::new(crate::virtio::serial(c, mem(), vm, interrupts)?))
             }
@@ -240,6 +268,7 @@ fn load(
     kernel: (File, u64),
     initrd: Option<(File, u64)>,
     mpidrs: &[u64],
+    its: bool,
 ) -> Result<(u64, u64), Error> {
     let path = cfg.kernel.display().to_string();
     let file_err = |path: &str| {
@@ -298,6 +327,7 @@ fn load(
         mpidrs,
         cmdline: &cfg.cmdline,
         initrd: initrd_range,
+        its,
     })?;
     ram.mem().write_slice(&blob, GuestAddress(p.fdt))?;
     Ok((p.kernel, p.fdt))
@@ -342,6 +372,9 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let vm = Arc::new(Vm::new()?);
+    // HVF's kick reaches the VM, not a thread (hv/hvf.rs).
+    #[cfg(hvf)]
+    Vm::watch_kicks(&vm);
     ram.register(&vm)?;
 
     let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
@@ -358,15 +391,19 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         mpidrs.push(v.mpidr()?);
         vcpus.push(v);
     }
+    // KVM's GIC has an ITS for the MSIs; HVF's has none (hv-hvf refuses one).
+    let its = cfg!(kvm);
     vm.create_gic(&GicConfig {
         dist_addr: layout::GIC_DIST,
         redist_addr: layout::GIC_REDIST,
         nr_irqs: layout::GIC_NR_IRQS,
-        its_addr: Some(layout::GIC_ITS),
+        its_addr: its.then_some(layout::GIC_ITS),
     })?;
     vm.finalize_gic()?;
-    let interrupts = Interrupts::new(&vm);
-    let plugs = pci_plugs(cfg, &objects, &ram, &vm, &interrupts)?;
+    #[cfg(target_os = "linux")]
+    let plugs = pci_plugs(cfg, &objects, &ram, &vm, &Interrupts::new(&vm))?;
+    #[cfg(not(target_os = "linux"))]
+    let plugs = pci_plugs(cfg, &objects)?;
 
     let state = Arc::new(VmState::default());
     let io = Arc::new(IoBuses::new());
@@ -376,7 +413,10 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     };
     let (out, dropped) = console_out::serial_output(&cfg.serial)?;
     let serial = Serial::new(IrqEvent::new()?, out);
+    #[cfg(kvm)]
     vm.register_irqfd(serial.irq().eventfd(), layout::UART_SPI)?;
+    #[cfg(hvf)]
+    vm.register_irqfd(serial.irq().consumer(), layout::UART_SPI)?;
     let serial = Arc::new(Mutex::new(serial));
     io.add_shared(
         BusKind::Mmio,
@@ -407,7 +447,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let slots: Arc<dyn MemorySlots> = vm.clone();
     let pci = Pci::build(&slots, &io, &functions, &pci_host(ram.size()))?;
 
-    let (entry, fdt_addr) = load(cfg, &ram, kernel, initrd, &mpidrs)?;
+    let (entry, fdt_addr) = load(cfg, &ram, kernel, initrd, &mpidrs, its)?;
     vcpus[0].set_core_regs(&CoreRegs::linux_boot(entry, fdt_addr))?;
     log::info!(
         "startup: {:.3} ms to the first KVM_RUN",
@@ -454,9 +494,13 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     drop((serial, pci, plugs, io, state));
     drop(ram);
     drop(objects);
+    #[cfg(kvm)]
     match Arc::try_unwrap(vm) {
         Ok(vm) => crate::teardown::detach(vm),
         Err(vm) => drop(vm),
     }
+    // HVF's VM is destroyed in place (no fd for a helper to hold).
+    #[cfg(hvf)]
+    drop(vm);
     Ok(end)
 }
