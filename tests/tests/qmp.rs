@@ -455,3 +455,74 @@ fn kvm_stop_freezes_the_guest_and_cont_resumes_it() {
     assert!(quit.is_ok(), "quit: {quit:?}; {}", r.stderr);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
+
+/// `query-pci`'s `qdev_id` is each device's `id=`, "" where it has none
+/// (the host bridge, an `if=virtio` drive's own device), as in QEMU.
+#[test]
+fn kvm_query_pci_shows_each_devices_id() {
+    vm::require_kvm();
+    let dir = TempDir::new("qmp-qdev-id");
+    let kernel = dir.tiny_kernel(WAITING_KERNEL);
+    let (disk, own) = (dir.0.join("disk.img"), dir.0.join("own.img"));
+    for f in [&disk, &own] {
+        std::fs::write(f, vec![0u8; 1 << 20]).expect("a disk image");
+    }
+    let sock = dir.0.join("q.sock");
+    let child = Command::new(vm::shmvm_bin())
+        .args(["-kernel", &kernel, "-m", "32M", "-serial", "none"])
+        .args(["-object", "memory-backend-shm,id=m,size=1M"])
+        .args(["-device", "ivshmem-plain,memdev=m,id=iv0,addr=3"])
+        .args(["-device", "virtio-rng-pci,id=rng0,addr=4"])
+        .args(["-device", "virtio-rng-pci,addr=5"])
+        .arg("-drive")
+        .arg(format!("file={},if=none,id=d0,format=raw", disk.display()))
+        .args(["-device", "virtio-blk-pci,drive=d0,id=blk0,addr=6"])
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", own.display()))
+        .args(["-device", "virtio-serial-pci,id=ser0,addr=8"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shmvm");
+    let mut q = RawQmp::connect(&sock);
+    q.negotiate().expect("negotiate");
+    let pci: serde_json::Value =
+        serde_json::from_str(&q.ask(r#"{"execute":"query-pci"}"#)).expect("query-pci JSON");
+    let ids: Vec<(u64, String)> = pci["return"][0]["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            let slot = d["slot"].as_u64().expect("slot");
+            let id = d["qdev_id"].as_str().expect("qdev_id is a string");
+            (slot, id.to_string())
+        })
+        .collect();
+    let own_slot = ids
+        .iter()
+        .find(|(s, _)| ![0, 3, 4, 5, 6, 8].contains(s))
+        .map(|(s, _)| *s)
+        .unwrap_or_else(|| panic!("no slot for the if=virtio drive in {ids:?}"));
+    let mut want: Vec<(u64, String)> = [
+        (0, ""),
+        (3, "iv0"),
+        (4, "rng0"),
+        (5, ""),
+        (6, "blk0"),
+        (own_slot, ""),
+        (8, "ser0"),
+    ]
+    .iter()
+    .map(|&(s, id)| (s, id.to_string()))
+    .collect();
+    want.sort();
+    let mut got = ids;
+    got.sort();
+    assert_eq!(got, want, "{pci}");
+    let quit = q.try_ask(r#"{"execute":"quit"}"#);
+    let r = vm::wait(child, Duration::from_secs(10));
+    assert!(quit.is_ok(), "quit: {quit:?}; {}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+}

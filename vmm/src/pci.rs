@@ -323,6 +323,8 @@ pub struct PciFunction {
     pub name: String,
     /// `addr=`: the slot asked for, else the first free one.
     pub slot: Option<u8>,
+    /// `id=`: the device's id, as QMP's `query-pci` shows it (`qdev_id`).
+    pub qdev_id: Option<String>,
     pub device: devices::pci::SharedPciDevice,
     /// Every BAR the device has, with what backs it.
     pub bars: Vec<(usize, BarBacking)>,
@@ -352,6 +354,7 @@ impl std::fmt::Debug for PciFunction {
         f.debug_struct("PciFunction")
             .field("name", &self.name)
             .field("slot", &self.slot)
+            .field("qdev_id", &self.qdev_id)
             .field("bars", &self.bars)
             .finish()
     }
@@ -372,6 +375,7 @@ pub trait PciPlug: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct Placed {
     pub name: String,
+    pub qdev_id: Option<String>,
     pub address: PciAddress,
     pub memory_maps: Vec<(usize, Arc<AtomicU64>)>,
 }
@@ -381,6 +385,8 @@ pub struct Placed {
 #[derive(Debug, Clone)]
 pub struct FunctionInfo {
     pub address: PciAddress,
+    /// The device's `id=` (None for the host bridge and devices without one).
+    pub qdev_id: Option<String>,
     /// Configuration space bytes 0..64.
     pub header: [u8; 64],
     pub bars: Vec<BarInfo>,
@@ -507,6 +513,7 @@ impl Pci {
             log::info!("{}: PCI {address}", f.name);
             placed.push(Placed {
                 name: f.name.clone(),
+                qdev_id: f.qdev_id.clone(),
                 address,
                 memory_maps,
             });
@@ -584,8 +591,14 @@ impl Pci {
                     address: root.mapped(address, index).map(|r| r.addr),
                 })
                 .collect();
+            let qdev_id = self
+                .placed
+                .iter()
+                .find(|p| p.address == address)
+                .and_then(|p| p.qdev_id.clone());
             out.push(FunctionInfo {
                 address,
+                qdev_id,
                 header,
                 bars,
             });

@@ -294,6 +294,9 @@ pub fn one_line(msg: &str) -> String {
 /// table, then the configuration.
 pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseOutcome> {
     let n = options::normalize(argv).map_err(Error::from)?;
+    if let Some(text) = n.help {
+        return Err(ParseOutcome::Info(text));
+    }
     let args = Args::try_parse_from(&n.args).map_err(clap_error)?;
     if let Some(text) = introspect(&args)? {
         return Err(ParseOutcome::Info(text));

@@ -509,7 +509,20 @@ pub struct Normalized {
     pub noops: Vec<String>,
     /// How many `-v` (`-vv` counts 2, `--verbose` 1).
     pub verbose: usize,
+    /// `-cpu help` or `-accel help`: the text to print instead of running.
+    pub help: Option<String>,
 }
+
+/// `-cpu help`: the models shmvm accepts (QEMU lists its own here).
+const CPU_HELP: &str = "Available CPUs:
+  host                   the host CPU as the hypervisor exposes it (shmvm's only model)
+  max                    accepted: means host
+";
+
+/// `-accel help`: shmvm's accelerators, in QEMU's format.
+const ACCEL_HELP: &str = "Accelerators supported in QEMU binary:
+kvm
+";
 
 /// The closest known option name, for "did you mean" (edit distance <= 2).
 fn suggest(name: &str) -> String {
@@ -641,6 +654,16 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
                 let written = match opt.value {
                     Some(_) => {
                         let v = raw_value()?.to_string_lossy().into_owned();
+                        if v == "help" || v == "?" {
+                            match opt.name {
+                                "cpu" => out.help = Some(CPU_HELP.into()),
+                                "accel" => out.help = Some(ACCEL_HELP.into()),
+                                _ => {}
+                            }
+                            if out.help.is_some() {
+                                continue;
+                            }
+                        }
                         let ok = if opt.name == "accel" {
                             // QEMU tries each -accel in order: a fallback after
                             // the host's accelerator is never used.

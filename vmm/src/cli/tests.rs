@@ -355,6 +355,20 @@ fn help_and_introspection() {
     assert!(t.contains("microvm"), "{t}");
     let t = info(&["-chardev", "help"]);
     assert!(t.contains("stdio"), "{t}");
+    // -cpu and -accel list what they accept, as QEMU's do.
+    for a in [["-cpu", "help"], ["-cpu", "?"]] {
+        let t = info(&a);
+        assert!(
+            t.starts_with("Available CPUs:") && t.contains("host"),
+            "{t}"
+        );
+    }
+    let t = info(&["-accel", "help"]);
+    assert!(t.lines().any(|l| l == "kvm"), "{t}");
+    assert_eq!(
+        err(&["-cpu", "qemu64"]),
+        "-cpu qemu64: not supported; shmvm gives the guest the host CPU; use -cpu host"
+    );
     // An unknown type is an error (exit 2), not help text and exit 0.
     assert_eq!(
         err(&["-device", "nope,help"]),

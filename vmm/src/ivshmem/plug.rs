@@ -23,6 +23,7 @@ use crate::stats::{IvshmemStats, Stats};
 pub struct Ivshmem {
     name: String,
     slot: Option<u8>,
+    qdev_id: Option<String>,
     memdev: Arc<Backend>,
     device: Arc<Mutex<IvshmemPlain>>,
 }
@@ -49,6 +50,7 @@ impl Ivshmem {
         Ok(Ivshmem {
             name,
             slot: cfg.slot,
+            qdev_id: cfg.id.clone(),
             memdev,
             device: Arc::new(Mutex::new(device)),
         })
@@ -66,6 +68,7 @@ impl PciPlug for Ivshmem {
         PciFunction {
             name: self.name.clone(),
             slot: self.slot,
+            qdev_id: self.qdev_id.clone(),
             device: self.device.clone(),
             bars: vec![
                 (REGISTER_BAR, BarBacking::Registers),

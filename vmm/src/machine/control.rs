@@ -226,7 +226,7 @@ fn pci_device(f: &crate::pci::FunctionInfo) -> Value {
             "subsystem": u16_at(h, 0x2e),
         },
         "irq_pin": pin,
-        "qdev_id": "",
+        "qdev_id": f.qdev_id.as_deref().unwrap_or(""),
         "regions": regions,
     });
     if pin != 0

@@ -358,6 +358,7 @@ impl DoorbellEvents for Owner {
 pub struct Doorbell {
     name: String,
     slot: Option<u8>,
+    qdev_id: Option<String>,
     id: u16,
     vectors: u16,
     shm: Arc<MmapRegion>,
@@ -477,6 +478,7 @@ impl Doorbell {
             requester,
             name,
             slot: cfg.slot,
+            qdev_id: cfg.id.clone(),
             id: setup.id,
             vectors: cfg.vectors,
             shm: Arc::new(shm),
@@ -558,6 +560,7 @@ impl PciPlug for Doorbell {
         PciFunction {
             name: self.name.clone(),
             slot: self.slot,
+            qdev_id: self.qdev_id.clone(),
             device: self.device.clone(),
             bars: vec![
                 (REGISTER_BAR, BarBacking::Registers),

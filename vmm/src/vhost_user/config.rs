@@ -68,6 +68,8 @@ pub struct VhostUserConfig {
     pub socket: PathBuf,
     /// PCI slot on bus 0; the first free one when absent.
     pub slot: Option<u8>,
+    /// `id=`, QMP's `qdev_id`.
+    pub id: Option<String>,
     /// Position among the vhost-user devices, for messages.
     pub index: usize,
 }
@@ -113,6 +115,7 @@ pub fn from_keyval(
         chardev: None,
         socket: PathBuf::new(),
         slot: None,
+        id: None,
         index: 0,
     };
     if socket_key == "chardev" {
@@ -128,8 +131,7 @@ pub fn from_keyval(
         })?);
     }
     cfg.kind = kinds::from_keyval(kind, &mut kv).map_err(bad)?;
-    // QEMU's device id: accepted, not used.
-    kv.take("id");
+    cfg.id = kv.take_str("id").map_err(|e| bad(e.to_string()))?;
     kv.finish(&known).map_err(|e| bad(e.to_string()))?;
     if cfg.chardev.is_none() && cfg.socket.as_os_str().is_empty() {
         return Err(bad(format!("{socket_key}= is required")));

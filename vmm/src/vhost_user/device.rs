@@ -93,6 +93,7 @@ impl std::fmt::Debug for VhostUser {
 pub struct Wired {
     pub name: String,
     pub slot: Option<u8>,
+    pub qdev_id: Option<String>,
     pub device: Arc<Mutex<VirtioPci>>,
     pub stats: Arc<VhostUserDeviceStats>,
     pub requester: crate::interrupts::Requester,
@@ -101,7 +102,13 @@ pub struct Wired {
 impl PciPlug for Wired {
     /// BAR0 holds the transport's registers.
     fn function(&self) -> PciFunction {
-        crate::virtio::wiring::function(&self.name, self.slot, &self.device, &self.requester)
+        crate::virtio::wiring::function(
+            &self.name,
+            self.slot,
+            self.qdev_id.clone(),
+            &self.device,
+            &self.requester,
+        )
     }
 
     fn add_stats(&self, _placed: &Placed, _pci: &Pci, stats: &mut Stats) {
@@ -188,6 +195,7 @@ pub fn create(
     Ok(Wired {
         name,
         slot: cfg.slot,
+        qdev_id: cfg.id.clone(),
         device: Arc::new(Mutex::new(device)),
         stats,
         requester,

@@ -44,6 +44,8 @@ pub struct BlkConfig {
     /// GET_ID's answer (QEMU's `serial=`), at most 20 bytes.
     pub serial: Option<String>,
     pub slot: Option<u8>,
+    /// The device's `id=` (none for an `if=virtio` drive's own device).
+    pub id: Option<String>,
 }
 
 impl fmt::Display for BlkConfig {
@@ -59,6 +61,7 @@ impl fmt::Display for BlkConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RngConfig {
     pub slot: Option<u8>,
+    pub id: Option<String>,
 }
 
 fn slot(kv: &mut KeyVal, bad: &dyn Fn(String) -> Error) -> Result<Option<u8>, Error> {
@@ -146,6 +149,7 @@ pub struct BlkDevice {
     pub drive: String,
     pub serial: Option<String>,
     pub slot: Option<u8>,
+    pub id: Option<String>,
 }
 
 /// Properties of `-device virtio-blk-pci`.
@@ -157,7 +161,7 @@ pub fn parse_blk_device(mut kv: KeyVal) -> Result<BlkDevice, Error> {
     let drive = kv.take_str("drive").map_err(kve)?;
     let serial = kv.take_str("serial").map_err(kve)?;
     let slot = slot(&mut kv, &bad)?;
-    kv.take("id");
+    let id = kv.take_str("id").map_err(kve)?;
     kv.finish(BLK_PROPS).map_err(kve)?;
     let drive = drive.ok_or_else(|| bad("drive= is required (a -drive if=none,id=ID)".into()))?;
     if serial.as_ref().is_some_and(|s| s.len() > 20) {
@@ -167,15 +171,17 @@ pub fn parse_blk_device(mut kv: KeyVal) -> Result<BlkDevice, Error> {
         drive,
         serial,
         slot,
+        id,
     })
 }
 
 pub fn parse_rng_device(mut kv: KeyVal) -> Result<RngConfig, Error> {
     let bad = |reason: String| invalid("-device", format!("virtio-rng-pci: {reason}"));
+    let kve = |e: crate::config::keyval::Error| bad(e.to_string());
     let slot = slot(&mut kv, &bad)?;
-    kv.take("id");
-    kv.finish(&["addr", "id"]).map_err(|e| bad(e.to_string()))?;
-    Ok(RngConfig { slot })
+    let id = kv.take_str("id").map_err(kve)?;
+    kv.finish(&["addr", "id"]).map_err(kve)?;
+    Ok(RngConfig { slot, id })
 }
 
 /// Binds `virtio-blk-pci,drive=ID` to its `if=none` drive.
@@ -199,6 +205,7 @@ pub fn bind(drives: &[DriveConfig], dev: BlkDevice) -> Result<BlkConfig, Error> 
         drive: d.clone(),
         serial: dev.serial,
         slot: dev.slot,
+        id: dev.id,
     })
 }
 
@@ -227,6 +234,7 @@ pub fn check_drives(drives: &[DriveConfig], bound: &[&BlkConfig]) -> Result<Vec<
             drive: d.clone(),
             serial: None,
             slot: None,
+            id: None,
         })
         .collect())
 }

@@ -182,6 +182,7 @@ impl<D: VirtioDevice> TransportEvents for Owner<D> {
 pub struct Wired<D: VirtioDevice + Counted> {
     pub name: String,
     pub slot: Option<u8>,
+    pub qdev_id: Option<String>,
     pub device: Arc<Mutex<VirtioPci>>,
     worker: Arc<Worker<D>>,
     stats: Arc<OwnerStats>,
@@ -196,7 +197,13 @@ impl<D: VirtioDevice + Counted> std::fmt::Debug for Wired<D> {
 
 impl<D: VirtioDevice + Counted> PciPlug for Wired<D> {
     fn function(&self) -> PciFunction {
-        crate::virtio::wiring::function(&self.name, self.slot, &self.device, &self.requester)
+        crate::virtio::wiring::function(
+            &self.name,
+            self.slot,
+            self.qdev_id.clone(),
+            &self.device,
+            &self.requester,
+        )
     }
 
     fn add_stats(&self, _placed: &Placed, _pci: &Pci, stats: &mut Stats) {
@@ -224,6 +231,7 @@ impl<D: VirtioDevice + Counted> PciPlug for Wired<D> {
 pub fn create<D: VirtioDevice + Counted>(
     name: String,
     slot: Option<u8>,
+    qdev_id: Option<String>,
     device: D,
     mem: Arc<dyn devices::virtio::queue::GuestMemory>,
     vm: &Arc<Vm>,
@@ -305,6 +313,7 @@ pub fn create<D: VirtioDevice + Counted>(
     Ok(Wired {
         name,
         slot,
+        qdev_id,
         device,
         worker,
         stats,
@@ -370,7 +379,15 @@ pub fn blk(
         option: format!("-drive {}", cfg.drive.spec),
         err,
     })?;
-    create(cfg.to_string(), cfg.slot, block, mem, vm, interrupts)
+    create(
+        cfg.to_string(),
+        cfg.slot,
+        cfg.id.clone(),
+        block,
+        mem,
+        vm,
+        interrupts,
+    )
 }
 
 /// A virtio-rng-pci device reading the host kernel's CSPRNG.
@@ -385,7 +402,15 @@ pub fn rng(
         err,
     })?;
     let rng = devices::virtio::rng::Rng::new(source);
-    create("virtio-rng-pci".into(), cfg.slot, rng, mem, vm, interrupts)
+    create(
+        "virtio-rng-pci".into(),
+        cfg.slot,
+        cfg.id.clone(),
+        rng,
+        mem,
+        vm,
+        interrupts,
+    )
 }
 
 impl Counted for devices::virtio::console::Console {
@@ -455,5 +480,13 @@ pub fn serial(
         });
     }
     let console = Console::new(ports, cfg.max_ports);
-    create(cfg.to_string(), cfg.slot, console, mem, vm, interrupts)
+    create(
+        cfg.to_string(),
+        cfg.slot,
+        cfg.id.clone(),
+        console,
+        mem,
+        vm,
+        interrupts,
+    )
 }

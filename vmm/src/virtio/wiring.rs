@@ -186,12 +186,14 @@ impl QueueWiring {
 pub fn function(
     name: &str,
     slot: Option<u8>,
+    qdev_id: Option<String>,
     device: &std::sync::Arc<std::sync::Mutex<devices::virtio::VirtioPci>>,
     requester: &crate::interrupts::Requester,
 ) -> crate::pci::PciFunction {
     crate::pci::PciFunction {
         name: name.to_string(),
         slot,
+        qdev_id,
         device: device.clone(),
         bars: vec![(
             devices::virtio::BAR_INDEX,
