@@ -250,7 +250,7 @@ pub const OPTIONS: &[Opt] = &[
         "sandbox",
         Some("on|off"),
         "seccomp filters per thread kind, no_new_privs, capabilities dropped after start-up \
-         (default on; README \"Security model\")",
+         (default on; Linux only: off and refused elsewhere; README \"Security model\")",
     ),
     own(
         "stats",
@@ -519,10 +519,12 @@ const CPU_HELP: &str = "Available CPUs:
   max                    accepted: means host
 ";
 
-/// `-accel help`: shmvm's accelerators, in QEMU's format.
-const ACCEL_HELP: &str = "Accelerators supported in QEMU binary:
-kvm
-";
+/// `-accel help`: shmvm's accelerator on this host, in QEMU's format.
+const ACCEL_HELP: &str = match crate::hv::HOST_ACCEL {
+    Some(_) if cfg!(target_os = "linux") => "Accelerators supported in QEMU binary:\nkvm\n",
+    Some(_) => "Accelerators supported in QEMU binary:\nhvf\n",
+    None => "Accelerators supported in QEMU binary:\n",
+};
 
 /// The closest known option name, for "did you mean" (edit distance <= 2).
 fn suggest(name: &str) -> String {

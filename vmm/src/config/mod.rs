@@ -212,7 +212,8 @@ pub struct Input {
     pub mem_prealloc: bool,
     /// `-pidfile FILE`.
     pub pidfile: Option<PathBuf>,
-    /// `--sandbox` (on unless `--sandbox=off`).
+    /// `--sandbox` (on unless `--sandbox=off` where seccomp exists, Linux;
+    /// off elsewhere, and `--sandbox=on` refused there).
     pub sandbox: bool,
     /// `-nographic`: without `-serial`, the console is `mon:stdio` (QEMU's rule).
     pub nographic: bool,
