@@ -308,9 +308,9 @@ pub const OPTIONS: &[Opt] = &[
     ),
     noop_if(
         "accel",
-        "kvm|hvf[,...]",
+        "kvm[,...]",
         &[],
-        "the host's accelerator, shmvm's only one: kvm on Linux, hvf on macOS on Apple silicon; later -accel fallbacks (tcg, ...) are never reached",
+        "the host's accelerator, shmvm's only one: kvm on Linux (hvf[,...] on macOS on Apple silicon); later -accel fallbacks (tcg, ...) are never reached",
         "shmvm runs on the host's accelerator only: -accel kvm on Linux, -accel hvf on macOS",
     ),
     noop_if(
