@@ -134,7 +134,9 @@ impl Error {
 /// rather than ignored.
 fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
     for d in &cfg.devices {
-        // The virtio models' worker threads wait in epoll on eventfds.
+        // Linux's alone: the virtio models' worker threads wait in epoll on
+        // eventfds; vhost-user shares memfd RAM through the vhost crate;
+        // ivshmem-doorbell's protocol is one eventfd per peer and vector.
         if cfg!(not(target_os = "linux"))
             && matches!(
                 d,
@@ -142,6 +144,8 @@ fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
                     | DeviceConfig::VirtioRng(_)
                     | DeviceConfig::VirtioSerial(_)
                     | DeviceConfig::VirtioSerialPort(_)
+                    | DeviceConfig::VhostUser(_)
+                    | DeviceConfig::IvshmemDoorbell(_)
             )
         {
             return Err(Error::NotOnHost(format!("-device {}", device_kind(d))));
@@ -161,6 +165,10 @@ fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
         return Err(Error::Unsupported(what));
     }
     if !cfg.monitors.is_empty() {
+        // The QMP server waits in epoll.
+        if cfg!(not(target_os = "linux")) {
+            return Err(Error::NotOnHost("-qmp/-mon".into()));
+        }
         return Err(Error::Unsupported("-qmp/-mon".into()));
     }
     if cfg.boot.is_some() {
