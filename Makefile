@@ -182,8 +182,9 @@ check: deps check-portable aarch64-check
 # and clippy-checked for macOS (Apple silicon and Intel), FreeBSD and
 # OpenBSD: Debian's Rust 1.96 (/usr/bin, installed by make deps) builds their
 # std from rust-web-src (-Z build-std, type-checking only, no linker). Own
-# target dir: ~70 s of CPU a target cold, 10 s for all warm (README, "macOS
-# and the BSDs"). PORTABLE_TARGETS=... checks fewer.
+# target dir: ~2-2.7 min of CPU a target cold (vmm's dependencies included),
+# 10 s for all warm, ~2 min of CPU after an edit in vmm (README, "macOS and
+# the BSDs"). PORTABLE_TARGETS=... checks fewer.
 check-portable: deps
 	@for t in $(PORTABLE_TARGETS); do \
 		echo "check-portable: $$t"; \
