@@ -4,6 +4,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod debug_exit;
 pub mod ged;
+pub mod i6300esb;
 pub mod i8042;
 pub mod ivshmem;
 pub mod ivshmem_doorbell;

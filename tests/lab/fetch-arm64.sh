@@ -4,7 +4,8 @@
 # PSCI, 8250-of-platform consoles and initrd support are built in; the
 # virtio-pci drivers are modules, kept in modules/virtio/ with their load
 # order) and an arm64 busybox-static (unpacked, not installed: it would
-# replace the host's). Idempotent: a stamp names each version.
+# replace the host's), and (tests/lab/arm64/fetch-qemu.sh) the arm64 QEMU
+# that is the reference L2 VMM. Idempotent: a stamp names each version.
 set -euo pipefail
 out=${LAB_ARM64_DIR:-build/lab-arm64}
 mkdir -p "$out"
@@ -21,6 +22,7 @@ kpkg=$(versioned linux-image-cloud-arm64:arm64)
 kpkg=${kpkg%:arm64}
 bver=$(apt-cache policy busybox-static:arm64 | awk '/Candidate:/ {print $2}')
 stamp="$kpkg busybox-$bver virtio-modules"
+bash "$(dirname "$0")/arm64/fetch-qemu.sh" "$out"
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ] && [ -f "$out/vmlinuz" ] &&
     [ -x "$out/busybox" ]; then
     echo "lab-fetch-arm64: $stamp cached in $out"

@@ -27,6 +27,21 @@ pub struct Stats {
     pub guest_log_lines: u64,
     #[serde(default)]
     pub guest_log_suppressed: u64,
+    /// i6300esb watchdogs (absent in older binaries' lines).
+    #[serde(default)]
+    pub watchdog: Vec<Watchdog>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Watchdog {
+    pub name: String,
+    pub pci: String,
+    pub action: String,
+    pub pings: u64,
+    pub stage1_expiries: u64,
+    pub fired: u64,
+    pub locked_writes: u64,
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -42,6 +42,22 @@ fn usage_errors_exit_2_with_one_line() {
         (vec!["-kernel", k, "-serial", "pty"], "-serial"),
         (vec!["-kernel", k, "-device", "e1000"], "-device"),
         (
+            vec!["-kernel", k, "-device", "i6300esb,addr=0x40"],
+            "-device: i6300esb: addr='0x40'",
+        ),
+        (
+            vec!["-kernel", k, "-watchdog-action", "explode"],
+            "-watchdog-action explode: not a watchdog action",
+        ),
+        (
+            vec!["-kernel", k, "-action", "watchdog=reboot"],
+            "-action watchdog=reboot",
+        ),
+        (
+            vec!["-kernel", k, "-action", "reboot=reset"],
+            "-action reboot=reset: reboot=reset: not supported",
+        ),
+        (
             vec!["-kernel", k, "-device", "isa-debug-exit,iobase=zz"],
             "-device",
         ),

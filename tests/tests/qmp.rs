@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shmvm_tests::harness::{self as vm, TempDir};
+use shmvm_tests::raw_qmp::RawQmp;
 
 /// `cli; hlt; jmp hlt`: waits forever without using the host CPU, so a
 /// monitor has all the time it needs (under shmvm and QEMU alike).
@@ -102,67 +103,6 @@ fn qmp_option_errors() {
     assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
 }
 
-/// A few lines of QMP over a plain socket (no library), for tests that
-/// need a guest of their own.
-struct RawQmp {
-    stream: std::os::unix::net::UnixStream,
-    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
-}
-
-impl RawQmp {
-    fn connect(path: &std::path::Path) -> RawQmp {
-        let t0 = std::time::Instant::now();
-        let stream = loop {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if t0.elapsed() > Duration::from_secs(10) => panic!("{path:?}: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
-        let mut q = RawQmp { stream, reader };
-        assert!(q.line().contains("\"QMP\""));
-        q
-    }
-
-    fn negotiate(&mut self) -> std::io::Result<()> {
-        let r = self.try_ask(r#"{"execute":"qmp_capabilities"}"#)?;
-        assert!(r.contains("\"return\""), "{r}");
-        Ok(())
-    }
-
-    fn line(&mut self) -> String {
-        use std::io::BufRead;
-        let mut l = String::new();
-        self.reader.read_line(&mut l).expect("read a QMP line");
-        l
-    }
-
-    /// Sends `msg`; returns the first line that is not an event.
-    fn ask(&mut self, msg: &str) -> String {
-        self.try_ask(msg).expect("QMP exchange")
-    }
-
-    fn try_ask(&mut self, msg: &str) -> std::io::Result<String> {
-        use std::io::{BufRead, Write};
-        // One write: the server acts on a complete object at once (quit
-        // closes the socket), so a separate newline write could fail.
-        self.stream.write_all(format!("{msg}\n").as_bytes())?;
-        loop {
-            let mut l = String::new();
-            if self.reader.read_line(&mut l)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            if !l.contains("\"event\"") {
-                return Ok(l);
-            }
-        }
-    }
-}
-
 /// system_powerdown presses the GED power button: the event bit is in the
 /// GED register (the guest here polls it instead of running ACPI), and
 /// the POWERDOWN event goes out. Without a monitor there is no GED.
@@ -179,17 +119,11 @@ fn kvm_powerdown_sets_the_ged_event() {
     ];
     let kernel = dir.tiny_kernel(&code);
     let sock = dir.0.join("q.sock");
-    let child = Command::new(vm::shmvm_bin())
-        .args(["-kernel", &kernel, "-m", "16", "-serial", "none"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn shmvm");
-    let mut q = RawQmp::connect(&sock);
-    q.negotiate().expect("negotiate");
+    let (child, mut q) = RawQmp::start(
+        &kernel,
+        &sock,
+        &["-device", "isa-debug-exit,iobase=0xf4,iosize=4"],
+    );
     std::thread::sleep(Duration::from_millis(100));
     let r = q.ask(r#"{"execute":"system_powerdown","id":1}"#);
     assert!(r.contains("\"return\""), "{r}");

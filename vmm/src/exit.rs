@@ -13,6 +13,8 @@ pub enum VmEnd {
     Guest(GuestExit),
     /// The guest powered off or reset through a hypervisor system event.
     Poweroff,
+    /// A watchdog ran out and its action (reset, poweroff) ends the VM.
+    Watchdog(crate::watchdog::WatchdogAction),
     TripleFault,
     SystemEvent(SystemEvent),
     InternalError {
@@ -36,7 +38,7 @@ impl VmEnd {
     pub fn exit_code(&self) -> i32 {
         match self {
             VmEnd::Guest(g) => g.exit_code(),
-            VmEnd::Poweroff | VmEnd::Monitor(_) => 0,
+            VmEnd::Poweroff | VmEnd::Monitor(_) | VmEnd::Watchdog(_) => 0,
             VmEnd::Signal(s) => 128 + s,
             _ => 1,
         }
@@ -45,7 +47,9 @@ impl VmEnd {
     /// One line for stderr when the ending is a failure (None: say nothing).
     pub fn describe(&self) -> Option<String> {
         Some(match self {
-            VmEnd::Guest(_) | VmEnd::Poweroff | VmEnd::Monitor(_) => return None,
+            VmEnd::Guest(_) | VmEnd::Poweroff | VmEnd::Monitor(_) | VmEnd::Watchdog(_) => {
+                return None;
+            }
             VmEnd::TripleFault => "guest triple fault (KVM_EXIT_SHUTDOWN)".into(),
             VmEnd::SystemEvent(SystemEvent::Crash) => "guest crashed (system event)".into(),
             VmEnd::SystemEvent(k) => format!("guest system event {k:?}"),

@@ -62,6 +62,7 @@ pub mod terminal;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod virtio;
+pub mod watchdog;
 
 #[cfg(target_arch = "aarch64")]
 pub use arch::aarch64::layout;

@@ -47,7 +47,7 @@ pub enum ThreadKind {
     Vcpu,
     /// A device or console worker thread (console output, the stdin
     /// reader, the ivshmem doorbell watcher, vhost-user deadline and
-    /// hang-up watchers).
+    /// hang-up watchers, the watchdog's timer).
     Worker,
     /// The QMP monitor's thread.
     Monitor,

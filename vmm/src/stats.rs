@@ -142,6 +142,24 @@ pub struct VirtioStats {
     pub device_errors: u64,
 }
 
+/// One i6300esb watchdog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WatchdogStats {
+    pub name: String,
+    pub pci: String,
+    /// `-watchdog-action`.
+    pub action: &'static str,
+    /// Reloads while enabled.
+    pub pings: u64,
+    pub stage1_expiries: u64,
+    /// Times stage 2 ran out and the action was performed.
+    pub fired: u64,
+    /// Preload and reload writes without the unlock sequence (ignored).
+    pub locked_writes: u64,
+    /// Whether the guest had it enabled at the end.
+    pub enabled: bool,
+}
+
 /// Everything, at the end of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stats {
@@ -161,6 +179,7 @@ pub struct Stats {
     pub ivshmem_doorbell: Vec<DoorbellStats>,
     pub vhost_user: Vec<VhostUserStats>,
     pub virtio: Vec<VirtioStats>,
+    pub watchdog: Vec<WatchdogStats>,
 }
 
 impl Default for Stats {
@@ -177,6 +196,7 @@ impl Default for Stats {
             ivshmem_doorbell: Vec::new(),
             vhost_user: Vec::new(),
             virtio: Vec::new(),
+            watchdog: Vec::new(),
         }
     }
 }
@@ -289,6 +309,20 @@ impl Stats {
                 v.bytes_from_guest,
                 v.flushes,
                 v.notify_exits,
+            ));
+        }
+        for w in &self.watchdog {
+            out.push_str(&format!(
+                "  {} ({}): action {}; {} pings, stage 1 ran out {} times, fired {} times; \
+                 {} writes without the unlock sequence; {} at the end\n",
+                w.name,
+                w.pci,
+                w.action,
+                w.pings,
+                w.stage1_expiries,
+                w.fired,
+                w.locked_writes,
+                if w.enabled { "enabled" } else { "disabled" },
             ));
         }
         for b in &self.buses {

@@ -33,6 +33,26 @@ pub struct VmState {
     pause_requested: AtomicBool,
     pause: Mutex<Pause>,
     parked_changed: Condvar,
+    /// Guest time (QEMU's virtual clock): stands still while paused.
+    guest_time: Mutex<GuestTime>,
+}
+
+/// Host monotonic time minus the time the VM spent paused.
+#[derive(Debug)]
+struct GuestTime {
+    origin: Instant,
+    paused_total: Duration,
+    paused_since: Option<Instant>,
+}
+
+impl Default for GuestTime {
+    fn default() -> Self {
+        GuestTime {
+            origin: Instant::now(),
+            paused_total: Duration::ZERO,
+            paused_since: None,
+        }
+    }
 }
 
 /// vCPUs running their loop, and how many of them are parked.
@@ -82,10 +102,30 @@ impl VmState {
         self.pause.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn time_lock(&self) -> std::sync::MutexGuard<'_, GuestTime> {
+        self.guest_time.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Guest time in nanoseconds since the VM was set up: the host's
+    /// monotonic clock, standing still while the VM is paused (QMP
+    /// `stop`, a snapshot being saved), as QEMU's virtual clock does.
+    pub fn guest_ns(&self) -> u64 {
+        let t = self.time_lock();
+        let now = t.paused_since.unwrap_or_else(Instant::now);
+        let ran = now
+            .saturating_duration_since(t.origin)
+            .saturating_sub(t.paused_total);
+        u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Parks every vCPU outside KVM_RUN; returns once all are parked (or
     /// the VM stops, or `timeout` passes: false).
     pub fn pause(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        {
+            let mut t = self.time_lock();
+            t.paused_since.get_or_insert_with(Instant::now);
+        }
         let mut p = self.pause_lock();
         p.requested = true;
         self.pause_requested.store(true, Ordering::SeqCst);
@@ -151,6 +191,12 @@ impl VmState {
 
     /// Lets parked vCPUs run again.
     pub fn resume(&self) {
+        {
+            let mut t = self.time_lock();
+            if let Some(since) = t.paused_since.take() {
+                t.paused_total += since.elapsed();
+            }
+        }
         let mut p = self.pause_lock();
         p.requested = false;
         self.pause_requested.store(false, Ordering::SeqCst);

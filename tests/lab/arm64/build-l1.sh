@@ -7,7 +7,9 @@
 # L2: busybox, ivshmem-tool, the virtio modules, tests/lab/arm64/l2-init as /init and a random
 # marker the guest must read back (proves the initrd arrived). L1: busybox,
 # l1-init as /init, shmvm, the lab runner, ivshmem-tool (the host side of
-# the ivshmem scenarios), the L2 kernel and initramfs, the marker and the
+# the ivshmem scenarios), QEMU (the reference L2 VMM: DIR/qemu/ from
+# tests/lab/arm64/fetch-qemu.sh, the binary with its loader and libraries at
+# their own paths), the L2 kernel and initramfs, the marker and the
 # scenario table.
 set -euo pipefail
 dir=${1:?usage: build-l1.sh DIR SHMVM_AARCH64 LAB_AARCH64 SCENARIOS TOOL_AARCH64}
@@ -15,6 +17,7 @@ shmvm=${2:?} runner=${3:?} scenarios=${4:?} tool=${5:?}
 here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "lab-arm64: $*" >&2; exit 1; }
 [ -f "$dir/vmlinuz" ] && [ -x "$dir/busybox" ] || die "$dir: run tests/lab/fetch-arm64.sh"
+[ -x "$dir/qemu/usr/bin/qemu-system-aarch64" ] || die "$dir/qemu: run tests/lab/fetch-arm64.sh"
 for b in "$shmvm" "$runner" "$tool"; do
     file -L "$b" | grep -q "ARM aarch64.*statically linked" || die "$b is not a static aarch64 binary"
 done
@@ -31,6 +34,7 @@ install -m 755 "$here/l2-init" "$stage/l2/init"
 echo "$marker" >"$stage/l2/lab-initrd-marker"
 (cd "$stage/l2" && find . | sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 >"$stage/l1/lab/l2.cpio.gz"
 cp "$dir/busybox" "$stage/l1/bin/busybox"
+(cd "$dir/qemu" && find . ! -name '.*' | cpio -pdm --quiet "$stage/l1")
 install -m 755 "$here/l1-init" "$stage/l1/init"
 install -m 755 "$shmvm" "$stage/l1/usr/bin/shmvm"
 install -m 755 "$runner" "$stage/l1/usr/bin/lab"

@@ -3,10 +3,13 @@
 //! `qemu-system-aarch64` TCG with EL2, whose in-kernel KVM runs the aarch64
 //! shmvm booting the stock Debian arm64 kernel as L2.
 //! - [`l1_main`] (`lab l1-arm64 /lab/scenarios`, exec'd by the L1 init):
-//!   runs every scenario, judges the L2's `L2-INIT` line and shmvm's exit
-//!   code, prints one `LAB-SCENARIO` line per run, powers L1 off.
+//!   runs every scenario with every L2 VMM of `lab.vmms=` (the x86 lab's
+//!   `LAB_VMMS`: QEMU, the reference, and shmvm by default), judges the
+//!   L2's `L2-INIT` line and the VMM's exit code the same for both, prints
+//!   one `LAB-SCENARIO` line per run, powers L1 off. One run: [`run`].
 //! - [`host_main`] (`lab host-arm64 --dir DIR --scenarios FILE`): boots L1,
-//!   checks every scenario reported, prints `N passed, N failed` last.
+//!   checks every run reported, prints the boot-to-init medians and
+//!   shmvm/QEMU ratio and `N passed, N failed` last.
 //!
 //! What the arm64 machine has today limits the table: guest RAM from
 //! ram, file-tmpfs, memfd or shm; poweroff (PSCI SYSTEM_OFF) or reboot
@@ -18,12 +21,14 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::fields;
 use super::l1::{MAILBOX_DATA_OFF, host_prepare, random, tool};
-use super::scenario::{self, Action, Backend, IvshmemKind, Scenario, Vub};
+use super::scenario::{self, Action, Backend, IvshmemKind, Scenario, Vmm, Vub};
+use super::{fields, tag};
+
+mod run;
 
 /// One L2 boot at most this long (a hang is a failure, not a stuck lab).
 const L2_TIMEOUT: Duration = Duration::from_secs(180);
@@ -47,11 +52,13 @@ pub fn unsupported(s: &Scenario) -> Option<String> {
     let supported = scenario::Extra {
         rng: s.extra.rng,
         vub: s.extra.vub.filter(|v| *v == Vub::Blk),
+        shmvm_only: s.extra.shmvm_only,
         ..Default::default()
     };
     if s.extra != supported {
         return Some(
-            "extras other than rng and blk (no vhost-user or doorbells on aarch64 yet)".into(),
+            "extras other than rng, blk and shmvm-only (no vhost-user or doorbells on aarch64 yet)"
+                .into(),
         );
     }
     None
@@ -66,26 +73,6 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Scenario>, String> {
         }
     }
     Ok(all)
-}
-
-/// shmvm's RAM options for a scenario's backend.
-fn ram_args(s: &Scenario) -> Vec<String> {
-    let size = &s.mem.text;
-    let object = match s.backend {
-        Backend::Ram => return vec!["-m".into(), size.clone()],
-        Backend::Memfd => format!("memory-backend-memfd,id=ram0,size={size}"),
-        Backend::Shm => format!("memory-backend-shm,id=ram0,size={size}"),
-        Backend::FileTmpfs | Backend::FileDisk => format!(
-            "memory-backend-file,id=ram0,size={size},mem-path=/dev/shm/{}.ram,share=on",
-            s.name
-        ),
-    };
-    vec![
-        "-object".into(),
-        object,
-        "-machine".into(),
-        "memory-backend=ram0".into(),
-    ]
 }
 
 /// The verdict on one run: shmvm's exit code and its console.
@@ -117,8 +104,8 @@ pub fn judge(s: &Scenario, marker: &str, rc: Option<i32>, console: &str) -> Resu
     }
     match rc {
         Some(0) => Ok(()),
-        Some(c) => Err(format!("shmvm exit code {c} after {}, want 0", s.action)),
-        None => Err(format!("shmvm did not end in {} s", L2_TIMEOUT.as_secs())),
+        Some(c) => Err(format!("exit code {c} after {}, want 0", s.action)),
+        None => Err(format!("the VMM did not end in {} s", L2_TIMEOUT.as_secs())),
     }
 }
 
@@ -133,10 +120,10 @@ struct Region {
 
 impl Region {
     /// Creates the file and puts the host's pattern and HOSTRDY! in it.
-    fn prepare(s: &Scenario) -> Option<Result<Region, String>> {
+    fn prepare(s: &Scenario, vmm: Vmm) -> Option<Result<Region, String>> {
         let iv = s.ivshmem.as_ref()?;
         let r = Region {
-            file: format!("/dev/shm/lab-iv-{}", s.name),
+            file: format!("/dev/shm/lab-iv-{}", tag(&s.name, vmm)),
             size: iv.size.bytes,
             host_seed: u64::from(random()),
             guest_seed: u64::from(random()),
@@ -148,9 +135,10 @@ impl Region {
         Some(made.map(|()| r))
     }
 
-    /// shmvm's arguments and the guest's command line word.
-    fn args(&self) -> (Vec<String>, String) {
-        let args = vec![
+    /// The VMM's arguments (shmvm's with its statistics) and the guest's
+    /// command line word.
+    fn args(&self, vmm: Vmm) -> (Vec<String>, String) {
+        let mut args = vec![
             "-object".into(),
             format!(
                 "memory-backend-file,id=ivm,size={},mem-path={},share=on",
@@ -158,8 +146,10 @@ impl Region {
             ),
             "-device".into(),
             "ivshmem-plain,memdev=ivm".into(),
-            "--stats=json".into(),
         ];
+        if vmm == Vmm::Shmvm {
+            args.push("--stats=json".into());
+        }
         (
             args,
             format!(" lab.ivshmem={}:{}", self.host_seed, self.guest_seed),
@@ -191,10 +181,10 @@ impl Region {
 }
 
 /// The guest's side of an ivshmem run, from its console: the device in
-/// sysfs (1af4:1110), BAR2 of the region's size, both patterns; and
-/// shmvm's statistics (`--stats=json`): BAR2 mapped where the guest's
+/// sysfs (1af4:1110), BAR2 of the region's size, both patterns; and with
+/// shmvm, its statistics (`--stats=json`): BAR2 mapped where the guest's
 /// kernel put it, and no BAR2 access exited (it is a memory slot).
-pub fn judge_ivshmem(size: u64, console: &str) -> Result<(), String> {
+pub fn judge_ivshmem(size: u64, console: &str, vmm: Vmm) -> Result<(), String> {
     let line = console
         .lines()
         .find_map(|l| l.trim_end_matches('\r').strip_prefix("L2-IVSHMEM "))
@@ -218,6 +208,9 @@ pub fn judge_ivshmem(size: u64, console: &str) -> Result<(), String> {
         if get(k) != "ok" {
             return Err(format!("guest {k}={}", get(k)));
         }
+    }
+    if vmm == Vmm::Qemu {
+        return Ok(());
     }
     let stats: serde_json::Value = console
         .lines()
@@ -247,7 +240,7 @@ struct Virtio {
 }
 
 impl Virtio {
-    fn prepare(s: &Scenario) -> Option<Result<Virtio, String>> {
+    fn prepare(s: &Scenario, vmm: Vmm) -> Option<Result<Virtio, String>> {
         let blk = s.extra.vub == Some(Vub::Blk);
         if !s.extra.rng && !blk {
             return None;
@@ -257,7 +250,7 @@ impl Virtio {
             blk: None,
         };
         if blk {
-            let img = format!("/tmp/lab-blk-{}.img", s.name);
+            let img = format!("/tmp/lab-blk-{}.img", tag(&s.name, vmm));
             let host = format!("hostblk-{}", random());
             let made = fs::File::create(&img).and_then(|mut f| {
                 f.write_all(host.as_bytes())?;
@@ -474,28 +467,6 @@ fn run_machine_checks() {
     }
 }
 
-fn uptime() -> f64 {
-    fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return Some(st.code().unwrap_or(128)),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
-
 fn power_off() -> ! {
     let _ = std::io::stdout().flush();
     let _ = Command::new("sync").status();
@@ -505,13 +476,122 @@ fn power_off() -> ! {
     }
 }
 
-/// Inside the arm64 L1: every scenario with the aarch64 shmvm, one
-/// `LAB-SCENARIO` line each, then `LAB-END` and power-off.
+/// The L2 VMMs L1's command line names (`lab.vmms=`, default both).
+fn l1_vmms(cmdline: &str) -> Result<Vec<Vmm>, String> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("lab.vmms="))
+        .map_or(Ok(vec![Vmm::Qemu, Vmm::Shmvm]), Vmm::parse_list)
+}
+
+/// One scenario with one VMM: the host side of its devices, the run, the
+/// verdict; prints its `LAB-SCENARIO` line (after the console's last lines
+/// if it failed).
+fn run_one(s: &Scenario, vmm: Vmm, marker: &str) {
+    let name = tag(&s.name, vmm);
+    let region = match Region::prepare(s, vmm) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            println!("LAB-FATAL {name}: host side of the ivshmem region: {e}");
+            None
+        }
+        None => None,
+    };
+    let virtio = match Virtio::prepare(s, vmm) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            println!("LAB-FATAL {name}: host side of the virtio disk: {e}");
+            None
+        }
+        None => None,
+    };
+    let (mut devices, region_word) = region.as_ref().map(|r| r.args(vmm)).unwrap_or_default();
+    let (virtio_args, virtio_word) = virtio.as_ref().map(Virtio::args).unwrap_or_default();
+    devices.extend(virtio_args);
+    let append = format!(
+        "quiet panic=-1 lab.name={} lab.action={}{region_word}{virtio_word}",
+        s.name, s.action
+    );
+    let cmd = run::command(s, vmm, &append, devices);
+    let out = run::execute(&cmd, &format!("/tmp/{name}.console"), L2_TIMEOUT);
+    let (verdict, init, wall, console) = match out {
+        Err(e) => (Err(e), None, None, String::new()),
+        Ok(o) => (
+            judge(s, marker, o.rc, &o.console),
+            o.init,
+            Some(o.wall),
+            o.console,
+        ),
+    };
+    let guest_init = console
+        .lines()
+        .find_map(|l| l.strip_prefix(run::INIT_PREFIX))
+        .and_then(|l| fields(l).get("uptime").map(|v| v.to_string()))
+        .unwrap_or_else(|| "-".into());
+    let verdict = verdict.and_then(|()| match (&s.ivshmem, &region) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err("the ivshmem region could not be prepared".into()),
+        (Some(_), Some(r)) => {
+            judge_ivshmem(r.size, &console, vmm).and_then(|()| r.check_host_side())
+        }
+    });
+    let verdict = verdict.and_then(|()| match &virtio {
+        Some(v) => v.judge(&console),
+        None if s.extra.rng || s.extra.vub.is_some() => {
+            Err("the virtio disk could not be prepared".into())
+        }
+        None => Ok(()),
+    });
+    if let Some(r) = &region {
+        let _ = fs::remove_file(&r.file);
+    }
+    if let Some(v) = &virtio {
+        v.remove();
+    }
+    if s.backend == Backend::FileTmpfs {
+        let _ = fs::remove_file(run::ram_file(s, vmm));
+    }
+    if verdict.is_err() {
+        let lines: Vec<&str> = console.lines().collect();
+        for l in &lines[lines.len().saturating_sub(20)..] {
+            println!("[{name}] {l}");
+        }
+    }
+    let (result, reason) = match &verdict {
+        Ok(()) => ("PASS", String::new()),
+        Err(why) => ("FAIL", format!(" reason={}", why.replace(' ', "_"))),
+    };
+    let secs = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64()));
+    println!(
+        "LAB-SCENARIO name={} vmm={vmm} arch=aarch64 result={result} init_s={} wall={} guest_init={guest_init}{}{reason}",
+        s.name,
+        secs(init),
+        secs(wall),
+        facts(&console)
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// Inside the arm64 L1: the machine checks, then every scenario with
+/// every VMM of `lab.vmms=` it runs with, one `LAB-SCENARIO` line each,
+/// then `LAB-END` and power-off.
 pub fn l1_main(table: &Path) -> ! {
     let text = fs::read_to_string(table).unwrap_or_default();
     let marker = fs::read_to_string("/lab/l2-marker").unwrap_or_default();
     let marker = marker.trim();
-    let all = match parse(&table.display().to_string(), &text) {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let setup = parse(&table.display().to_string(), &text).and_then(|all| {
+        let vmms = l1_vmms(&cmdline).map_err(|e| format!("lab.vmms: {e}"))?;
+        match vmms
+            .iter()
+            .map(|v| run::binary(*v))
+            .find(|b| !Path::new(b).exists())
+        {
+            Some(b) => Err(format!("{b} is not in the arm64 L1 initramfs")),
+            None => Ok((all, vmms)),
+        }
+    });
+    let (all, vmms) = match setup {
         Ok(a) => a,
         Err(e) => {
             println!("LAB-FATAL {e}");
@@ -519,123 +599,34 @@ pub fn l1_main(table: &Path) -> ! {
             power_off()
         }
     };
+    if let Some(up) = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+    {
+        println!("LAB-INFO l1_ready_s={up}");
+    }
     if !Path::new("/dev/kvm").exists() {
         println!("LAB-FATAL no /dev/kvm in the arm64 L1");
     }
     run_machine_checks();
     for s in &all {
-        let region = match Region::prepare(s) {
-            Some(Ok(r)) => Some(r),
-            Some(Err(e)) => {
-                println!("LAB-FATAL {}: host side of the ivshmem region: {e}", s.name);
-                None
-            }
-            None => None,
-        };
-        let virtio = match Virtio::prepare(s) {
-            Some(Ok(v)) => Some(v),
-            Some(Err(e)) => {
-                println!("LAB-FATAL {}: host side of the virtio disk: {e}", s.name);
-                None
-            }
-            None => None,
-        };
-        let (region_args, region_word) = region.as_ref().map(Region::args).unwrap_or_default();
-        let (virtio_args, virtio_word) = virtio.as_ref().map(Virtio::args).unwrap_or_default();
-        let append = format!(
-            "console=ttyS0 quiet panic=-1 lab.name={} lab.action={}{region_word}{virtio_word}",
-            s.name, s.action
-        );
-        let mut args = vec![
-            "-kernel".to_string(),
-            "/lab/vmlinuz".into(),
-            "-initrd".into(),
-            "/lab/l2.cpio.gz".into(),
-            "-smp".into(),
-            s.smp.to_string(),
-            "-append".into(),
-            append,
-            "-nographic".into(),
-        ];
-        args.extend(ram_args(s));
-        args.extend(region_args);
-        args.extend(virtio_args);
-        let console_path = format!("/tmp/{}.console", s.name);
-        let t0 = uptime();
-        let started = fs::File::create(&console_path).and_then(|out| {
-            let err = out.try_clone()?;
-            Command::new("/usr/bin/shmvm")
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-        });
-        let rc = match started {
-            Ok(mut child) => wait_with_timeout(&mut child, L2_TIMEOUT),
-            Err(e) => {
-                println!("LAB-FATAL cannot start shmvm: {e}");
-                Some(127)
-            }
-        };
-        let wall = uptime() - t0;
-        let console = fs::read_to_string(&console_path).unwrap_or_default();
-        let init_at = console
-            .lines()
-            .find_map(|l| l.strip_prefix("L2-INIT "))
-            .and_then(|l| fields(l).get("uptime").map(|v| v.to_string()))
-            .unwrap_or_else(|| "-".into());
-        let verdict = judge(s, marker, rc, &console).and_then(|()| match (&s.ivshmem, &region) {
-            (None, _) => Ok(()),
-            (Some(_), None) => Err("the ivshmem region could not be prepared".into()),
-            (Some(_), Some(r)) => {
-                judge_ivshmem(r.size, &console).and_then(|()| r.check_host_side())
-            }
-        });
-        let verdict = verdict.and_then(|()| match &virtio {
-            Some(v) => v.judge(&console),
-            None if s.extra.rng || s.extra.vub.is_some() => {
-                Err("the virtio disk could not be prepared".into())
-            }
-            None => Ok(()),
-        });
-        if let Some(r) = &region {
-            let _ = fs::remove_file(&r.file);
+        for vmm in vmms.iter().filter(|v| s.runs_with(**v)) {
+            run_one(s, *vmm, marker);
         }
-        if let Some(v) = &virtio {
-            v.remove();
-        }
-        if verdict.is_err() {
-            for l in console
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .iter()
-                .rev()
-            {
-                println!("[{}] {l}", s.name);
-            }
-        }
-        let (result, reason) = match &verdict {
-            Ok(()) => ("PASS", String::new()),
-            Err(why) => ("FAIL", format!(" reason={}", why.replace(' ', "_"))),
-        };
-        println!(
-            "LAB-SCENARIO name={} vmm=shmvm arch=aarch64 result={result} wall={wall:.2} guest_init={init_at}{}{reason}",
-            s.name,
-            facts(&console)
-        );
     }
     println!("LAB-END");
     power_off()
 }
 
 /// On the host: boots the arm64 L1 from DIR (vmlinuz, l1.cpio.lz4), follows
-/// its console into DIR/l1-console.log, reports every scenario.
+/// its console into DIR/l1-console.log, reports every run (each scenario
+/// with each VMM of `LAB_VMMS` it runs with, and the machine checks) and
+/// the boot-to-init medians.
 pub fn host_main(dir: &Path, table: &Path) -> Result<bool, String> {
     let text = fs::read_to_string(table).map_err(|e| format!("{}: {e}", table.display()))?;
     let all = parse(&table.display().to_string(), &text)?;
+    let vmms = super::host::env_vmms()?;
+    let vmm_list: Vec<String> = vmms.iter().map(Vmm::to_string).collect();
     let timeout = match std::env::var("LAB_ARM64_TIMEOUT") {
         Ok(v) => Duration::from_secs(
             v.parse()
@@ -672,7 +663,10 @@ pub fn host_main(dir: &Path, table: &Path) -> Result<bool, String> {
             "stdio",
             "-no-reboot",
             "-append",
-            "console=ttyAMA0 panic=-1 quiet",
+            &format!(
+                "console=ttyAMA0 panic=-1 quiet lab.vmms={}",
+                vmm_list.join(",")
+            ),
         ])
         .arg("-kernel")
         .arg(&kernel)
@@ -704,6 +698,7 @@ pub fn host_main(dir: &Path, table: &Path) -> Result<bool, String> {
     let _ = log.write_all(&bytes);
     let console = String::from_utf8_lossy(&bytes);
     let mut results: HashMap<String, String> = HashMap::new();
+    let mut runs: Vec<String> = Vec::new();
     for line in BufReader::new(console.as_bytes())
         .lines()
         .map_while(Result::ok)
@@ -712,42 +707,58 @@ pub fn host_main(dir: &Path, table: &Path) -> Result<bool, String> {
         if line.starts_with("LAB-FATAL") || line.starts_with("[") {
             println!("{line}");
         }
+        if let Some(up) = line.strip_prefix("LAB-INFO l1_ready_s=") {
+            println!("lab-arm64: L1 kernel boot to its init: {up} s");
+        }
         if line.starts_with("LAB-SCENARIO ") {
             println!("{line}");
-            if let Some(n) = fields(&line).get("name") {
-                results.insert(n.to_string(), line.clone());
+            let f = fields(&line);
+            if let (Some(n), Some(v)) = (f.get("name"), f.get("vmm")) {
+                results.insert(format!("{n}.{v}"), line.clone());
             }
+            runs.push(line);
         }
     }
     let (mut pass, mut fail) = (0, 0);
-    let names = all
+    let expected: Vec<String> = all
         .iter()
-        .map(|s| s.name.as_str())
-        .chain(machine_check_names());
-    let expected = names.clone().count();
-    for name in names {
+        .flat_map(|s| {
+            vmms.iter()
+                .filter(|v| s.runs_with(**v))
+                .map(|v| tag(&s.name, *v))
+        })
+        .chain(
+            machine_check_names()
+                .into_iter()
+                .map(|n| tag(n, Vmm::Shmvm)),
+        )
+        .collect();
+    for name in &expected {
         match results.get(name) {
             Some(l) if fields(l).get("result") == Some(&"PASS") => pass += 1,
             Some(l) => {
                 fail += 1;
                 let why = fields(l).get("reason").map_or("", |r| r).replace('_', " ");
-                println!("lab-arm64: FAIL {name}.shmvm: {why}");
+                println!("lab-arm64: FAIL {name}: {why}");
             }
             None => {
                 fail += 1;
                 println!(
-                    "lab-arm64: FAIL {name}.shmvm: no result (L1 log: {})",
+                    "lab-arm64: FAIL {name}: no result (L1 log: {})",
                     log_path.display()
                 );
             }
         }
+    }
+    for l in super::host::boot_summary("lab-arm64", runs.iter().map(String::as_str)) {
+        println!("{l}");
     }
     if !console.contains("LAB-END") {
         println!("lab-arm64: L1 did not finish in {} s", timeout.as_secs());
     }
     println!("lab-arm64: L1 run {:.1} s", start.elapsed().as_secs_f64());
     println!("{pass} passed, {fail} failed");
-    Ok(fail == 0 && pass == expected && pass > 0)
+    Ok(fail == 0 && pass == expected.len() && pass > 0)
 }
 
 #[cfg(test)]
@@ -824,14 +835,6 @@ mod tests {
         );
         assert!(parse("t", "a ram 256M 1 poweroff - rng,blk").is_ok());
         assert!(parse("t", "a ram 256M 1 poweroff file:16M -").is_ok());
-        assert_eq!(
-            ram_args(&scenario("a ram 256M 1 poweroff - -")),
-            ["-m", "256M"]
-        );
-        assert_eq!(
-            ram_args(&scenario("a shm 256M 1 poweroff - -"))[1],
-            "memory-backend-shm,id=ram0,size=256M"
-        );
     }
 
     const IVSHMEM_OK: &str = "L2-INIT uptime=1 cpus=1\r\n\
@@ -842,9 +845,9 @@ mod tests {
 
     #[test]
     fn an_ivshmem_run_passes_and_each_difference_fails() {
-        assert_eq!(judge_ivshmem(16 << 20, IVSHMEM_OK), Ok(()));
+        assert_eq!(judge_ivshmem(16 << 20, IVSHMEM_OK, Vmm::Shmvm), Ok(()));
         let bad = |from: &str, to: &str| {
-            judge_ivshmem(16 << 20, &IVSHMEM_OK.replacen(from, to, 1)).unwrap_err()
+            judge_ivshmem(16 << 20, &IVSHMEM_OK.replacen(from, to, 1), Vmm::Shmvm).unwrap_err()
         };
         assert!(bad("0x1af4/0x1110", "0x1af4/0x1000").contains("1af4:1110"));
         assert!(bad("host_ready=1", "host_ready=0").contains("HOSTRDY"));
@@ -855,10 +858,29 @@ mod tests {
         assert!(bad("\"bar2_exits\":0", "\"bar2_exits\":3").contains("exited"));
         assert!(bad("{", "x").contains("stats"));
         assert!(
-            judge_ivshmem(16 << 20, "L2-INIT\n")
+            judge_ivshmem(16 << 20, "L2-INIT\n", Vmm::Shmvm)
                 .unwrap_err()
                 .contains("no ivshmem")
         );
+        // QEMU's run has no statistics; the guest's side is judged the same.
+        let qemu = IVSHMEM_OK.replacen('{', "x", 1);
+        assert_eq!(judge_ivshmem(16 << 20, &qemu, Vmm::Qemu), Ok(()));
+        let failed = qemu.replace("verify_guest=ok", "verify_guest=fail");
+        assert!(
+            judge_ivshmem(16 << 20, &failed, Vmm::Qemu)
+                .unwrap_err()
+                .contains("verify_guest")
+        );
+    }
+
+    #[test]
+    fn l1_runs_the_vmms_its_command_line_names() {
+        assert_eq!(
+            l1_vmms("console=ttyAMA0 quiet").unwrap(),
+            [Vmm::Qemu, Vmm::Shmvm]
+        );
+        assert_eq!(l1_vmms("quiet lab.vmms=shmvm").unwrap(), [Vmm::Shmvm]);
+        assert!(l1_vmms("lab.vmms=kvmtool").is_err());
     }
 
     #[test]

@@ -79,13 +79,17 @@ fn env_secs(name: &str, default: u64) -> Result<u64, HostError> {
     }
 }
 
+/// The L2 VMMs `LAB_VMMS` names (default: QEMU, the reference, and shmvm).
+pub(super) fn env_vmms() -> Result<Vec<Vmm>, String> {
+    match env("LAB_VMMS") {
+        v if v.is_empty() => Ok(vec![Vmm::Qemu, Vmm::Shmvm]),
+        v => Vmm::parse_list(&v).map_err(|e| format!("LAB_VMMS: {e}")),
+    }
+}
+
 fn settings() -> Result<Settings, HostError> {
-    let vmms = match env("LAB_VMMS") {
-        v if v.is_empty() => vec![Vmm::Qemu, Vmm::Shmvm],
-        v => Vmm::parse_list(&v).map_err(|e| HostError::Setting(format!("LAB_VMMS: {e}")))?,
-    };
     Ok(Settings {
-        vmms,
+        vmms: env_vmms().map_err(HostError::Setting)?,
         only: env("LAB_ONLY")
             .split(',')
             .filter(|s| !s.is_empty())
@@ -258,6 +262,61 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
         _ if n % 2 == 1 => Some(v[n / 2]),
         _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
     }
+}
+
+/// Boot to init per VMM from the runs' `LAB-SCENARIO` lines (`init_s=`,
+/// VMM start to the L2's init as seen from L1): each VMM's median, min and
+/// max, and shmvm's median as a ratio of QEMU's over the scenarios both
+/// booted (the same guests on the same L1), one line each.
+pub(super) fn boot_summary<'a>(lab: &str, lines: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut init_s: Vec<(Vmm, String, f64)> = Vec::new();
+    for l in lines {
+        let f = fields(l);
+        let vmm = f.get("vmm").and_then(|v| Vmm::parse(v));
+        let t = f.get("init_s").and_then(|v| v.parse::<f64>().ok());
+        if let (Some(vmm), Some(name), Some(t)) = (vmm, f.get("name"), t) {
+            init_s.push((vmm, name.to_string(), t));
+        }
+    }
+    let of = |vmm: Vmm, names: Option<&[&str]>| -> Vec<f64> {
+        init_s
+            .iter()
+            .filter(|(v, n, _)| *v == vmm && names.is_none_or(|ns| ns.contains(&n.as_str())))
+            .map(|r| r.2)
+            .collect()
+    };
+    let mut out = Vec::new();
+    for vmm in [Vmm::Qemu, Vmm::Shmvm] {
+        let t = of(vmm, None);
+        let (n, lo, hi) = (
+            t.len(),
+            t.iter().copied().fold(f64::MAX, f64::min),
+            t.iter().copied().fold(0.0, f64::max),
+        );
+        if let Some(m) = median(t) {
+            out.push(format!(
+                "{lab}: L2 boot to init with {vmm}: median {m:.1} s (min {lo:.1}, max {hi:.1}, {n} runs)"
+            ));
+        }
+    }
+    let both: Vec<&str> = init_s
+        .iter()
+        .filter(|(v, n, _)| {
+            *v == Vmm::Shmvm && init_s.iter().any(|q| q.0 == Vmm::Qemu && &q.1 == n)
+        })
+        .map(|r| r.1.as_str())
+        .collect();
+    if let (Some(m), Some(q)) = (
+        median(of(Vmm::Shmvm, Some(&both))),
+        median(of(Vmm::Qemu, Some(&both))),
+    ) {
+        out.push(format!(
+            "{lab}: L2 boot to init, shmvm/QEMU: {:.2} (medians {m:.2} s / {q:.2} s over the {} scenarios both booted)",
+            m / q,
+            both.len()
+        ));
+    }
+    out
 }
 
 /// Writes each LAB-CONSOLE-BEGIN/END section of the log to its own file.
@@ -452,7 +511,6 @@ pub fn main(dir: &Path, scenarios: &Path) -> Result<bool, HostError> {
         problems.push("the last L1 boot ended without LAB-END (crashed, hung or timed out)".into());
     }
     let (mut passed, mut failed) = (0, 0);
-    let mut init_s: HashMap<String, Vec<f64>> = HashMap::new();
     let mut failures: Vec<String> = Vec::new();
     println!();
     println!(
@@ -461,16 +519,12 @@ pub fn main(dir: &Path, scenarios: &Path) -> Result<bool, HostError> {
     for key in &order {
         let line = last[key];
         println!("{line}");
-        let f = fields(line);
         match failure_line(&key.0, &key.1, line) {
             None => passed += 1,
             Some(why) => {
                 failed += 1;
                 failures.push(why);
             }
-        }
-        if let Some(t) = f.get("init_s").and_then(|v| v.parse().ok()) {
-            init_s.entry(key.1.clone()).or_default().push(t);
         }
     }
     if passed + failed != expected.len() {
@@ -490,18 +544,8 @@ pub fn main(dir: &Path, scenarios: &Path) -> Result<bool, HostError> {
         let names: Vec<String> = saved.iter().map(|p| p.display().to_string()).collect();
         println!("L2 consoles: {}", names.join(" "));
     }
-    for v in &vmms {
-        let t = init_s.remove(v).unwrap_or_default();
-        let (n, lo, hi) = (
-            t.len(),
-            t.iter().copied().fold(f64::MAX, f64::min),
-            t.iter().copied().fold(0.0, f64::max),
-        );
-        if let Some(m) = median(t) {
-            println!(
-                "lab: L2 boot to init with {v}: median {m:.1} s (min {lo:.1}, max {hi:.1}, {n} runs)"
-            );
-        }
+    for l in boot_summary("lab", order.iter().map(|k| last[k])) {
+        println!("{l}");
     }
     if let Some(ready) = lines
         .iter()
@@ -550,6 +594,29 @@ pub(crate) fn failure_line(name: &str, vmm: &str, scenario_line: &str) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_medians_and_the_ratio_over_the_scenarios_both_booted() {
+        let runs = [
+            "LAB-SCENARIO name=a vmm=qemu result=PASS init_s=4.00",
+            "LAB-SCENARIO name=a vmm=shmvm result=PASS init_s=2.00",
+            "LAB-SCENARIO name=b vmm=qemu result=PASS init_s=6.00",
+            "LAB-SCENARIO name=b vmm=shmvm result=FAIL init_s=3.00 reason=x",
+            "LAB-SCENARIO name=c vmm=shmvm result=PASS init_s=9.00",
+            "LAB-SCENARIO name=d vmm=qemu result=FAIL init_s=- reason=no_init",
+            "LAB-SCENARIO name=check-x vmm=shmvm result=PASS",
+        ];
+        assert_eq!(
+            boot_summary("lab-arm64", runs),
+            [
+                "lab-arm64: L2 boot to init with qemu: median 5.0 s (min 4.0, max 6.0, 2 runs)",
+                "lab-arm64: L2 boot to init with shmvm: median 3.0 s (min 2.0, max 9.0, 3 runs)",
+                "lab-arm64: L2 boot to init, shmvm/QEMU: 0.50 (medians 2.50 s / 5.00 s over the 2 scenarios both booted)",
+            ]
+        );
+        let shmvm_only = ["LAB-SCENARIO name=a vmm=shmvm result=PASS init_s=2.00"];
+        assert_eq!(boot_summary("lab", shmvm_only).len(), 1);
+    }
 
     fn lines(text: &str) -> Vec<String> {
         text.lines().map(str::to_string).collect()

@@ -9,8 +9,8 @@
 //!   with 0; the last two speak QMP to the VMM, see `l1/qmp.rs`)
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
-//!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell, snapshot
-//!   (tests/lab/scenarios explains each), and expectations that
+//!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell, snapshot,
+//!   shmvm-only (tests/lab/scenarios explains each), and expectations that
 //!   override the derived ones: `cpus=N` (default: smp).
 
 use std::fmt;
@@ -207,6 +207,10 @@ pub struct Extra {
     /// A virtio-serial port named `lab.verdict` on a file chardev: the
     /// guest writes its token there, L1 reads it after the run.
     pub port: bool,
+    /// No QEMU reference run of this line (`shmvm-only`): what the
+    /// reference adds to a lab's wall time is not worth it here (the arm64
+    /// lab runs QEMU on a few plain boots only).
+    pub shmvm_only: bool,
     /// `cpus=N`: the CPU count the guest must see (default: smp).
     pub cpus: Option<u32>,
 }
@@ -231,6 +235,7 @@ impl Scenario {
         // qemu-storage-daemon serving both VMMs: bench-scenarios).
         let vub_shmvm_only = |v: Vub| v != Vub::Blk && !(v == Vub::Plain && self.extra.blkbench);
         let shmvm_only = self.extra.vub.is_some_and(vub_shmvm_only)
+            || self.extra.shmvm_only
             || self.extra.doorbell
             || self.extra.vuser
             || self.extra.snapshot;
@@ -325,6 +330,7 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "rng" => x.rng = true,
                 "blkbench" => x.blkbench = true,
                 "port" => x.port = true,
+                "shmvm-only" => x.shmvm_only = true,
                 f => return Err(format!("extra '{f}': unknown flag")),
             },
             Some(("cpus", n)) => {
@@ -448,6 +454,8 @@ mod tests {
         assert!(v.runs_with(Vmm::Qemu) && v.runs_with(Vmm::Shmvm));
         let v = one("a memfd 256M 1 poweroff - vub").unwrap();
         assert!(!v.runs_with(Vmm::Qemu) && v.runs_with(Vmm::Shmvm));
+        let o = one("a memfd 256M 1 poweroff - rng,shmvm-only").unwrap();
+        assert!(o.extra.shmvm_only && !o.runs_with(Vmm::Qemu) && o.runs_with(Vmm::Shmvm));
         assert_eq!(
             one("a ram 256M 1 poweroff - blk,mq2").unwrap_err(),
             "f:1: extra: mq2 and ring64 need vub or vub-kill"

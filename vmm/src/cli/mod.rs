@@ -152,6 +152,9 @@ pub struct Args {
     /// Write the process id to FILE (removed at exit) [QEMU: -pidfile]
     #[arg(long, value_name = "FILE")]
     pub pidfile: Vec<PathBuf>,
+    /// What happens on a guest reset, shutdown, or watchdog expiry: watchdog=ACTION (reset, shutdown, poweroff, pause, debug, none, inject-nmi); reboot=shutdown, shutdown=poweroff [QEMU: -action, -watchdog-action]
+    #[arg(long, value_name = "PROPS")]
+    pub action: Vec<String>,
     /// A vhost-user-blk-pci device: socket=PATH[,addr=SLOT][,num-queues=N]
     #[arg(long, value_name = "PROPS")]
     pub vhost_user_blk: Vec<String>,
@@ -331,6 +334,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
         pidfile: args.pidfile.last().cloned(),
         nographic: args.nographic,
         vhost_user_blk: args.vhost_user_blk,
+        actions: args.action,
         boot: args.boot.map(BootProtocol::from),
         stats: match args.stats {
             None => StatsFormat::Off,

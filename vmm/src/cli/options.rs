@@ -184,7 +184,7 @@ pub const OPTIONS: &[Opt] = &[
         "device",
         Some("TYPE[,PROP=V...]"),
         "device",
-        "isa-debug-exit (iobase=0x501,iosize=2 by default), ivshmem-plain, ivshmem-doorbell, vhost-user-{blk,fs,vsock,rng,device}-pci, virtio-blk-pci, virtio-rng-pci, virtio-serial-pci with virtconsole / virtserialport; `-device help`",
+        "isa-debug-exit (iobase=0x501,iosize=2 by default), ivshmem-plain, ivshmem-doorbell, vhost-user-{blk,fs,vsock,rng,device}-pci, virtio-blk-pci, virtio-rng-pci, virtio-serial-pci with virtconsole / virtserialport, i6300esb; `-device help`",
     ),
     same(
         "drive",
@@ -233,6 +233,18 @@ pub const OPTIONS: &[Opt] = &[
         None,
         "version",
         "the version and the git commit it was built from",
+    ),
+    same(
+        "watchdog-action",
+        Some("ACTION"),
+        "action",
+        "what an expired -device i6300esb does: reset (default; ends shmvm, as -no-reboot), shutdown (ACPI power button), poweroff, pause, debug, none, inject-nmi",
+    ),
+    same(
+        "action",
+        Some("watchdog=ACTION[,reboot=shutdown][,shutdown=poweroff]"),
+        "action",
+        "watchdog= as -watchdog-action (the last of either wins); reboot=shutdown and shutdown=poweroff are shmvm's behaviour, other keys and values refused",
     ),
     same("help", None, "help", "this help (also -h)"),
     // shmvm's own.
@@ -465,11 +477,6 @@ pub const OPTIONS: &[Opt] = &[
         Some("..."),
         "use the memory backend's properties (prealloc, reserve)",
     ),
-    refused(
-        "action",
-        Some("..."),
-        "a guest reset or shutdown ends shmvm",
-    ),
 ];
 
 /// Finds the table row for a name given without dashes.
@@ -496,6 +503,8 @@ pub enum Error {
     Unknown(String, String),
     #[error("{0}: needs a value ({1})")]
     NoValue(String, &'static str),
+    #[error("{0} {1}: {2}")]
+    BadValue(String, String, String),
     #[error("'{0}': a bare argument is a disk image for QEMU (-hda); not supported; {DISKS}")]
     Bare(String),
 }
@@ -645,6 +654,21 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
                             v,
                             "is not pvh or linux64 (shmvm's --boot) nor a QEMU boot order",
                         ));
+                    }
+                    // -watchdog-action A is QEMU's -action watchdog=A.
+                    if opt.name == "watchdog-action" {
+                        let v = raw.to_string_lossy();
+                        if !crate::watchdog::WatchdogAction::is_name(&v) {
+                            return Err(Error::BadValue(
+                                s,
+                                v.into_owned(),
+                                crate::watchdog::not_an_action(),
+                            ));
+                        }
+                        let mut v = OsString::from("watchdog=");
+                        v.push(&raw);
+                        out.args.push(v);
+                        continue;
                     }
                     out.args.push(raw);
                 }
@@ -801,6 +825,14 @@ mod tests {
     }
 
     #[test]
+    fn watchdog_action_is_action_watchdog() {
+        assert_eq!(
+            norm(&["-watchdog-action", "pause", "-action", "reboot=shutdown"]).unwrap(),
+            ["--action", "watchdog=pause", "--action", "reboot=shutdown"]
+        );
+    }
+
+    #[test]
     fn noops_are_dropped() {
         let n = normalize(
             [
@@ -863,6 +895,10 @@ mod tests {
             (vec!["disk.img"], "'disk.img': a bare argument"),
             (vec!["-kernel"], "-kernel: needs a value (PATH)"),
             (vec!["--boot", "efi"], "--boot efi: not supported"),
+            (
+                vec!["-watchdog-action", "reboot"],
+                "-watchdog-action reboot: not a watchdog action (reset, shutdown",
+            ),
             (
                 vec!["-echr", "0x14"],
                 "-echr 0x14: not supported; the mux escape key is always Ctrl-A",

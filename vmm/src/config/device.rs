@@ -1,6 +1,6 @@
 //! `-device TYPE,...`: isa-debug-exit, ivshmem-plain, ivshmem-doorbell,
 //! vhost-user-{blk,fs,vsock,rng,device}-pci, virtio-blk-pci, virtio-rng-pci,
-//! virtio-serial-pci, virtconsole, virtserialport.
+//! virtio-serial-pci, virtconsole, virtserialport, i6300esb.
 
 use memory::BackendConfig;
 
@@ -182,6 +182,12 @@ pub const TYPES: &[TypeInfo] = &[
         &[ID, ADDR],
         &[],
     ),
+    TypeInfo::new(
+        "i6300esb",
+        "Intel 6300ESB watchdog timer (Linux: i6300esb, /dev/watchdog); on expiry, -watchdog-action",
+        &[ID, ADDR],
+        &[],
+    ),
 ];
 
 const VHOST_CHARDEV: Prop = Prop::new("chardev", "id", "(required)", "a -chardev socket");
@@ -208,6 +214,8 @@ pub enum DeviceConfig {
     /// `virtconsole` / `virtserialport`, until [`check_serial`] moves it
     /// into its virtio-serial-pci
     VirtioSerialPort(crate::virtio::config::PortConfig),
+    /// `i6300esb`
+    Watchdog(crate::watchdog::WatchdogConfig),
 }
 
 fn debug_exit(mut kv: KeyVal) -> Result<DeviceConfig, Error> {
@@ -276,12 +284,13 @@ pub fn parse_with(
         "virtio-rng-pci" => Ok(DeviceConfig::VirtioRng(
             crate::virtio::config::parse_rng_device(kv)?,
         )),
+        "i6300esb" => Ok(DeviceConfig::Watchdog(crate::watchdog::parse_device(kv)?)),
         "" => Err(invalid("-device", "empty device name")),
         other => Err(Error::Unsupported {
             option: "-device",
             spec: spec.to_string(),
             reason: format!(
-                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-{{blk,fs,vsock,rng,device}}-pci, virtio-blk-pci, virtio-rng-pci, virtio-serial-pci, virtconsole, virtserialport; see -device help)"
+                "unknown device '{other}' (known: isa-debug-exit, ivshmem-plain, ivshmem-doorbell, vhost-user-{{blk,fs,vsock,rng,device}}-pci, virtio-blk-pci, virtio-rng-pci, virtio-serial-pci, virtconsole, virtserialport, i6300esb; see -device help)"
             ),
         }),
     }
@@ -439,9 +448,9 @@ mod tests {
             assert!(e.starts_with("-device: ") && e.contains(why), "{v}: {e}");
         }
         // A device shmvm does not have: the whole option as written.
-        let e = parse("i6300esb,id=watchdog0").unwrap_err().to_string();
+        let e = parse("ib700,id=watchdog0").unwrap_err().to_string();
         assert!(
-            e.starts_with("-device i6300esb,id=watchdog0: unknown device 'i6300esb' (known: "),
+            e.starts_with("-device ib700,id=watchdog0: unknown device 'ib700' (known: "),
             "{e}"
         );
     }

@@ -130,7 +130,7 @@ pub enum Error {
         reason: String,
     },
     /// A value shmvm does not have, naming the whole option as written
-    /// (`-device i6300esb,id=watchdog0: unknown device 'i6300esb' ...`).
+    /// (`-device ib700,id=watchdog0: unknown device 'ib700' ...`).
     #[error("{option} {spec}: {reason}")]
     Unsupported {
         option: &'static str,
@@ -218,6 +218,8 @@ pub struct Input {
     /// `-nographic`: without `-serial`, the console is `mon:stdio` (QEMU's rule).
     pub nographic: bool,
     pub vhost_user_blk: Vec<String>,
+    /// `-action` values (`-watchdog-action A` arrives as `watchdog=A`).
+    pub actions: Vec<String>,
     pub boot: Option<BootProtocol>,
     pub stats: StatsFormat,
     pub verbose: u8,
@@ -252,6 +254,8 @@ pub struct Config {
     /// How `-serial stdio` (or a stdio chardev) treats the terminal.
     pub stdio: StdioOptions,
     pub devices: Vec<DeviceConfig>,
+    /// What an expired watchdog does (`-watchdog-action`, `-action watchdog=`).
+    pub watchdog_action: crate::watchdog::WatchdogAction,
     pub boot: Option<BootProtocol>,
     /// `--stats[=text|json]`.
     pub stats: StatsFormat,
@@ -397,6 +401,7 @@ impl Config {
         device::check_ivshmem(&mut devices, &ram, &objects)?;
         let sockets = device::check_ivshmem_doorbell(&mut devices, &serial.sockets)?;
         device::check_vhost_user(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;
+        let watchdog_action = crate::watchdog::parse_actions(&input.actions)?;
         let cmdline = input.append.unwrap_or_default();
         if cmdline.contains('\0') {
             return Err(invalid("-append", "contains a NUL byte"));
@@ -419,6 +424,7 @@ impl Config {
             serial: serial.mode,
             stdio: serial.stdio,
             devices,
+            watchdog_action,
             boot: input.boot,
             stats: input.stats,
             pidfile: input.pidfile,

@@ -176,6 +176,23 @@ impl Vm {
         self.fd.register_irqfd(evt, gsi).map_err(ioctl("KVM_IRQFD"))
     }
 
+    /// Sends an NMI to every vCPU, as QEMU's `inject-nmi` does on x86: one
+    /// MSI to the broadcast destination (0xff) with NMI delivery, which
+    /// KVM's LAPICs take in xAPIC and x2APIC mode alike.
+    pub fn inject_nmi(&self) -> Result<(), Error> {
+        const MSI_BROADCAST: u32 = 0xfee0_0000 | (0xff << 12);
+        const DELIVERY_NMI: u32 = 4 << 8;
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: MSI_BROADCAST,
+            data: DELIVERY_NMI,
+            ..Default::default()
+        };
+        self.fd
+            .signal_msi(msi)
+            .map(drop)
+            .map_err(ioctl("KVM_SIGNAL_MSI"))
+    }
+
     /// Undoes [`Vm::register_irqfd`].
     pub fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
         self.fd

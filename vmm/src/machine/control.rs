@@ -2,7 +2,6 @@
 //! the server's thread while the vCPUs run, and turns the VM's end into
 //! the SHUTDOWN event.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -11,10 +10,10 @@ use serde_json::{Value, json};
 use crate::exit::{MonitorEnd, VmEnd};
 use crate::qmp::control::Reply;
 use crate::qmp::{self, Event, EventSink, Request, RunState, ShutdownCause};
+use crate::watchdog::WatchdogAction;
 use devices::debug_exit::GuestExit;
 
 use super::Machine;
-use super::power_button::PowerButton;
 
 /// How long `stop` waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,16 +27,15 @@ pub(super) struct Control<'a> {
     /// SHUTDOWN already sent (quit and system_reset send it at once, as
     /// QEMU does before their reply).
     shutdown_sent: AtomicBool,
-    /// Placed at the first press: nothing reads the GED before its
-    /// interrupt, and boot does not pay for it.
-    power_button: OnceLock<Option<PowerButton>>,
 }
 
 /// QEMU's cause for how the VM ended.
 pub(super) fn shutdown_cause(end: &VmEnd) -> ShutdownCause {
     match end {
-        VmEnd::Guest(GuestExit::Reset) | VmEnd::TripleFault => ShutdownCause::GuestReset,
-        VmEnd::Guest(_) | VmEnd::Poweroff => ShutdownCause::GuestShutdown,
+        VmEnd::Guest(GuestExit::Reset)
+        | VmEnd::TripleFault
+        | VmEnd::Watchdog(WatchdogAction::Reset) => ShutdownCause::GuestReset,
+        VmEnd::Guest(_) | VmEnd::Poweroff | VmEnd::Watchdog(_) => ShutdownCause::GuestShutdown,
         VmEnd::SystemEvent(crate::hv::SystemEvent::Crash) => ShutdownCause::GuestPanic,
         VmEnd::Signal(_) => ShutdownCause::HostSignal,
         VmEnd::Monitor(MonitorEnd::Quit) => ShutdownCause::HostQmpQuit,
@@ -53,7 +51,6 @@ impl<'a> Control<'a> {
             vcpus,
             events,
             shutdown_sent: AtomicBool::new(false),
-            power_button: OnceLock::new(),
         }
     }
 
@@ -278,19 +275,12 @@ impl qmp::protocol::Machine for Control<'_> {
                 Ok(json!({}))
             }
             Request::Powerdown => {
-                let m = self.machine;
-                let button = self
+                self.machine
                     .power_button
-                    .get_or_init(|| PowerButton::place(&m.vm, &m.io));
-                let pressed = button.as_ref().map(PowerButton::press);
-                match pressed {
-                    Some(Ok(())) => {
-                        self.events.emit(Event::Powerdown);
-                        Ok(json!({}))
-                    }
-                    Some(Err(e)) => Err(format!("cannot press the power button: {e}")),
-                    None => Err("this machine has no ACPI power button".into()),
-                }
+                    .press()
+                    .map_err(|e| e.to_string())?;
+                self.events.emit(Event::Powerdown);
+                Ok(json!({}))
             }
             Request::Reset => self.end(MonitorEnd::Reset),
             Request::Quit => self.end(MonitorEnd::Quit),

@@ -94,6 +94,8 @@ pub enum Error {
     IvshmemDoorbell(#[from] ivshmem_doorbell::Error),
     #[error(transparent)]
     Virtio(#[from] crate::virtio::Error),
+    #[error(transparent)]
+    Watchdog(#[from] crate::watchdog::Error),
     #[error("--restore: {0}")]
     Snapshot(#[from] crate::snapshot::Error),
     #[error("--restore: PCI configuration: {0}")]
@@ -119,6 +121,7 @@ impl Error {
             Error::Monitor(e) => e.exit_code(),
             Error::IvshmemDoorbell(e) => e.exit_code(),
             Error::Virtio(e) => e.exit_code(),
+            Error::Watchdog(e) => e.exit_code(),
             Error::Snapshot(e) => e.exit_code(),
             Error::RestorePci(_) => 2,
             Error::Serial(_) | Error::Threads(_) | Error::Signals(_) | Error::Sandbox(_) => 1,
@@ -190,6 +193,8 @@ pub struct Machine {
     console: Console,
     vcpus: Vec<hv::Vcpu>,
     snap: snapshot::SnapshotParts,
+    /// The ACPI power button, placed at its first press (QMP, a watchdog).
+    power_button: Arc<power_button::LazyButton>,
 }
 
 /// A BAR that does not fit the windows, when it is an ivshmem device's BAR2:
@@ -210,6 +215,21 @@ fn name_the_memdev(err: crate::pci::Error, cfg: &Config, objects: &[Arc<Backend>
         }
     }
     Error::Pci(err)
+}
+
+/// What a watchdog's actions need of this machine: the power button
+/// (`shutdown`) and NMIs (`inject-nmi`). The VM is held weakly: the
+/// watchdog's thread never keeps it alive past the machine.
+fn watchdog_hooks(vm: &Arc<Vm>, button: &Arc<power_button::LazyButton>) -> crate::watchdog::Hooks {
+    let button = button.clone();
+    let vm = Arc::downgrade(vm);
+    crate::watchdog::Hooks {
+        power_button: Box::new(move || button.press().map_err(|e| e.to_string())),
+        inject_nmi: Box::new(move || match vm.upgrade() {
+            Some(vm) => vm.inject_nmi().map_err(|e| e.to_string()),
+            None => Err("the VM is shutting down".into()),
+        }),
+    }
 }
 
 /// Guest RAM as the built-in virtio devices' workers reach it.
@@ -385,6 +405,7 @@ impl Machine {
         t.mark("console output coalescing");
 
         let interrupts = Interrupts::new(&vm);
+        let power_button = Arc::new(power_button::LazyButton::new(&vm, &io));
         let mut plugs: Vec<Box<dyn PciPlug>> = Vec::new();
         let mut debug_exits = Vec::new();
         for d in &cfg.devices {
@@ -425,6 +446,12 @@ impl Machine {
                     virtio_ram(&ram),
                     &vm,
                     &interrupts,
+                )?)),
+                DeviceConfig::Watchdog(c) => plugs.push(Box::new(crate::watchdog::Watchdog::new(
+                    c,
+                    cfg.watchdog_action,
+                    &state,
+                    watchdog_hooks(&vm, &power_button),
                 )?)),
                 // Moved into its virtio-serial-pci by the configuration.
                 DeviceConfig::VirtioSerialPort(_) => {}
@@ -477,6 +504,7 @@ impl Machine {
             },
             vcpus,
             snap: snapshot::SnapshotParts::new(cfg, i8042, cpuids),
+            power_button,
         })
     }
 
@@ -605,10 +633,11 @@ impl Machine {
             console,
             vcpus,
             snap,
+            power_button,
         } = self;
         // The helper starts on another CPU while the rest goes.
         let handoff = crate::teardown::begin(&vm);
-        drop((console, pci, plugs, io, state, vcpus, snap));
+        drop((console, pci, plugs, io, state, vcpus, snap, power_button));
         drop((ram, objects));
         if Arc::strong_count(&vm) > 1 {
             log::debug!("teardown: VM still shared, closed by its last holder");

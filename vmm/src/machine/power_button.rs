@@ -4,8 +4,8 @@
 //! guest reads the register only after the interrupt); a Linux guest then
 //! powers off through ACPI S5.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use devices::ged::{self, Ged};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -51,5 +51,48 @@ impl PowerButton {
         self.pending
             .fetch_or(ged::EVENT_POWER_BUTTON, Ordering::SeqCst);
         self.irq.write(1)
+    }
+}
+
+/// The button as the machine keeps it: placed at its first press (nothing
+/// reads the GED before its interrupt, and boot does not pay for it), by
+/// whoever presses first: QMP `system_powerdown` or a watchdog whose
+/// action is `shutdown`.
+#[derive(Debug)]
+pub struct LazyButton {
+    vm: Weak<Vm>,
+    io: Weak<IoBuses>,
+    button: OnceLock<Option<PowerButton>>,
+}
+
+/// Why a press did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PressError {
+    #[error("this machine has no ACPI power button")]
+    NoButton,
+    #[error("cannot press the power button: {0}")]
+    Press(#[source] std::io::Error),
+}
+
+impl LazyButton {
+    pub fn new(vm: &Arc<Vm>, io: &Arc<IoBuses>) -> Self {
+        LazyButton {
+            vm: Arc::downgrade(vm),
+            io: Arc::downgrade(io),
+            button: OnceLock::new(),
+        }
+    }
+
+    /// Places the button if it is not yet, and presses it.
+    pub fn press(&self) -> Result<(), PressError> {
+        let button = self.button.get_or_init(|| {
+            let (vm, io) = (self.vm.upgrade()?, self.io.upgrade()?);
+            PowerButton::place(&vm, &io)
+        });
+        button
+            .as_ref()
+            .ok_or(PressError::NoButton)?
+            .press()
+            .map_err(PressError::Press)
     }
 }

@@ -66,6 +66,9 @@ pub(crate) fn refusal(cfg: &Config) -> Option<String> {
         DeviceConfig::VirtioBlk(c) => Some(format!(
             "-device {c}: a built-in virtio device's queues are not saved yet"
         )),
+        DeviceConfig::Watchdog(c) => Some(format!(
+            "-device {c}: its timer is not saved yet"
+        )),
         DeviceConfig::VirtioRng(_)
         | DeviceConfig::VirtioSerial(_)
         | DeviceConfig::VirtioSerialPort(_) => {

@@ -105,6 +105,11 @@ pub enum Event {
         kind: &'static str,
         peer: String,
     },
+    /// A watchdog ran out and performs `action` (QEMU's WATCHDOG, sent
+    /// before what the action causes: SHUTDOWN, STOP, POWERDOWN).
+    Watchdog {
+        action: &'static str,
+    },
 }
 
 impl Event {
@@ -125,6 +130,7 @@ impl Event {
                 "X_SHMVM_PEER_GONE",
                 Some(json!({"device": device, "type": kind, "peer": peer})),
             ),
+            Event::Watchdog { action } => ("WATCHDOG", Some(json!({"action": action}))),
         };
         let mut v = json!({
             "timestamp": {"seconds": now.as_secs(), "microseconds": now.subsec_micros()},
@@ -187,13 +193,19 @@ pub fn set_device_events(sink: EventSink) {
     let _ = DEVICE_EVENTS.set(sink);
 }
 
+/// Sends a device's event `e` to the monitor's clients, if there is a
+/// monitor (from any thread).
+pub fn device_event(e: Event) {
+    if let Some(s) = DEVICE_EVENTS.get() {
+        s.emit(e);
+    }
+}
+
 /// Reports that `device`'s peer went away (from any thread).
 pub fn device_gone(device: &str, kind: &'static str, peer: &str) {
-    if let Some(s) = DEVICE_EVENTS.get() {
-        s.emit(Event::DeviceGone {
-            device: device.to_string(),
-            kind,
-            peer: peer.to_string(),
-        });
-    }
+    device_event(Event::DeviceGone {
+        device: device.to_string(),
+        kind,
+        peer: peer.to_string(),
+    });
 }

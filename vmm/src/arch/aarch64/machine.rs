@@ -188,6 +188,7 @@ fn device_kind(d: &DeviceConfig) -> &'static str {
         DeviceConfig::VirtioBlk(_) => "virtio-blk-pci",
         DeviceConfig::VirtioRng(_) => "virtio-rng-pci",
         DeviceConfig::VirtioSerial(_) | DeviceConfig::VirtioSerialPort(_) => "virtio-serial-pci",
+        DeviceConfig::Watchdog(_) => "i6300esb",
     }
 }
 
