@@ -218,7 +218,9 @@ lab: lab-deps shmvm lab-tools ivshmem-db
 	$(LAB_RUNNER) check $(LAB_SCENARIOS) >/dev/null
 	bash guest/initramfs/build.sh $(LAB)/l2-initrd.gz $(GUEST_TOOL) $(LAB)/kernel/modules \
 		$(IVSHMEM_DB_KO)
-	bash tests/lab/build-l1.sh $(LAB)/l1-initrd.lz4 $(LAB)/kernel $(LAB)/l2-initrd.gz \
+	@# virtme-ng in L1 only for a table with a vng scenario (~10 MB more image).
+	VNG_VENV=$$([ "$$($(LAB_RUNNER) check-vng $(LAB_SCENARIOS))" = yes ] && echo $(BUILD)/venv) \
+		bash tests/lab/build-l1.sh $(LAB)/l1-initrd.lz4 $(LAB)/kernel $(LAB)/l2-initrd.gz \
 		$(GUEST_TOOL) $(LAB_RUNNER) $(LAB_SCENARIOS) $(SHMVM) $(IVSHMEM_SERVER)
 	$(LAB_RUNNER) host --dir $(LAB) --scenarios $(LAB_SCENARIOS)
 	@# The arm64 lab too, unless LAB_ONLY picked x86 scenarios.
@@ -245,7 +247,7 @@ lab-arm64: deps aarch64 lab-tools
 # `cargo test` (fuzz-targets/tests/corpus.rs, ~3 s). Each target's log:
 # build/fuzz/<target>.log.
 FUZZ_SECS ?= 30
-FUZZ_TARGETS ?= keyval cmdline kernel_image snapshot_state virtio_chain pci_config ivshmem_protocol vhost_user_replies
+FUZZ_TARGETS ?= keyval cmdline kernel_image snapshot_state virtio_chain pci_config watchdog ivshmem_protocol vhost_user_replies
 .PHONY: fuzz
 fuzz:
 	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "fuzz: needs rustup's nightly toolchain (rustup toolchain list); on stable, cargo test -p shmvm-fuzz-targets replays the corpus" >&2; exit 1; }

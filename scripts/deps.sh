@@ -10,7 +10,8 @@ command -v qemu-storage-daemon >/dev/null || need+=(qemu-utils)
 # libc6-dev: static glibc for the guest tool (make guest-tool, the KVM lab).
 # rustc-web, cargo-web, rust-web-clippy, rust-web-src: Debian's Rust 1.96 and
 # its std source, for make check-portable (macOS and BSD type-checks).
-for p in busybox-static cpio lz4 time hyperfine acpica-tools libc6-dev \
+# kmod: modprobe and depmod, for virtme-ng's initramfs in the KVM lab.
+for p in busybox-static cpio lz4 time hyperfine acpica-tools libc6-dev kmod \
     rustc-web cargo-web rust-web-clippy rust-web-src; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
@@ -67,7 +68,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils
-apt-get install -y -q busybox-static cpio lz4 time hyperfine
+apt-get install -y -q busybox-static cpio lz4 time hyperfine kmod
 # iasl checks the VMM's ACPI tables (vmm unit tests).
 apt-get install -y -q acpica-tools
 # Static glibc for the guest tool and the KVM lab.

@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("snapshot_state", snapshot_state),
     ("virtio_chain", virtio_chain),
     ("pci_config", pci_config),
+    ("watchdog", watchdog),
     ("ivshmem_protocol", ivshmem_protocol),
     #[cfg(target_arch = "x86_64")]
     ("vhost_user_replies", vhost_user_replies),
@@ -298,6 +299,57 @@ pub fn pci_config(data: &[u8]) {
     }
     for v in 0..4 {
         assert!(m.vector(v).is_some());
+    }
+}
+
+/// The i6300esb watchdog under any sequence of configuration and BAR0
+/// accesses (sizes 1 to 8, offsets past its registers) and clock steps:
+/// a deadline is only set while it is enabled and never lies in the past
+/// (every clock step is followed by the timer's `expire`, as the VMM's
+/// thread does), expiring never panics, and a firing leaves it disabled.
+pub fn watchdog(data: &[u8]) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use devices::i6300esb::{Clock, Expiry, I6300esb, TimerEvents};
+    use devices::pci::PciDevice;
+
+    struct Steps(AtomicU64);
+    impl Clock for Steps {
+        fn now_ns(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+    struct Quiet;
+    impl TimerEvents for Quiet {
+        fn deadline_changed(&self, _: Option<u64>) {}
+    }
+    let clock = Arc::new(Steps(AtomicU64::new(0)));
+    let mut d = I6300esb::new(clock.clone(), Arc::new(Quiet));
+    let mut b = Bytes(data);
+    while !b.is_empty() {
+        let op = b.u8();
+        let len = usize::from(op >> 5) + 1;
+        let offset = b.u16();
+        let value = b.u64().to_le_bytes();
+        match op % 5 {
+            0 => drop(d.write_config(usize::from(offset % 0x110), &value[..len])),
+            1 => d.read_config(usize::from(offset % 0x110), &mut [0u8; 8][..len]),
+            2 => d.write_bar(0, u64::from(offset % 0x20), &value[..len]),
+            3 => d.read_bar(0, u64::from(offset % 0x20), &mut [0u8; 8][..len]),
+            _ => {
+                // Up to ~17 minutes a step: one 1 kHz stage at most.
+                let step = u64::from_le_bytes(value) % (1 << 40);
+                clock.0.fetch_add(step, Ordering::Relaxed);
+                if d.expire() == Some(Expiry::Fired) {
+                    assert!(!d.enabled(), "fired but still enabled");
+                }
+            }
+        }
+        if let Some(at) = d.deadline() {
+            assert!(d.enabled(), "a deadline while disabled");
+            assert!(at >= clock.now_ns(), "a deadline left in the past");
+        }
     }
 }
 

@@ -23,6 +23,22 @@ fi
 [ -n "$pkg" ] || die "cannot resolve linux-image-cloud-amd64 (run 'apt-get update')"
 ver=${pkg#linux-image-}
 
+# udev for the vng scenarios: virtme-ng's guest init (whose root is L1's /)
+# starts systemd-udevd, whose default rules make /dev/virtio-ports/NAME,
+# where it finds its script's ports. udevadm is the daemon too; bookworm's
+# needs no libsystemd-shared. Into build/lab/udev/ (udevadm and that rule file).
+udev=$(dirname "$out")/udev
+if [ ! -x "$udev/udevadm" ]; then
+    echo "lab-fetch: downloading udev"
+    utmp=$(mktemp -d); chmod 755 "$utmp"
+    (cd "$utmp" && apt-get download -q udev >/dev/null 2>&1) || die "apt-get download udev failed"
+    dpkg-deb -x "$utmp"/udev_*.deb "$utmp/x"
+    mkdir -p "$udev"
+    cp "$utmp/x/lib/udev/rules.d/50-udev-default.rules" "$udev/"
+    cp "$utmp/x/bin/udevadm" "$udev/udevadm.tmp" && mv "$udev/udevadm.tmp" "$udev/udevadm"
+    rm -rf "$utmp"
+fi
+
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$ver" ] && [ -f "$out/vmlinuz" ]; then
     echo "lab-fetch: kernel $ver cached in $out"
     exit 0

@@ -443,6 +443,58 @@ fn kvm_serial_file_is_0600_whatever_the_umask_and_never_follows_a_link() {
     assert_eq!(mode, 0o600, "serial log mode under umask 000");
 }
 
+/// Six multiport virtio-serial functions (virtme-ng's line) hold about
+/// 2300 eventfds: shmvm raises its soft open-file limit to the hard one,
+/// as QEMU does, instead of failing with EMFILE under the usual 1024.
+#[test]
+fn kvm_six_virtio_serial_functions_start_under_a_soft_open_file_limit_of_1024() {
+    use std::os::unix::process::CommandExt;
+    require_kvm();
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert!(
+        lim.rlim_max >= 4096,
+        "this test needs a hard open-file limit of at least 4096, not {}",
+        lim.rlim_max
+    );
+    let d = TempDir::new("rb-nofile");
+    // `mov al, 0; out 0xf4, al`: isa-debug-exit, exit code 1.
+    let k = d.tiny_kernel(&[0xb0, 0x00, 0xe6, 0xf4, 0xeb, 0xfe]);
+    let mut cmd = Command::new(shmvm_bin());
+    cmd.args(["-kernel", &k, "-m", "64"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
+    for i in 0..6 {
+        cmd.args(["-device", "virtio-serial-pci", "-chardev"])
+            .arg(format!("null,id=c{i}"))
+            .arg("-device")
+            .arg(format!("virtserialport,chardev=c{i},name=p{i}"));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let hard = lim.rlim_max;
+    // SAFETY: setrlimit(2) is async-signal-safe and touches only its argument.
+    unsafe {
+        cmd.pre_exec(move || {
+            let soft = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let r = wait(cmd.spawn().unwrap(), T);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(!r.stderr.contains("Too many open files"), "{r:?}");
+}
+
 #[test]
 fn negative_memory_and_vcpus_name_their_option() {
     refused(&["-kernel", "/nonexistent", "-m", "-1"], "-m: size: '-1'");

@@ -87,14 +87,22 @@ pub fn serial_output(
 /// The `-serial file:` log: created 0600 whatever the umask, truncated, never
 /// through a symbolic link (O_NOFOLLOW), never blocking (O_NONBLOCK: a FIFO
 /// without a reader is refused), and only a regular file or a character device
-/// such as /dev/null.
+/// such as /dev/null. `/proc/self/fd/N` is the one link followed: one of the
+/// VMM's own descriptors, not a link someone placed (virtme-ng's `vng -v`
+/// sends the console to `/proc/self/fd/2`).
 pub fn create_serial_file(p: &std::path::Path) -> std::io::Result<File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let own_fd = p
+        .strip_prefix("/proc/self/fd")
+        .ok()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let nofollow = if own_fd { 0 } else { libc::O_NOFOLLOW };
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(nofollow | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(p)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
@@ -401,6 +409,30 @@ impl Drop for ConsoleOut {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+
+    #[test]
+    fn a_planted_link_is_refused_but_our_own_fd_is_followed() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("shmvm-serial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("target");
+        let link = dir.join("link");
+        std::fs::write(&target, b"kept").unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = create_serial_file(&link).unwrap_err();
+        assert_eq!(e.to_string(), "is a symbolic link (not followed)");
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+        // vng -v: -chardev file,path=/proc/self/fd/2 behind -serial.
+        let own = File::create(dir.join("own")).unwrap();
+        let path = format!("/proc/self/fd/{}", own.as_raw_fd());
+        let mut f = create_serial_file(std::path::Path::new(&path)).unwrap();
+        f.write_all(b"console").unwrap();
+        assert_eq!(std::fs::read(dir.join("own")).unwrap(), b"console");
+        // Only digits after /proc/self/fd/.
+        assert!(create_serial_file(std::path::Path::new("/proc/self/fd/x")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_stalled_sink_never_blocks_the_writer_and_drops_are_counted() {

@@ -27,6 +27,7 @@ pub mod console_out;
 #[cfg(all(target_arch = "x86_64", kvm))]
 pub mod cpuid;
 pub mod exit;
+pub mod fd_limit;
 #[cfg(any(kvm, hvf))]
 pub mod guest_ram;
 pub mod hv;

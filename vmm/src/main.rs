@@ -91,6 +91,9 @@ fn main() -> ExitCode {
     for n in &parsed.noops {
         log::info!("{n}");
     }
+    if let Some(n) = vmm::fd_limit::raise() {
+        log::debug!("open-file limit {n}");
+    }
     match vmm::machine::run(&cfg, start) {
         Ok(end) => {
             if let Some(line) = end.describe() {

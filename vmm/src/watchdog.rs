@@ -241,7 +241,7 @@ impl std::fmt::Debug for Hooks {
 
 /// What performing the action needs of the machine.
 #[cfg(target_os = "linux")]
-struct Machine {
+struct Actions {
     action: WatchdogAction,
     name: String,
     state: Arc<VmState>,
@@ -253,7 +253,7 @@ struct Machine {
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(target_os = "linux")]
-impl Machine {
+impl Actions {
     /// Performs the action (on the timer's thread).
     fn fire(&self) {
         let action = self.action;
@@ -293,7 +293,7 @@ impl Machine {
 /// (guest time, which never runs ahead of the host's, so a sleep never
 /// overshoots), then lets the model decide what ran out.
 #[cfg(target_os = "linux")]
-fn run(timer: &Timer, device: &Mutex<I6300esb>, clock: &GuestClock, machine: &Machine) {
+fn run(timer: &Timer, device: &Mutex<I6300esb>, clock: &GuestClock, actions: &Actions) {
     let mut alarm = timer.lock();
     loop {
         if alarm.quit {
@@ -317,8 +317,8 @@ fn run(timer: &Timer, device: &Mutex<I6300esb>, clock: &GuestClock, machine: &Ma
         drop(alarm);
         let expiry = device.lock().unwrap_or_else(|e| e.into_inner()).expire();
         match expiry {
-            Some(Expiry::Fired) => machine.fire(),
-            Some(Expiry::Stage2Started) => log::debug!("{}: stage 1 ran out", machine.name),
+            Some(Expiry::Fired) => actions.fire(),
+            Some(Expiry::Stage2Started) => log::debug!("{}: stage 1 ran out", actions.name),
             Some(Expiry::Quiet) | None => {}
         }
         alarm = timer.lock();
@@ -372,7 +372,7 @@ impl Watchdog {
             Arc::new(GuestClock(state.clone())),
             timer.clone(),
         )));
-        let machine = Machine {
+        let actions = Actions {
             action,
             name: name.clone(),
             state: state.clone(),
@@ -385,7 +385,7 @@ impl Watchdog {
                 .stack_size(128 << 10)
                 .spawn(move || {
                     crate::sandbox::enter_worker();
-                    run(&timer, &device, &clock, &machine);
+                    run(&timer, &device, &clock, &actions);
                 })
                 .map_err(|err| Error {
                     device: name.clone(),
@@ -499,6 +499,29 @@ mod tests {
         }
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn guest_time_stands_still_while_paused() {
+        let s = VmState::default();
+        let t0 = std::time::Instant::now();
+        let a = s.guest_ns();
+        // No vCPU runs: the pause is in effect at once.
+        assert!(s.pause(Duration::from_secs(1)));
+        let p = s.guest_ns();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(s.guest_ns(), p, "guest time moved while paused");
+        s.resume();
+        std::thread::sleep(Duration::from_millis(5));
+        let b = s.guest_ns();
+        let wall = t0.elapsed();
+        assert!(b > p, "guest time stopped after resume");
+        assert!(
+            Duration::from_nanos(b - a) + Duration::from_millis(30) <= wall,
+            "the pause was counted: guest {:?}, wall {wall:?}",
+            Duration::from_nanos(b - a)
+        );
+    }
+
     #[test]
     fn device_properties() {
         let kv = |s: &str| KeyVal::parse(s, None).unwrap();
@@ -540,7 +563,7 @@ mod tests {
         }
         let t0 = std::time::Instant::now();
         // A machine without a VM or a button: only the end is recorded.
-        let machine = Machine {
+        let actions = Actions {
             action: WatchdogAction::Reset,
             name: "i6300esb".into(),
             state: state.clone(),
@@ -551,7 +574,7 @@ mod tests {
         };
         let thread = {
             let (timer, device, state) = (timer.clone(), device.clone(), state.clone());
-            std::thread::spawn(move || run(&timer, &device, &GuestClock(state), &machine))
+            std::thread::spawn(move || run(&timer, &device, &GuestClock(state), &actions))
         };
         while state.end().is_none() {
             assert!(t0.elapsed() < Duration::from_secs(20), "never fired");

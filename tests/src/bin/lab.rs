@@ -11,6 +11,9 @@
 //!       inside the arm64 L1 (the runner built for aarch64)
 //!   lab check FILE
 //!       parses a scenario table and lists its runs
+//!   lab check-vng FILE
+//!       prints `yes` if a scenario of the table runs virtme-ng (its L1
+//!       then carries vng: `make lab` passes VNG_VENV to build-l1.sh), else `no`
 //!
 //! Built static (`make lab-tools`): the same binary runs on the host and in
 //! the L1 initramfs. Exit status 2 on usage errors.
@@ -20,7 +23,7 @@ use std::process::ExitCode;
 
 use shmvm_tests::lab::{self, scenario};
 
-const USAGE: &str = "usage: lab host --dir DIR --scenarios FILE | lab l1 SCENARIOS | lab check SCENARIOS\n       lab host-arm64 --dir DIR --scenarios FILE | lab l1-arm64 SCENARIOS";
+const USAGE: &str = "usage: lab host --dir DIR --scenarios FILE | lab l1 SCENARIOS | lab check[-vng] SCENARIOS\n       lab host-arm64 --dir DIR --scenarios FILE | lab l1-arm64 SCENARIOS";
 
 fn usage(why: &str) -> ExitCode {
     eprintln!("lab: {why}\n{USAGE}");
@@ -38,14 +41,19 @@ fn main() -> ExitCode {
             Some(f) => lab::arm64::l1_main(&PathBuf::from(f)),
             None => usage("l1-arm64 needs the scenario file"),
         },
-        Some("check") => {
+        Some(cmd @ ("check" | "check-vng")) => {
             let Some(f) = args.get(1) else {
-                return usage("check needs the scenario file");
+                return usage(&format!("{cmd} needs the scenario file"));
             };
             let parsed = std::fs::read_to_string(f)
                 .map_err(|e| format!("{f}: {e}"))
                 .and_then(|t| scenario::parse(f, &t).map_err(|e| e.to_string()));
             match parsed {
+                Ok(all) if cmd == "check-vng" => {
+                    let vng = all.iter().any(|s| s.extra.vng);
+                    println!("{}", if vng { "yes" } else { "no" });
+                    ExitCode::SUCCESS
+                }
                 Ok(all) => {
                     for s in &all {
                         for v in [scenario::Vmm::Qemu, scenario::Vmm::Shmvm] {

@@ -27,7 +27,9 @@ use judge::{Judgement, NO_INIT, judge};
 mod doorbell;
 mod judge;
 pub mod qmp;
+mod rootfs;
 mod snapshot;
+mod vng;
 mod vuser;
 
 const MODULES: &str = "/lab/modules";
@@ -344,6 +346,8 @@ struct Run<'a> {
     disk: Option<Disk>,
     /// virtiofsd, vhost-device-vsock and vhost-device-rng (extra vuser).
     vuser: Option<vuser::Backends>,
+    /// The virtio-fs root directory and its virtiofsd (extra rootfs).
+    rootfs: Option<rootfs::RootDir>,
     /// The file behind the guest's named virtio-serial port.
     port: Option<PathBuf>,
 }
@@ -404,7 +408,13 @@ impl Runner {
         let _ = File::create(&console.path);
         let token = format!("t{}-{}", random(), s.name);
         let mut append = self.l2_append(s, vmm, &token);
-        if s.extra.virtio || s.extra.vub.is_some() || s.extra.vuser || s.extra.rng || s.extra.port {
+        if s.extra.virtio
+            || s.extra.vub.is_some()
+            || s.extra.vuser
+            || s.extra.rng
+            || s.extra.port
+            || s.extra.rootfs
+        {
             append += " lab.modules=virtio";
         }
         let mem = &s.mem.text;
@@ -425,14 +435,24 @@ impl Runner {
                 ram_file = Some(f);
                 obj
             }
+            // virtme-ng's spelling: a shared memfd (QEMU's default, said).
+            Backend::Memfd if s.extra.rootfs => {
+                format!("memory-backend-memfd,id=mem,size={mem},share=on")
+            }
             Backend::Memfd => format!("memory-backend-memfd,id=mem,size={mem}"),
             Backend::Shm => format!("memory-backend-shm,id=mem,size={mem}"),
+        };
+        // A virtme-ng boot puts guest RAM on a NUMA node (-numa node,memdev=).
+        let (ram_opt, ram_use) = if s.extra.rootfs {
+            ("-numa", "node,memdev=mem")
+        } else {
+            ("-machine", "memory-backend=mem")
         };
         let mut args: Vec<String> = vec![
             "-object".into(),
             ram_obj,
-            "-machine".into(),
-            "memory-backend=mem".into(),
+            ram_opt.into(),
+            ram_use.into(),
             "-smp".into(),
             s.smp.to_string(),
         ];
@@ -549,6 +569,12 @@ impl Runner {
             append += &format!(" lab.vuser={token}");
             b
         });
+        let rootfs = s.extra.rootfs.then(|| {
+            let (r, a, more) = rootfs::RootDir::start(&tag, &token, &console);
+            args.extend(a);
+            append += &more;
+            r
+        });
         if s.extra.blkbench {
             append += " lab.blkbench=1";
         }
@@ -582,6 +608,7 @@ impl Runner {
             region,
             disk,
             vuser,
+            rootfs,
             port,
         };
         (run, args, append)
@@ -621,7 +648,8 @@ impl Runner {
         match vmm {
             Vmm::Qemu => {
                 let mut machine = "microvm,acpi=on".to_string();
-                let pci_virtio = s.extra.vub.is_some() || s.extra.rng || s.extra.port;
+                let pci_virtio =
+                    s.extra.vub.is_some() || s.extra.rng || s.extra.port || s.extra.rootfs;
                 if s.ivshmem.is_some() || s.extra.doorbell || pci_virtio {
                     machine += ",pcie=on";
                 }
@@ -781,6 +809,9 @@ impl Runner {
         if let Some(b) = r.vuser.as_mut() {
             b.stop();
         }
+        if let Some(b) = r.rootfs.as_mut() {
+            b.stop();
+        }
         Outcome {
             rc,
             why,
@@ -824,6 +855,9 @@ impl Runner {
         }
         if s.extra.snapshot {
             return snapshot::run(self, s, vmm, &tag);
+        }
+        if s.extra.vng {
+            return vng::run(self, s, vmm, &tag);
         }
         let (mut r, args, append) = self.prepare(s, vmm);
         let cmd = Self::command(s, vmm, args, append);
@@ -912,6 +946,12 @@ pub fn main(scenarios: &Path) -> ! {
             fatal(&format!("{bin} not in the L1 initramfs"));
         }
     }
+    let picked = |s: &&Scenario| o.only.is_empty() || o.only.contains(&s.name);
+    if all.iter().filter(picked).any(|s| s.extra.vng) && !Path::new("/usr/bin/vng").exists() {
+        fatal(
+            "a vng scenario, but no /usr/bin/vng in the L1 initramfs (build-l1.sh without VNG_VENV)",
+        );
+    }
     let _ = fs::create_dir_all("/tmp/lab");
     let _ = fs::create_dir_all("/mnt/disk");
     setup();
@@ -988,6 +1028,7 @@ mod tests {
                 region: None,
                 disk: None,
                 vuser: None,
+                rootfs: None,
                 port: None,
             };
             let out = Outcome {

@@ -10,8 +10,8 @@
 //! - ivshmem: - | file:SIZE (a file on /dev/shm) | shm:SIZE (named POSIX shm)
 //! - extra: - or comma-separated: virtio, bar64, vub, vub-kill, vub-private,
 //!   blk, blk-term, blkbench, rng, port, mq2, ring64, doorbell, snapshot,
-//!   shmvm-only (tests/lab/scenarios explains each), and expectations that
-//!   override the derived ones: `cpus=N` (default: smp).
+//!   rootfs, vng, shmvm-only (tests/lab/scenarios explains each), and
+//!   expectations that override the derived ones: `cpus=N` (default: smp).
 
 use std::fmt;
 
@@ -207,6 +207,15 @@ pub struct Extra {
     /// A virtio-serial port named `lab.verdict` on a file chardev: the
     /// guest writes its token there, L1 reads it after the run.
     pub port: bool,
+    /// The root filesystem is a directory of L1 served by virtiofsd
+    /// (`rootfstype=virtiofs root=ROOTFS`), booted as virtme-ng boots one;
+    /// the root's init writes `uname -r` to the port `virtme.ret`.
+    pub rootfs: bool,
+    /// virtme-ng itself in L1 runs the lab kernel with shmvm
+    /// (`vng --qemu shmvm --exec 'uname -r; exit 7'`, `l1/vng.rs`); the
+    /// other columns are vng's to choose. shmvm only: QEMU's run (vng's
+    /// own VMM) passed when this was built but costs ~100 s of L1 time.
+    pub vng: bool,
     /// No QEMU reference run of this line (`shmvm-only`): what the
     /// reference adds to a lab's wall time is not worth it here (the arm64
     /// lab runs QEMU on a few plain boots only).
@@ -238,7 +247,8 @@ impl Scenario {
             || self.extra.shmvm_only
             || self.extra.doorbell
             || self.extra.vuser
-            || self.extra.snapshot;
+            || self.extra.snapshot
+            || self.extra.vng;
         !shmvm_only || vmm == Vmm::Shmvm
     }
 
@@ -330,6 +340,8 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
                 "rng" => x.rng = true,
                 "blkbench" => x.blkbench = true,
                 "port" => x.port = true,
+                "rootfs" => x.rootfs = true,
+                "vng" => x.vng = true,
                 "shmvm-only" => x.shmvm_only = true,
                 f => return Err(format!("extra '{f}': unknown flag")),
             },
@@ -366,6 +378,22 @@ fn parse_line(cols: &[&str]) -> Result<Scenario, String> {
             "extra: snapshot needs backend shm, action poweroff, ivshmem - and no vub, doorbell or vuser"
                 .into(),
         );
+    }
+    if x.rootfs && (backend != Backend::Memfd || x.vuser || x.snapshot || x.doorbell) {
+        return Err(
+            "extra: rootfs needs backend memfd (shared with virtiofsd) and no vuser, snapshot or doorbell"
+                .into(),
+        );
+    }
+    if x.vng
+        && (x
+            != Extra {
+                vng: true,
+                ..Extra::default()
+            }
+            || ivshmem.is_some())
+    {
+        return Err("extra: vng stands alone (vng chooses the machine)".into());
     }
     if x.bar64 && ivshmem.is_none() {
         return Err("extra: bar64 needs an ivshmem region".into());
@@ -416,7 +444,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_table_has_33_runs() {
+    fn the_shipped_table_has_36_runs() {
         let text = include_str!("../../lab/scenarios");
         let all = parse("scenarios", text).expect("tests/lab/scenarios parses");
         let runs: usize = all
@@ -428,7 +456,7 @@ mod tests {
                     .count()
             })
             .sum();
-        assert_eq!((all.len(), runs), (21, 33));
+        assert_eq!((all.len(), runs), (23, 36));
     }
 
     #[test]
@@ -459,6 +487,27 @@ mod tests {
         assert_eq!(
             one("a ram 256M 1 poweroff - blk,mq2").unwrap_err(),
             "f:1: extra: mq2 and ring64 need vub or vub-kill"
+        );
+    }
+
+    #[test]
+    fn virtiofs_root_and_vng_lines() {
+        let one = |l: &str| {
+            parse("f", l)
+                .map(|v| v[0].clone())
+                .map_err(|e| e.to_string())
+        };
+        let r = one("r memfd 256M 1 poweroff - rootfs").unwrap();
+        assert!(r.extra.rootfs && r.runs_with(Vmm::Qemu) && r.runs_with(Vmm::Shmvm));
+        assert_eq!(
+            one("r ram 256M 1 poweroff - rootfs").unwrap_err(),
+            "f:1: extra: rootfs needs backend memfd (shared with virtiofsd) and no vuser, snapshot or doorbell"
+        );
+        let v = one("v memfd 1G 2 poweroff - vng").unwrap();
+        assert!(v.extra.vng && !v.runs_with(Vmm::Qemu) && v.runs_with(Vmm::Shmvm));
+        assert_eq!(
+            one("v memfd 1G 2 poweroff - vng,rng").unwrap_err(),
+            "f:1: extra: vng stands alone (vng chooses the machine)"
         );
     }
 

@@ -35,7 +35,7 @@ impl Judgement {
             self.fails.push(why());
         }
     }
-    fn report(&mut self, key: &'static str, value: impl Into<String>) {
+    pub(super) fn report(&mut self, key: &'static str, value: impl Into<String>) {
         self.report.push((key, value.into()));
     }
 }
@@ -192,6 +192,9 @@ pub(super) fn judge(r: &Run, out: &Outcome, console: &str, j: &mut Judgement) {
         judge_region(r, g, console, j);
     }
     if let Some(b) = &r.vuser {
+        b.judge(console, j);
+    }
+    if let Some(b) = &r.rootfs {
         b.judge(console, j);
     }
     if s.extra.blkbench {
