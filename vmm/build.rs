@@ -3,6 +3,14 @@
 //! `SHMVM_GIT_COMMIT` in the environment wins (release builds from a
 //! tarball); otherwise `git describe`. Cargo reruns this only when HEAD or
 //! the branch it points to moves, so ordinary builds are not forced.
+//!
+//! Also the hypervisor backend the target has, as a cfg the source reads:
+//! `kvm` on Linux (x86_64 and aarch64), `hvf` on macOS on Apple silicon
+//! (Hypervisor.framework through `hv-hvf`), neither elsewhere (x86_64
+//! macOS, the BSDs), where `shmvm` builds and says that the host has no
+//! accelerator (README, "macOS and the BSDs"). Linux-only features that
+//! are not the hypervisor (eventfd, epoll, seccomp, vhost-user) use
+//! `target_os = "linux"` directly.
 
 use std::process::Command;
 
@@ -15,7 +23,21 @@ fn git(args: &[&str]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// `kvm`, `hvf` or neither, from the target (not the host building it).
+fn backend_cfg() {
+    println!("cargo::rustc-check-cfg=cfg(kvm)");
+    println!("cargo::rustc-check-cfg=cfg(hvf)");
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    match (os.as_str(), arch.as_str()) {
+        ("linux", _) => println!("cargo::rustc-cfg=kvm"),
+        ("macos", "aarch64") => println!("cargo::rustc-cfg=hvf"),
+        _ => {}
+    }
+}
+
 fn main() {
+    backend_cfg();
     println!("cargo:rerun-if-env-changed=SHMVM_GIT_COMMIT");
     let commit = std::env::var("SHMVM_GIT_COMMIT")
         .ok()

@@ -61,6 +61,10 @@ pub enum Error {
     SharedThread(u8),
     #[error("ioeventfd at port {0:#x}: arm64 has no port I/O")]
     PioEvent(u64),
+    #[error(
+        "GICv3 ITS at {0:#x}: Hypervisor.framework's GIC has no ITS (its MSIs are SPIs written to a GICv2m-style frame, not wired up yet), so devices that need MSIs are not available with HVF"
+    )]
+    NoIts(u64),
 }
 
 impl Error {
@@ -238,8 +242,14 @@ impl Vm {
 
     /// Creates the in-kernel GICv3 (macOS 15) with its distributor and
     /// redistributors where `cfg` puts them: before any vCPU runs, as HVF
-    /// requires. The SPIs the machine uses must be in HVF's range.
+    /// requires. The SPIs the machine uses must be in HVF's range. HVF's
+    /// GIC has no ITS: an `its_addr` is refused (its MSI support is a
+    /// frame that turns a write of an SPI number into that SPI,
+    /// `hv_gic_config_set_msi_region_base`, not used yet).
     pub fn create_gic(&self, cfg: &GicConfig) -> Result<(), Error> {
+        if let Some(addr) = cfg.its_addr {
+            return Err(Error::NoIts(addr));
+        }
         let (base, count) = applevisor::gic::GicConfig::get_spi_interrupt_range()
             .map_err(hv("hv_gic_get_spi_interrupt_range"))?;
         check_spi_range(cfg.nr_irqs, base, count).map_err(|(want, base, end)| Error::GicRange {

@@ -32,7 +32,9 @@ pub fn raise() -> Option<u64> {
             );
         }
     }
-    Some(lim.rlim_cur)
+    // rlim_t is u64 on Linux and macOS, i64 on the BSDs.
+    #[allow(clippy::useless_conversion)]
+    u64::try_from(lim.rlim_cur).ok()
 }
 
 #[cfg(test)]
@@ -46,6 +48,9 @@ mod tests {
         };
         // SAFETY: getrlimit writes the struct it is given.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        assert_eq!((soft, lim.rlim_cur), (lim.rlim_max, lim.rlim_max));
+        assert_eq!(lim.rlim_cur, lim.rlim_max);
+        #[allow(clippy::useless_conversion)]
+        let hard = u64::try_from(lim.rlim_max).ok();
+        assert_eq!(Some(soft), hard);
     }
 }

@@ -160,10 +160,19 @@ impl GuestRam {
 /// the 2 MiB region yet.
 #[derive(Debug)]
 pub struct ThpPause {
+    #[cfg(target_os = "linux")]
     restore: bool,
 }
 
 impl ThpPause {
+    /// Transparent huge pages (and their prctl) are Linux's: nothing to
+    /// pause elsewhere.
+    #[cfg(not(target_os = "linux"))]
+    pub fn new() -> ThpPause {
+        ThpPause {}
+    }
+
+    #[cfg(target_os = "linux")]
     pub fn new() -> ThpPause {
         // SAFETY: PR_GET_THP_DISABLE takes no pointers and only reads a
         // flag of this process.
@@ -191,6 +200,7 @@ impl Default for ThpPause {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Drop for ThpPause {
     fn drop(&mut self) {
         if self.restore {

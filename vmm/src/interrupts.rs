@@ -21,7 +21,6 @@
 )]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -54,20 +53,8 @@ pub struct MsiMessage {
     pub data: u32,
 }
 
-/// The PCI requester ID (bus << 8 | devfn) of a block of vectors, set
-/// when its function is placed on the bus (0 until then).
-#[derive(Debug, Clone, Default)]
-pub struct Requester(Arc<AtomicU32>);
-
-impl Requester {
-    pub fn set(&self, bdf: u32) {
-        self.0.store(bdf, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+// The requester ID belongs to PCI (it is built on hosts without MSIs).
+pub use crate::pci::Requester;
 
 #[derive(Debug)]
 struct Table {

@@ -13,7 +13,9 @@ use std::fmt;
 
 use crate::config::keyval::KeyVal;
 
+#[cfg(target_os = "linux")]
 pub mod doorbell;
+#[cfg(any(kvm, hvf))]
 pub mod plug;
 
 /// Smallest region: one page (a KVM memory slot is page granular).

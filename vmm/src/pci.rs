@@ -12,7 +12,7 @@
 //! vanishing as an unclaimed access.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::hv::Vm;
@@ -330,7 +330,23 @@ pub struct PciFunction {
     pub bars: Vec<(usize, BarBacking)>,
     /// Where its MSI vectors learn the function's requester ID (None: it
     /// has no MSIs).
-    pub requester: Option<crate::interrupts::Requester>,
+    pub requester: Option<Requester>,
+}
+
+/// The PCI requester ID (bus << 8 | devfn) of a function, which its MSI
+/// vectors carry (the GICv3 ITS translates by it); set
+/// when its function is placed on the bus (0 until then).
+#[derive(Debug, Clone, Default)]
+pub struct Requester(Arc<AtomicU32>);
+
+impl Requester {
+    pub fn set(&self, bdf: u32) {
+        self.0.store(bdf, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for PciFunction {

@@ -24,8 +24,13 @@
 //! runs, workers while the machine is built), except the teardown helper,
 //! which runs under the main thread's filter (teardown.rs).
 
+//! Off Linux there is no seccomp: `--sandbox=on` is refused there (cli)
+//! and threads never enter.
+
+#[cfg(target_os = "linux")]
 pub mod bpf;
 
+#[cfg(target_os = "linux")]
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -48,6 +53,7 @@ pub enum ThreadKind {
     Monitor,
 }
 
+#[cfg(target_os = "linux")]
 impl ThreadKind {
     fn name(self) -> &'static str {
         match self {
@@ -89,6 +95,7 @@ pub fn enabled() -> bool {
 /// `readlink`, `unlink`, ...: its libc makes the `*at`/`p*` ones, which
 /// the lists have for both), other KVM requests on the vCPU (KVM_GET_ONE_REG
 /// instead of the x86 register and snapshot requests), and no snapshots.
+#[cfg(target_os = "linux")]
 mod lists {
     use super::*;
 
@@ -483,13 +490,16 @@ mod lists {
         }
     }
 }
+#[cfg(target_os = "linux")]
 pub use lists::*;
 
 /// System calls the filters stopped, all threads.
 static BLOCKED: AtomicU64 = AtomicU64::new(0);
 /// Call numbers already reported (one line each), as a bit set.
+#[cfg(target_os = "linux")]
 static REPORTED: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 
+#[cfg(target_os = "linux")]
 thread_local! {
     /// This thread's kind, for the report (const-initialized: readable in
     /// a signal handler).
@@ -502,6 +512,7 @@ pub fn blocked() -> u64 {
 }
 
 /// Appends `n` in decimal to `buf` at `*at` (no allocation: signal handler).
+#[cfg(target_os = "linux")]
 fn put_num(buf: &mut [u8], at: &mut usize, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
@@ -516,6 +527,7 @@ fn put_num(buf: &mut [u8], at: &mut usize, mut n: u64) {
     put(buf, at, &digits[i..]);
 }
 
+#[cfg(target_os = "linux")]
 fn put(buf: &mut [u8], at: &mut usize, s: &[u8]) {
     let n = s.len().min(buf.len() - *at);
     buf[*at..*at + n].copy_from_slice(&s[..n]);
@@ -526,6 +538,7 @@ fn put(buf: &mut [u8], at: &mut usize, s: &[u8]) {
 /// first time a call number is stopped, one line on stderr says which.
 /// Async-signal-safe: atomics, a const thread-local, a stack buffer and
 /// `write`.
+#[cfg(target_os = "linux")]
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // The 64-bit siginfo of SIGSYS (x86_64 and aarch64 alike): `_sigsys {
     // void *_call_addr; int _syscall; unsigned _arch; }` at offset 16, so
@@ -567,6 +580,7 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
 }
 
 /// Installs [`on_sigsys`] (process-wide; idempotent).
+#[cfg(target_os = "linux")]
 fn install_sigsys() -> Result<(), Error> {
     // SAFETY: sigaction is plain data; all-zero is a valid start.
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -585,6 +599,7 @@ fn install_sigsys() -> Result<(), Error> {
 
 /// `prctl(PR_SET_NO_NEW_PRIVS)` for the calling thread (and the threads it
 /// creates): nothing executed could gain privileges.
+#[cfg(target_os = "linux")]
 fn no_new_privs() -> Result<(), Error> {
     // SAFETY: prctl with integer arguments only.
     let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
@@ -601,6 +616,7 @@ fn no_new_privs() -> Result<(), Error> {
 /// inheritable, ambient); the threads it creates inherit the empty sets.
 /// Nothing after start-up needs one: /dev/kvm, the backends and the
 /// sockets are open by then.
+#[cfg(target_os = "linux")]
 fn drop_capabilities() -> Result<(), Error> {
     #[repr(C)]
     struct Header {
@@ -665,6 +681,7 @@ pub fn enter(kind: ThreadKind) -> Result<(), Error> {
 }
 
 /// [`enter`] whatever the switch says (tests).
+#[cfg(target_os = "linux")]
 pub fn enter_now(kind: ThreadKind) -> Result<(), Error> {
     install_sigsys()?;
     no_new_privs()?;
@@ -674,8 +691,18 @@ pub fn enter_now(kind: ThreadKind) -> Result<(), Error> {
     Ok(())
 }
 
+/// No seccomp off Linux: the sandbox cannot be entered.
+#[cfg(not(target_os = "linux"))]
+pub fn enter_now(kind: ThreadKind) -> Result<(), Error> {
+    Err(Error::Install {
+        kind,
+        err: std::io::ErrorKind::Unsupported.into(),
+    })
+}
+
 /// Installs `kind`'s compiled program on the calling thread, with this
 /// process's id written in (one copy on the stack, one system call).
+#[cfg(target_os = "linux")]
 fn install_filter(kind: ThreadKind) -> Result<(), Error> {
     let (prog, pid_at) = program(kind);
     let mut insns = [libc::sock_filter {
@@ -725,7 +752,7 @@ pub fn enter_thread(kind: ThreadKind) {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
 mod tests {
     use super::lists::*;
     use super::*;

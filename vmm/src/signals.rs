@@ -5,21 +5,35 @@
 //! makes vCPU 0 replay coalesced console output (coalesce.rs); it restarts
 //! interrupted system calls (SA_RESTART), so it never surfaces as EINTR
 //! anywhere but in KVM_RUN, which KVM ends with EINTR regardless.
+//!
+//! Off Linux (HVF on macOS) there is no `kvm_run` and no real-time signal:
+//! the stop signals are blocked and taken by one thread in `sigwait`, and
+//! a kick is the hypervisor's (`hv::hvf::kick_all`, `hv_vcpus_exit`),
+//! made from that thread, never from a handler.
 
+#[cfg(target_os = "linux")]
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicI32;
+use std::sync::atomic::Ordering;
+#[cfg(target_os = "linux")]
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 
+#[cfg(target_os = "linux")]
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
+#[cfg(target_os = "linux")]
 use crate::config::MAX_VCPUS;
 
 /// The stop signal received (0: none).
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// pthread ids of the threads running vCPUs.
+#[cfg(target_os = "linux")]
 static VCPU_THREADS: [AtomicU64; MAX_VCPUS as usize] =
     [const { AtomicU64::new(0) }; MAX_VCPUS as usize];
+#[cfg(target_os = "linux")]
 static VCPU_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
 
+#[cfg(target_os = "linux")]
 thread_local! {
     /// This thread's vCPU `immediate_exit` byte (null: not a vCPU thread).
     static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
@@ -33,6 +47,8 @@ pub enum Error {
         sig: i32,
         err: vmm_sys_util::errno::Error,
     },
+    #[error("cannot start the thread that takes the stop signals: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// The signal that asked the VMM to stop, if any.
@@ -43,11 +59,13 @@ pub fn stop_signal() -> Option<i32> {
     }
 }
 
+#[cfg(target_os = "linux")]
 extern "C" fn on_stop(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
     kick_all();
 }
 
+#[cfg(target_os = "linux")]
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // Only a const-initialized Cell is read: no allocation, async-signal-safe.
     let p = IMMEDIATE_EXIT.with(|c| c.get());
@@ -64,6 +82,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 /// Installs the SIGINT/SIGTERM/SIGHUP and vCPU-kick handlers.
+#[cfg(target_os = "linux")]
 pub fn install() -> Result<(), Error> {
     for sig in STOP_SIGNALS {
         register_signal_handler(sig, on_stop).map_err(|err| Error::Install { sig, err })?;
@@ -88,18 +107,60 @@ pub fn install() -> Result<(), Error> {
     Ok(())
 }
 
+/// Takes SIGINT/SIGTERM/SIGHUP on a thread of their own: blocked in the
+/// calling thread (the main thread, before any other starts, so every
+/// thread inherits the mask) and waited for with `sigwait`; each records
+/// the stop and kicks the vCPUs.
+#[cfg(not(target_os = "linux"))]
+pub fn install() -> Result<(), Error> {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live sigset for both calls.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in STOP_SIGNALS {
+        // SAFETY: as above; `sig` is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    // SAFETY: `set` is initialized; no old mask is asked for.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(Error::Install {
+            sig: STOP_SIGNALS[0],
+            err: vmm_sys_util::errno::Error::new(r),
+        });
+    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig = 0;
+                // SAFETY: `set` is an initialized sigset; sigwait writes the
+                // signal taken into `sig`.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                    STOP_SIGNAL.store(sig, Ordering::SeqCst);
+                    kick_all();
+                }
+            }
+        })
+        .map(drop)
+        .map_err(Error::Thread)
+}
+
 /// `--snapshot-on-signal`: SIGUSR1 asks for a snapshot.
+#[cfg(target_os = "linux")]
 static SNAPSHOT_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// The signal that asks for a snapshot (`--snapshot-on-signal`).
 pub const SNAPSHOT_SIGNAL: i32 = libc::SIGUSR1;
 
+#[cfg(target_os = "linux")]
 extern "C" fn on_snapshot(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     SNAPSHOT_REQUESTED.store(true, Ordering::SeqCst);
 }
 
 /// Installs the [`SNAPSHOT_SIGNAL`] handler (only with `--snapshot-on-signal`:
 /// otherwise SIGUSR1 keeps its default action).
+#[cfg(target_os = "linux")]
 pub fn install_snapshot() -> Result<(), Error> {
     register_signal_handler(SNAPSHOT_SIGNAL, on_snapshot).map_err(|err| Error::Install {
         sig: SNAPSHOT_SIGNAL,
@@ -108,16 +169,25 @@ pub fn install_snapshot() -> Result<(), Error> {
 }
 
 /// Whether a snapshot was asked for since the last call (clears it).
+#[cfg(target_os = "linux")]
 pub fn take_snapshot_request() -> bool {
     SNAPSHOT_REQUESTED.swap(false, Ordering::SeqCst)
 }
 
 /// The real-time signal that kicks a vCPU thread out of KVM_RUN.
+#[cfg(target_os = "linux")]
 pub fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
+/// Kicks every vCPU out of the hypervisor: HVF's `hv_vcpus_exit`.
+#[cfg(hvf)]
+pub fn kick_all() {
+    crate::hv::hvf::kick_all();
+}
+
 /// Sends the kick signal to every registered vCPU thread.
+#[cfg(target_os = "linux")]
 pub fn kick_all() {
     let n = VCPU_THREAD_COUNT
         .load(Ordering::SeqCst)
@@ -133,11 +203,13 @@ pub fn kick_all() {
 }
 
 /// Registration of the current thread as a vCPU thread; undone on drop.
+#[cfg(target_os = "linux")]
 #[derive(Debug)]
 pub struct VcpuThreadGuard {
     slot: usize,
 }
 
+#[cfg(target_os = "linux")]
 impl VcpuThreadGuard {
     /// Registers the calling thread for kicks, with its vCPU's
     /// `immediate_exit` byte.
@@ -153,6 +225,7 @@ impl VcpuThreadGuard {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Drop for VcpuThreadGuard {
     fn drop(&mut self) {
         VCPU_THREADS[self.slot].store(0, Ordering::SeqCst);

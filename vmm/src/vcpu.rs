@@ -19,7 +19,9 @@ use crate::exit::{Action, VmEnd, handle_exit};
 use crate::hv;
 use crate::hv::Vcpu;
 use crate::io::IoBuses;
-use crate::signals::{self, VcpuThreadGuard};
+use crate::signals;
+#[cfg(target_os = "linux")]
+use crate::signals::VcpuThreadGuard;
 
 /// State every vCPU shares: whether the VM is stopping, and why; whether
 /// it is paused (QMP `stop`).
@@ -366,6 +368,8 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
         mem,
         coalesced,
     } = shared;
+    // KVM's kick reaches this thread's kvm_run (HVF's needs no thread).
+    #[cfg(target_os = "linux")]
     let _guard = VcpuThreadGuard::register(vcpu.immediate_exit_ptr());
     // vCPU 0 runs on the main thread, which takes the machine apart later.
     let kind = match first_run {

@@ -15,18 +15,29 @@
     clippy::cast_sign_loss
 )]
 
+// The device's runtime (its PCI plug, the timer thread, the QMP events)
+// is Linux's, as QMP is; its configuration parses everywhere.
+#[cfg(target_os = "linux")]
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+#[cfg(target_os = "linux")]
 use std::thread::JoinHandle;
+#[cfg(target_os = "linux")]
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
 use devices::i6300esb::{Clock, Expiry, I6300esb, REGISTER_BAR, TimerEvents};
 
 use crate::config::keyval::KeyVal;
 use crate::config::{Error as ConfigError, invalid};
+#[cfg(target_os = "linux")]
 use crate::exit::VmEnd;
+#[cfg(target_os = "linux")]
 use crate::pci::{BarBacking, Pci, PciFunction, PciPlug, Placed};
+#[cfg(target_os = "linux")]
 use crate::qmp::{self, Event};
+#[cfg(target_os = "linux")]
 use crate::stats::{Stats, WatchdogStats};
+#[cfg(target_os = "linux")]
 use crate::vcpu::{PauseReason, VmState};
 
 /// What an expired watchdog does: QEMU's `WatchdogAction`.
@@ -166,8 +177,10 @@ pub fn parse_device(mut kv: KeyVal) -> Result<WatchdogConfig, ConfigError> {
 }
 
 /// Guest time, from the VM's state.
+#[cfg(target_os = "linux")]
 struct GuestClock(Arc<VmState>);
 
+#[cfg(target_os = "linux")]
 impl Clock for GuestClock {
     fn now_ns(&self) -> u64 {
         self.0.guest_ns()
@@ -175,6 +188,7 @@ impl Clock for GuestClock {
 }
 
 /// The deadline the thread waits for, and whether it should stop.
+#[cfg(target_os = "linux")]
 #[derive(Debug, Default)]
 struct Alarm {
     deadline: Option<u64>,
@@ -182,18 +196,21 @@ struct Alarm {
 }
 
 /// The model's [`TimerEvents`]: where the thread learns of new deadlines.
+#[cfg(target_os = "linux")]
 #[derive(Debug, Default)]
 struct Timer {
     alarm: Mutex<Alarm>,
     changed: Condvar,
 }
 
+#[cfg(target_os = "linux")]
 impl Timer {
     fn lock(&self) -> MutexGuard<'_, Alarm> {
         self.alarm.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
+#[cfg(target_os = "linux")]
 impl TimerEvents for Timer {
     fn deadline_changed(&self, deadline_ns: Option<u64>) {
         self.lock().deadline = deadline_ns;
@@ -203,9 +220,11 @@ impl TimerEvents for Timer {
 
 /// A machine-specific step of an action (the button and the NMI are each
 /// machine's own); an error is one line for the log.
+#[cfg(target_os = "linux")]
 pub type Hook = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What the machine offers the actions besides its state.
+#[cfg(target_os = "linux")]
 pub struct Hooks {
     /// Presses the ACPI power button.
     pub power_button: Hook,
@@ -213,6 +232,7 @@ pub struct Hooks {
     pub inject_nmi: Hook,
 }
 
+#[cfg(target_os = "linux")]
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hooks").finish_non_exhaustive()
@@ -220,6 +240,7 @@ impl std::fmt::Debug for Hooks {
 }
 
 /// What performing the action needs of the machine.
+#[cfg(target_os = "linux")]
 struct Actions {
     action: WatchdogAction,
     name: String,
@@ -228,8 +249,10 @@ struct Actions {
 }
 
 /// How long the `pause` action waits for the vCPUs to park.
+#[cfg(target_os = "linux")]
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[cfg(target_os = "linux")]
 impl Actions {
     /// Performs the action (on the timer's thread).
     fn fire(&self) {
@@ -269,6 +292,7 @@ impl Actions {
 /// Runs stages out until told to quit: sleeps until the nearest deadline
 /// (guest time, which never runs ahead of the host's, so a sleep never
 /// overshoots), then lets the model decide what ran out.
+#[cfg(target_os = "linux")]
 fn run(timer: &Timer, device: &Mutex<I6300esb>, clock: &GuestClock, actions: &Actions) {
     let mut alarm = timer.lock();
     loop {
@@ -302,6 +326,7 @@ fn run(timer: &Timer, device: &Mutex<I6300esb>, clock: &GuestClock, actions: &Ac
 }
 
 /// Errors starting a watchdog.
+#[cfg(target_os = "linux")]
 #[derive(Debug, thiserror::Error)]
 #[error("-device {device}: cannot start its timer thread: {err}")]
 pub struct Error {
@@ -310,6 +335,7 @@ pub struct Error {
     err: std::io::Error,
 }
 
+#[cfg(target_os = "linux")]
 impl Error {
     pub fn exit_code(&self) -> i32 {
         1
@@ -317,6 +343,7 @@ impl Error {
 }
 
 /// One i6300esb: the PCI function and its timer thread (joined on drop).
+#[cfg(target_os = "linux")]
 #[derive(Debug)]
 pub struct Watchdog {
     name: String,
@@ -328,6 +355,7 @@ pub struct Watchdog {
     thread: Option<JoinHandle<()>>,
 }
 
+#[cfg(target_os = "linux")]
 impl Watchdog {
     /// The device, with its thread started (sleeping until the guest
     /// enables the timer).
@@ -377,6 +405,7 @@ impl Watchdog {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Drop for Watchdog {
     fn drop(&mut self) {
         self.timer.lock().quit = true;
@@ -389,6 +418,7 @@ impl Drop for Watchdog {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl PciPlug for Watchdog {
     fn function(&self) -> PciFunction {
         PciFunction {
@@ -469,6 +499,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn guest_time_stands_still_while_paused() {
         let s = VmState::default();
@@ -508,6 +539,7 @@ mod tests {
         assert!(e.contains("'timeout'"), "{e}");
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_thread_fires_on_guest_time_and_stops_on_drop() {
         use devices::i6300esb::{LOCK_ENABLE, LOCK_REG, RELOAD_REG, TIMER1_REG, TIMER2_REG};

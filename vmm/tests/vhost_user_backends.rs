@@ -11,7 +11,7 @@
 
 #![allow(clippy::unwrap_used)]
 // The front-end is built with the x86_64 machine only (no PCI on aarch64 yet).
-#![cfg(target_arch = "x86_64")]
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -36,6 +36,19 @@ pub enum Error {
     /// `-device TYPE,help` for a type shmvm does not have.
     #[error("{0} {1}: unknown type '{2}' (try {0} help)")]
     HelpType(&'static str, String, String),
+    #[error("--sandbox=on: not available on this host (the sandbox is Linux's seccomp)")]
+    NoSandbox,
+}
+
+/// `--sandbox`: on unless turned off, where it exists (Linux's seccomp);
+/// elsewhere off, and asking for it is an error.
+fn sandbox(arg: Option<OnOffArg>) -> Result<bool, Error> {
+    match arg {
+        Some(OnOffArg::Off) => Ok(false),
+        _ if cfg!(target_os = "linux") => Ok(true),
+        None => Ok(false),
+        Some(_) => Err(Error::NoSandbox),
+    }
 }
 
 impl Error {
@@ -336,7 +349,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Parsed, ParseO
             Some(StatsArg::Json) => StatsFormat::Json,
         },
         verbose: args.verbose,
-        sandbox: args.sandbox != Some(OnOffArg::Off),
+        sandbox: sandbox(args.sandbox)?,
         snapshot: n
             .noops
             .iter()

@@ -262,7 +262,7 @@ pub const OPTIONS: &[Opt] = &[
         "sandbox",
         Some("on|off"),
         "seccomp filters per thread kind, no_new_privs, capabilities dropped after start-up \
-         (default on; README \"Security model\")",
+         (default on; Linux only: off and refused elsewhere; README \"Security model\")",
     ),
     own(
         "stats",
@@ -313,13 +313,17 @@ pub const OPTIONS: &[Opt] = &[
         None,
         "a guest reset ends shmvm: its only behaviour",
     ),
-    noop("enable-kvm", None, "KVM is shmvm's only accelerator"),
+    noop(
+        "enable-kvm",
+        None,
+        "KVM is shmvm's only accelerator on Linux (refused on macOS: -accel hvf)",
+    ),
     noop_if(
         "accel",
         "kvm[,...]",
-        &["kvm", "kvm,*"],
-        "KVM is shmvm's only accelerator; later -accel fallbacks (tcg, hvf) are never reached",
-        "shmvm runs on KVM only; use -accel kvm",
+        &[],
+        "the host's accelerator, shmvm's only one: kvm on Linux (hvf[,...] on macOS on Apple silicon); later -accel fallbacks (tcg, ...) are never reached",
+        "shmvm runs on the host's accelerator only: -accel kvm on Linux, -accel hvf on macOS",
     ),
     noop_if(
         "cpu",
@@ -529,10 +533,12 @@ const CPU_HELP: &str = "Available CPUs:
   max                    accepted: means host
 ";
 
-/// `-accel help`: shmvm's accelerators, in QEMU's format.
-const ACCEL_HELP: &str = "Accelerators supported in QEMU binary:
-kvm
-";
+/// `-accel help`: shmvm's accelerator on this host, in QEMU's format.
+const ACCEL_HELP: &str = match crate::hv::HOST_ACCEL {
+    Some(_) if cfg!(target_os = "linux") => "Accelerators supported in QEMU binary:\nkvm\n",
+    Some(_) => "Accelerators supported in QEMU binary:\nhvf\n",
+    None => "Accelerators supported in QEMU binary:\n",
+};
 
 /// The closest known option name, for "did you mean" (edit distance <= 2).
 fn suggest(name: &str) -> String {
@@ -559,6 +565,15 @@ fn suggest(name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Why an accelerator other than the host's is refused, on this host.
+const ACCEL_REFUSAL: &str = match crate::hv::HOST_ACCEL {
+    Some(_) if cfg!(target_os = "linux") => "shmvm runs on KVM only; use -accel kvm",
+    Some(_) => "shmvm runs on Hypervisor.framework only on macOS; use -accel hvf",
+    None => {
+        "no accelerator is available on this host (shmvm runs on KVM on Linux, HVF on macOS on Apple silicon)"
+    }
+};
+
 /// Applies the table to argv (program name first): class 1 and own
 /// options become clap's `--long value` (a value is never read as an
 /// option), no-ops are dropped and remembered, refusals fail.
@@ -566,7 +581,7 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
     let mut out = Normalized::default();
     let mut args = argv.into_iter();
     out.args.extend(args.next());
-    let mut kvm_accel_seen = false;
+    let mut host_accel_seen = false;
     while let Some(a) = args.next() {
         let Some(s) = a.to_str().map(str::to_owned) else {
             return Err(Error::Bare(a.to_string_lossy().into_owned()));
@@ -663,6 +678,9 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
                     out.args.push(raw);
                 }
             }
+            Class::NoOp if opt.name == "enable-kvm" && crate::hv::HOST_ACCEL != Some("kvm") => {
+                return Err(Error::Refused(s, ACCEL_REFUSAL));
+            }
             Class::NoOp => {
                 let written = match opt.value {
                     Some(_) => {
@@ -678,15 +696,21 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Normalized
                             }
                         }
                         let ok = if opt.name == "accel" {
-                            // QEMU tries each -accel in order: a fallback after kvm is never used.
-                            let ok = value_is_noop(opt, &v) || kvm_accel_seen;
-                            kvm_accel_seen |= v.split(',').next() == Some("kvm");
+                            // QEMU tries each -accel in order: a fallback after
+                            // the host's accelerator is never used.
+                            let host = v.split(',').next() == crate::hv::HOST_ACCEL;
+                            let ok = host || host_accel_seen;
+                            host_accel_seen |= host;
                             ok
                         } else {
                             value_is_noop(opt, &v)
                         };
                         if !ok {
-                            return Err(Error::RefusedValue(s, v, opt.refusal));
+                            let why = match opt.name {
+                                "accel" => ACCEL_REFUSAL,
+                                _ => opt.refusal,
+                            };
+                            return Err(Error::RefusedValue(s, v, why));
                         }
                         format!("{s} {v}")
                     }

@@ -3,11 +3,11 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", kvm))]
 use std::sync::Arc;
 
 use super::{Error, ParseOutcome, Parsed, RestoreRamArg};
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", kvm))]
 use crate::snapshot::{RamMode, Restore, State};
 
 /// Options that are the host's plumbing, not the machine: a snapshot does
@@ -78,20 +78,20 @@ fn refused(msg: String) -> ParseOutcome {
 }
 
 /// `--restore DIR` where snapshots do not exist yet (aarch64: its vCPU
-/// state is not saved): refused, naming the option.
-#[cfg(not(target_arch = "x86_64"))]
+/// state is not saved; hosts without KVM): refused, naming the option.
+#[cfg(not(all(target_arch = "x86_64", kvm)))]
 pub fn parse(
     dir: &Path,
     _ram: Option<RestoreRamArg>,
     _args: &[OsString],
 ) -> Result<Parsed, ParseOutcome> {
     Err(refused(format!(
-        "--restore {}: snapshots are x86_64-only in this build (the aarch64 vCPU state is not saved yet)",
+        "--restore {}: snapshots are x86_64 KVM's only in this build (the aarch64 vCPU state is not saved yet)",
         dir.display()
     )))
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", kvm))]
 /// Parses a `--restore DIR` command line (`args`, normalized, program name
 /// first): checks what else was given, reads and checks the snapshot, and
 /// builds the saved machine's configuration with this line's plumbing.
@@ -149,7 +149,7 @@ pub fn parse(
     Ok(parsed)
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(all(test, target_arch = "x86_64", kvm))]
 mod tests {
     use super::*;
     use crate::config::Config;

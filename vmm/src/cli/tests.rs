@@ -553,3 +553,37 @@ fn verbosity_is_known_before_parsing() {
     assert_eq!(v(&["-kernel", "k"]), 0);
     assert_eq!(v(&["-bogus", "-v"]), 0);
 }
+
+/// The accelerator is the host's (KVM on Linux): another host's, alone or
+/// before it, is refused in one line naming the option; `--sandbox=on`
+/// stays the default where seccomp exists.
+#[cfg(kvm)]
+#[test]
+fn only_the_hosts_accelerator_is_accepted() {
+    for (args, want) in [
+        (
+            &["-accel", "hvf"][..],
+            "-accel hvf: not supported; shmvm runs on KVM only; use -accel kvm",
+        ),
+        (
+            &["-accel", "hvf", "-accel", "kvm"],
+            "-accel hvf: not supported; shmvm runs on KVM only; use -accel kvm",
+        ),
+        (
+            &["-machine", "accel=hvf"],
+            "-machine: accel=hvf: shmvm runs on KVM only (accel=kvm)",
+        ),
+    ] {
+        let mut a = vec!["-kernel", "k"];
+        a.extend_from_slice(args);
+        assert_eq!(err(&a), want, "{args:?}");
+    }
+    // A fallback after the host's accelerator is never reached.
+    cfg(&["-kernel", "k", "-accel", "kvm", "-accel", "hvf"]);
+    assert_eq!(
+        info(&["-accel", "help"]),
+        "Accelerators supported in QEMU binary:\nkvm\n"
+    );
+    assert!(cfg(&["-kernel", "k"]).sandbox);
+    assert!(!cfg(&["-kernel", "k", "--sandbox=off"]).sandbox);
+}

@@ -111,14 +111,18 @@ pub fn parse_machine(values: &[String]) -> Result<MachineOptions, Error> {
             m.memory_backend = Some(id);
         }
         if let Some(a) = kv.take("accel") {
-            // QEMU tries "kvm:tcg" left to right; KVM is always there.
-            if a.split(':').next() != Some("kvm") {
-                return Err(invalid(
-                    "-machine",
-                    format!("accel={a}: shmvm runs on KVM only (accel=kvm)"),
-                ));
+            // QEMU tries "kvm:tcg" left to right; the host's accelerator
+            // (KVM on Linux, HVF on macOS) is always there.
+            let host = crate::hv::HOST_ACCEL;
+            if a.split(':').next() != host {
+                let why = match host {
+                    Some("kvm") => "shmvm runs on KVM only (accel=kvm)",
+                    Some(_) => "shmvm runs on HVF only on macOS (accel=hvf)",
+                    None => "no accelerator is available on this host",
+                };
+                return Err(invalid("-machine", format!("accel={a}: {why}")));
             }
-            log::info!("-machine accel={a}: KVM is shmvm's only accelerator (no-op)");
+            log::info!("-machine accel={a}: the host's accelerator, shmvm's only one (no-op)");
         }
         let only = |kv: &mut keyval::KeyVal, key: &'static str, ok: &[&str]| match kv.take(key) {
             Some(v) if !ok.contains(&v.as_str()) => Err(invalid(

@@ -212,7 +212,8 @@ pub struct Input {
     pub mem_prealloc: bool,
     /// `-pidfile FILE`.
     pub pidfile: Option<PathBuf>,
-    /// `--sandbox` (on unless `--sandbox=off`).
+    /// `--sandbox` (on unless `--sandbox=off` where seccomp exists, Linux;
+    /// off elsewhere, and `--sandbox=on` refused there).
     pub sandbox: bool,
     /// `-nographic`: without `-serial`, the console is `mon:stdio` (QEMU's rule).
     pub nographic: bool,
@@ -227,9 +228,9 @@ pub struct Input {
 /// The snapshot a `--restore` machine comes from. Snapshots are x86_64-only
 /// for now (the aarch64 vCPU state is not saved yet): there it is a type
 /// with no values, so `restore` is always None.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", kvm))]
 pub type Restoring = std::sync::Arc<crate::snapshot::Restore>;
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(all(target_arch = "x86_64", kvm)))]
 pub type Restoring = std::convert::Infallible;
 
 /// The validated configuration of one VM.

@@ -6,7 +6,8 @@
 //! KVM's crates). Another accelerator has the same surface: [`Vm`],
 //! [`Vcpu`], [`VmExit`], and the state types of `x86.rs` (or their arm64
 //! twin, `hv_boundary::aarch64`). The HVF backend for arm64 is the crate
-//! `hv-hvf` (macOS on Apple silicon; not yet wired in here). Devices never see a `Vm`: they
+//! `hv-hvf` (macOS on Apple silicon), adapted in `hvf.rs`; which backend a
+//! build has is `build.rs`'s cfg (`kvm`, `hvf`, or none). Devices never see a `Vm`: they
 //! ask the VM-level services (`interrupts.rs`) or get named operations
 //! (ioeventfds, irqfds) through the machine builder. Coalesced
 //! port writes ([`Vm::coalesce_pio`], [`CoalescedRing`]) are an optional
@@ -17,23 +18,37 @@
 // shared with the HVF backend (`hv-hvf`); built and unit-tested on every
 // host.
 pub use hv_boundary::{IoEventAddr, SystemEvent, VmExit, aarch64};
-#[cfg(target_arch = "x86_64")]
+#[cfg(hvf)]
+pub mod hvf;
+#[cfg(all(target_arch = "x86_64", kvm))]
 pub mod kvm;
-#[cfg(target_arch = "aarch64")]
+#[cfg(all(target_arch = "aarch64", kvm))]
 pub mod kvm_aarch64;
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(kvm)]
 mod kvm_shared;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::{CoreRegs, GicConfig, GsiRoute, VcpuInit};
-#[cfg(target_arch = "x86_64")]
+#[cfg(hvf)]
+pub use hvf::{Error, Vcpu, Vm};
+#[cfg(all(target_arch = "x86_64", kvm))]
 pub use kvm::{CoalescedRing, CoalescedWrite, Error, HostCpu, Vcpu, Vm};
-#[cfg(target_arch = "aarch64")]
+#[cfg(all(target_arch = "aarch64", kvm))]
 pub use kvm_aarch64::{Error, Vcpu, Vm};
 #[cfg(target_arch = "x86_64")]
 pub use x86::{
     CpuidEntry, DescriptorTable, Fpu, GsiRoute, IrqChip, LapicState, MsrEntry, Regs, Segment,
     SpecialRegs, VcpuState, VmIrqState,
+};
+
+/// The host's accelerator as QEMU's `-accel` names it (`kvm`, `hvf`), or
+/// none: this host has no backend (x86_64 macOS, the BSDs).
+pub const HOST_ACCEL: Option<&str> = if cfg!(kvm) {
+    Some("kvm")
+} else if cfg!(hvf) {
+    Some("hvf")
+} else {
+    None
 };

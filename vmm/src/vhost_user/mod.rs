@@ -20,12 +20,16 @@
 //!   so neither kicks nor interrupts pass through the VMM.
 
 pub mod config;
+#[cfg(target_os = "linux")]
 pub mod device;
+#[cfg(target_os = "linux")]
 pub mod frontend;
 pub mod kinds;
 
 pub use config::{ChardevConfig, VhostUserConfig};
+#[cfg(target_os = "linux")]
 pub use device::{VhostUser, VhostUserDeviceStats, Wired};
+#[cfg(target_os = "linux")]
 pub use frontend::{Link, MemRegion};
 pub use kinds::{Kind, KindConfig};
 

@@ -12,7 +12,12 @@
 //!   worker calls and wiring.
 
 pub mod config;
+// The worker thread and its wiring: eventfds (and epoll), Linux's.
+#[cfg(target_os = "linux")]
 pub mod memory;
+#[cfg(target_os = "linux")]
 mod plug;
+#[cfg(target_os = "linux")]
 pub mod wiring;
+#[cfg(target_os = "linux")]
 pub use plug::*;

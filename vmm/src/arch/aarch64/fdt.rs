@@ -61,6 +61,9 @@ pub struct Spec<'a> {
     pub cmdline: &'a str,
     /// The initrd's [start, end).
     pub initrd: Option<(u64, u64)>,
+    /// Whether the GIC has its ITS (KVM's; Hypervisor.framework's GIC has
+    /// none): without it the tree has no ITS node and PCI has no `msi-map`.
+    pub its: bool,
 }
 
 /// Errors building the tree (vm-fdt's, or a tree over its 2 MiB).
@@ -151,6 +154,9 @@ pub fn build(spec: &Spec<'_>) -> Result<Vec<u8>, Error> {
             &[GIC_PPI, GIC_MAINTENANCE_PPI, IRQ_TYPE_LEVEL_HIGH],
         )?;
         f.property_u32("phandle", GIC_PHANDLE)?;
+        if !spec.its {
+            return Ok(());
+        }
         // The ITS as the GIC's child, at its own address.
         f.property_u32("#address-cells", 2)?;
         f.property_u32("#size-cells", 2)?;
@@ -206,7 +212,9 @@ pub fn build(spec: &Spec<'_>) -> Result<Vec<u8>, Error> {
         f.property_u32("linux,pci-domain", 0)?;
         f.property_null("dma-coherent")?;
         // MSIs go to the ITS with the requester ID (BDF) as device ID.
-        f.property_array_u32("msi-map", &[0, ITS_PHANDLE, 0, PCI_RIDS])?;
+        if spec.its {
+            f.property_array_u32("msi-map", &[0, ITS_PHANDLE, 0, PCI_RIDS])?;
+        }
         let mmio64 = layout::pci_mmio64_start(spec.ram_size);
         let mut ranges = pci_range(
             PCI_SPACE_MEM32,
@@ -245,6 +253,7 @@ mod tests {
             mpidrs: &[0x8000_0000, 0x8000_0001],
             cmdline: "console=ttyS0 quiet",
             initrd: Some((0x4f00_0000, 0x4f10_0000)),
+            its: true,
         };
         let b = build(&spec).unwrap();
         assert_eq!(be32(&b, 0), 0xd00d_feed);
@@ -294,8 +303,26 @@ mod tests {
             mpidrs: &[0x8000_0000],
             cmdline: "",
             initrd: None,
+            its: true,
         };
         let b = build(&spec).unwrap();
         assert!(!contains(&b, b"linux,initrd-start"));
+    }
+
+    #[test]
+    fn without_an_its_no_node_and_no_msi_map() {
+        // HVF's GIC: no ITS node for the kernel to probe, no MSI mapping.
+        let spec = Spec {
+            ram_size: 64 << 20,
+            mpidrs: &[0x8000_0000],
+            cmdline: "",
+            initrd: None,
+            its: false,
+        };
+        let b = build(&spec).unwrap();
+        assert!(contains(&b, b"arm,gic-v3\0"));
+        assert!(contains(&b, b"pci-host-ecam-generic\0"));
+        assert!(!contains(&b, b"arm,gic-v3-its"));
+        assert!(!contains(&b, b"msi-map"));
     }
 }

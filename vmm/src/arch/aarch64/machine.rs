@@ -8,6 +8,12 @@
 //! GIC exists; the PCI root (ECAM) with its functions, placed by the one
 //! PCI path shared with x86_64 (`pci.rs`); the device tree from the vCPUs'
 //! MPIDRs; the boot CPU's registers.
+//!
+//! Under HVF (macOS on Apple silicon, `hv/hvf.rs`) the same order builds
+//! the same machine, with what that host has: the UART's line is a pipe
+//! that `hv-hvf` relays to the GIC's SPI, the GIC has no ITS (no MSIs: the
+//! virtio devices, whose workers need Linux's epoll and eventfd, are
+//! refused there), no seccomp sandbox, and the VM is closed in place.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -23,15 +29,19 @@ use vm_memory::{Bytes, GuestAddress};
 use super::{fdt, image, layout};
 use crate::config::{Config, DeviceConfig};
 use crate::console_out;
+#[cfg(target_os = "linux")]
 use crate::control::{Controlled, Monitor};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
+#[cfg(target_os = "linux")]
 use crate::interrupts::Interrupts;
 use crate::io::{BusKind, IoBuses};
+#[cfg(target_os = "linux")]
 use crate::ivshmem::doorbell::Doorbell;
 use crate::ivshmem::plug::Ivshmem;
 use crate::pci::{ConfigAccess, MemorySlots, Pci, PciHost, PciPlug};
+#[cfg(target_os = "linux")]
 use crate::qmp::control::Reply;
 use crate::stats::{Stats, StatsFormat};
 use crate::vcpu::{self, VmState};
@@ -71,12 +81,15 @@ pub enum Error {
     NoObject { id: String },
     #[error(transparent)]
     Ivshmem(#[from] crate::ivshmem::plug::Error),
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     IvshmemDoorbell(#[from] crate::ivshmem::doorbell::Error),
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     VhostUser(#[from] crate::vhost_user::device::Error),
     #[error(transparent)]
     Pci(#[from] crate::pci::Error),
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Virtio(#[from] crate::virtio::Error),
     #[error(transparent)]
@@ -102,8 +115,11 @@ pub enum Error {
     Threads(#[source] std::io::Error),
     #[error(transparent)]
     Signals(#[from] crate::signals::Error),
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Monitor(#[from] crate::qmp::server::Error),
+    #[error("{0} is not available on this host (README, \"macOS and the BSDs\")")]
+    NotOnHost(String),
 }
 
 impl Error {
@@ -115,15 +131,20 @@ impl Error {
             | Error::File { .. }
             | Error::Image { .. }
             | Error::Unsupported(_)
+            | Error::NotOnHost(_)
             | Error::NoObject { .. }
             | Error::Ivshmem(_) => 2,
+            #[cfg(target_os = "linux")]
             Error::IvshmemDoorbell(e) => e.exit_code(),
+            #[cfg(target_os = "linux")]
             Error::VhostUser(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
+            #[cfg(target_os = "linux")]
             Error::Virtio(e) => e.exit_code(),
             Error::Console(e) => e.exit_code(),
             Error::Ram(e) => e.exit_code(),
             Error::Hypervisor(e) => e.exit_code(),
+            #[cfg(target_os = "linux")]
             Error::Monitor(e) => e.exit_code(),
             _ => 1,
         }
@@ -133,22 +154,39 @@ impl Error {
 /// What this machine does not have yet: refused up front with exit code 2
 /// rather than ignored.
 fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
-    if cfg
-        .devices
-        .iter()
-        .any(|d| matches!(d, DeviceConfig::DebugExit { .. }))
-    {
-        return Err(Error::Unsupported(
-            "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
-                .into(),
-        ));
+    for d in &cfg.devices {
+        // Linux's alone: the virtio models' worker threads wait in epoll on
+        // eventfds; vhost-user shares memfd RAM through the vhost crate;
+        // ivshmem-doorbell's protocol is one eventfd per peer and vector.
+        if cfg!(not(target_os = "linux"))
+            && matches!(
+                d,
+                DeviceConfig::VirtioBlk(_)
+                    | DeviceConfig::VirtioRng(_)
+                    | DeviceConfig::VirtioSerial(_)
+                    | DeviceConfig::VirtioSerialPort(_)
+                    | DeviceConfig::VhostUser(_)
+                    | DeviceConfig::IvshmemDoorbell(_)
+            )
+        {
+            return Err(Error::NotOnHost(format!("-device {}", device_kind(d))));
+        }
+        match d {
+            DeviceConfig::DebugExit { .. } => {
+                return Err(Error::Unsupported(
+                    "-device isa-debug-exit (no port I/O: the debug-exit register is always at MMIO 0x9010000)"
+                        .into(),
+                ));
+            }
+            DeviceConfig::Watchdog(_) => {
+                return Err(Error::Unsupported("-device i6300esb".into()));
+            }
+            _ => {}
+        }
     }
-    if cfg
-        .devices
-        .iter()
-        .any(|d| matches!(d, DeviceConfig::Watchdog(_)))
-    {
-        return Err(Error::Unsupported("-device i6300esb".into()));
+    // The QMP server waits in epoll.
+    if cfg!(not(target_os = "linux")) && !cfg.monitors.is_empty() {
+        return Err(Error::NotOnHost("-qmp/-mon".into()));
     }
     if cfg.boot.is_some() {
         return Err(Error::Unsupported(
@@ -156,6 +194,20 @@ fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// The `-device` name of `d`, for messages.
+fn device_kind(d: &DeviceConfig) -> &'static str {
+    match d {
+        DeviceConfig::DebugExit { .. } => "isa-debug-exit",
+        DeviceConfig::IvshmemPlain(_) => "ivshmem-plain",
+        DeviceConfig::IvshmemDoorbell(_) => "ivshmem-doorbell",
+        DeviceConfig::VhostUser(_) => "vhost-user-*-pci",
+        DeviceConfig::VirtioBlk(_) => "virtio-blk-pci",
+        DeviceConfig::VirtioRng(_) => "virtio-rng-pci",
+        DeviceConfig::VirtioSerial(_) | DeviceConfig::VirtioSerialPort(_) => "virtio-serial-pci",
+        DeviceConfig::Watchdog(_) => "i6300esb",
+    }
 }
 
 /// The PCI functions `cfg` asks for: ivshmem-plain with the `-object`
@@ -166,10 +218,11 @@ fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
 fn pci_plugs(
     cfg: &Config,
     objects: &[Arc<Backend>],
-    ram: &GuestRam,
-    vm: &Arc<Vm>,
-    interrupts: &Arc<Interrupts>,
+    #[cfg(target_os = "linux")] ram: &GuestRam,
+    #[cfg(target_os = "linux")] vm: &Arc<Vm>,
+    #[cfg(target_os = "linux")] interrupts: &Arc<Interrupts>,
 ) -> Result<Vec<Box<dyn PciPlug>>, Error> {
+    #[cfg(target_os = "linux")]
     let mem = || -> Arc<dyn devices::virtio::queue::GuestMemory> {
         Arc::new(crate::virtio::memory::Ram(ram.mem().clone()))
     };
@@ -186,21 +239,26 @@ fn pci_plugs(
                     })?;
                 plugs.push(Box::new(Ivshmem::new(c, memdev)?));
             }
+            #[cfg(target_os = "linux")]
             DeviceConfig::IvshmemDoorbell(c) => {
                 plugs.push(Box::new(Doorbell::connect(c, vm, interrupts)?))
             }
+            #[cfg(target_os = "linux")]
             DeviceConfig::VhostUser(c) => plugs.push(Box::new(crate::vhost_user::device::create(
                 c,
                 ram.backend(),
                 vm,
                 interrupts,
             )?)),
+            #[cfg(target_os = "linux")]
             DeviceConfig::VirtioBlk(c) => {
                 plugs.push(Box::new(crate::virtio::blk(c, mem(), vm, interrupts)?))
             }
+            #[cfg(target_os = "linux")]
             DeviceConfig::VirtioRng(c) => {
                 plugs.push(Box::new(crate::virtio::rng(c, mem(), vm, interrupts)?))
             }
+            #[cfg(target_os = "linux")]
             DeviceConfig::VirtioSerial(c) => {
                 plugs.push(Box::new(crate::virtio::serial(c, mem(), vm, interrupts)?))
             }
@@ -250,6 +308,7 @@ fn load(
     kernel: (File, u64),
     initrd: Option<(File, u64)>,
     mpidrs: &[u64],
+    its: bool,
 ) -> Result<(u64, u64), Error> {
     let path = cfg.kernel.display().to_string();
     let file_err = |path: &str| {
@@ -308,12 +367,15 @@ fn load(
         mpidrs,
         cmdline: &cfg.cmdline,
         initrd: initrd_range,
+        its,
     })?;
     ram.mem().write_slice(&blob, GuestAddress(p.fdt))?;
     Ok((p.kernel, p.fdt))
 }
 
 /// The parts of a running machine the monitor and the statistics read.
+// Off Linux there is no monitor to read the state and the backends.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Running<'a> {
     state: &'a VmState,
     ram: &'a GuestRam,
@@ -341,6 +403,7 @@ impl Running<'_> {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Controlled for Running<'_> {
     fn state(&self) -> &VmState {
         self.state
@@ -386,6 +449,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     crate::sandbox::set_enabled(cfg.sandbox);
     refuse_unsupported(cfg)?;
     // Before the machine: a path that cannot be a socket fails first.
+    #[cfg(target_os = "linux")]
     let monitor = crate::qmp::Server::new(&cfg.monitors)?;
     let ram_option = if cfg.ram_from_object {
         "--object"
@@ -421,6 +485,9 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let vm = Arc::new(Vm::new()?);
+    // HVF's kick reaches the VM, not a thread (hv/hvf.rs).
+    #[cfg(hvf)]
+    Vm::watch_kicks(&vm);
     ram.register(&vm)?;
 
     let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
@@ -437,15 +504,19 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         mpidrs.push(v.mpidr()?);
         vcpus.push(v);
     }
+    // KVM's GIC has an ITS for the MSIs; HVF's has none (hv-hvf refuses one).
+    let its = cfg!(kvm);
     vm.create_gic(&GicConfig {
         dist_addr: layout::GIC_DIST,
         redist_addr: layout::GIC_REDIST,
         nr_irqs: layout::GIC_NR_IRQS,
-        its_addr: Some(layout::GIC_ITS),
+        its_addr: its.then_some(layout::GIC_ITS),
     })?;
     vm.finalize_gic()?;
-    let interrupts = Interrupts::new(&vm);
-    let plugs = pci_plugs(cfg, &objects, &ram, &vm, &interrupts)?;
+    #[cfg(target_os = "linux")]
+    let plugs = pci_plugs(cfg, &objects, &ram, &vm, &Interrupts::new(&vm))?;
+    #[cfg(not(target_os = "linux"))]
+    let plugs = pci_plugs(cfg, &objects)?;
 
     let state = Arc::new(VmState::new(cfg.start_paused));
     let io = Arc::new(IoBuses::new());
@@ -455,7 +526,10 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     };
     let (out, dropped) = console_out::serial_output(&cfg.serial)?;
     let serial = Serial::new(IrqEvent::new()?, out);
+    #[cfg(kvm)]
     vm.register_irqfd(serial.irq().eventfd(), layout::UART_SPI)?;
+    #[cfg(hvf)]
+    vm.register_irqfd(serial.irq().consumer(), layout::UART_SPI)?;
     let serial = Arc::new(Mutex::new(serial));
     io.add_shared(
         BusKind::Mmio,
@@ -486,7 +560,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let slots: Arc<dyn MemorySlots> = vm.clone();
     let pci = Pci::build(&slots, &io, &functions, &pci_host(ram.size()))?;
 
-    let (entry, fdt_addr) = load(cfg, &ram, kernel, initrd, &mpidrs)?;
+    let (entry, fdt_addr) = load(cfg, &ram, kernel, initrd, &mpidrs, its)?;
     vcpus[0].set_core_regs(&CoreRegs::linux_boot(entry, fdt_addr))?;
     log::info!(
         "startup: {:.3} ms to the first KVM_RUN",
@@ -509,10 +583,15 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         io: &io,
         dropped: dropped.as_ref(),
     };
+    #[cfg(target_os = "linux")]
     let mon = Monitor::new(&running, vcpus.len(), monitor.as_ref());
     let ran = std::thread::scope(|s| {
+        #[cfg(target_os = "linux")]
         mon.spawn(s, monitor);
+        #[cfg(not(target_os = "linux"))]
+        let _ = s;
         let ran = vcpu::run_all(vcpus, shared, &|| {});
+        #[cfg(target_os = "linux")]
         mon.finished(&state);
         ran
     });
@@ -529,6 +608,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
     let stats = running.stats();
     // The monitor's control borrows the parts taken apart below.
+    #[cfg(target_os = "linux")]
     drop(mon);
     match cfg.stats {
         StatsFormat::Json => eprintln!("{}", stats.json()),
@@ -542,9 +622,13 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     drop((serial, pci, plugs, io, state));
     drop(ram);
     drop(objects);
+    #[cfg(kvm)]
     match Arc::try_unwrap(vm) {
         Ok(vm) => crate::teardown::detach(vm),
         Err(vm) => drop(vm),
     }
+    // HVF's VM is destroyed in place (no fd for a helper to hold).
+    #[cfg(hvf)]
+    drop(vm);
     Ok(end)
 }

@@ -6,7 +6,7 @@
 pub mod fdt;
 pub mod image;
 pub mod layout;
-#[cfg(target_arch = "aarch64")]
+#[cfg(all(target_arch = "aarch64", any(kvm, hvf)))]
 pub mod machine;
 
 /// No console-output coalescing on aarch64 yet (UART writes exit one by
