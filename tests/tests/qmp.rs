@@ -323,71 +323,102 @@ fn kvm_ivshmem_peer_leaving_is_an_event() {
 /// move between the reply to `stop` and `cont`, and move again after.
 #[test]
 fn kvm_stop_freezes_the_guest_and_cont_resumes_it() {
-    use std::os::unix::fs::FileExt;
+    let mut g = CountingGuest::start("qmp-stopcont", &["-smp", "2"]);
+    g.moves("at start");
+    for round in 0..3 {
+        let r = g.q.ask(r#"{"execute":"stop","id":"s"}"#);
+        assert!(r.contains("\"return\""), "{r}");
+        let frozen = g.count();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            g.count(),
+            frozen,
+            "round {round}: the guest ran while stopped"
+        );
+        let r = g.q.ask(r#"{"execute":"query-status"}"#);
+        assert!(r.contains("\"status\":\"paused\""), "{r}");
+        let r = g.q.ask(r#"{"execute":"cont"}"#);
+        assert!(r.contains("\"return\""), "{r}");
+        g.moves("after cont");
+    }
+    g.quit();
+}
 
-    vm::require_kvm();
-    let dir = TempDir::new("qmp-stopcont");
-    // 1: inc dword [0x200000]; jmp 1b (32-bit protected mode, no paging).
-    let code = [0xff, 0x05, 0x00, 0x00, 0x20, 0x00, 0xeb, 0xf8];
+/// A guest that counts in shared RAM (a file the test reads), under
+/// shmvm with a QMP monitor.
+struct CountingGuest {
+    _dir: TempDir,
+    child: std::process::Child,
+    q: RawQmp,
+    ram: std::fs::File,
+}
+
+impl CountingGuest {
+    /// Where the guest counts.
     const COUNTER: u64 = 0x20_0000;
-    let kernel = dir.tiny_kernel(&code);
-    let ram = dir.0.join("ram");
-    let sock = dir.0.join("q.sock");
-    let child = Command::new(vm::shmvm_bin())
-        .args(["-kernel", &kernel, "-serial", "none", "-smp", "2"])
-        .arg("-object")
-        .arg(format!(
-            "memory-backend-file,id=m,size=16M,mem-path={},share=on",
-            ram.display()
-        ))
-        .args(["-machine", "memory-backend=m"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn shmvm");
-    let mut q = RawQmp::connect(&sock);
-    q.negotiate().expect("negotiate");
-    let file = std::fs::File::open(&ram).expect("the guest RAM file");
-    let count = || {
+
+    fn start(name: &str, extra: &[&str]) -> CountingGuest {
+        vm::require_kvm();
+        let dir = TempDir::new(name);
+        // 1: inc dword [0x200000]; jmp 1b (32-bit protected mode, no paging).
+        let kernel = dir.tiny_kernel(&[0xff, 0x05, 0x00, 0x00, 0x20, 0x00, 0xeb, 0xf8]);
+        let ram = dir.0.join("ram");
+        let sock = dir.0.join("q.sock");
+        let child = Command::new(vm::shmvm_bin())
+            .args(["-kernel", &kernel, "-serial", "none"])
+            .args(extra)
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-file,id=m,size=16M,mem-path={},share=on",
+                ram.display()
+            ))
+            .args(["-machine", "memory-backend=m"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn shmvm");
+        let mut q = RawQmp::connect(&sock);
+        q.negotiate().expect("negotiate");
+        let ram = std::fs::File::open(&ram).expect("the guest RAM file");
+        CountingGuest {
+            _dir: dir,
+            child,
+            q,
+            ram,
+        }
+    }
+
+    fn count(&self) -> u32 {
+        use std::os::unix::fs::FileExt;
         let mut b = [0u8; 4];
-        file.read_exact_at(&mut b, COUNTER)
+        self.ram
+            .read_exact_at(&mut b, Self::COUNTER)
             .expect("read the counter");
         u32::from_le_bytes(b)
-    };
-    let moves = |what: &str| {
-        let c0 = count();
+    }
+
+    /// Waits (at most 10 s) for the count to move.
+    fn moves(&self, what: &str) {
+        let c0 = self.count();
         let t0 = std::time::Instant::now();
-        while count() == c0 {
+        while self.count() == c0 {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "{what}: the guest's counter stays at {c0}"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-    };
-    moves("at start");
-    for round in 0..3 {
-        let r = q.ask(r#"{"execute":"stop","id":"s"}"#);
-        assert!(r.contains("\"return\""), "{r}");
-        let frozen = count();
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(
-            count(),
-            frozen,
-            "round {round}: the guest ran while stopped"
-        );
-        let r = q.ask(r#"{"execute":"query-status"}"#);
-        assert!(r.contains("\"status\":\"paused\""), "{r}");
-        let r = q.ask(r#"{"execute":"cont"}"#);
-        assert!(r.contains("\"return\""), "{r}");
-        moves("after cont");
     }
-    let quit = q.try_ask(r#"{"execute":"quit"}"#);
-    let r = vm::wait(child, Duration::from_secs(10));
-    assert!(quit.is_ok(), "quit: {quit:?}; {}", r.stderr);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+
+    /// `quit`: shmvm exits 0.
+    fn quit(mut self) {
+        let quit = self.q.try_ask(r#"{"execute":"quit"}"#);
+        let r = vm::wait(self.child, Duration::from_secs(10));
+        assert!(quit.is_ok(), "quit: {quit:?}; {}", r.stderr);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+    }
 }
 
 /// `query-pci`'s `qdev_id` is each device's `id=`, "" where it has none
@@ -466,58 +497,18 @@ fn kvm_query_pci_shows_each_devices_id() {
 /// it runs and the status is `running`.
 #[test]
 fn kvm_dash_s_holds_the_guest_until_cont() {
-    use std::os::unix::fs::FileExt;
-
-    vm::require_kvm();
-    let dir = TempDir::new("qmp-dash-s");
-    // 1: inc dword [0x200000]; jmp 1b (32-bit protected mode, no paging).
-    let kernel = dir.tiny_kernel(&[0xff, 0x05, 0x00, 0x00, 0x20, 0x00, 0xeb, 0xf8]);
-    let ram = dir.0.join("ram");
-    let sock = dir.0.join("q.sock");
-    let child = Command::new(vm::shmvm_bin())
-        .args(["-kernel", &kernel, "-serial", "none", "-S"])
-        .arg("-object")
-        .arg(format!(
-            "memory-backend-file,id=m,size=16M,mem-path={},share=on",
-            ram.display()
-        ))
-        .args(["-machine", "memory-backend=m"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn shmvm");
-    let mut q = RawQmp::connect(&sock);
-    q.negotiate().expect("negotiate");
-    let file = std::fs::File::open(&ram).expect("the guest RAM file");
-    let count = || {
-        let mut b = [0u8; 4];
-        file.read_exact_at(&mut b, 0x20_0000)
-            .expect("read the counter");
-        u32::from_le_bytes(b)
-    };
-    let r = q.ask(r#"{"execute":"query-status"}"#);
+    let mut g = CountingGuest::start("qmp-dash-s", &["-S"]);
+    let r = g.q.ask(r#"{"execute":"query-status"}"#);
     assert!(
         r.contains(r#""running":false"#) && r.contains(r#""status":"prelaunch""#),
         "{r}"
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(count(), 0, "the guest ran before cont");
-    let r = q.ask(r#"{"execute":"cont"}"#);
+    assert_eq!(g.count(), 0, "the guest ran before cont");
+    let r = g.q.ask(r#"{"execute":"cont"}"#);
     assert!(r.contains("\"return\""), "{r}");
-    let t0 = std::time::Instant::now();
-    while count() == 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the guest never ran after cont"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let r = q.ask(r#"{"execute":"query-status"}"#);
+    g.moves("after cont");
+    let r = g.q.ask(r#"{"execute":"query-status"}"#);
     assert!(r.contains(r#""status":"running""#), "{r}");
-    let quit = q.try_ask(r#"{"execute":"quit"}"#);
-    let r = vm::wait(child, Duration::from_secs(10));
-    assert!(quit.is_ok(), "quit: {quit:?}; {}", r.stderr);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    g.quit();
 }
