@@ -721,3 +721,132 @@ fn kvm_sigterm_wins_over_a_sigstopped_vhost_user_backend() {
         .collect();
     assert!(others.is_empty(), "{:?}", r.stderr);
 }
+
+/// The virtio-serial arguments for one port on a socket shmvm listens on.
+fn port_socket_args<'a>(k: &'a str, chardev: &'a str) -> Vec<&'a str> {
+    vec![
+        "-kernel",
+        k,
+        "-m",
+        "32",
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        chardev,
+        "-device",
+        "virtserialport,chardev=p0,name=test.port",
+    ]
+}
+
+/// A virtserialport on `-chardev socket,server=on,wait=off`, host side:
+/// the socket appears with mode 0600 whatever the umask, takes a client,
+/// takes the next one after it leaves, and is gone when SIGTERM ends the VM.
+#[test]
+fn kvm_virtserialport_socket_is_private_takes_clients_and_is_removed_at_exit() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    require_kvm();
+    let d = TempDir::new("rb-vport");
+    let k = d.tiny_kernel(HANG);
+    let sock = d.0.join("port.sock");
+    let chardev = format!("socket,id=p0,path={},server=on,wait=off", sock.display());
+    let mut cmd = Command::new(shmvm_bin());
+    cmd.args(port_socket_args(&k, &chardev))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: umask(2) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        })
+    };
+    let child = cmd.spawn().unwrap();
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(t0.elapsed() < T, "no socket at {}", sock.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(m.file_type().is_socket());
+    assert_eq!(
+        m.permissions().mode() & 0o777,
+        0o600,
+        "socket mode under umask 000"
+    );
+    // The sockets shmvm holds (by inode: a dup is the same one): an
+    // accepted client adds one.
+    let pid = child.id();
+    let sockets = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|l| l.to_string_lossy().into_owned())
+            .filter(|l| l.starts_with("socket:"))
+            .collect()
+    };
+    let until = |what: &str, f: &dyn Fn(&std::collections::BTreeSet<String>) -> bool| {
+        let t0 = Instant::now();
+        loop {
+            let s = sockets();
+            if f(&s) {
+                return s;
+            }
+            assert!(t0.elapsed() < T, "{what}: {s:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let base = sockets();
+    let connect = || std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut c1 = connect();
+    // The guest has not opened the port: the bytes are held, the write
+    // does not fail.
+    std::io::Write::write_all(&mut c1, b"to the guest\n").unwrap();
+    let first = until("the first client accepted", &|s| s.len() == base.len() + 1);
+    // A second client waits in the backlog while the first is connected.
+    let c2 = connect();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(sockets(), first, "a second client was taken");
+    drop(c1);
+    until("the second client accepted after the first left", &|s| {
+        s.len() == base.len() + 1 && s.is_disjoint(&first.difference(&base).cloned().collect())
+    });
+    drop(c2);
+    until("the second client's end closed", &|s| *s == base);
+    signal(&child, libc::SIGTERM);
+    let r = wait(child, T);
+    assert_eq!(r.code, Some(128 + libc::SIGTERM), "{r:?}");
+    assert!(!r.stderr.contains("sandbox:"), "{r:?}");
+    assert!(!sock.exists(), "{} left behind: {r:?}", sock.display());
+    assert_eq!(d.entries(), ["tiny.elf"], "{r:?}");
+}
+
+/// Paths a port's socket cannot be made at: one line naming the device,
+/// exit 2, nothing left behind.
+#[test]
+fn kvm_virtserialport_socket_paths_that_cannot_be_bound_are_refused() {
+    require_kvm();
+    let d = TempDir::new("rb-vport-bad");
+    let k = d.tiny_kernel(HANG);
+    let file = d.0.join("a-file");
+    std::fs::write(&file, b"keep me").unwrap();
+    let long = d.0.join("x".repeat(120));
+    let missing = d.0.join("no-such-dir/port.sock");
+    for (path, why) in [
+        (&file, "exists and is not a socket"),
+        (&long, "cannot listen"),
+        (&missing, "cannot listen"),
+    ] {
+        let chardev = format!("socket,id=p0,path={},server=on,wait=off", path.display());
+        let r = refused(
+            &port_socket_args(&k, &chardev),
+            "-device virtserialport,chardev=p0: ",
+        );
+        assert!(r.stderr.contains(why), "{path:?}: {:?}", r.stderr);
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    let mut left = d.entries();
+    left.sort();
+    assert_eq!(left, ["a-file", "tiny.elf"]);
+}

@@ -8,14 +8,24 @@
 //! The control protocol (spec 5.3.6.2): the driver says DEVICE_READY; the
 //! device announces each port (DEVICE_ADD); the driver says PORT_READY for
 //! each; the device answers CONSOLE_PORT or PORT_NAME and PORT_OPEN (the
-//! host side is connected: a sink is always there). Messages the device
-//! has no control buffer for yet wait in order until the driver adds one.
+//! host side is connected: a sink without input always is; a port with
+//! [`PortInput`] when its client is, and PORT_OPEN follows each connect
+//! and disconnect, as QEMU's socket chardevs do). Messages the device has
+//! no control buffer for yet wait in order until the driver adds one.
 //!
-//! Guest output goes to the port's sink. Host input is not offered: the
-//! receive queues stay empty (the console's input is COM1's).
+//! Guest output goes to the port's sink. Host input (a port with
+//! [`PortInput`]: a socket chardev's client) goes to the port's receive
+//! queue while the guest has the port open (its PORT_OPEN 1; port 0
+//! without MULTIPORT always is). Until then, and while the guest has no
+//! receive buffers, it is held: at most [`INPUT_HELD`] bytes, beyond which
+//! the thread feeding it waits (the client's writes block: nothing lost).
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Condvar, Mutex};
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::device::{Queues, VirtioDevice, memory_broken};
 use super::queue::{GuestMemory, QueueError};
@@ -46,6 +56,70 @@ const CONTROL_LEN: usize = 8;
 const CHUNK: usize = 64 << 10;
 /// Bytes of configuration: cols, rows, max_nr_ports, emerg_wr.
 pub const CONFIG_LEN: usize = 12;
+/// Host input held for a port the guest has not opened or has no
+/// buffers on; the feeder waits beyond it.
+pub const INPUT_HELD: usize = 64 << 10;
+
+/// Host input of one port, fed by a thread (the socket's reader) and
+/// drained by the device: bytes in order, the client's connection state,
+/// and an eventfd that wakes the device's worker.
+#[derive(Debug)]
+pub struct PortInput {
+    state: Mutex<InputState>,
+    room: Condvar,
+    wake: EventFd,
+}
+
+#[derive(Debug, Default)]
+struct InputState {
+    held: VecDeque<u8>,
+    connected: bool,
+}
+
+impl PortInput {
+    pub fn new() -> std::io::Result<PortInput> {
+        Ok(PortInput {
+            state: Mutex::default(),
+            room: Condvar::new(),
+            wake: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InputState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self) {
+        // A full counter already wakes the worker.
+        self.wake.write(1).ok();
+    }
+
+    /// Appends `data`, waiting while [`INPUT_HELD`] bytes are held.
+    pub fn push(&self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let mut s = self.lock();
+            while s.held.len() >= INPUT_HELD {
+                s = self.room.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            let n = data.len().min(INPUT_HELD - s.held.len());
+            s.held.extend(&data[..n]);
+            drop(s);
+            data = &data[n..];
+            self.notify();
+        }
+    }
+
+    /// The host side connected (a client) or disconnected.
+    pub fn set_connected(&self, connected: bool) {
+        self.lock().connected = connected;
+        self.notify();
+    }
+
+    /// Bytes held (for tests and statistics).
+    pub fn held(&self) -> usize {
+        self.lock().held.len()
+    }
+}
 
 /// One port as configured.
 pub struct PortConfig {
@@ -57,6 +131,8 @@ pub struct PortConfig {
     pub name: Option<String>,
     /// Where the guest's output goes.
     pub sink: Box<dyn Write + Send>,
+    /// Host input, when the back-end has any (a socket chardev).
+    pub input: Option<std::sync::Arc<PortInput>>,
 }
 
 impl std::fmt::Debug for PortConfig {
@@ -77,15 +153,29 @@ pub struct ConsoleStats {
     pub bytes_out: u64,
     pub control_in: u64,
     pub control_out: u64,
+    /// Host input put in the guest's receive buffers.
+    pub bytes_in: u64,
     /// Output the sink refused (its bytes are lost), control messages
     /// that made no sense.
     pub errors: u64,
+}
+
+/// What the driver and the device told each other about a port.
+#[derive(Debug, Default, Clone, Copy)]
+struct PortState {
+    /// The driver said PORT_READY.
+    ready: bool,
+    /// The guest opened the port (its PORT_OPEN).
+    guest_open: bool,
+    /// The host side's last PORT_OPEN value sent.
+    host_open: bool,
 }
 
 /// A multiport virtio console.
 #[derive(Debug)]
 pub struct Console {
     ports: Vec<PortConfig>,
+    state: Vec<PortState>,
     max_ports: u32,
     multiport: bool,
     /// Control messages waiting for a buffer on the control receive queue.
@@ -107,6 +197,7 @@ impl Console {
     /// A device with `ports` (numbers unique, below `max_ports`).
     pub fn new(ports: Vec<PortConfig>, max_ports: u32) -> Console {
         Console {
+            state: vec![PortState::default(); ports.len()],
             ports,
             max_ports: max_ports.max(1),
             multiport: false,
@@ -156,11 +247,95 @@ impl Console {
         Ok(())
     }
 
+    /// The receive queue of port `nr`.
+    fn rx_queue(nr: u32) -> u16 {
+        if nr == 0 { 0 } else { (2 + 2 * nr) as u16 }
+    }
+
+    /// The port a receive queue belongs to.
+    fn rx_port(q: u16) -> Option<u32> {
+        match q {
+            0 => Some(0),
+            q if q > CONTROL_TX && q % 2 == 0 => Some(u32::from(q - 2) / 2),
+            _ => None,
+        }
+    }
+
+    /// Sends PORT_OPEN when port `i`'s host side changed since the last.
+    fn host_state(&mut self, i: usize) {
+        let connected = match &self.ports[i].input {
+            Some(input) => input.lock().connected,
+            None => return,
+        };
+        let st = &mut self.state[i];
+        if self.multiport && st.ready && st.host_open != connected {
+            st.host_open = connected;
+            let nr = self.ports[i].nr;
+            self.send(control(nr, event::PORT_OPEN, u16::from(connected)));
+        }
+    }
+
+    /// Moves port `i`'s held input into its receive buffers, while the
+    /// guest has the port open.
+    fn deliver(
+        &mut self,
+        i: usize,
+        queues: &mut Queues,
+        mem: &dyn GuestMemory,
+    ) -> Result<(), QueueError> {
+        let nr = self.ports[i].nr;
+        let open = if self.multiport {
+            self.state[i].guest_open
+        } else {
+            nr == 0
+        };
+        let Some(input) = self.ports[i].input.clone() else {
+            return Ok(());
+        };
+        if !open {
+            return Ok(());
+        }
+        let q = Self::rx_queue(nr);
+        let mut s = input.lock();
+        let mut moved = false;
+        while !s.held.is_empty() {
+            let Some(chain) = queues.pop(q, mem)? else {
+                break;
+            };
+            let n = (s.held.len() as u64).min(chain.writable_len()) as usize;
+            let bytes: Vec<u8> = s.held.iter().take(n).copied().collect();
+            chain
+                .write_at(mem, 0, &bytes)
+                .map_err(|e| memory_broken(q, e))?;
+            queues.add_used(q, chain.head, n as u32, mem)?;
+            s.held.drain(..n);
+            self.stats.bytes_in += n as u64;
+            moved = true;
+        }
+        drop(s);
+        if moved {
+            input.room.notify_all();
+        }
+        Ok(())
+    }
+
+    fn deliver_all(
+        &mut self,
+        queues: &mut Queues,
+        mem: &dyn GuestMemory,
+    ) -> Result<(), QueueError> {
+        for i in 0..self.ports.len() {
+            self.deliver(i, queues, mem)?;
+        }
+        Ok(())
+    }
+
     fn port_ready(&mut self, id: u32) {
-        let Some(p) = self.ports.iter().find(|p| p.nr == id) else {
+        let Some(i) = self.ports.iter().position(|p| p.nr == id) else {
             self.stats.errors += 1;
             return;
         };
+        let p = &self.ports[i];
         let mut msgs = Vec::new();
         if p.console {
             msgs.push(control(id, event::CONSOLE_PORT, 1));
@@ -170,8 +345,14 @@ impl Console {
             m.extend_from_slice(name.as_bytes());
             msgs.push(m);
         }
-        // The host side (a sink) is always connected.
-        msgs.push(control(id, event::PORT_OPEN, 1));
+        // A sink without input is always connected; a socket when its
+        // client is (QEMU sends PORT_OPEN only for a connected host side).
+        let host_open = p.input.as_ref().is_none_or(|i| i.lock().connected);
+        if host_open {
+            msgs.push(control(id, event::PORT_OPEN, 1));
+        }
+        self.state[i].ready = true;
+        self.state[i].host_open = host_open;
         msgs.into_iter().for_each(|m| self.send(m));
     }
 
@@ -197,8 +378,12 @@ impl Console {
             event::PORT_READY => {
                 log::debug!("virtio-serial: the guest could not add port {id}");
             }
-            // The guest opened or closed the port: output flows either way.
-            event::PORT_OPEN => {}
+            // The guest opened or closed the port: output flows either
+            // way; input waits for it to be open.
+            event::PORT_OPEN => match self.ports.iter().position(|p| p.nr == id) {
+                Some(i) => self.state[i].guest_open = value == 1,
+                None => self.stats.errors += 1,
+            },
             _ => self.stats.errors += 1,
         }
     }
@@ -288,6 +473,8 @@ impl VirtioDevice for Console {
     fn reset(&mut self) {
         self.pending.clear();
         self.multiport = false;
+        // Held input stays for the next driver.
+        self.state.fill(PortState::default());
     }
 
     fn kick(
@@ -297,10 +484,11 @@ impl VirtioDevice for Console {
         mem: &dyn GuestMemory,
     ) -> Result<(), QueueError> {
         match q {
-            // Receive queues: no host input; control buffers are used
-            // by pending messages.
+            // Control buffers are used by pending messages.
             CONTROL_TX if self.multiport => self.control_tx(queues, mem)?,
             CONTROL_RX => {}
+            // New receive buffers: held input goes in below.
+            q if Self::rx_port(q).is_some() => {}
             q => {
                 if let Some(nr) = Self::tx_port(q) {
                     // Without MULTIPORT only port 0 exists.
@@ -310,6 +498,41 @@ impl VirtioDevice for Console {
                 }
             }
         }
+        self.deliver_all(queues, mem)?;
+        if self.multiport {
+            self.flush_control(queues, mem)?;
+        }
+        Ok(())
+    }
+
+    fn input_fds(&self) -> Vec<RawFd> {
+        self.ports
+            .iter()
+            .filter_map(|p| p.input.as_ref().map(|i| i.wake.as_raw_fd()))
+            .collect()
+    }
+
+    fn input(
+        &mut self,
+        index: usize,
+        queues: &mut Queues,
+        mem: &dyn GuestMemory,
+    ) -> Result<(), QueueError> {
+        let Some(i) = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.input.is_some())
+            .nth(index)
+            .map(|(i, _)| i)
+        else {
+            return Ok(());
+        };
+        if let Some(input) = &self.ports[i].input {
+            input.wake.read().ok();
+        }
+        self.host_state(i);
+        self.deliver(i, queues, mem)?;
         if self.multiport {
             self.flush_control(queues, mem)?;
         }

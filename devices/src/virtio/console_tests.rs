@@ -45,11 +45,19 @@ struct Rig {
     used_seen: Vec<u16>,
     con: Shared,
     port: Shared,
+    /// Port 1's host input (its client connected unless said otherwise).
+    input: Arc<PortInput>,
     next_buf: u64,
 }
 
 impl Rig {
     fn new() -> Rig {
+        let input = Arc::new(PortInput::new().unwrap());
+        input.set_connected(true);
+        Rig::with_input(input)
+    }
+
+    fn with_input(input: Arc<PortInput>) -> Rig {
         let (con, port) = (Shared::default(), Shared::default());
         let dev = Console::new(
             vec![
@@ -58,12 +66,14 @@ impl Rig {
                     console: true,
                     name: None,
                     sink: Box::new(con.clone()),
+                    input: None,
                 },
                 PortConfig {
                     nr: 1,
                     console: false,
                     name: Some("lab.verdict".into()),
                     sink: Box::new(port.clone()),
+                    input: Some(input.clone()),
                 },
             ],
             2,
@@ -80,6 +90,7 @@ impl Rig {
             used_seen: vec![0; 6],
             con,
             port,
+            input,
             next_buf: DATA + 0x100000,
         }
     }
@@ -150,6 +161,126 @@ impl Rig {
 
 fn msg(id: u32, ev: u16, value: u16) -> Vec<u8> {
     control(id, ev, value)
+}
+
+impl Rig {
+    /// Linux's bring-up of port 1 (DEVICE_READY, PORT_READY), with
+    /// `n` control buffers; returns them.
+    fn bring_up(&mut self, n: usize) -> Vec<u64> {
+        self.activate(features::MULTIPORT);
+        let bufs: Vec<u64> = (0..n)
+            .map(|_| self.buffer(CONTROL_RX, None, 4096))
+            .collect();
+        self.buffer(CONTROL_TX, Some(&msg(u32::MAX, event::DEVICE_READY, 1)), 8);
+        self.buffer(CONTROL_TX, Some(&msg(1, event::PORT_READY, 1)), 8);
+        bufs
+    }
+
+    /// The device's worker saw port 1's input eventfd.
+    fn wake(&mut self) {
+        self.dev.input(0, &mut self.queues, &self.mem).unwrap();
+    }
+
+    /// What port 1's receive queue (4) got since the last call, given its
+    /// buffers `bufs` (by descriptor index).
+    fn received(&mut self, bufs: &[u64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (head, len) in self.used(4) {
+            let mut b = vec![0u8; len as usize];
+            self.mem
+                .read(bufs[head as usize % bufs.len()], &mut b)
+                .unwrap();
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+}
+
+#[test]
+fn host_input_arrives_in_order_across_small_buffers() {
+    let mut r = Rig::new();
+    r.bring_up(8);
+    r.buffer(CONTROL_TX, Some(&msg(1, event::PORT_OPEN, 1)), 8);
+    let text = b"the quick brown fox jumps";
+    r.input.push(text);
+    r.wake();
+    // Seven 4-byte buffers: 28 bytes of room for 25.
+    let bufs: Vec<u64> = (0..7).map(|_| r.buffer(4, None, 4)).collect();
+    assert_eq!(r.received(&bufs), text);
+    assert_eq!(r.input.held(), 0);
+    assert_eq!(r.dev.stats().bytes_in, text.len() as u64);
+}
+
+#[test]
+fn host_input_waits_for_buffers_then_arrives_whole() {
+    let mut r = Rig::new();
+    r.bring_up(8);
+    r.buffer(CONTROL_TX, Some(&msg(1, event::PORT_OPEN, 1)), 8);
+    r.input.push(b"0123456789");
+    r.wake();
+    r.input.push(b"abcdef");
+    r.wake();
+    assert_eq!(r.used(4), []);
+    assert_eq!(r.input.held(), 16);
+    // One buffer takes 6; the next buffer, added later, the rest.
+    let mut bufs = vec![r.buffer(4, None, 6)];
+    assert_eq!(r.received(&bufs), b"012345");
+    bufs.push(r.buffer(4, None, 64));
+    assert_eq!(r.received(&bufs), b"6789abcdef");
+    assert_eq!(r.input.held(), 0);
+}
+
+#[test]
+fn a_closed_port_holds_input_bounded_and_loses_none() {
+    let mut r = Rig::new();
+    r.bring_up(8);
+    // The guest has not opened port 1: its buffers stay empty.
+    let data: Vec<u8> = (0..INPUT_HELD + 1000).map(|i| (i % 251) as u8).collect();
+    r.input.push(&data[..INPUT_HELD]);
+    r.wake();
+    let mut bufs: Vec<u64> = (0..8).map(|_| r.buffer(4, None, 4096)).collect();
+    assert_eq!(r.used(4), []);
+    // The feeder waits beyond INPUT_HELD.
+    let input = r.input.clone();
+    let rest = data[INPUT_HELD..].to_vec();
+    let feeder = std::thread::spawn(move || input.push(&rest));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(r.input.held(), INPUT_HELD);
+    assert!(!feeder.is_finished());
+    // The guest opens the port: 8 buffers of 4 KiB drain 32 KiB, the
+    // feeder gets room and ends.
+    r.buffer(CONTROL_TX, Some(&msg(1, event::PORT_OPEN, 1)), 8);
+    let mut got = r.received(&bufs);
+    assert_eq!(got.len(), 8 * 4096);
+    feeder.join().unwrap();
+    while got.len() < data.len() {
+        r.wake();
+        bufs = (0..8).map(|_| r.buffer(4, None, 4096)).collect();
+        got.extend(r.received(&bufs));
+    }
+    assert_eq!(got, data);
+}
+
+#[test]
+fn port_open_follows_the_client() {
+    let input = Arc::new(PortInput::new().unwrap());
+    let mut r = Rig::with_input(input);
+    let bufs = r.bring_up(8);
+    let mut name = msg(1, event::PORT_NAME, 1);
+    name.extend_from_slice(b"lab.verdict");
+    let out = r.control_out(&bufs);
+    // No client yet: no PORT_OPEN for port 1 (QEMU's host_connected).
+    assert_eq!(out[2..], [name]);
+    r.input.set_connected(true);
+    r.wake();
+    r.input.set_connected(false);
+    r.wake();
+    // A second disconnect changes nothing.
+    r.wake();
+    assert_eq!(
+        r.control_out(&bufs),
+        [msg(1, event::PORT_OPEN, 1), msg(1, event::PORT_OPEN, 0)]
+    );
 }
 
 #[test]

@@ -196,7 +196,7 @@ pub const OPTIONS: &[Opt] = &[
         "chardev",
         Some("BACKEND,id=ID[,...]"),
         "chardev",
-        "socket (a vhost-user back-end or an ivshmem server), stdio[,mux=on][,signal=off], file, null; `-chardev help`",
+        "socket (a vhost-user back-end or an ivshmem server; server=on,wait=off: a QMP monitor or a virtserialport), stdio[,mux=on][,signal=off], file, null; `-chardev help`",
     ),
     same(
         "serial",

@@ -5,7 +5,7 @@
 //! `-chardev socket,id=ID,path=PATH` (a vhost-user back-end),
 //! `-chardev socket,id=ID,path=PATH,server=on,wait=off` with
 //! `-mon chardev=ID,mode=control` and `-qmp unix:PATH,server=on,wait=off`
-//! (QMP monitors),
+//! (QMP monitors) or as a virtio-serial port's back-end,
 //! `-chardev stdio,id=ID[,mux=on][,signal=off]`, `-chardev file,id=ID,path=PATH`,
 //! `-chardev null,id=ID`. A multiplexed stdio (`mon:stdio`, `mux=on`) takes
 //! QEMU's Ctrl-A escapes (see `serial_mux`); there is no monitor behind it.
@@ -53,7 +53,7 @@ const ID: Prop = Prop::new("id", "string", "(required)", "the chardev's name");
 pub const TYPES: &[TypeInfo] = &[
     TypeInfo::new(
         "socket",
-        "a unix socket a vhost-user back-end listens on",
+        "a unix socket: a vhost-user back-end's, or one shmvm listens on",
         &[ID],
         &[
             Prop::new("path", "path", "(required)", "the unix socket"),
@@ -61,7 +61,7 @@ pub const TYPES: &[TypeInfo] = &[
                 "server",
                 "bool",
                 "off",
-                "off: shmvm connects (vhost-user); on (with wait=off): a QMP monitor for -mon chardev=ID",
+                "off: shmvm connects (vhost-user); on (with wait=off): shmvm listens (a QMP monitor for -mon chardev=ID, or a virtserialport's)",
             ),
             Prop::new("wait", "bool", "on", "with server=on: must be off"),
         ],
@@ -210,6 +210,8 @@ pub struct SerialSetup {
     /// QMP sockets to listen on: every `-qmp`, then every `-mon` on a
     /// listening `-chardev socket`.
     pub monitors: Vec<MonitorConfig>,
+    /// Listening socket chardevs no `-mon` uses: for virtio-serial ports.
+    pub listeners: Vec<String>,
 }
 
 /// Resolves `-serial` (the first is COM1), `-mon` and `-qmp` against
@@ -329,18 +331,13 @@ pub fn resolve_serial(
         }
         log::info!("-mon chardev={id}: shmvm has no monitor (C-a c says so); accepted");
     }
-    if let Some(c) = chardevs
+    // The listening sockets no -mon took: virtio-serial ports' (checked
+    // by check_serial, which refuses one nothing uses).
+    let listeners = chardevs
         .iter()
-        .find(|c| matches!(c.backend, Backend::Server(_)) && !listened.contains(&c.id.as_str()))
-    {
-        return Err(invalid(
-            "-chardev",
-            format!(
-                "listening socket '{}' (server=on) is not used by any -mon chardev={},mode=control",
-                c.id, c.id
-            ),
-        ));
-    }
+        .filter(|c| matches!(c.backend, Backend::Server(_)) && !listened.contains(&c.id.as_str()))
+        .map(|c| c.id.clone())
+        .collect();
     for (i, m) in monitors.iter().enumerate() {
         if monitors[..i].iter().any(|o| o.path == m.path) {
             return Err(invalid(
@@ -364,6 +361,7 @@ pub fn resolve_serial(
         stdio,
         sockets,
         monitors,
+        listeners,
     })
 }
 
@@ -458,12 +456,6 @@ mod tests {
                 vec!["socket,id=c,path=/x,server=on"],
                 vec![],
                 "-chardev: 'socket,id=c,path=/x,server=on': wait=on is not supported",
-            ),
-            (
-                vec![],
-                vec!["socket,id=x,path=/a,server=on,wait=off"],
-                vec![],
-                "-chardev: listening socket 'x' (server=on) is not used by any -mon",
             ),
             (
                 vec![],

@@ -19,7 +19,7 @@ const PORT_CHARDEV: Prop = Prop::new(
     "chardev",
     "id",
     "(required)",
-    "a -chardev stdio, file or null",
+    "a -chardev stdio, file, null or socket,server=on,wait=off",
 );
 const PORT_NAME: Prop = Prop::new("name", "string", "", "the port's name (virtme.ret, ...)");
 const PORT_BUS: Prop = Prop::new(
@@ -315,8 +315,13 @@ pub fn check_drives(
 }
 
 /// Moves each virtconsole / virtserialport into its virtio-serial-pci,
-/// its chardev (one of `chardevs`) resolved.
-pub fn check_serial(devices: &mut Vec<DeviceConfig>, chardevs: &[String]) -> Result<(), Error> {
+/// its chardev (one of `chardevs`) resolved; `listeners` are the listening
+/// socket chardevs no `-mon` took: each must be one port's.
+pub fn check_serial(
+    devices: &mut Vec<DeviceConfig>,
+    chardevs: &[String],
+    listeners: &[String],
+) -> Result<(), Error> {
     let mut ports = Vec::new();
     devices.retain(|d| match d {
         DeviceConfig::VirtioSerialPort(p) => {
@@ -332,10 +337,20 @@ pub fn check_serial(devices: &mut Vec<DeviceConfig>, chardevs: &[String]) -> Res
             _ => None,
         })
         .collect();
+    let used: Vec<String> = ports.iter().map(|p| p.chardev.clone()).collect();
+    if let Some(id) = listeners.iter().find(|l| !used.contains(l)) {
+        return Err(crate::config::invalid(
+            "-chardev",
+            format!(
+                "listening socket '{id}' (server=on) is not used by any -mon chardev={id},mode=control \
+                 or virtserialport/virtconsole chardev={id}"
+            ),
+        ));
+    }
     if ports.is_empty() {
         return Ok(());
     }
-    let sinks = crate::virtio::config::port_sinks(chardevs)?;
+    let sinks = crate::virtio::config::port_sinks(chardevs, listeners)?;
     crate::virtio::config::attach_ports(&mut serials, ports, &sinks)
 }
 

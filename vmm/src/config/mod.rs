@@ -399,7 +399,7 @@ impl Config {
             .map(|d| device::parse_with(d, &drives))
             .collect::<Result<Vec<_>, _>>()?;
         device::check_drives(&mut devices, &drives)?;
-        device::check_serial(&mut devices, &input.chardevs)?;
+        device::check_serial(&mut devices, &input.chardevs, &serial.listeners)?;
         device::check_ivshmem(&mut devices, &ram, &objects)?;
         let sockets = device::check_ivshmem_doorbell(&mut devices, &serial.sockets)?;
         device::check_vhost_user(&mut devices, &input.vhost_user_blk, &sockets, &ram)?;

@@ -66,8 +66,8 @@ impl Error {
 
 /// A socket file removed when dropped.
 #[derive(Debug)]
-struct Bound {
-    listener: UnixListener,
+pub(crate) struct Bound {
+    pub(crate) listener: UnixListener,
     path: PathBuf,
 }
 
@@ -106,15 +106,30 @@ fn precheck(path: &Path) -> Result<(), Error> {
     }
 }
 
-/// Binds `path` as a unix socket of mode 0600, whatever the umask (the
-/// mask is 0177 during bind).
+/// Why [`listen`] could not bind a path.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    Io(&'static str, std::io::Error),
+    NotASocket,
+}
+
+/// [`listen`] for a `-qmp` socket.
 fn bind(path: &Path) -> Result<Bound, Error> {
     let shown = || path.display().to_string();
-    let err = |what, err| Error::Socket {
-        path: shown(),
-        what,
-        err,
-    };
+    listen(path).map_err(|r| match r {
+        Refused::Io(what, err) => Error::Socket {
+            path: shown(),
+            what,
+            err,
+        },
+        Refused::NotASocket => Error::NotASocket { path: shown() },
+    })
+}
+
+/// Binds `path` as a unix socket of mode 0600, whatever the umask (the
+/// mask is 0177 during bind).
+pub(crate) fn listen(path: &Path) -> Result<Bound, Refused> {
+    let err = Refused::Io;
     let try_bind = || {
         // SAFETY: umask only swaps the process's file mode mask; it is set
         // back right after bind. The other threads run vCPUs then, which
@@ -132,7 +147,7 @@ fn bind(path: &Path) -> Result<Bound, Error> {
         Err(e) if e.kind() == ErrorKind::AddrInUse => {
             let m = std::fs::symlink_metadata(path).map_err(|e| err("cannot listen", e))?;
             if !m.file_type().is_socket() {
-                return Err(Error::NotASocket { path: shown() });
+                return Err(Refused::NotASocket);
             }
             std::fs::remove_file(path).map_err(|e| err("removing the stale socket", e))?;
             try_bind().map_err(|e| err("cannot listen", e))?

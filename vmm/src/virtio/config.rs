@@ -246,6 +246,9 @@ pub enum PortSink {
     /// `file,path=`: created or truncated, as QEMU's file chardev.
     File(PathBuf),
     Null,
+    /// `socket,path=,server=on,wait=off`: shmvm listens; one client at a
+    /// time gets the output and gives the port its input.
+    Listen(PathBuf),
 }
 
 /// One `virtconsole` or `virtserialport`.
@@ -344,9 +347,13 @@ pub fn parse_port_device(mut kv: KeyVal, console: bool) -> Result<PortConfig, Er
     })
 }
 
-/// The chardevs a port can write to: (id, sink) for each stdio, file and
-/// null `-chardev` (sockets are vhost-user back-ends or monitors here).
-pub fn port_sinks(chardevs: &[String]) -> Result<Vec<(String, PortSink)>, Error> {
+/// The chardevs a port can use: (id, sink) for each stdio, file and null
+/// `-chardev`, and each listening socket in `listeners` (no `-mon` took
+/// it); a socket shmvm connects to is a vhost-user or ivshmem back-end's.
+pub fn port_sinks(
+    chardevs: &[String],
+    listeners: &[String],
+) -> Result<Vec<(String, PortSink)>, Error> {
     use crate::config::chardev::{Backend, parse_chardev};
     let mut out = Vec::new();
     for c in chardevs {
@@ -355,6 +362,7 @@ pub fn port_sinks(chardevs: &[String]) -> Result<Vec<(String, PortSink)>, Error>
             Backend::Stdio(_) => PortSink::Stdout,
             Backend::File(p) => PortSink::File(p),
             Backend::Null => PortSink::Null,
+            Backend::Server(p) if listeners.contains(&c.id) => PortSink::Listen(p),
             Backend::Socket(_) | Backend::Server(_) => continue,
         };
         out.push((c.id, sink));
@@ -386,6 +394,17 @@ pub fn attach_ports(
         let free = |s: &SerialConfig| {
             (first..s.max_ports).any(|n| !s.ports.iter().any(|o| o.nr == Some(n)))
         };
+        // A socket has one listener, and QEMU one frontend per chardev.
+        if chardevs
+            .iter()
+            .any(|(id, s)| *id == p.chardev && matches!(s, PortSink::Listen(_)))
+            && serials
+                .iter()
+                .flat_map(|s| s.ports.iter())
+                .any(|o| o.chardev == p.chardev)
+        {
+            return Err(bad("the socket chardev is used by another port".into()));
+        }
         let serial = match &p.bus {
             Some(b) => serials
                 .iter_mut()
@@ -404,10 +423,12 @@ pub fn attach_ports(
             .map(|(_, s)| s.clone())
             .ok_or_else(|| {
                 bad(format!(
-                    "no -chardev with id={} (stdio, file or null)",
+                    "no -chardev with id={} (stdio, file, null, or socket,server=on,wait=off \
+                     not used by -mon)",
                     p.chardev
                 ))
             })?;
+
         if let Some(name) = &p.name
             && serial.ports.iter().any(|o| o.name.as_ref() == Some(name))
         {
@@ -586,6 +607,72 @@ mod tests {
         let mut s = serial("id=a");
         let e = attach(&mut [&mut s], &[("chardev=c,bus=b.0", false)]);
         assert!(e.contains("no virtio-serial-pci"), "{e}");
+    }
+
+    /// Resolves `chardevs`, `mon` and one virtio-serial-pci's `ports` as
+    /// the configuration does; the ports' sinks.
+    fn resolve(chardevs: &[&str], mon: &[&str], ports: &[&str]) -> Result<Vec<PortSink>, String> {
+        use crate::config::device::{DeviceConfig, check_serial};
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let chardevs = s(chardevs);
+        let setup = crate::config::chardev::resolve_serial(&[], &chardevs, &s(mon), &[], false)
+            .map_err(|e| e.to_string())?;
+        let mut devs = vec![DeviceConfig::VirtioSerial(serial(""))];
+        devs.extend(
+            ports
+                .iter()
+                .map(|p| DeviceConfig::VirtioSerialPort(port(p, false))),
+        );
+        check_serial(&mut devs, &chardevs, &setup.listeners).map_err(|e| e.to_string())?;
+        let DeviceConfig::VirtioSerial(sc) = &devs[0] else {
+            panic!("the virtio-serial-pci moved")
+        };
+        Ok(sc.ports.iter().map(|p| p.sink.clone()).collect())
+    }
+
+    #[test]
+    fn a_listening_socket_is_a_ports_or_a_monitors_never_both() {
+        // A port's socket, a monitor's and a vhost-user back-end's together.
+        let sinks = resolve(
+            &[
+                "socket,id=p,path=/p,server=on,wait=off",
+                "socket,id=m,path=/m,server,nowait",
+                "socket,id=vu,path=/vu",
+            ],
+            &["chardev=m,mode=control"],
+            &["chardev=p,name=x"],
+        )
+        .unwrap();
+        assert_eq!(sinks, [PortSink::Listen("/p".into())]);
+        for (chardevs, mon, ports, want) in [
+            (
+                &["socket,id=m,path=/m,server=on,wait=off"][..],
+                &["chardev=m,mode=control"][..],
+                &["chardev=m"][..],
+                "virtserialport,chardev=m: no -chardev with id=m",
+            ),
+            (
+                &["socket,id=vu,path=/vu"],
+                &[],
+                &["chardev=vu"],
+                "virtserialport,chardev=vu: no -chardev with id=vu",
+            ),
+            (
+                &["socket,id=x,path=/a,server=on,wait=off"],
+                &[],
+                &[],
+                "-chardev: listening socket 'x' (server=on) is not used by any -mon",
+            ),
+            (
+                &["socket,id=p,path=/p,server=on,wait=off"],
+                &[],
+                &["chardev=p,name=a", "chardev=p,name=b"],
+                "the socket chardev is used by another port",
+            ),
+        ] {
+            let e = resolve(chardevs, mon, ports).unwrap_err();
+            assert!(e.contains(want), "{e:?} does not contain {want:?}");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod memory;
 #[cfg(target_os = "linux")]
 mod plug;
 #[cfg(target_os = "linux")]
+mod port_socket;
+#[cfg(target_os = "linux")]
 pub mod wiring;
 #[cfg(target_os = "linux")]
 pub use plug::*;

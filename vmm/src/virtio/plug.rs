@@ -418,6 +418,7 @@ impl Counted for devices::virtio::console::Console {
         let s = self.stats();
         DeviceCounters {
             requests: s.writes + s.control_in,
+            bytes_to_guest: s.bytes_in,
             bytes_from_guest: s.bytes_out,
             errors: s.errors,
             ..DeviceCounters::default()
@@ -454,6 +455,7 @@ fn open_sink(sink: &config::PortSink, what: &str) -> Result<Box<dyn std::io::Wri
                 })?,
         ),
         config::PortSink::Null => Box::new(std::io::sink()),
+        config::PortSink::Listen(_) => unreachable!("a socket port is opened by port_socket"),
     })
 }
 
@@ -472,11 +474,23 @@ pub fn serial(
         } else {
             "virtserialport"
         };
+        let what = format!("-device {kind},chardev={}", p.chardev);
+        let (sink, input) = match &p.sink {
+            config::PortSink::Listen(path) => {
+                let (sink, input) = super::port_socket::start(path, &what)?;
+                (
+                    Box::new(sink) as Box<dyn std::io::Write + Send>,
+                    Some(input),
+                )
+            }
+            other => (open_sink(other, &what)?, None),
+        };
         ports.push(PortConfig {
             nr: p.nr.unwrap_or(0),
             console: p.console,
             name: p.name.clone(),
-            sink: open_sink(&p.sink, &format!("-device {kind},chardev={}", p.chardev))?,
+            sink,
+            input,
         });
     }
     let console = Console::new(ports, cfg.max_ports);
