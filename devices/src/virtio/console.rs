@@ -25,7 +25,9 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Condvar, Mutex};
 
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 
 use super::device::{Queues, VirtioDevice, memory_broken};
 use super::queue::{GuestMemory, QueueError};
@@ -62,12 +64,14 @@ pub const INPUT_HELD: usize = 64 << 10;
 
 /// Host input of one port, fed by a thread (the socket's reader) and
 /// drained by the device: bytes in order, the client's connection state,
-/// and an eventfd that wakes the device's worker.
+/// and a notifier that wakes the device's worker (an eventfd on Linux, a
+/// pipe elsewhere: vmm-sys-util's event pair).
 #[derive(Debug)]
 pub struct PortInput {
     state: Mutex<InputState>,
     room: Condvar,
-    wake: EventFd,
+    woken: EventConsumer,
+    waker: EventNotifier,
 }
 
 #[derive(Debug, Default)]
@@ -78,10 +82,13 @@ struct InputState {
 
 impl PortInput {
     pub fn new() -> std::io::Result<PortInput> {
+        let (woken, waker) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?;
         Ok(PortInput {
             state: Mutex::default(),
             room: Condvar::new(),
-            wake: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            woken,
+            waker,
         })
     }
 
@@ -90,8 +97,8 @@ impl PortInput {
     }
 
     fn notify(&self) {
-        // A full counter already wakes the worker.
-        self.wake.write(1).ok();
+        // A full counter (or pipe) already wakes the worker.
+        self.waker.notify().ok();
     }
 
     /// Appends `data`, waiting while [`INPUT_HELD`] bytes are held.
@@ -508,7 +515,7 @@ impl VirtioDevice for Console {
     fn input_fds(&self) -> Vec<RawFd> {
         self.ports
             .iter()
-            .filter_map(|p| p.input.as_ref().map(|i| i.wake.as_raw_fd()))
+            .filter_map(|p| p.input.as_ref().map(|i| i.woken.as_raw_fd()))
             .collect()
     }
 
@@ -529,7 +536,9 @@ impl VirtioDevice for Console {
             return Ok(());
         };
         if let Some(input) = &self.ports[i].input {
-            input.wake.read().ok();
+            // Drain the wake-ups (one read for an eventfd, one per
+            // notification for a pipe).
+            while input.woken.consume().is_ok() {}
         }
         self.host_state(i);
         self.deliver(i, queues, mem)?;
