@@ -433,26 +433,31 @@ fn kvm_query_pci_shows_each_devices_id() {
         std::fs::write(f, vec![0u8; 1 << 20]).expect("a disk image");
     }
     let sock = dir.0.join("q.sock");
-    let child = Command::new(vm::shmvm_bin())
-        .args(["-kernel", &kernel, "-m", "32M", "-serial", "none"])
-        .args(["-object", "memory-backend-shm,id=m,size=1M"])
-        .args(["-device", "ivshmem-plain,memdev=m,id=iv0,addr=3"])
-        .args(["-device", "virtio-rng-pci,id=rng0,addr=4"])
-        .args(["-device", "virtio-rng-pci,addr=5"])
-        .arg("-drive")
-        .arg(format!("file={},if=none,id=d0,format=raw", disk.display()))
-        .args(["-device", "virtio-blk-pci,drive=d0,id=blk0,addr=6"])
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", own.display()))
-        .args(["-device", "virtio-serial-pci,id=ser0,addr=8"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn shmvm");
-    let mut q = RawQmp::connect(&sock);
-    q.negotiate().expect("negotiate");
+    let (disk, own) = (disk.display(), own.display());
+    let drive = format!("file={disk},if=none,id=d0,format=raw");
+    let own_drive = format!("file={own},if=virtio,format=raw");
+    let (child, mut q) = RawQmp::start(
+        &kernel,
+        &sock,
+        &[
+            "-object",
+            "memory-backend-shm,id=m,size=1M",
+            "-device",
+            "ivshmem-plain,memdev=m,id=iv0,addr=3",
+            "-device",
+            "virtio-rng-pci,id=rng0,addr=4",
+            "-device",
+            "virtio-rng-pci,addr=5",
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-pci,drive=d0,id=blk0,addr=6",
+            "-drive",
+            &own_drive,
+            "-device",
+            "virtio-serial-pci,id=ser0,addr=8",
+        ],
+    );
     let pci: serde_json::Value =
         serde_json::from_str(&q.ask(r#"{"execute":"query-pci"}"#)).expect("query-pci JSON");
     let ids: Vec<(u64, String)> = pci["return"][0]["devices"]
