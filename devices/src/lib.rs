@@ -8,6 +8,7 @@ pub mod i6300esb;
 pub mod i8042;
 pub mod ivshmem;
 pub mod ivshmem_doorbell;
+pub mod notifier;
 pub mod pci;
 pub mod ratelimit;
 pub mod serial;

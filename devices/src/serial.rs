@@ -1,126 +1,24 @@
 //! 16550A UART (COM1-style) on the port I/O bus, built on vm-superio.
 //!
 //! Output goes to any `Write` sink; guest-visible interrupts are raised
-//! through an `EventFd` that the VMM registers as an irqfd for the UART's IRQ
-//! (on Linux), or through vmm-sys-util's pipe-based notifier where there is
-//! no eventfd (macOS, the BSDs): the VMM polls its read end.
+//! through a [`Notifier`] that the VMM connects to the UART's interrupt
+//! line (KVM's irqfd, HVF's relay).
 
 use std::io::Write;
 
+use vm_superio::Serial as Uart;
 use vm_superio::serial::NoEvents;
-use vm_superio::{Serial as Uart, Trigger};
-#[cfg(not(target_os = "linux"))]
-use vmm_sys_util::event::{self, EventConsumer, EventFlag, EventNotifier};
-#[cfg(target_os = "linux")]
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::notifier::Notifier;
 
 /// Errors from the serial device.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("serial: cannot create interrupt eventfd: {0}")]
-    EventFd(std::io::Error),
+    #[error("serial: cannot create its interrupt line: {0}")]
+    Irq(std::io::Error),
     #[error("serial: cannot queue input: {0}")]
     Input(String),
-}
-
-/// An interrupt line backed by an eventfd (KVM irqfd).
-#[cfg(target_os = "linux")]
-#[derive(Debug)]
-pub struct IrqEvent(EventFd);
-
-#[cfg(target_os = "linux")]
-impl IrqEvent {
-    pub fn new() -> Result<Self, Error> {
-        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map(IrqEvent)
-            .map_err(Error::EventFd)
-    }
-
-    /// The eventfd to register with the hypervisor.
-    pub fn eventfd(&self) -> &EventFd {
-        &self.0
-    }
-
-    /// The same line through a duplicated eventfd (an irqfd on it stays
-    /// attached).
-    pub fn try_clone(&self) -> std::io::Result<Self> {
-        self.0.try_clone().map(IrqEvent)
-    }
-
-    /// Takes a pending interrupt: whether the line was raised since the last call.
-    pub fn take(&self) -> std::io::Result<bool> {
-        match self.0.read() {
-            Ok(n) => Ok(n > 0),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl Trigger for IrqEvent {
-    type E = std::io::Error;
-    fn trigger(&self) -> std::io::Result<()> {
-        self.0.write(1)
-    }
-}
-
-/// An interrupt line where there is no eventfd: a non-blocking pipe
-/// (vmm-sys-util's notifier); the VMM polls [`IrqEvent::consumer`].
-#[cfg(not(target_os = "linux"))]
-#[derive(Debug)]
-pub struct IrqEvent {
-    consumer: EventConsumer,
-    notifier: EventNotifier,
-}
-
-#[cfg(not(target_os = "linux"))]
-impl IrqEvent {
-    pub fn new() -> Result<Self, Error> {
-        let (consumer, notifier) =
-            event::new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
-                .map_err(Error::EventFd)?;
-        Ok(IrqEvent { consumer, notifier })
-    }
-
-    /// The read end, for the VMM's poll loop.
-    pub fn consumer(&self) -> &EventConsumer {
-        &self.consumer
-    }
-
-    /// The same line through duplicated pipe ends.
-    pub fn try_clone(&self) -> std::io::Result<Self> {
-        Ok(IrqEvent {
-            consumer: self.consumer.try_clone()?,
-            notifier: self.notifier.try_clone()?,
-        })
-    }
-
-    /// Takes a pending interrupt: whether the line was raised since the last call.
-    pub fn take(&self) -> std::io::Result<bool> {
-        let mut raised = false;
-        loop {
-            match self.consumer.consume() {
-                Ok(()) => raised = true,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(raised),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-impl Trigger for IrqEvent {
-    type E = std::io::Error;
-    fn trigger(&self) -> std::io::Result<()> {
-        match self.notifier.notify() {
-            // A full pipe holds enough raised edges already.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            r => r,
-        }
-    }
 }
 
 /// Transmit buffering: vm-superio writes and flushes every byte, which
@@ -170,7 +68,7 @@ impl Drop for OutputBuffer {
 
 /// A 16550A UART occupying 8 ports.
 pub struct Serial {
-    uart: Uart<IrqEvent, NoEvents, OutputBuffer>,
+    uart: Uart<Notifier, NoEvents, OutputBuffer>,
     /// The guest has enabled the transmit-empty interrupt or loopback at
     /// some point (sticky). See [`Serial::transmit_is_output_only`].
     transmit_side_effects: bool,
@@ -186,7 +84,7 @@ impl Serial {
     /// Number of ports a 16550 decodes.
     pub const PORTS: u64 = 8;
 
-    pub fn new(irq: IrqEvent, out: Box<dyn Write + Send>) -> Self {
+    pub fn new(irq: Notifier, out: Box<dyn Write + Send>) -> Self {
         let out = OutputBuffer {
             out,
             buf: Vec::with_capacity(OutputBuffer::LIMIT),
@@ -237,7 +135,7 @@ impl Serial {
     }
 
     /// The interrupt this UART raises.
-    pub fn irq(&self) -> &IrqEvent {
+    pub fn irq(&self) -> &Notifier {
         self.uart.interrupt_evt()
     }
 
@@ -350,7 +248,7 @@ mod tests {
     #[test]
     fn the_interrupt_eventfd_is_close_on_exec() {
         use std::os::fd::AsRawFd;
-        let irq = IrqEvent::new().expect("eventfd");
+        let irq = Notifier::new().expect("eventfd");
         let fd = irq.eventfd().as_raw_fd();
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
         let flags = info
@@ -377,7 +275,7 @@ mod tests {
     #[test]
     fn transmits_bytes_and_receives_input_with_interrupt() {
         let sink = Sink::default();
-        let mut s = Serial::new(IrqEvent::new().unwrap(), Box::new(sink.clone()));
+        let mut s = Serial::new(Notifier::new().unwrap(), Box::new(sink.clone()));
         for b in b"hi\n" {
             s.write(0, &[*b]);
         }
@@ -408,7 +306,7 @@ mod tests {
     }
 
     fn serial() -> Serial {
-        Serial::new(IrqEvent::new().unwrap(), Box::new(Sink::default()))
+        Serial::new(Notifier::new().unwrap(), Box::new(Sink::default()))
     }
 
     #[test]

@@ -32,10 +32,11 @@ mod tests {
     use super::*;
     use crate::bus::BusDevice;
     use crate::i8042::I8042;
-    use crate::serial::{IrqEvent, Serial};
+    use crate::notifier::Notifier;
+    use crate::serial::Serial;
 
     fn serial() -> Serial {
-        Serial::new(IrqEvent::new().unwrap(), Box::new(std::io::sink()))
+        Serial::new(Notifier::new().unwrap(), Box::new(std::io::sink()))
     }
 
     fn rd(d: &mut dyn BusDevice, off: u64) -> u8 {

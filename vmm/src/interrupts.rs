@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use vmm_sys_util::eventfd::EventFd;
+use devices::notifier::Notifier;
 
 use crate::hv::{GsiRoute, Vm};
 use crate::layout::IRQCHIP_GSIS;
@@ -179,7 +179,7 @@ impl MsiVectors {
     /// Makes a write to `evt` raise `vector` (irqfd). A write that came
     /// while it was detached is delivered on attaching (the eventfd stays
     /// readable): the MSI-X pending bit's job.
-    pub fn attach(&self, evt: &EventFd, vector: u16) -> Result<(), Error> {
+    pub fn attach(&self, evt: &Notifier, vector: u16) -> Result<(), Error> {
         let gsi = self.gsi(vector)?;
         self.service
             .vm()?
@@ -191,7 +191,7 @@ impl MsiVectors {
     }
 
     /// Undoes [`MsiVectors::attach`].
-    pub fn detach(&self, evt: &EventFd, vector: u16) -> Result<(), Error> {
+    pub fn detach(&self, evt: &Notifier, vector: u16) -> Result<(), Error> {
         let gsi = self.gsi(vector)?;
         self.service
             .vm()?
@@ -295,7 +295,7 @@ mod tests {
         v.route(0, m(0x4030)).unwrap();
         v.route(1, m(0x4031)).unwrap();
         v.route(0, None).unwrap();
-        let e = EventFd::new(0).unwrap();
+        let e = Notifier::new().unwrap();
         v.attach(&e, 1).unwrap();
         v.detach(&e, 1).unwrap();
     }

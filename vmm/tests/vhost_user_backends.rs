@@ -109,7 +109,7 @@ fn a_kick_right_after_start_is_answered_by_vhost_device_rng() {
         let mut fe = Link::connect(&b.sock, regions, KindConfig::Rng.spec()).unwrap();
         let mut q = Queue::new(&ram, 0x10_0000 + 0x1_0000 * round);
         let (kick, call) = (q.kick.try_clone().unwrap(), q.call.try_clone().unwrap());
-        fe.start(VERSION_1, &[q.config()], &[kick], &[call])
+        fe.start(VERSION_1, &[q.config()], &[kick.into()], &[call.into()])
             .unwrap();
         // No pause: the kick follows the start as a vCPU's does.
         q.offer(&[(q.base + 0x3000, 64, true)]);

@@ -182,8 +182,8 @@ fn backend_death_is_reported_not_hung() {
         fe.start(
             VERSION_1,
             &[q2.config()],
-            std::slice::from_ref(&q2.kick),
-            std::slice::from_ref(&q2.call)
+            &[q2.kick.try_clone().unwrap().into()],
+            &[q2.call.try_clone().unwrap().into()]
         )
         .is_err()
     );

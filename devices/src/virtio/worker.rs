@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::QueueConfig;
 use super::device::{Queues, VirtioDevice};
 use super::queue::{GuestMemory, QueueError};
+use crate::notifier::Notifier;
 
 /// What the vCPU side and the thread share.
 struct Shared<D> {
@@ -37,9 +37,9 @@ pub type OnBroken = Box<dyn Fn(&QueueError) + Send>;
 pub struct Worker<D: VirtioDevice> {
     shared: Arc<Mutex<Shared<D>>>,
     mem: Arc<dyn GuestMemory>,
-    kicks: Vec<EventFd>,
-    calls: Vec<EventFd>,
-    stop: EventFd,
+    kicks: Vec<Notifier>,
+    calls: Vec<Notifier>,
+    stop: Notifier,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -53,10 +53,6 @@ impl<D: VirtioDevice> std::fmt::Debug for Worker<D> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn eventfd() -> std::io::Result<EventFd> {
-    EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)
 }
 
 const STOP: u64 = u64::MAX;
@@ -74,9 +70,13 @@ impl<D: VirtioDevice> Worker<D> {
         on_broken: OnBroken,
     ) -> std::io::Result<Worker<D>> {
         let n = device.queue_count();
-        let kicks = (0..n).map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
-        let calls = (0..n).map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
-        let stop = eventfd()?;
+        let kicks = (0..n)
+            .map(|_| Notifier::new())
+            .collect::<Result<Vec<_>, _>>()?;
+        let calls = (0..n)
+            .map(|_| Notifier::new())
+            .collect::<Result<Vec<_>, _>>()?;
+        let stop = Notifier::new()?;
         let epoll = Epoll::new()?;
         let add = |fd: RawFd, data: u64, edge: bool| {
             let mut events = EventSet::IN;
@@ -85,9 +85,9 @@ impl<D: VirtioDevice> Worker<D> {
             }
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, data))
         };
-        add(stop.as_raw_fd(), STOP, false)?;
+        add(stop.wait_fd().as_raw_fd(), STOP, false)?;
         for (q, k) in kicks.iter().enumerate() {
-            add(k.as_raw_fd(), q as u64, false)?;
+            add(k.wait_fd().as_raw_fd(), q as u64, false)?;
         }
         for (i, fd) in device.input_fds().into_iter().enumerate() {
             add(fd, INPUT + i as u64, true)?;
@@ -123,12 +123,12 @@ impl<D: VirtioDevice> Worker<D> {
     }
 
     /// The kick eventfds (for ioeventfds), one per queue.
-    pub fn kicks(&self) -> &[EventFd] {
+    pub fn kicks(&self) -> &[Notifier] {
         &self.kicks
     }
 
     /// The call eventfds (for irqfds), one per queue.
-    pub fn calls(&self) -> &[EventFd] {
+    pub fn calls(&self) -> &[Notifier] {
         &self.calls
     }
 
@@ -154,7 +154,7 @@ impl<D: VirtioDevice> Worker<D> {
         // Buffers made available before DRIVER_OK (a receive queue's) and
         // notifications the device produced while activating.
         for k in &self.kicks {
-            k.write(1).ok();
+            k.signal().ok();
         }
         Ok(())
     }
@@ -171,7 +171,7 @@ impl<D: VirtioDevice> Worker<D> {
 
 impl<D: VirtioDevice> Drop for Worker<D> {
     fn drop(&mut self) {
-        if let Err(e) = self.stop.write(1) {
+        if let Err(e) = self.stop.signal() {
             log::warn!("virtio worker: cannot stop: {e}");
             return;
         }
@@ -183,15 +183,15 @@ impl<D: VirtioDevice> Drop for Worker<D> {
     }
 }
 
-fn clone_all(fds: &[EventFd]) -> std::io::Result<Vec<EventFd>> {
-    fds.iter().map(EventFd::try_clone).collect()
+fn clone_all(fds: &[Notifier]) -> std::io::Result<Vec<Notifier>> {
+    fds.iter().map(Notifier::try_clone).collect()
 }
 
 struct Thread<D> {
     shared: Arc<Mutex<Shared<D>>>,
     mem: Arc<dyn GuestMemory>,
-    kicks: Vec<EventFd>,
-    calls: Vec<EventFd>,
+    kicks: Vec<Notifier>,
+    calls: Vec<Notifier>,
     epoll: Epoll,
     on_broken: OnBroken,
 }
@@ -224,7 +224,7 @@ impl<D: VirtioDevice> Thread<D> {
                         let q = q as u16;
                         // Drained: kicks coalesce, one pass serves them all.
                         if let Some(k) = self.kicks.get(usize::from(q)) {
-                            k.read().ok();
+                            k.take().ok();
                         }
                         self.serve(Wake::Kick(q));
                     }
@@ -259,7 +259,7 @@ impl<D: VirtioDevice> Thread<D> {
         drop(s);
         for q in notify {
             if let Some(c) = self.calls.get(usize::from(q))
-                && let Err(e) = c.write(1)
+                && let Err(e) = c.signal()
             {
                 log::warn!("virtio worker: queue {q}: cannot signal: {e}");
             }

@@ -45,20 +45,20 @@ fn a_kick_is_served_and_the_call_signalled() {
     let mut d = Driver::new(8);
     let w = worker(&d, Arc::default());
     d.chain(0, &[(DATA, 32, true)]);
-    w.kicks()[0].write(1).unwrap();
-    until("the call eventfd", || w.calls()[0].read().is_ok());
+    w.kicks()[0].signal().unwrap();
+    until("the call eventfd", || w.calls()[0].take().unwrap());
     assert_eq!(d.used(), [(0, 32)]);
     // The driver suppressed interrupts: served, no call.
     d.set_avail_flags(1);
     d.chain(1, &[(DATA, 16, true)]);
-    w.kicks()[0].write(1).unwrap();
+    w.kicks()[0].signal().unwrap();
     let mut used = Vec::new();
     until("the used entry", || {
         used.extend(d.used());
         !used.is_empty()
     });
     assert_eq!(used, [(1, 16)]);
-    assert!(w.calls()[0].read().is_err(), "a call despite NO_INTERRUPT");
+    assert!(!w.calls()[0].take().unwrap(), "a call despite NO_INTERRUPT");
     assert_eq!(w.with_device(|r| r.stats().requests), 2);
 }
 
@@ -79,11 +79,11 @@ fn a_broken_ring_is_reported_once_and_serving_stops() {
     let w = worker(&d, broken.clone());
     d.desc(0, DATA, 8, 1 | 2, 0);
     d.publish(0);
-    w.kicks()[0].write(1).unwrap();
+    w.kicks()[0].signal().unwrap();
     until("the broken report", || broken.load(Ordering::SeqCst) == 1);
     // Nothing more is read from the rings, kicks or not.
     d.chain(1, &[(DATA, 8, true)]);
-    w.kicks()[0].write(1).unwrap();
+    w.kicks()[0].signal().unwrap();
     std::thread::sleep(Duration::from_millis(50));
     drop(w);
     assert_eq!(d.used(), []);
@@ -96,11 +96,11 @@ fn after_a_reset_nothing_is_served_until_the_next_start() {
     let w = worker(&d, Arc::default());
     w.reset();
     d.chain(0, &[(DATA, 8, true)]);
-    w.kicks()[0].write(1).unwrap();
+    w.kicks()[0].signal().unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(d.used(), []);
     // The driver starts it again: what is available is served.
     w.activate(&[d.config(0)]).unwrap();
-    until("the call eventfd", || w.calls()[0].read().is_ok());
+    until("the call eventfd", || w.calls()[0].take().unwrap());
     assert_eq!(d.used(), [(0, 8)]);
 }

@@ -10,8 +10,9 @@
 //! "macOS and the BSDs").
 
 use std::ops::Deref;
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex, Weak};
+
+use devices::notifier::Notifier;
 
 pub use hv_hvf::{Error, Vcpu};
 
@@ -44,11 +45,8 @@ impl Vm {
     /// Connects an interrupt line to SPI `spi`, as KVM's irqfd does: the
     /// read end of a device's notifier (a pipe here), duplicated for
     /// `hv-hvf`'s relay thread, which raises the SPI on each write.
-    pub fn register_irqfd(&self, line: &impl AsRawFd, spi: u32) -> Result<(), Error> {
-        // SAFETY: `line` is borrowed for this call, so its fd is open
-        // while it is duplicated.
-        let fd = unsafe { BorrowedFd::borrow_raw(line.as_raw_fd()) };
-        let fd = fd.try_clone_to_owned().map_err(Error::Relay)?;
+    pub fn register_irqfd(&self, line: &Notifier, spi: u32) -> Result<(), Error> {
+        let fd = line.wait_fd().try_clone_to_owned().map_err(Error::Relay)?;
         self.0.register_irq_line(fd, spi)
     }
 

@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use devices::notifier::Notifier;
 use kvm_bindings::{
     CpuId, KVM_COALESCED_MMIO_PAGE_OFFSET, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQCHIP_IOAPIC,
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
@@ -16,7 +17,6 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::FileOffset;
 use vm_memory::mmap::MmapRegion;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::kvm_shared::{Assign, RoutingError, ioeventfd, memory_slot, msi_entry, set_gsi_routing};
 use super::x86::{
@@ -172,8 +172,10 @@ impl Vm {
 
     /// Connects `evt` to the interrupt line `gsi` (irqfd): a write to it
     /// raises `gsi` without an exit.
-    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
-        self.fd.register_irqfd(evt, gsi).map_err(ioctl("KVM_IRQFD"))
+    pub fn register_irqfd(&self, evt: &Notifier, gsi: u32) -> Result<(), Error> {
+        self.fd
+            .register_irqfd(evt.eventfd(), gsi)
+            .map_err(ioctl("KVM_IRQFD"))
     }
 
     /// Sends an NMI to every vCPU, as QEMU's `inject-nmi` does on x86: one
@@ -194,9 +196,9 @@ impl Vm {
     }
 
     /// Undoes [`Vm::register_irqfd`].
-    pub fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
+    pub fn unregister_irqfd(&self, evt: &Notifier, gsi: u32) -> Result<(), Error> {
         self.fd
-            .unregister_irqfd(evt, gsi)
+            .unregister_irqfd(evt.eventfd(), gsi)
             .map_err(ioctl("KVM_IRQFD (deassign)"))
     }
 
@@ -205,21 +207,22 @@ impl Vm {
     /// exiting (ioeventfd).
     pub fn register_ioeventfd(
         &self,
-        evt: &EventFd,
+        evt: &Notifier,
         addr: IoEventAddr,
         datamatch: Option<u32>,
     ) -> Result<(), Error> {
-        ioeventfd(&self.fd, evt, addr, datamatch, Assign::Add).map_err(ioctl("KVM_IOEVENTFD"))
+        ioeventfd(&self.fd, evt.eventfd(), addr, datamatch, Assign::Add)
+            .map_err(ioctl("KVM_IOEVENTFD"))
     }
 
     /// Undoes [`Vm::register_ioeventfd`] (same arguments).
     pub fn unregister_ioeventfd(
         &self,
-        evt: &EventFd,
+        evt: &Notifier,
         addr: IoEventAddr,
         datamatch: Option<u32>,
     ) -> Result<(), Error> {
-        ioeventfd(&self.fd, evt, addr, datamatch, Assign::Remove)
+        ioeventfd(&self.fd, evt.eventfd(), addr, datamatch, Assign::Remove)
             .map_err(ioctl("KVM_IOEVENTFD (deassign)"))
     }
 

@@ -8,6 +8,7 @@
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 
+use devices::notifier::Notifier;
 use kvm_bindings::{
     KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_DEV_ARM_VGIC_CTRL_INIT,
     KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
@@ -19,7 +20,6 @@ use kvm_bindings::{
     kvm_irq_routing_entry, kvm_vcpu_init,
 };
 use kvm_ioctls::{DeviceFd, Kvm, VcpuExit, VcpuFd, VmFd};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::aarch64::{CoreRegs, GicConfig, GsiRoute, VcpuInit};
 use super::kvm_shared::{Assign, RoutingError, ioeventfd, memory_slot, msi_entry, set_gsi_routing};
@@ -130,18 +130,21 @@ impl Vm {
 
     /// Connects `evt` to SPI `spi` of the GIC (irqfd): a write to it raises
     /// the line without an exit. Needs the GIC.
-    pub fn register_irqfd(&self, evt: &EventFd, spi: u32) -> Result<(), Error> {
-        self.fd.register_irqfd(evt, spi).map_err(ioctl("KVM_IRQFD"))
+    pub fn register_irqfd(&self, evt: &Notifier, spi: u32) -> Result<(), Error> {
+        self.fd
+            .register_irqfd(evt.eventfd(), spi)
+            .map_err(ioctl("KVM_IRQFD"))
     }
 
     /// Makes guest writes to MMIO `addr` signal `evt` instead of exiting.
     pub fn register_ioeventfd(
         &self,
-        evt: &EventFd,
+        evt: &Notifier,
         addr: IoEventAddr,
         datamatch: Option<u32>,
     ) -> Result<(), Error> {
-        ioeventfd(&self.fd, evt, addr, datamatch, Assign::Add).map_err(ioctl("KVM_IOEVENTFD"))
+        ioeventfd(&self.fd, evt.eventfd(), addr, datamatch, Assign::Add)
+            .map_err(ioctl("KVM_IOEVENTFD"))
     }
 
     /// Creates vCPU `id` (not yet initialized: see [`Vcpu::init`]).
@@ -257,20 +260,20 @@ impl Vm {
     }
 
     /// Undoes [`Vm::register_irqfd`].
-    pub fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
+    pub fn unregister_irqfd(&self, evt: &Notifier, gsi: u32) -> Result<(), Error> {
         self.fd
-            .unregister_irqfd(evt, gsi)
+            .unregister_irqfd(evt.eventfd(), gsi)
             .map_err(ioctl("KVM_IRQFD (deassign)"))
     }
 
     /// Undoes [`Vm::register_ioeventfd`].
     pub fn unregister_ioeventfd(
         &self,
-        evt: &EventFd,
+        evt: &Notifier,
         addr: IoEventAddr,
         datamatch: Option<u32>,
     ) -> Result<(), Error> {
-        ioeventfd(&self.fd, evt, addr, datamatch, Assign::Remove)
+        ioeventfd(&self.fd, evt.eventfd(), addr, datamatch, Assign::Remove)
             .map_err(ioctl("KVM_IOEVENTFD (deassign)"))
     }
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use devices::ivshmem::{MEMORY_BAR, REGISTER_BAR};
 use devices::ivshmem_doorbell::{DoorbellEvents, IvshmemDoorbell, MSIX_BAR, doorbell_value};
+use devices::notifier::Notifier;
 use devices::pci::msix::MsixVector;
 use ivshmem_server::protocol::{self, Change, PeerTable, ProtocolError};
 use vm_memory::mmap::MmapRegion;
@@ -151,24 +152,26 @@ impl Shared {
         }
     }
 
+    /// Peer `peer`'s eventfd for `vector` as a notifier. KVM matches the
+    /// eventfd, not the descriptor: a duplicate registers and unregisters.
+    fn doorbell(&self, peer: u16, vector: u16) -> Option<std::io::Result<Notifier>> {
+        let evt = self.table.peers.get(&peer)?.get(usize::from(vector))?;
+        Some(evt.try_clone().map(Notifier::from))
+    }
+
     fn register(&mut self, peer: u16, vector: u16) {
         let (Some(addr), true) = (self.doorbell_at, self.ioeventfd) else {
             return;
         };
         let Some(vm) = self.vm.upgrade() else { return };
-        let Some(evt) = self
-            .table
-            .peers
-            .get(&peer)
-            .and_then(|v| v.get(usize::from(vector)))
-        else {
+        let Some(evt) = self.doorbell(peer, vector) else {
             return;
         };
-        match vm.register_ioeventfd(
-            evt,
-            IoEventAddr::Mmio(addr),
-            Some(doorbell_value(peer, vector)),
-        ) {
+        let value = Some(doorbell_value(peer, vector));
+        match evt.and_then(|evt| {
+            vm.register_ioeventfd(&evt, IoEventAddr::Mmio(addr), value)
+                .map_err(std::io::Error::other)
+        }) {
             Ok(()) => {
                 self.registered.insert((peer, vector));
             }
@@ -186,16 +189,12 @@ impl Shared {
         let (Some(addr), Some(vm)) = (self.doorbell_at, self.vm.upgrade()) else {
             return;
         };
-        if let Some(evt) = self
-            .table
-            .peers
-            .get(&peer)
-            .and_then(|v| v.get(usize::from(vector)))
-            && let Err(e) = vm.unregister_ioeventfd(
-                evt,
-                IoEventAddr::Mmio(addr),
-                Some(doorbell_value(peer, vector)),
-            )
+        let value = Some(doorbell_value(peer, vector));
+        if let Some(evt) = self.doorbell(peer, vector)
+            && let Err(e) = evt.and_then(|evt| {
+                vm.unregister_ioeventfd(&evt, IoEventAddr::Mmio(addr), value)
+                    .map_err(std::io::Error::other)
+            })
         {
             self.warn(format_args!(
                 "removing the ioeventfd of peer {peer} vector {vector}: {e}"
@@ -226,17 +225,20 @@ impl Shared {
     fn sync_irqfd(&mut self, v: u16) {
         let i = usize::from(v);
         let want = self.msix.get(i).is_some_and(|s| !s.masked);
-        let Some(evt) = self.table.peers.get(&self.id).and_then(|e| e.get(i)) else {
-            return;
-        };
         if self.attached.get(i).copied() == Some(want) {
             return;
         }
-        let r = if want {
-            self.msi.attach(evt, v)
-        } else {
-            self.msi.detach(evt, v)
+        let Some(evt) = self.doorbell(self.id, v) else {
+            return;
         };
+        let r = evt.map_err(|e| e.to_string()).and_then(|evt| {
+            if want {
+                self.msi.attach(&evt, v)
+            } else {
+                self.msi.detach(&evt, v)
+            }
+            .map_err(|e| e.to_string())
+        });
         match r {
             Ok(()) => {
                 if let Some(a) = self.attached.get_mut(i) {

@@ -115,11 +115,11 @@ pub fn place_debug_exits(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use devices::serial::IrqEvent;
+    use devices::notifier::Notifier;
 
     fn com1() -> Arc<Mutex<Serial>> {
         Arc::new(Mutex::new(Serial::new(
-            IrqEvent::new().unwrap(),
+            Notifier::new().unwrap(),
             Box::new(std::io::sink()),
         )))
     }

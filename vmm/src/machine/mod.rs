@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::debug_exit::ExitHook;
-use devices::serial::{IrqEvent, Serial};
+use devices::notifier::Notifier;
+use devices::serial::Serial;
 use memory::Backend;
 
 use crate::boot::{self, BootFiles, BootSpec};
@@ -349,8 +350,8 @@ impl Machine {
             Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
         };
         let (out, console_dropped) = console_out::serial_output(&cfg.serial)?;
-        let serial = Serial::new(IrqEvent::new()?, out);
-        vm.register_irqfd(serial.irq().eventfd(), layout::COM1_IRQ)?;
+        let serial = Serial::new(Notifier::new().map_err(devices::serial::Error::Irq)?, out);
+        vm.register_irqfd(serial.irq(), layout::COM1_IRQ)?;
         let serial = Arc::new(Mutex::new(serial));
         let i8042 = legacy::place(&io, &serial, &hook)?;
         if let Some(r) = restore {

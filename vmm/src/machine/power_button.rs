@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use devices::ged::{self, Ged};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use devices::notifier::Notifier;
 
 use crate::hv::Vm;
 use crate::io::{BusKind, IoBuses};
@@ -18,7 +18,7 @@ use crate::layout::{GED_ADDR, GED_IRQ};
 #[derive(Debug)]
 pub struct PowerButton {
     pending: Arc<AtomicU32>,
-    irq: EventFd,
+    irq: Notifier,
 }
 
 impl PowerButton {
@@ -28,15 +28,13 @@ impl PowerButton {
     pub fn place(vm: &Vm, io: &IoBuses) -> Option<PowerButton> {
         let dev = Ged::new();
         let pending = dev.pending();
-        let r = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(|e| e.to_string())
-            .and_then(|irq| {
-                vm.register_irqfd(&irq, GED_IRQ)
-                    .map_err(|e| e.to_string())?;
-                io.add(BusKind::Mmio, "ged", dev, GED_ADDR, ged::LEN)
-                    .map_err(|e| e.to_string())?;
-                Ok(irq)
-            });
+        let r = Notifier::new().map_err(|e| e.to_string()).and_then(|irq| {
+            vm.register_irqfd(&irq, GED_IRQ)
+                .map_err(|e| e.to_string())?;
+            io.add(BusKind::Mmio, "ged", dev, GED_ADDR, ged::LEN)
+                .map_err(|e| e.to_string())?;
+            Ok(irq)
+        });
         match r {
             Ok(irq) => Some(PowerButton { pending, irq }),
             Err(e) => {
@@ -50,7 +48,7 @@ impl PowerButton {
     pub fn press(&self) -> std::io::Result<()> {
         self.pending
             .fetch_or(ged::EVENT_POWER_BUTTON, Ordering::SeqCst);
-        self.irq.write(1)
+        self.irq.signal()
     }
 }
 

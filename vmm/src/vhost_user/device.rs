@@ -11,11 +11,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use devices::notifier::Notifier;
 use devices::virtio::{
     MsixVector, NotifyRegion, QueueConfig, TransportEvents, VirtioPci, VirtioPciConfig,
 };
 use memory::Backend;
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::VhostUserConfig;
 use super::frontend::{self, Link, MemRegion};
@@ -132,10 +132,8 @@ impl PciPlug for Wired {
     }
 }
 
-fn eventfds(n: u16) -> std::io::Result<Vec<EventFd>> {
-    (0..n)
-        .map(|_| EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC))
-        .collect()
+fn notifiers(n: u16) -> std::io::Result<Vec<Notifier>> {
+    (0..n).map(|_| Notifier::new()).collect()
 }
 
 /// Connects to the back-end of `cfg` with guest RAM `ram` and builds the
@@ -175,8 +173,8 @@ pub fn create(
         name.clone(),
         Arc::downgrade(vm),
         msi,
-        eventfds(queues).map_err(efd)?,
-        eventfds(queues).map_err(efd)?,
+        notifiers(queues).map_err(efd)?,
+        notifiers(queues).map_err(efd)?,
         stats.errors.clone(),
     );
     let owner = VhostUser {

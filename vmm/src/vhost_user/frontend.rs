@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use devices::notifier::Notifier;
 use devices::virtio::QueueConfig;
 use memory::Backend;
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
@@ -419,8 +420,8 @@ impl Link {
         &mut self,
         acked: u64,
         queues: &[QueueConfig],
-        kicks: &[EventFd],
-        calls: &[EventFd],
+        kicks: &[Notifier],
+        calls: &[Notifier],
     ) -> Result<(), Error> {
         if self.is_dead() {
             return Err(self.unsuitable("it hung up or stopped answering earlier"));
@@ -435,8 +436,8 @@ impl Link {
         &mut self,
         acked: u64,
         queues: &[QueueConfig],
-        kicks: &[EventFd],
-        calls: &[EventFd],
+        kicks: &[Notifier],
+        calls: &[Notifier],
     ) -> Result<(), Error> {
         let r = self.fe.set_features(acked | PROTOCOL_FEATURES);
         self.req("SET_FEATURES", r)?;
@@ -469,9 +470,9 @@ impl Link {
             self.req("SET_VRING_BASE", r)?;
             let r = self.fe.set_vring_addr(i, &ring);
             self.req("SET_VRING_ADDR", r)?;
-            let r = self.fe.set_vring_kick(i, kick);
+            let r = self.fe.set_vring_kick(i, kick.eventfd());
             self.req("SET_VRING_KICK", r)?;
-            let r = self.fe.set_vring_call(i, call);
+            let r = self.fe.set_vring_call(i, call.eventfd());
             self.req("SET_VRING_CALL", r)?;
             self.started.push(q.index);
         }
@@ -490,7 +491,7 @@ impl Link {
         // with nothing new on the ring is harmless.
         for q in queues {
             if let Some(kick) = kicks.get(usize::from(q.index))
-                && let Err(err) = kick.write(1)
+                && let Err(err) = kick.signal()
             {
                 return Err(Error::Io {
                     path: self.path.clone(),

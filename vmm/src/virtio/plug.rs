@@ -5,13 +5,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use devices::notifier::Notifier;
 use devices::virtio::device::VirtioDevice;
 use devices::virtio::queue::QueueError;
 use devices::virtio::worker::Worker;
 use devices::virtio::{
     MsixVector, NotifyRegion, QueueConfig, TransportEvents, VirtioPci, VirtioPciConfig,
 };
-use vmm_sys_util::eventfd::EventFd;
 
 use super::config;
 use super::wiring::{self, QueueWiring};
@@ -158,7 +158,7 @@ impl<D: VirtioDevice> TransportEvents for Owner<D> {
         // A call the worker signalled before the reset is not for the
         // next driver.
         for c in self.wiring.calls() {
-            c.read().ok();
+            c.take().ok();
         }
     }
 
@@ -280,8 +280,8 @@ pub fn create<D: VirtioDevice + Counted>(
         err,
     })?;
     let worker = Arc::new(worker);
-    let clone = |fds: &[EventFd]| -> std::io::Result<Vec<EventFd>> {
-        fds.iter().map(EventFd::try_clone).collect()
+    let clone = |fds: &[Notifier]| -> std::io::Result<Vec<Notifier>> {
+        fds.iter().map(Notifier::try_clone).collect()
     };
     let efd = |err| Error::Worker {
         device: name.clone(),

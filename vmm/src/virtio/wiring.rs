@@ -10,8 +10,8 @@
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use devices::notifier::Notifier;
 use devices::virtio::{MsixVector, NO_VECTOR, NotifyRegion, QueueConfig};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::hv::{IoEventAddr, Vm};
 use crate::interrupts::{MsiMessage, MsiVectors};
@@ -23,8 +23,8 @@ pub struct QueueWiring {
     vm: Weak<Vm>,
     /// One MSI vector per queue plus the configuration vector.
     msi: MsiVectors,
-    kicks: Vec<EventFd>,
-    calls: Vec<EventFd>,
+    kicks: Vec<Notifier>,
+    calls: Vec<Notifier>,
     vectors: Vec<MsixVector>,
     /// The queues running now (their vectors).
     active: Vec<QueueConfig>,
@@ -46,8 +46,8 @@ impl QueueWiring {
         name: String,
         vm: Weak<Vm>,
         msi: MsiVectors,
-        kicks: Vec<EventFd>,
-        calls: Vec<EventFd>,
+        kicks: Vec<Notifier>,
+        calls: Vec<Notifier>,
         errors: std::sync::Arc<AtomicU64>,
     ) -> QueueWiring {
         let queues = kicks.len();
@@ -67,11 +67,11 @@ impl QueueWiring {
         }
     }
 
-    pub fn kicks(&self) -> &[EventFd] {
+    pub fn kicks(&self) -> &[Notifier] {
         &self.kicks
     }
 
-    pub fn calls(&self) -> &[EventFd] {
+    pub fn calls(&self) -> &[Notifier] {
         &self.calls
     }
 
@@ -152,7 +152,7 @@ impl QueueWiring {
     /// A kick that exited (no ioeventfd caught it): passed on.
     pub fn kick(&self, queue: u16) {
         if let Some(k) = self.kicks.get(usize::from(queue))
-            && let Err(e) = k.write(1)
+            && let Err(e) = k.signal()
         {
             self.fail("forwarding a kick", e);
         }

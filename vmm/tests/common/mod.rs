@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use devices::notifier::Notifier;
 use devices::virtio::QueueConfig;
 use memory::Backend;
 use vm_memory::{Bytes, GuestAddress};
@@ -150,12 +151,12 @@ pub fn start_all(fe: &mut Link, features: u64, queues: &[&Queue<'_>]) {
     for i in 0..n {
         let q = queues.iter().find(|q| usize::from(q.index) == i);
         kicks.push(q.map_or_else(
-            || EventFd::new(EFD_NONBLOCK).unwrap(),
-            |q| q.kick.try_clone().unwrap(),
+            || Notifier::new().unwrap(),
+            |q| q.kick.try_clone().unwrap().into(),
         ));
         calls.push(q.map_or_else(
-            || EventFd::new(EFD_NONBLOCK).unwrap(),
-            |q| q.call.try_clone().unwrap(),
+            || Notifier::new().unwrap(),
+            |q| q.call.try_clone().unwrap().into(),
         ));
     }
     fe.start(features, &configs, &kicks, &calls).unwrap();

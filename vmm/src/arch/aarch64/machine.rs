@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use devices::debug_exit::{DebugExit, ExitHook};
-use devices::serial::{IrqEvent, Serial};
+use devices::notifier::Notifier;
+use devices::serial::Serial;
 use memory::Backend;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -525,11 +526,8 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         Arc::new(move |e| state.request_end(VmEnd::Guest(e)))
     };
     let (out, dropped) = console_out::serial_output(&cfg.serial)?;
-    let serial = Serial::new(IrqEvent::new()?, out);
-    #[cfg(kvm)]
-    vm.register_irqfd(serial.irq().eventfd(), layout::UART_SPI)?;
-    #[cfg(hvf)]
-    vm.register_irqfd(serial.irq().consumer(), layout::UART_SPI)?;
+    let serial = Serial::new(Notifier::new().map_err(devices::serial::Error::Irq)?, out);
+    vm.register_irqfd(serial.irq(), layout::UART_SPI)?;
     let serial = Arc::new(Mutex::new(serial));
     io.add_shared(
         BusKind::Mmio,
