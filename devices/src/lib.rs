@@ -10,6 +10,7 @@ pub mod ivshmem;
 pub mod ivshmem_doorbell;
 pub mod notifier;
 pub mod pci;
+pub mod poller;
 pub mod ratelimit;
 pub mod serial;
 pub mod snapshot;

@@ -22,15 +22,12 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::sync::{Condvar, Mutex};
-
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
 
 use super::device::{Queues, VirtioDevice, memory_broken};
 use super::queue::{GuestMemory, QueueError};
+use crate::notifier::Notifier;
 
 /// Feature bits (spec 5.3.3).
 pub mod features {
@@ -65,13 +62,12 @@ pub const INPUT_HELD: usize = 64 << 10;
 /// Host input of one port, fed by a thread (the socket's reader) and
 /// drained by the device: bytes in order, the client's connection state,
 /// and a notifier that wakes the device's worker (an eventfd on Linux, a
-/// pipe elsewhere: vmm-sys-util's event pair).
+/// pipe elsewhere).
 #[derive(Debug)]
 pub struct PortInput {
     state: Mutex<InputState>,
     room: Condvar,
-    woken: EventConsumer,
-    waker: EventNotifier,
+    wake: Notifier,
 }
 
 #[derive(Debug, Default)]
@@ -82,13 +78,10 @@ struct InputState {
 
 impl PortInput {
     pub fn new() -> std::io::Result<PortInput> {
-        let (woken, waker) =
-            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?;
         Ok(PortInput {
             state: Mutex::default(),
             room: Condvar::new(),
-            woken,
-            waker,
+            wake: Notifier::new()?,
         })
     }
 
@@ -98,7 +91,7 @@ impl PortInput {
 
     fn notify(&self) {
         // A full counter (or pipe) already wakes the worker.
-        self.waker.notify().ok();
+        self.wake.signal().ok();
     }
 
     /// Appends `data`, waiting while [`INPUT_HELD`] bytes are held.
@@ -512,10 +505,10 @@ impl VirtioDevice for Console {
         Ok(())
     }
 
-    fn input_fds(&self) -> Vec<RawFd> {
+    fn input_fds(&self) -> Vec<BorrowedFd<'_>> {
         self.ports
             .iter()
-            .filter_map(|p| p.input.as_ref().map(|i| i.woken.as_raw_fd()))
+            .filter_map(|p| p.input.as_ref().map(|i| i.wake.wait_fd()))
             .collect()
     }
 
@@ -536,9 +529,9 @@ impl VirtioDevice for Console {
             return Ok(());
         };
         if let Some(input) = &self.ports[i].input {
-            // Drain the wake-ups (one read for an eventfd, one per
-            // notification for a pipe).
-            while input.woken.consume().is_ok() {}
+            // Every wake-up so far is seen below (read to empty, as the
+            // worker's edge-triggered wait wants).
+            input.wake.take().ok();
         }
         self.host_state(i);
         self.deliver(i, queues, mem)?;

@@ -3,7 +3,7 @@
 //! and portable; the thread itself (epoll, eventfds) is Linux's
 //! ([`super::worker`]).
 
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 
 use super::QueueConfig;
 use super::queue::{Chain, GuestMemory, MemoryError, QueueError, SplitQueue};
@@ -41,10 +41,13 @@ pub trait VirtioDevice: Send + 'static {
         queues: &mut Queues,
         mem: &dyn GuestMemory,
     ) -> Result<(), QueueError>;
-    /// Fds whose readability the worker reports through [`VirtioDevice::input`]
-    /// (edge-triggered: read until EAGAIN or until there is nowhere to put
-    /// the data, and try again on the next kick).
-    fn input_fds(&self) -> Vec<RawFd> {
+    /// Fds whose readability the worker reports through
+    /// [`VirtioDevice::input`], edge-triggered (`crate::poller`): each
+    /// report is a new signal. [`input`](VirtioDevice::input) reads its fd
+    /// to empty (a [`Notifier`](crate::notifier::Notifier)'s `take`) and
+    /// holds what the guest has no buffers for, to deliver on a later kick;
+    /// an fd left readable would be reported again at once off Linux.
+    fn input_fds(&self) -> Vec<BorrowedFd<'_>> {
         Vec::new()
     }
     /// Input fd `index` (of [`VirtioDevice::input_fds`]) became readable;

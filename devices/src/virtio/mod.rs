@@ -21,8 +21,6 @@ pub mod device;
 pub mod queue;
 pub mod rng;
 mod transport;
-/// The worker thread: epoll and eventfds, Linux's.
-#[cfg(target_os = "linux")]
 pub mod worker;
 
 pub use msix::{Msix, MsixVector};

@@ -1,7 +1,8 @@
 //! A built-in virtio device's queues served on a thread of their own, off
-//! the vCPUs: the thread sleeps in epoll on the queues' kick eventfds (the
+//! the vCPUs: the thread sleeps in the host's poller (`crate::poller`:
+//! epoll on Linux, poll(2) elsewhere) on the queues' kick notifiers (the
 //! VMM registers them as ioeventfds, so a kick wakes it without an exit)
-//! and on the device's input fds, and signals a queue's call eventfd (an
+//! and on the device's input fds, and signals a queue's call notifier (an
 //! irqfd) when it added used buffers the driver wants to hear of.
 //!
 //! The owner on the vCPU side starts ([`Worker::activate`]) and resets
@@ -11,16 +12,15 @@
 //! more, then joins the thread: what the guest made available before the
 //! VM ended is done before the VMM exits.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::QueueConfig;
 use super::device::{Queues, VirtioDevice};
 use super::queue::{GuestMemory, QueueError};
 use crate::notifier::Notifier;
+use crate::poller::{Interest, Poll, Poller, Trigger};
 
 /// What the vCPU side and the thread share.
 struct Shared<D> {
@@ -40,6 +40,7 @@ pub struct Worker<D: VirtioDevice> {
     kicks: Vec<Notifier>,
     calls: Vec<Notifier>,
     stop: Notifier,
+    wakes: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -69,6 +70,17 @@ impl<D: VirtioDevice> Worker<D> {
         on_start: fn(),
         on_broken: OnBroken,
     ) -> std::io::Result<Worker<D>> {
+        Self::spawn_on::<Poller>(name, device, mem, on_start, on_broken)
+    }
+
+    /// [`Worker::spawn`] on poller `P` (the tests run both on Linux).
+    fn spawn_on<P: Poll + 'static>(
+        name: String,
+        device: D,
+        mem: Arc<dyn GuestMemory>,
+        on_start: fn(),
+        on_broken: OnBroken,
+    ) -> std::io::Result<Worker<D>> {
         let n = device.queue_count();
         let kicks = (0..n)
             .map(|_| Notifier::new())
@@ -77,21 +89,17 @@ impl<D: VirtioDevice> Worker<D> {
             .map(|_| Notifier::new())
             .collect::<Result<Vec<_>, _>>()?;
         let stop = Notifier::new()?;
-        let epoll = Epoll::new()?;
-        let add = |fd: RawFd, data: u64, edge: bool| {
-            let mut events = EventSet::IN;
-            if edge {
-                events |= EventSet::EDGE_TRIGGERED;
-            }
-            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, data))
-        };
-        add(stop.wait_fd().as_raw_fd(), STOP, false)?;
+        let poller = P::new()?;
+        poller.add(stop.wait_fd(), STOP, Interest::READ, Trigger::Level)?;
         for (q, k) in kicks.iter().enumerate() {
-            add(k.wait_fd().as_raw_fd(), q as u64, false)?;
+            poller.add(k.wait_fd(), q as u64, Interest::READ, Trigger::Level)?;
         }
-        for (i, fd) in device.input_fds().into_iter().enumerate() {
-            add(fd, INPUT + i as u64, true)?;
+        let inputs = device.input_fds();
+        for (i, fd) in inputs.iter().enumerate() {
+            poller.add(*fd, INPUT + i as u64, Interest::READ, Trigger::Edge)?;
         }
+        let inputs = inputs.len();
+        let wakes = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Mutex::new(Shared {
             device,
             queues: None,
@@ -102,7 +110,8 @@ impl<D: VirtioDevice> Worker<D> {
             mem: mem.clone(),
             kicks: clone_all(&kicks)?,
             calls: clone_all(&calls)?,
-            epoll,
+            inputs,
+            wakes: wakes.clone(),
             on_broken,
         };
         let thread = std::thread::Builder::new()
@@ -110,7 +119,7 @@ impl<D: VirtioDevice> Worker<D> {
             .stack_size(256 << 10)
             .spawn(move || {
                 on_start();
-                t.run();
+                t.run(poller);
             })?;
         Ok(Worker {
             shared,
@@ -118,6 +127,7 @@ impl<D: VirtioDevice> Worker<D> {
             kicks,
             calls,
             stop,
+            wakes,
             thread: Some(thread),
         })
     }
@@ -130,6 +140,11 @@ impl<D: VirtioDevice> Worker<D> {
     /// The call eventfds (for irqfds), one per queue.
     pub fn calls(&self) -> &[Notifier] {
         &self.calls
+    }
+
+    /// How often the thread woke (a thread that spins shows here).
+    pub fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Relaxed)
     }
 
     /// Runs `f` over the device model (e.g. for its statistics), waiting
@@ -192,7 +207,9 @@ struct Thread<D> {
     mem: Arc<dyn GuestMemory>,
     kicks: Vec<Notifier>,
     calls: Vec<Notifier>,
-    epoll: Epoll,
+    /// How many input fds the device has (tokens `INPUT + i`).
+    inputs: usize,
+    wakes: Arc<AtomicU64>,
     on_broken: OnBroken,
 }
 
@@ -204,22 +221,27 @@ enum Wake {
 }
 
 impl<D: VirtioDevice> Thread<D> {
-    fn run(self) {
-        let mut events = vec![EpollEvent::default(); self.kicks.len() + 8];
+    fn run(self, mut poller: impl Poll) {
+        let mut ready = Vec::with_capacity(self.kicks.len() + self.inputs + 1);
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("virtio worker: epoll: {e}; the device stops");
-                    return;
-                }
-            };
+            if let Err(e) = poller.wait(None, &mut ready) {
+                log::error!("virtio worker: waiting: {e}; the device stops");
+                return;
+            }
+            self.wakes.fetch_add(1, Ordering::Relaxed);
             let mut stop = false;
-            for e in &events[..n] {
-                match e.data() {
+            for r in &ready {
+                match r.token {
                     STOP => stop = true,
-                    d if d >= INPUT => self.serve(Wake::Input((d - INPUT) as usize)),
+                    t if t >= INPUT => {
+                        // Served, the device read its fd to empty: back in
+                        // the set (off Linux; epoll's next edge does it).
+                        // Not served (no queues yet): left out until the
+                        // next kick, or it would be reported at once again.
+                        if self.serve(Wake::Input((t - INPUT) as usize)) {
+                            poller.rearm(t);
+                        }
+                    }
                     q => {
                         let q = q as u16;
                         // Drained: kicks coalesce, one pass serves them all.
@@ -227,6 +249,11 @@ impl<D: VirtioDevice> Thread<D> {
                             k.take().ok();
                         }
                         self.serve(Wake::Kick(q));
+                        // New buffers, or the device started (its start
+                        // kicks every queue): input may go somewhere now.
+                        for i in 0..self.inputs {
+                            poller.rearm(INPUT + i as u64);
+                        }
                     }
                 }
             }
@@ -240,12 +267,15 @@ impl<D: VirtioDevice> Thread<D> {
         }
     }
 
-    fn serve(&self, wake: Wake) {
+    /// Serves `wake`; false when the device is not running (no queues).
+    fn serve(&self, wake: Wake) -> bool {
         let mut s = lock(&self.shared);
         let Shared {
             device, queues: qs, ..
         } = &mut *s;
-        let Some(queues) = qs.as_mut() else { return };
+        let Some(queues) = qs.as_mut() else {
+            return false;
+        };
         let mem = &*self.mem;
         let r = match wake {
             Wake::Kick(q) => device.kick(q, queues, mem),
@@ -267,6 +297,7 @@ impl<D: VirtioDevice> Thread<D> {
         if let Err(e) = r {
             (self.on_broken)(&e);
         }
+        true
     }
 }
 
