@@ -24,7 +24,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod console_out;
-#[cfg(target_os = "linux")]
+#[cfg(any(kvm, hvf))]
 pub mod control;
 #[cfg(all(target_arch = "x86_64", kvm))]
 pub mod cpuid;
@@ -47,7 +47,6 @@ pub mod machine;
 pub mod machine;
 #[cfg(any(kvm, hvf))]
 pub mod pci;
-#[cfg(target_os = "linux")]
 pub mod qmp;
 pub mod ratelimit;
 pub mod sandbox;

@@ -1,14 +1,14 @@
 //! The interface between the QMP server and the machine: the requests the
 //! machine answers (through [`super::protocol::Machine`], called on the
-//! server's thread), and the events it sends (a channel plus an eventfd
+//! server's thread), and the events it sends (a channel plus a notifier
 //! that wakes the server).
 
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use devices::notifier::Notifier;
 use serde_json::{Value, json};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// What the server asks the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,20 +153,20 @@ impl Event {
 #[derive(Debug, Clone)]
 pub struct EventSink {
     tx: mpsc::Sender<Event>,
-    wake: Arc<EventFd>,
+    wake: Arc<Notifier>,
 }
 
 /// The server's end of the event channel.
 #[derive(Debug)]
 pub struct EventSource {
     pub(super) rx: mpsc::Receiver<Event>,
-    pub(super) wake: Arc<EventFd>,
+    pub(super) wake: Arc<Notifier>,
 }
 
 /// A new event channel.
 pub fn events() -> std::io::Result<(EventSink, EventSource)> {
     let (tx, rx) = mpsc::channel();
-    let wake = Arc::new(EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
+    let wake = Arc::new(Notifier::new()?);
     Ok((
         EventSink {
             tx,
@@ -179,13 +179,13 @@ pub fn events() -> std::io::Result<(EventSink, EventSource)> {
 impl EventSink {
     /// Wakes the server without an event (to stop it).
     pub fn wake(&self) {
-        let _ = self.wake.write(1);
+        let _ = self.wake.signal();
     }
 
     /// Queues `e` for every negotiated client; never blocks.
     pub fn emit(&self, e: Event) {
         if self.tx.send(e).is_ok() {
-            let _ = self.wake.write(1);
+            let _ = self.wake.signal();
         }
     }
 }

@@ -1,11 +1,13 @@
-//! The QMP sockets: one thread, one epoll set, non-blocking clients.
+//! The QMP sockets: one thread waiting in the host's poller
+//! (`devices::poller`: epoll on Linux, poll(2) elsewhere), non-blocking
+//! clients.
 //!
 //! A client can never stall the VM or the others: input is bounded per
 //! message ([`MAX_INPUT`]) and per wake-up, output is queued per client
 //! and bounded ([`MAX_QUEUED`]); a client over either bound is dropped.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -13,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use devices::poller::{Interest, Poll, Poller, Ready, Trigger};
 use serde_json::Value;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::control::{self, EventSink, EventSource};
 use super::protocol::{self, Machine, Session};
@@ -192,7 +194,7 @@ struct Client {
     session: Session,
     input: Vec<u8>,
     output: Vec<u8>,
-    /// Whether EPOLLOUT is armed.
+    /// Whether writability is waited for.
     want_out: bool,
     dead: bool,
 }
@@ -241,7 +243,7 @@ impl Server {
     /// be created.
     pub fn serve(self, vm: &dyn Machine) -> Result<(), Error> {
         // Let vCPU 0 reach the guest first: on a busy host this thread's
-        // start-up (bind ~60 us on ext4, epoll) would otherwise compete
+        // start-up (bind ~60 us on ext4, the poller) would otherwise compete
         // with the boot path for a core. Clients wait for the socket file.
         // A VM that ends meanwhile (the stop handle wakes us) never binds.
         if self.stop_requested_within(START_DELAY) {
@@ -260,15 +262,14 @@ impl Server {
 
     /// Waits up to `d` for [`StopHandle::stop`]; true if it came.
     fn stop_requested_within(&self, d: Duration) -> bool {
-        let waited = Epoll::new().and_then(|ep| {
-            ep.ctl(
-                ControlOperation::Add,
-                self.events.wake.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, WAKE),
+        let waited = Poller::new().and_then(|mut p| {
+            p.add(
+                self.events.wake.wait_fd(),
+                WAKE,
+                Interest::READ,
+                Trigger::Level,
             )?;
-            let mut ev = [EpollEvent::default(); 1];
-            let ms = i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
-            ep.wait(ms, &mut ev)
+            p.wait(Some(d), &mut Vec::with_capacity(1))
         });
         if let Err(e) = waited {
             log::debug!("QMP: start delay: {e}");
@@ -277,32 +278,30 @@ impl Server {
     }
 
     fn run(&self, sockets: &[Bound], vm: &dyn Machine) -> std::io::Result<()> {
-        let epoll = Epoll::new()?;
+        let mut poller = Poller::new()?;
         for (i, s) in sockets.iter().enumerate() {
             s.listener.set_nonblocking(true)?;
-            epoll.ctl(
-                ControlOperation::Add,
-                s.listener.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, LISTEN_BASE + i as u64),
+            poller.add(
+                s.listener.as_fd(),
+                LISTEN_BASE + i as u64,
+                Interest::READ,
+                Trigger::Level,
             )?;
         }
-        epoll.ctl(
-            ControlOperation::Add,
-            self.events.wake.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, WAKE),
+        poller.add(
+            self.events.wake.wait_fd(),
+            WAKE,
+            Interest::READ,
+            Trigger::Level,
         )?;
         let mut clients: Vec<Option<Client>> = Vec::new();
-        let mut ready = vec![EpollEvent::default(); 32];
+        let mut ready: Vec<Ready> = Vec::with_capacity(32);
         while !self.stop.load(Ordering::SeqCst) {
-            let n = match epoll.wait(-1, &mut ready) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            for ev in &ready[..n] {
-                match ev.data() {
+            poller.wait(None, &mut ready)?;
+            for ev in &ready {
+                match ev.token {
                     WAKE => {
-                        let _ = self.events.wake.read();
+                        let _ = self.events.wake.take();
                     }
                     t if t >= LISTEN_BASE => {
                         let i = usize::try_from(t - LISTEN_BASE).unwrap_or(usize::MAX);
@@ -310,7 +309,7 @@ impl Server {
                             // A new client's first bytes (or its hang-up)
                             // are handled at once: a burst of short
                             // connections never fills the table.
-                            accept(&epoll, &s.listener, &mut clients, &mut |all, slot| {
+                            accept(&poller, &s.listener, &mut clients, &mut |all, slot| {
                                 if let Some(Some(c)) = all.get_mut(slot) {
                                     c.read();
                                 }
@@ -318,15 +317,14 @@ impl Server {
                                 if let Some(Some(c)) = all.get_mut(slot) {
                                     c.flush();
                                 }
-                                reap(&epoll, all, slot);
+                                reap(&poller, all, slot);
                             });
                         }
                     }
                     t => {
                         let i = usize::try_from(t).unwrap_or(usize::MAX);
                         if let Some(Some(c)) = clients.get_mut(i) {
-                            let set = ev.event_set();
-                            if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+                            if ev.readable || ev.hang_up {
                                 c.read();
                                 self.process(&mut clients, i, vm);
                             } else {
@@ -342,9 +340,9 @@ impl Server {
             for i in 0..clients.len() {
                 if let Some(Some(c)) = clients.get_mut(i) {
                     c.flush();
-                    c.arm(&epoll, i);
+                    c.arm(&poller, i);
                 }
-                reap(&epoll, &mut clients, i);
+                reap(&poller, &mut clients, i);
             }
         }
         self.broadcast(&mut clients);
@@ -393,23 +391,19 @@ impl Server {
 }
 
 /// Forgets client `slot` if it is dead.
-fn reap(epoll: &Epoll, clients: &mut [Option<Client>], slot: usize) {
+fn reap(poller: &Poller, clients: &mut [Option<Client>], slot: usize) {
     if let Some(s) = clients.get_mut(slot)
         && s.as_ref().is_some_and(|c| c.dead)
         && let Some(c) = s.take()
     {
-        let _ = epoll.ctl(
-            ControlOperation::Delete,
-            c.stream.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        let _ = poller.delete(c.stream.as_fd());
     }
 }
 
 /// Accepts every waiting connection; `new` sees each one once it has its
 /// slot.
 fn accept(
-    epoll: &Epoll,
+    poller: &Poller,
     listener: &UnixListener,
     clients: &mut Vec<Option<Client>>,
     new: &mut dyn FnMut(&mut Vec<Option<Client>>, usize),
@@ -436,12 +430,8 @@ fn accept(
             }
         };
         if stream.set_nonblocking(true).is_err()
-            || epoll
-                .ctl(
-                    ControlOperation::Add,
-                    stream.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, slot as u64),
-                )
+            || poller
+                .add(stream.as_fd(), slot as u64, Interest::READ, Trigger::Level)
                 .is_err()
         {
             continue;
@@ -484,7 +474,7 @@ fn next_value(buf: &[u8]) -> Next {
 
 impl Client {
     /// Reads what is there, up to [`READ_CHUNK`] (the others get their
-    /// turn; epoll reports the rest).
+    /// turn; the poller reports the rest).
     fn read(&mut self) {
         let mut buf = [0u8; 8192];
         let mut got = 0;
@@ -585,20 +575,17 @@ impl Client {
         }
     }
 
-    /// Asks for EPOLLOUT only while output waits.
-    fn arm(&mut self, epoll: &Epoll, slot: usize) {
+    /// Waits for writability only while output waits.
+    fn arm(&mut self, poller: &Poller, slot: usize) {
         let want = !self.output.is_empty();
         if want != self.want_out {
-            let mut set = EventSet::IN | EventSet::READ_HANG_UP;
-            if want {
-                set |= EventSet::OUT;
-            }
-            if epoll
-                .ctl(
-                    ControlOperation::Modify,
-                    self.stream.as_raw_fd(),
-                    EpollEvent::new(set, slot as u64),
-                )
+            let interest = if want {
+                Interest::READ_WRITE
+            } else {
+                Interest::READ
+            };
+            if poller
+                .modify(self.stream.as_fd(), slot as u64, interest)
                 .is_ok()
             {
                 self.want_out = want;

@@ -30,7 +30,6 @@ use vm_memory::{Bytes, GuestAddress};
 use super::{fdt, image, layout};
 use crate::config::{Config, DeviceConfig};
 use crate::console_out;
-#[cfg(target_os = "linux")]
 use crate::control::{Controlled, Monitor};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
@@ -42,7 +41,6 @@ use crate::io::{BusKind, IoBuses};
 use crate::ivshmem::doorbell::Doorbell;
 use crate::ivshmem::plug::Ivshmem;
 use crate::pci::{ConfigAccess, MemorySlots, Pci, PciHost, PciPlug};
-#[cfg(target_os = "linux")]
 use crate::qmp::control::Reply;
 use crate::stats::{Stats, StatsFormat};
 use crate::vcpu::{self, VmState};
@@ -116,7 +114,6 @@ pub enum Error {
     Threads(#[source] std::io::Error),
     #[error(transparent)]
     Signals(#[from] crate::signals::Error),
-    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Monitor(#[from] crate::qmp::server::Error),
     #[error("{0} is not available on this host (README, \"macOS and the BSDs\")")]
@@ -145,7 +142,6 @@ impl Error {
             Error::Console(e) => e.exit_code(),
             Error::Ram(e) => e.exit_code(),
             Error::Hypervisor(e) => e.exit_code(),
-            #[cfg(target_os = "linux")]
             Error::Monitor(e) => e.exit_code(),
             _ => 1,
         }
@@ -184,10 +180,6 @@ fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
             }
             _ => {}
         }
-    }
-    // The QMP server waits in epoll.
-    if cfg!(not(target_os = "linux")) && !cfg.monitors.is_empty() {
-        return Err(Error::NotOnHost("-qmp/-mon".into()));
     }
     if cfg.boot.is_some() {
         return Err(Error::Unsupported(
@@ -375,8 +367,6 @@ fn load(
 }
 
 /// The parts of a running machine the monitor and the statistics read.
-// Off Linux there is no monitor to read the state and the backends.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Running<'a> {
     state: &'a VmState,
     ram: &'a GuestRam,
@@ -404,7 +394,6 @@ impl Running<'_> {
     }
 }
 
-#[cfg(target_os = "linux")]
 impl Controlled for Running<'_> {
     fn state(&self) -> &VmState {
         self.state
@@ -450,7 +439,6 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     crate::sandbox::set_enabled(cfg.sandbox);
     refuse_unsupported(cfg)?;
     // Before the machine: a path that cannot be a socket fails first.
-    #[cfg(target_os = "linux")]
     let monitor = crate::qmp::Server::new(&cfg.monitors)?;
     let ram_option = if cfg.ram_from_object {
         "--object"
@@ -581,15 +569,10 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         io: &io,
         dropped: dropped.as_ref(),
     };
-    #[cfg(target_os = "linux")]
     let mon = Monitor::new(&running, vcpus.len(), monitor.as_ref());
     let ran = std::thread::scope(|s| {
-        #[cfg(target_os = "linux")]
         mon.spawn(s, monitor);
-        #[cfg(not(target_os = "linux"))]
-        let _ = s;
         let ran = vcpu::run_all(vcpus, shared, &|| {});
-        #[cfg(target_os = "linux")]
         mon.finished(&state);
         ran
     });
@@ -606,7 +589,6 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         .unwrap_or(VmEnd::VcpuFailed("stopped without a reason".into()));
     let stats = running.stats();
     // The monitor's control borrows the parts taken apart below.
-    #[cfg(target_os = "linux")]
     drop(mon);
     match cfg.stats {
         StatsFormat::Json => eprintln!("{}", stats.json()),
