@@ -53,10 +53,32 @@ pub struct GicConfig {
     /// Interrupt IDs: 32 private (SGIs, PPIs) plus the SPIs; a multiple
     /// of 32.
     pub nr_irqs: u32,
-    /// The ITS's 128 KiB frame (GITS), which turns MSI writes into LPIs;
-    /// None: no MSIs.
-    pub its_addr: Option<u64>,
+    /// Where PCI devices' MSIs go; None: no MSIs.
+    pub msi: Option<MsiController>,
 }
+
+/// The GICv3's MSI controller: what a PCI device's MSI write reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsiController {
+    /// An ITS, whose 128 KiB frame (GITS) at `addr` turns MSI writes into
+    /// LPIs by device ID (KVM's).
+    Its { addr: u64 },
+    /// Message-based SPIs (GICv3 MBI): a frame at `addr` (in a window
+    /// of `window` bytes the machine leaves free for it) whose SETSPI_NSR
+    /// register ([`MBI_SETSPI`] bytes in) raises the SPI whose INTID is
+    /// written; SPIs `first_spi .. first_spi + count` (numbered from 0, as
+    /// the device tree numbers them) are set aside for it.
+    /// Hypervisor.framework's GIC has this (its "MSI region"), no ITS.
+    Mbi {
+        addr: u64,
+        window: u64,
+        first_spi: u32,
+        count: u32,
+    },
+}
+
+/// Offset of SETSPI_NSR in an MBI frame (as in the GICD and a GICv2m frame).
+pub const MBI_SETSPI: u64 = 0x40;
 
 /// One entry of the VM's interrupt routing table (the aarch64 twin of
 /// `x86.rs`'s): a GSI raises an SPI, or sends an MSI to the ITS.

@@ -26,6 +26,60 @@ pub fn check_spi_range(nr_irqs: u32, base: u32, count: u32) -> Result<(), (u32, 
     Ok(())
 }
 
+/// Why HVF's MBI frame (its "MSI region", `size` bytes, its base aligned
+/// to `align`) cannot go where the machine put it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MbiError {
+    #[error(
+        "the MSI frame at {addr:#x} must be aligned to {align:#x} bytes and fit in {window:#x}, Hypervisor.framework's is {size:#x}"
+    )]
+    Frame {
+        addr: u64,
+        window: u64,
+        size: u64,
+        align: u64,
+    },
+    #[error(
+        "the MSIs' INTIDs {first}..{end} are not in Hypervisor.framework's SPIs {base}..{spi_end}"
+    )]
+    Intids {
+        first: u32,
+        end: u32,
+        base: u32,
+        spi_end: u32,
+    },
+}
+
+/// Checks an MBI frame at `addr` in a `window` against HVF's frame `size`
+/// and base alignment `align`, and its INTIDs `first .. first + count`
+/// against HVF's SPI INTIDs `base .. base + spis`.
+pub fn check_mbi(
+    (addr, window): (u64, u64),
+    (size, align): (u64, u64),
+    (first, count): (u32, u32),
+    (base, spis): (u32, u32),
+) -> Result<(), MbiError> {
+    if align == 0 || addr % align != 0 || size > window {
+        return Err(MbiError::Frame {
+            addr,
+            window,
+            size,
+            align,
+        });
+    }
+    let end = first.saturating_add(count);
+    let spi_end = base.saturating_add(spis);
+    if first < base || end > spi_end || count == 0 {
+        return Err(MbiError::Intids {
+            first,
+            end,
+            base,
+            spi_end,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +100,35 @@ mod tests {
         assert_eq!(check_spi_range(128, 64, 1000), Err((127, 64, 1064)));
         // No SPIs at all: nothing to fit.
         assert_eq!(check_spi_range(32, 64, 0), Ok(()));
+    }
+
+    #[test]
+    fn the_mbi_frame_must_be_aligned_fit_its_window_and_use_hvfs_spis() {
+        let frame = (0x0808_0000, 0x2_0000);
+        let spis = (32, 988);
+        assert_eq!(
+            check_mbi(frame, (0x1_0000, 0x1_0000), (64, 64), spis),
+            Ok(())
+        );
+        // Misaligned, or bigger than the window the machine left.
+        assert!(matches!(
+            check_mbi(frame, (0x1_0000, 0x10_0000), (64, 64), spis),
+            Err(MbiError::Frame { .. })
+        ));
+        assert!(matches!(
+            check_mbi(frame, (0x4_0000, 0x1_0000), (64, 64), spis),
+            Err(MbiError::Frame { .. })
+        ));
+        // INTIDs outside HVF's SPIs, or none.
+        assert_eq!(
+            check_mbi(frame, (0x1_0000, 0x1_0000), (64, 64), (32, 64)),
+            Err(MbiError::Intids {
+                first: 64,
+                end: 128,
+                base: 32,
+                spi_end: 96
+            })
+        );
+        assert!(check_mbi(frame, (0x1_0000, 0x1_0000), (64, 0), spis).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! The calls into Hypervisor.framework: the boundary's `Vm` and `Vcpu`
 //! over `applevisor` (VM, vCPUs, registers, kicks) and `applevisor-sys`
-//! (`hv_vm_map` of the VMM's own guest RAM, `hv_gic_create` and
-//! `hv_gic_set_spi` on a VM that already has memory). aarch64 macOS only;
+//! (`hv_vm_map` of the VMM's own guest RAM, `hv_gic_create` with its MSI
+//! frame, `hv_gic_set_spi` and `hv_gic_send_msi` on a VM that already has
+//! memory). aarch64 macOS only;
 //! type-checked by `make check-portable`, never run (no Mac here).
 //!
 //! HVF binds a vCPU to the thread that created it. The boundary creates
@@ -12,7 +13,7 @@
 //! thread ends). A secondary CPU's first `run` waits for PSCI CPU_ON.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::ThreadId;
 use std::time::Duration;
@@ -24,14 +25,15 @@ use applevisor::gic::GicRedistributorReg;
 use applevisor::vcpu::{Reg, SysReg, Vcpu as HvVcpu, VcpuHandle};
 use applevisor::vm::{GicDisabled, VirtualMachine, VirtualMachineInstance};
 use applevisor_sys::{hv_error_t, hv_return_t};
-use hv_boundary::aarch64::{CoreRegs, GicConfig, VcpuInit};
+use hv_boundary::aarch64::{CoreRegs, GicConfig, GsiRoute, MsiController, VcpuInit};
 use hv_boundary::{IoEventAddr, VmExit};
 
-use crate::gic::{check_spi_range, spi_intid};
+use crate::gic::{MbiError, check_mbi, check_spi_range, spi_intid};
 use crate::ioevent::{self, IoEvents};
 use crate::memmap::{self, Change, MapError, MemoryMap, Region};
 use crate::power::{self, Outcome, PowerTable, Wake};
 use crate::relay::IrqRelay;
+use crate::routing::{Lines, Routes, Target};
 use crate::step::{self, Pending, Step};
 use crate::wfi::{self, Timebase};
 
@@ -61,10 +63,16 @@ pub enum Error {
     SharedThread(u8),
     #[error("ioeventfd at port {0:#x}: arm64 has no port I/O")]
     PioEvent(u64),
+    #[error("no such interrupt line on GSI {gsi}")]
+    NoLine { gsi: u32 },
+    #[error("no such ioeventfd at {0:#x}")]
+    NoIoEvent(u64),
     #[error(
-        "GICv3 ITS at {0:#x}: Hypervisor.framework's GIC has no ITS (its MSIs are SPIs written to a GICv2m-style frame, not wired up yet), so devices that need MSIs are not available with HVF"
+        "GICv3 ITS at {0:#x}: Hypervisor.framework's GIC has no ITS (its MSIs are message-based SPIs)"
     )]
     NoIts(u64),
+    #[error("GICv3 MSIs: {0}")]
+    Mbi(#[from] MbiError),
 }
 
 impl Error {
@@ -128,6 +136,8 @@ struct Shared {
     gic: Mutex<Option<GicConfig>>,
     /// MMIO writes that only signal a notifier (ioeventfd).
     ioevents: Mutex<IoEvents>,
+    /// What each GSI raises (KVM's routing table).
+    routes: Mutex<Routes>,
 }
 
 impl Shared {
@@ -150,7 +160,7 @@ pub struct Vm {
     shared: Arc<Shared>,
     slots: Mutex<MemoryMap>,
     page: u64,
-    lines: Mutex<Vec<(OwnedFd, u32)>>,
+    lines: Mutex<Lines>,
     relay: Mutex<Option<IrqRelay>>,
 }
 
@@ -165,10 +175,11 @@ impl Vm {
                 handles: Mutex::new(Vec::new()),
                 gic: Mutex::new(None),
                 ioevents: Mutex::new(IoEvents::default()),
+                routes: Mutex::new(Routes::default()),
             }),
             slots: Mutex::new(MemoryMap::default()),
             page: memmap::host_page_size(),
-            lines: Mutex::new(Vec::new()),
+            lines: Mutex::new(Lines::default()),
             relay: Mutex::new(None),
         })
     }
@@ -243,13 +254,11 @@ impl Vm {
     /// Creates the in-kernel GICv3 (macOS 15) with its distributor and
     /// redistributors where `cfg` puts them: before any vCPU runs, as HVF
     /// requires. The SPIs the machine uses must be in HVF's range. HVF's
-    /// GIC has no ITS: an `its_addr` is refused (its MSI support is a
-    /// frame that turns a write of an SPI number into that SPI,
-    /// `hv_gic_config_set_msi_region_base`, not used yet).
+    /// GIC has no ITS (one is refused); its MSIs are message-based SPIs:
+    /// a frame (HVF's "MSI region") where the machine's
+    /// [`MsiController::Mbi`] puts it, turning a write of an INTID into
+    /// that SPI.
     pub fn create_gic(&self, cfg: &GicConfig) -> Result<(), Error> {
-        if let Some(addr) = cfg.its_addr {
-            return Err(Error::NoIts(addr));
-        }
         let (base, count) = applevisor::gic::GicConfig::get_spi_interrupt_range()
             .map_err(hv("hv_gic_get_spi_interrupt_range"))?;
         check_spi_range(cfg.nr_irqs, base, count).map_err(|(want, base, end)| Error::GicRange {
@@ -257,6 +266,21 @@ impl Vm {
             base,
             end,
         })?;
+        let mbi = match cfg.msi {
+            None => None,
+            Some(MsiController::Its { addr }) => return Err(Error::NoIts(addr)),
+            Some(MsiController::Mbi {
+                addr,
+                window,
+                first_spi,
+                count: n,
+            }) => {
+                let (size, align) = mbi_frame()?;
+                let first = spi_intid(first_spi);
+                check_mbi((addr, window), (size, align), (first, n), (base, count))?;
+                Some((addr, first, n))
+            }
+        };
         // SAFETY: creates a configuration object, released below.
         let gc = unsafe { applevisor_sys::hv_gic_config_create() };
         let r = (|| {
@@ -268,6 +292,16 @@ impl Vm {
             sys("hv_gic_config_set_redistributor_base", unsafe {
                 applevisor_sys::hv_gic_config_set_redistributor_base(gc, cfg.redist_addr)
             })?;
+            if let Some((addr, first, n)) = mbi {
+                // SAFETY: as above.
+                sys("hv_gic_config_set_msi_region_base", unsafe {
+                    applevisor_sys::hv_gic_config_set_msi_region_base(gc, addr)
+                })?;
+                // SAFETY: as above.
+                sys("hv_gic_config_set_msi_interrupt_range", unsafe {
+                    applevisor_sys::hv_gic_config_set_msi_interrupt_range(gc, first, n)
+                })?;
+            }
             // SAFETY: the VM exists (this `Vm` holds it) and no vCPU has
             // been created in HVF yet (they are created when they first run).
             sys("hv_gic_create", unsafe {
@@ -287,46 +321,88 @@ impl Vm {
         Ok(())
     }
 
+    /// Replaces the interrupt routing table (KVM_SET_GSI_ROUTING's
+    /// meaning): what each GSI's lines raise from now on.
+    pub fn set_gsi_routing(&self, routes: &[GsiRoute]) -> Result<(), Error> {
+        self.shared
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(routes);
+        Ok(())
+    }
+
     /// Connects an interrupt line (the read end of a device's notifier:
-    /// a pipe off Linux) to SPI `spi`: each write raises it, like KVM's
-    /// irqfd (an edge: level high, then low).
-    pub fn register_irq_line(&self, line: OwnedFd, spi: u32) -> Result<(), Error> {
+    /// a pipe off Linux; `key` is the caller's descriptor for it) to
+    /// `gsi`: each write raises what the GSI routes to, like KVM's irqfd
+    /// (an SPI as an edge, or an MSI). A line already signalled raises it
+    /// at once (an MSI-X vector unmasked with its pending bit set).
+    pub fn register_irq_line(&self, line: OwnedFd, gsi: u32, key: RawFd) -> Result<(), Error> {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines.push((line, spi));
-        let copies = lines
-            .iter()
-            .map(|(fd, spi)| fd.try_clone().map(|fd| (fd, *spi)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::Relay)?;
+        lines.add(key, gsi, line);
+        self.restart_relay(&lines)
+    }
+
+    /// Undoes [`Vm::register_irq_line`] (KVM's irqfd deassign).
+    pub fn unregister_irq_line(&self, gsi: u32, key: RawFd) -> Result<(), Error> {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if !lines.remove(key, gsi) {
+            return Err(Error::NoLine { gsi });
+        }
+        self.restart_relay(&lines)
+    }
+
+    /// Relays `lines` from now on: the old relay stops before the new one
+    /// starts.
+    fn restart_relay(&self, lines: &Lines) -> Result<(), Error> {
+        let copies = lines.copies().map_err(Error::Relay)?;
         let shared = self.shared.clone();
         let mut relay = self.relay.lock().unwrap_or_else(|e| e.into_inner());
-        // The old relay stops before the new one starts.
         relay.take();
-        *relay = Some(
-            IrqRelay::spawn(copies, move |spi| raise_spi(&shared, spi)).map_err(Error::Relay)?,
-        );
+        *relay =
+            Some(IrqRelay::spawn(copies, move |gsi| raise(&shared, gsi)).map_err(Error::Relay)?);
         Ok(())
     }
 
     /// Makes guest writes to MMIO `addr` signal `notifier` (the write end
-    /// of an eventfd or pipe) in the vCPU thread instead of exiting to the
-    /// VMM, with KVM's ioeventfd rules (`ioevent.rs`).
+    /// of an eventfd or pipe; `key` is the caller's descriptor for it) in
+    /// the vCPU thread instead of exiting to the VMM, with KVM's
+    /// ioeventfd rules (`ioevent.rs`).
     pub fn register_ioevent(
         &self,
         notifier: OwnedFd,
+        key: RawFd,
         addr: IoEventAddr,
         datamatch: Option<u32>,
     ) -> Result<(), Error> {
-        let addr = match addr {
-            IoEventAddr::Mmio(a) => a,
-            IoEventAddr::Pio(p) => return Err(Error::PioEvent(p)),
-        };
+        let addr = mmio(addr)?;
         self.shared
             .ioevents
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add(addr, datamatch, notifier);
+            .add(addr, datamatch, key, notifier);
         Ok(())
+    }
+
+    /// Undoes [`Vm::register_ioevent`] (same key, address and data match).
+    pub fn unregister_ioevent(
+        &self,
+        key: RawFd,
+        addr: IoEventAddr,
+        datamatch: Option<u32>,
+    ) -> Result<(), Error> {
+        let a = mmio(addr)?;
+        let removed = self
+            .shared
+            .ioevents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(a, datamatch, key);
+        if removed {
+            Ok(())
+        } else {
+            Err(Error::NoIoEvent(a))
+        }
     }
 
     /// Makes every vCPU leave `hv_vcpu_run` (and any wait for CPU_ON or
@@ -353,18 +429,56 @@ impl Drop for Vm {
     }
 }
 
-/// Raises SPI `spi` (numbered from 0, as KVM's irqfd and the device
-/// tree number them) as an edge and wakes vCPUs sleeping in WFI.
-fn raise_spi(shared: &Shared, spi: u32) {
-    let intid = spi_intid(spi);
-    for level in [true, false] {
-        // SAFETY: a plain call on the VM's GIC; no memory is passed.
-        let r = sys("hv_gic_set_spi", unsafe {
-            applevisor_sys::hv_gic_set_spi(intid, level)
-        });
-        if let Err(e) = r {
-            log::warn!("SPI {spi}: {e}");
-            return;
+/// HVF's MSI frame: its size and its base's alignment.
+fn mbi_frame() -> Result<(u64, u64), Error> {
+    let (mut size, mut align) = (0usize, 0usize);
+    // SAFETY: writes one usize through a pointer to a live local.
+    sys("hv_gic_get_msi_region_size", unsafe {
+        applevisor_sys::hv_gic_get_msi_region_size(&mut size)
+    })?;
+    // SAFETY: as above.
+    sys("hv_gic_get_msi_region_base_alignment", unsafe {
+        applevisor_sys::hv_gic_get_msi_region_base_alignment(&mut align)
+    })?;
+    Ok((size as u64, align as u64))
+}
+
+/// The MMIO address of an ioevent (arm64 has no port I/O).
+fn mmio(addr: IoEventAddr) -> Result<u64, Error> {
+    match addr {
+        IoEventAddr::Mmio(a) => Ok(a),
+        IoEventAddr::Pio(p) => Err(Error::PioEvent(p)),
+    }
+}
+
+/// Raises GSI `gsi`: pulses the SPI it routes to (an edge: level high,
+/// then low) or sends its MSI, then wakes vCPUs sleeping in WFI. A
+/// failure (an MSI the guest pointed somewhere else than the frame, say)
+/// is logged the first time only: the guest can repeat it at will.
+fn raise(shared: &Shared, gsi: u32) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let targets = shared
+        .routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .targets(gsi);
+    for t in targets {
+        let r = match t {
+            Target::Spi(intid) => [true, false].into_iter().try_for_each(|level| {
+                // SAFETY: a plain call on the VM's GIC; no memory is passed.
+                sys("hv_gic_set_spi", unsafe {
+                    applevisor_sys::hv_gic_set_spi(intid, level)
+                })
+            }),
+            // SAFETY: as above.
+            Target::Msi { address, intid } => sys("hv_gic_send_msi", unsafe {
+                applevisor_sys::hv_gic_send_msi(address, intid)
+            }),
+        };
+        if let Err(e) = r
+            && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            log::warn!("GSI {gsi} ({t:?}): {e} (further failures are not logged)");
         }
     }
     shared.power.kick();

@@ -6,12 +6,15 @@
 //! address matches.
 
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 
 #[derive(Debug)]
 struct Entry {
     addr: u64,
     datamatch: Option<u32>,
+    /// The caller's descriptor number for the notifier (what it names
+    /// to remove it, as KVM's deassign names the eventfd).
+    key: RawFd,
     notifier: OwnedFd,
 }
 
@@ -22,14 +25,24 @@ pub struct IoEvents {
 }
 
 impl IoEvents {
-    /// Registers `notifier` (the write end of an eventfd or pipe) for
-    /// writes to `addr`.
-    pub fn add(&mut self, addr: u64, datamatch: Option<u32>, notifier: OwnedFd) {
+    /// Registers `notifier` (the write end of an eventfd or pipe, the
+    /// caller's `key`) for writes to `addr`.
+    pub fn add(&mut self, addr: u64, datamatch: Option<u32>, key: RawFd, notifier: OwnedFd) {
         self.entries.push(Entry {
             addr,
             datamatch,
+            key,
             notifier,
         });
+    }
+
+    /// Undoes [`IoEvents::add`] (same address, data match and key);
+    /// whether there was such a registration.
+    pub fn remove(&mut self, addr: u64, datamatch: Option<u32>, key: RawFd) -> bool {
+        let before = self.entries.len();
+        self.entries
+            .retain(|e| !(e.addr == addr && e.datamatch == datamatch && e.key == key));
+        self.entries.len() != before
     }
 
     /// The notifier a write of `data` (little-endian) to `addr` signals.
@@ -69,8 +82,8 @@ mod tests {
         let (mut r_any, w_any) = std::io::pipe().expect("pipe");
         let (_r_q1, w_q1) = std::io::pipe().expect("pipe");
         let mut ev = IoEvents::default();
-        ev.add(0x1000_3000, Some(1), w_q1.into());
-        ev.add(0x1000_4000, None, w_any.into());
+        ev.add(0x1000_3000, Some(1), 5, w_q1.into());
+        ev.add(0x1000_4000, None, 6, w_any.into());
         // Data match: 4 bytes of exactly that value.
         assert!(ev.find(0x1000_3000, &1u32.to_le_bytes()).is_some());
         assert!(ev.find(0x1000_3000, &2u32.to_le_bytes()).is_none());
@@ -84,5 +97,11 @@ mod tests {
         let mut b = [0u8; 8];
         r_any.read_exact(&mut b).expect("read");
         assert_eq!(u64::from_ne_bytes(b), 1);
+        // Removed by what registered it: writes then exit to the VMM.
+        assert!(!ev.remove(0x1000_3000, Some(2), 5));
+        assert!(!ev.remove(0x1000_3000, Some(1), 6));
+        assert!(ev.remove(0x1000_3000, Some(1), 5));
+        assert!(ev.find(0x1000_3000, &1u32.to_le_bytes()).is_none());
+        assert!(ev.find(0x1000_4000, &[7]).is_some());
     }
 }

@@ -22,8 +22,11 @@
 //!   HVF's range;
 //! - [`ioevent`]: ioeventfd without KVM: MMIO writes matched in the vCPU
 //!   thread and signalled there;
+//! - [`routing`]: KVM's GSI routing and irqfd bookkeeping without KVM:
+//!   which SPI or MSI a GSI raises, which notifier raises which GSI;
 //! - [`relay`]: interrupt lines without irqfd: a thread that waits on the
-//!   devices' notifiers (pipes off Linux) and raises the GIC's SPI.
+//!   devices' notifiers (pipes off Linux) and raises what their GSI routes
+//!   to (an SPI, or an MSI through the GIC's MBI frame).
 //!
 //! Every module above builds and is unit-tested on every host; `hvf`
 //! (the calls into Hypervisor.framework) only on aarch64 macOS, where
@@ -34,6 +37,7 @@ pub mod ioevent;
 pub mod memmap;
 pub mod power;
 pub mod relay;
+pub mod routing;
 pub mod step;
 pub mod wfi;
 

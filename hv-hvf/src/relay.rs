@@ -1,10 +1,10 @@
 //! Interrupt lines without irqfd. KVM raises a GIC line itself when a
 //! device writes its eventfd; HVF has no such thing, and off Linux a
-//! device's line is a pipe (`devices::serial::IrqEvent`, vmm-sys-util's
-//! notifier). The relay is one thread that polls every line's read end
-//! and, for each that was written, drains it and raises the line
-//! (`hv_gic_set_spi` under HVF). Works the same with eventfds, which is
-//! how it is tested on Linux.
+//! device's line is a pipe (`devices::notifier::Notifier`). The relay is
+//! one thread that polls every line's read end and, for each that was
+//! written, drains it and raises the line's GSI (under HVF: what the
+//! routing table says, `hv_gic_set_spi` or `hv_gic_send_msi`). Works the
+//! same with eventfds, which is how it is tested on Linux.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -18,7 +18,8 @@ pub struct IrqRelay {
 }
 
 impl IrqRelay {
-    /// Starts relaying: a write to `lines[i].0` calls `raise(lines[i].1)`.
+    /// Starts relaying: a write to `lines[i].0` calls `raise(lines[i].1)`
+    /// (its GSI).
     /// The read ends are made non-blocking.
     pub fn spawn(
         lines: Vec<(OwnedFd, u32)>,
@@ -106,9 +107,9 @@ fn relay(stop: std::io::PipeReader, lines: Vec<(OwnedFd, u32)>, raise: impl Fn(u
         if fds[0].revents != 0 {
             return;
         }
-        for (p, (fd, spi)) in fds[1..].iter_mut().zip(&lines) {
+        for (p, (fd, gsi)) in fds[1..].iter_mut().zip(&lines) {
             if p.revents & libc::POLLIN != 0 && drain(fd) {
-                raise(*spi);
+                raise(*gsi);
             } else if p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
                 // The device is gone: stop polling its line (poll skips a
                 // negative fd) rather than spin on the hang-up.

@@ -21,7 +21,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{DeviceFd, Kvm, VcpuExit, VcpuFd, VmFd};
 
-use super::aarch64::{CoreRegs, GicConfig, GsiRoute, VcpuInit};
+use super::aarch64::{CoreRegs, GicConfig, GsiRoute, MsiController, VcpuInit};
 use super::kvm_shared::{Assign, RoutingError, ioeventfd, memory_slot, msi_entry, set_gsi_routing};
 use super::{IoEventAddr, SystemEvent, VmExit};
 
@@ -41,6 +41,8 @@ pub enum Error {
     NoGic,
     #[error("KVM: too many {what} ({count})")]
     TooMany { what: &'static str, count: usize },
+    #[error("KVM's GICv3 has no message-based SPIs (MBI): its MSIs go through an ITS")]
+    NoMbi,
 }
 
 impl Error {
@@ -205,9 +207,10 @@ impl Vm {
             &raw const nr_irqs as u64,
         )
         .map_err(ioctl("KVM_SET_DEVICE_ATTR (GICv3 NR_IRQS)"))?;
-        let its = match cfg.its_addr {
+        let its = match cfg.msi {
             None => None,
-            Some(addr) => {
+            Some(MsiController::Mbi { .. }) => return Err(Error::NoMbi),
+            Some(MsiController::Its { addr }) => {
                 let mut dev = kvm_create_device {
                     type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS,
                     fd: 0,

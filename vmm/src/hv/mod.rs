@@ -30,7 +30,7 @@ mod kvm_shared;
 pub mod x86;
 
 #[cfg(target_arch = "aarch64")]
-pub use aarch64::{CoreRegs, GicConfig, GsiRoute, VcpuInit};
+pub use aarch64::{CoreRegs, GicConfig, GsiRoute, MsiController, VcpuInit};
 #[cfg(hvf)]
 pub use hvf::{Error, Vcpu, Vm};
 #[cfg(all(target_arch = "x86_64", kvm))]

@@ -1,10 +1,12 @@
 //! The device tree the aarch64 machine hands its kernel (rust-vmm
 //! `vm-fdt`): memory, CPUs with PSCI, the GICv3, the architected timer,
 //! the UART, the debug-exit register, the PCI host bridge (generic ECAM,
-//! MSIs through the GICv3 ITS),
+//! MSIs through the GICv3 ITS, or its message-based SPIs where the GIC
+//! has no ITS),
 //! and `chosen` (command line, initrd, console). Addresses and interrupts
 //! come from `layout.rs` only.
 
+use hv_boundary::aarch64::MsiController;
 use vm_fdt::FdtWriter;
 
 use super::layout;
@@ -18,6 +20,8 @@ const ITS_PHANDLE: u32 = 2;
 const PCI_RIDS: u32 = 0x100;
 /// Interrupt specifier cells: type, number, flags.
 const GIC_SPI: u32 = 0;
+/// The INTID of SPI 0.
+const FIRST_SPI_INTID: u32 = 32;
 const GIC_PPI: u32 = 1;
 const IRQ_TYPE_EDGE_RISING: u32 = 1;
 const IRQ_TYPE_LEVEL_HIGH: u32 = 4;
@@ -61,9 +65,11 @@ pub struct Spec<'a> {
     pub cmdline: &'a str,
     /// The initrd's [start, end).
     pub initrd: Option<(u64, u64)>,
-    /// Whether the GIC has its ITS (KVM's; Hypervisor.framework's GIC has
-    /// none): without it the tree has no ITS node and PCI has no `msi-map`.
-    pub its: bool,
+    /// Where PCI MSIs go: KVM's GIC has an ITS (a child node, and an
+    /// `msi-map` on the host bridge); Hypervisor.framework's has an MBI
+    /// frame (`mbi-*` on the GIC, whose phandle is the bridge's
+    /// `msi-parent`). None: no MSIs.
+    pub msi: Option<MsiController>,
 }
 
 /// Errors building the tree (vm-fdt's, or a tree over its 2 MiB).
@@ -154,20 +160,35 @@ pub fn build(spec: &Spec<'_>) -> Result<Vec<u8>, Error> {
             &[GIC_PPI, GIC_MAINTENANCE_PPI, IRQ_TYPE_LEVEL_HIGH],
         )?;
         f.property_u32("phandle", GIC_PHANDLE)?;
-        if !spec.its {
-            return Ok(());
+        match spec.msi {
+            None => Ok(()),
+            // The GIC itself is the MSI controller (GICv3 binding's MBI):
+            // its SPIs from INTID `mbi-ranges[0]`, written to the frame at
+            // `mbi-alias` instead of the distributor's own SETSPI_NSR.
+            Some(MsiController::Mbi {
+                addr,
+                first_spi,
+                count,
+                ..
+            }) => {
+                f.property_null("msi-controller")?;
+                f.property_array_u32("mbi-ranges", &[FIRST_SPI_INTID + first_spi, count])?;
+                f.property_u64("mbi-alias", addr)
+            }
+            // The ITS as the GIC's child, at its own address.
+            Some(MsiController::Its { addr }) => {
+                f.property_u32("#address-cells", 2)?;
+                f.property_u32("#size-cells", 2)?;
+                f.property_null("ranges")?;
+                node(f, &format!("its@{addr:x}"), |its| {
+                    its.property_string("compatible", "arm,gic-v3-its")?;
+                    its.property_null("msi-controller")?;
+                    its.property_u32("#msi-cells", 1)?;
+                    its.property_array_u64("reg", &[addr, layout::GIC_ITS_SIZE])?;
+                    its.property_u32("phandle", ITS_PHANDLE)
+                })
+            }
         }
-        // The ITS as the GIC's child, at its own address.
-        f.property_u32("#address-cells", 2)?;
-        f.property_u32("#size-cells", 2)?;
-        f.property_null("ranges")?;
-        node(f, &format!("its@{:x}", layout::GIC_ITS), |its| {
-            its.property_string("compatible", "arm,gic-v3-its")?;
-            its.property_null("msi-controller")?;
-            its.property_u32("#msi-cells", 1)?;
-            its.property_array_u64("reg", &[layout::GIC_ITS, layout::GIC_ITS_SIZE])?;
-            its.property_u32("phandle", ITS_PHANDLE)
-        })
     })?;
 
     node(&mut fdt, "timer", |f| {
@@ -211,9 +232,13 @@ pub fn build(spec: &Spec<'_>) -> Result<Vec<u8>, Error> {
         f.property_array_u32("bus-range", &[0, 0])?;
         f.property_u32("linux,pci-domain", 0)?;
         f.property_null("dma-coherent")?;
-        // MSIs go to the ITS with the requester ID (BDF) as device ID.
-        if spec.its {
-            f.property_array_u32("msi-map", &[0, ITS_PHANDLE, 0, PCI_RIDS])?;
+        match spec.msi {
+            // MSIs go to the ITS with the requester ID (BDF) as device ID.
+            Some(MsiController::Its { .. }) => {
+                f.property_array_u32("msi-map", &[0, ITS_PHANDLE, 0, PCI_RIDS])?
+            }
+            Some(MsiController::Mbi { .. }) => f.property_u32("msi-parent", GIC_PHANDLE)?,
+            None => {}
         }
         let mmio64 = layout::pci_mmio64_start(spec.ram_size);
         let mut ranges = pci_range(
@@ -238,6 +263,10 @@ pub fn build(spec: &Spec<'_>) -> Result<Vec<u8>, Error> {
 mod tests {
     use super::*;
 
+    const ITS: MsiController = MsiController::Its {
+        addr: layout::GIC_ITS,
+    };
+
     fn be32(b: &[u8], at: usize) -> u32 {
         u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
     }
@@ -253,7 +282,7 @@ mod tests {
             mpidrs: &[0x8000_0000, 0x8000_0001],
             cmdline: "console=ttyS0 quiet",
             initrd: Some((0x4f00_0000, 0x4f10_0000)),
-            its: true,
+            msi: Some(ITS),
         };
         let b = build(&spec).unwrap();
         assert_eq!(be32(&b, 0), 0xd00d_feed);
@@ -303,26 +332,54 @@ mod tests {
             mpidrs: &[0x8000_0000],
             cmdline: "",
             initrd: None,
-            its: true,
+            msi: Some(ITS),
         };
         let b = build(&spec).unwrap();
         assert!(!contains(&b, b"linux,initrd-start"));
     }
 
     #[test]
-    fn without_an_its_no_node_and_no_msi_map() {
-        // HVF's GIC: no ITS node for the kernel to probe, no MSI mapping.
+    fn without_msis_no_its_node_and_no_msi_map() {
         let spec = Spec {
             ram_size: 64 << 20,
             mpidrs: &[0x8000_0000],
             cmdline: "",
             initrd: None,
-            its: false,
+            msi: None,
         };
         let b = build(&spec).unwrap();
         assert!(contains(&b, b"arm,gic-v3\0"));
         assert!(contains(&b, b"pci-host-ecam-generic\0"));
         assert!(!contains(&b, b"arm,gic-v3-its"));
         assert!(!contains(&b, b"msi-map"));
+        assert!(!contains(&b, b"msi-controller"));
+    }
+
+    #[test]
+    fn mbis_make_the_gic_the_msi_parent_of_pci() {
+        // HVF's GIC: no ITS; SPIs 32..96 (INTIDs 64..128) by writes to
+        // the frame at 0x0808_0000.
+        let spec = Spec {
+            ram_size: 64 << 20,
+            mpidrs: &[0x8000_0000],
+            cmdline: "",
+            initrd: None,
+            msi: Some(MsiController::Mbi {
+                addr: 0x0808_0000,
+                window: 0x2_0000,
+                first_spi: 32,
+                count: 64,
+            }),
+        };
+        let b = build(&spec).unwrap();
+        assert!(!contains(&b, b"arm,gic-v3-its"));
+        assert!(!contains(&b, b"msi-map"));
+        for s in [&b"msi-controller\0"[..], b"mbi-alias\0", b"msi-parent\0"] {
+            assert!(contains(&b, s), "{:?} missing", String::from_utf8_lossy(s));
+        }
+        // mbi-ranges <64 64> then mbi-alias <0 0x08080000>, as cells.
+        let cells = |v: &[u32]| v.iter().flat_map(|c| c.to_be_bytes()).collect::<Vec<u8>>();
+        assert!(contains(&b, &cells(&[64, 64])));
+        assert!(contains(&b, &cells(&[0, 0x0808_0000])));
     }
 }

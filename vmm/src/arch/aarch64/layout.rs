@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! 0x0800_0000  GICv3 distributor (64 KiB)
-//! 0x0808_0000  GICv3 ITS (128 KiB)
+//! 0x0808_0000  GICv3 ITS (128 KiB; under HVF its MBI frame, 64 KiB)
 //! 0x080a_0000  GICv3 redistributors (128 KiB per vCPU, up to 0x0900_0000)
 //! 0x0900_0000  16550 UART (ns16550a, 8 byte registers, SPI 1)
 //! 0x0901_0000  debug-exit (4 bytes: a write of v ends shmvm with (v << 1) | 1)
@@ -34,6 +34,14 @@ pub const IRQCHIP_GSIS: u32 = GIC_NR_IRQS - 32;
 /// frame), where QEMU `virt` has it: MSIs from PCI devices.
 pub const GIC_ITS: u64 = 0x0808_0000;
 pub const GIC_ITS_SIZE: u64 = 0x2_0000;
+/// Where a GIC without an ITS (Hypervisor.framework's) has its MBI frame
+/// (the "MSI region": a write of an INTID to SETSPI_NSR raises that SPI):
+/// in the ITS's window, which such a machine does not otherwise use.
+pub const GIC_MBI: u64 = GIC_ITS;
+/// The SPIs set aside for MBIs (numbered from 0): the upper two thirds,
+/// 64 MSI vectors in all; fixed lines (the UART's) stay below.
+pub const MBI_FIRST_SPI: u32 = 32;
+pub const MBI_SPIS: u32 = IRQCHIP_GSIS - MBI_FIRST_SPI;
 
 pub const UART_ADDR: u64 = 0x0900_0000;
 /// The UART's register window in the device tree (`reg`); the bus claims
@@ -41,6 +49,8 @@ pub const UART_ADDR: u64 = 0x0900_0000;
 pub const UART_SIZE: u64 = 0x1000;
 /// The UART's shared peripheral interrupt (INTID 32 + 1), as on `virt`.
 pub const UART_SPI: u32 = 1;
+// Fixed lines are below the MBIs' SPIs (HVF refuses to raise those).
+const _: () = assert!(UART_SPI < MBI_FIRST_SPI);
 
 /// The debug-exit register for test kernels (there is no port I/O on
 /// arm64): a 1-4 byte write of `v` ends shmvm with exit code

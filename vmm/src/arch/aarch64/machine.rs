@@ -33,7 +33,7 @@ use crate::console_out;
 use crate::control::{Controlled, Monitor};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
-use crate::hv::{self, CoreRegs, GicConfig, VcpuInit, Vm};
+use crate::hv::{self, CoreRegs, GicConfig, MsiController, VcpuInit, Vm};
 #[cfg(target_os = "linux")]
 use crate::interrupts::Interrupts;
 use crate::io::{BusKind, IoBuses};
@@ -301,7 +301,7 @@ fn load(
     kernel: (File, u64),
     initrd: Option<(File, u64)>,
     mpidrs: &[u64],
-    its: bool,
+    msi: MsiController,
 ) -> Result<(u64, u64), Error> {
     let path = cfg.kernel.display().to_string();
     let file_err = |path: &str| {
@@ -360,7 +360,7 @@ fn load(
         mpidrs,
         cmdline: &cfg.cmdline,
         initrd: initrd_range,
-        its,
+        msi: Some(msi),
     })?;
     ram.mem().write_slice(&blob, GuestAddress(p.fdt))?;
     Ok((p.kernel, p.fdt))
@@ -493,13 +493,24 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         mpidrs.push(v.mpidr()?);
         vcpus.push(v);
     }
-    // KVM's GIC has an ITS for the MSIs; HVF's has none (hv-hvf refuses one).
-    let its = cfg!(kvm);
+    // KVM's GIC has an ITS for the MSIs; HVF's has message-based SPIs.
+    let msi = if cfg!(kvm) {
+        MsiController::Its {
+            addr: layout::GIC_ITS,
+        }
+    } else {
+        MsiController::Mbi {
+            addr: layout::GIC_MBI,
+            window: layout::GIC_ITS_SIZE,
+            first_spi: layout::MBI_FIRST_SPI,
+            count: layout::MBI_SPIS,
+        }
+    };
     vm.create_gic(&GicConfig {
         dist_addr: layout::GIC_DIST,
         redist_addr: layout::GIC_REDIST,
         nr_irqs: layout::GIC_NR_IRQS,
-        its_addr: its.then_some(layout::GIC_ITS),
+        msi: Some(msi),
     })?;
     vm.finalize_gic()?;
     #[cfg(target_os = "linux")]
@@ -546,7 +557,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
     let slots: Arc<dyn MemorySlots> = vm.clone();
     let pci = Pci::build(&slots, &io, &functions, &pci_host(ram.size()))?;
 
-    let (entry, fdt_addr) = load(cfg, &ram, kernel, initrd, &mpidrs, its)?;
+    let (entry, fdt_addr) = load(cfg, &ram, kernel, initrd, &mpidrs, msi)?;
     vcpus[0].set_core_regs(&CoreRegs::linux_boot(entry, fdt_addr))?;
     log::info!(
         "startup: {:.3} ms to the first KVM_RUN",
