@@ -11,8 +11,10 @@
 //! Linux, `hvf` on macOS on Apple silicon (the aarch64 machine only), none
 //! elsewhere, where configuration and parsing build and `machine::run`
 //! says that the host has no accelerator (`no_accel.rs`). What needs
-//! Linux beyond the hypervisor (eventfd, epoll, seccomp, vhost-user, the
-//! ivshmem server's eventfds) is gated with `target_os = "linux"`.
+//! Linux beyond the hypervisor (seccomp, vhost-user, the ivshmem
+//! doorbell's eventfds) is gated with `target_os = "linux"`; what waits on
+//! fds does so through `devices::poller` (epoll on Linux, poll(2)
+//! elsewhere) and wakes through `devices::notifier`.
 
 // The aarch64 machine's pure parts (layout, image header, device tree)
 // build and are unit-tested everywhere; its machine only on aarch64.
@@ -33,7 +35,7 @@ pub mod fd_limit;
 #[cfg(any(kvm, hvf))]
 pub mod guest_ram;
 pub mod hv;
-#[cfg(target_os = "linux")]
+#[cfg(any(kvm, hvf))]
 pub mod interrupts;
 pub mod io;
 pub mod ivshmem;

@@ -12,14 +12,14 @@
 //!   worker calls and wiring.
 
 pub mod config;
-// The worker thread and its wiring: eventfds (and epoll), Linux's.
-#[cfg(target_os = "linux")]
+// The wiring needs a VM (KVM or HVF); the configuration parses everywhere.
+#[cfg(any(kvm, hvf))]
 pub mod memory;
-#[cfg(target_os = "linux")]
+#[cfg(any(kvm, hvf))]
 mod plug;
-#[cfg(target_os = "linux")]
+#[cfg(any(kvm, hvf))]
 mod port_socket;
-#[cfg(target_os = "linux")]
+#[cfg(any(kvm, hvf))]
 pub mod wiring;
-#[cfg(target_os = "linux")]
+#[cfg(any(kvm, hvf))]
 pub use plug::*;

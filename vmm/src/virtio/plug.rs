@@ -321,7 +321,14 @@ pub fn create<D: VirtioDevice + Counted>(
     })
 }
 
-/// Opens a drive's image: read-only or read-write, O_DIRECT for
+/// `cache=none`'s open flag: O_DIRECT, or where the host has none (macOS,
+/// OpenBSD) O_DSYNC, which is how QEMU approximates it there.
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
+const NO_CACHE: libc::c_int = libc::O_DIRECT;
+#[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+const NO_CACHE: libc::c_int = libc::O_DSYNC;
+
+/// Opens a drive's image: read-only or read-write, [`NO_CACHE`] for
 /// `cache=none`, never blocking (a FIFO is refused), a regular file or a
 /// block device only.
 fn open_image(cfg: &config::DriveConfig) -> Result<std::fs::File, Error> {
@@ -332,7 +339,7 @@ fn open_image(cfg: &config::DriveConfig) -> Result<std::fs::File, Error> {
     };
     let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
     if cfg.cache == config::Cache::Direct {
-        flags |= libc::O_DIRECT;
+        flags |= NO_CACHE;
     }
     let f = std::fs::OpenOptions::new()
         .read(true)

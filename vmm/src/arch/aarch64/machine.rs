@@ -11,9 +11,10 @@
 //!
 //! Under HVF (macOS on Apple silicon, `hv/hvf.rs`) the same order builds
 //! the same machine, with what that host has: the UART's line is a pipe
-//! that `hv-hvf` relays to the GIC's SPI, the GIC has no ITS (no MSIs: the
-//! virtio devices, whose workers need Linux's epoll and eventfd, are
-//! refused there), no seccomp sandbox, and the VM is closed in place.
+//! that `hv-hvf` relays to the GIC's SPI, the GIC has no ITS (MSIs, the
+//! virtio devices' included, go through its MBI frame), vhost-user and
+//! ivshmem-doorbell are refused (eventfd is their protocol), there is no
+//! seccomp sandbox, and the VM is closed in place.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -34,7 +35,6 @@ use crate::control::{Controlled, Monitor};
 use crate::exit::VmEnd;
 use crate::guest_ram::{self, GuestRam};
 use crate::hv::{self, CoreRegs, GicConfig, MsiController, VcpuInit, Vm};
-#[cfg(target_os = "linux")]
 use crate::interrupts::Interrupts;
 use crate::io::{BusKind, IoBuses};
 #[cfg(target_os = "linux")]
@@ -88,7 +88,6 @@ pub enum Error {
     VhostUser(#[from] crate::vhost_user::device::Error),
     #[error(transparent)]
     Pci(#[from] crate::pci::Error),
-    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Virtio(#[from] crate::virtio::Error),
     #[error(transparent)]
@@ -137,7 +136,6 @@ impl Error {
             #[cfg(target_os = "linux")]
             Error::VhostUser(e) => e.exit_code(),
             Error::Pci(e) => e.exit_code(),
-            #[cfg(target_os = "linux")]
             Error::Virtio(e) => e.exit_code(),
             Error::Console(e) => e.exit_code(),
             Error::Ram(e) => e.exit_code(),
@@ -152,18 +150,13 @@ impl Error {
 /// rather than ignored.
 fn refuse_unsupported(cfg: &Config) -> Result<(), Error> {
     for d in &cfg.devices {
-        // Linux's alone: the virtio models' worker threads wait in epoll on
-        // eventfds; vhost-user shares memfd RAM through the vhost crate;
-        // ivshmem-doorbell's protocol is one eventfd per peer and vector.
+        // Linux's alone: vhost-user shares memfd RAM through the vhost
+        // crate; ivshmem-doorbell's protocol is one eventfd per peer and
+        // vector.
         if cfg!(not(target_os = "linux"))
             && matches!(
                 d,
-                DeviceConfig::VirtioBlk(_)
-                    | DeviceConfig::VirtioRng(_)
-                    | DeviceConfig::VirtioSerial(_)
-                    | DeviceConfig::VirtioSerialPort(_)
-                    | DeviceConfig::VhostUser(_)
-                    | DeviceConfig::IvshmemDoorbell(_)
+                DeviceConfig::VhostUser(_) | DeviceConfig::IvshmemDoorbell(_)
             )
         {
             return Err(Error::NotOnHost(format!("-device {}", device_kind(d))));
@@ -211,11 +204,10 @@ fn device_kind(d: &DeviceConfig) -> &'static str {
 fn pci_plugs(
     cfg: &Config,
     objects: &[Arc<Backend>],
-    #[cfg(target_os = "linux")] ram: &GuestRam,
-    #[cfg(target_os = "linux")] vm: &Arc<Vm>,
-    #[cfg(target_os = "linux")] interrupts: &Arc<Interrupts>,
+    ram: &GuestRam,
+    vm: &Arc<Vm>,
+    interrupts: &Arc<Interrupts>,
 ) -> Result<Vec<Box<dyn PciPlug>>, Error> {
-    #[cfg(target_os = "linux")]
     let mem = || -> Arc<dyn devices::virtio::queue::GuestMemory> {
         Arc::new(crate::virtio::memory::Ram(ram.mem().clone()))
     };
@@ -243,15 +235,12 @@ fn pci_plugs(
                 vm,
                 interrupts,
             )?)),
-            #[cfg(target_os = "linux")]
             DeviceConfig::VirtioBlk(c) => {
                 plugs.push(Box::new(crate::virtio::blk(c, mem(), vm, interrupts)?))
             }
-            #[cfg(target_os = "linux")]
             DeviceConfig::VirtioRng(c) => {
                 plugs.push(Box::new(crate::virtio::rng(c, mem(), vm, interrupts)?))
             }
-            #[cfg(target_os = "linux")]
             DeviceConfig::VirtioSerial(c) => {
                 plugs.push(Box::new(crate::virtio::serial(c, mem(), vm, interrupts)?))
             }
@@ -513,10 +502,7 @@ pub fn run(cfg: &Config, start: Instant) -> Result<VmEnd, Error> {
         msi: Some(msi),
     })?;
     vm.finalize_gic()?;
-    #[cfg(target_os = "linux")]
     let plugs = pci_plugs(cfg, &objects, &ram, &vm, &Interrupts::new(&vm))?;
-    #[cfg(not(target_os = "linux"))]
-    let plugs = pci_plugs(cfg, &objects)?;
 
     let state = Arc::new(VmState::new(cfg.start_paused));
     let io = Arc::new(IoBuses::new());
