@@ -167,15 +167,13 @@ mod tests {
     use super::*;
 
     fn readable(n: &Notifier) -> bool {
-        let mut p = libc::pollfd {
-            fd: n.wait_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no timeout.
-        let r = unsafe { libc::poll(&mut p, 1, 0) };
-        assert!(r >= 0, "poll: {}", io::Error::last_os_error());
-        p.revents & libc::POLLIN != 0
+        use crate::poller::{Interest, Poll, PollPoller, Trigger};
+        let mut p = PollPoller::new().unwrap();
+        p.add(n.wait_fd(), 0, Interest::READ, Trigger::Level)
+            .unwrap();
+        let mut ready = Vec::new();
+        p.wait(Some(std::time::Duration::ZERO), &mut ready).unwrap();
+        ready.iter().any(|r| r.readable)
     }
 
     #[test]

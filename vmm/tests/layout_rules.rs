@@ -3,7 +3,9 @@
 //! - only `vmm/src/hv/` talks to KVM (no `kvm_bindings`/`kvm_ioctls`
 //!   anywhere else in the VMM);
 //! - `devices/` and `memory/` never import the VMM;
-//! - `devices/`, `aarch64-exits/` and `hv-boundary/` have no `unsafe`;
+//! - `aarch64-exits/` and `hv-boundary/` have no `unsafe`; `devices/`'s
+//!   is in `notifier.rs` (an eventfd's descriptor borrowed) and
+//!   `poller/poll.rs` (poll(2));
 //!   `memory/`'s is in `sys.rs` (and test helpers); `hv-hvf/`'s in
 //!   `hvf.rs` (Hypervisor.framework), `relay.rs` (poll, fcntl) and
 //!   `memmap.rs` (sysconf).
@@ -82,8 +84,14 @@ fn devices_and_memory_never_import_the_vmm() {
 
 #[test]
 fn unsafe_stays_where_it_is_documented() {
-    let v = violations("devices/src", &["unsafe"], |_| false);
-    assert!(v.is_empty(), "unsafe in devices/:\n{}", v.join("\n"));
+    let v = violations("devices/src", &["unsafe"], |p| {
+        p.ends_with("devices/src/notifier.rs") || p.ends_with("devices/src/poller/poll.rs")
+    });
+    assert!(
+        v.is_empty(),
+        "unsafe in devices/ outside notifier.rs, poller/poll.rs:\n{}",
+        v.join("\n")
+    );
     for dir in ["aarch64-exits/src", "hv-boundary/src"] {
         let v = violations(dir, &["unsafe"], |_| false);
         assert!(v.is_empty(), "unsafe in {dir}:\n{}", v.join("\n"));
