@@ -242,11 +242,16 @@ impl Server {
     /// queued (briefly) and closes the clients. Errors: a socket could not
     /// be created.
     pub fn serve(self, vm: &dyn Machine) -> Result<(), Error> {
+        self.serve_on::<Poller>(vm)
+    }
+
+    /// [`Server::serve`] on poller `P` (the tests run both on Linux).
+    fn serve_on<P: Poll>(self, vm: &dyn Machine) -> Result<(), Error> {
         // Let vCPU 0 reach the guest first: on a busy host this thread's
         // start-up (bind ~60 us on ext4, the poller) would otherwise compete
         // with the boot path for a core. Clients wait for the socket file.
         // A VM that ends meanwhile (the stop handle wakes us) never binds.
-        if self.stop_requested_within(START_DELAY) {
+        if self.stop_requested_within::<P>(START_DELAY) {
             return Ok(());
         }
         let sockets = self
@@ -254,15 +259,15 @@ impl Server {
             .iter()
             .map(|p| bind(p))
             .collect::<Result<Vec<_>, _>>()?;
-        if let Err(err) = self.run(&sockets, vm) {
+        if let Err(err) = self.run::<P>(&sockets, vm) {
             log::error!("QMP server stopped: {err}");
         }
         Ok(())
     }
 
     /// Waits up to `d` for [`StopHandle::stop`]; true if it came.
-    fn stop_requested_within(&self, d: Duration) -> bool {
-        let waited = Poller::new().and_then(|mut p| {
+    fn stop_requested_within<P: Poll>(&self, d: Duration) -> bool {
+        let waited = P::new().and_then(|mut p| {
             p.add(
                 self.events.wake.wait_fd(),
                 WAKE,
@@ -277,8 +282,8 @@ impl Server {
         self.stop.load(Ordering::SeqCst)
     }
 
-    fn run(&self, sockets: &[Bound], vm: &dyn Machine) -> std::io::Result<()> {
-        let mut poller = Poller::new()?;
+    fn run<P: Poll>(&self, sockets: &[Bound], vm: &dyn Machine) -> std::io::Result<()> {
+        let mut poller = P::new()?;
         for (i, s) in sockets.iter().enumerate() {
             s.listener.set_nonblocking(true)?;
             poller.add(
@@ -391,7 +396,7 @@ impl Server {
 }
 
 /// Forgets client `slot` if it is dead.
-fn reap(poller: &Poller, clients: &mut [Option<Client>], slot: usize) {
+fn reap(poller: &impl Poll, clients: &mut [Option<Client>], slot: usize) {
     if let Some(s) = clients.get_mut(slot)
         && s.as_ref().is_some_and(|c| c.dead)
         && let Some(c) = s.take()
@@ -403,7 +408,7 @@ fn reap(poller: &Poller, clients: &mut [Option<Client>], slot: usize) {
 /// Accepts every waiting connection; `new` sees each one once it has its
 /// slot.
 fn accept(
-    poller: &Poller,
+    poller: &impl Poll,
     listener: &UnixListener,
     clients: &mut Vec<Option<Client>>,
     new: &mut dyn FnMut(&mut Vec<Option<Client>>, usize),
@@ -576,7 +581,7 @@ impl Client {
     }
 
     /// Waits for writability only while output waits.
-    fn arm(&mut self, poller: &Poller, slot: usize) {
+    fn arm(&mut self, poller: &impl Poll, slot: usize) {
         let want = !self.output.is_empty();
         if want != self.want_out {
             let interest = if want {
@@ -593,3 +598,7 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
