@@ -92,8 +92,14 @@ pub trait Poll: Send + Sized {
         interest: Interest,
         trigger: Trigger,
     ) -> io::Result<()>;
-    /// Changes what `fd`, registered under `token`, waits for.
-    fn modify(&self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()>;
+    /// Changes what `fd` waits for and its token and trigger.
+    fn modify(
+        &self,
+        fd: BorrowedFd<'_>,
+        token: u64,
+        interest: Interest,
+        trigger: Trigger,
+    ) -> io::Result<()>;
     /// Forgets `fd`.
     fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()>;
     /// Puts edge registration `token` back after its report (a no-op on

@@ -54,8 +54,14 @@ impl Poll for EpollPoller {
         Ok(())
     }
 
-    fn modify(&self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()> {
-        let ev = EpollEvent::new(events(interest, Trigger::Level), token);
+    fn modify(
+        &self,
+        fd: BorrowedFd<'_>,
+        token: u64,
+        interest: Interest,
+        trigger: Trigger,
+    ) -> io::Result<()> {
+        let ev = EpollEvent::new(events(interest, trigger), token);
         self.epoll.ctl(ControlOperation::Modify, fd.as_raw_fd(), ev)
     }
 

@@ -74,15 +74,26 @@ impl Poll for PollPoller {
         Ok(())
     }
 
-    fn modify(&self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()> {
+    fn modify(
+        &self,
+        fd: BorrowedFd<'_>,
+        token: u64,
+        interest: Interest,
+        trigger: Trigger,
+    ) -> io::Result<()> {
         let fd = fd.as_raw_fd();
         let mut entries = self.entries();
         let e = entries
             .iter_mut()
             .find(|e| e.fd == fd)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        e.token = token;
-        e.interest = interest;
+        *e = Entry {
+            fd,
+            token,
+            interest,
+            trigger,
+            fired: false,
+        };
         Ok(())
     }
 

@@ -122,7 +122,8 @@ fn sockets_read_write_modify_hang_up_delete<P: Poll>() {
         }]
     );
     // Output drained: only input matters now.
-    p.modify(a.as_fd(), 10, Interest::READ).unwrap();
+    p.modify(a.as_fd(), 10, Interest::READ, Trigger::Level)
+        .unwrap();
     assert_eq!(tokens(&mut p, QUIET), [] as [u64; 0]);
     b.write_all(b"{}").unwrap();
     p.wait(Some(PATIENCE), &mut ready).unwrap();

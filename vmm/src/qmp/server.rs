@@ -590,7 +590,7 @@ impl Client {
                 Interest::READ
             };
             if poller
-                .modify(self.stream.as_fd(), slot as u64, interest)
+                .modify(self.stream.as_fd(), slot as u64, interest, Trigger::Level)
                 .is_ok()
             {
                 self.want_out = want;
