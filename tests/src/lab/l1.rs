@@ -616,6 +616,10 @@ impl Runner {
                 format!("virtserialport,chardev=verdict,name={PORT_NAME}"),
             ]);
         }
+        // lab.l2debug: shmvm's info lines too (a failure's vCPU registers).
+        if self.o.l2debug && vmm == Vmm::Shmvm && !args.iter().any(|a| a == "-v") {
+            args.push("-v".into());
+        }
         let run = Run {
             s,
             vmm,
