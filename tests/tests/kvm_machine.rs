@@ -89,6 +89,36 @@ fn kvm_triple_fault_ends_nonzero_with_one_line() {
     assert!(lines[0].contains("triple fault"), "{}", r.stderr);
 }
 
+/// At -v a triple fault also logs every vCPU's state (the lab's
+/// LAB_L2DEBUG runs read it): the vCPU that took it, and the others.
+#[test]
+fn kvm_triple_fault_at_v_logs_every_vcpu_state() {
+    require_kvm();
+    let d = TempDir::new("tf-v");
+    let r = run_tiny(&d, &[0x0f, 0x0b], &["-smp", "2", "-v"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let has = |s: &str| r.stderr.lines().any(|l| l.contains(s));
+    assert!(
+        has("vCPU 0 took the triple fault: mp_state="),
+        "{}",
+        r.stderr
+    );
+    assert!(has("vCPU 0: events="), "{}", r.stderr);
+    assert!(has("vCPU 0: lapic id="), "{}", r.stderr);
+    assert!(
+        has("vCPU 1 was running when another vCPU triple-faulted"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .trim_end()
+            .ends_with("shmvm: guest triple fault (KVM_EXIT_SHUTDOWN)"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn kvm_unclaimed_port_reads_all_ones_and_is_counted() {
     require_kvm();

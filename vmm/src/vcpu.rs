@@ -385,6 +385,8 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
         c.start_flush_timer();
     }
     let mut first_run = first_run;
+    #[cfg(target_arch = "x86_64")]
+    let mut fault_logged = false;
     state.vcpu_running(true);
     loop {
         if state.stopping() {
@@ -422,10 +424,23 @@ pub fn run(mut vcpu: Vcpu, shared: Shared<'_>, first_run: Option<&dyn Fn()>) {
             Action::End(end) => {
                 if log::log_enabled!(log::Level::Info) {
                     log_registers(&vcpu);
+                    #[cfg(target_arch = "x86_64")]
+                    if end == VmEnd::TripleFault {
+                        log_fault_state(&vcpu, "took the triple fault");
+                        fault_logged = true;
+                    }
                 }
                 state.request_end(end);
             }
         }
+    }
+    // The other vCPUs' state when one triple-faulted (-v): where they were.
+    #[cfg(target_arch = "x86_64")]
+    if log::log_enabled!(log::Level::Info)
+        && state.end() == Some(VmEnd::TripleFault)
+        && !fault_logged
+    {
+        log_fault_state(&vcpu, "was running when another vCPU triple-faulted");
     }
     state.vcpu_running(false);
     if flushes && let Some(c) = coalesced {
@@ -495,6 +510,64 @@ fn log_registers(vcpu: &Vcpu) {
             s.efer,
             s.cs.selector
         );
+    }
+}
+
+/// At -v, after a triple fault: the vCPU's whole state but the FPU and
+/// MSRs (segments, descriptor tables, CR2, pending events, LAPIC
+/// registers that matter for delivery), to tell a guest bug from a lost or
+/// corrupted event. On AMD, KVM INITs the vCPU that took the shutdown
+/// before it returns (the VMCB is undefined after a SHUTDOWN intercept):
+/// its registers read back as the reset state (RIP 0xfff0), and only the
+/// number and error code of the last exception KVM queued for it survive
+/// in `events`. The other vCPUs' states are as they left KVM_RUN.
+#[cfg(target_arch = "x86_64")]
+fn log_fault_state(vcpu: &Vcpu, what: &str) {
+    match vcpu.save_state(&[]) {
+        Ok(st) => {
+            let s = &st.sregs;
+            log::info!(
+                "vCPU {} {what}: mp_state={} regs={:x?}",
+                vcpu.id(),
+                st.mp_state,
+                st.regs
+            );
+            log::info!(
+                "vCPU {}: cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} apic_base={:#x} irq_bitmap={:x?} gdt={:x?} idt={:x?} cs={:x?} ss={:x?} tr={:x?}",
+                vcpu.id(),
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.apic_base,
+                s.interrupt_bitmap,
+                s.gdt,
+                s.idt,
+                s.cs,
+                s.ss,
+                s.tr
+            );
+            log::info!("vCPU {}: events={:x?}", vcpu.id(), st.events);
+            let reg = |off: usize| {
+                let b = st.lapic.regs.get(off..off + 4).unwrap_or(&[0; 4]);
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            };
+            // ISR, TMR and IRR: eight 32-bit words 16 bytes apart each.
+            let words = |base: usize| (0..8).map(|i| reg(base + i * 16)).collect::<Vec<_>>();
+            log::info!(
+                "vCPU {}: lapic id={:#x} tpr={:#x} svr={:#x} isr={:x?} irr={:x?} lvtt={:#x} icr={:#x}",
+                vcpu.id(),
+                reg(0x20),
+                reg(0x80),
+                reg(0xf0),
+                words(0x100),
+                words(0x200),
+                reg(0x320),
+                reg(0x300)
+            );
+        }
+        Err(e) => log::info!("vCPU {} {what}: state unreadable: {e}", vcpu.id()),
     }
 }
 

@@ -8,7 +8,8 @@
 //!   LAB_ONLY=a,b          only these scenarios
 //!   LAB_DUMP=all          keep every L2 console, not only failed ones
 //!   LAB_L2EXTRA=a,b       extra L2 kernel parameters
-//!   LAB_L2DEBUG=1         L2 kernels log at debug level
+//!   LAB_L2DEBUG=1         L2 kernels log at debug level, shmvm runs with -v
+//!                         (a triple fault logs every vCPU's state)
 //!   LAB_TIMEOUT=1200      seconds for all L1 boots together
 //!   LAB_L1_RETRIES=1      fresh L1 boots after an L1 death or hang
 //!   LAB_L1_SILENCE=300    seconds of console silence that make an L1 hung

@@ -369,6 +369,46 @@ struct Outcome {
 }
 
 /// A run's one machine-readable line, which `lab host` reads back.
+/// Every thread of process `pid`, a few lines each: name, state, the
+/// kernel function it waits in, its system call (/proc/PID/task/TID/syscall:
+/// number and arguments, or "running") and its kernel stack.
+fn threads_report(pid: u32) -> String {
+    let mut out = format!("LAB-THREADS pid={pid}\n");
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out + "(no /proc entry)\n";
+    };
+    let mut tids: Vec<String> = tasks
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    tids.sort_by_key(|t| t.parse::<u32>().unwrap_or(u32::MAX));
+    for tid in tids {
+        let dir = format!("/proc/{pid}/task/{tid}");
+        let read = |f: &str| {
+            fs::read_to_string(format!("{dir}/{f}"))
+                .map(|t| t.trim().to_string())
+                .unwrap_or_else(|e| format!("({e})"))
+        };
+        // The state is the field after the parenthesized name.
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or("?")
+            .to_string();
+        out += &format!(
+            "thread {tid} {} state={state} wchan={} syscall={}\n",
+            read("comm"),
+            read("wchan"),
+            read("syscall")
+        );
+        for frame in read("stack").lines() {
+            out += &format!("  {frame}\n");
+        }
+    }
+    out
+}
+
 fn scenario_line(s: &Scenario, vmm: Vmm, out: &Outcome, j: &Judgement) -> String {
     let pass = j.fails.is_empty();
     let t_init = out.t_init.map(secs).unwrap_or_else(|| "-".into());
@@ -616,6 +656,10 @@ impl Runner {
                 format!("virtserialport,chardev=verdict,name={PORT_NAME}"),
             ]);
         }
+        // lab.l2debug: shmvm's info lines too (a failure's vCPU registers).
+        if self.o.l2debug && vmm == Vmm::Shmvm && !args.iter().any(|a| a == "-v") {
+            args.push("-v".into());
+        }
         let run = Run {
             s,
             vmm,
@@ -815,6 +859,9 @@ impl Runner {
                 why = Some(format!("run exceeded {}s", RUN_TIMEOUT.as_secs()));
             }
             if why.is_some() {
+                // Where each of the VMM's threads is before it dies: a vCPU
+                // in KVM_RUN, blocked in the VMM, or gone.
+                r.console.append(&threads_report(child.id()));
                 let _ = child.kill();
                 break child.wait().ok();
             }
@@ -1017,6 +1064,38 @@ pub fn main(scenarios: &Path) -> ! {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn threads_report_names_every_thread_of_a_process() {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("lab-waiter".into())
+            .spawn(move || {
+                // Named by now (std names a thread as it starts).
+                started_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+            .unwrap();
+        started.recv().unwrap();
+        let pid = std::process::id();
+        let rep = super::threads_report(pid);
+        release.send(()).unwrap();
+        t.join().unwrap();
+        assert!(
+            rep.starts_with(&format!("LAB-THREADS pid={pid}\n")),
+            "{rep}"
+        );
+        let waiter = rep
+            .lines()
+            .find(|l| l.contains(" lab-waiter state="))
+            .unwrap_or_else(|| panic!("{rep}"));
+        assert!(
+            waiter.contains(" wchan=") && waiter.contains(" syscall="),
+            "{rep}"
+        );
+        assert!(super::threads_report(u32::MAX).contains("(no /proc entry)"));
+    }
+
     use super::*;
 
     #[test]
