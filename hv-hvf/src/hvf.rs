@@ -457,12 +457,8 @@ fn mmio(addr: IoEventAddr) -> Result<u64, Error> {
 /// is logged the first time only: the guest can repeat it at will.
 fn raise(shared: &Shared, gsi: u32) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let targets = shared
-        .routes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .targets(gsi);
-    for t in targets {
+    let routes = shared.routes.lock().unwrap_or_else(|e| e.into_inner());
+    routes.each_target(gsi, |t| {
         let r = match t {
             Target::Spi(intid) => [true, false].into_iter().try_for_each(|level| {
                 // SAFETY: a plain call on the VM's GIC; no memory is passed.
@@ -480,7 +476,8 @@ fn raise(shared: &Shared, gsi: u32) {
         {
             log::warn!("GSI {gsi} ({t:?}): {e} (further failures are not logged)");
         }
-    }
+    });
+    drop(routes);
     shared.power.kick();
 }
 

@@ -48,11 +48,12 @@ impl Routes {
         self.table = Some(table);
     }
 
-    /// What raising `gsi` does (nothing for a GSI without a route).
-    pub fn targets(&self, gsi: u32) -> Vec<Target> {
+    /// Calls `raise` with what raising `gsi` does (not at all for a GSI
+    /// without a route). No allocation: the relay calls it per interrupt.
+    pub fn each_target(&self, gsi: u32, mut raise: impl FnMut(Target)) {
         match &self.table {
-            None => vec![Target::Spi(spi_intid(gsi))],
-            Some(t) => t.get(&gsi).cloned().unwrap_or_default(),
+            None => raise(Target::Spi(spi_intid(gsi))),
+            Some(t) => t.get(&gsi).into_iter().flatten().copied().for_each(raise),
         }
     }
 }
@@ -99,6 +100,14 @@ impl Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Routes {
+        fn targets(&self, gsi: u32) -> Vec<Target> {
+            let mut v = Vec::new();
+            self.each_target(gsi, |t| v.push(t));
+            v
+        }
+    }
 
     #[test]
     fn before_a_table_gsi_n_is_spi_n() {

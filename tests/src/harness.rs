@@ -169,6 +169,24 @@ pub fn with_testkernel(args: &[&str]) -> Command {
     c
 }
 
+/// QEMU 10 on a q35 machine under KVM, 128 MiB, nothing but what the test
+/// adds (SeaBIOS: qboot leaves q35's BARs unassigned), for tests that run
+/// the same guest on QEMU's device and on shmvm's. The host CPU minus
+/// arch-capabilities, which this host's KVM cannot give a nested guest.
+pub fn qemu_q35() -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-M",
+        "q35",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+    ])
+    .args(["-m", "128M", "-nodefaults", "-no-user-config", "-nographic"]);
+    c
+}
+
 /// Starts `cmd`; panics naming the binary if it cannot.
 pub fn spawn(mut cmd: Command) -> Child {
     cmd.spawn()

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ivshmem_server::protocol::send;
 use ivshmem_server::server::{Server, ServerConfig, ShmSource};
 use ivshmem_server::{Peer, PeerEvent, pingpong};
-use shmvm_tests::harness::{self, Run, require_kvm, testkernel, unique, with_testkernel};
+use shmvm_tests::harness::{self, Run, qemu_q35, require_kvm, testkernel, unique, with_testkernel};
 use vm_memory::{Bytes, VolatileMemory};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -102,16 +102,7 @@ fn shmvm_guest(socket: &Path, vectors: u16, append: &str) -> Child {
 /// QEMU's own ivshmem-doorbell on `socket`.
 fn qemu_guest(socket: &Path, vectors: u16, append: &str) -> Child {
     let dev = format!("ivshmem-doorbell,chardev=iv,vectors={vectors}");
-    Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "q35",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host,-arch-capabilities",
-        ])
-        .args(["-m", "128M", "-nodefaults", "-no-user-config", "-nographic"])
+    qemu_q35()
         .args(["-serial", "stdio"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
         .args(["-chardev", &chardev(socket), "-device", &dev])

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use shmvm_tests::harness::{self as vm, Run, TempDir, require_kvm, run_tiny};
+use shmvm_tests::harness::{self as vm, Run, TempDir, qemu_q35, require_kvm, run_tiny};
 use shmvm_tests::raw_qmp::RawQmp;
 
 /// The watchdog's PCI slot (`addr=`), so the kernels know where it is.
@@ -330,16 +330,7 @@ fn kvm_watchdog_matches_qemu() {
     let dir = TempDir::new("wdt-qemu");
     let kernel = dir.tiny_kernel(&debug_kernel().0);
     let t0 = Instant::now();
-    let child = std::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "q35",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host,-arch-capabilities",
-        ])
-        .args(["-m", "128M", "-nodefaults", "-no-user-config", "-nographic"])
+    let child = qemu_q35()
         .args(["-serial", "none", "-watchdog-action", "debug"])
         .args(["-device", &format!("i6300esb,addr={SLOT}")])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])

@@ -237,19 +237,19 @@ fn kvm_ivshmem_peer_leaving_is_an_event() {
     let served = std::thread::spawn(move || server.run(&s).expect("server runs"));
     let kernel = dir.tiny_kernel(WAITING_KERNEL);
     let sock = dir.0.join("q.sock");
-    let child = Command::new(vm::shmvm_bin())
-        .args(["-kernel", &kernel, "-m", "32M", "-serial", "none"])
-        .arg("-chardev")
-        .arg(format!("socket,path={},id=iv", socket.display()))
-        .args(["-device", "ivshmem-doorbell,chardev=iv,vectors=1,addr=5"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn shmvm");
-    let mut q = RawQmp::connect(&sock);
-    q.negotiate().expect("negotiate");
+    let chardev = format!("socket,path={},id=iv", socket.display());
+    let (child, mut q) = RawQmp::start(
+        &kernel,
+        &sock,
+        &[
+            "-m",
+            "32M",
+            "-chardev",
+            &chardev,
+            "-device",
+            "ivshmem-doorbell,chardev=iv,vectors=1,addr=5",
+        ],
+    );
     // The device as QEMU's query-pci shows QEMU's ivshmem-doorbell: at
     // addr=5, 1af4:1110 class 0x0500, BAR0 256 bytes of registers, BAR1
     // the MSI-X table and PBA (4 KiB), BAR2 the server's 1 MiB, 64-bit
@@ -364,23 +364,13 @@ impl CountingGuest {
         let kernel = dir.tiny_kernel(&[0xff, 0x05, 0x00, 0x00, 0x20, 0x00, 0xeb, 0xf8]);
         let ram = dir.0.join("ram");
         let sock = dir.0.join("q.sock");
-        let child = Command::new(vm::shmvm_bin())
-            .args(["-kernel", &kernel, "-serial", "none"])
-            .args(extra)
-            .arg("-object")
-            .arg(format!(
-                "memory-backend-file,id=m,size=16M,mem-path={},share=on",
-                ram.display()
-            ))
-            .args(["-machine", "memory-backend=m"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn shmvm");
-        let mut q = RawQmp::connect(&sock);
-        q.negotiate().expect("negotiate");
+        let object = format!(
+            "memory-backend-file,id=m,size=16M,mem-path={},share=on",
+            ram.display()
+        );
+        let mut args = extra.to_vec();
+        args.extend(["-object", &object, "-machine", "memory-backend=m"]);
+        let (child, q) = RawQmp::start(&kernel, &sock, &args);
         let ram = std::fs::File::open(&ram).expect("the guest RAM file");
         CountingGuest {
             _dir: dir,

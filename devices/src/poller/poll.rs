@@ -20,6 +20,19 @@ struct Entry {
     fired: bool,
 }
 
+impl Entry {
+    /// A registration, armed.
+    fn new(fd: BorrowedFd<'_>, token: u64, interest: Interest, trigger: Trigger) -> Entry {
+        Entry {
+            fd: fd.as_raw_fd(),
+            token,
+            interest,
+            trigger,
+            fired: false,
+        }
+    }
+}
+
 /// Registrations waited on with poll(2).
 #[derive(Debug, Default)]
 pub struct PollPoller {
@@ -58,19 +71,13 @@ impl Poll for PollPoller {
         interest: Interest,
         trigger: Trigger,
     ) -> io::Result<()> {
-        let fd = fd.as_raw_fd();
+        let new = Entry::new(fd, token, interest, trigger);
         let mut entries = self.entries();
-        if entries.iter().any(|e| e.fd == fd) {
+        if entries.iter().any(|e| e.fd == new.fd) {
             // As epoll_ctl(EPOLL_CTL_ADD) of a registered fd.
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }
-        entries.push(Entry {
-            fd,
-            token,
-            interest,
-            trigger,
-            fired: false,
-        });
+        entries.push(new);
         Ok(())
     }
 
@@ -81,19 +88,13 @@ impl Poll for PollPoller {
         interest: Interest,
         trigger: Trigger,
     ) -> io::Result<()> {
-        let fd = fd.as_raw_fd();
+        let new = Entry::new(fd, token, interest, trigger);
         let mut entries = self.entries();
         let e = entries
             .iter_mut()
-            .find(|e| e.fd == fd)
+            .find(|e| e.fd == new.fd)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        *e = Entry {
-            fd,
-            token,
-            interest,
-            trigger,
-            fired: false,
-        };
+        *e = new;
         Ok(())
     }
 
